@@ -1,0 +1,184 @@
+//! MemoBuild's Dockerfile frontend: parses a Dockerfile and lowers it to a BuildKit LLB
+//! [`pb::Definition`] plus the OCI image config, the way BuildKit's `dockerfile2llb` does.
+//!
+//! The crate performs no I/O: base image configs come through an [`ImageResolver`] the caller
+//! supplies, the `.dockerignore` patterns through [`BuildOptions::dockerignore`].
+//!
+//! ```
+//! use memobuild_frontend::{build, BuildOptions, ImageResolver, Platform, ResolvedImage};
+//!
+//! struct Fixed;
+//! impl ImageResolver for Fixed {
+//!     fn resolve_image_config(&self, _r: &str, _p: &Platform) -> Result<ResolvedImage, String> {
+//!         Ok(ResolvedImage {
+//!             digest: format!("sha256:{}", "a".repeat(64)),
+//!             config: br#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"]},"rootfs":{"type":"layers","diff_ids":["sha256:b"]}}"#.to_vec(),
+//!         })
+//!     }
+//! }
+//!
+//! let opts = BuildOptions::new(Platform::new("linux", "amd64", None));
+//! let out = build("FROM busybox\nRUN echo hi\n", &opts, &Fixed)?;
+//! assert_eq!(out.definition.def.len(), 3); // image, exec, terminal
+//! # Ok::<(), memobuild_frontend::FrontendError>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod config;
+mod error;
+pub mod instructions;
+mod lower;
+pub mod parser;
+mod platform;
+mod reference;
+pub mod shell;
+mod stages;
+
+use std::collections::BTreeMap;
+
+pub use error::{ErrorKind, FrontendError, Location, Warning};
+pub use instructions::Dockerfile;
+pub use lower::go_quote;
+use memobuild_proto::pb;
+pub use platform::Platform;
+pub use reference::{ReferenceError, normalize_image_ref};
+
+use crate::lower::Lowerer;
+use crate::shell::Lexer;
+
+/// What a build needs besides the Dockerfile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// The Dockerfile's name, used in error messages and the source map (e.g. `Dockerfile`).
+    pub dockerfile_name: String,
+    /// The stage to build; the last stage if `None`.
+    pub target: Option<String>,
+    /// `--build-arg` values.
+    pub build_args: BTreeMap<String, String>,
+    /// Target platform, also used as the build platform.
+    pub platform: Platform,
+    /// Name of the build context local source (`local://<name>`), usually `context`.
+    pub context_name: String,
+    /// Session that serves the context, if any (`local.session`).
+    pub session_id: Option<String>,
+    /// `.dockerignore` exclude patterns, already read by the caller.
+    pub dockerignore: Vec<String>,
+}
+
+impl BuildOptions {
+    /// Defaults: `Dockerfile`, last stage, no build args, context `context`, no session.
+    pub fn new(platform: Platform) -> Self {
+        Self {
+            dockerfile_name: "Dockerfile".into(),
+            target: None,
+            build_args: BTreeMap::new(),
+            platform,
+            context_name: "context".into(),
+            session_id: None,
+            dockerignore: Vec::new(),
+        }
+    }
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self::new(Platform::host())
+    }
+}
+
+/// A base image's manifest digest and config, as the registry serves them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedImage {
+    /// The manifest digest (`sha256:…`) the image op is pinned to.
+    pub digest: String,
+    /// The image config JSON.
+    pub config: Vec<u8>,
+}
+
+/// Looks up image configs; the frontend's only window to the outside.
+pub trait ImageResolver {
+    /// Resolves a normalized reference (`docker.io/library/busybox:latest`,
+    /// `127.0.0.1:5000/library/busybox:latest`) for `platform`.
+    fn resolve_image_config(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, String>;
+}
+
+/// The result of [`build`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lowered {
+    /// The LLB graph; its last op is the terminal. Empty (no ops) when the target stage is an
+    /// empty filesystem (`FROM scratch` without file-changing instructions).
+    pub definition: pb::Definition,
+    /// The full OCI image config JSON of the target stage.
+    pub image_config: Vec<u8>,
+    /// Lint findings.
+    pub warnings: Vec<Warning>,
+}
+
+/// Parses a Dockerfile into its AST; `name` is used in error messages.
+pub fn parse(dockerfile: &str, name: &str) -> Result<(Dockerfile, Vec<Warning>), FrontendError> {
+    let file = parser::parse_lines(dockerfile)
+        .map_err(|(loc, kind)| FrontendError::at(name, loc, kind))?;
+    let mut warnings = file.warnings.clone();
+    let df = instructions::parse_dockerfile(file, &mut warnings)
+        .map_err(|(loc, kind)| FrontendError::at(name, loc, kind))?;
+    if df.stages.is_empty() {
+        return Err(FrontendError::global(name, ErrorKind::NoStages));
+    }
+    Ok((df, warnings))
+}
+
+fn valid_build_arg_name(k: &str) -> bool {
+    !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+}
+
+/// Parses and lowers a Dockerfile.
+pub fn build(
+    dockerfile: &str,
+    opts: &BuildOptions,
+    resolver: &dyn ImageResolver,
+) -> Result<Lowered, FrontendError> {
+    let name = opts.dockerfile_name.as_str();
+    let (df, mut warnings) = parse(dockerfile, name)?;
+    if let Some(bad) = opts.build_args.keys().find(|k| !valid_build_arg_name(k)) {
+        return Err(FrontendError::global(
+            name,
+            ErrorKind::BadBuildArg(bad.clone()),
+        ));
+    }
+    let err = |(loc, kind): (Option<Location>, ErrorKind)| FrontendError {
+        file: name.to_owned(),
+        location: loc,
+        kind: Box::new(kind),
+    };
+    let lex = Lexer::new(df.escape);
+    let target_name = match &opts.target {
+        Some(t) => t.clone(),
+        None => df
+            .stages
+            .last()
+            .and_then(|s| s.from.name.clone())
+            .unwrap_or_default(),
+    };
+    let defaults = stages::default_args(&opts.platform, &opts.build_args, &target_name);
+    let global = stages::apply_meta_args(defaults, &df.meta_args, &opts.build_args, &lex)
+        .map_err(|(l, k)| FrontendError::at(name, l, k))?;
+    let epoch = stages::source_date_epoch(&opts.build_args, &global);
+    let graph = stages::resolve(&df, &global, &lex, opts.target.as_deref()).map_err(err)?;
+    let out = Lowerer::new(opts, resolver, lex, global, epoch)
+        .run(&df, &graph)
+        .map_err(err)?;
+    warnings.extend(out.warnings);
+    let definition = out.graph.marshal(out.root, name, dockerfile);
+    Ok(Lowered {
+        definition,
+        image_config: out.image.to_json(),
+        warnings,
+    })
+}

@@ -1,0 +1,624 @@
+//! The stage loop: base images, then each instruction of each reachable stage in file order.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use memobuild_proto::{caps, pb};
+
+use crate::config::{Empty, Healthcheck, ImageConfig, format_go_duration};
+use crate::error::{ErrorKind, Location, Warning};
+use crate::instructions::{Command, Dockerfile, Instruction, ShellCmd};
+use crate::lower::graph::{Graph, NodeId, Out};
+use crate::lower::naming::{go_list, go_quote_list, prefix_command};
+use crate::lower::paths::normalize_workdir;
+use crate::lower::source::{image_op, local_op, metadata};
+use crate::lower::state::{DEFAULT_PATH, StageState, empty_image};
+use crate::reference::normalize_image_ref;
+use crate::shell::{EnvGetter, EnvList, Lexer};
+use crate::stages::{Base, StageGraph};
+use crate::{BuildOptions, ImageResolver};
+
+/// An error at a place in the Dockerfile (or nowhere in particular).
+pub(crate) type LowerError = (Option<Location>, ErrorKind);
+pub(crate) type Res<T> = Result<T, LowerError>;
+
+pub(crate) struct Lowerer<'a> {
+    pub(crate) opts: &'a BuildOptions,
+    resolver: &'a dyn ImageResolver,
+    pub(crate) graph: Graph,
+    pub(crate) lex: Lexer,
+    pub(crate) global: EnvList,
+    pub(crate) epoch: Option<i64>,
+    pub(crate) warnings: Vec<Warning>,
+    context: Option<NodeId>,
+    /// Context paths read by COPY/ADD (for `local.followpaths`).
+    pub(crate) ctx_paths: BTreeSet<String>,
+    pub(crate) states: Vec<Option<StageState>>,
+    pub(crate) proxy: Option<pb::ProxyEnv>,
+}
+
+/// What lowering produced.
+pub(crate) struct LowerOutput {
+    pub root: Option<Out>,
+    pub image: ImageConfig,
+    pub graph: Graph,
+    pub warnings: Vec<Warning>,
+}
+
+impl<'a> Lowerer<'a> {
+    pub(crate) fn new(
+        opts: &'a BuildOptions,
+        resolver: &'a dyn ImageResolver,
+        lex: Lexer,
+        global: EnvList,
+        epoch: Option<i64>,
+    ) -> Self {
+        Self {
+            opts,
+            resolver,
+            graph: Graph::default(),
+            lex,
+            global,
+            epoch,
+            warnings: Vec::new(),
+            context: None,
+            ctx_paths: BTreeSet::new(),
+            states: Vec::new(),
+            proxy: proxy_env(&opts.build_args),
+        }
+    }
+
+    /// The build context source (created on first use, completed in [`Self::finish`]).
+    pub(crate) fn context(&mut self) -> Out {
+        let id = match self.context {
+            Some(id) => id,
+            None => {
+                let id = self.graph.add(
+                    pb::Op::default(),
+                    Vec::new(),
+                    pb::OpMetadata::default(),
+                    None,
+                );
+                self.context = Some(id);
+                id
+            }
+        };
+        Out { node: id, index: 0 }
+    }
+
+    pub(crate) fn run(mut self, df: &Dockerfile, sg: &StageGraph) -> Res<LowerOutput> {
+        self.states = vec![None; sg.stages.len()];
+        // Images used by `COPY --from=<image>` are resolved first, as BuildKit does.
+        for (i, info) in sg.stages.iter().enumerate() {
+            if info.source.is_none() && sg.reachable.contains(&i) {
+                let st = self.init_stage(sg, i, 0)?;
+                self.states[i] = Some(st);
+            }
+        }
+        for (i, info) in sg.stages.iter().enumerate() {
+            let Some(src) = info.source else { continue };
+            if !sg.reachable.contains(&i) {
+                continue;
+            }
+            let stage = &df.stages[src];
+            let mut total = usize::from(matches!(info.base, Base::Image(_)));
+            total += stage
+                .commands
+                .iter()
+                .filter(|c| {
+                    matches!(
+                        c.command,
+                        Command::Add(_) | Command::Copy(_) | Command::Run(_) | Command::Workdir(_)
+                    )
+                })
+                .count();
+            let mut st = self.init_stage(sg, i, total)?;
+            self.prepare_stage(&mut st);
+            self.states[i] = Some(st);
+            for (ci, ins) in stage.commands.iter().enumerate() {
+                let mut st = self.states[i]
+                    .take()
+                    .ok_or((Some(ins.location), ErrorKind::Empty))?;
+                let r = self.dispatch(sg, i, ci, &mut st, ins);
+                self.states[i] = Some(st);
+                r.map_err(|(l, e)| (l.or(Some(ins.location)), e))?;
+            }
+        }
+        self.finish(sg)
+    }
+
+    fn finish(mut self, sg: &StageGraph) -> Res<LowerOutput> {
+        if let Some(ctx) = self.context {
+            let follow: Vec<String> = if self.ctx_paths.contains("/") {
+                Vec::new()
+            } else {
+                self.ctx_paths
+                    .iter()
+                    .map(|p| p.trim_start_matches('/').to_owned())
+                    .collect()
+            };
+            let (op, md) = local_op(
+                &self.opts.context_name,
+                self.opts.session_id.as_deref(),
+                &self.opts.dockerignore,
+                &follow,
+            );
+            self.graph.replace(ctx, op, md);
+        }
+        let target = self.states[sg.target]
+            .take()
+            .ok_or((None, ErrorKind::NoStages))?;
+        let mut image = target.image;
+        let p = &self.opts.platform;
+        let same = image.os == p.os && image.architecture == p.architecture;
+        image.os = p.os.clone();
+        image.architecture = p.architecture.clone();
+        if p.variant.is_some() || !same {
+            image.variant = p.variant.clone().unwrap_or_default();
+        }
+        image.created = self.epoch.map(crate::config::format_rfc3339);
+        Ok(LowerOutput {
+            root: target.root,
+            image,
+            graph: self.graph,
+            warnings: self.warnings,
+        })
+    }
+
+    /// Creates a stage's state from its base (image, scratch or earlier stage).
+    fn init_stage(&mut self, sg: &StageGraph, i: usize, total: usize) -> Res<StageState> {
+        let info = &sg.stages[i];
+        let loc = Some(info.location);
+        let platform = info
+            .platform
+            .clone()
+            .unwrap_or_else(|| self.opts.platform.clone());
+        let created = self.epoch.map(crate::config::format_rfc3339);
+        match &info.base {
+            Base::Scratch => {
+                let mut st =
+                    StageState::new(&info.display, platform.clone(), empty_image(&platform));
+                st.cmd_total = total;
+                st.created = created;
+                Ok(st)
+            }
+            Base::Stage(b) => {
+                let base = self.states[*b]
+                    .clone()
+                    .ok_or((loc, ErrorKind::CircularDependency(info.display.clone())))?;
+                let mut st = base;
+                st.display = info.display.clone();
+                st.cmd_total = total;
+                st.cmd_index = 0;
+                st.cmd_set = false;
+                st.image.config.on_build.clear();
+                st.created = created;
+                Ok(st)
+            }
+            Base::Image(name) => {
+                let normalized = normalize_image_ref(name).map_err(|e| {
+                    (
+                        loc,
+                        ErrorKind::BadReference {
+                            reference: e.reference,
+                            reason: e.reason,
+                        },
+                    )
+                })?;
+                let resolved = self
+                    .resolver
+                    .resolve_image_config(&normalized, &platform)
+                    .map_err(|message| {
+                        if info.source.is_none() {
+                            let known: Vec<&str> =
+                                sg.stages.iter().filter_map(|s| s.name.as_deref()).collect();
+                            let known = if known.is_empty() {
+                                "none named".to_owned()
+                            } else {
+                                known.join(", ")
+                            };
+                            return (
+                                loc,
+                                ErrorKind::UnknownFromSource {
+                                    from: name.clone(),
+                                    known,
+                                    message,
+                                },
+                            );
+                        }
+                        (
+                            loc,
+                            ErrorKind::Resolve {
+                                reference: normalized.clone(),
+                                message,
+                            },
+                        )
+                    })?;
+                let mut image: ImageConfig =
+                    serde_json::from_slice(&resolved.config).map_err(|e| {
+                        (
+                            loc,
+                            ErrorKind::BadImageConfig {
+                                reference: normalized.clone(),
+                                message: e.to_string(),
+                            },
+                        )
+                    })?;
+                image.created = None;
+                let pinned = if normalized.contains('@') || resolved.digest.is_empty() {
+                    normalized.clone()
+                } else {
+                    format!("{normalized}@{}", resolved.digest)
+                };
+                let is_scratch =
+                    image.rootfs.diff_ids.is_empty() && image.history.iter().all(|h| h.empty_layer);
+                let mut st = StageState::new(&info.display, platform.clone(), image);
+                st.cmd_total = total;
+                st.created = created;
+                if !is_scratch {
+                    let name = prefix_command(&mut st, &format!("FROM {pinned}"));
+                    let command = info.source.map(|_| info.original.clone());
+                    let md = metadata(&name, command.as_deref(), &[caps::CAP_SOURCE_IMAGE]);
+                    let node = self.graph.add(
+                        image_op(&pinned, &platform),
+                        Vec::new(),
+                        md,
+                        Some(info.location),
+                    );
+                    st.root = Some(Out { node, index: 0 });
+                }
+                Ok(st)
+            }
+        }
+    }
+
+    /// BuildKit's per-stage set-up: PATH guaranteed, image env/workdir/user into the state.
+    fn prepare_stage(&mut self, st: &mut StageState) {
+        let has_path = st
+            .image
+            .config
+            .env
+            .iter()
+            .any(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == "PATH");
+        if !has_path && st.platform.os != "windows" {
+            st.image.config.env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        for e in st.image.config.env.clone() {
+            let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
+            st.env.set(k, v);
+        }
+        if !st.image.config.working_dir.is_empty() {
+            let wd = normalize_workdir(&st.image.config.working_dir, &st.image.config.working_dir);
+            st.image.config.working_dir = wd.clone();
+            st.cwd = wd;
+        }
+        if !st.image.config.user.is_empty() {
+            st.user = st.image.config.user.clone();
+        }
+    }
+
+    pub(crate) fn expand(&self, st: &StageState, word: &str) -> Res<String> {
+        self.lex
+            .process_word(word, &st.env)
+            .map_err(|e| (None, ErrorKind::Shell(e)))
+    }
+
+    fn dispatch(
+        &mut self,
+        sg: &StageGraph,
+        si: usize,
+        ci: usize,
+        st: &mut StageState,
+        ins: &Instruction,
+    ) -> Res<()> {
+        match &ins.command {
+            Command::From(_) => Ok(()),
+            Command::Env(kvs) => {
+                let mut msg = String::from("ENV");
+                for kv in kvs {
+                    let k = self.expand(st, &kv.key)?;
+                    let v = self.expand(st, &kv.value)?;
+                    msg.push_str(&format!(" {k}={v}"));
+                    st.env.set(&k, &v);
+                    st.add_image_env(&k, &v);
+                }
+                st.commit(msg, false, false);
+                Ok(())
+            }
+            Command::Label(kvs) => {
+                let mut msg = String::from("LABEL");
+                for kv in kvs {
+                    let k = self.expand(st, &kv.key)?;
+                    let v = self.expand(st, &kv.value)?;
+                    msg.push_str(&format!(" {k}={v}"));
+                    st.image.config.labels.insert(k, v);
+                }
+                st.commit(msg, false, false);
+                Ok(())
+            }
+            Command::Arg(pairs) => {
+                let mut parts = Vec::new();
+                for p in pairs {
+                    let from_build = self.opts.build_args.get(&p.key).cloned();
+                    let value = match (&from_build, &p.value) {
+                        (Some(v), _) => Some(v.clone()),
+                        (None, Some(d)) => Some(self.expand(st, d)?),
+                        (None, None) => self.global.get(&p.key).map(str::to_owned),
+                    };
+                    if let Some(v) = &value
+                        && !matches!(
+                            p.key.as_str(),
+                            "BUILDKIT_SBOM_SCAN_CONTEXT" | "BUILDKIT_SBOM_SCAN_STAGE"
+                        )
+                    {
+                        st.env.set(&p.key, v);
+                    }
+                    parts.push(match &value {
+                        Some(v) => format!("{}={v}", p.key),
+                        None => p.key.clone(),
+                    });
+                    st.build_args.push((p.key.clone(), value));
+                }
+                st.commit(format!("ARG {}", parts.join(" ")), false, false);
+                Ok(())
+            }
+            Command::Workdir(path) => {
+                let path = self.expand(st, path)?;
+                self.workdir(st, ins, &path)
+            }
+            Command::User(u) => {
+                let u = self.expand(st, u)?;
+                st.user = u.clone();
+                st.image.config.user = u.clone();
+                st.commit(format!("USER {u}"), false, false);
+                Ok(())
+            }
+            Command::Run(r) => {
+                let sources = (0..r.mounts.len())
+                    .map(|mi| {
+                        sg.mount_sources
+                            .get(&(si, ci, mi))
+                            .and_then(|&dep| self.states.get(dep).and_then(Option::as_ref))
+                            .map(|s| s.root)
+                    })
+                    .collect();
+                self.run_cmd(st, ins, r, sources)
+            }
+            Command::Copy(c) => {
+                let from = sg.copy_sources.get(&(si, ci)).copied();
+                self.copy(st, ins, c, from, sg)
+            }
+            Command::Add(a) => self.add(st, ins, a),
+            Command::Cmd(c) => {
+                let args = self.cmd_args(st, ins, c, "CMD");
+                st.image.config.cmd = args.clone();
+                st.image.config.args_escaped = true;
+                st.cmd_set = true;
+                st.commit(format!("CMD {}", go_quote_list(&args)), false, false);
+                Ok(())
+            }
+            Command::Entrypoint(c) => {
+                let args = self.cmd_args(st, ins, c, "ENTRYPOINT");
+                st.image.config.entrypoint = args.clone();
+                if !st.cmd_set {
+                    st.image.config.cmd.clear();
+                }
+                st.commit(format!("ENTRYPOINT {}", go_quote_list(&args)), false, false);
+                Ok(())
+            }
+            Command::Shell(s) => {
+                st.image.config.shell = s.clone();
+                st.commit(format!("SHELL {}", go_list(s)), false, false);
+                Ok(())
+            }
+            Command::Expose(ports) => {
+                let mut out = Vec::new();
+                for p in ports {
+                    let words = self
+                        .lex
+                        .process_words(p, &st.env)
+                        .map_err(|e| (None, ErrorKind::Shell(e)))?;
+                    for w in words {
+                        out.extend(parse_port(&w)?);
+                    }
+                }
+                for p in &out {
+                    st.image.config.exposed_ports.insert(p.clone(), Empty {});
+                }
+                st.commit(format!("EXPOSE {}", go_list(&out)), false, false);
+                Ok(())
+            }
+            Command::Volume(vols) => {
+                let mut out = Vec::new();
+                for v in vols {
+                    let v = self.expand(st, v)?;
+                    if v.is_empty() {
+                        return Err((
+                            None,
+                            ErrorKind::BadArguments(
+                                "`VOLUME` specified can not be an empty string".into(),
+                            ),
+                        ));
+                    }
+                    st.image.config.volumes.insert(v.clone(), Empty {});
+                    out.push(v);
+                }
+                st.commit(format!("VOLUME {}", go_list(&out)), false, false);
+                Ok(())
+            }
+            Command::StopSignal(s) => {
+                let s = self.expand(st, s)?;
+                if !valid_signal(&s) {
+                    return Err((
+                        None,
+                        ErrorKind::BadArguments(format!(
+                            "invalid signal: {s}: expected a name like SIGTERM or a number"
+                        )),
+                    ));
+                }
+                st.image.config.stop_signal = s.clone();
+                st.commit(format!("STOPSIGNAL {s}"), false, false);
+                Ok(())
+            }
+            Command::Maintainer(m) => {
+                st.image.author = m.clone();
+                st.commit(format!("MAINTAINER {m}"), false, false);
+                Ok(())
+            }
+            Command::Healthcheck(h) => {
+                let hc = Healthcheck {
+                    test: h.test.clone(),
+                    interval: h.interval,
+                    timeout: h.timeout,
+                    start_period: h.start_period,
+                    start_interval: h.start_interval,
+                    retries: h.retries,
+                };
+                let msg = format!(
+                    "HEALTHCHECK {{Test:{} Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
+                    go_list(&hc.test),
+                    format_go_duration(hc.interval),
+                    format_go_duration(hc.timeout),
+                    format_go_duration(hc.start_period),
+                    format_go_duration(hc.start_interval),
+                    hc.retries
+                );
+                st.image.config.healthcheck = Some(hc);
+                st.commit(msg, false, false);
+                Ok(())
+            }
+            Command::Onbuild(expr) => {
+                st.image.config.on_build.push(expr.clone());
+                Ok(())
+            }
+        }
+    }
+
+    fn cmd_args(
+        &mut self,
+        st: &StageState,
+        ins: &Instruction,
+        c: &ShellCmd,
+        kw: &str,
+    ) -> Vec<String> {
+        if c.prepend_shell {
+            if st.image.config.shell.is_empty() {
+                self.warnings.push(Warning {
+                    rule: "JSONArgsRecommended".into(),
+                    message: format!(
+                        "JSON arguments recommended for {kw} to prevent unintended behavior related to OS signals"
+                    ),
+                    location: Some(ins.location),
+                });
+            }
+            with_shell(st, &c.args)
+        } else {
+            c.args.clone()
+        }
+    }
+}
+
+/// The stage's shell (SHELL or `/bin/sh -c`) with the command joined into one argument.
+pub(crate) fn with_shell(st: &StageState, args: &[String]) -> Vec<String> {
+    let mut shell = if st.image.config.shell.is_empty() {
+        if st.platform.os == "windows" {
+            vec!["cmd".to_owned(), "/S".to_owned(), "/C".to_owned()]
+        } else {
+            vec!["/bin/sh".to_owned(), "-c".to_owned()]
+        }
+    } else {
+        st.image.config.shell.clone()
+    };
+    shell.push(args.join(" "));
+    shell
+}
+
+fn proxy_env(args: &BTreeMap<String, String>) -> Option<pb::ProxyEnv> {
+    let mut pe = pb::ProxyEnv::default();
+    let mut set = false;
+    for (k, v) in args {
+        let slot = match k.to_ascii_lowercase().as_str() {
+            "http_proxy" => &mut pe.http_proxy,
+            "https_proxy" => &mut pe.https_proxy,
+            "ftp_proxy" => &mut pe.ftp_proxy,
+            "no_proxy" => &mut pe.no_proxy,
+            "all_proxy" => &mut pe.all_proxy,
+            _ => continue,
+        };
+        *slot = v.clone();
+        set = true;
+    }
+    set.then_some(pe)
+}
+
+fn parse_port(p: &str) -> Res<Vec<String>> {
+    let bad = || {
+        (
+            None,
+            ErrorKind::BadArguments(format!(
+                "invalid port `{p}`: expected port[-port][/tcp|udp|sctp]"
+            )),
+        )
+    };
+    let (port, proto) = match p.split_once('/') {
+        Some((a, b)) => (a, b.to_ascii_lowercase()),
+        None => (p, "tcp".to_owned()),
+    };
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(bad());
+    }
+    // `ip:host:container` forms keep only the container part, as Docker does.
+    let port = port.rsplit(':').next().unwrap_or(port);
+    let (lo, hi) = match port.split_once('-') {
+        Some((a, b)) => (a, b),
+        None => (port, port),
+    };
+    let lo: u16 = lo.parse().map_err(|_| bad())?;
+    let hi: u16 = hi.parse().map_err(|_| bad())?;
+    if hi < lo {
+        return Err(bad());
+    }
+    Ok((lo..=hi).map(|n| format!("{n}/{proto}")).collect())
+}
+
+fn valid_signal(s: &str) -> bool {
+    if let Ok(n) = s.parse::<u32>() {
+        return n > 0 && n < 65;
+    }
+    let name = s.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    const NAMES: &[&str] = &[
+        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
+        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
+        "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
+        "RTMIN", "RTMAX",
+    ];
+    NAMES.contains(&name)
+        || name
+            .strip_prefix("RTMIN+")
+            .or_else(|| name.strip_prefix("RTMAX-"))
+            .is_some_and(|n| n.parse::<u32>().is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_port("80").expect("ok"), vec!["80/tcp"]);
+        assert_eq!(parse_port("53/UDP").expect("ok"), vec!["53/udp"]);
+        assert_eq!(
+            parse_port("8000-8001").expect("ok"),
+            vec!["8000/tcp", "8001/tcp"]
+        );
+        assert!(parse_port("x").is_err());
+    }
+
+    #[test]
+    fn signals() {
+        assert!(valid_signal("SIGTERM"));
+        assert!(valid_signal("term"));
+        assert!(valid_signal("9"));
+        assert!(!valid_signal("SIGNOPE"));
+    }
+}

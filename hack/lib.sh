@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Shared helpers for hack/*.sh. Source it; it defines functions and a few variables only.
+set -eu -o pipefail
+
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+REPO_ROOT="$(cd "$HACK_DIR/.." && pwd -P)"
+# runc, containerd and friends live in sbin; CI shells do not always have it on PATH.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Make cargo (installed with rustup) reachable without installing anything.
+ensure_cargo() {
+	if ! command -v cargo >/dev/null 2>&1; then
+		local env="${CARGO_HOME:-$HOME/.cargo}/env"
+		# shellcheck disable=SC1090
+		[[ -f "$env" ]] && . "$env"
+	fi
+	command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust with rustup first)"
+}
+
+# Absolute, symlink-free path of a directory, creating it if needed.
+abs_dir() {
+	mkdir -p "$1"
+	(cd "$1" && pwd -P)
+}
+
+# Per-run state dir for test.sh and demo.sh: $MEMOBUILD_TEST_STATE_DIR if set (kept afterwards),
+# otherwise a fresh temporary dir (removed afterwards). Sets STATE_DIR and STATE_DIR_OWNED.
+make_state_dir() {
+	if [[ -n "${MEMOBUILD_TEST_STATE_DIR:-}" ]]; then
+		STATE_DIR="$(abs_dir "$MEMOBUILD_TEST_STATE_DIR")"
+		STATE_DIR_OWNED=0
+	else
+		STATE_DIR="$(mktemp -d /tmp/memobuild-test.XXXXXX)"
+		STATE_DIR_OWNED=1
+	fi
+}
+
+# EXIT trap for test.sh and demo.sh: stop the services, then drop the state dir if we made it.
+cleanup_state_dir() {
+	local rc=$?
+	set +e
+	bash "$HACK_DIR/services.sh" stop "$STATE_DIR"
+	if [[ "$STATE_DIR_OWNED" == 1 ]]; then
+		rm -rf --one-file-system "$STATE_DIR"
+	else
+		log "state kept in $STATE_DIR"
+	fi
+	exit "$rc"
+}
+
+# Install cleanup_state_dir for normal exit and for the usual signals (which then exit through it).
+trap_cleanup() {
+	trap cleanup_state_dir EXIT
+	trap 'exit 129' HUP
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+}
+
+# GOARCH for this machine, as OCI image configs want it.
+goarch() {
+	local arch
+	arch="$(dpkg --print-architecture)"
+	case "$arch" in
+	amd64 | arm64 | s390x | riscv64) echo "$arch" ;;
+	i386) echo 386 ;;
+	armhf | armel) echo arm ;;
+	ppc64el) echo ppc64le ;;
+	mips64el) echo mips64le ;;
+	*) die "unknown dpkg architecture $arch" ;;
+	esac
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install what the tests and the demo need on a Debian 12 machine (run as root). Idempotent: does
+# nothing, not even `apt-get update`, when everything is already there. Does not install Rust.
+set -eu -o pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+PACKAGES=(containerd runc docker-registry busybox-static skopeo umoci buildah protobuf-compiler jq curl iproute2)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+	status="$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)"
+	[[ "$status" == installed ]] || missing+=("$pkg")
+done
+
+if ((${#missing[@]})); then
+	[[ "$(id -u)" == 0 ]] || die "need root to install: ${missing[*]}"
+	log "installing: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	# Keep the packages' system-wide containerd and registry services from starting: tests run
+	# private instances (hack/services.sh) and must not depend on, or race with, global ones.
+	# invoke-rc.d and deb-systemd-invoke both honour policy-rc.d (exit 101 = "don't start").
+	policy=/usr/sbin/policy-rc.d
+	if [[ ! -e "$policy" ]]; then
+		printf '#!/bin/sh\nexit 101\n' >"$policy"
+		chmod 755 "$policy"
+		trap 'rm -f "$policy"' EXIT
+	fi
+	apt-get update -q
+	apt-get install -y -q "${missing[@]}"
+fi
+
+ensure_cargo
+log "ok: system packages present, $(cargo --version)"

@@ -1,0 +1,295 @@
+//! `memobuild build` and `memobuild lower`: read the Dockerfile and context, lower, solve, export.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use memobuild_frontend as frontend;
+use memobuild_proto::pb;
+use memobuild_worker::progress::Progress;
+use memobuild_worker::registry::Registry;
+use memobuild_worker::solver::{SolveError, SolveOptions};
+use memobuild_worker::{Worker, WorkerConfig};
+use prost::Message;
+use tokio::sync::mpsc;
+
+use crate::cli::{BuildArgs, FrontendArgs, LowerArgs, LowerFormat, ProgressMode};
+use crate::output::{self, OutputSpec};
+
+/// The Dockerfile, its name for messages, and the `.dockerignore` patterns that apply to it.
+struct Inputs {
+    context: PathBuf,
+    dockerfile_name: String,
+    dockerfile: String,
+    dockerignore: Vec<String>,
+    build_args: BTreeMap<String, String>,
+}
+
+fn read_inputs(args: &FrontendArgs) -> anyhow::Result<Inputs> {
+    let context = args.context.clone();
+    if !context.is_dir() {
+        bail!("context `{}` is not a directory", context.display());
+    }
+    let file = args.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
+    let dockerfile = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read Dockerfile `{}`", file.display()))?;
+    // `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's `.dockerignore`.
+    let specific = PathBuf::from(format!("{}.dockerignore", file.display()));
+    let ignore_file = if specific.is_file() { specific } else { context.join(".dockerignore") };
+    let dockerignore = match std::fs::read_to_string(&ignore_file) {
+        Ok(text) => parse_dockerignore(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", ignore_file.display())),
+    };
+    let dockerfile_name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "Dockerfile".into());
+    Ok(Inputs {
+        context,
+        dockerfile_name,
+        dockerfile,
+        dockerignore,
+        build_args: parse_build_args(&args.build_args)?,
+    })
+}
+
+/// `.dockerignore` lines as Docker reads them: `#` comments only at the start of a line, blank
+/// lines skipped, surrounding whitespace trimmed.
+fn parse_dockerignore(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `KEY=VALUE` pairs; a bare `KEY` takes its value from the environment (and is skipped when the
+/// environment has none), as `docker build` does.
+fn parse_build_args(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for a in raw {
+        let (k, v) = match a.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (a.clone(), std::env::var(a).ok()),
+        };
+        if k.is_empty() || k.contains(char::is_whitespace) {
+            bail!("invalid --build-arg `{a}`: expected KEY=VALUE with a non-empty KEY without spaces");
+        }
+        if let Some(v) = v {
+            out.insert(k, v);
+        }
+    }
+    Ok(out)
+}
+
+/// Lets the frontend (which does no I/O) resolve base images through the worker's registry
+/// client. Lowering runs on a blocking thread, so blocking on the runtime here is fine.
+struct Resolver {
+    registry: Arc<Registry>,
+    handle: tokio::runtime::Handle,
+}
+
+impl frontend::ImageResolver for Resolver {
+    fn resolve_image_config(
+        &self,
+        reference: &str,
+        platform: &frontend::Platform,
+    ) -> Result<frontend::ResolvedImage, String> {
+        let p = to_pb_platform(platform);
+        let (digest, config) = self
+            .handle
+            .block_on(memobuild_worker::resolve_image_config(&self.registry, reference, &p))
+            .map_err(|e| e.to_string())?;
+        Ok(frontend::ResolvedImage { digest, config })
+    }
+}
+
+fn to_pb_platform(p: &frontend::Platform) -> pb::Platform {
+    pb::Platform {
+        architecture: p.architecture.clone(),
+        os: p.os.clone(),
+        variant: p.variant.clone().unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+async fn lower_with(registry: &Arc<Registry>, inputs: &Inputs, target: Option<String>) -> anyhow::Result<frontend::Lowered> {
+    let opts = frontend::BuildOptions {
+        dockerfile_name: inputs.dockerfile_name.clone(),
+        target,
+        build_args: inputs.build_args.clone(),
+        platform: frontend::Platform::host(),
+        context_name: "context".into(),
+        session_id: None,
+        dockerignore: inputs.dockerignore.clone(),
+    };
+    let resolver = Resolver { registry: registry.clone(), handle: tokio::runtime::Handle::current() };
+    let dockerfile = inputs.dockerfile.clone();
+    let lowered = tokio::task::spawn_blocking(move || frontend::build(&dockerfile, &opts, &resolver))
+        .await
+        .context("frontend task failed")??;
+    Ok(lowered)
+}
+
+/// `--state-dir`, else `$HOME/.local/share/memobuild`, else `/var/lib/memobuild`.
+fn state_dir(arg: Option<PathBuf>) -> PathBuf {
+    arg.unwrap_or_else(|| match std::env::var_os("HOME") {
+        Some(h) => Path::new(&h).join(".local/share/memobuild"),
+        None => PathBuf::from("/var/lib/memobuild"),
+    })
+}
+
+/// `memobuild lower`.
+pub async fn lower(args: LowerArgs) -> anyhow::Result<()> {
+    let inputs = read_inputs(&args.frontend)?;
+    let registry = Arc::new(Registry::new(memobuild_worker::registry_config(&WorkerConfig {
+        insecure_registries: args.frontend.insecure_registries.clone(),
+        ..WorkerConfig::default()
+    })));
+    let lowered = lower_with(&registry, &inputs, args.frontend.target.clone()).await?;
+    for w in &lowered.warnings {
+        eprintln!("warning: {w}");
+    }
+    let mut stdout = std::io::stdout().lock();
+    use std::io::Write;
+    match args.format {
+        LowerFormat::Pb => stdout.write_all(&lowered.definition.encode_to_vec())?,
+        LowerFormat::Json => {
+            let v = crate::dump::definition_json(&lowered.definition);
+            serde_json::to_writer_pretty(&mut stdout, &v)?;
+            writeln!(stdout)?;
+        }
+    }
+    Ok(())
+}
+
+/// `memobuild build`.
+pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
+    let inputs = read_inputs(&args.frontend)?;
+    let mut outputs = args
+        .outputs
+        .iter()
+        .map(|o| output::parse(o, &args.tags))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.push {
+        bail!("--push is not supported yet; use --output type=oci,dest=FILE");
+    }
+    let containerd = args
+        .containerd
+        .clone()
+        .unwrap_or_else(|| "/run/containerd/containerd.sock".to_string());
+    let socket = PathBuf::from(containerd.strip_prefix("unix://").unwrap_or(&containerd));
+    let worker = Worker::open(WorkerConfig {
+        containerd_socket: Some(socket),
+        state_dir: state_dir(args.state_dir.clone()),
+        insecure_registries: args.frontend.insecure_registries.clone(),
+        ..WorkerConfig::default()
+    })
+    .await?;
+
+    let mode = match args.progress {
+        ProgressMode::Auto | ProgressMode::Tty => ProgressMode::Plain,
+        m => m,
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let renderer = tokio::spawn(crate::progress::render(mode, rx));
+    let progress = Progress::new(tx);
+
+    let result = async {
+        let lowered = lower_with(worker.registry(), &inputs, args.frontend.target.clone()).await?;
+        for w in &lowered.warnings {
+            progress.send(memobuild_worker::progress::ProgressEvent::Message(format!("warning: {w}")));
+        }
+        let def = memobuild_proto::ParsedDefinition::try_from(lowered.definition.clone())
+            .context("frontend produced an invalid definition")?;
+        let opts = SolveOptions {
+            locals: HashMap::from([("context".to_string(), inputs.context.clone())]),
+            layer: Default::default(),
+            max_parallel_exec: args.max_parallelism,
+            platform: to_pb_platform(&frontend::Platform::host()),
+        };
+        let solved = worker.solve(def, opts, progress.clone()).await.map_err(report)?;
+        let image = memobuild_worker::export::assemble(&lowered.image_config, &solved.fs.layers)?;
+        if outputs.is_empty() {
+            progress.send(memobuild_worker::progress::ProgressEvent::Message(
+                "warning: no output specified; the build result stays only in the cache (use --output type=oci,dest=FILE)".into(),
+            ));
+        }
+        for out in outputs.drain(..) {
+            match out {
+                OutputSpec::Oci { dest, tar, names } => {
+                    let names: Vec<String> = names.iter().map(|n| normalize_name(n)).collect::<anyhow::Result<_>>()?;
+                    let store = worker.blobs().clone();
+                    let img = image.clone();
+                    let d = dest.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if tar {
+                            memobuild_worker::export::write_oci_archive(&d, &img, &store, &names)
+                        } else {
+                            memobuild_worker::export::write_oci_dir(&d, &img, &store, &names)
+                        }
+                    })
+                    .await
+                    .context("export task failed")??;
+                    progress.send(memobuild_worker::progress::ProgressEvent::Message(format!(
+                        "exported {} to {}",
+                        image.manifest_desc.digest,
+                        dest.display()
+                    )));
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(image.manifest_desc.digest.clone())
+    }
+    .await;
+    drop(progress);
+    let _ = renderer.await;
+    worker.close().await;
+    let digest = result?;
+    println!("{digest}");
+    Ok(())
+}
+
+fn normalize_name(n: &str) -> anyhow::Result<String> {
+    frontend::normalize_image_ref(n).map_err(|e| anyhow::anyhow!("invalid image name `{n}`: {e}"))
+}
+
+/// Prints the failing process' last output lines (as buildx does) and returns the one-line error.
+fn report(e: SolveError) -> anyhow::Error {
+    if !e.output_tail.is_empty() {
+        eprintln!("------");
+        eprintln!(" > {}:", e.name);
+        for l in &e.output_tail {
+            eprintln!("{l}");
+        }
+        eprintln!("------");
+    }
+    anyhow::Error::new(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_args() {
+        let a = parse_build_args(&["A=1".into(), "B=".into(), "C=x=y".into()]).unwrap();
+        assert_eq!(a["A"], "1");
+        assert_eq!(a["B"], "");
+        assert_eq!(a["C"], "x=y");
+        assert!(parse_build_args(&["=1".into()]).is_err());
+        assert!(parse_build_args(&["A B=1".into()]).is_err());
+        assert!(parse_build_args(&["MEMOBUILD_SURELY_UNSET_VAR".into()]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn dockerignore_lines() {
+        assert_eq!(
+            parse_dockerignore("# c\n\n  *.log  \nnode_modules\n #not-a-comment\n"),
+            vec!["*.log", "node_modules", "#not-a-comment"]
+        );
+    }
+}

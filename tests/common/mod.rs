@@ -1,0 +1,186 @@
+//! Shared helpers for the end-to-end tests: the real containerd and registry that `hack/`
+//! starts (found through `MEMOBUILD_TEST_*`), a per-test context directory, and a command builder
+//! for the `memobuild` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The services a test needs.
+pub struct Env {
+    /// containerd socket.
+    pub containerd: String,
+    /// Registry `127.0.0.1:PORT` holding `library/busybox:latest`.
+    pub registry: String,
+}
+
+impl Env {
+    /// Reads the environment `hack/services.sh` wrote. Without it the test cannot mean anything:
+    /// under CI (`CI` set) that is a failure, elsewhere a loud skip.
+    pub fn get() -> Option<Env> {
+        match (std::env::var("MEMOBUILD_TEST_CONTAINERD"), std::env::var("MEMOBUILD_TEST_REGISTRY")) {
+            (Ok(containerd), Ok(registry)) => Some(Env { containerd, registry }),
+            _ => {
+                if std::env::var_os("CI").is_some() {
+                    panic!("MEMOBUILD_TEST_CONTAINERD / MEMOBUILD_TEST_REGISTRY not set under CI: run the tests through hack/test.sh");
+                }
+                eprintln!("SKIPPED: MEMOBUILD_TEST_CONTAINERD not set (run hack/test.sh to start containerd and a registry)");
+                None
+            }
+        }
+    }
+
+    /// The base image reference in the test registry.
+    pub fn busybox(&self) -> String {
+        format!("{}/library/busybox:latest", self.registry)
+    }
+}
+
+/// A per-test scratch directory holding a build context and a state directory.
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+    /// A containerd namespace of this test's own, for importing and running results.
+    pub namespace: String,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl Sandbox {
+    /// A fresh sandbox.
+    pub fn new() -> Sandbox {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        Sandbox {
+            dir: tempfile::Builder::new().prefix("memobuild-e2e-").tempdir().expect("tempdir"),
+            namespace: format!("memobuild-test-{}-{n}", std::process::id()),
+        }
+    }
+
+    /// The context directory.
+    pub fn context(&self) -> PathBuf {
+        let p = self.dir.path().join("context");
+        std::fs::create_dir_all(&p).expect("mkdir context");
+        p
+    }
+
+    /// MemoBuild's state directory for this test.
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A path in the sandbox (outside the context).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a file into the context.
+    pub fn write(&self, rel: &str, contents: &str) -> &Self {
+        let p = self.context().join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(p, contents).expect("write");
+        self
+    }
+
+    /// `memobuild build` with the test's containerd and state dir, plus `args`, on the context.
+    pub fn build(&self, env: &Env, args: &[&str]) -> Output {
+        let mut cmd = memobuild();
+        cmd.arg("build")
+            .arg("--containerd")
+            .arg(&env.containerd)
+            .arg("--state-dir")
+            .arg(self.state())
+            .args(args)
+            .arg(self.context());
+        run(cmd)
+    }
+
+    /// Imports an OCI archive into this test's namespace and runs `image`, returning its output.
+    pub fn ctr_run(&self, env: &Env, archive: &Path, image: &str) -> Output {
+        let imp = run(ctr(env, &self.namespace, &["images", "import", &archive.to_string_lossy()]));
+        assert_ok(&imp, "ctr images import");
+        let id = format!("t{}", COUNTER.fetch_add(1, Ordering::SeqCst));
+        run(ctr(env, &self.namespace, &["run", "--rm", image, &id]))
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Best effort: leave no images behind in containerd.
+        if let Some(env) = Env::get_quiet() {
+            if let Ok(out) = ctr(&env, &self.namespace, &["images", "ls", "-q"]).output() {
+                for name in String::from_utf8_lossy(&out.stdout).lines() {
+                    let _ = ctr(&env, &self.namespace, &["images", "rm", name]).output();
+                }
+            }
+        }
+    }
+}
+
+impl Env {
+    fn get_quiet() -> Option<Env> {
+        Some(Env {
+            containerd: std::env::var("MEMOBUILD_TEST_CONTAINERD").ok()?,
+            registry: std::env::var("MEMOBUILD_TEST_REGISTRY").ok()?,
+        })
+    }
+}
+
+/// The `memobuild` binary under test, with inherited `MEMOBUILD_*` settings removed.
+pub fn memobuild() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memobuild"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MEMOBUILD_") && !k.starts_with("MEMOBUILD_TEST_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// `ctr` against the test containerd in `namespace`.
+pub fn ctr(env: &Env, namespace: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("ctr");
+    cmd.arg("--address").arg(&env.containerd).arg("--namespace").arg(namespace).args(args);
+    cmd
+}
+
+/// Runs a command and captures its output.
+pub fn run(mut cmd: Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Panics with stdout/stderr when `out` failed.
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The JSON progress events of a `--progress json` run.
+pub fn progress_events(out: &Output) -> Vec<serde_json::Value> {
+    stderr(out)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The last line of stderr: where the one-line error is.
+pub fn error_line(out: &Output) -> String {
+    stderr(out).lines().last().unwrap_or_default().to_string()
+}

@@ -1,0 +1,526 @@
+//! Running one process in a container on a snapshot: container + task, output through FIFOs.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, KillRequest, StartRequest, WaitRequest,
+};
+use containerd_client::types::Mount;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::mount::overlay_upperdir;
+use super::spec::{self, SPEC_TYPE_URL};
+use super::{Containerd, Error, Result};
+
+const RUNTIME: &str = "io.containerd.runc.v2";
+/// How long to wait for the output FIFOs to drain after the process exited.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for a killed task to exit before deleting it anyway.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+const SIGKILL: u32 = 9;
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutputStream {
+    /// File descriptor 1.
+    Stdout,
+    /// File descriptor 2.
+    Stderr,
+}
+
+/// Network of the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetworkMode {
+    /// Share the host's network namespace (BuildKit's default for `RUN`).
+    #[default]
+    Host,
+    /// A private network namespace with only loopback (`RUN --network=none`).
+    None,
+}
+
+/// Credentials of the process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct User {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary group ids.
+    pub additional_gids: Vec<u32>,
+}
+
+/// A mount on top of the default ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtraMount {
+    /// Bind-mount a host path (cache mounts, bind-from-stage, secrets).
+    Bind {
+        /// Host path.
+        source: PathBuf,
+        /// Path inside the container.
+        destination: String,
+        /// Mount read-only.
+        readonly: bool,
+    },
+    /// A fresh tmpfs (`nosuid,strictatime,mode=1777`).
+    Tmpfs {
+        /// Path inside the container.
+        destination: String,
+        /// Size limit (the kernel's default, half of RAM, when `None`).
+        size_bytes: Option<u64>,
+    },
+}
+
+/// What to run, and where.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    /// Mounts of the (active) snapshot to use as the root filesystem.
+    pub rootfs: Vec<Mount>,
+    /// Command and arguments (`args[0]` is looked up in the container's `PATH` by runc).
+    pub args: Vec<String>,
+    /// `KEY=value` entries; a default `PATH` is added when absent.
+    pub env: Vec<String>,
+    /// Working directory (`/` when empty).
+    pub cwd: String,
+    /// Credentials of the process.
+    pub user: User,
+    /// Hostname (`memobuild` when empty).
+    pub hostname: String,
+    /// Network namespace choice.
+    pub network: NetworkMode,
+    /// Mounts added after the default ones (`/proc`, `/dev`, `/sys`, …).
+    pub mounts: Vec<ExtraMount>,
+    /// Receives output chunks as they arrive. Slow receivers slow the process down (back pressure).
+    pub output: Option<mpsc::Sender<(OutputStream, Vec<u8>)>>,
+    /// Cancelling kills the process, cleans up and makes `run` return [`Error::Cancelled`].
+    pub cancel: Option<CancellationToken>,
+}
+
+impl Containerd {
+    /// Runs `req` to completion and returns the exit code (128 + signal when killed by a signal).
+    ///
+    /// Creates a container with a unique id (runtime `io.containerd.runc.v2`), a task whose rootfs is
+    /// `req.rootfs`, streams stdout/stderr from FIFOs, waits, then deletes task and container. The
+    /// cleanup also runs when this future is dropped (in a spawned task) and on errors.
+    ///
+    /// runc creates missing mount points (`/proc`, `/dev`, `/etc/hosts` of a bind, …) in the root
+    /// filesystem; when the rootfs is writable, the empty files and directories it created are removed
+    /// from the upper directory afterwards so they do not end up in the layer.
+    pub async fn run(&self, req: RunRequest) -> Result<i32> {
+        let id = format!("memobuild-{}", uuid::Uuid::new_v4().simple());
+        let io_dir = tempfile::Builder::new()
+            .prefix("memobuild-io-")
+            .tempdir()
+            .map_err(|e| Error::io(format!("container `{id}`: creating the FIFO directory"), e))?;
+        let stdout_path = io_dir.path().join("stdout");
+        let stderr_path = io_dir.path().join("stderr");
+        let mut readers = Vec::with_capacity(2);
+        for (path, stream) in [
+            (&stdout_path, OutputStream::Stdout),
+            (&stderr_path, OutputStream::Stderr),
+        ] {
+            nix::unistd::mkfifo(
+                path.as_path(),
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+            )
+            .map_err(|e| {
+                Error::io(
+                    format!("container `{id}`: creating FIFO `{}`", path.display()),
+                    e.into(),
+                )
+            })?;
+            // Opened read-only and non-blocking before the shim opens the write end: epoll reports
+            // nothing until a writer connects, and EOF once the shim closes it after the process's
+            // output is fully copied.
+            let rx = tokio::net::unix::pipe::OpenOptions::new()
+                .open_receiver(path)
+                .map_err(|e| {
+                    Error::io(
+                        format!("container `{id}`: opening FIFO `{}`", path.display()),
+                        e,
+                    )
+                })?;
+            readers.push(AbortOnDrop(tokio::spawn(pump(
+                rx,
+                stream,
+                req.output.clone(),
+            ))));
+        }
+
+        let created_mountpoints = MountpointCleanup::before(&req);
+
+        let spec = spec::build(&req, &id, self.namespace());
+        let spec_json = serde_json::to_vec(&spec).map_err(|source| Error::Spec {
+            id: id.clone(),
+            source,
+        })?;
+
+        // Dropping `run` mid-way leaves cleanup to the guard (a spawned task); every other exit
+        // path below cleans up inline, so nothing is left behind when the runtime shuts down.
+        let mut guard = ContainerGuard {
+            ctd: self.clone(),
+            id: id.clone(),
+            armed: true,
+        };
+        let outcome = self
+            .start_and_wait(&id, &req, spec_json, &stdout_path, &stderr_path)
+            .await;
+        guard.armed = false;
+        let exit = match outcome {
+            Ok(Some(code)) => code,
+            Ok(None) => {
+                self.kill_and_delete(&id).await;
+                created_mountpoints.remove_created();
+                return Err(Error::Cancelled { id });
+            }
+            Err(e) => {
+                self.kill_and_delete(&id).await;
+                created_mountpoints.remove_created();
+                return Err(e);
+            }
+        };
+
+        // The shim closes the FIFOs once it has copied all output; wait for that before deleting.
+        for r in &mut readers {
+            if tokio::time::timeout(DRAIN_TIMEOUT, &mut r.0).await.is_err() {
+                tracing::warn!(container = %id, "output did not reach EOF in time");
+            }
+        }
+        drop(readers);
+
+        let deleted = self.delete_task_and_container(&id).await;
+        created_mountpoints.remove_created();
+        deleted?;
+        Ok(exit)
+    }
+
+    /// Creates container and task, starts it and waits for its exit code (`None`: cancelled).
+    async fn start_and_wait(
+        &self,
+        id: &str,
+        req: &RunRequest,
+        spec_json: Vec<u8>,
+        stdout: &Path,
+        stderr: &Path,
+    ) -> Result<Option<i32>> {
+        ContainersClient::new(self.channel())
+            .create(self.request(CreateContainerRequest {
+                container: Some(Container {
+                    id: id.to_owned(),
+                    labels: HashMap::from([("memobuild.run".to_owned(), "1".to_owned())]),
+                    runtime: Some(Runtime {
+                        name: RUNTIME.to_owned(),
+                        options: None,
+                    }),
+                    spec: Some(prost_types::Any {
+                        type_url: SPEC_TYPE_URL.to_owned(),
+                        value: spec_json,
+                    }),
+                    ..Default::default()
+                }),
+            }))
+            .await
+            .map_err(|s| Error::rpc("container create", id, s))?;
+
+        let mut tasks = TasksClient::new(self.channel());
+        tasks
+            .create(self.request(CreateTaskRequest {
+                container_id: id.to_owned(),
+                rootfs: req.rootfs.clone(),
+                stdin: String::new(),
+                stdout: stdout.display().to_string(),
+                stderr: stderr.display().to_string(),
+                terminal: false,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|s| Error::rpc("task create", id, s))?;
+        tasks
+            .start(self.request(StartRequest {
+                container_id: id.to_owned(),
+                exec_id: String::new(),
+            }))
+            .await
+            .map_err(|s| Error::rpc("task start", id, s))?;
+
+        let cancel = req.cancel.clone().unwrap_or_default();
+        tokio::select! {
+            status = self.wait(id) => status.map(Some),
+            () = cancel.cancelled() => Ok(None),
+        }
+    }
+
+    async fn wait(&self, id: &str) -> Result<i32> {
+        let resp = TasksClient::new(self.channel())
+            .wait(self.request(WaitRequest {
+                container_id: id.to_owned(),
+                exec_id: String::new(),
+            }))
+            .await
+            .map_err(|s| Error::rpc("task wait", id, s))?;
+        // runc reports 128 + signal for signalled processes, so this fits in an i32.
+        Ok(i32::try_from(resp.into_inner().exit_status).unwrap_or(i32::MAX))
+    }
+
+    /// Deletes the task (if any) and the container; missing ones are not errors.
+    async fn delete_task_and_container(&self, id: &str) -> Result<()> {
+        let res = TasksClient::new(self.channel())
+            .delete(self.request(DeleteTaskRequest {
+                container_id: id.to_owned(),
+            }))
+            .await;
+        let task_result = match res {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(Error::rpc("task delete", id, s)),
+        };
+        let res = ContainersClient::new(self.channel())
+            .delete(self.request(DeleteContainerRequest { id: id.to_owned() }))
+            .await;
+        let container_result = match res {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(Error::rpc("container delete", id, s)),
+        };
+        task_result.and(container_result)
+    }
+
+    /// Best-effort: SIGKILL every process of the task, wait briefly, delete task and container.
+    async fn kill_and_delete(&self, id: &str) {
+        let killed = TasksClient::new(self.channel())
+            .kill(self.request(KillRequest {
+                container_id: id.to_owned(),
+                exec_id: String::new(),
+                signal: SIGKILL,
+                all: true,
+            }))
+            .await;
+        if killed.is_ok() {
+            let _ = tokio::time::timeout(KILL_TIMEOUT, self.wait(id)).await;
+        }
+        if let Err(e) = self.delete_task_and_container(id).await {
+            tracing::warn!(container = %id, error = %e, "cleanup after an aborted run failed");
+        }
+    }
+}
+
+/// Deletes task and container if `run` returns early (error) or its future is dropped.
+struct ContainerGuard {
+    ctd: Containerd,
+    id: String,
+    armed: bool,
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let ctd = self.ctd.clone();
+        let id = std::mem::take(&mut self.id);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move { ctd.kill_and_delete(&id).await });
+            }
+            Err(_) => tracing::warn!(container = %id, "no runtime to clean up the container"),
+        }
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn pump(
+    mut rx: tokio::net::unix::pipe::Receiver,
+    stream: OutputStream,
+    out: Option<mpsc::Sender<(OutputStream, Vec<u8>)>>,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match rx.read(&mut buf).await {
+            Ok(0) => return,
+            Ok(n) => {
+                if let Some(tx) = &out {
+                    // A caller that stopped listening just loses the output.
+                    let _ = tx.send((stream, buf[..n].to_vec())).await;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(?stream, error = %e, "reading container output failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Removes the empty mount points runc created in a writable rootfs's upper directory.
+///
+/// Before the run, records which mount destinations (and their parent directories) are absent from
+/// the upper directory; afterwards removes those that are now present and empty, deepest first.
+/// Paths are walked without following symlinks, so nothing outside the upper directory is touched.
+struct MountpointCleanup {
+    upper: Option<PathBuf>,
+    candidates: Vec<PathBuf>,
+}
+
+impl MountpointCleanup {
+    fn before(req: &RunRequest) -> Self {
+        let Some(upper) = overlay_upperdir(&req.rootfs) else {
+            return MountpointCleanup {
+                upper: None,
+                candidates: Vec::new(),
+            };
+        };
+        let mut candidates = Vec::new();
+        for m in spec::spec_mounts(req) {
+            let rel = relative(&m.destination);
+            let mut prefix = PathBuf::new();
+            for c in rel.components() {
+                prefix.push(c);
+                if !candidates.contains(&prefix)
+                    && matches!(lstat_beneath(&upper, &prefix), Lookup::Absent)
+                {
+                    candidates.push(prefix.clone());
+                }
+            }
+        }
+        // Deepest first, so children go before their parents.
+        candidates.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        MountpointCleanup {
+            upper: Some(upper),
+            candidates,
+        }
+    }
+
+    fn remove_created(&self) {
+        let Some(upper) = &self.upper else { return };
+        for rel in &self.candidates {
+            let Lookup::Found(meta) = lstat_beneath(upper, rel) else {
+                continue;
+            };
+            let path = upper.join(rel);
+            let removed = if meta.is_dir() {
+                // Fails (and keeps the directory) when it is not empty.
+                std::fs::remove_dir(&path).is_ok()
+            } else if meta.is_file() && meta.len() == 0 {
+                std::fs::remove_file(&path).is_ok()
+            } else {
+                false
+            };
+            if removed {
+                tracing::debug!(path = %path.display(), "removed mount point created by runc");
+            }
+        }
+    }
+}
+
+fn relative(destination: &str) -> PathBuf {
+    Path::new(destination)
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect()
+}
+
+enum Lookup {
+    Absent,
+    Found(std::fs::Metadata),
+    /// A parent is a symlink or not a directory: leave the path alone.
+    Unsafe,
+}
+
+fn lstat_beneath(root: &Path, rel: &Path) -> Lookup {
+    let mut cur = root.to_path_buf();
+    let count = rel.components().count();
+    for (i, c) in rel.components().enumerate() {
+        cur.push(c);
+        match std::fs::symlink_metadata(&cur) {
+            Ok(meta) if i + 1 == count => return Lookup::Found(meta),
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Lookup::Unsafe,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Absent,
+            Err(_) => return Lookup::Unsafe,
+        }
+    }
+    Lookup::Unsafe
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountpoint_cleanup_removes_only_new_empty_entries() -> std::io::Result<()> {
+        let upper = tempfile::tempdir()?;
+        // Existed before the run: must stay even though empty.
+        std::fs::create_dir(upper.path().join("proc"))?;
+        let req = RunRequest {
+            rootfs: vec![Mount {
+                r#type: "bind".into(),
+                source: upper.path().display().to_string(),
+                target: String::new(),
+                options: vec!["rbind".into(), "rw".into()],
+            }],
+            mounts: vec![
+                ExtraMount::Bind {
+                    source: PathBuf::from("/etc/hosts"),
+                    destination: "/etc/hosts".into(),
+                    readonly: true,
+                },
+                ExtraMount::Tmpfs {
+                    destination: "/cache/x".into(),
+                    size_bytes: None,
+                },
+            ],
+            ..RunRequest::default()
+        };
+        let cleanup = MountpointCleanup::before(&req);
+        // What runc would create, plus a file the process wrote next to a mount point.
+        for d in [
+            "dev/pts",
+            "dev/shm",
+            "dev/mqueue",
+            "sys/fs/cgroup",
+            "etc",
+            "cache/x",
+        ] {
+            std::fs::create_dir_all(upper.path().join(d))?;
+        }
+        std::fs::write(upper.path().join("etc/hosts"), b"")?;
+        std::fs::write(upper.path().join("cache/data"), b"kept")?;
+        cleanup.remove_created();
+
+        let p = upper.path();
+        assert!(p.join("proc").is_dir());
+        assert!(!p.join("dev").exists());
+        assert!(!p.join("sys").exists());
+        assert!(!p.join("etc").exists());
+        assert!(!p.join("cache/x").exists());
+        assert!(p.join("cache/data").is_file(), "non-empty parents stay");
+        Ok(())
+    }
+
+    #[test]
+    fn lookup_does_not_follow_symlinks() -> std::io::Result<()> {
+        let root = tempfile::tempdir()?;
+        std::os::unix::fs::symlink("/", root.path().join("etc"))?;
+        assert!(matches!(
+            lstat_beneath(root.path(), Path::new("etc/hostname")),
+            Lookup::Unsafe
+        ));
+        Ok(())
+    }
+}

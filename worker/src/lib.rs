@@ -1,0 +1,172 @@
+//! MemoBuild's engine: it takes a BuildKit LLB `Definition`, executes it on containerd, and
+//! exports the result as an OCI image.
+//!
+//! ```text
+//! Definition ─ solver::load ─> vertex graph ─ solver ─> snapshots + layers ─ export ─> OCI image
+//! ```
+//!
+//! The worker never parses a Dockerfile: its only input is the Definition (plus the image config
+//! the frontend produced beside it, as opaque JSON).
+#![warn(missing_docs)]
+
+pub mod blobs;
+pub mod layer;
+pub mod containerd;
+pub mod export;
+pub mod fsops;
+mod ops;
+pub mod patterns;
+pub mod progress;
+pub mod solver;
+pub mod registry;
+pub mod image;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use memobuild_proto::{ParsedDefinition, pb};
+
+use crate::blobs::BlobStore;
+use crate::containerd::{Containerd, Lease};
+use crate::progress::Progress;
+use crate::registry::{Registry, RegistryConfig};
+use crate::solver::{FsRef, SolveError, SolveOptions, SolveResult};
+
+/// containerd namespace MemoBuild works in unless told otherwise.
+pub const DEFAULT_NAMESPACE: &str = "memobuild";
+
+/// How a [`Worker`] is set up.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// containerd's socket; required by [`Worker::open`].
+    pub containerd_socket: Option<PathBuf>,
+    /// containerd namespace.
+    pub namespace: String,
+    /// MemoBuild's state directory (blobs, cache).
+    pub state_dir: PathBuf,
+    /// Registries reached over plain HTTP besides loopback ones.
+    pub insecure_registries: Vec<String>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            containerd_socket: None,
+            namespace: DEFAULT_NAMESPACE.to_string(),
+            state_dir: PathBuf::from("/var/lib/memobuild"),
+            insecure_registries: Vec::new(),
+        }
+    }
+}
+
+/// Errors setting up or using a worker outside a solve.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// containerd could not be reached or refused a call.
+    #[error(transparent)]
+    Containerd(#[from] containerd::Error),
+    /// The registry could not be reached or refused a call.
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    /// Pulling an image failed.
+    #[error(transparent)]
+    Image(#[from] image::Error),
+    /// The local blob store failed.
+    #[error(transparent)]
+    Blob(#[from] blobs::BlobError),
+    /// No containerd socket was configured.
+    #[error("no containerd socket configured (pass --containerd)")]
+    NoContainerd,
+}
+
+/// The engine: a containerd connection (with a lease for this process' work), a registry
+/// client, and the local blob store. Cheap to clone.
+#[derive(Clone)]
+pub struct Worker {
+    pub(crate) ctd: Containerd,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) blobs: BlobStore,
+    lease: Option<Lease>,
+}
+
+impl Worker {
+    /// Connects to containerd, opens the state directory and takes a lease that keeps this
+    /// build's snapshots and content alive until [`Worker::close`] (or its expiry).
+    pub async fn open(cfg: WorkerConfig) -> Result<Self, WorkerError> {
+        let socket = cfg.containerd_socket.clone().ok_or(WorkerError::NoContainerd)?;
+        let ctd = Containerd::connect(&socket, &cfg.namespace).await?;
+        ctd.version().await?;
+        let lease = ctd.create_lease(Duration::from_secs(24 * 3600)).await?;
+        let ctd = ctd.with_lease(&lease)?;
+        let blobs = BlobStore::open(cfg.state_dir.join("blobs"))?;
+        Ok(Worker {
+            ctd,
+            registry: Arc::new(Registry::new(registry_config(&cfg))),
+            blobs,
+            lease: Some(lease),
+        })
+    }
+
+    /// The local blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// Releases the lease; snapshots of this build that nothing else references become garbage.
+    pub async fn close(&self) {
+        if let Some(l) = &self.lease {
+            if let Err(e) = self.ctd.without_lease().delete_lease(l).await {
+                tracing::warn!("releasing containerd lease: {e}");
+            }
+        }
+    }
+
+    /// The registry client.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Pulls an image into containerd and the blob store; returns its filesystem.
+    pub(crate) async fn pull_image(&self, reference: &str, platform: &pb::Platform) -> Result<FsRef, WorkerError> {
+        let pulled = image::pull(&self.ctd, &self.registry, &self.blobs, reference, &to_platform(platform)).await?;
+        Ok(FsRef { snapshot: pulled.top_snapshot, layers: pulled.layers })
+    }
+
+    /// Solves a definition.
+    pub async fn solve(
+        &self,
+        def: ParsedDefinition,
+        opts: SolveOptions,
+        progress: Progress,
+    ) -> Result<SolveResult, SolveError> {
+        solver::solve(self, def, opts, progress).await
+    }
+}
+
+/// Resolves an image reference to its (index or manifest) digest and config JSON, which is what
+/// a frontend pins and reads.
+pub async fn resolve_image_config(
+    registry: &Registry,
+    reference: &str,
+    platform: &pb::Platform,
+) -> Result<(String, Vec<u8>), WorkerError> {
+    let r = registry.resolve(reference, &to_platform(platform)).await?;
+    Ok((r.index_digest.clone().unwrap_or(r.manifest_digest.clone()), r.config))
+}
+
+/// The registry client configuration a worker config implies.
+pub fn registry_config(cfg: &WorkerConfig) -> RegistryConfig {
+    RegistryConfig {
+        insecure: cfg.insecure_registries.clone(),
+        ..RegistryConfig::default()
+    }
+}
+
+fn to_platform(p: &pb::Platform) -> registry::Platform {
+    registry::Platform {
+        os: p.os.clone(),
+        architecture: p.architecture.clone(),
+        variant: (!p.variant.is_empty()).then(|| p.variant.clone()),
+    }
+}

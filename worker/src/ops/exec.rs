@@ -1,0 +1,222 @@
+//! ExecOp: runs a process in a containerd task on an active snapshot of its root input, then
+//! turns what it wrote into a layer.
+
+use std::collections::{HashMap, VecDeque};
+
+use memobuild_proto::pb;
+use tokio::sync::mpsc;
+
+use crate::containerd::{ExtraMount, MountGuard, NetworkMode, OutputStream, RunRequest, User};
+use crate::fsops;
+use crate::ops::writable_dir;
+use crate::progress::LogStream;
+use crate::solver::{FsRef, Output, Solve, SolveError};
+
+/// How many output lines of a failed process are kept for the error report.
+const TAIL_LINES: usize = 10;
+
+/// BuildKit's hostname for build containers; some scripts look at it.
+const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
+
+impl Solve {
+    pub(crate) async fn exec(
+        &self,
+        digest: &str,
+        exec: pb::ExecOp,
+        inputs: Vec<Output>,
+    ) -> Result<Vec<Output>, SolveError> {
+        let meta = exec.meta.clone().ok_or_else(|| self.error(digest, "exec op has no meta".into()))?;
+        if meta.args.is_empty() {
+            return Err(self.error(digest, "exec op has no arguments".into()));
+        }
+        let Some(root_input) = root_mount_input(&exec.mounts) else {
+            return Err(self.error(digest, "exec op has no root mount".into()));
+        };
+        let base = fs_input(&inputs, root_input).map_err(|m| self.error(digest, m))?;
+
+        let mut extra = Vec::new();
+        let mut views: Vec<(MountGuard, String)> = Vec::new();
+        for m in exec.mounts.clone() {
+            if m.dest == "/" {
+                continue;
+            }
+            match pb::MountType::try_from(m.mount_type) {
+                Ok(pb::MountType::Tmpfs) => extra.push(ExtraMount::Tmpfs {
+                    destination: m.dest.clone(),
+                    size_bytes: m.tmpfs_opt.as_ref().map(|t| t.size as u64).filter(|s| *s > 0),
+                }),
+                Ok(pb::MountType::Bind) if m.output < 0 && m.readonly => {
+                    let src = fs_input(&inputs, m.input).map_err(|m| self.error(digest, m))?;
+                    let Some(snap) = src.snapshot else {
+                        return Err(self.error(digest, format!("bind mount at `{}` has an empty source", m.dest)));
+                    };
+                    let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
+                    let mounts = self.worker.ctd.view(&key, &snap).await.map_err(|e| self.error(digest, e.to_string()))?;
+                    let guard = MountGuard::mount(&mounts).map_err(|e| self.error(digest, e.to_string()))?;
+                    let selector = m.selector.trim_start_matches('/');
+                    let source = fsops::resolve_in_root(guard.path(), selector, true)
+                        .map_err(|e| self.error(digest, e.to_string()))?;
+                    extra.push(ExtraMount::Bind { source, destination: m.dest.clone(), readonly: true });
+                    views.push((guard, key));
+                }
+                _ => {
+                    return Err(self.error(digest, format!(
+                        "mount at `{}` (type {}, output {}) is not supported yet",
+                        m.dest, m.mount_type, m.output
+                    )));
+                }
+            }
+        }
+
+        let result = self.run_exec(digest, exec.network, meta, &base, extra).await;
+        for (g, key) in views {
+            let _ = g.unmount();
+            let _ = self.worker.ctd.remove(&key).await;
+        }
+        result
+    }
+
+    async fn run_exec(
+        &self,
+        digest: &str,
+        network: i32,
+        meta: pb::Meta,
+        base: &FsRef,
+        mounts: Vec<ExtraMount>,
+    ) -> Result<Vec<Output>, SolveError> {
+        let key = format!("memobuild-active-{}", uuid::Uuid::new_v4());
+        let rootfs = self
+            .worker
+            .ctd
+            .prepare(&key, base.snapshot.as_deref().unwrap_or(""), HashMap::new())
+            .await
+            .map_err(|e| self.error(digest, e.to_string()))?;
+
+        let outcome = self
+            .exec_in_snapshot(digest, &key, &rootfs, network, meta, base, mounts)
+            .await;
+        if outcome.is_err() {
+            let _ = self.worker.ctd.remove(&key).await;
+        }
+        outcome.map(|fs| vec![Output::Fs(fs)])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exec_in_snapshot(
+        &self,
+        digest: &str,
+        key: &str,
+        rootfs: &[crate::containerd::Mount],
+        network: i32,
+        meta: pb::Meta,
+        base: &FsRef,
+        mounts: Vec<ExtraMount>,
+    ) -> Result<FsRef, SolveError> {
+        // Resolve the user against the image's /etc/passwd and make sure the working
+        // directory exists, as BuildKit does before starting the process.
+        let guard = MountGuard::mount(rootfs).map_err(|e| self.error(digest, e.to_string()))?;
+        let user_spec = meta.user.clone();
+        let cwd = if meta.cwd.is_empty() { "/".to_string() } else { meta.cwd.clone() };
+        let root = guard.path().to_path_buf();
+        let cwd2 = cwd.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let (uid, gid, additional_gids) =
+                fsops::resolve_user_spec(&root, &user_spec).map_err(|e| e.to_string())?;
+            let dir = fsops::resolve_in_root(&root, &cwd2, true).map_err(|e| e.to_string())?;
+            if !dir.exists() {
+                fsops::mkdir_all(&dir, 0o755, None).map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(User { uid, gid, additional_gids })
+        })
+        .await
+        .map_err(|e| self.error(digest, format!("prepare task failed: {e}")))?;
+        guard.unmount().map_err(|e| self.error(digest, e.to_string()))?;
+        let user = prepared.map_err(|m| self.error(digest, m))?;
+
+        let network = match pb::NetMode::try_from(network) {
+            Ok(pb::NetMode::None) => NetworkMode::None,
+            _ => NetworkMode::Host,
+        };
+        let (tx, mut rx) = mpsc::channel::<(OutputStream, Vec<u8>)>(64);
+        let progress = self.progress.clone();
+        let d = digest.to_string();
+        let logger = tokio::spawn(async move {
+            let mut tail: VecDeque<String> = VecDeque::new();
+            let mut partial = String::new();
+            while let Some((stream, data)) = rx.recv().await {
+                partial.push_str(&String::from_utf8_lossy(&data));
+                while let Some(i) = partial.find('\n') {
+                    let line: String = partial.drain(..=i).collect();
+                    tail.push_back(line.trim_end().to_string());
+                    if tail.len() > TAIL_LINES {
+                        tail.pop_front();
+                    }
+                }
+                let s = match stream {
+                    OutputStream::Stdout => LogStream::Stdout,
+                    OutputStream::Stderr => LogStream::Stderr,
+                };
+                progress.log(&d, s, data);
+            }
+            if !partial.trim().is_empty() {
+                tail.push_back(partial.trim_end().to_string());
+                if tail.len() > TAIL_LINES {
+                    tail.pop_front();
+                }
+            }
+            tail
+        });
+
+        let req = RunRequest {
+            rootfs: rootfs.to_vec(),
+            args: meta.args.clone(),
+            env: meta.env.clone(),
+            cwd,
+            user,
+            hostname: if meta.hostname.is_empty() {
+                DEFAULT_HOSTNAME.to_string()
+            } else {
+                meta.hostname.clone()
+            },
+            network,
+            mounts,
+            output: Some(tx),
+            cancel: None,
+        };
+        let permit = self
+            .exec_slots
+            .acquire()
+            .await
+            .map_err(|e| self.error(digest, format!("exec slots closed: {e}")))?;
+        let code = self.worker.ctd.run(req).await;
+        drop(permit);
+        let tail: Vec<String> = logger.await.map(Vec::from).unwrap_or_default();
+        let code = code.map_err(|e| self.error(digest, e.to_string()))?;
+        if code != 0 {
+            let mut e = self.error(digest, format!(
+                "process \"{}\" did not complete successfully: exit code: {code}",
+                meta.args.join(" ")
+            ));
+            e.output_tail = tail;
+            return Err(e);
+        }
+        let upper = writable_dir(rootfs).ok_or_else(|| self.error(digest, "snapshot has no upper directory".into()))?;
+        self.snapshot_layer(digest, key, &upper, base).await
+    }
+}
+
+/// The filesystem an exec mount takes from input `i` (-1 is scratch).
+fn fs_input(inputs: &[Output], i: i64) -> Result<FsRef, String> {
+    match usize::try_from(i).ok().map(|i| inputs.get(i)) {
+        _ if i == -1 => Ok(FsRef::default()),
+        Some(Some(Output::Fs(f))) => Ok(f.clone()),
+        Some(Some(Output::Local(_))) => {
+            Err("mounting a local source into a container is not supported yet".into())
+        }
+        _ => Err(format!("mount refers to invalid input {i}")),
+    }
+}
+
+fn root_mount_input(mounts: &[pb::Mount]) -> Option<i64> {
+    mounts.iter().find(|m| m.dest == "/").map(|m| m.input)
+}

@@ -1,0 +1,46 @@
+//! SourceOp: `docker-image://` (pulled into containerd snapshots) and `local://` (a host
+//! directory handed in by the caller).
+
+use memobuild_proto::{attr, pb};
+
+use crate::patterns::PatternMatcher;
+use crate::solver::{LocalRef, Output, Solve, SolveError};
+
+impl Solve {
+    pub(crate) async fn source(
+        &self,
+        digest: &str,
+        platform: Option<pb::Platform>,
+        src: pb::SourceOp,
+    ) -> Result<Vec<Output>, SolveError> {
+        if let Some(reference) = src.identifier.strip_prefix(attr::SCHEME_DOCKER_IMAGE) {
+            let platform = platform.unwrap_or_else(|| self.opts.platform.clone());
+            let fs = self
+                .worker
+                .pull_image(reference, &platform)
+                .await
+                .map_err(|e| self.error(digest, e.to_string()))?;
+            return Ok(vec![Output::Fs(fs)]);
+        }
+        if let Some(name) = src.identifier.strip_prefix(attr::SCHEME_LOCAL) {
+            let path = self.opts.locals.get(name).ok_or_else(|| {
+                self.error(digest, format!("no local directory named `{name}` was given to the build"))
+            })?;
+            let exclude = patterns(&src, attr::ATTR_LOCAL_EXCLUDEPATTERNS).map_err(|m| self.error(digest, m))?;
+            let include = patterns(&src, attr::ATTR_LOCAL_INCLUDEPATTERN).map_err(|m| self.error(digest, m))?;
+            return Ok(vec![Output::Local(LocalRef { path: path.clone(), exclude, include })]);
+        }
+        Err(self.error(digest, format!("source `{}` is not supported yet", src.identifier)))
+    }
+}
+
+/// A JSON list of patterns in attr `key`, compiled; `None` when absent or empty.
+fn patterns(src: &pb::SourceOp, key: &str) -> Result<Option<PatternMatcher>, String> {
+    let Some(json) = src.attrs.get(key) else { return Ok(None) };
+    let list: Vec<String> = serde_json::from_str(json)
+        .map_err(|e| format!("attr `{key}` is not a JSON list of strings: {e}"))?;
+    if list.is_empty() {
+        return Ok(None);
+    }
+    PatternMatcher::new(&list).map(Some).map_err(|e| e.to_string())
+}

@@ -1,0 +1,117 @@
+//! Progress events the solver emits; `src/` renders them (tty, plain, json).
+//!
+//! Vertex identity in events is the LLB op digest, as in BuildKit's `Status` stream, so that the
+//! same build reports the same vertex ids whoever renders them.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+/// The state a vertex moved to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VertexState {
+    /// Execution started.
+    Started,
+    /// The result came from the cache; nothing ran.
+    Cached,
+    /// Execution finished successfully.
+    Completed,
+    /// Execution failed.
+    Error,
+}
+
+impl VertexState {
+    /// The lowercase name used in JSON progress.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VertexState::Started => "started",
+            VertexState::Cached => "cached",
+            VertexState::Completed => "completed",
+            VertexState::Error => "error",
+        }
+    }
+}
+
+/// Which output stream a log chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    /// The process' standard output.
+    Stdout,
+    /// The process' standard error.
+    Stderr,
+}
+
+/// One progress event.
+#[derive(Debug, Clone)]
+pub enum ProgressEvent {
+    /// A vertex changed state.
+    Vertex {
+        /// LLB digest of the vertex.
+        digest: String,
+        /// Human name (`llb.customname` or a derived one).
+        name: String,
+        /// New state.
+        state: VertexState,
+        /// Time since the vertex started, for terminal states.
+        duration: Option<Duration>,
+        /// Error text for `Error`.
+        error: Option<String>,
+    },
+    /// Output of a running vertex.
+    Log {
+        /// LLB digest of the vertex.
+        digest: String,
+        /// Which stream.
+        stream: LogStream,
+        /// Raw bytes, as they came.
+        data: Vec<u8>,
+    },
+    /// A note about the build as a whole (e.g. export steps).
+    Message(String),
+}
+
+/// Sending half of a progress channel. Sending never fails the build: a renderer that went away
+/// only means nobody watches.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    tx: Option<mpsc::UnboundedSender<ProgressEvent>>,
+}
+
+impl Progress {
+    /// A sink that forwards to `tx`.
+    pub fn new(tx: mpsc::UnboundedSender<ProgressEvent>) -> Self {
+        Progress { tx: Some(tx) }
+    }
+
+    /// A sink that drops everything.
+    pub fn discard() -> Self {
+        Progress { tx: None }
+    }
+
+    /// Sends an event.
+    pub fn send(&self, ev: ProgressEvent) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(ev);
+        }
+    }
+
+    /// Sends a vertex state change.
+    pub fn vertex(&self, digest: &str, name: &str, state: VertexState, duration: Option<Duration>, error: Option<String>) {
+        self.send(ProgressEvent::Vertex {
+            digest: digest.to_string(),
+            name: name.to_string(),
+            state,
+            duration,
+            error,
+        });
+    }
+
+    /// Sends a log chunk.
+    pub fn log(&self, digest: &str, stream: LogStream, data: Vec<u8>) {
+        self.send(ProgressEvent::Log {
+            digest: digest.to_string(),
+            stream,
+            data,
+        });
+    }
+}

@@ -1,0 +1,272 @@
+//! The solver: executes a validated LLB graph, each vertex at most once, independent vertices
+//! concurrently.
+//!
+//! Every vertex gets a [`tokio::sync::OnceCell`]; solving a vertex first solves its inputs
+//! (concurrently, through their cells) and then runs its op. Two parents sharing an input wait on
+//! the same cell, so the input runs once. Exec ops take a permit from a semaphore that bounds how
+//! many containers run at once. The first error wins: `try_join_all` drops the sibling futures,
+//! which cancels their work (containers are cleaned up by their guards).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, try_join_all};
+use memobuild_proto::{ParsedDefinition, attr, pb};
+use tokio::sync::{OnceCell, Semaphore};
+
+use crate::Worker;
+use crate::layer::{LayerBlob, LayerOptions};
+use crate::patterns::PatternMatcher;
+use crate::progress::{Progress, VertexState};
+
+/// A filesystem produced by a vertex: a committed containerd snapshot and the layers that make
+/// it, bottom first. `snapshot: None` is the empty filesystem (scratch).
+#[derive(Debug, Clone, Default)]
+pub struct FsRef {
+    /// Name of the committed snapshot, if any.
+    pub snapshot: Option<String>,
+    /// The layer chain.
+    pub layers: Vec<LayerBlob>,
+}
+
+/// A directory on the host (a `local://` source) with the filters its source op carries.
+#[derive(Debug, Clone)]
+pub struct LocalRef {
+    /// The directory.
+    pub path: PathBuf,
+    /// Paths to leave out (`local.excludepatterns`, i.e. `.dockerignore`).
+    pub exclude: Option<PatternMatcher>,
+    /// If set, only these paths are visible (`local.includepattern(s)`).
+    pub include: Option<PatternMatcher>,
+}
+
+/// One output of a vertex.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// A snapshot-backed filesystem.
+    Fs(FsRef),
+    /// A host directory.
+    Local(LocalRef),
+}
+
+/// Options of one solve.
+#[derive(Debug, Clone)]
+pub struct SolveOptions {
+    /// `local://NAME` sources: NAME → directory.
+    pub locals: HashMap<String, PathBuf>,
+    /// How layers are written.
+    pub layer: LayerOptions,
+    /// Maximum number of containers running at once.
+    pub max_parallel_exec: usize,
+    /// Platform for ops that don't name one.
+    pub platform: pb::Platform,
+}
+
+/// A failed vertex, with what a user needs to find it: its name and, when the definition has
+/// a source map, the file and line it came from.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}{}: {message}", location.as_ref().map(|l| format!("{l}: ")).unwrap_or_default(), name)]
+pub struct SolveError {
+    /// Digest of the failing vertex (empty for errors outside any vertex).
+    pub vertex: String,
+    /// Its progress name, e.g. `[2/4] RUN make`.
+    pub name: String,
+    /// `file:line` from the source map, if known.
+    pub location: Option<String>,
+    /// What went wrong.
+    pub message: String,
+    /// The last lines the failing process printed, if any.
+    pub output_tail: Vec<String>,
+}
+
+/// Result of a solve: the terminal vertex's output.
+#[derive(Debug, Clone)]
+pub struct SolveResult {
+    /// The filesystem the definition describes.
+    pub fs: FsRef,
+}
+
+type Cell = Arc<OnceCell<Result<Arc<Vec<Output>>, SolveError>>>;
+
+pub(crate) struct Solve {
+    pub(crate) worker: Worker,
+    pub(crate) def: ParsedDefinition,
+    pub(crate) opts: SolveOptions,
+    pub(crate) progress: Progress,
+    pub(crate) exec_slots: Semaphore,
+    cells: HashMap<String, Cell>,
+}
+
+/// Solves `def` on `worker`.
+pub async fn solve(
+    worker: &Worker,
+    def: ParsedDefinition,
+    opts: SolveOptions,
+    progress: Progress,
+) -> Result<SolveResult, SolveError> {
+    let cells = def
+        .ops()
+        .iter()
+        .map(|o| (o.digest.clone(), Cell::default()))
+        .collect();
+    let terminal = def.terminal().clone();
+    let solve = Arc::new(Solve {
+        worker: worker.clone(),
+        exec_slots: Semaphore::new(opts.max_parallel_exec.max(1)),
+        def,
+        opts,
+        progress,
+        cells,
+    });
+    let outputs = solve.clone().vertex(terminal.digest.clone()).await?;
+    let out = usize::try_from(terminal.index)
+        .ok()
+        .and_then(|i| outputs.get(i))
+        .cloned()
+        .ok_or_else(|| SolveError {
+            vertex: terminal.digest.clone(),
+            name: solve.name(&terminal.digest),
+            location: None,
+            message: format!("vertex has no output {}", terminal.index),
+            output_tail: Vec::new(),
+        })?;
+    match out {
+        Output::Fs(fs) => Ok(SolveResult { fs }),
+        Output::Local(_) => Err(SolveError {
+            vertex: terminal.digest.clone(),
+            name: solve.name(&terminal.digest),
+            location: None,
+            message: "a local directory cannot be the result of a build; copy it into a filesystem first".into(),
+            output_tail: Vec::new(),
+        }),
+    }
+}
+
+impl Solve {
+    fn vertex(self: Arc<Self>, digest: String) -> BoxFuture<'static, Result<Arc<Vec<Output>>, SolveError>> {
+        async move {
+            let Some(cell) = self.cells.get(&digest).cloned() else {
+                return Err(self.error(&digest, "vertex is not part of the definition".into()));
+            };
+            cell.get_or_init(|| self.clone().run(digest.clone()))
+                .await
+                .clone()
+        }
+        .boxed()
+    }
+
+    async fn run(self: Arc<Self>, digest: String) -> Result<Arc<Vec<Output>>, SolveError> {
+        let Some(op) = self.def.get(&digest).cloned() else {
+            return Err(self.error(&digest, "vertex is not part of the definition".into()));
+        };
+        let inputs = try_join_all(op.inputs.clone().into_iter().map(|input| {
+            let s = self.clone();
+            let d = input.digest.clone();
+            let index = input.index;
+            async move {
+                let outs = s.clone().vertex(d.clone()).await?;
+                usize::try_from(index)
+                    .ok()
+                    .and_then(|i| outs.get(i).cloned())
+                    .ok_or_else(|| s.error(&d, format!("vertex has no output {index}")))
+            }
+        }))
+        .await?;
+
+        let name = self.name(&digest);
+        let started = Instant::now();
+        self.progress
+            .vertex(&digest, &name, VertexState::Started, None, None);
+        let platform = op.platform.clone();
+        // Boxing each op's future here checks `Send` with concrete lifetimes; left to the outer
+        // `boxed()`, rustc cannot prove it for the higher-ranked ones (rust-lang/rust#110338).
+        let fut: BoxFuture<'_, Result<Vec<Output>, SolveError>> = match op.op {
+            Some(pb::op::Op::Source(src)) => self.source(&digest, platform, src).boxed(),
+            Some(pb::op::Op::Exec(exec)) => self.exec(&digest, exec, inputs).boxed(),
+            Some(pb::op::Op::File(file)) => self.file(&digest, file, inputs).boxed(),
+            Some(pb::op::Op::Merge(_)) => unsupported(self.error(&digest, "merge ops are not supported yet".into())),
+            Some(pb::op::Op::Diff(_)) => unsupported(self.error(&digest, "diff ops are not supported yet".into())),
+            Some(pb::op::Op::Build(_)) => unsupported(self.error(&digest, "build ops are not supported".into())),
+            Some(pb::op::Op::Passthrough(_)) => {
+                unsupported(self.error(&digest, "passthrough ops are not supported".into()))
+            }
+            None => unsupported(self.error(&digest, "op has no operation".into())),
+        };
+        let result = fut.await;
+        match result {
+            Ok(outs) => {
+                self.progress.vertex(
+                    &digest,
+                    &name,
+                    VertexState::Completed,
+                    Some(started.elapsed()),
+                    None,
+                );
+                Ok(Arc::new(outs))
+            }
+            Err(e) => {
+                self.progress.vertex(
+                    &digest,
+                    &name,
+                    VertexState::Error,
+                    Some(started.elapsed()),
+                    Some(e.message.clone()),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// The progress name of a vertex: `llb.customname`, else something derived from the op.
+    pub(crate) fn name(&self, digest: &str) -> String {
+        if let Some(n) = self
+            .def
+            .metadata(digest)
+            .and_then(|m| m.description.get(attr::ATTR_LLB_CUSTOMNAME))
+        {
+            return n.clone();
+        }
+        match self.def.get(digest).and_then(|p| p.op.as_ref()) {
+            Some(pb::op::Op::Source(s)) => s.identifier.clone(),
+            Some(pb::op::Op::Exec(e)) => e
+                .meta
+                .as_ref()
+                .map(|m| m.args.join(" "))
+                .unwrap_or_default(),
+            Some(pb::op::Op::File(_)) => "file operation".into(),
+            _ => digest.to_string(),
+        }
+    }
+
+    /// `file:line` (or `file:line-line`) of a vertex from the definition's source map.
+    pub(crate) fn location(&self, digest: &str) -> Option<String> {
+        let src = self.def.source()?;
+        let loc = src.locations.get(digest)?.locations.first()?;
+        let info = src.infos.get(usize::try_from(loc.source_index).ok()?)?;
+        let range = loc.ranges.first()?;
+        let start = range.start.as_ref()?.line;
+        let end = range.end.as_ref().map(|p| p.line).unwrap_or(start);
+        Some(if end > start {
+            format!("{}:{}-{}", info.filename, start, end)
+        } else {
+            format!("{}:{}", info.filename, start)
+        })
+    }
+
+    pub(crate) fn error(&self, digest: &str, message: String) -> SolveError {
+        SolveError {
+            vertex: digest.to_string(),
+            name: self.name(digest),
+            location: self.location(digest),
+            message,
+            output_tail: Vec::new(),
+        }
+    }
+}
+
+fn unsupported<'a>(e: SolveError) -> BoxFuture<'a, Result<Vec<Output>, SolveError>> {
+    futures::future::ready(Err(e)).boxed()
+}
