@@ -31,16 +31,25 @@ fn read_inputs(args: &FrontendArgs) -> anyhow::Result<Inputs> {
     if !context.is_dir() {
         bail!("context `{}` is not a directory", context.display());
     }
-    let file = args.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
+    let file = args
+        .file
+        .clone()
+        .unwrap_or_else(|| context.join("Dockerfile"));
     let dockerfile = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read Dockerfile `{}`", file.display()))?;
     // `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's `.dockerignore`.
     let specific = PathBuf::from(format!("{}.dockerignore", file.display()));
-    let ignore_file = if specific.is_file() { specific } else { context.join(".dockerignore") };
+    let ignore_file = if specific.is_file() {
+        specific
+    } else {
+        context.join(".dockerignore")
+    };
     let dockerignore = match std::fs::read_to_string(&ignore_file) {
         Ok(text) => parse_dockerignore(&text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", ignore_file.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read `{}`", ignore_file.display()));
+        }
     };
     let dockerfile_name = file
         .file_name()
@@ -76,7 +85,9 @@ fn parse_build_args(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> 
             None => (a.clone(), std::env::var(a).ok()),
         };
         if k.is_empty() || k.contains(char::is_whitespace) {
-            bail!("invalid --build-arg `{a}`: expected KEY=VALUE with a non-empty KEY without spaces");
+            bail!(
+                "invalid --build-arg `{a}`: expected KEY=VALUE with a non-empty KEY without spaces"
+            );
         }
         if let Some(v) = v {
             out.insert(k, v);
@@ -101,7 +112,11 @@ impl frontend::ImageResolver for Resolver {
         let p = to_pb_platform(platform);
         let (digest, config) = self
             .handle
-            .block_on(memobuild_worker::resolve_image_config(&self.registry, reference, &p))
+            .block_on(memobuild_worker::resolve_image_config(
+                &self.registry,
+                reference,
+                &p,
+            ))
             .map_err(|e| e.to_string())?;
         Ok(frontend::ResolvedImage { digest, config })
     }
@@ -116,7 +131,11 @@ fn to_pb_platform(p: &frontend::Platform) -> pb::Platform {
     }
 }
 
-async fn lower_with(registry: &Arc<Registry>, inputs: &Inputs, target: Option<String>) -> anyhow::Result<frontend::Lowered> {
+async fn lower_with(
+    registry: &Arc<Registry>,
+    inputs: &Inputs,
+    target: Option<String>,
+) -> anyhow::Result<frontend::Lowered> {
     let opts = frontend::BuildOptions {
         dockerfile_name: inputs.dockerfile_name.clone(),
         target,
@@ -126,11 +145,15 @@ async fn lower_with(registry: &Arc<Registry>, inputs: &Inputs, target: Option<St
         session_id: None,
         dockerignore: inputs.dockerignore.clone(),
     };
-    let resolver = Resolver { registry: registry.clone(), handle: tokio::runtime::Handle::current() };
+    let resolver = Resolver {
+        registry: registry.clone(),
+        handle: tokio::runtime::Handle::current(),
+    };
     let dockerfile = inputs.dockerfile.clone();
-    let lowered = tokio::task::spawn_blocking(move || frontend::build(&dockerfile, &opts, &resolver))
-        .await
-        .context("frontend task failed")??;
+    let lowered =
+        tokio::task::spawn_blocking(move || frontend::build(&dockerfile, &opts, &resolver))
+            .await
+            .context("frontend task failed")??;
     Ok(lowered)
 }
 
@@ -145,10 +168,12 @@ fn state_dir(arg: Option<PathBuf>) -> PathBuf {
 /// `memobuild lower`.
 pub async fn lower(args: LowerArgs) -> anyhow::Result<()> {
     let inputs = read_inputs(&args.frontend)?;
-    let registry = Arc::new(Registry::new(memobuild_worker::registry_config(&WorkerConfig {
-        insecure_registries: args.frontend.insecure_registries.clone(),
-        ..WorkerConfig::default()
-    })));
+    let registry = Arc::new(Registry::new(memobuild_worker::registry_config(
+        &WorkerConfig {
+            insecure_registries: args.frontend.insecure_registries.clone(),
+            ..WorkerConfig::default()
+        },
+    )));
     let lowered = lower_with(&registry, &inputs, args.frontend.target.clone()).await?;
     for w in &lowered.warnings {
         eprintln!("warning: {w}");
@@ -211,7 +236,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
             max_parallel_exec: args.max_parallelism,
             platform: to_pb_platform(&frontend::Platform::host()),
         };
-        let solved = worker.solve(def, opts, progress.clone()).await.map_err(report)?;
+        let solved = worker.solve(def, opts, progress.clone()).await?;
         let image = memobuild_worker::export::assemble(&lowered.image_config, &solved.fs.layers)?;
         if outputs.is_empty() {
             progress.send(memobuild_worker::progress::ProgressEvent::Message(
@@ -248,6 +273,11 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
     drop(progress);
     let _ = renderer.await;
     worker.close().await;
+    if let Err(e) = &result
+        && let Some(se) = e.downcast_ref::<SolveError>()
+    {
+        print_output_tail(se);
+    }
     let digest = result?;
     println!("{digest}");
     Ok(())
@@ -257,8 +287,8 @@ fn normalize_name(n: &str) -> anyhow::Result<String> {
     frontend::normalize_image_ref(n).map_err(|e| anyhow::anyhow!("invalid image name `{n}`: {e}"))
 }
 
-/// Prints the failing process' last output lines (as buildx does) and returns the one-line error.
-fn report(e: SolveError) -> anyhow::Error {
+/// Prints the failing process' last output lines, as buildx does, above the one-line error.
+fn print_output_tail(e: &SolveError) {
     if !e.output_tail.is_empty() {
         eprintln!("------");
         eprintln!(" > {}:", e.name);
@@ -267,7 +297,6 @@ fn report(e: SolveError) -> anyhow::Error {
         }
         eprintln!("------");
     }
-    anyhow::Error::new(e)
 }
 
 #[cfg(test)]
@@ -282,7 +311,11 @@ mod tests {
         assert_eq!(a["C"], "x=y");
         assert!(parse_build_args(&["=1".into()]).is_err());
         assert!(parse_build_args(&["A B=1".into()]).is_err());
-        assert!(parse_build_args(&["MEMOBUILD_SURELY_UNSET_VAR".into()]).unwrap().is_empty());
+        assert!(
+            parse_build_args(&["MEMOBUILD_SURELY_UNSET_VAR".into()])
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -36,7 +36,12 @@ pub struct FrontendArgs {
     #[arg(long, value_name = "STAGE")]
     pub target: Option<String>,
     /// Registries (`HOST:PORT`) to reach over plain HTTP; loopback registries always are.
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT", env = "MEMOBUILD_INSECURE_REGISTRIES", value_delimiter = ',')]
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST:PORT",
+        env = "MEMOBUILD_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
     pub insecure_registries: Vec<String>,
     /// Build context directory.
     #[arg(value_name = "CONTEXT")]

@@ -36,7 +36,9 @@ fn op_json(op: &pb::Op) -> Value {
         .collect();
     let body = match &op.op {
         None => json!({"kind": "terminal"}),
-        Some(pb::op::Op::Source(s)) => json!({"kind": "source", "identifier": s.identifier, "attrs": s.attrs}),
+        Some(pb::op::Op::Source(s)) => {
+            json!({"kind": "source", "identifier": s.identifier, "attrs": s.attrs})
+        }
         Some(pb::op::Op::Exec(e)) => {
             let meta = e.meta.clone().unwrap_or_default();
             json!({
@@ -67,7 +69,9 @@ fn op_json(op: &pb::Op) -> Value {
                 json!({"input": a.input, "secondaryInput": a.secondary_input, "output": a.output, "action": action})
             }).collect::<Vec<_>>(),
         }),
-        Some(other) => json!({"kind": format!("{other:?}").split('(').next().unwrap_or("op").to_lowercase()}),
+        Some(other) => {
+            json!({"kind": format!("{other:?}").split('(').next().unwrap_or("op").to_lowercase()})
+        }
     };
     let mut v = body;
     v["inputs"] = json!(inputs);

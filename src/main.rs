@@ -1,5 +1,7 @@
 //! The `memobuild` binary: command-line glue over the frontend and worker crates.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod build;
 mod cli;
 mod dump;
@@ -17,7 +19,10 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

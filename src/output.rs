@@ -35,14 +35,15 @@ pub fn parse(spec: &str, tags: &[String]) -> anyhow::Result<OutputSpec> {
     let ty = fields
         .remove("type")
         .with_context(|| format!("invalid output `{spec}`: missing type="))?;
-    let take_bool = |fields: &mut BTreeMap<String, String>, key: &str, default: bool| -> anyhow::Result<bool> {
-        match fields.remove(key).as_deref() {
-            None => Ok(default),
-            Some("true") | Some("1") | Some("") => Ok(true),
-            Some("false") | Some("0") => Ok(false),
-            Some(v) => bail!("invalid output `{spec}`: {key}={v} is not a boolean"),
-        }
-    };
+    let take_bool =
+        |fields: &mut BTreeMap<String, String>, key: &str, default: bool| -> anyhow::Result<bool> {
+            match fields.remove(key).as_deref() {
+                None => Ok(default),
+                Some("true") | Some("1") | Some("") => Ok(true),
+                Some("false") | Some("0") => Ok(false),
+                Some(v) => bail!("invalid output `{spec}`: {key}={v} is not a boolean"),
+            }
+        };
     let out = match ty.as_str() {
         "oci" => {
             let dest = fields
@@ -56,9 +57,15 @@ pub fn parse(spec: &str, tags: &[String]) -> anyhow::Result<OutputSpec> {
             if names.is_empty() {
                 names = tags.to_vec();
             }
-            OutputSpec::Oci { dest: PathBuf::from(dest), tar, names }
+            OutputSpec::Oci {
+                dest: PathBuf::from(dest),
+                tar,
+                names,
+            }
         }
-        other => bail!("invalid output `{spec}`: type={other} is not supported yet (supported: oci)"),
+        other => {
+            bail!("invalid output `{spec}`: type={other} is not supported yet (supported: oci)")
+        }
     };
     if let Some(k) = fields.keys().next() {
         bail!("invalid output `{spec}`: unknown key `{k}`");
@@ -74,19 +81,47 @@ mod tests {
     fn oci_tar_and_dir() {
         assert_eq!(
             parse("type=oci,dest=out.tar", &["a:1".into()]).unwrap(),
-            OutputSpec::Oci { dest: "out.tar".into(), tar: true, names: vec!["a:1".into()] }
+            OutputSpec::Oci {
+                dest: "out.tar".into(),
+                tar: true,
+                names: vec!["a:1".into()]
+            }
         );
         assert_eq!(
             parse("type=oci,dest=d,tar=false,name=x", &[]).unwrap(),
-            OutputSpec::Oci { dest: "d".into(), tar: false, names: vec!["x".into()] }
+            OutputSpec::Oci {
+                dest: "d".into(),
+                tar: false,
+                names: vec!["x".into()]
+            }
         );
     }
 
     #[test]
     fn errors_name_the_problem() {
-        assert!(parse("type=oci", &[]).unwrap_err().to_string().contains("dest"));
-        assert!(parse("type=weird,dest=x", &[]).unwrap_err().to_string().contains("weird"));
-        assert!(parse("type=oci,dest=x,tar=maybe", &[]).unwrap_err().to_string().contains("boolean"));
-        assert!(parse("type=oci,dest=x,bogus=1", &[]).unwrap_err().to_string().contains("bogus"));
+        assert!(
+            parse("type=oci", &[])
+                .unwrap_err()
+                .to_string()
+                .contains("dest")
+        );
+        assert!(
+            parse("type=weird,dest=x", &[])
+                .unwrap_err()
+                .to_string()
+                .contains("weird")
+        );
+        assert!(
+            parse("type=oci,dest=x,tar=maybe", &[])
+                .unwrap_err()
+                .to_string()
+                .contains("boolean")
+        );
+        assert!(
+            parse("type=oci,dest=x,bogus=1", &[])
+                .unwrap_err()
+                .to_string()
+                .contains("bogus")
+        );
     }
 }

@@ -29,7 +29,13 @@ pub async fn render(mode: ProgressMode, mut rx: mpsc::UnboundedReceiver<Progress
 
 fn json_line(out: &mut impl Write, ev: &ProgressEvent) -> std::io::Result<()> {
     let v = match ev {
-        ProgressEvent::Vertex { digest, name, state, duration, error } => {
+        ProgressEvent::Vertex {
+            digest,
+            name,
+            state,
+            duration,
+            error,
+        } => {
             let mut v = serde_json::json!({
                 "vertex": digest,
                 "name": name,
@@ -41,7 +47,11 @@ fn json_line(out: &mut impl Write, ev: &ProgressEvent) -> std::io::Result<()> {
             }
             v
         }
-        ProgressEvent::Log { digest, stream, data } => serde_json::json!({
+        ProgressEvent::Log {
+            digest,
+            stream,
+            data,
+        } => serde_json::json!({
             "vertex": digest,
             "stream": match stream { LogStream::Stdout => "stdout", LogStream::Stderr => "stderr" },
             "log": String::from_utf8_lossy(data),
@@ -60,7 +70,13 @@ fn plain_line(
 ) -> std::io::Result<()> {
     let next = numbers.len() + 1;
     match ev {
-        ProgressEvent::Vertex { digest, name, state, duration, error } => {
+        ProgressEvent::Vertex {
+            digest,
+            name,
+            state,
+            duration,
+            error,
+        } => {
             let n = *numbers.entry(digest.clone()).or_insert(next);
             match state {
                 VertexState::Started => {
@@ -72,11 +88,9 @@ fn plain_line(
                     let secs = duration.map(|d| d.as_secs_f64()).unwrap_or_default();
                     writeln!(out, "#{n} DONE {secs:.1}s")
                 }
-                VertexState::Error => writeln!(
-                    out,
-                    "#{n} ERROR: {}",
-                    error.as_deref().unwrap_or("failed")
-                ),
+                VertexState::Error => {
+                    writeln!(out, "#{n} ERROR: {}", error.as_deref().unwrap_or("failed"))
+                }
             }
         }
         ProgressEvent::Log { digest, data, .. } => {
@@ -127,16 +141,29 @@ mod tests {
         let mut nums = HashMap::new();
         let mut starts = HashMap::new();
         let t = Instant::now();
-        for (d, s) in [("a", VertexState::Started), ("b", VertexState::Started), ("a", VertexState::Completed)] {
+        for (d, s) in [
+            ("a", VertexState::Started),
+            ("b", VertexState::Started),
+            ("a", VertexState::Completed),
+        ] {
             plain_line(
                 &mut buf,
-                &ProgressEvent::Vertex { digest: d.into(), name: format!("step {d}"), state: s, duration: None, error: None },
+                &ProgressEvent::Vertex {
+                    digest: d.into(),
+                    name: format!("step {d}"),
+                    state: s,
+                    duration: None,
+                    error: None,
+                },
                 &mut nums,
                 &mut starts,
                 t,
             )
             .unwrap();
         }
-        assert_eq!(String::from_utf8(buf).unwrap(), "#1 step a\n#2 step b\n#1 DONE 0.0s\n");
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "#1 step a\n#2 step b\n#1 DONE 0.0s\n"
+        );
     }
 }

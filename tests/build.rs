@@ -51,17 +51,30 @@ fn skeleton_image_runs_under_ctr_with_the_expected_output() {
     // skopeo reads the archive and sees the config the Dockerfile asked for.
     let cfg = common::run({
         let mut c = std::process::Command::new("skopeo");
-        c.args(["inspect", "--config", &format!("oci-archive:{}", archive.display())]);
+        c.args([
+            "inspect",
+            "--config",
+            &format!("oci-archive:{}", archive.display()),
+        ]);
         c
     });
     assert_ok(&cfg, "skopeo inspect --config");
     let cfg: serde_json::Value = serde_json::from_slice(&cfg.stdout).expect("config json");
     let env_list: Vec<String> = serde_json::from_value(cfg["config"]["Env"].clone()).expect("Env");
-    assert!(env_list.contains(&"GREETING=hello from memobuild".to_string()), "{env_list:?}");
-    assert!(env_list.iter().any(|e| e.starts_with("PATH=")), "{env_list:?}");
+    assert!(
+        env_list.contains(&"GREETING=hello from memobuild".to_string()),
+        "{env_list:?}"
+    );
+    assert!(
+        env_list.iter().any(|e| e.starts_with("PATH=")),
+        "{env_list:?}"
+    );
     assert_eq!(cfg["config"]["WorkingDir"], "/app");
     assert_eq!(cfg["config"]["Cmd"][0], "/bin/sh");
-    let diff_ids = cfg["rootfs"]["diff_ids"].as_array().expect("diff_ids").len();
+    let diff_ids = cfg["rootfs"]["diff_ids"]
+        .as_array()
+        .expect("diff_ids")
+        .len();
     let non_empty = cfg["history"]
         .as_array()
         .expect("history")
@@ -94,24 +107,50 @@ fn json_progress_reports_every_vertex() {
     };
     let started = with_state("started");
     let completed = with_state("completed");
-    assert!(started.iter().any(|n| n.contains("RUN echo")), "{started:?}");
-    assert_eq!(started.len(), completed.len(), "every started vertex completes: {events:?}");
+    assert!(
+        started.iter().any(|n| n.contains("RUN echo")),
+        "{started:?}"
+    );
+    assert_eq!(
+        started.len(),
+        completed.len(),
+        "every started vertex completes: {events:?}"
+    );
     for e in events.iter().filter(|e| e["state"] == "completed") {
-        assert!(e["vertex"].as_str().unwrap_or_default().starts_with("sha256:"), "{e}");
+        assert!(
+            e["vertex"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("sha256:"),
+            "{e}"
+        );
         assert!(e["duration_ms"].is_u64(), "{e}");
     }
     // The RUN's output is not in the logs (it writes to a file) but the COPY is a vertex too.
-    assert!(completed.iter().any(|n| n.contains("COPY message.txt")), "{completed:?}");
+    assert!(
+        completed.iter().any(|n| n.contains("COPY message.txt")),
+        "{completed:?}"
+    );
 }
 
 fn failing_build(dockerfile: &str, env: &Env) -> (std::process::Output, String) {
     let sb = Sandbox::new();
-    sb.write("Dockerfile", dockerfile).write("present.txt", "here\n");
+    sb.write("Dockerfile", dockerfile)
+        .write("present.txt", "here\n");
     let out = sb.build(
         env,
-        &["--build-arg", &format!("REGISTRY={}", env.registry), "--progress", "plain"],
+        &[
+            "--build-arg",
+            &format!("REGISTRY={}", env.registry),
+            "--progress",
+            "plain",
+        ],
     );
-    assert!(!out.status.success(), "build should fail:\n{}", stderr(&out));
+    assert!(
+        !out.status.success(),
+        "build should fail:\n{}",
+        stderr(&out)
+    );
     assert_eq!(out.status.code(), Some(1));
     let all = stderr(&out);
     assert!(!all.contains("panicked"), "{all}");
@@ -123,9 +162,15 @@ fn failing_build(dockerfile: &str, env: &Env) -> (std::process::Output, String) 
 #[test]
 fn broken_dockerfile_names_file_and_line() {
     let Some(env) = Env::get() else { return };
-    let (_, line) = failing_build("ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nFORM x\n", &env);
+    let (_, line) = failing_build(
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nFORM x\n",
+        &env,
+    );
     assert!(line.contains("Dockerfile:3"), "{line}");
-    assert!(line.to_lowercase().contains("unknown instruction"), "{line}");
+    assert!(
+        line.to_lowercase().contains("unknown instruction"),
+        "{line}"
+    );
 }
 
 #[test]

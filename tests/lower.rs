@@ -12,7 +12,10 @@ fn lower_writes_a_valid_definition_with_pinned_base() {
     let sb = Sandbox::new();
     sb.write(
         "Dockerfile",
-        &format!("FROM {}\nRUN echo hi > /x\nCOPY a.txt /a.txt\n", env.busybox()),
+        &format!(
+            "FROM {}\nRUN echo hi > /x\nCOPY a.txt /a.txt\n",
+            env.busybox()
+        ),
     )
     .write("a.txt", "a");
     let mut cmd = memobuild();
@@ -25,7 +28,11 @@ fn lower_writes_a_valid_definition_with_pinned_base() {
         .iter()
         .map(|o| match &o.op.op {
             Some(pb::op::Op::Source(s)) if s.identifier.starts_with("docker-image://") => {
-                assert!(s.identifier.contains("@sha256:"), "base image is pinned: {}", s.identifier);
+                assert!(
+                    s.identifier.contains("@sha256:"),
+                    "base image is pinned: {}",
+                    s.identifier
+                );
                 "image"
             }
             Some(pb::op::Op::Source(_)) => "local",

@@ -179,8 +179,10 @@ impl fmt::Display for FrontendError {
 }
 
 impl std::error::Error for FrontendError {
+    /// The kind's own cause: the kind itself is already part of `Display`, and error-chain
+    /// printers (`{:#}`) would repeat it.
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(self.kind.as_ref())
+        std::error::Error::source(self.kind.as_ref())
     }
 }
 

@@ -23,6 +23,7 @@
 //! # Ok::<(), memobuild_frontend::FrontendError>(())
 //! ```
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod config;
 mod error;

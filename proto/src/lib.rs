@@ -35,6 +35,7 @@
 //! Digests are taken over the bytes as encoded once; never re-encode an op after hashing it
 //! (prost and Go agree on field order but not on every detail, see `buildkit-wire.md` §6.8).
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod attr;
 mod builder;

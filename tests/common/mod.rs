@@ -19,13 +19,23 @@ impl Env {
     /// Reads the environment `hack/services.sh` wrote. Without it the test cannot mean anything:
     /// under CI (`CI` set) that is a failure, elsewhere a loud skip.
     pub fn get() -> Option<Env> {
-        match (std::env::var("MEMOBUILD_TEST_CONTAINERD"), std::env::var("MEMOBUILD_TEST_REGISTRY")) {
-            (Ok(containerd), Ok(registry)) => Some(Env { containerd, registry }),
+        match (
+            std::env::var("MEMOBUILD_TEST_CONTAINERD"),
+            std::env::var("MEMOBUILD_TEST_REGISTRY"),
+        ) {
+            (Ok(containerd), Ok(registry)) => Some(Env {
+                containerd,
+                registry,
+            }),
             _ => {
                 if std::env::var_os("CI").is_some() {
-                    panic!("MEMOBUILD_TEST_CONTAINERD / MEMOBUILD_TEST_REGISTRY not set under CI: run the tests through hack/test.sh");
+                    panic!(
+                        "MEMOBUILD_TEST_CONTAINERD / MEMOBUILD_TEST_REGISTRY not set under CI: run the tests through hack/test.sh"
+                    );
                 }
-                eprintln!("SKIPPED: MEMOBUILD_TEST_CONTAINERD not set (run hack/test.sh to start containerd and a registry)");
+                eprintln!(
+                    "SKIPPED: MEMOBUILD_TEST_CONTAINERD not set (run hack/test.sh to start containerd and a registry)"
+                );
                 None
             }
         }
@@ -51,7 +61,10 @@ impl Sandbox {
     pub fn new() -> Sandbox {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         Sandbox {
-            dir: tempfile::Builder::new().prefix("memobuild-e2e-").tempdir().expect("tempdir"),
+            dir: tempfile::Builder::new()
+                .prefix("memobuild-e2e-")
+                .tempdir()
+                .expect("tempdir"),
             namespace: format!("memobuild-test-{}-{n}", std::process::id()),
         }
     }
@@ -98,7 +111,11 @@ impl Sandbox {
 
     /// Imports an OCI archive into this test's namespace and runs `image`, returning its output.
     pub fn ctr_run(&self, env: &Env, archive: &Path, image: &str) -> Output {
-        let imp = run(ctr(env, &self.namespace, &["images", "import", &archive.to_string_lossy()]));
+        let imp = run(ctr(
+            env,
+            &self.namespace,
+            &["images", "import", &archive.to_string_lossy()],
+        ));
         assert_ok(&imp, "ctr images import");
         let id = format!("t{}", COUNTER.fetch_add(1, Ordering::SeqCst));
         run(ctr(env, &self.namespace, &["run", "--rm", image, &id]))
@@ -108,11 +125,11 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         // Best effort: leave no images behind in containerd.
-        if let Some(env) = Env::get_quiet() {
-            if let Ok(out) = ctr(&env, &self.namespace, &["images", "ls", "-q"]).output() {
-                for name in String::from_utf8_lossy(&out.stdout).lines() {
-                    let _ = ctr(&env, &self.namespace, &["images", "rm", name]).output();
-                }
+        if let Some(env) = Env::get_quiet()
+            && let Ok(out) = ctr(&env, &self.namespace, &["images", "ls", "-q"]).output()
+        {
+            for name in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = ctr(&env, &self.namespace, &["images", "rm", name]).output();
             }
         }
     }
@@ -141,13 +158,18 @@ pub fn memobuild() -> Command {
 /// `ctr` against the test containerd in `namespace`.
 pub fn ctr(env: &Env, namespace: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("ctr");
-    cmd.arg("--address").arg(&env.containerd).arg("--namespace").arg(namespace).args(args);
+    cmd.arg("--address")
+        .arg(&env.containerd)
+        .arg("--namespace")
+        .arg(namespace)
+        .args(args);
     cmd
 }
 
 /// Runs a command and captures its output.
 pub fn run(mut cmd: Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// Panics with stdout/stderr when `out` failed.

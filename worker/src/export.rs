@@ -99,8 +99,11 @@ pub fn write_oci_archive(
     }
     tw.append_bytes(&file_entry("oci-layout"), OCI_LAYOUT)
         .map_err(err)?;
-    tw.append_bytes(&file_entry("index.json"), &index_for(&img.manifest_desc, names))
-        .map_err(err)?;
+    tw.append_bytes(
+        &file_entry("index.json"),
+        &index_for(&img.manifest_desc, names),
+    )
+    .map_err(err)?;
     let mut out = tw.finish().map_err(err)?;
     out.flush().map_err(err)?;
     drop(out);
@@ -123,22 +126,25 @@ pub fn write_oci_dir(
     };
     let blobs = dest.join("blobs/sha256");
     fs::create_dir_all(&blobs).map_err(err)?;
-    let put = |digest: &str, write: &dyn Fn(&mut File) -> io::Result<()>| -> Result<(), ExportError> {
-        let final_path = blobs.join(digest_hex(digest)?);
-        if final_path.exists() {
-            return Ok(());
-        }
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(&blobs)
-            .map_err(err)?;
-        write(tmp.as_file_mut()).map_err(err)?;
-        tmp.persist(&final_path).map_err(|e| err(e.error))?;
-        Ok(())
-    };
+    let put =
+        |digest: &str, write: &dyn Fn(&mut File) -> io::Result<()>| -> Result<(), ExportError> {
+            let final_path = blobs.join(digest_hex(digest)?);
+            if final_path.exists() {
+                return Ok(());
+            }
+            let mut tmp = tempfile::Builder::new()
+                .prefix(".tmp-")
+                .tempfile_in(&blobs)
+                .map_err(err)?;
+            write(tmp.as_file_mut()).map_err(err)?;
+            tmp.persist(&final_path).map_err(|e| err(e.error))?;
+            Ok(())
+        };
     for layer in &img.layers {
         let src = store.path(&layer.digest)?;
-        put(&layer.digest, &|f| io::copy(&mut File::open(&src)?, f).map(|_| ()))?;
+        put(&layer.digest, &|f| {
+            io::copy(&mut File::open(&src)?, f).map(|_| ())
+        })?;
     }
     put(&img.config_desc.digest, &|f| f.write_all(&img.config))?;
     put(&img.manifest_desc.digest, &|f| f.write_all(&img.manifest))?;
@@ -177,16 +183,22 @@ mod tests {
             let p = e.path().unwrap().to_string_lossy().into_owned();
             let mut data = Vec::new();
             e.read_to_end(&mut data).unwrap();
-            if let Some(h) = p.strip_prefix("blobs/sha256/") {
-                if !h.is_empty() {
-                    assert_eq!(crate::blobs::sha256_digest(&data), format!("sha256:{h}"));
-                }
+            if let Some(h) = p.strip_prefix("blobs/sha256/")
+                && !h.is_empty()
+            {
+                assert_eq!(crate::blobs::sha256_digest(&data), format!("sha256:{h}"));
             }
             names.push(p);
         }
         assert!(names.contains(&"oci-layout".to_string()));
         assert!(names.contains(&"index.json".to_string()));
-        assert_eq!(names.iter().filter(|n| n.starts_with("blobs/sha256/") && n.len() > 20).count(), 3);
+        assert_eq!(
+            names
+                .iter()
+                .filter(|n| n.starts_with("blobs/sha256/") && n.len() > 20)
+                .count(),
+            3
+        );
         // Only the finished file is left in the directory.
         assert_eq!(fs::read_dir(out.path()).unwrap().count(), 1);
     }
@@ -200,7 +212,15 @@ mod tests {
         write_oci_dir(out.path(), &img, &store, &[]).unwrap();
         let idx: serde_json::Value =
             serde_json::from_slice(&fs::read(out.path().join("index.json")).unwrap()).unwrap();
-        assert_eq!(idx["manifests"][0]["digest"], serde_json::json!(img.manifest_desc.digest));
-        assert!(out.path().join("blobs/sha256").join(digest_hex(&img.config_desc.digest).unwrap()).is_file());
+        assert_eq!(
+            idx["manifests"][0]["digest"],
+            serde_json::json!(img.manifest_desc.digest)
+        );
+        assert!(
+            out.path()
+                .join("blobs/sha256")
+                .join(digest_hex(&img.config_desc.digest).unwrap())
+                .is_file()
+        );
     }
 }

@@ -105,7 +105,13 @@ pub struct CopyOptions {
 }
 
 /// Copies `src` (inside `src_root`) to `dest` (inside `dest_root`) with BuildKit's semantics.
-pub fn copy(src_root: &Path, src: &str, dest_root: &Path, dest: &str, opts: &CopyOptions) -> io::Result<()> {
+pub fn copy(
+    src_root: &Path,
+    src: &str,
+    dest_root: &Path,
+    dest: &str,
+    opts: &CopyOptions,
+) -> io::Result<()> {
     let sources = expand_sources(src_root, src, opts)?;
     let dest_is_dir_hint = dest.ends_with('/') || sources.len() > 1;
     for (rel, path) in sources {
@@ -115,33 +121,41 @@ pub fn copy(src_root: &Path, src: &str, dest_root: &Path, dest: &str, opts: &Cop
             fs::symlink_metadata(&path)
         }
         .map_err(|e| with_path(e, &format!("/{rel}")))?;
-        let src_path = if opts.follow_symlink && fs::symlink_metadata(&path)?.file_type().is_symlink() {
-            resolve_in_root(src_root, &rel, true)?
-        } else {
-            path.clone()
-        };
+        let src_path =
+            if opts.follow_symlink && fs::symlink_metadata(&path)?.file_type().is_symlink() {
+                resolve_in_root(src_root, &rel, true)?
+            } else {
+                path.clone()
+            };
         let dest_resolved = resolve_in_root(dest_root, dest, true)?;
         let target = if md.is_dir() && opts.dir_copy_contents {
             dest_resolved.clone()
         } else if dest_is_dir_hint || dest_resolved.is_dir() {
-            let base = Path::new(&rel).file_name().map(PathBuf::from).unwrap_or_default();
+            let base = Path::new(&rel)
+                .file_name()
+                .map(PathBuf::from)
+                .unwrap_or_default();
             dest_resolved.join(base)
         } else {
             dest_resolved.clone()
         };
-        if let Some(parent) = target.parent() {
-            if !parent.exists() {
-                if opts.create_dest_path {
-                    mkdir_all(parent, 0o755, opts.owner)?;
-                } else {
-                    return Err(with_path(
-                        io::Error::from(io::ErrorKind::NotFound),
-                        &parent.to_string_lossy(),
-                    ));
-                }
+        if let Some(parent) = target.parent()
+            && !parent.exists()
+        {
+            if opts.create_dest_path {
+                mkdir_all(parent, 0o755, opts.owner)?;
+            } else {
+                return Err(with_path(
+                    io::Error::from(io::ErrorKind::NotFound),
+                    &parent.to_string_lossy(),
+                ));
             }
         }
-        let rel_root = if rel == "." { String::new() } else { rel.clone() };
+        let rel_root = if rel == "." {
+            String::new()
+        } else {
+            rel.clone()
+        };
         if md.is_dir() {
             if !target.exists() {
                 mkdir_all(&target, 0o755, None)?;
@@ -164,15 +178,23 @@ fn has_glob(s: &str) -> bool {
 }
 
 /// The source paths a copy reads: (path relative to the source root, host path).
-fn expand_sources(root: &Path, src: &str, opts: &CopyOptions) -> io::Result<Vec<(String, PathBuf)>> {
+fn expand_sources(
+    root: &Path,
+    src: &str,
+    opts: &CopyOptions,
+) -> io::Result<Vec<(String, PathBuf)>> {
     let rel = crate::patterns::clean_path(src);
-    let rel = if rel.starts_with("..") { ".".to_string() } else { rel };
+    let rel = if rel.starts_with("..") {
+        ".".to_string()
+    } else {
+        rel
+    };
     if !(opts.allow_wildcard && has_glob(&rel)) {
         let p = resolve_in_root(root, &rel, false)?;
         if fs::symlink_metadata(&p).is_err() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
-                format!("{}: not found", if rel == "." { "/" } else { &rel }),
+                format!("\"/{}\": not found", if rel == "." { "" } else { &rel }),
             ));
         }
         return Ok(vec![(rel, p)]);
@@ -220,7 +242,11 @@ fn expand_sources(root: &Path, src: &str, opts: &CopyOptions) -> io::Result<Vec<
 }
 
 fn join_rel(base: &str, name: &str) -> String {
-    if base.is_empty() { name.to_string() } else { format!("{base}/{name}") }
+    if base.is_empty() {
+        name.to_string()
+    } else {
+        format!("{base}/{name}")
+    }
 }
 
 fn glob_component(comp: &str) -> io::Result<regex::Regex> {
@@ -288,10 +314,10 @@ fn copy_dir_contents(src: &Path, rel: &str, dest: &Path, opts: &CopyOptions) -> 
             if excluded {
                 continue;
             }
-            if let Some(inc) = &opts.include {
-                if !inc.matches(&child_rel) {
-                    continue;
-                }
+            if let Some(inc) = &opts.include
+                && !inc.matches(&child_rel)
+            {
+                continue;
             }
             copy_entry(&e.path(), &md, &target, opts)?;
         }
@@ -301,7 +327,9 @@ fn copy_dir_contents(src: &Path, rel: &str, dest: &Path, opts: &CopyOptions) -> 
 
 /// Whether an excluded directory holds something a `!` pattern brings back.
 fn dir_has_included(dir: &Path, rel: &str, opts: &CopyOptions) -> io::Result<bool> {
-    let Some(ex) = &opts.exclude else { return Ok(true) };
+    let Some(ex) = &opts.exclude else {
+        return Ok(true);
+    };
     for e in fs::read_dir(dir)? {
         let e = e?;
         let child = join_rel(rel, &e.file_name().to_string_lossy());
@@ -370,10 +398,10 @@ fn copy_xattrs(src: &Path, dest: &Path) {
 
 /// Sets owner, mode and mtime of a copied entry from the source metadata and the options.
 fn apply_meta(target: &Path, md: &fs::Metadata, opts: &CopyOptions) -> io::Result<()> {
-    let owner = opts
-        .owner
-        .or(opts.source_owner)
-        .unwrap_or(Owner { uid: md.uid(), gid: md.gid() });
+    let owner = opts.owner.or(opts.source_owner).unwrap_or(Owner {
+        uid: md.uid(),
+        gid: md.gid(),
+    });
     std::os::unix::fs::lchown(target, Some(owner.uid), Some(owner.gid))?;
     if !md.file_type().is_symlink() {
         let mode = opts.mode.unwrap_or(md.mode() & 0o7777);
@@ -430,7 +458,12 @@ pub fn lookup_user(root: &Path, name: &str) -> io::Result<(u32, u32)> {
         .into_iter()
         .find(|f| f.first().map(String::as_str) == Some(name))
         .and_then(|f| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("unable to find user {name}: no matching entries in passwd file")))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("unable to find user {name}: no matching entries in passwd file"),
+            )
+        })
 }
 
 /// Looks up a group name (or numeric id) in `<root>/etc/group`.
@@ -442,7 +475,12 @@ pub fn lookup_group(root: &Path, name: &str) -> io::Result<u32> {
         .into_iter()
         .find(|f| f.first().map(String::as_str) == Some(name))
         .and_then(|f| f.get(2)?.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("unable to find group {name}: no matching entries in group file")))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("unable to find group {name}: no matching entries in group file"),
+            )
+        })
 }
 
 /// Supplementary groups of `user` from `<root>/etc/group`.
@@ -458,8 +496,12 @@ pub fn supplementary_groups(root: &Path, user: &str) -> Vec<u32> {
 }
 
 fn read_db(root: &Path, rel: &str) -> Vec<Vec<String>> {
-    let Ok(p) = resolve_in_root(root, rel, true) else { return Vec::new() };
-    let Ok(text) = fs::read_to_string(p) else { return Vec::new() };
+    let Ok(p) = resolve_in_root(root, rel, true) else {
+        return Vec::new();
+    };
+    let Ok(text) = fs::read_to_string(p) else {
+        return Vec::new();
+    };
     text.lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map(|l| l.split(':').map(str::to_string).collect())
@@ -492,7 +534,11 @@ pub fn resolve_user_spec(root: &Path, spec: &str) -> io::Result<(u32, u32, Vec<u
         .find(|f| f.get(2).and_then(|s| s.parse::<u32>().ok()) == Some(uid))
         .and_then(|f| f.first().cloned())
         .unwrap_or_else(|| user.to_string());
-    let extra = if group.is_some() { Vec::new() } else { supplementary_groups(root, &name) };
+    let extra = if group.is_some() {
+        Vec::new()
+    } else {
+        supplementary_groups(root, &name)
+    };
     Ok((uid, gid, extra))
 }
 
@@ -507,8 +553,14 @@ mod tests {
         fs::create_dir_all(r.join("a")).unwrap();
         symlink("/etc", r.join("a/abs")).unwrap();
         symlink("../../../../etc", r.join("a/rel")).unwrap();
-        assert_eq!(resolve_in_root(r, "/a/abs/passwd", true).unwrap(), r.join("etc/passwd"));
-        assert_eq!(resolve_in_root(r, "a/rel/passwd", true).unwrap(), r.join("etc/passwd"));
+        assert_eq!(
+            resolve_in_root(r, "/a/abs/passwd", true).unwrap(),
+            r.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_root(r, "a/rel/passwd", true).unwrap(),
+            r.join("etc/passwd")
+        );
         assert_eq!(resolve_in_root(r, "../../x", true).unwrap(), r.join("x"));
         // The last component is kept as the link itself without follow.
         assert_eq!(resolve_in_root(r, "a/abs", false).unwrap(), r.join("a/abs"));
@@ -533,8 +585,18 @@ mod tests {
         let dst = tempfile::tempdir().unwrap();
         fs::write(src.path().join("a.txt"), "A").unwrap();
         copy(src.path(), "a.txt", dst.path(), "/app/", &dockerfile_copy()).unwrap();
-        assert_eq!(fs::read_to_string(dst.path().join("app/a.txt")).unwrap(), "A");
-        copy(src.path(), "a.txt", dst.path(), "/b.txt", &dockerfile_copy()).unwrap();
+        assert_eq!(
+            fs::read_to_string(dst.path().join("app/a.txt")).unwrap(),
+            "A"
+        );
+        copy(
+            src.path(),
+            "a.txt",
+            dst.path(),
+            "/b.txt",
+            &dockerfile_copy(),
+        )
+        .unwrap();
         assert_eq!(fs::read_to_string(dst.path().join("b.txt")).unwrap(), "A");
     }
 
@@ -569,7 +631,10 @@ mod tests {
         symlink(outside.path(), dst.path().join("escape")).unwrap();
         copy(src.path(), "f", dst.path(), "/escape/", &dockerfile_copy()).unwrap();
         assert!(fs::read_dir(outside.path()).unwrap().next().is_none());
-        let inside = dst.path().join(outside.path().strip_prefix("/").unwrap()).join("f");
+        let inside = dst
+            .path()
+            .join(outside.path().strip_prefix("/").unwrap())
+            .join("f");
         assert!(inside.is_file());
     }
 
@@ -579,11 +644,17 @@ mod tests {
         let dst = tempfile::tempdir().unwrap();
         fs::write(src.path().join("f"), "F").unwrap();
         let mut o = dockerfile_copy();
-        o.owner = Some(Owner { uid: 1000, gid: 1001 });
+        o.owner = Some(Owner {
+            uid: 1000,
+            gid: 1001,
+        });
         o.mode = Some(0o700);
         copy(src.path(), "f", dst.path(), "/new/dir/f", &o).unwrap();
         let md = fs::metadata(dst.path().join("new/dir/f")).unwrap();
-        assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (1000, 1001, 0o700));
+        assert_eq!(
+            (md.uid(), md.gid(), md.mode() & 0o7777),
+            (1000, 1001, 0o700)
+        );
         let md = fs::metadata(dst.path().join("new/dir")).unwrap();
         assert_eq!((md.uid(), md.gid()), (1000, 1001));
     }
@@ -592,10 +663,24 @@ mod tests {
     fn user_specs() {
         let r = tempfile::tempdir().unwrap();
         fs::create_dir(r.path().join("etc")).unwrap();
-        fs::write(r.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n").unwrap();
-        fs::write(r.path().join("etc/group"), "root:x:0:\napp:x:1000:\nwheel:x:10:app\n").unwrap();
-        assert_eq!(resolve_user_spec(r.path(), "app").unwrap(), (1000, 1000, vec![10]));
-        assert_eq!(resolve_user_spec(r.path(), "app:wheel").unwrap(), (1000, 10, vec![]));
+        fs::write(
+            r.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(
+            r.path().join("etc/group"),
+            "root:x:0:\napp:x:1000:\nwheel:x:10:app\n",
+        )
+        .unwrap();
+        assert_eq!(
+            resolve_user_spec(r.path(), "app").unwrap(),
+            (1000, 1000, vec![10])
+        );
+        assert_eq!(
+            resolve_user_spec(r.path(), "app:wheel").unwrap(),
+            (1000, 10, vec![])
+        );
         assert_eq!(resolve_user_spec(r.path(), "4242").unwrap().0, 4242);
         assert!(resolve_user_spec(r.path(), "nobody").is_err());
         assert_eq!(resolve_user_spec(r.path(), "").unwrap(), (0, 0, vec![]));

@@ -291,7 +291,6 @@ fn xattrs_opaque(path: &Path) -> io::Result<Option<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read as _;
     use std::os::unix::fs::{PermissionsExt, symlink};
 
     fn entries(store: &BlobStore, blob: &LayerBlob) -> Vec<(String, u8, u32, Vec<u8>)> {
@@ -407,7 +406,10 @@ mod tests {
         assert!(names.contains(&"etc/.wh.gone".to_string()), "{names:?}");
         assert!(!names.contains(&"etc/gone".to_string()));
         if opaque_ok {
-            assert_eq!(names[names.len() - 3..], ["opq/", "opq/.wh..wh..opq", "opq/new"]);
+            assert_eq!(
+                names[names.len() - 3..],
+                ["opq/", "opq/.wh..wh..opq", "opq/new"]
+            );
         }
     }
 

@@ -8,18 +8,19 @@
 //! The worker never parses a Dockerfile: its only input is the Definition (plus the image config
 //! the frontend produced beside it, as opaque JSON).
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod blobs;
-pub mod layer;
 pub mod containerd;
 pub mod export;
 pub mod fsops;
+pub mod image;
+pub mod layer;
 mod ops;
 pub mod patterns;
 pub mod progress;
-pub mod solver;
 pub mod registry;
-pub mod image;
+pub mod solver;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,7 +95,10 @@ impl Worker {
     /// Connects to containerd, opens the state directory and takes a lease that keeps this
     /// build's snapshots and content alive until [`Worker::close`] (or its expiry).
     pub async fn open(cfg: WorkerConfig) -> Result<Self, WorkerError> {
-        let socket = cfg.containerd_socket.clone().ok_or(WorkerError::NoContainerd)?;
+        let socket = cfg
+            .containerd_socket
+            .clone()
+            .ok_or(WorkerError::NoContainerd)?;
         let ctd = Containerd::connect(&socket, &cfg.namespace).await?;
         ctd.version().await?;
         let lease = ctd.create_lease(Duration::from_secs(24 * 3600)).await?;
@@ -115,10 +119,10 @@ impl Worker {
 
     /// Releases the lease; snapshots of this build that nothing else references become garbage.
     pub async fn close(&self) {
-        if let Some(l) = &self.lease {
-            if let Err(e) = self.ctd.without_lease().delete_lease(l).await {
-                tracing::warn!("releasing containerd lease: {e}");
-            }
+        if let Some(l) = &self.lease
+            && let Err(e) = self.ctd.without_lease().delete_lease(l).await
+        {
+            tracing::warn!("releasing containerd lease: {e}");
         }
     }
 
@@ -128,9 +132,23 @@ impl Worker {
     }
 
     /// Pulls an image into containerd and the blob store; returns its filesystem.
-    pub(crate) async fn pull_image(&self, reference: &str, platform: &pb::Platform) -> Result<FsRef, WorkerError> {
-        let pulled = image::pull(&self.ctd, &self.registry, &self.blobs, reference, &to_platform(platform)).await?;
-        Ok(FsRef { snapshot: pulled.top_snapshot, layers: pulled.layers })
+    pub(crate) async fn pull_image(
+        &self,
+        reference: &str,
+        platform: &pb::Platform,
+    ) -> Result<FsRef, WorkerError> {
+        let pulled = image::pull(
+            &self.ctd,
+            &self.registry,
+            &self.blobs,
+            reference,
+            &to_platform(platform),
+        )
+        .await?;
+        Ok(FsRef {
+            snapshot: pulled.top_snapshot,
+            layers: pulled.layers,
+        })
     }
 
     /// Solves a definition.
@@ -152,7 +170,10 @@ pub async fn resolve_image_config(
     platform: &pb::Platform,
 ) -> Result<(String, Vec<u8>), WorkerError> {
     let r = registry.resolve(reference, &to_platform(platform)).await?;
-    Ok((r.index_digest.clone().unwrap_or(r.manifest_digest.clone()), r.config))
+    Ok((
+        r.index_digest.clone().unwrap_or(r.manifest_digest.clone()),
+        r.config,
+    ))
 }
 
 /// The registry client configuration a worker config implies.

@@ -140,8 +140,6 @@ fn compile(pattern: &str) -> Result<Regex, String> {
                     if chars.get(i + 1) == Some(&'/') {
                         i += 1;
                         re.push_str("(.*/)?");
-                    } else if i + 1 == chars.len() {
-                        re.push_str(".*");
                     } else {
                         re.push_str(".*");
                     }

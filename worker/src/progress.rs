@@ -96,7 +96,14 @@ impl Progress {
     }
 
     /// Sends a vertex state change.
-    pub fn vertex(&self, digest: &str, name: &str, state: VertexState, duration: Option<Duration>, error: Option<String>) {
+    pub fn vertex(
+        &self,
+        digest: &str,
+        name: &str,
+        state: VertexState,
+        duration: Option<Duration>,
+        error: Option<String>,
+    ) {
         self.send(ProgressEvent::Vertex {
             digest: digest.to_string(),
             name: name.to_string(),

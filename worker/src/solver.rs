@@ -139,14 +139,19 @@ pub async fn solve(
             vertex: terminal.digest.clone(),
             name: solve.name(&terminal.digest),
             location: None,
-            message: "a local directory cannot be the result of a build; copy it into a filesystem first".into(),
+            message:
+                "a local directory cannot be the result of a build; copy it into a filesystem first"
+                    .into(),
             output_tail: Vec::new(),
         }),
     }
 }
 
 impl Solve {
-    fn vertex(self: Arc<Self>, digest: String) -> BoxFuture<'static, Result<Arc<Vec<Output>>, SolveError>> {
+    fn vertex(
+        self: Arc<Self>,
+        digest: String,
+    ) -> BoxFuture<'static, Result<Arc<Vec<Output>>, SolveError>> {
         async move {
             let Some(cell) = self.cells.get(&digest).cloned() else {
                 return Err(self.error(&digest, "vertex is not part of the definition".into()));
@@ -187,9 +192,15 @@ impl Solve {
             Some(pb::op::Op::Source(src)) => self.source(&digest, platform, src).boxed(),
             Some(pb::op::Op::Exec(exec)) => self.exec(&digest, exec, inputs).boxed(),
             Some(pb::op::Op::File(file)) => self.file(&digest, file, inputs).boxed(),
-            Some(pb::op::Op::Merge(_)) => unsupported(self.error(&digest, "merge ops are not supported yet".into())),
-            Some(pb::op::Op::Diff(_)) => unsupported(self.error(&digest, "diff ops are not supported yet".into())),
-            Some(pb::op::Op::Build(_)) => unsupported(self.error(&digest, "build ops are not supported".into())),
+            Some(pb::op::Op::Merge(_)) => {
+                unsupported(self.error(&digest, "merge ops are not supported yet".into()))
+            }
+            Some(pb::op::Op::Diff(_)) => {
+                unsupported(self.error(&digest, "diff ops are not supported yet".into()))
+            }
+            Some(pb::op::Op::Build(_)) => {
+                unsupported(self.error(&digest, "build ops are not supported".into()))
+            }
             Some(pb::op::Op::Passthrough(_)) => {
                 unsupported(self.error(&digest, "passthrough ops are not supported".into()))
             }

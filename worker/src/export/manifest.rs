@@ -57,18 +57,23 @@ pub struct ImageManifest {
 }
 
 /// Builds the config and manifest for `layers` (bottom first) from the frontend's config JSON.
-pub fn assemble(frontend_config: &[u8], layers: &[LayerBlob]) -> Result<ImageManifest, ManifestError> {
+pub fn assemble(
+    frontend_config: &[u8],
+    layers: &[LayerBlob],
+) -> Result<ImageManifest, ManifestError> {
     let mut cfg: Value = if frontend_config.is_empty() {
         json!({})
     } else {
-        serde_json::from_slice(frontend_config).map_err(|e| ManifestError::BadConfig(e.to_string()))?
+        serde_json::from_slice(frontend_config)
+            .map_err(|e| ManifestError::BadConfig(e.to_string()))?
     };
     let obj = cfg
         .as_object_mut()
         .ok_or_else(|| ManifestError::BadConfig("not an object".into()))?;
     obj.entry("architecture")
         .or_insert_with(|| Value::String(host_arch().into()));
-    obj.entry("os").or_insert_with(|| Value::String("linux".into()));
+    obj.entry("os")
+        .or_insert_with(|| Value::String("linux".into()));
     obj.insert(
         "rootfs".into(),
         json!({
@@ -81,7 +86,10 @@ pub fn assemble(frontend_config: &[u8], layers: &[LayerBlob]) -> Result<ImageMan
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    obj.insert("history".into(), Value::Array(normalize_history(history, layers.len())));
+    obj.insert(
+        "history".into(),
+        Value::Array(normalize_history(history, layers.len())),
+    );
 
     let config = serde_json::to_vec(&cfg).map_err(|e| ManifestError::BadConfig(e.to_string()))?;
     let config_desc = Descriptor {
@@ -122,7 +130,11 @@ pub fn assemble(frontend_config: &[u8], layers: &[LayerBlob]) -> Result<ImageMan
 /// as BuildKit's exporter does: missing entries are added (for layers nobody described), surplus
 /// non-empty entries at the top are marked empty.
 fn normalize_history(mut history: Vec<Value>, layers: usize) -> Vec<Value> {
-    let is_empty = |h: &Value| h.get("empty_layer").and_then(Value::as_bool).unwrap_or(false);
+    let is_empty = |h: &Value| {
+        h.get("empty_layer")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
     let non_empty = history.iter().filter(|h| !is_empty(h)).count();
     if non_empty < layers {
         // Layers without a description: put entries for them where they belong, at the bottom.
@@ -248,7 +260,10 @@ mod tests {
         let v: Value =
             serde_json::from_slice(&index_for(&d, &["docker.io/library/app:v1".into()])).unwrap();
         let ann = &v["manifests"][0]["annotations"];
-        assert_eq!(ann["io.containerd.image.name"], json!("docker.io/library/app:v1"));
+        assert_eq!(
+            ann["io.containerd.image.name"],
+            json!("docker.io/library/app:v1")
+        );
         assert_eq!(ann["org.opencontainers.image.ref.name"], json!("v1"));
         assert_eq!(ref_name("127.0.0.1:5000/x"), "latest");
     }

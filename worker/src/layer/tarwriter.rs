@@ -361,7 +361,9 @@ fn octal(field: &mut [u8], v: u64) {
 mod tests {
     use super::*;
 
-    fn read_back(bytes: &[u8]) -> Vec<(String, u8, u64, u64, u32, Vec<u8>, Option<String>)> {
+    type Read = (String, u8, u64, u64, u32, Vec<u8>, Option<String>);
+
+    fn read_back(bytes: &[u8]) -> Vec<Read> {
         let mut ar = tar::Archive::new(bytes);
         let mut out = Vec::new();
         for e in ar.entries().unwrap() {

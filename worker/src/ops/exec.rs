@@ -25,7 +25,10 @@ impl Solve {
         exec: pb::ExecOp,
         inputs: Vec<Output>,
     ) -> Result<Vec<Output>, SolveError> {
-        let meta = exec.meta.clone().ok_or_else(|| self.error(digest, "exec op has no meta".into()))?;
+        let meta = exec
+            .meta
+            .clone()
+            .ok_or_else(|| self.error(digest, "exec op has no meta".into()))?;
         if meta.args.is_empty() {
             return Err(self.error(digest, "exec op has no arguments".into()));
         }
@@ -43,32 +46,54 @@ impl Solve {
             match pb::MountType::try_from(m.mount_type) {
                 Ok(pb::MountType::Tmpfs) => extra.push(ExtraMount::Tmpfs {
                     destination: m.dest.clone(),
-                    size_bytes: m.tmpfs_opt.as_ref().map(|t| t.size as u64).filter(|s| *s > 0),
+                    size_bytes: m
+                        .tmpfs_opt
+                        .as_ref()
+                        .map(|t| t.size as u64)
+                        .filter(|s| *s > 0),
                 }),
                 Ok(pb::MountType::Bind) if m.output < 0 && m.readonly => {
                     let src = fs_input(&inputs, m.input).map_err(|m| self.error(digest, m))?;
                     let Some(snap) = src.snapshot else {
-                        return Err(self.error(digest, format!("bind mount at `{}` has an empty source", m.dest)));
+                        return Err(self.error(
+                            digest,
+                            format!("bind mount at `{}` has an empty source", m.dest),
+                        ));
                     };
                     let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
-                    let mounts = self.worker.ctd.view(&key, &snap).await.map_err(|e| self.error(digest, e.to_string()))?;
-                    let guard = MountGuard::mount(&mounts).map_err(|e| self.error(digest, e.to_string()))?;
+                    let mounts = self
+                        .worker
+                        .ctd
+                        .view(&key, &snap)
+                        .await
+                        .map_err(|e| self.error(digest, e.to_string()))?;
+                    let guard = MountGuard::mount(&mounts)
+                        .map_err(|e| self.error(digest, e.to_string()))?;
                     let selector = m.selector.trim_start_matches('/');
                     let source = fsops::resolve_in_root(guard.path(), selector, true)
                         .map_err(|e| self.error(digest, e.to_string()))?;
-                    extra.push(ExtraMount::Bind { source, destination: m.dest.clone(), readonly: true });
+                    extra.push(ExtraMount::Bind {
+                        source,
+                        destination: m.dest.clone(),
+                        readonly: true,
+                    });
                     views.push((guard, key));
                 }
                 _ => {
-                    return Err(self.error(digest, format!(
-                        "mount at `{}` (type {}, output {}) is not supported yet",
-                        m.dest, m.mount_type, m.output
-                    )));
+                    return Err(self.error(
+                        digest,
+                        format!(
+                            "mount at `{}` (type {}, output {}) is not supported yet",
+                            m.dest, m.mount_type, m.output
+                        ),
+                    ));
                 }
             }
         }
 
-        let result = self.run_exec(digest, exec.network, meta, &base, extra).await;
+        let result = self
+            .run_exec(digest, exec.network, meta, &base, extra)
+            .await;
         for (g, key) in views {
             let _ = g.unmount();
             let _ = self.worker.ctd.remove(&key).await;
@@ -116,7 +141,11 @@ impl Solve {
         // directory exists, as BuildKit does before starting the process.
         let guard = MountGuard::mount(rootfs).map_err(|e| self.error(digest, e.to_string()))?;
         let user_spec = meta.user.clone();
-        let cwd = if meta.cwd.is_empty() { "/".to_string() } else { meta.cwd.clone() };
+        let cwd = if meta.cwd.is_empty() {
+            "/".to_string()
+        } else {
+            meta.cwd.clone()
+        };
         let root = guard.path().to_path_buf();
         let cwd2 = cwd.clone();
         let prepared = tokio::task::spawn_blocking(move || {
@@ -126,11 +155,17 @@ impl Solve {
             if !dir.exists() {
                 fsops::mkdir_all(&dir, 0o755, None).map_err(|e| e.to_string())?;
             }
-            Ok::<_, String>(User { uid, gid, additional_gids })
+            Ok::<_, String>(User {
+                uid,
+                gid,
+                additional_gids,
+            })
         })
         .await
         .map_err(|e| self.error(digest, format!("prepare task failed: {e}")))?;
-        guard.unmount().map_err(|e| self.error(digest, e.to_string()))?;
+        guard
+            .unmount()
+            .map_err(|e| self.error(digest, e.to_string()))?;
         let user = prepared.map_err(|m| self.error(digest, m))?;
 
         let network = match pb::NetMode::try_from(network) {
@@ -193,14 +228,18 @@ impl Solve {
         let tail: Vec<String> = logger.await.map(Vec::from).unwrap_or_default();
         let code = code.map_err(|e| self.error(digest, e.to_string()))?;
         if code != 0 {
-            let mut e = self.error(digest, format!(
-                "process \"{}\" did not complete successfully: exit code: {code}",
-                meta.args.join(" ")
-            ));
+            let mut e = self.error(
+                digest,
+                format!(
+                    "process \"{}\" did not complete successfully: exit code: {code}",
+                    meta.args.join(" ")
+                ),
+            );
             e.output_tail = tail;
             return Err(e);
         }
-        let upper = writable_dir(rootfs).ok_or_else(|| self.error(digest, "snapshot has no upper directory".into()))?;
+        let upper = writable_dir(rootfs)
+            .ok_or_else(|| self.error(digest, "snapshot has no upper directory".into()))?;
         self.snapshot_layer(digest, key, &upper, base).await
     }
 }

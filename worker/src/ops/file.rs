@@ -8,8 +8,8 @@ use memobuild_proto::pb;
 use memobuild_proto::pb::file_action::Action;
 
 use crate::containerd::MountGuard;
-use crate::ops::writable_dir;
 use crate::fsops::{self, CopyOptions, Owner};
+use crate::ops::writable_dir;
 use crate::patterns::PatternMatcher;
 use crate::solver::{FsRef, Output, Solve, SolveError};
 
@@ -41,7 +41,9 @@ impl Solve {
             -1 => FsRef::default(),
             i if (0..n).contains(&i) => match &inputs[i as usize] {
                 Output::Fs(f) => f.clone(),
-                Output::Local(_) => return Err(self.error(digest, "file op cannot modify a local source".into())),
+                Output::Local(_) => {
+                    return Err(self.error(digest, "file op cannot modify a local source".into()));
+                }
             },
             i => return Err(self.error(digest, format!("file action 0 has invalid input {i}"))),
         };
@@ -64,7 +66,10 @@ impl Solve {
                 continue;
             }
             if s >= n {
-                return Err(self.error(digest, "copying from an earlier action's result is not supported yet".into()));
+                return Err(self.error(
+                    digest,
+                    "copying from an earlier action's result is not supported yet".into(),
+                ));
             }
             let dir = match &inputs[s as usize] {
                 Output::Local(l) => SourceDir {
@@ -73,7 +78,10 @@ impl Solve {
                     include: l.include.clone(),
                     root_owned: true,
                 },
-                Output::Fs(FsRef { snapshot: Some(snap), .. }) => {
+                Output::Fs(FsRef {
+                    snapshot: Some(snap),
+                    ..
+                }) => {
                     let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
                     let mounts = self
                         .worker
@@ -81,16 +89,27 @@ impl Solve {
                         .view(&key, snap)
                         .await
                         .map_err(|e| self.error(digest, e.to_string()))?;
-                    let guard = MountGuard::mount(&mounts).map_err(|e| self.error(digest, e.to_string()))?;
+                    let guard = MountGuard::mount(&mounts)
+                        .map_err(|e| self.error(digest, e.to_string()))?;
                     let path = guard.path().to_path_buf();
                     guards.push((guard, key));
-                    SourceDir { path, exclude: None, include: None, root_owned: false }
+                    SourceDir {
+                        path,
+                        exclude: None,
+                        include: None,
+                        root_owned: false,
+                    }
                 }
                 Output::Fs(FsRef { snapshot: None, .. }) => {
                     let t = tempfile::tempdir().map_err(|e| self.error(digest, e.to_string()))?;
                     let path = t.path().to_path_buf();
                     empty_dirs.push(t);
-                    SourceDir { path, exclude: None, include: None, root_owned: false }
+                    SourceDir {
+                        path,
+                        exclude: None,
+                        include: None,
+                        root_owned: false,
+                    }
                 }
             };
             sources.insert(s, dir);
@@ -120,7 +139,9 @@ impl Solve {
             .prepare(&key, &parent, HashMap::new())
             .await
             .map_err(|e| self.error(digest, e.to_string()))?;
-        let outcome = self.apply_in_snapshot(digest, &key, &mounts, base, fop, sources).await;
+        let outcome = self
+            .apply_in_snapshot(digest, &key, &mounts, base, fop, sources)
+            .await;
         if outcome.is_err() {
             let _ = self.worker.ctd.remove(&key).await;
         }
@@ -147,7 +168,9 @@ impl Solve {
         })
         .await
         .map_err(|e| self.error(digest, format!("file op task failed: {e}")))?;
-        guard.unmount().map_err(|e| self.error(digest, e.to_string()))?;
+        guard
+            .unmount()
+            .map_err(|e| self.error(digest, e.to_string()))?;
         applied.map_err(|m| self.error(digest, m))?;
         let upper = writable_dir(mounts)
             .ok_or_else(|| self.error(digest, "snapshot has no upper directory".into()))?;
@@ -165,10 +188,11 @@ impl Solve {
         let blobs = self.worker.blobs.clone();
         let opts = self.opts.layer;
         let upper = upper.to_path_buf();
-        let layer = tokio::task::spawn_blocking(move || crate::layer::write_layer(&upper, &blobs, opts))
-            .await
-            .map_err(|e| self.error(digest, format!("layer task failed: {e}")))?
-            .map_err(|e| self.error(digest, e.to_string()))?;
+        let layer =
+            tokio::task::spawn_blocking(move || crate::layer::write_layer(&upper, &blobs, opts))
+                .await
+                .map_err(|e| self.error(digest, format!("layer task failed: {e}")))?
+                .map_err(|e| self.error(digest, e.to_string()))?;
         let name = format!("memobuild-{}", uuid::Uuid::new_v4());
         self.worker
             .ctd
@@ -177,7 +201,10 @@ impl Solve {
             .map_err(|e| self.error(digest, e.to_string()))?;
         let mut layers = base.layers.clone();
         layers.push(layer);
-        Ok(FsRef { snapshot: Some(name), layers })
+        Ok(FsRef {
+            snapshot: Some(name),
+            layers,
+        })
     }
 }
 
@@ -188,9 +215,13 @@ fn owner_of(root: &Path, chown: Option<&pb::ChownOpt>) -> Result<Option<Owner>, 
             Some(pb::user_opt::User::ById(id)) => Ok(Some(*id)),
             Some(pb::user_opt::User::ByName(n)) => {
                 if group {
-                    fsops::lookup_group(root, &n.name).map(Some).map_err(|e| e.to_string())
+                    fsops::lookup_group(root, &n.name)
+                        .map(Some)
+                        .map_err(|e| e.to_string())
                 } else {
-                    fsops::lookup_user(root, &n.name).map(|(u, _)| Some(u)).map_err(|e| e.to_string())
+                    fsops::lookup_user(root, &n.name)
+                        .map(|(u, _)| Some(u))
+                        .map_err(|e| e.to_string())
                 }
             }
             None => Ok(None),
@@ -211,7 +242,9 @@ fn owner_of(root: &Path, chown: Option<&pb::ChownOpt>) -> Result<Option<Owner>, 
             // Docker: `--chown=user` takes the user's primary group... only when named; a bare id
             // uses the same id as the group.
             let gid = match &c.user.as_ref().and_then(|u| u.user.clone()) {
-                Some(pb::user_opt::User::ByName(n)) => fsops::lookup_user(root, &n.name).map(|x| x.1).unwrap_or(u),
+                Some(pb::user_opt::User::ByName(n)) => {
+                    fsops::lookup_user(root, &n.name).map(|x| x.1).unwrap_or(u)
+                }
                 _ => u,
             };
             Ok(Some(Owner { uid: u, gid }))
@@ -224,7 +257,11 @@ fn time_of(ns: i64) -> Option<i64> {
     (ns >= 0).then_some(ns / 1_000_000_000)
 }
 
-fn apply(root: &Path, action: &pb::FileAction, sources: &HashMap<i64, SourceDir>) -> Result<(), String> {
+fn apply(
+    root: &Path,
+    action: &pb::FileAction,
+    sources: &HashMap<i64, SourceDir>,
+) -> Result<(), String> {
     match &action.action {
         Some(Action::Copy(c)) => {
             let src = match sources.get(&action.secondary_input) {
@@ -234,10 +271,17 @@ fn apply(root: &Path, action: &pb::FileAction, sources: &HashMap<i64, SourceDir>
                     if c.allow_empty_wildcard {
                         return Ok(());
                     }
-                    return Err(format!("copy source `{}` not found: source is empty", c.src));
+                    return Err(format!(
+                        "copy source `{}` not found: source is empty",
+                        c.src
+                    ));
                 }
             };
-            let mut exclude_patterns: Vec<String> = src.exclude.iter().flat_map(|p| p.texts().map(str::to_string)).collect();
+            let mut exclude_patterns: Vec<String> = src
+                .exclude
+                .iter()
+                .flat_map(|p| p.texts().map(str::to_string))
+                .collect();
             exclude_patterns.extend(c.exclude_patterns.iter().cloned());
             let exclude = if exclude_patterns.is_empty() {
                 None
@@ -279,7 +323,11 @@ fn apply(root: &Path, action: &pb::FileAction, sources: &HashMap<i64, SourceDir>
             let owner = owner_of(root, f.owner.as_ref())?;
             let path = fsops::resolve_in_root(root, &f.path, false).map_err(|e| e.to_string())?;
             std::fs::write(&path, &f.data).map_err(|e| format!("mkfile {}: {e}", f.path))?;
-            set_meta(&path, if f.mode >= 0 { f.mode as u32 } else { 0o644 }, owner)
+            set_meta(
+                &path,
+                if f.mode >= 0 { f.mode as u32 } else { 0o644 },
+                owner,
+            )
         }
         Some(Action::Rm(r)) => {
             let path = fsops::resolve_in_root(root, &r.path, false).map_err(|e| e.to_string())?;
@@ -292,10 +340,13 @@ fn apply(root: &Path, action: &pb::FileAction, sources: &HashMap<i64, SourceDir>
             fsops::remove_all(&path).map_err(|e| format!("rm {}: {e}", r.path))
         }
         Some(Action::Symlink(s)) => {
-            let path = fsops::resolve_in_root(root, &s.newpath, false).map_err(|e| e.to_string())?;
-            std::os::unix::fs::symlink(&s.oldpath, &path).map_err(|e| format!("symlink {}: {e}", s.newpath))?;
+            let path =
+                fsops::resolve_in_root(root, &s.newpath, false).map_err(|e| e.to_string())?;
+            std::os::unix::fs::symlink(&s.oldpath, &path)
+                .map_err(|e| format!("symlink {}: {e}", s.newpath))?;
             if let Some(o) = owner_of(root, s.owner.as_ref())? {
-                std::os::unix::fs::lchown(&path, Some(o.uid), Some(o.gid)).map_err(|e| e.to_string())?;
+                std::os::unix::fs::lchown(&path, Some(o.uid), Some(o.gid))
+                    .map_err(|e| e.to_string())?;
             }
             Ok(())
         }
@@ -305,7 +356,8 @@ fn apply(root: &Path, action: &pb::FileAction, sources: &HashMap<i64, SourceDir>
 
 fn set_meta(path: &Path, mode: u32, owner: Option<Owner>) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| e.to_string())?;
     if let Some(o) = owner {
         std::os::unix::fs::lchown(path, Some(o.uid), Some(o.gid)).map_err(|e| e.to_string())?;
     }

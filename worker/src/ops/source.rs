@@ -24,23 +24,39 @@ impl Solve {
         }
         if let Some(name) = src.identifier.strip_prefix(attr::SCHEME_LOCAL) {
             let path = self.opts.locals.get(name).ok_or_else(|| {
-                self.error(digest, format!("no local directory named `{name}` was given to the build"))
+                self.error(
+                    digest,
+                    format!("no local directory named `{name}` was given to the build"),
+                )
             })?;
-            let exclude = patterns(&src, attr::ATTR_LOCAL_EXCLUDEPATTERNS).map_err(|m| self.error(digest, m))?;
-            let include = patterns(&src, attr::ATTR_LOCAL_INCLUDEPATTERN).map_err(|m| self.error(digest, m))?;
-            return Ok(vec![Output::Local(LocalRef { path: path.clone(), exclude, include })]);
+            let exclude = patterns(&src, attr::ATTR_LOCAL_EXCLUDEPATTERNS)
+                .map_err(|m| self.error(digest, m))?;
+            let include = patterns(&src, attr::ATTR_LOCAL_INCLUDEPATTERN)
+                .map_err(|m| self.error(digest, m))?;
+            return Ok(vec![Output::Local(LocalRef {
+                path: path.clone(),
+                exclude,
+                include,
+            })]);
         }
-        Err(self.error(digest, format!("source `{}` is not supported yet", src.identifier)))
+        Err(self.error(
+            digest,
+            format!("source `{}` is not supported yet", src.identifier),
+        ))
     }
 }
 
 /// A JSON list of patterns in attr `key`, compiled; `None` when absent or empty.
 fn patterns(src: &pb::SourceOp, key: &str) -> Result<Option<PatternMatcher>, String> {
-    let Some(json) = src.attrs.get(key) else { return Ok(None) };
+    let Some(json) = src.attrs.get(key) else {
+        return Ok(None);
+    };
     let list: Vec<String> = serde_json::from_str(json)
         .map_err(|e| format!("attr `{key}` is not a JSON list of strings: {e}"))?;
     if list.is_empty() {
         return Ok(None);
     }
-    PatternMatcher::new(&list).map(Some).map_err(|e| e.to_string())
+    PatternMatcher::new(&list)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
