@@ -235,6 +235,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
             layer: Default::default(),
             max_parallel_exec: args.max_parallelism,
             platform: to_pb_platform(&frontend::Platform::host()),
+            no_cache: args.no_cache,
         };
         let solved = worker.solve(def, opts, progress.clone()).await?;
         let image = memobuild_worker::export::assemble(&lowered.image_config, &solved.fs.layers)?;

@@ -178,7 +178,7 @@ fn has_glob(s: &str) -> bool {
 }
 
 /// The source paths a copy reads: (path relative to the source root, host path).
-fn expand_sources(
+pub(crate) fn expand_sources(
     root: &Path,
     src: &str,
     opts: &CopyOptions,

@@ -251,22 +251,7 @@ async fn pull_leased(
         .try_collect::<Vec<()>>()
         .await?;
 
-    // Snapshots are committed in order, so the first missing chain ID marks where to start.
-    let mut first_missing = chain.len();
-    for (i, id) in chain.iter().enumerate().rev() {
-        if ctd.stat(id).await?.is_some() {
-            break;
-        }
-        first_missing = i;
-    }
-    for i in first_missing..chain.len() {
-        let desc = &resolved.layers[i];
-        ensure_containerd_blob(ctd, blobs, &reference, desc, &diff_ids[i]).await?;
-        let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
-        unpack_layer(ctd, &reference, desc, &diff_ids[i], &chain[i], parent).await?;
-    }
-
-    let layers = resolved
+    let layers: Vec<Layer> = resolved
         .layers
         .iter()
         .zip(&diff_ids)
@@ -277,17 +262,52 @@ async fn pull_leased(
             media_type: d.media_type.clone(),
         })
         .collect();
+    let top_snapshot = unpack(ctd, blobs, &reference, &layers).await?;
     Ok(PulledImage {
         reference,
         manifest_digest: resolved.manifest_digest,
         manifest: resolved.manifest,
         config: resolved.config,
         layers,
-        top_snapshot: chain.last().cloned(),
+        top_snapshot,
         chain_ids: chain,
     })
 }
 
+/// Makes sure committed snapshots named by chain ID exist for `layers` (all of whose blobs are in
+/// `blobs`), unpacking only the missing tail, and returns the top one (`None`: no layers).
+/// `what` names the image or vertex in errors.
+pub async fn unpack(
+    ctd: &Containerd,
+    blobs: &BlobStore,
+    what: &str,
+    layers: &[Layer],
+) -> Result<Option<String>> {
+    let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
+    let chain = chain_ids(&diff_ids);
+    // Snapshots are committed in order, so the first missing chain ID marks where to start.
+    let mut first_missing = chain.len();
+    for (i, id) in chain.iter().enumerate().rev() {
+        if ctd.stat(id).await?.is_some() {
+            break;
+        }
+        first_missing = i;
+    }
+    for i in first_missing..chain.len() {
+        let l = &layers[i];
+        let desc = Descriptor {
+            media_type: l.media_type.clone(),
+            digest: l.digest.clone(),
+            size: l.size,
+            annotations: Default::default(),
+            platform: None,
+        };
+        ensure_containerd_blob(ctd, blobs, what, &desc, &diff_ids[i]).await?;
+        let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
+        unpack_layer(ctd, what, &desc, &diff_ids[i], &chain[i], parent).await?;
+    }
+    Ok(chain.last().cloned())
+}
 /// Downloads a blob into the local store unless it is there (size and digest verified).
 async fn ensure_local_blob(
     reg: &Registry,

@@ -11,8 +11,10 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod blobs;
+pub mod cache;
 pub mod containerd;
 pub mod export;
+pub mod fingerprint;
 pub mod fsops;
 pub mod image;
 pub mod layer;
@@ -29,6 +31,7 @@ use std::time::Duration;
 use memobuild_proto::{ParsedDefinition, pb};
 
 use crate::blobs::BlobStore;
+use crate::cache::ActionCache;
 use crate::containerd::{Containerd, Lease};
 use crate::progress::Progress;
 use crate::registry::{Registry, RegistryConfig};
@@ -76,6 +79,9 @@ pub enum WorkerError {
     /// The local blob store failed.
     #[error(transparent)]
     Blob(#[from] blobs::BlobError),
+    /// The cache directory failed.
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
     /// No containerd socket was configured.
     #[error("no containerd socket configured (pass --containerd)")]
     NoContainerd,
@@ -88,6 +94,7 @@ pub struct Worker {
     pub(crate) ctd: Containerd,
     pub(crate) registry: Arc<Registry>,
     pub(crate) blobs: BlobStore,
+    pub(crate) cache: ActionCache,
     lease: Option<Lease>,
 }
 
@@ -104,10 +111,12 @@ impl Worker {
         let lease = ctd.create_lease(Duration::from_secs(24 * 3600)).await?;
         let ctd = ctd.with_lease(&lease)?;
         let blobs = BlobStore::open(cfg.state_dir.join("blobs"))?;
+        let cache = ActionCache::open(cfg.state_dir.join("cache").join("ac"))?;
         Ok(Worker {
             ctd,
             registry: Arc::new(Registry::new(registry_config(&cfg))),
             blobs,
+            cache,
             lease: Some(lease),
         })
     }
@@ -146,9 +155,20 @@ impl Worker {
         )
         .await?;
         Ok(FsRef {
-            snapshot: pulled.top_snapshot,
             layers: pulled.layers,
         })
+    }
+
+    /// The committed snapshot holding `fs` (named by its chain ID), made from the layer blobs
+    /// when containerd does not have it; `""` for the empty filesystem.
+    pub(crate) async fn ensure_snapshot(
+        &self,
+        what: &str,
+        fs: &FsRef,
+    ) -> Result<String, WorkerError> {
+        Ok(image::unpack(&self.ctd, &self.blobs, what, &fs.layers)
+            .await?
+            .unwrap_or_default())
     }
 
     /// Solves a definition.

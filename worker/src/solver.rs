@@ -7,6 +7,8 @@
 //! many containers run at once. The first error wins: `try_join_all` drops the sibling futures,
 //! which cancels their work (containers are cleaned up by their guards).
 
+mod cachekey;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,16 +20,18 @@ use memobuild_proto::{ParsedDefinition, attr, pb};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::Worker;
+use crate::cache::ActionRecord;
 use crate::layer::{LayerBlob, LayerOptions};
 use crate::patterns::PatternMatcher;
 use crate::progress::{Progress, VertexState};
 
-/// A filesystem produced by a vertex: a committed containerd snapshot and the layers that make
-/// it, bottom first. `snapshot: None` is the empty filesystem (scratch).
+/// A filesystem produced by a vertex: the layers that make it, bottom first (none: scratch).
+///
+/// The layers are the whole truth; a containerd snapshot of them is named by their chain ID and
+/// made only when something must run on top of it ([`crate::Worker::ensure_snapshot`]). A cache
+/// hit therefore costs no snapshot work at all unless a later vertex executes.
 #[derive(Debug, Clone, Default)]
 pub struct FsRef {
-    /// Name of the committed snapshot, if any.
-    pub snapshot: Option<String>,
     /// The layer chain.
     pub layers: Vec<LayerBlob>,
 }
@@ -63,6 +67,8 @@ pub struct SolveOptions {
     pub max_parallel_exec: usize,
     /// Platform for ops that don't name one.
     pub platform: pb::Platform,
+    /// Execute every vertex even when the cache has its result (results are still recorded).
+    pub no_cache: bool,
 }
 
 /// A failed vertex, with what a user needs to find it: its name and, when the definition has
@@ -183,6 +189,15 @@ impl Solve {
 
         let name = self.name(&digest);
         let started = Instant::now();
+        let key = self.cache_key(&digest, &op, &inputs).await?;
+        if let Some((key, _)) = &key
+            && !self.opts.no_cache
+            && let Some(rec) = self.worker.cache.get(key, &self.worker.blobs)
+        {
+            self.progress
+                .vertex(&digest, &name, VertexState::Cached, None, None);
+            return Ok(Arc::new(vec![Output::Fs(FsRef { layers: rec.layers })]));
+        }
         self.progress
             .vertex(&digest, &name, VertexState::Started, None, None);
         let platform = op.platform.clone();
@@ -209,6 +224,18 @@ impl Solve {
         let result = fut.await;
         match result {
             Ok(outs) => {
+                if let (Some((key, components)), [Output::Fs(fs)]) = (key, outs.as_slice()) {
+                    let record = ActionRecord {
+                        key,
+                        layers: fs.layers.clone(),
+                        name: name.clone(),
+                        duration_ms: started.elapsed().as_millis() as u64,
+                        components,
+                    };
+                    if let Err(e) = self.worker.cache.put(&record) {
+                        tracing::warn!("cannot record the result of `{name}`: {e}");
+                    }
+                }
                 self.progress.vertex(
                     &digest,
                     &name,

@@ -54,12 +54,17 @@ impl Solve {
                 }),
                 Ok(pb::MountType::Bind) if m.output < 0 && m.readonly => {
                     let src = fs_input(&inputs, m.input).map_err(|m| self.error(digest, m))?;
-                    let Some(snap) = src.snapshot else {
+                    if src.layers.is_empty() {
                         return Err(self.error(
                             digest,
                             format!("bind mount at `{}` has an empty source", m.dest),
                         ));
-                    };
+                    }
+                    let snap = self
+                        .worker
+                        .ensure_snapshot(&self.name(digest), &src)
+                        .await
+                        .map_err(|e| self.error(digest, e.to_string()))?;
                     let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
                     let mounts = self
                         .worker
@@ -110,10 +115,15 @@ impl Solve {
         mounts: Vec<ExtraMount>,
     ) -> Result<Vec<Output>, SolveError> {
         let key = format!("memobuild-active-{}", uuid::Uuid::new_v4());
+        let parent = self
+            .worker
+            .ensure_snapshot(&self.name(digest), base)
+            .await
+            .map_err(|e| self.error(digest, e.to_string()))?;
         let rootfs = self
             .worker
             .ctd
-            .prepare(&key, base.snapshot.as_deref().unwrap_or(""), HashMap::new())
+            .prepare(&key, &parent, HashMap::new())
             .await
             .map_err(|e| self.error(digest, e.to_string()))?;
 

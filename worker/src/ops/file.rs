@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use memobuild_proto::pb;
 use memobuild_proto::pb::file_action::Action;
 
-use crate::containerd::MountGuard;
+use crate::containerd::{MountGuard, gc_root_labels};
 use crate::fsops::{self, CopyOptions, Owner};
 use crate::ops::writable_dir;
 use crate::patterns::PatternMatcher;
@@ -78,15 +78,17 @@ impl Solve {
                     include: l.include.clone(),
                     root_owned: true,
                 },
-                Output::Fs(FsRef {
-                    snapshot: Some(snap),
-                    ..
-                }) => {
+                Output::Fs(fs) if !fs.layers.is_empty() => {
+                    let snap = self
+                        .worker
+                        .ensure_snapshot(&self.name(digest), fs)
+                        .await
+                        .map_err(|e| self.error(digest, e.to_string()))?;
                     let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
                     let mounts = self
                         .worker
                         .ctd
-                        .view(&key, snap)
+                        .view(&key, &snap)
                         .await
                         .map_err(|e| self.error(digest, e.to_string()))?;
                     let guard = MountGuard::mount(&mounts)
@@ -100,7 +102,7 @@ impl Solve {
                         root_owned: false,
                     }
                 }
-                Output::Fs(FsRef { snapshot: None, .. }) => {
+                Output::Fs(_) => {
                     let t = tempfile::tempdir().map_err(|e| self.error(digest, e.to_string()))?;
                     let path = t.path().to_path_buf();
                     empty_dirs.push(t);
@@ -132,7 +134,11 @@ impl Solve {
         sources: HashMap<i64, SourceDir>,
     ) -> Result<Vec<Output>, SolveError> {
         let key = format!("memobuild-active-{}", uuid::Uuid::new_v4());
-        let parent = base.snapshot.clone().unwrap_or_default();
+        let parent = self
+            .worker
+            .ensure_snapshot(&self.name(digest), base)
+            .await
+            .map_err(|e| self.error(digest, e.to_string()))?;
         let mounts = self
             .worker
             .ctd
@@ -193,18 +199,19 @@ impl Solve {
                 .await
                 .map_err(|e| self.error(digest, format!("layer task failed: {e}")))?
                 .map_err(|e| self.error(digest, e.to_string()))?;
-        let name = format!("memobuild-{}", uuid::Uuid::new_v4());
-        self.worker
-            .ctd
-            .commit(&name, key, HashMap::new())
-            .await
-            .map_err(|e| self.error(digest, e.to_string()))?;
         let mut layers = base.layers.clone();
         layers.push(layer);
-        Ok(FsRef {
-            snapshot: Some(name),
-            layers,
-        })
+        // Named by chain ID, like unpacked image layers: the next vertex that needs these files
+        // (in this build or a later one) finds the snapshot instead of unpacking the layers.
+        let name = crate::cache::key::fs_identity(&layers);
+        match self.worker.ctd.commit(&name, key, gc_root_labels()).await {
+            Ok(()) => {}
+            Err(crate::containerd::Error::SnapshotExists { .. }) => {
+                let _ = self.worker.ctd.remove(key).await;
+            }
+            Err(e) => return Err(self.error(digest, e.to_string())),
+        }
+        Ok(FsRef { layers })
     }
 }
 

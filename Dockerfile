@@ -1,0 +1,24 @@
+# Builds MemoBuild itself: a build stage with the Rust toolchain and protoc (containerd-client's
+# build needs it), and a slim runtime stage with the binary plus the containerd and runc it drives.
+FROM rust:1-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends protobuf-compiler \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY proto proto
+COPY frontend frontend
+COPY worker worker
+COPY src src
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin memobuild \
+ && cp target/release/memobuild /usr/local/bin/memobuild
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates containerd runc \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /usr/local/bin/memobuild /usr/local/bin/memobuild
+ENTRYPOINT ["/usr/local/bin/memobuild"]
+CMD ["--help"]

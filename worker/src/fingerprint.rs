@@ -1,0 +1,213 @@
+//! Fingerprints of the context files a vertex reads.
+//!
+//! A file's fingerprint is BLAKE3 over its type, permission bits, symlink target and bytes; never
+//! its mtime, so touching a file does not invalidate anything. Files are hashed in parallel on
+//! rayon's pool.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::fsops::{self, CopyOptions};
+use crate::patterns::PatternMatcher;
+
+/// Files above this size are hashed with blake3's multi-threaded, memory-mapped mode.
+const LARGE_FILE: u64 = 8 << 20;
+
+/// What a copy reads from a local directory: its source pattern and filters.
+#[derive(Debug, Clone)]
+pub struct CopySelection<'a> {
+    /// The copy's `src` (may be a glob).
+    pub src: &'a str,
+    /// Whether `src` may be a glob.
+    pub allow_wildcard: bool,
+    /// Whether the source path itself is followed when it is a symlink.
+    pub follow_symlink: bool,
+    /// Paths to leave out.
+    pub exclude: Option<&'a PatternMatcher>,
+    /// If set, only these paths.
+    pub include: Option<&'a PatternMatcher>,
+}
+
+/// The fingerprints of every file `sel` reads under `root`: (relative path, hex digest), sorted
+/// by path. A source that does not exist yields no entries (the copy itself reports it).
+pub fn copy_sources(root: &Path, sel: &CopySelection<'_>) -> io::Result<Vec<(String, String)>> {
+    let opts = CopyOptions {
+        allow_wildcard: sel.allow_wildcard,
+        allow_empty_wildcard: true,
+        exclude: sel.exclude.cloned(),
+        ..Default::default()
+    };
+    let tops = match fsops::expand_sources(root, sel.src, &opts) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut entries: Vec<(String, PathBuf)> = Vec::new();
+    for (rel, path) in tops {
+        let path = if sel.follow_symlink {
+            fsops::resolve_in_root(root, &rel, true)?
+        } else {
+            path
+        };
+        collect(&path, &rel, sel, &mut entries)?;
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.dedup_by(|a, b| a.0 == b.0);
+    entries
+        .into_par_iter()
+        .map(|(rel, path)| fingerprint(&path).map(|h| (rel, h)))
+        .collect()
+}
+
+fn collect(
+    path: &Path,
+    rel: &str,
+    sel: &CopySelection<'_>,
+    out: &mut Vec<(String, PathBuf)>,
+) -> io::Result<()> {
+    let md = match fs::symlink_metadata(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let excluded = sel.exclude.is_some_and(|x| x.matches(rel));
+    if md.is_dir() {
+        if excluded && !sel.exclude.is_some_and(|x| x.has_exclusions()) {
+            return Ok(());
+        }
+        if !excluded {
+            out.push((rel.to_string(), path.to_path_buf()));
+        }
+        let mut names: Vec<_> = fs::read_dir(path)?.collect::<Result<Vec<_>, _>>()?;
+        names.sort_by_key(|e| e.file_name());
+        for e in names {
+            let name = e.file_name();
+            let child = if rel == "." || rel.is_empty() {
+                name.to_string_lossy().into_owned()
+            } else {
+                format!("{rel}/{}", name.to_string_lossy())
+            };
+            collect(&e.path(), &child, sel, out)?;
+        }
+        return Ok(());
+    }
+    if excluded || sel.include.is_some_and(|i| !i.matches(rel)) {
+        return Ok(());
+    }
+    out.push((rel.to_string(), path.to_path_buf()));
+    Ok(())
+}
+
+/// BLAKE3 of one entry's type, permission bits, link target and content.
+pub fn fingerprint(path: &Path) -> io::Result<String> {
+    let md = fs::symlink_metadata(path)?;
+    let mut h = blake3::Hasher::new();
+    let ft = md.file_type();
+    if ft.is_symlink() {
+        h.update(b"symlink\0");
+        h.update(fs::read_link(path)?.as_os_str().as_encoded_bytes());
+    } else if ft.is_dir() {
+        h.update(b"dir\0");
+    } else if ft.is_file() {
+        h.update(b"file\0");
+    } else {
+        h.update(b"special\0");
+        h.update(&md.rdev().to_le_bytes());
+    }
+    h.update(&(md.mode() & 0o7777).to_le_bytes());
+    if ft.is_file() {
+        if md.len() >= LARGE_FILE {
+            h.update_mmap_rayon(path)?;
+        } else {
+            let mut f = fs::File::open(path)?;
+            let mut buf = [0u8; 64 * 1024];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+        }
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn sel<'a>(src: &'a str, exclude: Option<&'a PatternMatcher>) -> CopySelection<'a> {
+        CopySelection {
+            src,
+            allow_wildcard: true,
+            follow_symlink: true,
+            exclude,
+            include: None,
+        }
+    }
+
+    #[test]
+    fn only_the_files_a_copy_reads() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("src/sub")).unwrap();
+        fs::write(d.path().join("src/a.rs"), "a").unwrap();
+        fs::write(d.path().join("src/sub/b.rs"), "b").unwrap();
+        fs::write(d.path().join("README"), "r").unwrap();
+        let got = copy_sources(d.path(), &sel("src", None)).unwrap();
+        let names: Vec<&str> = got.iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(names, ["src", "src/a.rs", "src/sub", "src/sub/b.rs"]);
+        let all = copy_sources(d.path(), &sel(".", None)).unwrap();
+        assert!(all.iter().any(|x| x.0 == "README"));
+        assert!(
+            copy_sources(d.path(), &sel("missing", None))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn mtime_does_not_matter_content_and_mode_do() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        fs::write(&f, "x").unwrap();
+        let a = fingerprint(&f).unwrap();
+        filetime::set_file_mtime(&f, filetime::FileTime::from_unix_time(12345, 0)).unwrap();
+        assert_eq!(fingerprint(&f).unwrap(), a);
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o700)).unwrap();
+        let b = fingerprint(&f).unwrap();
+        assert_ne!(a, b);
+        fs::write(&f, "y").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o700)).unwrap();
+        assert_ne!(fingerprint(&f).unwrap(), b);
+    }
+
+    #[test]
+    fn excluded_files_are_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a.txt"), "a").unwrap();
+        fs::write(d.path().join("b.log"), "b").unwrap();
+        let ex = PatternMatcher::new(&["*.log"]).unwrap();
+        let got = copy_sources(d.path(), &sel(".", Some(&ex))).unwrap();
+        assert!(got.iter().all(|x| x.0 != "b.log"), "{got:?}");
+        assert!(got.iter().any(|x| x.0 == "a.txt"));
+    }
+
+    #[test]
+    fn large_files_hash_like_small_ones_would() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("big");
+        let data = vec![7u8; (LARGE_FILE + 10) as usize];
+        fs::write(&f, &data).unwrap();
+        let mut h = blake3::Hasher::new();
+        h.update(b"file\0");
+        h.update(&(fs::metadata(&f).unwrap().mode() & 0o7777).to_le_bytes());
+        h.update(&data);
+        assert_eq!(fingerprint(&f).unwrap(), h.finalize().to_hex().to_string());
+    }
+}
