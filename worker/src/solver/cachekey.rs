@@ -44,10 +44,8 @@ impl Solve {
                 self.add_copy_fingerprints(digest, f, inputs, &mut k)
                     .await?;
             }
-            Some(pb::op::Op::Exec(_)) => {
-                if inputs.iter().any(|o| matches!(o, Output::Local(_))) {
-                    return Ok(None);
-                }
+            Some(pb::op::Op::Exec(_)) if inputs.iter().any(|o| matches!(o, Output::Local(_))) => {
+                return Ok(None);
             }
             _ => {}
         }
