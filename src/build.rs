@@ -14,8 +14,9 @@ use memobuild_worker::{Worker, WorkerConfig};
 use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::cli::{BuildArgs, FrontendArgs, LowerArgs, LowerFormat, ProgressMode};
+use crate::cli::{BuildArgs, FrontendArgs, LowerArgs, LowerFormat, ProgressMode, WhyArgs};
 use crate::output::{self, OutputSpec};
+use memobuild_worker::cache::history::History;
 
 /// The Dockerfile, its name for messages, and the `.dockerignore` patterns that apply to it.
 struct Inputs {
@@ -165,6 +166,53 @@ fn state_dir(arg: Option<PathBuf>) -> PathBuf {
     })
 }
 
+/// The identity of a build target for `memobuild why`: context, Dockerfile and target.
+fn build_id(context: &Path, file: Option<&Path>, target: Option<&str>) -> String {
+    let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let dockerfile = file
+        .map(abs)
+        .unwrap_or_else(|| abs(context).join("Dockerfile"));
+    format!(
+        "{}\0{}\0{}",
+        abs(context).display(),
+        dockerfile.display(),
+        target.unwrap_or("")
+    )
+}
+
+fn render_explanations(h: &History) -> String {
+    if h.explanations.is_empty() {
+        return "every step came from the cache".to_string();
+    }
+    let mut out = String::new();
+    for e in &h.explanations {
+        out.push_str(&format!(
+            "{} ran because {}\n",
+            e.name,
+            e.reasons.join("; ")
+        ));
+    }
+    out.trim_end().to_string()
+}
+
+/// `memobuild why`: the explanations saved by the last build of this target.
+pub fn why(args: WhyArgs) -> anyhow::Result<()> {
+    let state = state_dir(args.state_dir.clone());
+    let path = memobuild_worker::cache::history::path_for(
+        &state,
+        &build_id(&args.context, args.file.as_deref(), args.target.as_deref()),
+    );
+    if !path.is_file() {
+        bail!(
+            "no build of `{}` recorded in `{}` yet",
+            args.context.display(),
+            state.display()
+        );
+    }
+    println!("{}", render_explanations(&History::load(&path)));
+    Ok(())
+}
+
 /// `memobuild lower`.
 pub async fn lower(args: LowerArgs) -> anyhow::Result<()> {
     let inputs = read_inputs(&args.frontend)?;
@@ -207,9 +255,10 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| "/run/containerd/containerd.sock".to_string());
     let socket = PathBuf::from(containerd.strip_prefix("unix://").unwrap_or(&containerd));
+    let state = state_dir(args.state_dir.clone());
     let worker = Worker::open(WorkerConfig {
         containerd_socket: Some(socket),
-        state_dir: state_dir(args.state_dir.clone()),
+        state_dir: state.clone(),
         insecure_registries: args.frontend.insecure_registries.clone(),
         ..WorkerConfig::default()
     })
@@ -238,6 +287,17 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
             no_cache: args.no_cache,
         };
         let solved = worker.solve(def, opts, progress.clone()).await?;
+        let history_path = memobuild_worker::cache::history::path_for(
+            &state,
+            &build_id(&inputs.context, args.frontend.file.as_deref(), args.frontend.target.as_deref()),
+        );
+        let history = History::load(&history_path).next(&solved.vertices, worker.cache(), args.no_cache);
+        if let Err(e) = history.save(&history_path) {
+            tracing::warn!("cannot save build history: {e}");
+        }
+        if args.explain {
+            progress.send(memobuild_worker::progress::ProgressEvent::Message(render_explanations(&history)));
+        }
         let image = memobuild_worker::export::assemble(&lowered.image_config, &solved.fs.layers)?;
         if outputs.is_empty() {
             progress.send(memobuild_worker::progress::ProgressEvent::Message(

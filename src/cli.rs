@@ -21,6 +21,8 @@ pub enum Command {
     Build(BuildArgs),
     /// Print the LLB Definition a Dockerfile lowers to (the bytes `buildctl build` reads on stdin).
     Lower(LowerArgs),
+    /// Say why each step of the last build of a target ran instead of coming from the cache.
+    Why(WhyArgs),
 }
 
 /// Flags shared by `build` and `lower`: what to build.
@@ -91,6 +93,26 @@ pub struct BuildArgs {
     /// How many RUN steps may execute at once.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub max_parallelism: usize,
+    /// After the build, say why each step that ran was not taken from the cache.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+/// `memobuild why`.
+#[derive(Debug, Args)]
+pub struct WhyArgs {
+    /// Name of the Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// The stage that was built (default: the last one).
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+    /// MemoBuild's state directory, as given to `build`.
+    #[arg(long, value_name = "DIR", env = "MEMOBUILD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Build context directory.
+    #[arg(value_name = "CONTEXT")]
+    pub context: PathBuf,
 }
 
 /// Output encodings of `memobuild lower`.

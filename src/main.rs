@@ -33,6 +33,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             cli::Command::Build(args) => build::build(args).await,
             cli::Command::Lower(args) => build::lower(args).await,
+            cli::Command::Why(args) => build::why(args),
         }
     });
     match result {

@@ -60,6 +60,50 @@ impl BlobStore {
         self.path(digest).map(|p| p.is_file()).unwrap_or(false)
     }
 
+    /// Whether the store holds `digest` with exactly the bytes it names (and `size`, if given).
+    ///
+    /// The first check of a blob reads and hashes it, then leaves a stamp (size, inode, mtime,
+    /// ctime) under `sha256/.verified/`; later checks compare the stamp with `stat` and only
+    /// re-hash when the file was touched since. A blob that fails is removed, so whoever needs
+    /// it fetches or rebuilds it instead of serving corrupt bytes.
+    pub fn verify(&self, digest: &str, size: Option<u64>) -> bool {
+        let Ok(path) = self.path(digest) else {
+            return false;
+        };
+        let Ok(md) = fs::metadata(&path) else {
+            return false;
+        };
+        if size.is_some_and(|s| s != md.len()) {
+            tracing::warn!(%digest, "blob has the wrong size; removing it");
+            let _ = fs::remove_file(&path);
+            return false;
+        }
+        let stamp = stamp_of(&md);
+        let stamp_path = self
+            .root
+            .join("sha256/.verified")
+            .join(digest_hex(digest).unwrap_or_default());
+        if fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {
+            return true;
+        }
+        let ok = File::open(&path)
+            .and_then(|mut f| {
+                let mut h = Sha256::new();
+                io::copy(&mut f, &mut h)?;
+                Ok(format!("sha256:{}", hex::encode(h.finalize())))
+            })
+            .is_ok_and(|d| d == digest);
+        if ok {
+            let _ = fs::create_dir_all(self.root.join("sha256/.verified"));
+            let _ = fs::write(&stamp_path, stamp);
+        } else {
+            tracing::warn!(%digest, "blob does not match its digest; removing it");
+            let _ = fs::remove_file(&path);
+            let _ = fs::remove_file(&stamp_path);
+        }
+        ok
+    }
+
     /// A new temporary file inside the store, to be [`BlobStore::commit`]ted.
     pub fn temp(&self) -> Result<tempfile::NamedTempFile, BlobError> {
         let dir = self.root.join("sha256");
@@ -97,6 +141,19 @@ impl BlobStore {
         let p = self.path(digest)?;
         File::open(&p).map_err(io_err(&p))
     }
+}
+
+fn stamp_of(md: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{} {} {}.{} {}.{}",
+        md.len(),
+        md.ino(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ctime_nsec()
+    )
 }
 
 /// `sha256:<hex>` of `data`.
@@ -174,6 +231,25 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn verify_detects_flipped_and_truncated_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let d = store.put_bytes(b"some layer bytes").unwrap();
+        assert!(store.verify(&d, Some(16)));
+        assert!(store.verify(&d, None), "stamped");
+        // Flip a byte: same size, different content.
+        let p = store.path(&d).unwrap();
+        fs::write(&p, b"some layer bytez").unwrap();
+        assert!(!store.verify(&d, Some(16)));
+        assert!(!p.exists(), "a corrupt blob is removed");
+        let d = store.put_bytes(b"another").unwrap();
+        let p = store.path(&d).unwrap();
+        fs::write(&p, b"anoth").unwrap();
+        assert!(!store.verify(&d, Some(7)));
+        assert!(!store.verify("sha256:zz", None));
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! are gone, or that does not parse, or whose key does not match its name, is a miss, never an
 //! error: the vertex just runs again and the record is rewritten.
 
+pub mod explain;
+pub mod history;
 pub mod key;
 
 use std::collections::{BTreeMap, HashMap};
@@ -75,10 +77,12 @@ impl ActionCache {
     }
 
     /// Looks `key` up: memory first, then disk (backfilling memory). Only records whose every
-    /// layer blob is in `blobs` count as hits.
+    /// layer blob is in `blobs` and matches its digest count as hits.
     pub fn get(&self, key: &str, blobs: &BlobStore) -> Option<ActionRecord> {
         if let Some(r) = self.memory.lock().ok().and_then(|m| m.get(key).cloned())
-            && r.layers.iter().all(|l| blobs.contains(&l.digest))
+            && r.layers
+                .iter()
+                .all(|l| blobs.verify(&l.digest, Some(l.size)))
         {
             return Some(r);
         }
@@ -91,13 +95,29 @@ impl ActionCache {
                 return None;
             }
         };
-        if record.key != key || !record.layers.iter().all(|l| blobs.contains(&l.digest)) {
+        if record.key != key
+            || !record
+                .layers
+                .iter()
+                .all(|l| blobs.verify(&l.digest, Some(l.size)))
+        {
             return None;
         }
         if let Ok(mut m) = self.memory.lock() {
             m.insert(key.to_string(), record.clone());
         }
         Some(record)
+    }
+
+    /// Reads a record without checking its blobs (for explanations, not for reuse).
+    pub fn peek(&self, key: &str) -> Option<ActionRecord> {
+        if let Some(r) = self.memory.lock().ok().and_then(|m| m.get(key).cloned()) {
+            return Some(r);
+        }
+        let bytes = fs::read(self.path(key)?).ok()?;
+        serde_json::from_slice::<ActionRecord>(&bytes)
+            .ok()
+            .filter(|r| r.key == key)
     }
 
     /// Stores a record in memory and on disk.

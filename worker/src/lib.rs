@@ -126,6 +126,11 @@ impl Worker {
         &self.blobs
     }
 
+    /// The action cache.
+    pub fn cache(&self) -> &ActionCache {
+        &self.cache
+    }
+
     /// Releases the lease; snapshots of this build that nothing else references become garbage.
     pub async fn close(&self) {
         if let Some(l) = &self.lease

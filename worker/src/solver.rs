@@ -21,6 +21,7 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use crate::Worker;
 use crate::cache::ActionRecord;
+use crate::cache::history::VertexReport;
 use crate::layer::{LayerBlob, LayerOptions};
 use crate::patterns::PatternMatcher;
 use crate::progress::{Progress, VertexState};
@@ -93,6 +94,8 @@ pub struct SolveError {
 pub struct SolveResult {
     /// The filesystem the definition describes.
     pub fs: FsRef,
+    /// Every cacheable vertex with its key and whether it was a hit, in completion order.
+    pub vertices: Vec<VertexReport>,
 }
 
 type Cell = Arc<OnceCell<Result<Arc<Vec<Output>>, SolveError>>>;
@@ -104,6 +107,7 @@ pub(crate) struct Solve {
     pub(crate) progress: Progress,
     pub(crate) exec_slots: Semaphore,
     cells: HashMap<String, Cell>,
+    reports: std::sync::Mutex<Vec<VertexReport>>,
 }
 
 /// Solves `def` on `worker`.
@@ -126,6 +130,7 @@ pub async fn solve(
         opts,
         progress,
         cells,
+        reports: Default::default(),
     });
     let outputs = solve.clone().vertex(terminal.digest.clone()).await?;
     let out = usize::try_from(terminal.index)
@@ -139,8 +144,9 @@ pub async fn solve(
             message: format!("vertex has no output {}", terminal.index),
             output_tail: Vec::new(),
         })?;
+    let vertices = solve.reports.lock().map(|r| r.clone()).unwrap_or_default();
     match out {
-        Output::Fs(fs) => Ok(SolveResult { fs }),
+        Output::Fs(fs) => Ok(SolveResult { fs, vertices }),
         Output::Local(_) => Err(SolveError {
             vertex: terminal.digest.clone(),
             name: solve.name(&terminal.digest),
@@ -194,6 +200,7 @@ impl Solve {
             && !self.opts.no_cache
             && let Some(rec) = self.worker.cache.get(key, &self.worker.blobs)
         {
+            self.report(&digest, &name, key, true);
             self.progress
                 .vertex(&digest, &name, VertexState::Cached, None, None);
             return Ok(Arc::new(vec![Output::Fs(FsRef { layers: rec.layers })]));
@@ -225,6 +232,7 @@ impl Solve {
         match result {
             Ok(outs) => {
                 if let (Some((key, components)), [Output::Fs(fs)]) = (key, outs.as_slice()) {
+                    self.report(&digest, &name, &key, false);
                     let record = ActionRecord {
                         key,
                         layers: fs.layers.clone(),
@@ -255,6 +263,17 @@ impl Solve {
                 );
                 Err(e)
             }
+        }
+    }
+
+    fn report(&self, digest: &str, name: &str, key: &str, cached: bool) {
+        if let Ok(mut r) = self.reports.lock() {
+            r.push(VertexReport {
+                digest: digest.to_string(),
+                name: name.to_string(),
+                key: key.to_string(),
+                cached,
+            });
         }
     }
 

@@ -1,0 +1,294 @@
+//! The cache, end to end on the real containerd: only what changed rebuilds. Each test builds
+//! twice (or more) with one state directory and counts, from `--progress json`, which vertices
+//! executed ("started") and which came from the cache ("cached").
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Output;
+
+use common::{Env, Sandbox, assert_ok, progress_events, stderr};
+
+/// Names of vertices that executed (state `started`) in a `--progress json` run.
+fn executed(out: &Output) -> BTreeSet<String> {
+    names_in_state(out, "started")
+}
+
+fn cached(out: &Output) -> BTreeSet<String> {
+    names_in_state(out, "cached")
+}
+
+fn names_in_state(out: &Output, state: &str) -> BTreeSet<String> {
+    progress_events(out)
+        .iter()
+        .filter(|e| e["state"] == state)
+        .filter_map(|e| e["name"].as_str().map(str::to_string))
+        // The context source is read live on every build; it is not a cached step.
+        .filter(|n| !n.starts_with("[internal]"))
+        .collect()
+}
+
+fn build(sb: &Sandbox, env: &Env, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--build-arg".to_string(),
+        format!("REGISTRY={}", env.registry),
+        "--progress".into(),
+        "json".into(),
+        "--output".into(),
+        format!("type=oci,dest={}", sb.path("out.tar").display()),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = sb.build(env, &args);
+    assert_ok(&out, "memobuild build");
+    out
+}
+
+fn digest(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+const TWO_COPIES: &str = "ARG REGISTRY
+FROM ${REGISTRY}/library/busybox:latest
+COPY a.txt /a.txt
+RUN cat /a.txt > /a-copy
+COPY b.txt /b.txt
+RUN cat /b.txt > /b-copy
+";
+
+#[test]
+fn a_file_change_reruns_only_what_follows_the_copy_that_reads_it() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write("Dockerfile", TWO_COPIES)
+        .write("a.txt", "a1\n")
+        .write("b.txt", "b1\n");
+    let first = build(&sb, &env, &[]);
+    assert_eq!(executed(&first).len(), 5, "{:?}", executed(&first));
+
+    // Same inputs: nothing executes, same image.
+    let again = build(&sb, &env, &[]);
+    assert!(executed(&again).is_empty(), "{:?}", executed(&again));
+    assert_eq!(digest(&again), digest(&first));
+
+    // b.txt is read by the second COPY only.
+    sb.write("b.txt", "b2\n");
+    let third = build(&sb, &env, &[]);
+    let ran = executed(&third);
+    assert_eq!(ran.len(), 2, "{ran:?}");
+    assert!(
+        ran.iter()
+            .all(|n| n.contains("b.txt") || n.contains("/b-copy")),
+        "{ran:?}"
+    );
+    assert!(cached(&third).iter().any(|n| n.contains("COPY a.txt")));
+    assert_ne!(digest(&third), digest(&first));
+}
+
+#[test]
+fn touching_files_reruns_nothing() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write("Dockerfile", TWO_COPIES)
+        .write("a.txt", "a\n")
+        .write("b.txt", "b\n");
+    let first = build(&sb, &env, &[]);
+    for f in ["a.txt", "b.txt", "Dockerfile"] {
+        filetime::set_file_mtime(
+            sb.context().join(f),
+            filetime::FileTime::from_unix_time(2_000_000_000, 0),
+        )
+        .expect("touch");
+    }
+    let second = build(&sb, &env, &[]);
+    assert!(executed(&second).is_empty(), "{:?}", executed(&second));
+    assert_eq!(digest(&second), digest(&first));
+}
+
+#[test]
+fn ignored_files_rerun_nothing() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nCOPY . /ctx\nRUN ls /ctx > /listing\n",
+    )
+    .write(".dockerignore", "*.log\nbuild/\n")
+    .write("keep.txt", "k\n")
+    .write("debug.log", "1\n")
+    .write("build/out.bin", "x\n");
+    let first = build(&sb, &env, &[]);
+    sb.write("debug.log", "2\n")
+        .write("build/out.bin", "y\n")
+        .write("new.log", "n\n");
+    let second = build(&sb, &env, &[]);
+    assert!(executed(&second).is_empty(), "{:?}", executed(&second));
+    assert_eq!(digest(&second), digest(&first));
+    // A file that is not ignored does count.
+    sb.write("keep.txt", "changed\n");
+    let third = build(&sb, &env, &[]);
+    assert_eq!(executed(&third).len(), 2, "{:?}", executed(&third));
+}
+
+#[test]
+fn a_rerun_with_identical_output_leaves_later_steps_cached() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    // NOISE is in the RUN's environment (so a new value re-runs it) but not in its output.
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nARG NOISE=1\n\
+         RUN echo \"noise is $NOISE\" && echo stable > /stable\nCOPY a.txt /a\nWORKDIR /work\n",
+    )
+    .write("a.txt", "a\n");
+    build(&sb, &env, &[]);
+    let first = diff_ids(&sb);
+    let second = build(&sb, &env, &["--build-arg", "NOISE=2"]);
+    let ran = executed(&second);
+    assert_eq!(ran.len(), 1, "only the RUN re-executes: {ran:?}");
+    assert!(ran.iter().all(|n| n.contains("RUN echo")), "{ran:?}");
+    let hits = cached(&second);
+    assert!(hits.iter().any(|n| n.contains("COPY a.txt")), "{hits:?}");
+    assert!(hits.iter().any(|n| n.contains("WORKDIR /work")), "{hits:?}");
+    // The config differs (history records the build arg, as BuildKit's does); the layers don't.
+    assert_eq!(diff_ids(&sb), first, "identical files, identical layers");
+}
+
+/// The layer diff-ids of the image the last build exported.
+fn diff_ids(sb: &Sandbox) -> serde_json::Value {
+    let out = common::run({
+        let mut c = std::process::Command::new("skopeo");
+        c.args([
+            "inspect",
+            "--config",
+            &format!("oci-archive:{}", sb.path("out.tar").display()),
+        ]);
+        c
+    });
+    assert_ok(&out, "skopeo inspect --config");
+    let cfg: serde_json::Value = serde_json::from_slice(&out.stdout).expect("config");
+    cfg["rootfs"]["diff_ids"].clone()
+}
+
+#[test]
+fn explain_names_the_changed_file_and_build_arg() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nARG VERSION=1\nCOPY a.txt /a\nRUN echo $VERSION > /v\n",
+    )
+    .write("a.txt", "a\n");
+    build(&sb, &env, &[]);
+    sb.write("a.txt", "changed\n");
+    let out = build(&sb, &env, &["--explain", "--build-arg", "VERSION=2"]);
+    let text = stderr(&out);
+    assert!(text.contains("file `a.txt` changed"), "{text}");
+
+    // `memobuild why` says the same afterwards.
+    let mut why = common::memobuild();
+    why.arg("why")
+        .arg("--state-dir")
+        .arg(sb.state())
+        .arg(sb.context());
+    let why = common::run(why);
+    assert_ok(&why, "memobuild why");
+    let said = common::stdout(&why);
+    assert!(said.contains("file `a.txt` changed"), "{said}");
+
+    // A build-arg change alone: the RUN reruns because of it.
+    let out = build(&sb, &env, &["--explain", "--build-arg", "VERSION=3"]);
+    let text = stderr(&out);
+    assert!(text.contains("VERSION changed from `2` to `3`"), "{text}");
+}
+
+#[test]
+fn a_corrupted_cached_layer_is_never_served_and_is_rebuilt() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nRUN echo precious > /data\n",
+    );
+    let first = build(&sb, &env, &[]);
+    // Damage every blob MemoBuild wrote for the RUN (flip one byte in each blob in the store
+    // that is not a base layer: base layers come back from the registry anyway).
+    let blobs = sb.state().join("blobs/sha256");
+    let mut damaged = 0;
+    for e in std::fs::read_dir(&blobs).expect("blobs dir") {
+        let p = e.expect("entry").path();
+        if !p.is_file() {
+            continue;
+        }
+        let mut bytes = std::fs::read(&p).expect("read blob");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&p, bytes).expect("write blob");
+        damaged += 1;
+    }
+    assert!(damaged >= 2, "base and RUN layers");
+    let second = build(&sb, &env, &[]);
+    assert!(
+        executed(&second)
+            .iter()
+            .any(|n| n.contains("RUN echo precious")),
+        "{:?}",
+        executed(&second)
+    );
+    assert_eq!(digest(&second), digest(&first), "rebuilt to the same image");
+    // And the exported image is intact: skopeo reads it.
+    let inspect = common::run({
+        let mut c = std::process::Command::new("skopeo");
+        c.args([
+            "inspect",
+            &format!("oci-archive:{}", sb.path("out.tar").display()),
+        ]);
+        c
+    });
+    assert_ok(&inspect, "skopeo inspect");
+}
+
+#[test]
+fn a_build_killed_midway_leaves_a_usable_cache() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nRUN echo one > /one\nRUN sleep 30\n",
+    );
+    let mut cmd = common::memobuild();
+    cmd.arg("build")
+        .arg("--containerd")
+        .arg(&env.containerd)
+        .arg("--state-dir")
+        .arg(sb.state())
+        .args(["--build-arg", &format!("REGISTRY={}", env.registry)])
+        .args(["--progress", "json"])
+        .arg(sb.context())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("spawn memobuild");
+    // Wait until the sleep step has started, then kill -9.
+    let stderr = child.stderr.take().expect("stderr");
+    let reader = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    for line in reader {
+        let line = line.expect("line");
+        if line.contains("sleep 30") && line.contains("\"started\"") {
+            break;
+        }
+    }
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+
+    // The next build of a shorter Dockerfile reuses the finished step and succeeds.
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nRUN echo one > /one\nRUN true\n",
+    );
+    let out = build(&sb, &env, &[]);
+    assert!(
+        cached(&out).iter().any(|n| n.contains("echo one")),
+        "{:?}",
+        cached(&out)
+    );
+}
