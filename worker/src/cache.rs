@@ -10,6 +10,7 @@
 pub mod explain;
 pub mod history;
 pub mod key;
+pub mod remote;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;

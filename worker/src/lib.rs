@@ -32,10 +32,17 @@ use memobuild_proto::{ParsedDefinition, pb};
 
 use crate::blobs::BlobStore;
 use crate::cache::ActionCache;
+use crate::cache::remote::{HttpTier, RemoteError, RemoteTier};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use crate::containerd::{Containerd, Lease};
+use crate::fingerprint::StatCache;
 use crate::progress::Progress;
 use crate::registry::{Registry, RegistryConfig};
 use crate::solver::{FsRef, SolveError, SolveOptions, SolveResult};
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::task::JoinSet;
 
 /// containerd namespace MemoBuild works in unless told otherwise.
 pub const DEFAULT_NAMESPACE: &str = "memobuild";
@@ -51,6 +58,10 @@ pub struct WorkerConfig {
     pub state_dir: PathBuf,
     /// Registries reached over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// Base URL of a remote (L3) cache speaking the Bazel HTTP cache protocol.
+    pub remote_cache: Option<String>,
+    /// Bearer token for the remote cache.
+    pub remote_cache_token: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -60,6 +71,8 @@ impl Default for WorkerConfig {
             namespace: DEFAULT_NAMESPACE.to_string(),
             state_dir: PathBuf::from("/var/lib/memobuild"),
             insecure_registries: Vec::new(),
+            remote_cache: None,
+            remote_cache_token: None,
         }
     }
 }
@@ -82,6 +95,9 @@ pub enum WorkerError {
     /// The cache directory failed.
     #[error(transparent)]
     Cache(#[from] cache::CacheError),
+    /// The remote cache is misconfigured.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     /// No containerd socket was configured.
     #[error("no containerd socket configured (pass --containerd)")]
     NoContainerd,
@@ -95,6 +111,12 @@ pub struct Worker {
     pub(crate) registry: Arc<Registry>,
     pub(crate) blobs: BlobStore,
     pub(crate) cache: ActionCache,
+    remote: Option<Arc<dyn RemoteTier>>,
+    /// Set after the first remote failure: the rest of the build goes without L3.
+    pub(crate) remote_disabled: Arc<AtomicBool>,
+    uploads: Arc<Mutex<JoinSet<()>>>,
+    stat_caches: Arc<Mutex<HashMap<PathBuf, Arc<StatCache>>>>,
+    state_dir: PathBuf,
     lease: Option<Lease>,
 }
 
@@ -112,11 +134,23 @@ impl Worker {
         let ctd = ctd.with_lease(&lease)?;
         let blobs = BlobStore::open(cfg.state_dir.join("blobs"))?;
         let cache = ActionCache::open(cfg.state_dir.join("cache").join("ac"))?;
+        let remote: Option<Arc<dyn RemoteTier>> = match &cfg.remote_cache {
+            Some(url) if !url.is_empty() => Some(Arc::new(HttpTier::new(
+                url,
+                cfg.remote_cache_token.clone(),
+            )?)),
+            _ => None,
+        };
         Ok(Worker {
             ctd,
             registry: Arc::new(Registry::new(registry_config(&cfg))),
             blobs,
             cache,
+            remote,
+            remote_disabled: Arc::default(),
+            uploads: Arc::default(),
+            stat_caches: Arc::default(),
+            state_dir: cfg.state_dir.clone(),
             lease: Some(lease),
         })
     }
@@ -131,8 +165,62 @@ impl Worker {
         &self.cache
     }
 
+    /// The remote tier, unless none is configured or it failed earlier in this process.
+    pub(crate) fn remote(&self) -> Option<Arc<dyn RemoteTier>> {
+        if self.remote_disabled.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.remote.clone()
+    }
+
+    /// Runs an upload in the background; [`Worker::flush_uploads`] waits for all of them.
+    pub(crate) fn spawn_upload(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Ok(mut set) = self.uploads.lock() {
+            set.spawn(fut);
+        }
+    }
+
+    /// The stat cache for fingerprints of files under `root` (one per directory, shared by the
+    /// vertices of this process, saved by [`Worker::close`]).
+    pub(crate) fn stat_cache(&self, root: &std::path::Path) -> Arc<StatCache> {
+        let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        let Ok(mut m) = self.stat_caches.lock() else {
+            return Arc::new(StatCache::ephemeral());
+        };
+        m.entry(root.clone())
+            .or_insert_with(|| {
+                let name = blake3::hash(root.as_os_str().as_encoded_bytes()).to_hex();
+                Arc::new(StatCache::load(
+                    self.state_dir
+                        .join("cache")
+                        .join("stat")
+                        .join(name.as_str()),
+                ))
+            })
+            .clone()
+    }
+
+    /// Waits until every background upload to the remote cache has finished.
+    pub async fn flush_uploads(&self) {
+        let mut set = match self.uploads.lock() {
+            Ok(mut s) => std::mem::take(&mut *s),
+            Err(_) => return,
+        };
+        while set.join_next().await.is_some() {}
+    }
+
     /// Releases the lease; snapshots of this build that nothing else references become garbage.
     pub async fn close(&self) {
+        let caches: Vec<Arc<StatCache>> = self
+            .stat_caches
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        for c in caches {
+            if let Err(e) = c.save() {
+                tracing::warn!("cannot save the stat cache: {e}");
+            }
+        }
         if let Some(l) = &self.lease
             && let Err(e) = self.ctd.without_lease().delete_lease(l).await
         {

@@ -8,6 +8,7 @@
 //! which cancels their work (containers are cleaned up by their guards).
 
 mod cachekey;
+mod lookup;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -198,7 +199,7 @@ impl Solve {
         let key = self.cache_key(&digest, &op, &inputs).await?;
         if let Some((key, _)) = &key
             && !self.opts.no_cache
-            && let Some(rec) = self.worker.cache.get(key, &self.worker.blobs)
+            && let Some(rec) = self.lookup(key).await
         {
             self.report(&digest, &name, key, true);
             self.progress
@@ -240,9 +241,7 @@ impl Solve {
                         duration_ms: started.elapsed().as_millis() as u64,
                         components,
                     };
-                    if let Err(e) = self.worker.cache.put(&record) {
-                        tracing::warn!("cannot record the result of `{name}`: {e}");
-                    }
+                    self.store(record);
                 }
                 self.progress.vertex(
                     &digest,

@@ -77,14 +77,15 @@ impl Solve {
                 .flat_map(|p| p.texts().map(str::to_string))
                 .collect();
             excludes.extend(c.exclude_patterns.iter().cloned());
-            jobs.push((i, local.clone(), c.clone(), excludes));
+            let stat_cache = self.worker.stat_cache(&local.path);
+            jobs.push((i, local.clone(), c.clone(), excludes, stat_cache));
         }
         if jobs.is_empty() {
             return Ok(());
         }
         let found = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            for (i, local, c, excludes) in jobs {
+            for (i, local, c, excludes, stat_cache) in jobs {
                 let exclude = if excludes.is_empty() {
                     None
                 } else {
@@ -102,7 +103,7 @@ impl Solve {
                     exclude: exclude.as_ref(),
                     include: include.as_ref(),
                 };
-                let files = fingerprint::copy_sources(&local.path, &sel)
+                let files = fingerprint::copy_sources(&local.path, &sel, &stat_cache)
                     .map_err(|e| format!("reading `{}` from the context: {e}", c.src))?;
                 out.push((i, files));
             }
