@@ -11,6 +11,7 @@ set -eu -o pipefail
 [[ $# == 1 ]] || { echo "usage: $0 DIR" >&2; exit 2; }
 DIR="$(abs_dir "$1")"
 [[ -f "$DIR/env" ]] || die "$DIR/env missing: run hack/services.sh start $DIR first"
+# shellcheck source=/dev/null
 . "$DIR/env"
 
 IMAGE="docker://$MEMOBUILD_TEST_REGISTRY/library/busybox:latest"

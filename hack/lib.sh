@@ -3,6 +3,7 @@
 set -eu -o pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+# shellcheck disable=SC2034 # used by the scripts that source this file
 REPO_ROOT="$(cd "$HACK_DIR/.." && pwd -P)"
 # runc, containerd and friends live in sbin; CI shells do not always have it on PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -13,7 +14,7 @@ die() { log "error: $*"; exit 1; }
 # Make cargo (installed with rustup) reachable without installing anything.
 ensure_cargo() {
 	if ! command -v cargo >/dev/null 2>&1; then
-		local env="${CARGO_HOME:-$HOME/.cargo}/env"
+		local env="${CARGO_HOME:-${HOME:-/root}/.cargo}/env"
 		# shellcheck disable=SC1090
 		[[ -f "$env" ]] && . "$env"
 	fi

@@ -36,10 +36,10 @@ spawn() {
 	local pidfile=$1 logfile=$2
 	shift 2
 	rm -f "$pidfile"
+	# shellcheck disable=SC2016 # $$, $0 and $@ are for the inner bash
 	setsid nohup bash -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$pidfile" "$@" \
 		</dev/null >>"$logfile" 2>&1 9>&- &
-	local i
-	for i in $(seq 50); do
+	for _ in $(seq 50); do
 		[[ -s "$pidfile" ]] && return 0
 		sleep 0.1
 	done
@@ -48,10 +48,10 @@ spawn() {
 
 # terminate PIDFILE: TERM, wait up to 10 s, then KILL.
 terminate() {
-	local pid i
+	local pid
 	if pid="$(alive "$1")"; then
 		kill -TERM "$pid" 2>/dev/null || true
-		for i in $(seq 50); do
+		for _ in $(seq 50); do
 			alive "$1" >/dev/null || break
 			sleep 0.2
 		done
@@ -115,10 +115,10 @@ start_registry() {
 		return
 	fi
 	mkdir -p "$REG/data"
-	local attempt port pid deadline
+	local port pid deadline
 	# Reuse the port of an earlier start of this DIR if it is free, else try random ones.
 	port="$(cat "$REG/port" 2>/dev/null || true)"
-	for attempt in $(seq 20); do
+	for _ in $(seq 20); do
 		if [[ -z "$port" ]] || port_in_use "$port"; then
 			port=$((20000 + RANDOM % 20001))
 			port_in_use "$port" && { port=; continue; }
@@ -182,6 +182,8 @@ delete_tasks() {
 			"${c[@]}" -n "$ns" tasks kill -a -s SIGKILL "$task" >/dev/null 2>&1 || true
 			"${c[@]}" -n "$ns" tasks delete -f "$task" >/dev/null 2>&1 || true
 		done
+		# runc leaves an empty state dir per namespace, shared by all containerds on the machine.
+		rmdir "/run/containerd/runc/$ns" 2>/dev/null || true
 	done
 }
 
@@ -227,8 +229,8 @@ mounts_under_dir() {
 }
 
 unmount_all() {
-	local pass m
-	for pass in 1 2 3; do
+	local m
+	for _ in 1 2 3; do
 		[[ -n "$(mounts_under_dir)" ]] || return 0
 		while read -r m; do
 			umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true

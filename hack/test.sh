@@ -16,6 +16,7 @@ make_state_dir
 trap_cleanup
 bash "$HACK_DIR/services.sh" start "$STATE_DIR"
 bash "$HACK_DIR/base-image.sh" "$STATE_DIR"
+# shellcheck source=/dev/null
 . "$STATE_DIR/env"
 
 # Run the tests even when lint fails, so one CI run reports both.
