@@ -14,8 +14,8 @@ use memobuild_worker::{Worker, WorkerConfig};
 use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::cli::{BuildArgs, FrontendArgs, LowerArgs, LowerFormat, ProgressMode, WhyArgs};
-use crate::output::{self, OutputSpec};
+use crate::cli::{BuildArgs, FrontendArgs, LowerArgs, LowerFormat, WhyArgs};
+use crate::output;
 use memobuild_worker::cache::history::History;
 
 /// The Dockerfile, its name for messages, and the `.dockerignore` patterns that apply to it.
@@ -248,28 +248,32 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
         .map(|o| output::parse(o, &args.tags))
         .collect::<anyhow::Result<Vec<_>>>()?;
     if args.push {
-        bail!("--push is not supported yet; use --output type=oci,dest=FILE");
+        output::apply_push(&mut outputs, &args.tags)?;
     }
-    let containerd = args
-        .containerd
-        .clone()
-        .unwrap_or_else(|| "/run/containerd/containerd.sock".to_string());
-    let socket = PathBuf::from(containerd.strip_prefix("unix://").unwrap_or(&containerd));
+    output::validate(&outputs)?;
     let state = state_dir(args.state_dir.clone());
+    // The given containerd, else the system's, else an embedded one (stopped at the end).
+    let containerd =
+        crate::embedded::Containerd::select(args.containerd.as_deref(), &state).await?;
     let worker = Worker::open(WorkerConfig {
-        containerd_socket: Some(socket),
+        containerd_socket: Some(containerd.socket().to_path_buf()),
         state_dir: state.clone(),
         insecure_registries: args.frontend.insecure_registries.clone(),
+        remote_cache: args.remote_cache.clone(),
+        remote_cache_token: args.remote_cache_token.clone(),
         ..WorkerConfig::default()
     })
-    .await?;
-
-    let mode = match args.progress {
-        ProgressMode::Auto | ProgressMode::Tty => ProgressMode::Plain,
-        m => m,
+    .await;
+    let worker = match worker {
+        Ok(w) => w,
+        Err(e) => {
+            containerd.release().await;
+            return Err(e.into());
+        }
     };
+
     let (tx, rx) = mpsc::unbounded_channel();
-    let renderer = tokio::spawn(crate::progress::render(mode, rx));
+    let renderer = tokio::spawn(crate::progress::render(args.progress, rx));
     let progress = Progress::new(tx);
 
     let result = async {
@@ -285,6 +289,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
             max_parallel_exec: args.max_parallelism,
             platform: to_pb_platform(&frontend::Platform::host()),
             no_cache: args.no_cache,
+            secrets: args.secrets()?,
         };
         let solved = worker.solve(def, opts, progress.clone()).await?;
         let history_path = memobuild_worker::cache::history::path_for(
@@ -301,39 +306,29 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
         let image = memobuild_worker::export::assemble(&lowered.image_config, &solved.fs.layers)?;
         if outputs.is_empty() {
             progress.send(memobuild_worker::progress::ProgressEvent::Message(
-                "warning: no output specified; the build result stays only in the cache (use --output type=oci,dest=FILE)".into(),
+                "warning: no output specified; the build result stays only in the cache (use --output type=oci,dest=FILE, --output DIR or -t NAME --push)".into(),
             ));
         }
+        let mut exporter = output::Exporter::new(
+            worker.blobs().clone(),
+            &image,
+            &lowered.definition,
+            &args.frontend.insecure_registries,
+            &progress,
+            &outputs,
+        );
         for out in outputs.drain(..) {
-            match out {
-                OutputSpec::Oci { dest, tar, names } => {
-                    let names: Vec<String> = names.iter().map(|n| normalize_name(n)).collect::<anyhow::Result<_>>()?;
-                    let store = worker.blobs().clone();
-                    let img = image.clone();
-                    let d = dest.clone();
-                    tokio::task::spawn_blocking(move || {
-                        if tar {
-                            memobuild_worker::export::write_oci_archive(&d, &img, &store, &names)
-                        } else {
-                            memobuild_worker::export::write_oci_dir(&d, &img, &store, &names)
-                        }
-                    })
-                    .await
-                    .context("export task failed")??;
-                    progress.send(memobuild_worker::progress::ProgressEvent::Message(format!(
-                        "exported {} to {}",
-                        image.manifest_desc.digest,
-                        dest.display()
-                    )));
-                }
-            }
+            exporter.export(out).await?;
         }
         Ok::<_, anyhow::Error>(image.manifest_desc.digest.clone())
     }
     .await;
+    // Uploads to the remote cache run per vertex as it finishes; wait for the last ones.
+    worker.flush_uploads().await;
     drop(progress);
     let _ = renderer.await;
     worker.close().await;
+    containerd.release().await;
     if let Err(e) = &result
         && let Some(se) = e.downcast_ref::<SolveError>()
     {
@@ -342,10 +337,6 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
     let digest = result?;
     println!("{digest}");
     Ok(())
-}
-
-fn normalize_name(n: &str) -> anyhow::Result<String> {
-    frontend::normalize_image_ref(n).map_err(|e| anyhow::anyhow!("invalid image name `{n}`: {e}"))
 }
 
 /// Prints the failing process' last output lines, as buildx does, above the one-line error.

@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use memobuild_worker::secrets::Secrets;
 
 /// MemoBuild: a strictly incremental container image builder.
 #[derive(Debug, Parser)]
@@ -23,6 +25,11 @@ pub enum Command {
     Lower(LowerArgs),
     /// Say why each step of the last build of a target ran instead of coming from the cache.
     Why(WhyArgs),
+    /// Run the team cache server: the Bazel HTTP remote-cache protocol (`/ac`, `/cas`) over a
+    /// directory, for `build --remote-cache` and bazel-remote-compatible clients.
+    Server(ServerArgs),
+    /// Show or prune the local cache (layer blobs and action records under the state directory).
+    Cache(CacheArgs),
 }
 
 /// Flags shared by `build` and `lower`: what to build.
@@ -75,7 +82,9 @@ pub struct BuildArgs {
     /// Push the image to the registries named by `--tag` (shorthand for `--output type=image,push=true`).
     #[arg(long)]
     pub push: bool,
-    /// Output destination, as in buildx: `type=oci,dest=FILE`, `type=oci,dest=DIR,tar=false`.
+    /// Output destination, as in buildx: `type=image,name=NAME,push=true`, `type=oci,dest=FILE`
+    /// (`tar=false` for a directory), `type=docker,dest=FILE`, `type=local,dest=DIR` or just `DIR`;
+    /// `oci-mediatypes=false` for Docker media types. May be given several times.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
     /// How to show progress (written to stderr).
@@ -84,7 +93,8 @@ pub struct BuildArgs {
     /// Do not use cached results.
     #[arg(long)]
     pub no_cache: bool,
-    /// containerd socket (`unix:///path` or a path).
+    /// containerd socket (`unix:///path` or a path). Default: the system's if it answers, else
+    /// a private one started under the state directory for the build; `embedded` forces that.
     #[arg(long, value_name = "ADDR", env = "MEMOBUILD_CONTAINERD")]
     pub containerd: Option<String>,
     /// Directory for MemoBuild's own state (blobs, cache).
@@ -96,6 +106,101 @@ pub struct BuildArgs {
     /// After the build, say why each step that ran was not taken from the cache.
     #[arg(long)]
     pub explain: bool,
+    /// Remote (team) cache: base URL of a server speaking the Bazel HTTP cache protocol, such as
+    /// `memobuild server`.
+    #[arg(long, value_name = "URL", env = "MEMOBUILD_REMOTE_CACHE")]
+    pub remote_cache: Option<String>,
+    /// Bearer token for the remote cache.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "MEMOBUILD_REMOTE_CACHE_TOKEN",
+        hide_env_values = true
+    )]
+    pub remote_cache_token: Option<String>,
+    /// A secret for `RUN --mount=type=secret`, as buildx: `id=ID,src=PATH` (a file),
+    /// `id=ID,env=VAR` (an environment variable), or `id=ID` (the variable ID if set, else the
+    /// file ID); may be given several times.
+    #[arg(long = "secret", value_name = "id=ID,src=PATH")]
+    pub secrets: Vec<String>,
+}
+
+impl BuildArgs {
+    /// Reads the values of `--secret`s (files and environment variables are read here, once).
+    pub fn secrets(&self) -> anyhow::Result<Secrets> {
+        let mut out = Secrets::new();
+        for spec in &self.secrets {
+            let s = parse_secret(spec)?;
+            let value = match s.source {
+                SecretSource::File(path) => std::fs::read(&path).with_context(|| {
+                    format!("reading secret `{}` from `{}`", s.id, path.display())
+                })?,
+                SecretSource::Env(var) => std::env::var_os(&var)
+                    .with_context(|| {
+                        format!("secret `{}`: environment variable `{var}` is not set", s.id)
+                    })?
+                    .into_encoded_bytes(),
+            };
+            out.insert(s.id, value);
+        }
+        Ok(out)
+    }
+}
+
+/// Where a `--secret` value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file's contents.
+    File(PathBuf),
+    /// An environment variable's value.
+    Env(String),
+}
+
+/// One parsed `--secret` flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSpec {
+    /// The id `RUN --mount=type=secret,id=…` names.
+    pub id: String,
+    /// Where its value is read from.
+    pub source: SecretSource,
+}
+
+/// Parses `--secret` as buildx does: `[type=file|env,]id=ID[,src=PATH|,source=PATH][,env=VAR]`.
+pub fn parse_secret(spec: &str) -> anyhow::Result<SecretSpec> {
+    let (mut id, mut kind, mut src, mut env) = (None, None, None, None);
+    for field in spec.split(',') {
+        let (k, v) = field
+            .split_once('=')
+            .with_context(|| format!("--secret `{spec}`: `{field}` is not KEY=VALUE"))?;
+        match k.trim().to_ascii_lowercase().as_str() {
+            "id" => id = Some(v.to_string()),
+            "type" => kind = Some(v.to_ascii_lowercase()),
+            "src" | "source" => src = Some(v.to_string()),
+            "env" => env = Some(v.to_string()),
+            other => anyhow::bail!("--secret `{spec}`: unknown key `{other}`"),
+        }
+    }
+    let id = id
+        .or_else(|| src.clone())
+        .or_else(|| env.clone())
+        .filter(|i| !i.is_empty())
+        .with_context(|| format!("--secret `{spec}`: no id"))?;
+    let source = match (kind.as_deref(), src, env) {
+        (Some("file") | None, Some(p), None) => SecretSource::File(PathBuf::from(p)),
+        (Some("env") | None, None, Some(v)) => SecretSource::Env(v),
+        (Some("env"), Some(v), None) => SecretSource::Env(v),
+        (Some("file"), None, None) => SecretSource::File(PathBuf::from(&id)),
+        (Some("env"), None, None) => SecretSource::Env(id.clone()),
+        (None, None, None) if std::env::var_os(&id).is_some() => SecretSource::Env(id.clone()),
+        (None, None, None) => SecretSource::File(PathBuf::from(&id)),
+        (Some(t), _, _) if t != "file" && t != "env" => {
+            anyhow::bail!("--secret `{spec}`: type must be `file` or `env`, not `{t}`")
+        }
+        _ => anyhow::bail!(
+            "--secret `{spec}`: src= and env= conflict (with each other or with type=)"
+        ),
+    };
+    Ok(SecretSpec { id, source })
 }
 
 /// `memobuild why`.
@@ -113,6 +218,83 @@ pub struct WhyArgs {
     /// Build context directory.
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,
+}
+
+/// `memobuild server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on, `HOST:PORT` (port 0 picks a free one); the bound address is printed
+    /// on stdout as `listening on http://ADDR`.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Directory holding the cached objects (`ac/`, `cas/`), created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// Bearer token that uploads (PUT) must present. Without one, anyone who can reach the
+    /// server can write to it.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "MEMOBUILD_SERVER_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Require the token for reads (GET, HEAD) too.
+    #[arg(long)]
+    pub token_reads: bool,
+    /// Keep the store under this size by evicting the least recently used objects (down to
+    /// 90 %): `500MB`, `10GiB`, … Default: unbounded.
+    #[arg(long, value_name = "BYTES", value_parser = crate::cache_cmd::parse_size)]
+    pub max_size: Option<u64>,
+}
+
+/// `memobuild cache`. containerd snapshots are out of its scope: neither counted nor removed
+/// (`ctr snapshots` manages those).
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+/// `memobuild cache` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Print the size of the local cache: layer blobs, action records, the rest (containerd
+    /// snapshots not counted).
+    Du(CacheDuArgs),
+    /// Remove the least recently used action records and blobs until the cache fits the bound;
+    /// blobs named by a kept record are kept. containerd snapshots are not touched.
+    Prune(CachePruneArgs),
+}
+
+/// `memobuild cache du`.
+#[derive(Debug, Args)]
+pub struct CacheDuArgs {
+    /// MemoBuild's state directory, as given to `build`.
+    #[arg(long, value_name = "DIR", env = "MEMOBUILD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `memobuild cache prune`.
+#[derive(Debug, Args)]
+pub struct CachePruneArgs {
+    /// MemoBuild's state directory, as given to `build`.
+    #[arg(long, value_name = "DIR", env = "MEMOBUILD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Remove least recently used entries until the cache is at most this size (`500MB`,
+    /// `2GiB`, …).
+    #[arg(long, value_name = "BYTES", value_parser = crate::cache_cmd::parse_size, conflicts_with = "all")]
+    pub keep_size: Option<u64>,
+    /// Remove entries not used for this long (`24h`, `7d`, `1d12h`, …).
+    #[arg(long, value_name = "DURATION", value_parser = crate::cache_cmd::parse_duration, conflicts_with = "all")]
+    pub keep_duration: Option<std::time::Duration>,
+    /// Remove every action record and blob.
+    #[arg(long)]
+    pub all: bool,
+    /// Print what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Output encodings of `memobuild lower`.
@@ -133,4 +315,38 @@ pub struct LowerArgs {
     /// Output encoding.
     #[arg(long, value_enum, default_value_t = LowerFormat::Pb)]
     pub format: LowerFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_specs_parse_as_buildx() -> anyhow::Result<()> {
+        assert_eq!(
+            parse_secret("id=tok,src=/run/tok.txt")?,
+            SecretSpec {
+                id: "tok".into(),
+                source: SecretSource::File("/run/tok.txt".into())
+            }
+        );
+        assert_eq!(
+            parse_secret("id=tok,env=TOKEN")?.source,
+            SecretSource::Env("TOKEN".into())
+        );
+        assert_eq!(
+            parse_secret("type=env,id=HOME")?.source,
+            SecretSource::Env("HOME".into())
+        );
+        assert_eq!(
+            parse_secret("type=file,id=a,source=b")?.source,
+            SecretSource::File("b".into())
+        );
+        assert_eq!(parse_secret("src=/x/y")?.id, "/x/y");
+        assert!(parse_secret("id=a,src=b,env=C").is_err());
+        assert!(parse_secret("id=a,bogus=1").is_err());
+        assert!(parse_secret("type=ssh,id=a,src=b").is_err());
+        assert!(parse_secret("src=").is_err());
+        Ok(())
+    }
 }

@@ -3,10 +3,15 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod build;
+mod cache_cmd;
 mod cli;
+mod credentials;
 mod dump;
+mod embedded;
 mod output;
 mod progress;
+mod push;
+mod server;
 
 use clap::Parser;
 
@@ -34,6 +39,8 @@ fn main() -> std::process::ExitCode {
             cli::Command::Build(args) => build::build(args).await,
             cli::Command::Lower(args) => build::lower(args).await,
             cli::Command::Why(args) => build::why(args),
+            cli::Command::Server(args) => server::run(args).await,
+            cli::Command::Cache(args) => cache_cmd::run(args),
         }
     });
     match result {

@@ -1,10 +1,15 @@
 //! `--output` specs, parsed as buildx parses them (`type=oci,dest=out.tar`, or a bare path meaning
-//! `type=local,dest=PATH`).
+//! `type=local,dest=PATH`), `--push`, and the [`Exporter`] that writes them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use memobuild_proto::pb;
+use memobuild_worker::blobs::BlobStore;
+use memobuild_worker::export::ImageManifest;
+use memobuild_worker::progress::{Progress, ProgressEvent};
+use memobuild_worker::registry::push::Pusher;
 
 /// One requested output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,16 +22,67 @@ pub enum OutputSpec {
         tar: bool,
         /// Names to record in `index.json`.
         names: Vec<String>,
+        /// OCI media types (true) or Docker's (false).
+        oci_mediatypes: bool,
+    },
+    /// A tar `docker load` reads (which OCI tools read too).
+    Docker {
+        /// Where to write it.
+        dest: PathBuf,
+        /// Names (`RepoTags`).
+        names: Vec<String>,
+        /// OCI media types (true) or Docker's (false).
+        oci_mediatypes: bool,
+    },
+    /// The image's filesystem, written to a directory.
+    Local {
+        /// The directory.
+        dest: PathBuf,
+    },
+    /// An image in a registry (`type=image`, `type=registry`).
+    Image {
+        /// Names to push to.
+        names: Vec<String>,
+        /// Whether to push (without it there is nowhere to put the image yet).
+        push: bool,
+        /// OCI media types (true) or Docker's (false).
+        oci_mediatypes: bool,
+        /// Reach these names' registries over plain HTTP (`registry.insecure=true`).
+        insecure: bool,
     },
 }
 
-/// Parses one `--output` value.
-pub fn parse(spec: &str, tags: &[String]) -> anyhow::Result<OutputSpec> {
-    let mut fields = BTreeMap::new();
-    if !spec.contains('=') {
-        bail!("invalid output `{spec}`: type=local is not supported yet; use type=oci,dest=FILE");
+/// Splits on commas outside double quotes, dropping the quotes, as buildx reads its CSV.
+fn split_csv(spec: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in spec.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
     }
-    for part in spec.split(',') {
+    if quoted {
+        bail!("invalid output `{spec}`: unbalanced `\"`");
+    }
+    out.push(cur);
+    Ok(out)
+}
+
+/// Parses one `--output` value; `tags` (`-t`) name the image where the spec has no `name=`.
+pub fn parse(spec: &str, tags: &[String]) -> anyhow::Result<OutputSpec> {
+    if !spec.contains('=') {
+        if spec == "-" {
+            bail!("invalid output `-`: writing to stdout is not supported; use type=oci,dest=FILE");
+        }
+        return Ok(OutputSpec::Local {
+            dest: PathBuf::from(spec),
+        });
+    }
+    let mut fields = BTreeMap::new();
+    for part in split_csv(spec)? {
         let (k, v) = part
             .split_once('=')
             .with_context(|| format!("invalid output `{spec}`: `{part}` is not KEY=VALUE"))?;
@@ -44,33 +100,264 @@ pub fn parse(spec: &str, tags: &[String]) -> anyhow::Result<OutputSpec> {
                 Some(v) => bail!("invalid output `{spec}`: {key}={v} is not a boolean"),
             }
         };
+    let names = |fields: &mut BTreeMap<String, String>| -> Vec<String> {
+        match fields.remove("name") {
+            Some(n) => n
+                .split([',', ';'])
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect(),
+            None => tags.to_vec(),
+        }
+    };
+    let dest = |fields: &mut BTreeMap<String, String>, what: &str| -> anyhow::Result<PathBuf> {
+        fields
+            .remove("dest")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .with_context(|| format!("invalid output `{spec}`: type={ty} needs dest={what}"))
+    };
     let out = match ty.as_str() {
-        "oci" => {
-            let dest = fields
-                .remove("dest")
-                .with_context(|| format!("invalid output `{spec}`: type=oci needs dest=FILE"))?;
-            let tar = take_bool(&mut fields, "tar", true)?;
-            let mut names: Vec<String> = match fields.remove("name") {
-                Some(n) => n.split(';').map(str::to_string).collect(),
-                None => Vec::new(),
-            };
-            if names.is_empty() {
-                names = tags.to_vec();
+        "oci" => OutputSpec::Oci {
+            dest: dest(&mut fields, "FILE")?,
+            tar: take_bool(&mut fields, "tar", true)?,
+            names: names(&mut fields),
+            oci_mediatypes: take_bool(&mut fields, "oci-mediatypes", true)?,
+        },
+        "docker" => OutputSpec::Docker {
+            dest: dest(
+                &mut fields,
+                "FILE (loading into a Docker engine is not supported)",
+            )?,
+            names: names(&mut fields),
+            oci_mediatypes: take_bool(&mut fields, "oci-mediatypes", true)?,
+        },
+        "local" => OutputSpec::Local {
+            dest: dest(&mut fields, "DIR")?,
+        },
+        "image" | "registry" => {
+            let names = names(&mut fields);
+            let push = take_bool(&mut fields, "push", ty == "registry")?;
+            if push && names.is_empty() {
+                bail!("invalid output `{spec}`: pushing needs name=NAME (or -t NAME)");
             }
-            OutputSpec::Oci {
-                dest: PathBuf::from(dest),
-                tar,
+            OutputSpec::Image {
                 names,
+                push,
+                oci_mediatypes: take_bool(&mut fields, "oci-mediatypes", true)?,
+                insecure: take_bool(&mut fields, "registry.insecure", false)?,
             }
         }
         other => {
-            bail!("invalid output `{spec}`: type={other} is not supported yet (supported: oci)")
+            bail!(
+                "invalid output `{spec}`: type={other} is not supported (supported: image, registry, oci, docker, local)"
+            )
         }
     };
     if let Some(k) = fields.keys().next() {
         bail!("invalid output `{spec}`: unknown key `{k}`");
     }
     Ok(out)
+}
+
+/// `--push`: pushes the `type=image` outputs, or adds one pushing the `-t` names (buildx's
+/// `--push` is `--output type=registry`).
+pub fn apply_push(outputs: &mut Vec<OutputSpec>, tags: &[String]) -> anyhow::Result<()> {
+    let mut found = false;
+    for o in outputs.iter_mut() {
+        if let OutputSpec::Image { names, push, .. } = o {
+            if names.is_empty() {
+                bail!("--push: the type=image output has no name (give name=NAME or -t NAME)");
+            }
+            *push = true;
+            found = true;
+        }
+    }
+    if !found {
+        if tags.is_empty() {
+            bail!("--push needs an image name: give -t NAME");
+        }
+        outputs.push(OutputSpec::Image {
+            names: tags.to_vec(),
+            push: true,
+            oci_mediatypes: true,
+            insecure: false,
+        });
+    }
+    Ok(())
+}
+
+/// Checks, before building, that every name an output pushes to is a valid reference.
+pub fn validate(outputs: &[OutputSpec]) -> anyhow::Result<()> {
+    for o in outputs {
+        if let OutputSpec::Image { names, .. } = o {
+            for n in names {
+                memobuild_worker::registry::normalize_reference(n)
+                    .with_context(|| format!("invalid image name `{n}`"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes outputs of one built image.
+pub struct Exporter<'a> {
+    store: BlobStore,
+    image: &'a ImageManifest,
+    definition: &'a pb::Definition,
+    insecure: Vec<String>,
+    progress: &'a Progress,
+    /// Every name some output pushes to (credentials are looked up for all at once).
+    push_names: Vec<String>,
+    pusher: Option<Pusher>,
+}
+
+impl<'a> Exporter<'a> {
+    /// An exporter for `image` (blobs in `store`), about to write `outputs`.
+    pub fn new(
+        store: BlobStore,
+        image: &'a ImageManifest,
+        definition: &'a pb::Definition,
+        insecure: &[String],
+        progress: &'a Progress,
+        outputs: &[OutputSpec],
+    ) -> Self {
+        let mut insecure = insecure.to_vec();
+        let mut push_names = Vec::new();
+        for o in outputs {
+            if let OutputSpec::Image {
+                names,
+                push: true,
+                insecure: plain_http,
+                ..
+            } = o
+            {
+                push_names.extend(names.iter().cloned());
+                if *plain_http {
+                    insecure.extend(names.iter().filter_map(|n| {
+                        memobuild_worker::registry::normalize_reference(n)
+                            .ok()
+                            .map(|r| r.resolve_registry().to_owned())
+                    }));
+                }
+            }
+        }
+        Exporter {
+            store,
+            image,
+            definition,
+            insecure,
+            progress,
+            push_names,
+            pusher: None,
+        }
+    }
+
+    fn message(&self, m: String) {
+        self.progress.send(ProgressEvent::Message(m));
+    }
+
+    /// The image with the requested media types.
+    fn image(&self, oci_mediatypes: bool) -> anyhow::Result<ImageManifest> {
+        if oci_mediatypes {
+            Ok(self.image.clone())
+        } else {
+            Ok(memobuild_worker::export::mediatypes::to_docker(self.image)?)
+        }
+    }
+
+    /// Writes one output.
+    pub async fn export(&mut self, out: OutputSpec) -> anyhow::Result<()> {
+        match out {
+            OutputSpec::Oci {
+                dest,
+                tar,
+                names,
+                oci_mediatypes,
+            } => {
+                let names = normalize_names(&names)?;
+                let img = self.image(oci_mediatypes)?;
+                let digest = img.manifest_desc.digest.clone();
+                let (store, d) = (self.store.clone(), dest.clone());
+                tokio::task::spawn_blocking(move || {
+                    if tar {
+                        memobuild_worker::export::write_oci_archive(&d, &img, &store, &names)
+                    } else {
+                        memobuild_worker::export::write_oci_dir(&d, &img, &store, &names)
+                    }
+                })
+                .await
+                .context("export task failed")??;
+                self.message(format!("exported {digest} to {}", dest.display()));
+            }
+            OutputSpec::Docker {
+                dest,
+                names,
+                oci_mediatypes,
+            } => {
+                let names = normalize_names(&names)?;
+                let img = self.image(oci_mediatypes)?;
+                let digest = img.manifest_desc.digest.clone();
+                let (store, d) = (self.store.clone(), dest.clone());
+                tokio::task::spawn_blocking(move || {
+                    memobuild_worker::export::docker::write_docker_archive(&d, &img, &store, &names)
+                })
+                .await
+                .context("export task failed")??;
+                self.message(format!(
+                    "exported {digest} to {} (docker archive)",
+                    dest.display()
+                ));
+            }
+            OutputSpec::Local { dest } => {
+                let img = self.image.clone();
+                let (store, d) = (self.store.clone(), dest.clone());
+                tokio::task::spawn_blocking(move || {
+                    memobuild_worker::export::local::write_local(&d, &img, &store)
+                })
+                .await
+                .context("export task failed")??;
+                self.message(format!("exported the filesystem to {}", dest.display()));
+            }
+            OutputSpec::Image {
+                names,
+                push,
+                oci_mediatypes,
+                ..
+            } => {
+                if !push {
+                    self.message(format!(
+                        "warning: type=image without push=true: {} not stored anywhere (add push=true, or use type=oci or type=docker)",
+                        names.join(", ")
+                    ));
+                    return Ok(());
+                }
+                let img = self.image(oci_mediatypes)?;
+                if self.pusher.is_none() {
+                    self.pusher = Some(crate::push::pusher(
+                        &self.push_names,
+                        &self.insecure,
+                        self.definition,
+                    )?);
+                }
+                if let Some(p) = &self.pusher {
+                    crate::push::push(p, &self.store, &img, &names, self.progress).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn normalize_names(names: &[String]) -> anyhow::Result<Vec<String>> {
+    names
+        .iter()
+        .map(|n| {
+            memobuild_frontend::normalize_image_ref(n)
+                .map_err(|e| anyhow::anyhow!("invalid image name `{n}`: {e}"))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -84,17 +371,103 @@ mod tests {
             OutputSpec::Oci {
                 dest: "out.tar".into(),
                 tar: true,
-                names: vec!["a:1".into()]
+                names: vec!["a:1".into()],
+                oci_mediatypes: true,
             }
         );
         assert_eq!(
-            parse("type=oci,dest=d,tar=false,name=x", &[]).unwrap(),
+            parse("type=oci,dest=d,tar=false,name=x,oci-mediatypes=false", &[]).unwrap(),
             OutputSpec::Oci {
                 dest: "d".into(),
                 tar: false,
-                names: vec!["x".into()]
+                names: vec!["x".into()],
+                oci_mediatypes: false,
             }
         );
+    }
+
+    #[test]
+    fn local_docker_and_bare_paths() {
+        assert_eq!(
+            parse("out/dir", &[]).unwrap(),
+            OutputSpec::Local {
+                dest: "out/dir".into()
+            }
+        );
+        assert_eq!(
+            parse("type=local,dest=x", &["ignored:1".into()]).unwrap(),
+            OutputSpec::Local { dest: "x".into() }
+        );
+        assert_eq!(
+            parse("type=docker,dest=img.tar", &["a:1".into(), "b:2".into()]).unwrap(),
+            OutputSpec::Docker {
+                dest: "img.tar".into(),
+                names: vec!["a:1".into(), "b:2".into()],
+                oci_mediatypes: true,
+            }
+        );
+        assert!(parse("-", &[]).is_err());
+        assert!(
+            parse("type=local", &[])
+                .unwrap_err()
+                .to_string()
+                .contains("dest=DIR")
+        );
+        assert!(parse("type=docker", &[]).is_err());
+    }
+
+    #[test]
+    fn image_outputs_and_push() {
+        assert_eq!(
+            parse(
+                r#"type=image,"name=r/a:1,r/b:1",push=true,oci-mediatypes=false"#,
+                &[]
+            )
+            .unwrap(),
+            OutputSpec::Image {
+                names: vec!["r/a:1".into(), "r/b:1".into()],
+                push: true,
+                oci_mediatypes: false,
+                insecure: false,
+            }
+        );
+        assert_eq!(
+            parse("type=registry,registry.insecure=true", &["r/a:1".into()]).unwrap(),
+            OutputSpec::Image {
+                names: vec!["r/a:1".into()],
+                push: true,
+                oci_mediatypes: true,
+                insecure: true,
+            }
+        );
+        assert!(parse("type=image,push=true", &[]).is_err(), "no name");
+
+        let mut outs = vec![];
+        assert!(apply_push(&mut outs, &[]).is_err());
+        apply_push(&mut outs, &["r/a:1".into()]).unwrap();
+        assert_eq!(
+            outs,
+            vec![OutputSpec::Image {
+                names: vec!["r/a:1".into()],
+                push: true,
+                oci_mediatypes: true,
+                insecure: false,
+            }]
+        );
+        let mut outs = vec![
+            parse("type=image,name=r/x:1,oci-mediatypes=false", &[]).unwrap(),
+            parse("type=local,dest=d", &[]).unwrap(),
+        ];
+        apply_push(&mut outs, &["ignored:1".into()]).unwrap();
+        assert_eq!(outs.len(), 2);
+        assert!(matches!(
+            &outs[0],
+            OutputSpec::Image {
+                push: true,
+                oci_mediatypes: false,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -123,5 +496,6 @@ mod tests {
                 .to_string()
                 .contains("bogus")
         );
+        assert!(parse(r#"type=image,"name=a"#, &[]).is_err());
     }
 }

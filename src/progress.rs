@@ -1,6 +1,9 @@
-//! Progress renderers: plain lines in the style of `buildx --progress plain`, and JSON lines.
+//! Progress renderers: the live view (`tty`), plain lines in the style of
+//! `buildx --progress plain`, and JSON lines.
 //!
 //! Everything goes to stderr, as buildx does, so stdout stays free for results.
+
+mod tty;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -11,17 +14,29 @@ use tokio::sync::mpsc;
 
 use crate::cli::ProgressMode;
 
-/// Renders events until the channel closes.
-pub async fn render(mode: ProgressMode, mut rx: mpsc::UnboundedReceiver<ProgressEvent>) {
+/// Renders events until the channel closes. `auto` is `tty` when stderr is a terminal, else
+/// `plain`.
+pub async fn render(mode: ProgressMode, rx: mpsc::UnboundedReceiver<ProgressEvent>) {
+    match mode {
+        ProgressMode::Tty => tty::render(rx).await,
+        ProgressMode::Auto if tty::stderr_is_capable_terminal() => tty::render(rx).await,
+        ProgressMode::Json => render_lines(true, rx).await,
+        ProgressMode::Auto | ProgressMode::Plain => render_lines(false, rx).await,
+    }
+}
+
+/// The line-oriented renderers: one write per event.
+async fn render_lines(json: bool, mut rx: mpsc::UnboundedReceiver<ProgressEvent>) {
     let start = Instant::now();
     let mut numbers: HashMap<String, usize> = HashMap::new();
     let mut vertex_start: HashMap<String, Instant> = HashMap::new();
     let stderr = std::io::stderr();
     while let Some(ev) = rx.recv().await {
         let mut out = stderr.lock();
-        let _ = match mode {
-            ProgressMode::Json => json_line(&mut out, &ev),
-            _ => plain_line(&mut out, &ev, &mut numbers, &mut vertex_start, start),
+        let _ = if json {
+            json_line(&mut out, &ev)
+        } else {
+            plain_line(&mut out, &ev, &mut numbers, &mut vertex_start, start)
         };
         let _ = out.flush();
     }

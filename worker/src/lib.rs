@@ -22,6 +22,7 @@ mod ops;
 pub mod patterns;
 pub mod progress;
 pub mod registry;
+pub mod secrets;
 pub mod solver;
 
 use std::path::PathBuf;

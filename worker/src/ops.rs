@@ -1,7 +1,11 @@
 //! One module per LLB op kind; each adds a method to the solver.
 
+mod cachemount;
+mod diff;
 mod exec;
 mod file;
+mod merge;
+mod mounts;
 mod source;
 
 use std::path::PathBuf;

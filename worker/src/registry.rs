@@ -8,6 +8,10 @@
 //! Plain HTTP is used for loopback registries (`localhost`, `127.0.0.0/8`, `[::1]`, any port) and
 //! for those listed in [`RegistryConfig::insecure`]; HTTPS otherwise.
 
+pub mod auth;
+pub mod push;
+pub mod retry;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::pin::Pin;

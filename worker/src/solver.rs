@@ -71,6 +71,8 @@ pub struct SolveOptions {
     pub platform: pb::Platform,
     /// Execute every vertex even when the cache has its result (results are still recorded).
     pub no_cache: bool,
+    /// Values for secret mounts and secret env vars, by id (never part of a key or a layer).
+    pub secrets: crate::secrets::Secrets,
 }
 
 /// A failed vertex, with what a user needs to find it: its name and, when the definition has
@@ -215,12 +217,8 @@ impl Solve {
             Some(pb::op::Op::Source(src)) => self.source(&digest, platform, src).boxed(),
             Some(pb::op::Op::Exec(exec)) => self.exec(&digest, exec, inputs).boxed(),
             Some(pb::op::Op::File(file)) => self.file(&digest, file, inputs).boxed(),
-            Some(pb::op::Op::Merge(_)) => {
-                unsupported(self.error(&digest, "merge ops are not supported yet".into()))
-            }
-            Some(pb::op::Op::Diff(_)) => {
-                unsupported(self.error(&digest, "diff ops are not supported yet".into()))
-            }
+            Some(pb::op::Op::Merge(merge)) => self.merge(&digest, merge, inputs).boxed(),
+            Some(pb::op::Op::Diff(diff)) => self.diff(&digest, diff, inputs).boxed(),
             Some(pb::op::Op::Build(_)) => {
                 unsupported(self.error(&digest, "build ops are not supported".into()))
             }

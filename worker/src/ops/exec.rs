@@ -1,5 +1,5 @@
-//! ExecOp: runs a process in a containerd task on an active snapshot of its root input, then
-//! turns what it wrote into a layer.
+//! ExecOp: runs a process in a containerd task on an active snapshot of its root input (with the
+//! mounts `ops::mounts` prepares), then turns what it wrote into a layer.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 
 use crate::containerd::{ExtraMount, MountGuard, NetworkMode, OutputStream, RunRequest, User};
 use crate::fsops;
+use crate::ops::mounts::{ExecMounts, mount_input};
 use crate::ops::writable_dir;
 use crate::progress::LogStream;
 use crate::solver::{FsRef, Output, Solve, SolveError};
@@ -16,7 +17,7 @@ use crate::solver::{FsRef, Output, Solve, SolveError};
 const TAIL_LINES: usize = 10;
 
 /// BuildKit's hostname for build containers; some scripts look at it.
-const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
+pub(crate) const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
 
 impl Solve {
     pub(crate) async fn exec(
@@ -25,85 +26,87 @@ impl Solve {
         exec: pb::ExecOp,
         inputs: Vec<Output>,
     ) -> Result<Vec<Output>, SolveError> {
-        let meta = exec
+        let mut meta = exec
             .meta
             .clone()
             .ok_or_else(|| self.error(digest, "exec op has no meta".into()))?;
         if meta.args.is_empty() {
             return Err(self.error(digest, "exec op has no arguments".into()));
         }
-        let Some(root_input) = root_mount_input(&exec.mounts) else {
+        let Some(root) = exec.mounts.iter().find(|m| m.dest == "/").cloned() else {
             return Err(self.error(digest, "exec op has no root mount".into()));
         };
-        let base = fs_input(&inputs, root_input).map_err(|m| self.error(digest, m))?;
+        let base = match mount_input(&inputs, root.input).map_err(|m| self.error(digest, m))? {
+            Output::Fs(f) => f,
+            Output::Local(_) => {
+                return Err(self.error(
+                    digest,
+                    "a local directory cannot be the root filesystem of a process".into(),
+                ));
+            }
+        };
 
-        let mut extra = Vec::new();
-        let mut views: Vec<(MountGuard, String)> = Vec::new();
-        for m in exec.mounts.clone() {
-            if m.dest == "/" {
-                continue;
-            }
-            match pb::MountType::try_from(m.mount_type) {
-                Ok(pb::MountType::Tmpfs) => extra.push(ExtraMount::Tmpfs {
-                    destination: m.dest.clone(),
-                    size_bytes: m
-                        .tmpfs_opt
-                        .as_ref()
-                        .map(|t| t.size as u64)
-                        .filter(|s| *s > 0),
-                }),
-                Ok(pb::MountType::Bind) if m.output < 0 && m.readonly => {
-                    let src = fs_input(&inputs, m.input).map_err(|m| self.error(digest, m))?;
-                    if src.layers.is_empty() {
-                        return Err(self.error(
-                            digest,
-                            format!("bind mount at `{}` has an empty source", m.dest),
-                        ));
-                    }
-                    let snap = self
-                        .worker
-                        .ensure_snapshot(&self.name(digest), &src)
-                        .await
-                        .map_err(|e| self.error(digest, e.to_string()))?;
-                    let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
-                    let mounts = self
-                        .worker
-                        .ctd
-                        .view(&key, &snap)
-                        .await
-                        .map_err(|e| self.error(digest, e.to_string()))?;
-                    let guard = MountGuard::mount(&mounts)
-                        .map_err(|e| self.error(digest, e.to_string()))?;
-                    let selector = m.selector.trim_start_matches('/');
-                    let source = fsops::resolve_in_root(guard.path(), selector, true)
-                        .map_err(|e| self.error(digest, e.to_string()))?;
-                    extra.push(ExtraMount::Bind {
-                        source,
-                        destination: m.dest.clone(),
-                        readonly: true,
-                    });
-                    views.push((guard, key));
-                }
-                _ => {
-                    return Err(self.error(
-                        digest,
-                        format!(
-                            "mount at `{}` (type {}, output {}) is not supported yet",
-                            m.dest, m.mount_type, m.output
-                        ),
-                    ));
-                }
-            }
+        let mut mounts = self.prepare_mounts(digest, &exec, &inputs).await?;
+        // Secret env vars replace variables of the same name.
+        for kv in std::mem::take(&mut mounts.secret_env) {
+            let name = kv.split('=').next().unwrap_or_default();
+            meta.env
+                .retain(|e| e.split('=').next().unwrap_or_default() != name);
+            meta.env.push(kv);
         }
-
-        let result = self
+        let extra = mounts.extra.clone();
+        let result = match self
             .run_exec(digest, exec.network, meta, &base, extra)
-            .await;
-        for (g, key) in views {
-            let _ = g.unmount();
-            let _ = self.worker.ctd.remove(&key).await;
-        }
+            .await
+        {
+            Ok(fs) => self.collect_outputs(digest, &root, fs, &mut mounts).await,
+            Err(e) => Err(e),
+        };
+        mounts.release(self).await;
         result
+    }
+
+    /// The op's outputs: the root filesystem at the root mount's output index, and the layers of
+    /// writable output mounts at theirs.
+    async fn collect_outputs(
+        &self,
+        digest: &str,
+        root: &pb::Mount,
+        root_fs: FsRef,
+        mounts: &mut ExecMounts,
+    ) -> Result<Vec<Output>, SolveError> {
+        let mut outs: Vec<Option<Output>> = Vec::new();
+        let mut put = |i: usize, o: Output| {
+            if outs.len() <= i {
+                outs.resize(i + 1, None);
+            }
+            outs[i] = Some(o);
+        };
+        if let Ok(i) = usize::try_from(root.output) {
+            put(i, Output::Fs(root_fs));
+        }
+        while let Some(mut m) = mounts.outputs.pop() {
+            let layer = async {
+                if let Some(g) = m.guard.take() {
+                    g.unmount().map_err(|e| self.error(digest, e.to_string()))?;
+                }
+                let upper = writable_dir(&m.mounts)
+                    .ok_or_else(|| self.error(digest, "snapshot has no upper directory".into()))?;
+                self.snapshot_layer(digest, &m.key, &upper, &m.base).await
+            }
+            .await;
+            match layer {
+                Ok(fs) => put(m.index, Output::Fs(fs)),
+                Err(e) => {
+                    let _ = self.worker.ctd.remove(&m.key).await;
+                    return Err(e);
+                }
+            }
+        }
+        outs.into_iter()
+            .enumerate()
+            .map(|(i, o)| o.ok_or_else(|| self.error(digest, format!("exec op has no output {i}"))))
+            .collect()
     }
 
     async fn run_exec(
@@ -113,7 +116,7 @@ impl Solve {
         meta: pb::Meta,
         base: &FsRef,
         mounts: Vec<ExtraMount>,
-    ) -> Result<Vec<Output>, SolveError> {
+    ) -> Result<FsRef, SolveError> {
         let key = format!("memobuild-active-{}", uuid::Uuid::new_v4());
         let parent = self
             .worker
@@ -133,7 +136,7 @@ impl Solve {
         if outcome.is_err() {
             let _ = self.worker.ctd.remove(&key).await;
         }
-        outcome.map(|fs| vec![Output::Fs(fs)])
+        outcome
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -252,20 +255,4 @@ impl Solve {
             .ok_or_else(|| self.error(digest, "snapshot has no upper directory".into()))?;
         self.snapshot_layer(digest, key, &upper, base).await
     }
-}
-
-/// The filesystem an exec mount takes from input `i` (-1 is scratch).
-fn fs_input(inputs: &[Output], i: i64) -> Result<FsRef, String> {
-    match usize::try_from(i).ok().map(|i| inputs.get(i)) {
-        _ if i == -1 => Ok(FsRef::default()),
-        Some(Some(Output::Fs(f))) => Ok(f.clone()),
-        Some(Some(Output::Local(_))) => {
-            Err("mounting a local source into a container is not supported yet".into())
-        }
-        _ => Err(format!("mount refers to invalid input {i}")),
-    }
-}
-
-fn root_mount_input(mounts: &[pb::Mount]) -> Option<i64> {
-    mounts.iter().find(|m| m.dest == "/").map(|m| m.input)
 }

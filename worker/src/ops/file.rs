@@ -1,5 +1,6 @@
-//! FileOp: copy, mkdir, mkfile, rm and symlink actions, done on a mounted snapshot without a
-//! container.
+//! FileOp: copy, mkdir, mkfile, rm and symlink actions, done on mounted snapshots without a
+//! container. Actions may build on an op input, scratch or an earlier action's result, and copy
+//! from any of those (buildkit-wire.md §6.5); see [`Plan`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,120 +24,250 @@ struct SourceDir {
     root_owned: bool,
 }
 
+/// What an action's `input` or `secondaryInput` names (buildkit-wire.md §6.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Ref {
+    /// `-1`: an empty filesystem.
+    Scratch,
+    /// `< len(inputs)`: an input of the op.
+    Input(usize),
+    /// `>= len(inputs)`: the result of an earlier action.
+    Action(usize),
+}
+
+/// How the actions of one FileOp are carried out.
+#[derive(Debug)]
+struct Plan {
+    /// Base and (for copies) source of each action.
+    refs: Vec<(Ref, Option<Ref>)>,
+    /// The actions some output depends on, ascending; the others are skipped.
+    needed: Vec<usize>,
+    /// Actions whose result only the next action in its chain uses, as its base: that action
+    /// goes on in the same active snapshot instead of committing this result first.
+    in_place: Vec<bool>,
+    /// Op output index → action.
+    outputs: Vec<usize>,
+}
+
+fn resolve_ref(i: i64, n: usize, k: usize) -> Result<Ref, String> {
+    if i == -1 {
+        return Ok(Ref::Scratch);
+    }
+    let u = usize::try_from(i).map_err(|_| format!("file action {k} has invalid input {i}"))?;
+    if u < n {
+        return Ok(Ref::Input(u));
+    }
+    let j = u - n;
+    if j >= k {
+        return Err(format!(
+            "file action {k} refers to action {j}, which does not come before it"
+        ));
+    }
+    Ok(Ref::Action(j))
+}
+
+fn plan(fop: &pb::FileOp, n: usize) -> Result<Plan, String> {
+    let m = fop.actions.len();
+    if m == 0 {
+        return Err("file op has no actions".into());
+    }
+    let mut refs = Vec::with_capacity(m);
+    let mut outputs: Vec<Option<usize>> = Vec::new();
+    for (k, a) in fop.actions.iter().enumerate() {
+        let base = resolve_ref(a.input, n, k)?;
+        let src = match &a.action {
+            Some(Action::Copy(_)) => Some(resolve_ref(a.secondary_input, n, k)?),
+            _ => None,
+        };
+        refs.push((base, src));
+        if a.output >= 0 {
+            let o = usize::try_from(a.output).unwrap_or(usize::MAX);
+            if o > m {
+                return Err(format!("file action {k} has invalid output {}", a.output));
+            }
+            if outputs.len() <= o {
+                outputs.resize(o + 1, None);
+            }
+            if outputs[o].replace(k).is_some() {
+                return Err(format!("two file actions produce output {o}"));
+            }
+        }
+    }
+    let outputs: Vec<usize> = outputs
+        .into_iter()
+        .enumerate()
+        .map(|(o, k)| k.ok_or_else(|| format!("no file action produces output {o}")))
+        .collect::<Result<_, _>>()?;
+    if outputs.is_empty() {
+        return Err("file op has no output".into());
+    }
+    let mut is_needed = vec![false; m];
+    let mut stack = outputs.clone();
+    while let Some(k) = stack.pop() {
+        if std::mem::replace(&mut is_needed[k], true) {
+            continue;
+        }
+        let (base, src) = refs[k];
+        for r in [Some(base), src].into_iter().flatten() {
+            if let Ref::Action(j) = r {
+                stack.push(j);
+            }
+        }
+    }
+    let needed: Vec<usize> = (0..m).filter(|k| is_needed[*k]).collect();
+    let mut base_uses = vec![0usize; m];
+    let mut other_uses = vec![0usize; m];
+    for &k in &needed {
+        let (base, src) = refs[k];
+        if let Ref::Action(j) = base {
+            base_uses[j] += 1;
+        }
+        if let Some(Ref::Action(j)) = src {
+            other_uses[j] += 1;
+        }
+    }
+    for &k in &outputs {
+        other_uses[k] += 1;
+    }
+    let in_place = (0..m)
+        .map(|k| base_uses[k] == 1 && other_uses[k] == 0)
+        .collect();
+    Ok(Plan {
+        refs,
+        needed,
+        in_place,
+        outputs,
+    })
+}
+
+/// An active snapshot that actions are applied to, mounted on the host.
+struct Chain {
+    key: String,
+    mounts: Vec<crate::containerd::Mount>,
+    guard: Option<MountGuard>,
+    base: FsRef,
+}
+
+/// Everything a FileOp holds while it runs; released whatever the outcome.
+#[derive(Default)]
+struct FileState {
+    /// Open chains by the action last applied to them.
+    chains: HashMap<usize, Chain>,
+    /// Committed results of actions that are used more than once or are outputs.
+    results: HashMap<usize, FsRef>,
+    /// Copy sources, mounted once per op.
+    sources: HashMap<Ref, Option<SourceDir>>,
+    views: Vec<(MountGuard, String)>,
+    empty_dirs: Vec<tempfile::TempDir>,
+}
+
+impl FileState {
+    async fn release(self, solve: &Solve) {
+        for (_, c) in self.chains {
+            if let Some(g) = c.guard {
+                let _ = g.unmount();
+            }
+            let _ = solve.worker.ctd.remove(&c.key).await;
+        }
+        for (g, key) in self.views {
+            let _ = g.unmount();
+            let _ = solve.worker.ctd.remove(&key).await;
+        }
+        drop(self.empty_dirs);
+    }
+}
+
 impl Solve {
+    /// Runs the actions of a FileOp in order. Each action works on its base (an op input,
+    /// scratch, or an earlier action's result); a chain of actions where each result feeds only
+    /// the next one shares one active snapshot and one layer, as every Dockerfile instruction
+    /// lowers to. Results used twice (or as op outputs) are committed as layers of their own.
     pub(crate) async fn file(
         &self,
         digest: &str,
         fop: pb::FileOp,
         inputs: Vec<Output>,
     ) -> Result<Vec<Output>, SolveError> {
-        let fop = &fop;
-        let n = inputs.len() as i64;
-        if fop.actions.is_empty() {
-            return Err(self.error(digest, "file op has no actions".into()));
-        }
-        // Actions form a chain: the first works on an op input (or scratch), each later one on
-        // the previous action's result. That is the shape every Dockerfile instruction lowers to.
-        let base = match fop.actions[0].input {
-            -1 => FsRef::default(),
-            i if (0..n).contains(&i) => match &inputs[i as usize] {
-                Output::Fs(f) => f.clone(),
-                Output::Local(_) => {
-                    return Err(self.error(digest, "file op cannot modify a local source".into()));
-                }
-            },
-            i => return Err(self.error(digest, format!("file action 0 has invalid input {i}"))),
-        };
-        for (k, a) in fop.actions.iter().enumerate().skip(1) {
-            if a.input != n + k as i64 - 1 {
-                return Err(self.error(digest, format!(
-                    "file action {k} does not build on action {}: non-linear file ops are not supported yet",
-                    k - 1
-                )));
-            }
-        }
-
-        // Secondary inputs: mount snapshots read-only, use local directories as they are.
-        let mut guards: Vec<(MountGuard, String)> = Vec::new();
-        let mut empty_dirs: Vec<tempfile::TempDir> = Vec::new();
-        let mut sources: HashMap<i64, SourceDir> = HashMap::new();
-        for a in fop.actions.clone() {
-            let s = a.secondary_input;
-            if s < 0 || sources.contains_key(&s) || !matches!(a.action, Some(Action::Copy(_))) {
-                continue;
-            }
-            if s >= n {
-                return Err(self.error(
-                    digest,
-                    "copying from an earlier action's result is not supported yet".into(),
-                ));
-            }
-            let dir = match &inputs[s as usize] {
-                Output::Local(l) => SourceDir {
-                    path: l.path.clone(),
-                    exclude: l.exclude.clone(),
-                    include: l.include.clone(),
-                    root_owned: true,
-                },
-                Output::Fs(fs) if !fs.layers.is_empty() => {
-                    let snap = self
-                        .worker
-                        .ensure_snapshot(&self.name(digest), fs)
-                        .await
-                        .map_err(|e| self.error(digest, e.to_string()))?;
-                    let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
-                    let mounts = self
-                        .worker
-                        .ctd
-                        .view(&key, &snap)
-                        .await
-                        .map_err(|e| self.error(digest, e.to_string()))?;
-                    let guard = MountGuard::mount(&mounts)
-                        .map_err(|e| self.error(digest, e.to_string()))?;
-                    let path = guard.path().to_path_buf();
-                    guards.push((guard, key));
-                    SourceDir {
-                        path,
-                        exclude: None,
-                        include: None,
-                        root_owned: false,
-                    }
-                }
-                Output::Fs(_) => {
-                    let t = tempfile::tempdir().map_err(|e| self.error(digest, e.to_string()))?;
-                    let path = t.path().to_path_buf();
-                    empty_dirs.push(t);
-                    SourceDir {
-                        path,
-                        exclude: None,
-                        include: None,
-                        root_owned: false,
-                    }
-                }
-            };
-            sources.insert(s, dir);
-        }
-
-        let result = self.apply_actions(digest, &base, fop, sources).await;
-        for (g, key) in guards {
-            let _ = g.unmount();
-            let _ = self.worker.ctd.remove(&key).await;
-        }
-        drop(empty_dirs);
+        let plan = plan(&fop, inputs.len()).map_err(|m| self.error(digest, m))?;
+        let mut st = FileState::default();
+        let result = self
+            .run_actions(digest, &fop, &inputs, &plan, &mut st)
+            .await;
+        st.release(self).await;
         result
     }
 
-    async fn apply_actions(
+    async fn run_actions(
         &self,
         digest: &str,
-        base: &FsRef,
         fop: &pb::FileOp,
-        sources: HashMap<i64, SourceDir>,
+        inputs: &[Output],
+        plan: &Plan,
+        st: &mut FileState,
     ) -> Result<Vec<Output>, SolveError> {
+        for &k in &plan.needed {
+            let (base, src) = plan.refs[k];
+            let chain = match base {
+                Ref::Action(j) if plan.in_place[j] => st
+                    .chains
+                    .remove(&j)
+                    .ok_or_else(|| self.error(digest, format!("file action {j} left no result")))?,
+                Ref::Action(j) => {
+                    let fs = st.results.get(&j).cloned().ok_or_else(|| {
+                        self.error(digest, format!("file action {j} left no result"))
+                    })?;
+                    self.open_chain(digest, fs).await?
+                }
+                Ref::Input(i) => match &inputs[i] {
+                    Output::Fs(f) => self.open_chain(digest, f.clone()).await?,
+                    Output::Local(_) => {
+                        return Err(
+                            self.error(digest, "file op cannot modify a local source".into())
+                        );
+                    }
+                },
+                Ref::Scratch => self.open_chain(digest, FsRef::default()).await?,
+            };
+            let root = chain
+                .guard
+                .as_ref()
+                .map(|g| g.path().to_path_buf())
+                .unwrap_or_default();
+            st.chains.insert(k, chain);
+            let source = match src {
+                Some(r) => self.copy_source(digest, r, inputs, st).await?,
+                None => None,
+            };
+            let action = fop.actions[k].clone();
+            tokio::task::spawn_blocking(move || apply(&root, &action, source.as_ref()))
+                .await
+                .map_err(|e| self.error(digest, format!("file op task failed: {e}")))?
+                .map_err(|e| self.error(digest, format!("action {k}: {e}")))?;
+            if !plan.in_place[k]
+                && let Some(chain) = st.chains.remove(&k)
+            {
+                let fs = self.finish_chain(digest, chain).await?;
+                st.results.insert(k, fs);
+            }
+        }
+        plan.outputs
+            .iter()
+            .map(|k| {
+                st.results
+                    .get(k)
+                    .cloned()
+                    .map(Output::Fs)
+                    .ok_or_else(|| self.error(digest, format!("file action {k} left no result")))
+            })
+            .collect()
+    }
+
+    /// An active snapshot on `base`, mounted.
+    async fn open_chain(&self, digest: &str, base: FsRef) -> Result<Chain, SolveError> {
         let key = format!("memobuild-active-{}", uuid::Uuid::new_v4());
         let parent = self
             .worker
-            .ensure_snapshot(&self.name(digest), base)
+            .ensure_snapshot(&self.name(digest), &base)
             .await
             .map_err(|e| self.error(digest, e.to_string()))?;
         let mounts = self
@@ -145,42 +276,114 @@ impl Solve {
             .prepare(&key, &parent, HashMap::new())
             .await
             .map_err(|e| self.error(digest, e.to_string()))?;
-        let outcome = self
-            .apply_in_snapshot(digest, &key, &mounts, base, fop, sources)
-            .await;
-        if outcome.is_err() {
-            let _ = self.worker.ctd.remove(&key).await;
+        match MountGuard::mount(&mounts) {
+            Ok(g) => Ok(Chain {
+                key,
+                mounts,
+                guard: Some(g),
+                base,
+            }),
+            Err(e) => {
+                let _ = self.worker.ctd.remove(&key).await;
+                Err(self.error(digest, e.to_string()))
+            }
         }
-        outcome.map(|fs| vec![Output::Fs(fs)])
     }
 
-    async fn apply_in_snapshot(
+    /// Unmounts a chain and commits what its actions wrote as one layer on its base.
+    async fn finish_chain(&self, digest: &str, mut chain: Chain) -> Result<FsRef, SolveError> {
+        let outcome = async {
+            if let Some(g) = chain.guard.take() {
+                g.unmount().map_err(|e| self.error(digest, e.to_string()))?;
+            }
+            let upper = writable_dir(&chain.mounts)
+                .ok_or_else(|| self.error(digest, "snapshot has no upper directory".into()))?;
+            self.snapshot_layer(digest, &chain.key, &upper, &chain.base)
+                .await
+        }
+        .await;
+        if outcome.is_err() {
+            let _ = self.worker.ctd.remove(&chain.key).await;
+        }
+        outcome
+    }
+
+    /// The directory a copy reads from (`None`: scratch), mounted read-only once per op.
+    async fn copy_source(
         &self,
         digest: &str,
-        key: &str,
-        mounts: &[crate::containerd::Mount],
-        base: &FsRef,
-        fop: &pb::FileOp,
-        sources: HashMap<i64, SourceDir>,
-    ) -> Result<FsRef, SolveError> {
-        let guard = MountGuard::mount(mounts).map_err(|e| self.error(digest, e.to_string()))?;
-        let root = guard.path().to_path_buf();
-        let actions = fop.actions.clone();
-        let applied = tokio::task::spawn_blocking(move || {
-            for (k, a) in actions.iter().enumerate() {
-                apply(&root, a, &sources).map_err(|e| format!("action {k}: {e}"))?;
+        r: Ref,
+        inputs: &[Output],
+        st: &mut FileState,
+    ) -> Result<Option<SourceDir>, SolveError> {
+        if let Some(s) = st.sources.get(&r) {
+            return Ok(s.clone());
+        }
+        let fs =
+            match r {
+                Ref::Scratch => None,
+                Ref::Input(i) => match &inputs[i] {
+                    Output::Local(l) => {
+                        let dir = SourceDir {
+                            path: l.path.clone(),
+                            exclude: l.exclude.clone(),
+                            include: l.include.clone(),
+                            root_owned: true,
+                        };
+                        st.sources.insert(r, Some(dir.clone()));
+                        return Ok(Some(dir));
+                    }
+                    Output::Fs(f) => Some(f.clone()),
+                },
+                Ref::Action(j) => Some(st.results.get(&j).cloned().ok_or_else(|| {
+                    self.error(digest, format!("file action {j} left no result"))
+                })?),
+            };
+        let dir = match fs {
+            None => None,
+            Some(fs) if fs.layers.is_empty() => {
+                let t = tempfile::tempdir().map_err(|e| self.error(digest, e.to_string()))?;
+                let path = t.path().to_path_buf();
+                st.empty_dirs.push(t);
+                Some(SourceDir {
+                    path,
+                    exclude: None,
+                    include: None,
+                    root_owned: false,
+                })
             }
-            Ok::<(), String>(())
-        })
-        .await
-        .map_err(|e| self.error(digest, format!("file op task failed: {e}")))?;
-        guard
-            .unmount()
-            .map_err(|e| self.error(digest, e.to_string()))?;
-        applied.map_err(|m| self.error(digest, m))?;
-        let upper = writable_dir(mounts)
-            .ok_or_else(|| self.error(digest, "snapshot has no upper directory".into()))?;
-        self.snapshot_layer(digest, key, &upper, base).await
+            Some(fs) => {
+                let snap = self
+                    .worker
+                    .ensure_snapshot(&self.name(digest), &fs)
+                    .await
+                    .map_err(|e| self.error(digest, e.to_string()))?;
+                let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
+                let mounts = self
+                    .worker
+                    .ctd
+                    .view(&key, &snap)
+                    .await
+                    .map_err(|e| self.error(digest, e.to_string()))?;
+                let guard = match MountGuard::mount(&mounts) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        let _ = self.worker.ctd.remove(&key).await;
+                        return Err(self.error(digest, e.to_string()));
+                    }
+                };
+                let path = guard.path().to_path_buf();
+                st.views.push((guard, key));
+                Some(SourceDir {
+                    path,
+                    exclude: None,
+                    include: None,
+                    root_owned: false,
+                })
+            }
+        };
+        st.sources.insert(r, dir.clone());
+        Ok(dir)
     }
 
     /// Makes the layer of an active snapshot from its upper directory and commits it.
@@ -264,14 +467,10 @@ fn time_of(ns: i64) -> Option<i64> {
     (ns >= 0).then_some(ns / 1_000_000_000)
 }
 
-fn apply(
-    root: &Path,
-    action: &pb::FileAction,
-    sources: &HashMap<i64, SourceDir>,
-) -> Result<(), String> {
+fn apply(root: &Path, action: &pb::FileAction, source: Option<&SourceDir>) -> Result<(), String> {
     match &action.action {
         Some(Action::Copy(c)) => {
-            let src = match sources.get(&action.secondary_input) {
+            let src = match source {
                 Some(s) => s.clone(),
                 None => {
                     // Copy from scratch: nothing to copy unless an empty wildcard is allowed.
@@ -320,11 +519,16 @@ fn apply(
             let path = fsops::resolve_in_root(root, &m.path, false).map_err(|e| e.to_string())?;
             let mode = if m.mode >= 0 { m.mode as u32 } else { 0o755 };
             if m.make_parents {
-                fsops::mkdir_all(&path, mode, owner).map_err(|e| e.to_string())
+                let existed = path.is_dir();
+                fsops::mkdir_all(&path, mode, owner).map_err(|e| e.to_string())?;
+                if existed {
+                    return Ok(());
+                }
             } else {
                 std::fs::create_dir(&path).map_err(|e| format!("mkdir {}: {e}", m.path))?;
-                set_meta(&path, mode, owner)
+                set_meta(&path, mode, owner)?;
             }
+            set_time(&path, m.timestamp)
         }
         Some(Action::Mkfile(f)) => {
             let owner = owner_of(root, f.owner.as_ref())?;
@@ -334,7 +538,24 @@ fn apply(
                 &path,
                 if f.mode >= 0 { f.mode as u32 } else { 0o644 },
                 owner,
-            )
+            )?;
+            set_time(&path, f.timestamp)
+        }
+        Some(Action::Rm(r)) if r.allow_wildcard && r.path.contains(['*', '?', '[']) => {
+            let opts = CopyOptions {
+                allow_wildcard: true,
+                allow_empty_wildcard: true,
+                ..CopyOptions::default()
+            };
+            let found = fsops::expand_sources(root, &r.path, &opts)
+                .map_err(|e| format!("rm {}: {e}", r.path))?;
+            if found.is_empty() && !r.allow_not_found {
+                return Err(format!("rm {}: no files match", r.path));
+            }
+            for (rel, path) in found {
+                fsops::remove_all(&path).map_err(|e| format!("rm /{rel}: {e}"))?;
+            }
+            Ok(())
         }
         Some(Action::Rm(r)) => {
             let path = fsops::resolve_in_root(root, &r.path, false).map_err(|e| e.to_string())?;
@@ -355,7 +576,7 @@ fn apply(
                 std::os::unix::fs::lchown(&path, Some(o.uid), Some(o.gid))
                     .map_err(|e| e.to_string())?;
             }
-            Ok(())
+            set_time(&path, s.timestamp)
         }
         None => Err("file action has no operation".into()),
     }
@@ -369,4 +590,92 @@ fn set_meta(path: &Path, mode: u32, owner: Option<Owner>) -> Result<(), String> 
         std::os::unix::fs::lchown(path, Some(o.uid), Some(o.gid)).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Sets the mtime of a created entry (not following symlinks); `-1` leaves it as created.
+fn set_time(path: &Path, ns: i64) -> Result<(), String> {
+    let Some(secs) = time_of(ns) else {
+        return Ok(());
+    };
+    let t = filetime::FileTime::from_unix_time(secs, (ns % 1_000_000_000) as u32);
+    filetime::set_symlink_file_times(path, t, t).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(input: i64, secondary: i64, output: i64, copy: bool) -> pb::FileAction {
+        pb::FileAction {
+            input,
+            secondary_input: secondary,
+            output,
+            action: Some(if copy {
+                Action::Copy(pb::FileActionCopy::default())
+            } else {
+                Action::Mkdir(pb::FileActionMkDir::default())
+            }),
+        }
+    }
+
+    fn op(actions: Vec<pb::FileAction>) -> pb::FileOp {
+        pb::FileOp { actions }
+    }
+
+    #[test]
+    fn linear_chain_runs_in_place() {
+        // input 0 → a0 → a1 → a2 (output 0): one snapshot, one layer.
+        let p = plan(
+            &op(vec![
+                action(0, -1, -1, false),
+                action(1, -1, -1, false),
+                action(2, -1, 0, false),
+            ]),
+            1,
+        )
+        .unwrap();
+        assert_eq!(p.needed, [0, 1, 2]);
+        assert_eq!(p.in_place, [true, true, false]);
+        assert_eq!(p.outputs, [2]);
+    }
+
+    #[test]
+    fn branches_commit_shared_results_and_skip_unused_actions() {
+        // a0 on input 0; a1 on scratch (unused); a2 on scratch; a3 copies a2 into a0;
+        // a4 copies a2 into scratch: a2 is read twice, so it is committed.
+        let p = plan(
+            &op(vec![
+                action(0, -1, -1, false),
+                action(-1, -1, -1, false),
+                action(-1, -1, -1, false),
+                action(1, 3, 0, true),
+                action(-1, 3, 1, true),
+            ]),
+            1,
+        )
+        .unwrap();
+        assert_eq!(p.needed, [0, 2, 3, 4]);
+        assert_eq!(p.refs[3], (Ref::Action(0), Some(Ref::Action(2))));
+        assert!(p.in_place[0]);
+        assert!(!p.in_place[2]);
+        assert_eq!(p.outputs, [3, 4]);
+    }
+
+    #[test]
+    fn bad_indexes_are_errors() {
+        let forward = plan(
+            &op(vec![action(2, -1, 0, false), action(0, -1, -1, false)]),
+            1,
+        );
+        assert!(forward.unwrap_err().contains("does not come before"));
+        let itself = plan(&op(vec![action(1, -1, 0, false)]), 1);
+        assert!(itself.is_err());
+        let none = plan(&op(vec![action(0, -1, -1, false)]), 1);
+        assert!(none.unwrap_err().contains("no output"));
+        let gap = plan(&op(vec![action(0, -1, 1, false)]), 1);
+        assert!(gap.unwrap_err().contains("output 0"));
+        let negative = plan(&op(vec![action(-2, -1, 0, false)]), 1);
+        assert!(negative.is_err());
+        assert!(plan(&op(vec![]), 0).is_err());
+    }
 }

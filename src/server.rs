@@ -1,0 +1,164 @@
+//! `memobuild server`: the team cache (L3) over HTTP.
+//!
+//! One axum router composed of sub-routers that share [`AppState`]: `cache` (the Bazel HTTP
+//! remote-cache protocol, `/ac` and `/cas`) now, `api` (build records, analytics, webhooks)
+//! later, plus `GET /healthz`. Objects live on disk under `--store` ([`store`]); an in-memory
+//! LRU index ([`lru`]) rebuilt on start drives size-bounded garbage collection ([`gc`]) after
+//! uploads, in the background. SIGTERM or SIGINT stops accepting connections and lets running
+//! requests finish.
+
+pub mod auth;
+pub mod cache;
+pub mod error;
+pub mod gc;
+pub mod lru;
+pub mod state;
+pub mod store;
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use axum::Router;
+use axum::extract::Request;
+use axum::http::Uri;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+
+use crate::cli::ServerArgs;
+use crate::server::auth::Auth;
+use crate::server::error::ApiError;
+use crate::server::lru::LruIndex;
+use crate::server::state::AppState;
+use crate::server::store::Store;
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let token = args.token.filter(|t| !t.is_empty());
+    if args.token_reads && token.is_none() {
+        bail!("`--token-reads` needs `--token` (or MEMOBUILD_SERVER_TOKEN)");
+    }
+    let dir = args.store.clone();
+    let (store, found) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let store = Store::open(&dir)?;
+        let found = store.scan()?;
+        Ok((store, found))
+    })
+    .await
+    .context("opening the store")?
+    .with_context(|| format!("cannot open the store `{}`", args.store.display()))?;
+
+    let index = LruIndex::new(args.max_size);
+    let mut found = found;
+    found.sort_by_key(|f| f.last_used);
+    for f in &found {
+        index.touch(&f.id, f.size);
+    }
+    tracing::info!(
+        store = %store.root().display(),
+        objects = index.len(),
+        bytes = index.total(),
+        max_size = ?args.max_size,
+        "store opened"
+    );
+    let store = Arc::new(store);
+    let index = Arc::new(index);
+    // A smaller bound than last time is enforced before the first request.
+    gc::collect(&store, &index).await;
+    let gc = gc::spawn(store.clone(), index.clone());
+    let state = AppState {
+        store,
+        index,
+        auth: Arc::new(Auth::new(token.as_deref(), args.token_reads)),
+        gc,
+    };
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on `{}`", args.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    if !state.auth.enabled() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "no token configured: anyone who can reach {addr} can write to the cache (see --token)"
+        );
+    }
+    // The bound address, for scripts and tests that asked for port 0.
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on http://{addr}")?;
+    stdout.flush()?;
+    drop(stdout);
+
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// All routes: the sub-routers, `/healthz`, the fallback, and request logging around them.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(cache::router(state.clone()))
+        .fallback(fallback)
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Paths no route matched. Anything that looks like an object path (or tries `..`) is a bad
+/// request rather than a miss, so a client with a broken key learns it.
+async fn fallback(uri: Uri) -> ApiError {
+    let path = uri.path();
+    if path.split('/').any(|s| s == ".." || s == ".")
+        || path.starts_with("/ac/")
+        || path.starts_with("/cas/")
+    {
+        ApiError::BadRequest(format!(
+            "bad object path `{path}`: expected /ac/<64 hex> or /cas/<64 hex>"
+        ))
+    } else {
+        ApiError::NotFound
+    }
+}
+
+/// One debug line per request.
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    tracing::debug!(
+        %method,
+        %path,
+        status = resp.status().as_u16(),
+        ms = start.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing running requests");
+}

@@ -1,0 +1,193 @@
+//! The cache routes: the Bazel HTTP remote-cache protocol.
+//!
+//! `GET|HEAD|PUT /ac/<key>` stores action records as opaque bytes; `GET|HEAD|PUT /cas/<hex>`
+//! stores blobs under the SHA-256 of their bytes, which the server checks while the upload
+//! streams to disk. Names are exactly 64 lowercase hex digits (400 otherwise). A miss is 404.
+//! Bodies stream in both directions; nothing holds a whole object in memory.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::StreamExt;
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncWriteExt, BufWriter};
+
+use crate::server::auth::require_token;
+use crate::server::error::ApiError;
+use crate::server::state::AppState;
+use crate::server::store::{Kind, ObjectId};
+
+/// Buffer between the request body and the temporary file, and for reading files back.
+const IO_BUFFER: usize = 256 * 1024;
+
+/// The `/ac` and `/cas` routes, behind the token check.
+pub fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/ac/{name}",
+            get(|s: State<AppState>, p: Path<String>| get_object(Kind::Ac, s, p))
+                .head(|s: State<AppState>, p: Path<String>| head_object(Kind::Ac, s, p))
+                .put(
+                    |s: State<AppState>, p: Path<String>, h: HeaderMap, b: Body| {
+                        put_object(Kind::Ac, s, p, h, b)
+                    },
+                ),
+        )
+        .route(
+            "/cas/{name}",
+            get(|s: State<AppState>, p: Path<String>| get_object(Kind::Cas, s, p))
+                .head(|s: State<AppState>, p: Path<String>| head_object(Kind::Cas, s, p))
+                .put(
+                    |s: State<AppState>, p: Path<String>, h: HeaderMap, b: Body| {
+                        put_object(Kind::Cas, s, p, h, b)
+                    },
+                ),
+        )
+        .route_layer(middleware::from_fn_with_state(state, require_token))
+}
+
+fn parse(kind: Kind, name: &str) -> Result<ObjectId, ApiError> {
+    ObjectId::parse(kind, name).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "bad {} name `{name}`: expected 64 lowercase hex digits",
+            kind.as_str()
+        ))
+    })
+}
+
+/// Runs blocking store work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    what: String,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(&what, e))?
+        .map_err(|e| ApiError::internal(&what, e))
+}
+
+async fn get_object(
+    kind: Kind,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse(kind, &name)?;
+    let store = state.store.clone();
+    let lookup = id.clone();
+    let opened = blocking(format!("reading {id}"), move || store.open_object(&lookup)).await?;
+    let Some((file, len)) = opened else {
+        state.index.forget(&id);
+        return Err(ApiError::NotFound);
+    };
+    state.index.touch(&id, len);
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        tokio::fs::File::from_std(file),
+        IO_BUFFER,
+    ));
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn head_object(
+    kind: Kind,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse(kind, &name)?;
+    let store = state.store.clone();
+    let lookup = id.clone();
+    let size = blocking(format!("reading {id}"), move || store.stat(&lookup)).await?;
+    let Some(len) = size else {
+        state.index.forget(&id);
+        return Err(ApiError::NotFound);
+    };
+    state.index.touch(&id, len);
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+    )
+        .into_response())
+}
+
+async fn put_object(
+    kind: Kind,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let id = parse(kind, &name)?;
+    let max = state.index.max_size();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let (Some(max), Some(len)) = (max, declared)
+        && len > max
+    {
+        return Err(ApiError::TooLarge(max));
+    }
+
+    let store = state.store.clone();
+    let tmp = blocking(format!("storing {id}"), move || store.temp()).await?;
+    let file = tmp
+        .as_file()
+        .try_clone()
+        .map_err(|e| ApiError::internal(format!("storing {id}"), e))?;
+    let mut out = BufWriter::with_capacity(IO_BUFFER, tokio::fs::File::from_std(file));
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        // A body that breaks off is the client's failure; the temporary file goes away.
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+        size += chunk.len() as u64;
+        if let Some(m) = max
+            && size > m
+        {
+            return Err(ApiError::TooLarge(m));
+        }
+        if kind == Kind::Cas {
+            hasher.update(&chunk);
+        }
+        out.write_all(&chunk)
+            .await
+            .map_err(|e| ApiError::internal(format!("storing {id}"), e))?;
+    }
+    out.flush()
+        .await
+        .map_err(|e| ApiError::internal(format!("storing {id}"), e))?;
+    drop(out);
+    if kind == Kind::Cas {
+        let actual: [u8; 32] = hasher.finalize().into();
+        if actual != id.hash {
+            return Err(ApiError::BadRequest(format!(
+                "content has sha256 {}, not {}",
+                hex::encode(actual),
+                id.hex()
+            )));
+        }
+    }
+    let store = state.store.clone();
+    let target = id.clone();
+    blocking(format!("storing {id}"), move || store.commit(tmp, &target)).await?;
+    state.index.touch(&id, size);
+    if state.index.over_limit() {
+        state.gc.wake();
+    }
+    Ok(StatusCode::OK)
+}

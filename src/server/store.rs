@@ -1,0 +1,276 @@
+//! The server's object store on disk: `DIR/ac/<2 hex>/<key>` and `DIR/cas/<2 hex>/<hex>`.
+//!
+//! Uploads are written to a temporary file under `DIR/tmp/`, fsynced, and renamed into place, so
+//! a crash or a dropped connection never leaves a partial object under a final name, and two
+//! uploads of the same object at once just rename twice. Every function here blocks: callers run
+//! them on tokio's blocking pool.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// The two namespaces of the Bazel HTTP cache protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Action records (`/ac/<key>`): opaque bytes under a key the client chose.
+    Ac,
+    /// Content blobs (`/cas/<sha256 hex>`): addressed by the SHA-256 of their bytes.
+    Cas,
+}
+
+impl Kind {
+    /// The URL path segment and directory name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ac => "ac",
+            Kind::Cas => "cas",
+        }
+    }
+}
+
+/// One object: its namespace and its 32-byte name (a BLAKE3 key or a SHA-256 digest).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectId {
+    /// Namespace.
+    pub kind: Kind,
+    /// The name, decoded from 64 lowercase hex digits.
+    pub hash: [u8; 32],
+}
+
+impl ObjectId {
+    /// Parses a name from a URL: exactly 64 lowercase hex digits, nothing else (so no path
+    /// separators, dots or percent-escapes can reach the file system).
+    pub fn parse(kind: Kind, name: &str) -> Option<ObjectId> {
+        if name.len() != 64 || !name.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(name, &mut hash).ok()?;
+        Some(ObjectId { kind, hash })
+    }
+
+    /// The name as 64 lowercase hex digits.
+    pub fn hex(&self) -> String {
+        hex::encode(self.hash)
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.as_str(), self.hex())
+    }
+}
+
+/// An object found on disk when the server starts.
+#[derive(Debug)]
+pub struct Found {
+    /// Which object.
+    pub id: ObjectId,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last read or written (the later of atime and mtime).
+    pub last_used: SystemTime,
+}
+
+/// Temporary files older than this are leftovers of a crash and removed when the server starts.
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+
+/// The directory tree holding the objects.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating) a store under `root` and removes stale temporary files.
+    pub fn open(root: &Path) -> io::Result<Store> {
+        let store = Store {
+            root: root.to_path_buf(),
+        };
+        for dir in [
+            store.root.join("ac"),
+            store.root.join("cas"),
+            store.tmp_dir(),
+        ] {
+            fs::create_dir_all(&dir)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+        }
+        let now = SystemTime::now();
+        for entry in fs::read_dir(store.tmp_dir())?.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > STALE_TEMP);
+            if old {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(store)
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Where `id` lives (whether or not it exists).
+    pub fn path(&self, id: &ObjectId) -> PathBuf {
+        let hex = id.hex();
+        self.root.join(id.kind.as_str()).join(&hex[..2]).join(hex)
+    }
+
+    /// A new temporary file for an upload, to be [`Store::commit`]ted or dropped.
+    pub fn temp(&self) -> io::Result<tempfile::NamedTempFile> {
+        tempfile::Builder::new()
+            .prefix("upload-")
+            .tempfile_in(self.tmp_dir())
+    }
+
+    /// Fsyncs `tmp` and renames it to the path of `id`, replacing any object already there.
+    pub fn commit(&self, tmp: tempfile::NamedTempFile, id: &ObjectId) -> io::Result<()> {
+        let dest = self.path(id);
+        let shard = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&shard)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&dest).map_err(|e| e.error)?;
+        // Make the rename itself durable; a failure here only weakens crash safety.
+        if let Ok(d) = File::open(&shard) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Opens `id` for reading and marks it used now. `None` when it is not stored.
+    pub fn open_object(&self, id: &ObjectId) -> io::Result<Option<(File, u64)>> {
+        let path = self.path(id);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let len = file.metadata()?.len();
+        touch(&path);
+        Ok(Some((file, len)))
+    }
+
+    /// The size of `id` (marking it used now). `None` when it is not stored.
+    pub fn stat(&self, id: &ObjectId) -> io::Result<Option<u64>> {
+        let path = self.path(id);
+        match fs::metadata(&path) {
+            Ok(m) => {
+                touch(&path);
+                Ok(Some(m.len()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes `id`; a missing object is not an error.
+    pub fn remove(&self, id: &ObjectId) -> io::Result<()> {
+        match fs::remove_file(self.path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every well-named object on disk. Files with other names are left alone and not counted.
+    pub fn scan(&self) -> io::Result<Vec<Found>> {
+        let mut found = Vec::new();
+        for kind in [Kind::Ac, Kind::Cas] {
+            for shard in fs::read_dir(self.root.join(kind.as_str()))?.flatten() {
+                let shard_name = shard.file_name();
+                let Some(shard_name) = shard_name.to_str() else {
+                    continue;
+                };
+                let Ok(entries) = fs::read_dir(shard.path()) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    let Some(id) = name.to_str().and_then(|n| ObjectId::parse(kind, n)) else {
+                        continue;
+                    };
+                    if !id.hex().starts_with(shard_name) {
+                        continue;
+                    }
+                    let Ok(md) = entry.metadata() else { continue };
+                    if !md.is_file() {
+                        continue;
+                    }
+                    found.push(Found {
+                        id,
+                        size: md.len(),
+                        last_used: last_used(&md),
+                    });
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The later of a file's access and modification times.
+pub fn last_used(md: &fs::Metadata) -> SystemTime {
+    let m = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    let a = md.accessed().unwrap_or(SystemTime::UNIX_EPOCH);
+    m.max(a)
+}
+
+/// Sets a file's access time to now, so that its last use survives a server restart (the
+/// in-memory index is rebuilt from these times). Explicit, because `noatime`/`relatime` mounts
+/// do not update it on reads.
+fn touch(path: &Path) {
+    if let Err(e) = filetime::set_file_atime(path, filetime::FileTime::now()) {
+        tracing::debug!(path = %path.display(), "cannot update access time: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn names_must_be_64_lowercase_hex() {
+        let good = "0123456789abcdef".repeat(4);
+        assert!(ObjectId::parse(Kind::Cas, &good).is_some());
+        assert!(ObjectId::parse(Kind::Cas, &good.to_uppercase()).is_none());
+        assert!(ObjectId::parse(Kind::Cas, &good[..63]).is_none());
+        assert!(ObjectId::parse(Kind::Cas, &format!("{good}0")).is_none());
+        assert!(ObjectId::parse(Kind::Ac, "..").is_none());
+        assert!(ObjectId::parse(Kind::Ac, &format!("../{}", &good[3..])).is_none());
+        assert_eq!(ObjectId::parse(Kind::Ac, &good).unwrap().hex(), good);
+    }
+
+    #[test]
+    fn commit_open_scan_remove() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let id = ObjectId::parse(Kind::Ac, &"ab".repeat(32)).unwrap();
+        assert!(store.open_object(&id).unwrap().is_none());
+        let mut tmp = store.temp().unwrap();
+        tmp.write_all(b"hello").unwrap();
+        store.commit(tmp, &id).unwrap();
+        assert_eq!(
+            store.path(&id),
+            d.path().join("ac/ab").join("ab".repeat(32))
+        );
+        assert_eq!(store.open_object(&id).unwrap().unwrap().1, 5);
+        assert_eq!(store.stat(&id).unwrap(), Some(5));
+        // A stray file is not an object.
+        fs::write(d.path().join("ac/ab/notes.txt"), "x").unwrap();
+        let found = store.scan().unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id, id);
+        store.remove(&id).unwrap();
+        store.remove(&id).unwrap();
+        assert!(!store.path(&id).exists());
+    }
+}

@@ -1,0 +1,411 @@
+//! End to end: `RUN --mount` of every type (bind from a stage read-only and writable, bind of the
+//! context, cache, secret, tmpfs, ssh), `RUN --network`, and file ops (mkdir, mkfile, copy with
+//! wildcards, chown by name, chmod), built by `memobuild build` on the real containerd from
+//! hack/services.sh. Results are read by running the image under `ctr` with a `CMD` that prints
+//! what the test asserts (file contents, modes, owners), and by looking into the exported layers.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{Env, Sandbox, assert_ok, error_line, stderr, stdout};
+use sha2::Digest;
+
+const IMAGE: &str = "docker.io/library/ops:test";
+
+/// `FROM` line of the test base image.
+fn from(env: &Env) -> String {
+    format!("FROM {}", env.busybox())
+}
+
+/// `memobuild build` of the sandbox's context with `--progress plain`, tagging `ops:test` and
+/// writing `out.tar`, plus `extra` flags; `envs` are set on the process.
+fn build(sb: &Sandbox, env: &Env, extra: &[&str], envs: &[(&str, &str)]) -> Output {
+    let dest = sb.path("out.tar");
+    let mut cmd = common::memobuild();
+    cmd.arg("build")
+        .arg("--containerd")
+        .arg(&env.containerd)
+        .arg("--state-dir")
+        .arg(sb.state())
+        .args(["--progress", "plain", "-t", "ops:test", "--output"])
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .args(extra)
+        .arg(sb.context());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    common::run(cmd)
+}
+
+/// Builds, then runs the image and returns what its `CMD` printed.
+fn build_and_run(sb: &Sandbox, env: &Env, extra: &[&str], envs: &[(&str, &str)]) -> String {
+    let out = build(sb, env, extra, envs);
+    assert_ok(&out, "memobuild build");
+    let run = sb.ctr_run(env, &sb.path("out.tar"), IMAGE);
+    assert_ok(&run, "ctr run");
+    stdout(&run)
+}
+
+/// A build that must fail; returns its one-line error.
+fn failing(sb: &Sandbox, env: &Env, extra: &[&str]) -> String {
+    let out = build(sb, env, extra, &[]);
+    assert!(
+        !out.status.success(),
+        "build should fail:\n{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    error_line(&out)
+}
+
+/// The uncompressed bytes of every layer in an OCI archive.
+fn layer_bytes(archive: &Path, scratch: &Path) -> Vec<u8> {
+    std::fs::create_dir_all(scratch).expect("mkdir");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(
+            "tar -xf \"$1\" -C \"$2\" && for f in \"$2\"/blobs/sha256/*; do \
+             gzip -dc \"$f\" 2>/dev/null || true; done",
+        )
+        .arg("sh")
+        .arg(archive)
+        .arg(scratch);
+    let out = common::run(cmd);
+    assert!(out.status.success(), "reading layers: {}", stderr(&out));
+    assert!(
+        !out.stdout.is_empty(),
+        "no layer bytes in {}",
+        archive.display()
+    );
+    out.stdout
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+// Verifies: a read-only bind of another stage shows its files and refuses writes; a writable
+// bind accepts writes that vanish afterwards (the next bind of the same stage sees the original);
+// binding the context without `from=` shows the context read-only (and a writable one is a
+// private copy that leaves the context alone); no mount point is left in the image.
+#[test]
+fn bind_mounts_from_a_stage_and_the_context() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    let base = from(&env);
+    sb.write(
+        "Dockerfile",
+        &format!(
+            r#"{base} AS src
+RUN mkdir -p /data && echo from-stage > /data/f.txt
+{base}
+RUN --mount=type=bind,from=src,source=/data,target=/m1 cat /m1/f.txt > /ro.txt && (touch /m1/new 2>/dev/null && echo writable || echo read-only) >> /ro.txt
+RUN --mount=type=bind,from=src,source=/data,target=/m2,rw echo changed > /m2/f.txt && cat /m2/f.txt > /rw.txt
+RUN --mount=type=bind,from=src,source=/data,target=/m3 cat /m3/f.txt > /after.txt
+RUN --mount=target=/ctx cat /ctx/hello.txt > /ctx.txt && echo $(ls -A /ctx) >> /ctx.txt && (touch /ctx/x 2>/dev/null && echo writable || echo read-only) >> /ctx.txt
+RUN --mount=target=/ctx2,rw echo scribbled > /ctx2/hello.txt && cat /ctx2/hello.txt > /ctxrw.txt
+CMD cat /ro.txt /rw.txt /after.txt /ctx.txt /ctxrw.txt; for d in /m1 /m2 /m3 /ctx /ctx2; do [ -e $d ] && echo "left $d"; done; true
+"#
+        ),
+    )
+    .write("hello.txt", "hello\n");
+    let out = build_and_run(&sb, &env, &[], &[]);
+    assert_eq!(
+        out,
+        "from-stage\nread-only\nchanged\nfrom-stage\nhello\nDockerfile hello.txt\nread-only\nscribbled\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.context().join("hello.txt")).expect("read"),
+        "hello\n",
+        "a writable bind of the context does not write to the context"
+    );
+}
+
+// Verifies: a bind of the context honours `.dockerignore` (ignored files are not visible).
+#[test]
+fn bind_of_the_context_honours_dockerignore() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        &format!(
+            "{}\nRUN --mount=target=/ctx echo $(ls -A /ctx) > /ls.txt\nCMD cat /ls.txt\n",
+            from(&env)
+        ),
+    )
+    .write(".dockerignore", "ignored.txt\n")
+    .write("ignored.txt", "no\n")
+    .write("kept.txt", "yes\n");
+    let out = build_and_run(&sb, &env, &[], &[]);
+    assert_eq!(out, ".dockerignore Dockerfile kept.txt\n");
+}
+
+// Verifies: a cache mount keeps its contents from one build to the next although the Dockerfile
+// changed, never ends up in the image, lives under the state directory, and a cache mount with
+// uid/gid/mode starts as a directory with that owner and mode.
+#[test]
+fn cache_mount_persists_across_builds_and_stays_out_of_the_image() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    let dockerfile = |word: &str| {
+        format!(
+            r#"{}
+RUN --mount=type=cache,target=/cache,id=shared-cache echo {word} >> /cache/log && cp /cache/log /seen
+RUN --mount=type=cache,target=/owned,uid=1000,gid=65534,mode=0750 stat -c '%u:%g %a' /owned > /owned.txt && echo cache-only-{word} > /owned/x-{word} && echo $(ls /owned) >> /owned.txt
+CMD cat /seen /owned.txt; for d in /cache /owned; do [ -e $d ] && echo "left $d"; done; true
+"#,
+            from(&env)
+        )
+    };
+    sb.write("Dockerfile", &dockerfile("one"));
+    assert_eq!(
+        build_and_run(&sb, &env, &[], &[]),
+        "one\n1000:65534 750\nx-one\n"
+    );
+    sb.write("Dockerfile", &dockerfile("two"));
+    assert_eq!(
+        build_and_run(&sb, &env, &[], &[]),
+        "one\ntwo\n1000:65534 750\nx-one x-two\n"
+    );
+    let dirs: Vec<String> = std::fs::read_dir(sb.state().join("cache-mounts"))
+        .expect("cache-mounts dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        dirs.iter().any(|d| d.starts_with("shared-cache-")),
+        "{dirs:?}"
+    );
+    let layers = layer_bytes(&sb.path("out.tar"), &sb.path("layers"));
+    assert!(
+        !contains(&layers, b"cache-only-"),
+        "cache contents in a layer"
+    );
+}
+
+// Verifies: `sharing=locked` makes two stages that use the same cache at the same time take
+// turns: each one's start and end are next to each other in the log they share.
+#[test]
+fn locked_cache_mount_serializes_users() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    let base = from(&env);
+    let user = |name: &str| {
+        format!(
+            "{base} AS {name}\nRUN --mount=type=cache,target=/c,id=lk,sharing=locked \
+             echo start-{name} >> /c/log && mkdir /c/busy && sleep 2 && rmdir /c/busy && \
+             echo end-{name} >> /c/log && echo {name} > /done\n"
+        )
+    };
+    sb.write(
+        "Dockerfile",
+        &format!(
+            "{}{}{base}\nCOPY --from=a /done /a\nCOPY --from=b /done /b\n\
+             RUN --mount=type=cache,target=/c,id=lk,sharing=locked cp /c/log /log\n\
+             CMD cat /a /b; echo $(cat /log)\n",
+            user("a"),
+            user("b")
+        ),
+    );
+    let out = build_and_run(&sb, &env, &[], &[]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["a", "b"], "{out}");
+    assert!(
+        lines[2] == "start-a end-a start-b end-b" || lines[2] == "start-b end-b start-a end-a",
+        "users overlapped: {out}"
+    );
+}
+
+// Verifies: secrets from `--secret id=…,src=FILE` and `--secret id=…,env=VAR` reach RUN as a
+// file (default target /run/secrets/ID, or a target with uid/gid/mode) and as an env var; a
+// missing optional secret is skipped; the values appear in no layer, no progress output and not
+// in the Definition, and no mount point is left in the image.
+#[test]
+fn secrets_reach_run_and_nothing_else() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    let file_value = "file-secret-value-7b1f3c";
+    let env_value = "env-secret-value-99a2e0";
+    let secret_file = sb.path("token.txt");
+    std::fs::write(&secret_file, file_value).expect("write secret");
+    sb.write(
+        "Dockerfile",
+        &format!(
+            r#"{}
+RUN --mount=type=secret,id=tok sha256sum /run/secrets/tok | cut -d' ' -f1 > /file-hash && stat -c '%a %u:%g' /run/secrets/tok > /file-stat
+RUN --mount=type=secret,id=tok,target=/s/tok,uid=1000,gid=1000,mode=0440,required stat -c '%a %u:%g' /s/tok > /target-stat
+RUN --mount=type=secret,id=envsec,env=ES,required printf %s "$ES" | sha256sum | cut -d' ' -f1 > /env-hash
+RUN --mount=type=secret,id=absent test ! -e /run/secrets/absent && echo optional-skipped > /optional
+CMD cat /file-hash /file-stat /target-stat /env-hash /optional; for d in /run/secrets /s; do [ -e $d ] && echo "left $d"; done; true
+"#,
+            from(&env)
+        ),
+    );
+    let secret_flag = format!("id=tok,src={}", secret_file.display());
+    let out = build(
+        &sb,
+        &env,
+        &[
+            "--secret",
+            &secret_flag,
+            "--secret",
+            "id=envsec,env=MB_TEST_SECRET",
+        ],
+        &[("MB_TEST_SECRET", env_value)],
+    );
+    assert_ok(&out, "memobuild build");
+    let progress = format!("{}{}", stderr(&out), stdout(&out));
+    assert!(!progress.contains(file_value), "{progress}");
+    assert!(!progress.contains(env_value), "{progress}");
+
+    let run = sb.ctr_run(&env, &sb.path("out.tar"), IMAGE);
+    assert_ok(&run, "ctr run");
+    assert_eq!(
+        stdout(&run),
+        format!(
+            "{}\n400 0:0\n440 1000:1000\n{}\noptional-skipped\n",
+            sha256_hex(file_value.as_bytes()),
+            sha256_hex(env_value.as_bytes())
+        )
+    );
+
+    let layers = layer_bytes(&sb.path("out.tar"), &sb.path("layers"));
+    assert!(!contains(&layers, file_value.as_bytes()));
+    assert!(!contains(&layers, env_value.as_bytes()));
+
+    let mut lower = common::memobuild();
+    lower.args(["lower", "--format", "pb"]).arg(sb.context());
+    let def = common::run(lower);
+    assert_ok(&def, "memobuild lower");
+    assert!(
+        contains(&def.stdout, b"envsec"),
+        "the op names the secret id"
+    );
+    assert!(!contains(&def.stdout, file_value.as_bytes()));
+    assert!(!contains(&def.stdout, env_value.as_bytes()));
+}
+
+// Verifies: a required secret that was not given fails the build with an error naming the id
+// and the line, for a secret file and for a secret env var.
+#[test]
+fn missing_required_secret_names_the_id() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        &format!(
+            "{}\nRUN --mount=type=secret,id=needed,required cat /run/secrets/needed\n",
+            from(&env)
+        ),
+    );
+    let line = failing(&sb, &env, &[]);
+    assert!(line.contains("secret `needed` is required"), "{line}");
+    assert!(line.contains("Dockerfile:2"), "{line}");
+
+    sb.write(
+        "Dockerfile",
+        &format!(
+            "{}\nRUN --mount=type=secret,id=envonly,env=X,required true\n",
+            from(&env)
+        ),
+    );
+    let line = failing(&sb, &env, &[]);
+    assert!(line.contains("secret `envonly` is required"), "{line}");
+}
+
+// Verifies: an ssh mount fails clearly (not supported yet), naming the mount.
+#[test]
+fn ssh_mount_is_a_clear_error() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        &format!("{}\nRUN --mount=type=ssh true\n", from(&env)),
+    );
+    let line = failing(&sb, &env, &[]);
+    assert!(
+        line.contains("ssh mount at `/run/buildkit/ssh_agent.0`"),
+        "{line}"
+    );
+    assert!(line.contains("not supported yet"), "{line}");
+}
+
+// Verifies: `RUN --network=none` sees only the loopback interface, `--network=host` (and the
+// default) sees the host's interfaces; every RUN gets /etc/hosts with localhost, which is not
+// left in the image; and a tmpfs mount is writable and empty afterwards.
+#[test]
+fn network_modes_and_tmpfs() {
+    let Some(env) = Env::get() else { return };
+    let host_ifaces: Vec<String> = std::fs::read_to_string("/proc/net/dev")
+        .expect("/proc/net/dev")
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|s| s.trim().to_string()))
+        .collect();
+    let mut sorted = host_ifaces.clone();
+    sorted.sort();
+    let sb = Sandbox::new();
+    let ifaces = r#"awk -F: 'NR>2 {gsub(/ /,"",$1); print $1}' /proc/net/dev | sort | tr '\n' ' '"#;
+    sb.write(
+        "Dockerfile",
+        &format!(
+            r#"{}
+RUN --network=none {ifaces} > /none.txt
+RUN --network=host {ifaces} > /host.txt
+RUN {ifaces} > /default.txt
+RUN grep -c localhost /etc/hosts > /hosts.txt
+RUN --mount=type=tmpfs,target=/scratch echo x > /scratch/f && cat /scratch/f > /tmpfs.txt
+CMD cat /none.txt; echo; cat /host.txt; echo; cat /default.txt; echo; cat /hosts.txt /tmpfs.txt; for p in /etc/hosts /etc/resolv.conf /scratch; do [ -e $p ] && echo "left $p"; done; true
+"#,
+            from(&env)
+        ),
+    );
+    let out = build_and_run(&sb, &env, &[], &[]);
+    let want = format!("{} ", sorted.join(" "));
+    assert_eq!(
+        out,
+        format!("lo \n{want}\n{want}\n2\nx\n"),
+        "host interfaces: {host_ifaces:?}"
+    );
+}
+
+// Verifies: file ops from a Dockerfile: WORKDIR creates parents, COPY with a wildcard, chown by
+// user name (primary group from /etc/passwd) and by user:group names, chmod, a directory's
+// contents, a heredoc file; modes, owners and contents in the image.
+#[test]
+fn file_ops_modes_owners_and_wildcards() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        &format!(
+            r#"{}
+WORKDIR /app/sub
+COPY --chown=app --chmod=0640 *.txt /app/txt/
+COPY --chown=nobody:nogroup dir/ /app/dir/
+COPY <<EOF /app/heredoc.txt
+from a heredoc
+EOF
+CMD stat -c '%n %a %u:%g' /app/sub /app/txt /app/txt/a.txt /app/txt/b.txt /app/dir /app/dir/x.md /app/heredoc.txt; cat /app/txt/a.txt /app/txt/b.txt /app/heredoc.txt; echo $(ls /app/txt)
+"#,
+            from(&env)
+        ),
+    )
+    .write("a.txt", "A\n")
+    .write("b.txt", "B\n")
+    .write("c.md", "not copied\n")
+    .write("dir/x.md", "X\n");
+    let out = build_and_run(&sb, &env, &[], &[]);
+    assert_eq!(
+        out,
+        "/app/sub 755 0:0\n/app/txt 755 1000:1000\n/app/txt/a.txt 640 1000:1000\n\
+         /app/txt/b.txt 640 1000:1000\n/app/dir 755 65534:65534\n/app/dir/x.md 644 65534:65534\n\
+         /app/heredoc.txt 644 0:0\nA\nB\nfrom a heredoc\na.txt b.txt\n"
+    );
+}

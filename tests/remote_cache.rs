@@ -1,0 +1,201 @@
+//! The team cache: two state directories (two machines) sharing one real `memobuild server`.
+//! The second builds with zero executed vertices and the same image; a damaged blob on the
+//! server is detected and rebuilt; an unreachable server is a warning, not a failed build.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Env, Sandbox, assert_ok, memobuild, progress_events, stderr};
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(store: &Path, token: &str) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut cmd = memobuild();
+        cmd.args([
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--store",
+        ])
+        .arg(store)
+        .args(["--token", token])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = cmd.spawn().expect("start memobuild server");
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server { child, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const DOCKERFILE: &str = "ARG REGISTRY
+FROM ${REGISTRY}/library/busybox:latest
+COPY app.txt /app/app.txt
+RUN wc -c /app/app.txt > /app/size
+WORKDIR /app
+CMD [\"cat\", \"/app/size\"]
+";
+
+fn build(sb: &Sandbox, env: &Env, url: &str, token: &str) -> Output {
+    let out = sb.build(
+        env,
+        &[
+            "--build-arg",
+            &format!("REGISTRY={}", env.registry),
+            "--progress",
+            "json",
+            "--remote-cache",
+            url,
+            "--remote-cache-token",
+            token,
+            "-t",
+            "remote:test",
+            "--output",
+            &format!("type=oci,dest={}", sb.path("out.tar").display()),
+        ],
+    );
+    assert_ok(&out, "memobuild build");
+    out
+}
+
+fn executed(out: &Output) -> BTreeSet<String> {
+    progress_events(out)
+        .iter()
+        .filter(|e| e["state"] == "started")
+        .filter_map(|e| e["name"].as_str().map(str::to_string))
+        .filter(|n| !n.starts_with("[internal]"))
+        .collect()
+}
+
+fn digest(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn machine(context_from: &Sandbox) -> Sandbox {
+    let sb = Sandbox::new();
+    for f in ["Dockerfile", "app.txt"] {
+        let data = std::fs::read_to_string(context_from.context().join(f)).expect("read");
+        sb.write(f, &data);
+    }
+    sb
+}
+
+#[test]
+fn a_second_machine_builds_nothing_and_gets_the_same_image() {
+    let Some(env) = Env::get() else { return };
+    let store = tempfile::tempdir().expect("store");
+    let server = Server::start(store.path(), "s3cret");
+
+    let first = Sandbox::new();
+    first
+        .write("Dockerfile", DOCKERFILE)
+        .write("app.txt", "hello team\n");
+    let a = build(&first, &env, &server.url, "s3cret");
+    assert_eq!(executed(&a).len(), 4, "{:?}", executed(&a));
+
+    // A fresh state dir: everything comes from the server.
+    let second = machine(&first);
+    let b = build(&second, &env, &server.url, "s3cret");
+    assert!(
+        executed(&b).is_empty(),
+        "ran: {:?}\n{}",
+        executed(&b),
+        stderr(&b)
+    );
+    assert_eq!(digest(&b), digest(&a));
+    let run = second.ctr_run(
+        &env,
+        &second.path("out.tar"),
+        "docker.io/library/remote:test",
+    );
+    assert_ok(&run, "ctr run");
+    assert_eq!(common::stdout(&run), "11 /app/app.txt\n");
+}
+
+#[test]
+fn a_damaged_blob_on_the_server_is_detected_and_rebuilt() {
+    let Some(env) = Env::get() else { return };
+    let store = tempfile::tempdir().expect("store");
+    let server = Server::start(store.path(), "t");
+    let first = Sandbox::new();
+    first
+        .write("Dockerfile", DOCKERFILE)
+        .write("app.txt", "x\n");
+    let a = build(&first, &env, &server.url, "t");
+
+    // Flip the last byte of every blob the server holds.
+    let mut flipped = 0;
+    for entry in walk(store.path()) {
+        if entry.components().any(|c| c.as_os_str() == "cas") {
+            let mut bytes = std::fs::read(&entry).expect("read");
+            if let Some(last) = bytes.last_mut() {
+                *last ^= 0xff;
+                std::fs::write(&entry, bytes).expect("write");
+                flipped += 1;
+            }
+        }
+    }
+    assert!(flipped > 0, "the server stored blobs under cas/");
+
+    let second = machine(&first);
+    let b = build(&second, &env, &server.url, "t");
+    assert!(
+        stderr(&b).contains("does not match digest"),
+        "{}",
+        stderr(&b)
+    );
+    assert!(!executed(&b).is_empty(), "rebuilt locally");
+    assert_eq!(digest(&b), digest(&a), "rebuilt to the same image");
+}
+
+#[test]
+fn an_unreachable_server_is_only_a_warning() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write("Dockerfile", DOCKERFILE).write("app.txt", "x\n");
+    let out = build(&sb, &env, "http://127.0.0.1:1", "t");
+    assert!(
+        stderr(&out).contains("warning: remote cache"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,572 @@
+//! `type=local,dest=DIR`: the image's final filesystem, written to a directory.
+//!
+//! The layers are applied in order, as a runtime's unpacker does: OCI whiteouts (`.wh.NAME`
+//! removes `NAME` from the layers below, `.wh..wh..opq` empties its directory of what the layers
+//! below put there), owners and modes as stored (owners only when running as root), mtimes as
+//! stored, `SCHILY.xattr.*` records when running as root.
+//!
+//! A layer is untrusted input. An entry path with `..` is refused; every parent directory is
+//! resolved inside the output root ([`resolve_in_root`]: a symlink to `/etc` means `DIR/etc`);
+//! the last component is never followed (an existing symlink there is replaced, not written
+//! through). So no layer can make us write outside `DIR`.
+//!
+//! The tree is built in a temporary directory beside `DIR` and moved into place at the end: a
+//! failed export leaves nothing. When `DIR` already has files (`--output .`), the new top-level
+//! entries replace the same-named old ones and the others are kept, as buildx does.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Component, Path, PathBuf};
+
+use crate::blobs::BlobStore;
+use crate::export::{ExportError, ImageManifest};
+use crate::fsops::{remove_all, resolve_in_root};
+
+/// Metadata applied to directories after every layer is in (a read-only directory must not stop
+/// its later children from being written).
+#[derive(Debug, Clone, Copy)]
+struct DirMeta {
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: i64,
+}
+
+/// Writes the filesystem of `img` to `dest`.
+pub fn write_local(dest: &Path, img: &ImageManifest, store: &BlobStore) -> Result<(), ExportError> {
+    let err = |source| ExportError::Io {
+        path: dest.to_path_buf(),
+        source,
+    };
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(err)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".memobuild-local-")
+        .tempdir_in(parent)
+        .map_err(err)?;
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).map_err(err)?;
+    let mut applier = Applier::new(tmp.path());
+    for layer in &img.layers {
+        let f = store.open_blob(&layer.digest)?;
+        applier
+            .apply(BufReader::with_capacity(1 << 20, f))
+            .map_err(|e| {
+                err(io::Error::new(
+                    e.kind(),
+                    format!("layer `{}`: {e}", layer.digest),
+                ))
+            })?;
+    }
+    applier.finish().map_err(err)?;
+    place(tmp.path(), dest).map_err(err)?;
+    Ok(())
+}
+
+/// Moves the finished tree `from` to `dest`: a rename when `dest` is missing or an empty
+/// directory, else entry by entry (replacing same-named entries).
+fn place(from: &Path, dest: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dest) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return fs::rename(from, dest),
+        Err(e) => return Err(e),
+        Ok(md) if md.is_dir() => {
+            if fs::read_dir(dest)?.next().is_none() {
+                fs::remove_dir(dest)?;
+                return fs::rename(from, dest);
+            }
+        }
+        Ok(_) => {
+            return Err(io::Error::other(
+                "exists and is not a directory (type=local writes a directory)",
+            ));
+        }
+    }
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = dest.join(entry.file_name());
+        remove_all(&target)?;
+        fs::rename(entry.path(), &target)?;
+    }
+    Ok(())
+}
+
+/// Applies layer tars to a root directory.
+pub struct Applier {
+    root: PathBuf,
+    dirs: BTreeMap<PathBuf, DirMeta>,
+    as_root: bool,
+}
+
+impl Applier {
+    /// An applier writing into `root` (which must exist).
+    pub fn new(root: &Path) -> Self {
+        Applier {
+            root: root.to_path_buf(),
+            dirs: BTreeMap::new(),
+            as_root: nix::unistd::geteuid().is_root(),
+        }
+    }
+
+    /// Applies one layer (gzip-compressed or plain tar; detected from its first bytes).
+    pub fn apply(&mut self, mut blob: impl io::BufRead) -> io::Result<()> {
+        let gzip = blob.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+        if gzip {
+            self.apply_tar(flate2::bufread::MultiGzDecoder::new(blob))
+        } else {
+            self.apply_tar(blob)
+        }
+    }
+
+    fn apply_tar(&mut self, reader: impl Read) -> io::Result<()> {
+        let mut archive = tar::Archive::new(reader);
+        // Paths (absolute, relative to the root) written by this layer: an opaque whiteout
+        // only hides what the layers below put in its directory.
+        let mut written: HashSet<PathBuf> = HashSet::new();
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let raw = entry.path_bytes().into_owned();
+            let shown = String::from_utf8_lossy(&raw).into_owned();
+            let with_name = |e: io::Error| io::Error::new(e.kind(), format!("`{shown}`: {e}"));
+            let rel = clean(&raw).map_err(with_name)?;
+            self.apply_entry(&mut entry, &rel, &mut written)
+                .map_err(with_name)?;
+        }
+        Ok(())
+    }
+
+    fn apply_entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        rel: &Path,
+        written: &mut HashSet<PathBuf>,
+    ) -> io::Result<()> {
+        let header = entry.header();
+        let kind = header.entry_type();
+        let mode = header.mode()? & 0o7777;
+        let uid = header.uid()?;
+        let gid = header.gid()?;
+        let mtime = header.mtime().unwrap_or(0) as i64;
+        let Some(name) = rel.file_name() else {
+            // The root itself (`./`).
+            if kind.is_dir() {
+                self.dirs.insert(
+                    self.root.clone(),
+                    DirMeta {
+                        mode,
+                        uid,
+                        gid,
+                        mtime,
+                    },
+                );
+            }
+            return Ok(());
+        };
+        let parent = self.ensure_parent(rel.parent().unwrap_or(Path::new("")))?;
+        let name_bytes = name.as_bytes();
+
+        if name_bytes == b".wh..wh..opq" {
+            for child in fs::read_dir(&parent)? {
+                let child = child?.path();
+                if !written.contains(&child) {
+                    remove_all(&child)?;
+                }
+            }
+            return Ok(());
+        }
+        if let Some(hidden) = name_bytes.strip_prefix(b".wh.") {
+            if hidden.is_empty() {
+                return Err(io::Error::other("whiteout without a name"));
+            }
+            return remove_all(&parent.join(OsStr::from_bytes(hidden)));
+        }
+
+        let target = parent.join(name);
+        let existing = fs::symlink_metadata(&target).ok();
+        use tar::EntryType as T;
+        match kind {
+            T::Directory => {
+                if !existing.as_ref().is_some_and(|m| m.is_dir()) {
+                    remove_all(&target)?;
+                    fs::create_dir(&target)?;
+                }
+                self.dirs.insert(
+                    target.clone(),
+                    DirMeta {
+                        mode,
+                        uid,
+                        gid,
+                        mtime,
+                    },
+                );
+            }
+            T::Regular | T::Continuous => {
+                if existing.is_some() {
+                    remove_all(&target)?;
+                }
+                let mut f = File::options().write(true).create_new(true).open(&target)?;
+                io::copy(entry, &mut f)?;
+                drop(f);
+                self.set_meta(&target, mode, uid, gid, mtime, false)?;
+            }
+            T::Symlink => {
+                let link = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| io::Error::other("symlink without a target"))?
+                    .into_owned();
+                if existing.is_some() {
+                    remove_all(&target)?;
+                }
+                symlink(OsStr::from_bytes(&link), &target)?;
+                self.set_meta(&target, mode, uid, gid, mtime, true)?;
+            }
+            T::Link => {
+                let link = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| io::Error::other("hard link without a target"))?
+                    .into_owned();
+                let link_rel = clean(&link)?;
+                // The link's own parents are resolved in the root too; its last component is
+                // not followed (a hard link to a symlink links the symlink).
+                let source = resolve_in_root(&self.root, &link_rel.to_string_lossy(), false)?;
+                let md = fs::symlink_metadata(&source).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("hard link target `{}`: {e}", String::from_utf8_lossy(&link)),
+                    )
+                })?;
+                if md.is_dir() {
+                    return Err(io::Error::other("hard link to a directory"));
+                }
+                if source == target {
+                    return Ok(());
+                }
+                if existing.is_some() {
+                    remove_all(&target)?;
+                }
+                fs::hard_link(&source, &target)?;
+            }
+            T::Char | T::Block | T::Fifo => {
+                if existing.is_some() {
+                    remove_all(&target)?;
+                }
+                use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+                let (flag, dev) = match kind {
+                    T::Char => (
+                        SFlag::S_IFCHR,
+                        makedev(
+                            u64::from(header.device_major()?.unwrap_or(0)),
+                            u64::from(header.device_minor()?.unwrap_or(0)),
+                        ),
+                    ),
+                    T::Block => (
+                        SFlag::S_IFBLK,
+                        makedev(
+                            u64::from(header.device_major()?.unwrap_or(0)),
+                            u64::from(header.device_minor()?.unwrap_or(0)),
+                        ),
+                    ),
+                    _ => (SFlag::S_IFIFO, 0),
+                };
+                match mknod(&target, flag, Mode::from_bits_truncate(mode & 0o777), dev) {
+                    Ok(()) => self.set_meta(&target, mode, uid, gid, mtime, false)?,
+                    // Device nodes need root; without it they are left out, as rootless tools do.
+                    Err(nix::errno::Errno::EPERM) if !self.as_root => {
+                        tracing::warn!("skipping device node {}: not root", target.display());
+                        return Ok(());
+                    }
+                    Err(e) => return Err(io::Error::from(e)),
+                }
+            }
+            // Global PAX headers and the like carry nothing for the filesystem.
+            _ => return Ok(()),
+        }
+        if self.as_root
+            && let Ok(Some(exts)) = entry.pax_extensions()
+        {
+            for ext in exts.flatten() {
+                if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.")
+                    && let Err(e) = xattr::set(&target, OsStr::from_bytes(name), ext.value_bytes())
+                {
+                    tracing::debug!("xattr on {}: {e}", target.display());
+                }
+            }
+        }
+        let mut p = Some(target.as_path());
+        while let Some(cur) = p {
+            if cur == self.root || !written.insert(cur.to_path_buf()) {
+                break;
+            }
+            p = cur.parent();
+        }
+        Ok(())
+    }
+
+    /// The directory `rel` resolved inside the root (following symlinks as the container
+    /// would), created with mode 0755 where missing.
+    fn ensure_parent(&mut self, rel: &Path) -> io::Result<PathBuf> {
+        let dir = resolve_in_root(&self.root, &rel.to_string_lossy(), true)?;
+        match fs::symlink_metadata(&dir) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                return Err(io::Error::other(format!(
+                    "parent `{}` is not a directory",
+                    rel.display()
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // resolve_in_root left the missing components as plain names under an existing,
+                // symlink-free prefix: create them one by one (never through a symlink).
+                let mut cur = self.root.clone();
+                let tail = dir.strip_prefix(&self.root).map_err(io::Error::other)?;
+                for c in tail.components() {
+                    cur.push(c);
+                    match fs::symlink_metadata(&cur) {
+                        Ok(md) if md.is_dir() => {}
+                        Ok(_) => {
+                            return Err(io::Error::other(format!(
+                                "parent `{}` is not a directory",
+                                rel.display()
+                            )));
+                        }
+                        Err(_) => fs::create_dir(&cur)?,
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(dir)
+    }
+
+    fn set_meta(
+        &self,
+        path: &Path,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        mtime: i64,
+        is_link: bool,
+    ) -> io::Result<()> {
+        if self.as_root {
+            let uid = u32::try_from(uid).map_err(io::Error::other)?;
+            let gid = u32::try_from(gid).map_err(io::Error::other)?;
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+        }
+        let t = filetime::FileTime::from_unix_time(mtime, 0);
+        if is_link {
+            filetime::set_symlink_file_times(path, t, t)?;
+        } else {
+            // After chown, which clears setuid/setgid.
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+            filetime::set_file_times(path, t, t)?;
+        }
+        Ok(())
+    }
+
+    /// Gives directories their stored mode, owner and time, deepest first.
+    pub fn finish(self) -> io::Result<()> {
+        for (dir, m) in self.dirs.iter().rev() {
+            if fs::symlink_metadata(dir).is_ok_and(|md| md.is_dir()) {
+                self.set_meta(dir, m.mode, m.uid, m.gid, m.mtime, false)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An archive path as a relative path without `.`; `..` anywhere is refused.
+fn clean(raw: &[u8]) -> io::Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in Path::new(OsStr::from_bytes(raw)).components() {
+        match c {
+            Component::Normal(s) => out.push(s),
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "path with `..` refused",
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::{Entry, EntryKind, TarWriter};
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+
+    fn file(path: &str, data: &[u8], mode: u32) -> (Entry, Vec<u8>) {
+        let mut e = Entry::new(path.as_bytes().to_vec(), EntryKind::File, mode);
+        e.size = data.len() as u64;
+        (e, data.to_vec())
+    }
+    fn other(path: &str, kind: EntryKind) -> (Entry, Vec<u8>) {
+        (
+            Entry::new(path.as_bytes().to_vec(), kind, 0o755),
+            Vec::new(),
+        )
+    }
+
+    fn layer(entries: &[(Entry, Vec<u8>)], gzip: bool) -> Vec<u8> {
+        let mut tw = TarWriter::new(Vec::new());
+        for (e, d) in entries {
+            tw.append_bytes(e, d).unwrap();
+        }
+        let tar = tw.finish().unwrap();
+        if !gzip {
+            return tar;
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn apply(root: &Path, layers: &[Vec<u8>]) -> io::Result<()> {
+        let mut a = Applier::new(root);
+        for l in layers {
+            a.apply(io::Cursor::new(l))?;
+        }
+        a.finish()
+    }
+
+    #[test]
+    fn layers_apply_in_order_with_whiteouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let base = layer(
+            &[
+                other("etc", EntryKind::Dir),
+                file("etc/keep", b"k", 0o644),
+                file("etc/gone", b"g", 0o600),
+                other("opq", EntryKind::Dir),
+                file("opq/old", b"o", 0o644),
+                other("bin", EntryKind::Dir),
+                file("bin/tool", b"#!", 0o4755),
+                other("bin/link", EntryKind::Symlink(b"tool".to_vec())),
+            ],
+            true,
+        );
+        let top = layer(
+            &[
+                other("etc", EntryKind::Dir),
+                file("etc/.wh.gone", b"", 0o644),
+                other("opq", EntryKind::Dir),
+                file("opq/new", b"n", 0o640),
+                file("opq/.wh..wh..opq", b"", 0o644),
+                other("bin/hard", EntryKind::Hardlink(b"bin/tool".to_vec())),
+            ],
+            false,
+        );
+        apply(root, &[base, top]).unwrap();
+        assert_eq!(fs::read(root.join("etc/keep")).unwrap(), b"k");
+        assert!(!root.join("etc/gone").exists());
+        assert!(
+            !root.join("opq/old").exists(),
+            "opaque dir hides lower files"
+        );
+        assert_eq!(fs::read(root.join("opq/new")).unwrap(), b"n");
+        let md = fs::metadata(root.join("opq/new")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o640);
+        assert_eq!(
+            fs::metadata(root.join("bin/tool")).unwrap().mode() & 0o7777,
+            0o4755
+        );
+        assert_eq!(
+            fs::read_link(root.join("bin/link")).unwrap(),
+            Path::new("tool")
+        );
+        assert_eq!(
+            fs::metadata(root.join("bin/hard")).unwrap().ino(),
+            fs::metadata(root.join("bin/tool")).unwrap().ino()
+        );
+        assert!(!root.join("opq/.wh..wh..opq").exists() && !root.join("etc/.wh.gone").exists());
+    }
+
+    #[test]
+    fn hostile_layers_cannot_write_outside_the_root() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let victim = outer.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+
+        // `..` in a path is refused outright.
+        let dotdot = layer(&[file("../victim/x", b"pwned", 0o644)], true);
+        let e = apply(&root, &[dotdot]).unwrap_err();
+        assert!(e.to_string().contains(".."), "{e}");
+        assert!(!victim.join("x").exists());
+
+        // A symlink to an absolute path outside is resolved inside the root.
+        let abs = victim.to_string_lossy().into_owned();
+        let escape = layer(
+            &[
+                other("esc", EntryKind::Symlink(abs.clone().into_bytes())),
+                file("esc/x", b"contained", 0o644),
+                other("up", EntryKind::Symlink(b"../../../../../..".to_vec())),
+                file("up/y", b"contained", 0o644),
+                // Writing a file over a symlink replaces the link; it does not write through it.
+                other("over", EntryKind::Symlink(format!("{abs}/z").into_bytes())),
+                file("over", b"file", 0o644),
+            ],
+            true,
+        );
+        apply(&root, &[escape]).unwrap();
+        assert_eq!(fs::read_dir(&victim).unwrap().count(), 0, "nothing outside");
+        assert_eq!(
+            fs::read(root.join(abs.trim_start_matches('/')).join("x")).unwrap(),
+            b"contained"
+        );
+        assert_eq!(fs::read(root.join("y")).unwrap(), b"contained");
+        assert!(fs::symlink_metadata(root.join("over")).unwrap().is_file());
+
+        // A whiteout through a symlink removes inside the root only.
+        fs::write(victim.join("keep"), "v").unwrap();
+        let wh = layer(
+            &[
+                other("w", EntryKind::Symlink(abs.clone().into_bytes())),
+                file("w/.wh.keep", b"", 0o644),
+            ],
+            true,
+        );
+        apply(&root, &[wh]).unwrap();
+        assert!(victim.join("keep").exists());
+
+        // Hard links to `..` are refused.
+        let hl = layer(
+            &[other("h", EntryKind::Hardlink(b"../victim/keep".to_vec()))],
+            true,
+        );
+        assert!(apply(&root, &[hl]).is_err());
+    }
+
+    #[test]
+    fn write_local_moves_the_tree_into_place() {
+        let s = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(s.path()).unwrap();
+        let up = tempfile::tempdir().unwrap();
+        fs::create_dir(up.path().join("app")).unwrap();
+        fs::write(up.path().join("app/hello.txt"), "hi\n").unwrap();
+        let l = crate::layer::write_layer(up.path(), &store, Default::default()).unwrap();
+        let img = crate::export::assemble(b"{}", &[l]).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("rootfs");
+        write_local(&dest, &img, &store).unwrap();
+        assert_eq!(fs::read(dest.join("app/hello.txt")).unwrap(), b"hi\n");
+        // Again, into the now non-empty directory with an unrelated file: that file stays.
+        fs::write(dest.join("mine"), "m").unwrap();
+        write_local(&dest, &img, &store).unwrap();
+        assert_eq!(fs::read(dest.join("app/hello.txt")).unwrap(), b"hi\n");
+        assert!(dest.join("mine").exists());
+        // No temporary directories left beside it.
+        assert_eq!(fs::read_dir(out.path()).unwrap().count(), 1);
+    }
+}
