@@ -50,6 +50,19 @@ pub fn write_oci_archive(
     store: &BlobStore,
     names: &[String],
 ) -> Result<(), ExportError> {
+    write_layout_archive(dest, img, store, names, &[])
+}
+
+/// Writes an OCI image layout tar (blobs, `oci-layout`, `index.json`) plus `extra` top-level
+/// files to a temporary file beside `dest`, renamed to `dest` when complete. Layer blobs are
+/// streamed from the store; one whose size changes while it is copied fails the export.
+pub(crate) fn write_layout_archive(
+    dest: &Path,
+    img: &ImageManifest,
+    store: &BlobStore,
+    names: &[String],
+    extra: &[(&str, Vec<u8>)],
+) -> Result<(), ExportError> {
     let err = |source| ExportError::Io {
         path: dest.to_path_buf(),
         source,
@@ -64,17 +77,13 @@ pub fn write_oci_archive(
         .map_err(err)?;
     let file = tmp.as_file().try_clone().map_err(err)?;
     let mut tw = TarWriter::new(BufWriter::with_capacity(1 << 20, file));
-
-    let file_entry = |path: &str| {
-        let mut e = Entry::new(path.as_bytes().to_vec(), EntryKind::File, 0o644);
-        e.mtime = 0;
-        e
-    };
-    tw.append_header(&Entry::new(b"blobs".to_vec(), EntryKind::Dir, 0o755))
-        .map_err(err)?;
-    tw.append_header(&Entry::new(b"blobs/sha256".to_vec(), EntryKind::Dir, 0o755))
-        .map_err(err)?;
+    let file_entry = |path: &str| Entry::new(path.as_bytes().to_vec(), EntryKind::File, 0o644);
+    for d in ["blobs", "blobs/sha256"] {
+        tw.append_header(&Entry::new(d.as_bytes().to_vec(), EntryKind::Dir, 0o755))
+            .map_err(err)?;
+    }
     let mut seen = std::collections::BTreeSet::new();
+    let mut buf = vec![0u8; 1 << 16];
     for layer in &img.layers {
         if !seen.insert(layer.digest.clone()) {
             continue;
@@ -84,7 +93,6 @@ pub fn write_oci_archive(
         let mut e = file_entry(&format!("blobs/sha256/{}", digest_hex(&layer.digest)?));
         e.size = len;
         tw.append_header(&e).map_err(err)?;
-        let mut buf = vec![0u8; 1 << 16];
         loop {
             let n = f.read(&mut buf).map_err(err)?;
             if n == 0 {
@@ -92,6 +100,7 @@ pub fn write_oci_archive(
             }
             tw.write_data(&buf[..n]).map_err(err)?;
         }
+        // Fails when the blob shrank while it was copied.
         tw.finish_entry().map_err(err)?;
     }
     for (desc, bytes) in [
@@ -111,6 +120,9 @@ pub fn write_oci_archive(
         &index_for(&img.manifest_desc, names),
     )
     .map_err(err)?;
+    for (name, bytes) in extra {
+        tw.append_bytes(&file_entry(name), bytes).map_err(err)?;
+    }
     let mut out = tw.finish().map_err(err)?;
     out.flush().map_err(err)?;
     drop(out);

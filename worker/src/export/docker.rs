@@ -5,15 +5,12 @@
 //! Layers are stored as their compressed blobs; `docker load` decompresses them and checks them
 //! against the config's `diff_ids`.
 
-use std::collections::BTreeSet;
-use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::blobs::{BlobStore, digest_hex};
-use crate::export::{ExportError, ImageManifest, OCI_LAYOUT, index_for};
-use crate::layer::{Entry, EntryKind, TarWriter};
+use crate::export::{ExportError, ImageManifest};
 
 /// One entry of a docker archive's `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,95 +59,16 @@ pub fn docker_tag(name: &str) -> Option<String> {
     Some(short.to_owned())
 }
 
-/// Writes `img` as a docker archive at `dest` (via a temporary file renamed at the end).
+/// Writes `img` as a docker archive at `dest` (via a temporary file renamed at the end): an OCI
+/// layout tar plus Docker's `manifest.json`.
 pub fn write_docker_archive(
     dest: &Path,
     img: &ImageManifest,
     store: &BlobStore,
     names: &[String],
 ) -> Result<(), ExportError> {
-    let err = |source| ExportError::Io {
-        path: dest.to_path_buf(),
-        source,
-    };
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".memobuild-export-")
-        .tempfile_in(dir)
-        .map_err(err)?;
-    let file = tmp.as_file().try_clone().map_err(err)?;
-    let mut tw = TarWriter::new(BufWriter::with_capacity(1 << 20, file));
-    let file_entry = |path: String, size: u64| {
-        let mut e = Entry::new(path.into_bytes(), EntryKind::File, 0o644);
-        e.mtime = 0;
-        e.size = size;
-        e
-    };
-    for d in ["blobs", "blobs/sha256"] {
-        tw.append_header(&Entry::new(d.as_bytes().to_vec(), EntryKind::Dir, 0o755))
-            .map_err(err)?;
-    }
-    let mut seen = BTreeSet::new();
-    for layer in &img.layers {
-        if !seen.insert(layer.digest.clone()) {
-            continue;
-        }
-        let mut f = store.open_blob(&layer.digest)?;
-        let len = f.metadata().map_err(err)?.len();
-        tw.append_header(&file_entry(
-            format!("blobs/sha256/{}", digest_hex(&layer.digest)?),
-            len,
-        ))
-        .map_err(err)?;
-        let mut buf = vec![0u8; 1 << 16];
-        let mut written = 0u64;
-        loop {
-            let n = f.read(&mut buf).map_err(err)?;
-            if n == 0 {
-                break;
-            }
-            written += n as u64;
-            tw.write_data(&buf[..n]).map_err(err)?;
-        }
-        if written != len {
-            return Err(err(std::io::Error::other(format!(
-                "layer `{}` changed size while being written",
-                layer.digest
-            ))));
-        }
-        tw.finish_entry().map_err(err)?;
-    }
-    for (desc, bytes) in [
-        (&img.config_desc, &img.config),
-        (&img.manifest_desc, &img.manifest),
-    ] {
-        tw.append_bytes(
-            &file_entry(format!("blobs/sha256/{}", digest_hex(&desc.digest)?), 0),
-            bytes,
-        )
-        .map_err(err)?;
-    }
-    tw.append_bytes(&file_entry("oci-layout".into(), 0), OCI_LAYOUT)
-        .map_err(err)?;
-    tw.append_bytes(
-        &file_entry("index.json".into(), 0),
-        &index_for(&img.manifest_desc, names),
-    )
-    .map_err(err)?;
-    tw.append_bytes(
-        &file_entry("manifest.json".into(), 0),
-        &archive_manifest(img, names)?,
-    )
-    .map_err(err)?;
-    let mut out = tw.finish().map_err(err)?;
-    out.flush().map_err(err)?;
-    drop(out);
-    tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(dest).map_err(|e| err(e.error))?;
-    Ok(())
+    let manifest = archive_manifest(img, names)?;
+    crate::export::write_layout_archive(dest, img, store, names, &[("manifest.json", manifest)])
 }
 
 #[cfg(test)]
@@ -160,6 +78,7 @@ mod tests {
     use crate::layer::{LayerOptions, write_layer};
     use std::collections::BTreeMap;
     use std::fs::{self, File};
+    use std::io::Read;
 
     #[test]
     fn docker_short_names() {
