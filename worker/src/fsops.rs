@@ -351,32 +351,8 @@ fn copy_entry(src: &Path, md: &fs::Metadata, target: &Path, opts: &CopyOptions) 
             fs::remove_file(target)?;
         }
     }
-    let ft = md.file_type();
-    if ft.is_symlink() {
-        let link = fs::read_link(src)?;
-        symlink(&link, target)?;
-    } else if ft.is_file() {
-        fs::copy(src, target)?;
-    } else {
-        use std::os::unix::fs::FileTypeExt;
-        if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
-            let kind = if ft.is_fifo() {
-                nix::sys::stat::SFlag::S_IFIFO
-            } else if ft.is_char_device() {
-                nix::sys::stat::SFlag::S_IFCHR
-            } else {
-                nix::sys::stat::SFlag::S_IFBLK
-            };
-            nix::sys::stat::mknod(
-                target,
-                kind,
-                nix::sys::stat::Mode::from_bits_truncate(md.mode() & 0o7777),
-                md.rdev(),
-            )
-            .map_err(io::Error::from)?;
-        } else {
-            return Ok(()); // sockets are not copied
-        }
+    if !create_like(src, md, target)? {
+        return Ok(()); // sockets are not copied
     }
     copy_xattrs(src, target);
     apply_meta(target, md, opts)
@@ -412,6 +388,38 @@ fn apply_meta(target: &Path, md: &fs::Metadata, opts: &CopyOptions) -> io::Resul
         None => filetime::FileTime::from_last_modification_time(md),
     };
     filetime::set_symlink_file_times(target, mtime, mtime)
+}
+
+/// Creates at `dest` an entry of the same kind as `src` (described by `md`, not followed):
+/// a symlink with the same target, a copy of a regular file, or a fifo or device node.
+/// Returns `false`, creating nothing, for a socket. Owner, mode and times are the caller's.
+pub fn create_like(src: &Path, md: &fs::Metadata, dest: &Path) -> io::Result<bool> {
+    use nix::sys::stat::{Mode, SFlag, mknod};
+    use std::os::unix::fs::FileTypeExt;
+    let ft = md.file_type();
+    if ft.is_symlink() {
+        symlink(fs::read_link(src)?, dest)?;
+    } else if ft.is_file() {
+        fs::copy(src, dest)?;
+    } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
+        let kind = if ft.is_fifo() {
+            SFlag::S_IFIFO
+        } else if ft.is_char_device() {
+            SFlag::S_IFCHR
+        } else {
+            SFlag::S_IFBLK
+        };
+        mknod(
+            dest,
+            kind,
+            Mode::from_bits_truncate(md.mode() & 0o7777),
+            md.rdev(),
+        )
+        .map_err(io::Error::from)?;
+    } else {
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// `mkdir -p` with a mode and owner for the directories it creates.

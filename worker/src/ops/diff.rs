@@ -322,27 +322,7 @@ fn copy_tree(src: &Path, dest: &Path) -> io::Result<()> {
 
 /// Copies one non-directory entry with its owner, mode, xattrs and mtime. Sockets are skipped.
 fn copy_entry(src: &Path, md: &fs::Metadata, dest: &Path) -> io::Result<()> {
-    let ft = md.file_type();
-    if ft.is_symlink() {
-        std::os::unix::fs::symlink(fs::read_link(src)?, dest)?;
-    } else if ft.is_file() {
-        fs::copy(src, dest)?;
-    } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
-        let kind = if ft.is_fifo() {
-            nix::sys::stat::SFlag::S_IFIFO
-        } else if ft.is_char_device() {
-            nix::sys::stat::SFlag::S_IFCHR
-        } else {
-            nix::sys::stat::SFlag::S_IFBLK
-        };
-        nix::sys::stat::mknod(
-            dest,
-            kind,
-            nix::sys::stat::Mode::from_bits_truncate(md.mode() & 0o7777),
-            md.rdev(),
-        )
-        .map_err(io::Error::from)?;
-    } else {
+    if !crate::fsops::create_like(src, md, dest)? {
         return Ok(());
     }
     apply_meta(src, md, dest)?;
