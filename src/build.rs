@@ -316,7 +316,8 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
             &args.frontend.insecure_registries,
             &progress,
             &outputs,
-        );
+        )
+        .with_worker(worker.clone());
         for out in outputs.drain(..) {
             exporter.export(out).await?;
         }

@@ -50,6 +50,15 @@ pub enum OutputSpec {
         /// Reach these names' registries over plain HTTP (`registry.insecure=true`).
         insecure: bool,
     },
+    /// The image in containerd's image store, in the build's namespace (`type=containerd`).
+    Containerd {
+        /// Image names.
+        names: Vec<String>,
+        /// Also make its snapshots, so it is ready to run (`unpack=true`).
+        unpack: bool,
+        /// OCI media types (true) or Docker's (false).
+        oci_mediatypes: bool,
+    },
 }
 
 /// Splits on commas outside double quotes, dropping the quotes, as buildx reads its CSV.
@@ -149,9 +158,20 @@ pub fn parse(spec: &str, tags: &[String]) -> anyhow::Result<OutputSpec> {
                 insecure: take_bool(&mut fields, "registry.insecure", false)?,
             }
         }
+        "containerd" => {
+            let names = names(&mut fields);
+            if names.is_empty() {
+                bail!("invalid output `{spec}`: type=containerd needs name=NAME (or -t NAME)");
+            }
+            OutputSpec::Containerd {
+                names,
+                unpack: take_bool(&mut fields, "unpack", false)?,
+                oci_mediatypes: take_bool(&mut fields, "oci-mediatypes", true)?,
+            }
+        }
         other => {
             bail!(
-                "invalid output `{spec}`: type={other} is not supported (supported: image, registry, oci, docker, local)"
+                "invalid output `{spec}`: type={other} is not supported (supported: image, registry, oci, docker, local, containerd)"
             )
         }
     };
@@ -211,6 +231,8 @@ pub struct Exporter<'a> {
     /// Every name some output pushes to (credentials are looked up for all at once).
     push_names: Vec<String>,
     pusher: Option<Pusher>,
+    /// The worker, for `type=containerd` (its containerd client, namespace and lease).
+    worker: Option<memobuild_worker::Worker>,
 }
 
 impl<'a> Exporter<'a> {
@@ -251,7 +273,14 @@ impl<'a> Exporter<'a> {
             progress,
             push_names,
             pusher: None,
+            worker: None,
         }
+    }
+
+    /// Gives the exporter the worker whose containerd `type=containerd` writes into.
+    pub fn with_worker(mut self, worker: memobuild_worker::Worker) -> Self {
+        self.worker = Some(worker);
+        self
     }
 
     fn message(&self, m: String) {
@@ -343,6 +372,33 @@ impl<'a> Exporter<'a> {
                 }
                 if let Some(p) = &self.pusher {
                     crate::push::push(p, &self.store, &img, &names, self.progress).await?;
+                }
+            }
+            OutputSpec::Containerd {
+                names,
+                unpack,
+                oci_mediatypes,
+            } => {
+                let names = normalize_names(&names)?;
+                let img = self.image(oci_mediatypes)?;
+                let worker = self
+                    .worker
+                    .as_ref()
+                    .context("type=containerd: no containerd connection")?;
+                let done =
+                    memobuild_worker::export::containerd::import(worker, &img, &names, unpack)
+                        .await?;
+                for n in &done.names {
+                    self.message(format!(
+                        "imported {n}@{} into containerd (namespace `{}`{})",
+                        img.manifest_desc.digest,
+                        done.namespace,
+                        if done.snapshot.is_some() {
+                            ", unpacked"
+                        } else {
+                            ""
+                        }
+                    ));
                 }
             }
         }
@@ -468,6 +524,36 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn containerd_output() {
+        assert_eq!(
+            parse("type=containerd", &["a:1".into()]).unwrap(),
+            OutputSpec::Containerd {
+                names: vec!["a:1".into()],
+                unpack: false,
+                oci_mediatypes: true,
+            }
+        );
+        assert_eq!(
+            parse(
+                "type=containerd,name=x,unpack=true,oci-mediatypes=false",
+                &[]
+            )
+            .unwrap(),
+            OutputSpec::Containerd {
+                names: vec!["x".into()],
+                unpack: true,
+                oci_mediatypes: false,
+            }
+        );
+        assert!(
+            parse("type=containerd", &[])
+                .unwrap_err()
+                .to_string()
+                .contains("name=NAME")
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@
 
 mod content;
 mod diff;
+mod images;
 mod mount;
 mod run;
 mod snapshots;

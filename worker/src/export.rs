@@ -3,11 +3,13 @@
 //!
 //! An OCI image layout, as a tar (`type=oci,dest=FILE`) or a directory (`tar=false`); a docker
 //! archive (`type=docker`, [`docker`]); the final filesystem in a directory (`type=local`,
-//! [`local`]); a registry push (`type=image,push=true`, [`push`]). [`mediatypes`] rewrites a
+//! [`local`]); a registry push (`type=image,push=true`, [`push`]); containerd's image store
+//! (`type=containerd`, [`containerd`]). [`mediatypes`] rewrites a
 //! manifest with Docker's media types (`oci-mediatypes=false`).
 //! Outputs are written to a temporary name beside the destination and renamed at the end, so a
 //! failed export never leaves a half-written file under the name the user asked for.
 
+pub mod containerd;
 pub mod docker;
 pub mod local;
 pub mod manifest;
