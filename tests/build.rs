@@ -213,3 +213,52 @@ fn bad_build_arg_is_rejected_before_building() {
     assert_eq!(out.status.code(), Some(1));
     assert!(error_line(&out).contains("--build-arg"), "{}", stderr(&out));
 }
+
+#[test]
+fn stages_the_target_does_not_need_never_run() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY\n\
+         FROM ${REGISTRY}/library/busybox:latest AS broken\n\
+         RUN echo this stage would fail && exit 1\n\
+         FROM ${REGISTRY}/library/busybox:latest AS base\n\
+         RUN echo base > /base\n\
+         FROM base AS final\n\
+         RUN cat /base > /final\n",
+    );
+    let out = sb.build(
+        &env,
+        &[
+            "--build-arg",
+            &format!("REGISTRY={}", env.registry),
+            "--progress",
+            "json",
+        ],
+    );
+    assert_ok(&out, "memobuild build");
+    let names: Vec<String> = progress_events(&out)
+        .iter()
+        .filter_map(|e| e["name"].as_str().map(str::to_string))
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("would fail")), "{names:?}");
+    assert!(names.iter().any(|n| n.contains("/final")), "{names:?}");
+
+    // Targeting the broken stage does run it, and fails.
+    let out = sb.build(
+        &env,
+        &[
+            "--build-arg",
+            &format!("REGISTRY={}", env.registry),
+            "--target",
+            "broken",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        error_line(&out).contains("exit code: 1"),
+        "{}",
+        stderr(&out)
+    );
+}
