@@ -134,6 +134,22 @@ pub enum ErrorKind {
     /// A platform string that cannot be parsed.
     #[error("invalid platform `{0}`: expected os/arch[/variant]")]
     BadPlatform(String),
+    /// An `ONBUILD` trigger inherited from the base (image or stage) that cannot be used.
+    #[error("`ONBUILD {trigger}` inherited from {origin}: {cause}")]
+    OnbuildTrigger {
+        /// The trigger as stored (`RUN make`).
+        trigger: String,
+        /// `image `busybox`` or `stage `base``.
+        origin: String,
+        /// What is wrong with it.
+        cause: Box<ErrorKind>,
+    },
+    /// A feature BuildKit has that MemoBuild does not run.
+    #[error("{0}")]
+    Unsupported(String),
+    /// `# check=error=true` and lint rules fired.
+    #[error("lint violation found for rules: {0}")]
+    LintViolation(String),
 }
 
 /// An error with the Dockerfile name and, when it comes from an instruction, its position.

@@ -28,6 +28,7 @@
 pub mod config;
 mod error;
 pub mod instructions;
+mod lint;
 mod lower;
 pub mod parser;
 mod platform;
@@ -119,8 +120,20 @@ pub struct Lowered {
     pub warnings: Vec<Warning>,
 }
 
-/// Parses a Dockerfile into its AST; `name` is used in error messages.
+/// Parses a Dockerfile into its AST; `name` is used in error messages. The warnings are the
+/// lint findings of parsing alone (lowering adds more), filtered by the `# check=` directive.
 pub fn parse(dockerfile: &str, name: &str) -> Result<(Dockerfile, Vec<Warning>), FrontendError> {
+    let (df, warnings, check) = parse_unfiltered(dockerfile, name)?;
+    let warnings = check
+        .apply(warnings)
+        .map_err(|k| FrontendError::global(name, k))?;
+    Ok((df, warnings))
+}
+
+fn parse_unfiltered(
+    dockerfile: &str,
+    name: &str,
+) -> Result<(Dockerfile, Vec<Warning>, lint::CheckConfig), FrontendError> {
     let file = parser::parse_lines(dockerfile)
         .map_err(|(loc, kind)| FrontendError::at(name, loc, kind))?;
     let mut warnings = file.warnings.clone();
@@ -129,7 +142,10 @@ pub fn parse(dockerfile: &str, name: &str) -> Result<(Dockerfile, Vec<Warning>),
     if df.stages.is_empty() {
         return Err(FrontendError::global(name, ErrorKind::NoStages));
     }
-    Ok((df, warnings))
+    let check =
+        lint::check_config(&df).map_err(|(loc, kind)| FrontendError::at(name, loc, kind))?;
+    warnings.extend(lint::check_dockerfile(&df));
+    Ok((df, warnings, check))
 }
 
 fn valid_build_arg_name(k: &str) -> bool {
@@ -146,7 +162,7 @@ pub fn build(
     resolver: &dyn ImageResolver,
 ) -> Result<Lowered, FrontendError> {
     let name = opts.dockerfile_name.as_str();
-    let (df, mut warnings) = parse(dockerfile, name)?;
+    let (df, mut warnings, check) = parse_unfiltered(dockerfile, name)?;
     if let Some(bad) = opts.build_args.keys().find(|k| !valid_build_arg_name(k)) {
         return Err(FrontendError::global(
             name,
@@ -170,12 +186,38 @@ pub fn build(
     let defaults = stages::default_args(&opts.platform, &opts.build_args, &target_name);
     let global = stages::apply_meta_args(defaults, &df.meta_args, &opts.build_args, &lex)
         .map_err(|(l, k)| FrontendError::at(name, l, k))?;
+    let defaults_only = stages::apply_meta_args(
+        stages::default_args(&opts.platform, &BTreeMap::new(), &target_name),
+        &df.meta_args,
+        &BTreeMap::new(),
+        &lex,
+    )
+    .ok();
+    warnings.extend(lint::check_froms(
+        &df,
+        &lex,
+        &global,
+        defaults_only.as_ref(),
+    ));
     let epoch = stages::source_date_epoch(&opts.build_args, &global);
-    let graph = stages::resolve(&df, &global, &lex, opts.target.as_deref()).map_err(err)?;
-    let out = Lowerer::new(opts, resolver, lex, global, epoch)
-        .run(&df, &graph)
+    let resolver = lower::CachedResolver::new(resolver);
+    let mut df = df;
+    let (graph, triggers) = lower::resolve_with_triggers(
+        &mut df,
+        &global,
+        &lex,
+        opts.target.as_deref(),
+        &opts.platform,
+        &resolver,
+    )
+    .map_err(err)?;
+    let out = Lowerer::new(opts, &resolver, lex, global, epoch)
+        .run(&df, &graph, &triggers)
         .map_err(err)?;
     warnings.extend(out.warnings);
+    let warnings = check
+        .apply(warnings)
+        .map_err(|k| FrontendError::global(name, k))?;
     let definition = out.graph.marshal(out.root, name, dockerfile);
     Ok(Lowered {
         definition,

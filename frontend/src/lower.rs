@@ -4,9 +4,11 @@
 mod dispatch;
 mod exec;
 mod file;
+mod git;
 mod graph;
 mod mounts;
 mod naming;
+mod onbuild;
 mod paths;
 mod source;
 mod state;
@@ -14,3 +16,5 @@ mod state;
 pub(crate) use dispatch::Lowerer;
 pub(crate) use mounts::mount_from;
 pub use naming::go_quote;
+pub(crate) use onbuild::{CachedResolver, resolve_with_triggers};
+pub(crate) use paths::clean as clean_path;

@@ -12,8 +12,28 @@ use memobuild_proto::pb;
 use prost::Message;
 
 /// A registry stand-in: every image exists (except names containing `missing`), with a config
-/// that has `PATH` and `Cmd ["/bin/sh"]`, and a digest derived from the reference.
+/// that has `PATH` and `Cmd ["/bin/sh"]`, and a digest derived from the reference. Images named
+/// `…onbuild…` carry ONBUILD triggers in their config (see [`onbuild_triggers`]).
 struct FakeResolver;
+
+/// The `OnBuild` list of the fake images: `onbuild-from` reads from a stage named `helper`,
+/// `onbuild-bad` has a trigger that does not parse, any other `onbuild` image sets a variable,
+/// runs a command and copies from the context.
+fn onbuild_triggers(reference: &str) -> Vec<&'static str> {
+    if reference.contains("onbuild-from") {
+        vec!["COPY --from=helper /out /from-helper"]
+    } else if reference.contains("onbuild-bad") {
+        vec!["RUN echo ok", "RUN --bogus echo never"]
+    } else if reference.contains("onbuild") {
+        vec![
+            "ENV TRIGGERED=yes",
+            "RUN echo triggered by $TRIGGERED",
+            "COPY app.txt /app/",
+        ]
+    } else {
+        Vec::new()
+    }
+}
 
 fn fake_digest(s: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -41,7 +61,11 @@ impl ImageResolver for FakeResolver {
             "architecture": platform.architecture,
             "os": platform.os,
             "created": "2024-01-01T00:00:00Z",
-            "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["/bin/sh"]},
+            "config": {
+                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                "Cmd": ["/bin/sh"],
+                "OnBuild": onbuild_triggers(reference),
+            },
             "rootfs": {"type": "layers", "diff_ids": [fake_digest(&format!("layer {reference}"))]},
             "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "ADD rootfs.tar / # fake"}],
         });
@@ -239,11 +263,38 @@ fn dump_definition(def: &pb::Definition) -> String {
                     .expect("write");
                 }
             }
+            Some(pb::op::Op::Merge(m)) => {
+                let ins: Vec<String> = m
+                    .inputs
+                    .iter()
+                    .map(|i| {
+                        usize::try_from(i.input)
+                            .ok()
+                            .and_then(|i| inputs.get(i).cloned())
+                            .unwrap_or_else(|| format!("?{}", i.input))
+                    })
+                    .collect();
+                writeln!(
+                    s,
+                    "merge platform={} inputs=[{}]",
+                    platform(&op.platform),
+                    ins.join(" ")
+                )
+                .expect("write");
+            }
             other => writeln!(s, "{other:?}").expect("write"),
         }
         if let Some(md) = def.metadata.get(&digest) {
             for (k, v) in &md.description {
                 writeln!(s, "    desc {k}={v}").expect("write");
+            }
+            if let Some(g) = &md.progress_group {
+                writeln!(
+                    s,
+                    "    progress group id={} name={:?} weak={}",
+                    g.id, g.name, g.weak
+                )
+                .expect("write");
             }
             let caps: Vec<&str> = md.caps.keys().map(String::as_str).collect();
             writeln!(s, "    caps {}", caps.join(",")).expect("write");

@@ -8,8 +8,9 @@
 //! `trusted.overlay.opaque=y` gets a `.wh..wh..opq` entry.
 //!
 //! One pass produces both identities of a layer: the diff-id (sha256 of the tar) and the digest
-//! (sha256 of the gzip blob).
+//! (sha256 of the gzip blob), compressing on all cores ([`pgzip`]) into standard gzip.
 
+pub mod pgzip;
 mod tarwriter;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,10 +20,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
-
 use crate::blobs::{BlobError, BlobStore, HashWriter};
+use pgzip::ParallelGzWriter;
 pub use tarwriter::{Entry, EntryKind, TarWriter};
 
 /// OCI media type of a gzip-compressed layer.
@@ -94,7 +93,7 @@ pub fn write_layer(
     let tmp = store.temp()?;
     let file = tmp.as_file().try_clone().map_err(io_err(tmp.path()))?;
     let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, file));
-    let gz = GzEncoder::new(compressed, Compression::new(opts.gzip_level.min(9)));
+    let gz = ParallelGzWriter::new(compressed, opts.gzip_level);
     let plain = HashWriter::new(gz);
     let mut tw = TarWriter::new(plain);
 

@@ -4,6 +4,8 @@ mod cachemount;
 mod diff;
 mod exec;
 mod file;
+mod git;
+mod http;
 mod merge;
 mod mounts;
 mod source;

@@ -32,6 +32,16 @@ pub struct Stage {
     pub commands: Vec<Instruction>,
 }
 
+impl Stage {
+    /// The `FROM` keyword as written (`FROM`, `from`, …).
+    pub fn keyword(&self) -> &str {
+        self.original
+            .split(|c: char| c.is_ascii_whitespace())
+            .next()
+            .unwrap_or_default()
+    }
+}
+
 /// One instruction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instruction {
@@ -130,7 +140,7 @@ pub struct ShellCmd {
     pub files: Vec<Heredoc>,
 }
 
-/// `RUN [--mount=…] [--network=…] [--security=…] cmd`.
+/// `RUN [--mount=…] [--network=…] [--security=…] [--device=…] cmd`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunCmd {
     /// The command.
@@ -141,6 +151,8 @@ pub struct RunCmd {
     pub network: Option<String>,
     /// `--security`.
     pub security: Option<String>,
+    /// `--device` values (parsed so that lowering can refuse them clearly).
+    pub devices: Vec<String>,
 }
 
 /// An inline (heredoc) source of COPY/ADD.

@@ -6,6 +6,7 @@ use crate::instructions::ast::{
     RunCmd, ShellCmd, SourceContent, SourcesAndDest, Stage,
 };
 use crate::instructions::flags::{FlagType, Flags};
+use crate::lint;
 use crate::parser::{
     Heredoc, JsonArgs, Node, ParsedFile, chomp_heredoc_content, node_from_line, parse_heredoc,
     parse_json_array, parse_words, split_whitespace,
@@ -81,12 +82,23 @@ pub fn parse_command(node: &Node, escape: char, warnings: &mut Vec<Warning>) -> 
                         )));
                     }
                     if args[2] != name {
-                        warnings.push(Warning {
-                            rule: "StageNameCasing".into(),
-                            message: format!("Stage name '{}' should be lowercase", args[2]),
-                            location: Some(node.location),
-                        });
+                        warnings.push(lint::warning(
+                            lint::STAGE_NAME_CASING,
+                            format!("Stage name '{}' should be lowercase", args[2]),
+                            Some(node.location),
+                        ));
                     }
+                    if !from_as_casing_matches(&node.keyword, &args[1]) {
+                        warnings.push(lint::warning(
+                            lint::FROM_AS_CASING,
+                            format!(
+                                "'{}' and '{}' keywords' casing do not match",
+                                args[1], node.keyword
+                            ),
+                            Some(node.location),
+                        ));
+                    }
+                    definition_description("FROM", std::slice::from_ref(&name), node, warnings);
                     Some(name)
                 }
                 1 => None,
@@ -128,20 +140,14 @@ pub fn parse_command(node: &Node, escape: char, warnings: &mut Vec<Warning>) -> 
                 };
                 pairs.push(pair);
             }
+            let keys: Vec<String> = pairs.iter().map(|p| p.key.clone()).collect();
+            definition_description("ARG", &keys, node, warnings);
             Command::Arg(pairs)
         }
         "env" | "label" => {
             no_flags(&upper, node)?;
+            // LegacyKeyValueFormat is reported while lowering, for reachable stages only.
             let kvs = parse_name_val(rest, &upper, escape)?;
-            if kvs.iter().any(|kv| kv.no_delim) {
-                warnings.push(Warning {
-                    rule: "LegacyKeyValueFormat".into(),
-                    message: format!(
-                        "\"{upper} key=value\" should be used instead of legacy \"{upper} key value\" format"
-                    ),
-                    location: Some(node.location),
-                });
-            }
             if kw == "env" {
                 Command::Env(kvs)
             } else {
@@ -156,6 +162,7 @@ pub fn parse_command(node: &Node, escape: char, warnings: &mut Vec<Warning>) -> 
                     ("mount", FlagType::Strings),
                     ("network", FlagType::String),
                     ("security", FlagType::String),
+                    ("device", FlagType::Strings),
                 ],
             )?;
             let cmd = shell_cmd(rest, &node.heredocs, &upper)?;
@@ -164,6 +171,7 @@ pub fn parse_command(node: &Node, escape: char, warnings: &mut Vec<Warning>) -> 
                 mounts: flags.strings("mount"),
                 network: flags.string("network"),
                 security: flags.string("security"),
+                devices: flags.strings("device"),
             })
         }
         "cmd" => {
@@ -251,12 +259,11 @@ pub fn parse_command(node: &Node, escape: char, warnings: &mut Vec<Warning>) -> 
                 "workdir" => Command::Workdir(v),
                 "user" => Command::User(v),
                 "maintainer" => {
-                    warnings.push(Warning {
-                        rule: "MaintainerDeprecated".into(),
-                        message: "Maintainer instruction is deprecated in favor of using label"
-                            .into(),
-                        location: Some(node.location),
-                    });
+                    warnings.push(lint::warning(
+                        lint::MAINTAINER_DEPRECATED,
+                        "Maintainer instruction is deprecated in favor of using label".into(),
+                        Some(node.location),
+                    ));
                     Command::Maintainer(v)
                 }
                 _ => Command::StopSignal(v),
@@ -335,6 +342,35 @@ pub fn parse_command(node: &Node, escape: char, warnings: &mut Vec<Warning>) -> 
         comments: node.comments.clone(),
         command,
     })
+}
+
+/// BuildKit's `doesFromCaseMatchAsCase`: `AS` cased like a consistently cased `FROM`.
+fn from_as_casing_matches(from: &str, as_kw: &str) -> bool {
+    if from == from.to_ascii_lowercase() {
+        as_kw == as_kw.to_ascii_lowercase()
+    } else if from == from.to_ascii_uppercase() {
+        as_kw == as_kw.to_ascii_uppercase()
+    } else {
+        true
+    }
+}
+
+/// InvalidDefinitionDescription (experimental): a comment right above `FROM … AS name` or
+/// `ARG name` must start with the name it describes.
+fn definition_description(kw: &str, keys: &[String], node: &Node, warnings: &mut Vec<Warning>) {
+    let (Some(last), Some(first)) = (node.comments.last(), keys.first()) else {
+        return;
+    };
+    let word = last.split(' ').next().unwrap_or_default();
+    if keys.iter().any(|k| k == word) {
+        return;
+    }
+    let example = if keys.len() > 1 { "<arg_key>" } else { first };
+    warnings.push(lint::warning(
+        lint::INVALID_DEFINITION_DESCRIPTION,
+        format!("Comment for {kw} should follow the format: `# {example} <description>`"),
+        Some(node.location),
+    ));
 }
 
 fn not_strings() -> ErrorKind {

@@ -7,8 +7,10 @@ use memobuild_proto::{caps, pb};
 use crate::config::{Empty, Healthcheck, ImageConfig, format_go_duration};
 use crate::error::{ErrorKind, Location, Warning};
 use crate::instructions::{Command, Dockerfile, Instruction, ShellCmd};
+use crate::lint;
 use crate::lower::graph::{Graph, NodeId, Out};
 use crate::lower::naming::{go_list, go_quote_list, prefix_command};
+use crate::lower::onbuild::StageTriggers;
 use crate::lower::paths::normalize_workdir;
 use crate::lower::source::{image_op, local_op, metadata};
 use crate::lower::state::{DEFAULT_PATH, StageState, empty_image};
@@ -34,6 +36,10 @@ pub(crate) struct Lowerer<'a> {
     pub(crate) ctx_paths: BTreeSet<String>,
     pub(crate) states: Vec<Option<StageState>>,
     pub(crate) proxy: Option<pb::ProxyEnv>,
+    /// The instruction being lowered (where lint findings of expansions go).
+    pub(crate) current: Option<Location>,
+    /// Deterministic progress-group ids (`COPY --link`).
+    pub(crate) progress_groups: usize,
 }
 
 /// What lowering produced.
@@ -64,6 +70,8 @@ impl<'a> Lowerer<'a> {
             ctx_paths: BTreeSet::new(),
             states: Vec::new(),
             proxy: proxy_env(&opts.build_args),
+            current: None,
+            progress_groups: 0,
         }
     }
 
@@ -85,7 +93,12 @@ impl<'a> Lowerer<'a> {
         Out { node: id, index: 0 }
     }
 
-    pub(crate) fn run(mut self, df: &Dockerfile, sg: &StageGraph) -> Res<LowerOutput> {
+    pub(crate) fn run(
+        mut self,
+        df: &Dockerfile,
+        sg: &StageGraph,
+        triggers: &BTreeMap<usize, StageTriggers>,
+    ) -> Res<LowerOutput> {
         self.states = vec![None; sg.stages.len()];
         // Images used by `COPY --from=<image>` are resolved first, as BuildKit does.
         for (i, info) in sg.stages.iter().enumerate() {
@@ -113,14 +126,27 @@ impl<'a> Lowerer<'a> {
                 .count();
             let mut st = self.init_stage(sg, i, total)?;
             self.prepare_stage(&mut st);
+            let inherited = triggers.get(&src);
             self.states[i] = Some(st);
             for (ci, ins) in stage.commands.iter().enumerate() {
                 let mut st = self.states[i]
                     .take()
                     .ok_or((Some(ins.location), ErrorKind::Empty))?;
+                self.current = Some(ins.location);
+                st.in_trigger = inherited.is_some_and(|t| ci < t.count);
                 let r = self.dispatch(sg, i, ci, &mut st, ins);
                 self.states[i] = Some(st);
-                r.map_err(|(l, e)| (l.or(Some(ins.location)), e))?;
+                r.map_err(|(l, e)| match inherited {
+                    Some(t) if ci < t.count => (
+                        Some(ins.location),
+                        ErrorKind::OnbuildTrigger {
+                            trigger: ins.original.clone(),
+                            origin: t.origin.clone(),
+                            cause: Box::new(e),
+                        },
+                    ),
+                    _ => (l.or(Some(ins.location)), e),
+                })?;
             }
         }
         self.finish(sg)
@@ -190,6 +216,9 @@ impl<'a> Lowerer<'a> {
                 st.cmd_total = total;
                 st.cmd_index = 0;
                 st.cmd_set = false;
+                st.cmd_at = None;
+                st.entrypoint_at = None;
+                st.healthcheck_at = None;
                 st.image.config.on_build.clear();
                 st.created = created;
                 Ok(st)
@@ -244,6 +273,8 @@ impl<'a> Lowerer<'a> {
                         )
                     })?;
                 image.created = None;
+                // The base's triggers run in this stage (see `onbuild`) and are not inherited.
+                image.config.on_build.clear();
                 let pinned = if normalized.contains('@') || resolved.digest.is_empty() {
                     normalized.clone()
                 } else {
@@ -296,10 +327,46 @@ impl<'a> Lowerer<'a> {
         }
     }
 
-    pub(crate) fn expand(&self, st: &StageState, word: &str) -> Res<String> {
+    /// Expands `word` with the stage's variables, reporting unset ones (UndefinedVar).
+    pub(crate) fn expand(&mut self, st: &StageState, word: &str) -> Res<String> {
+        let e = self
+            .lex
+            .process(word, &st.env)
+            .map_err(|e| (None, ErrorKind::Shell(e)))?;
+        self.report_unmatched(st, &e.unmatched);
+        Ok(e.result)
+    }
+
+    /// Expands without lint (ARG defaults, as BuildKit does).
+    fn expand_quiet(&self, st: &StageState, word: &str) -> Res<String> {
         self.lex
             .process_word(word, &st.env)
             .map_err(|e| (None, ErrorKind::Shell(e)))
+    }
+
+    /// BuildKit's `reportUnmatchedVariables`: variables that are neither set nor declared with
+    /// `ARG` in the stage.
+    pub(crate) fn report_unmatched(&mut self, st: &StageState, unmatched: &BTreeSet<String>) {
+        for v in unmatched {
+            if st.build_args.iter().any(|(k, _)| k == v)
+                || matches!(
+                    v.as_str(),
+                    "BUILDKIT_SBOM_SCAN_CONTEXT" | "BUILDKIT_SBOM_SCAN_STAGE"
+                )
+            {
+                continue;
+            }
+            let hint = lint::did_you_mean(&lint::suggest(v, st.env.iter().map(|(k, _)| k)), true);
+            self.warnings.push(lint::warning(
+                lint::UNDEFINED_VAR,
+                format!("Usage of undefined variable '${v}'{hint}"),
+                self.current,
+            ));
+        }
+    }
+
+    fn lint(&mut self, rule: lint::Rule, message: String, at: Option<Location>) {
+        self.warnings.push(lint::warning(rule, message, at));
     }
 
     fn dispatch(
@@ -313,10 +380,15 @@ impl<'a> Lowerer<'a> {
         match &ins.command {
             Command::From(_) => Ok(()),
             Command::Env(kvs) => {
-                let mut msg = String::from("ENV");
+                // Every word is expanded before any is set: `ENV A=1 B=$A` sees the old `A`.
+                let mut pairs = Vec::with_capacity(kvs.len());
                 for kv in kvs {
-                    let k = self.expand(st, &kv.key)?;
-                    let v = self.expand(st, &kv.value)?;
+                    pairs.push((self.expand(st, &kv.key)?, self.expand(st, &kv.value)?));
+                }
+                let mut msg = String::from("ENV");
+                for (kv, (k, v)) in kvs.iter().zip(pairs) {
+                    self.legacy_key_value(kv.no_delim, "ENV", ins.location);
+                    self.secret_key("ENV", &k, ins.location);
                     msg.push_str(&format!(" {k}={v}"));
                     st.env.set(&k, &v);
                     st.add_image_env(&k, &v);
@@ -327,6 +399,7 @@ impl<'a> Lowerer<'a> {
             Command::Label(kvs) => {
                 let mut msg = String::from("LABEL");
                 for kv in kvs {
+                    self.legacy_key_value(kv.no_delim, "LABEL", ins.location);
                     let k = self.expand(st, &kv.key)?;
                     let v = self.expand(st, &kv.value)?;
                     msg.push_str(&format!(" {k}={v}"));
@@ -341,7 +414,7 @@ impl<'a> Lowerer<'a> {
                     let from_build = self.opts.build_args.get(&p.key).cloned();
                     let value = match (&from_build, &p.value) {
                         (Some(v), _) => Some(v.clone()),
-                        (None, Some(d)) => Some(self.expand(st, d)?),
+                        (None, Some(d)) => Some(self.expand_quiet(st, d)?),
                         (None, None) => self.global.get(&p.key).map(str::to_owned),
                     };
                     if let Some(v) = &value
@@ -357,6 +430,7 @@ impl<'a> Lowerer<'a> {
                         None => p.key.clone(),
                     });
                     st.build_args.push((p.key.clone(), value));
+                    self.secret_key("ARG", &p.key, ins.location);
                 }
                 st.commit(format!("ARG {}", parts.join(" ")), false, false);
                 Ok(())
@@ -373,6 +447,14 @@ impl<'a> Lowerer<'a> {
                 Ok(())
             }
             Command::Run(r) => {
+                if !r.devices.is_empty() {
+                    return Err((
+                        None,
+                        ErrorKind::Unsupported(
+                            "`RUN --device` is not supported: MemoBuild's worker gives containers no CDI devices (BuildKit has it only in the 1.14-labs frontend); remove the flag".into(),
+                        ),
+                    ));
+                }
                 let sources = (0..r.mounts.len())
                     .map(|mi| {
                         sg.mount_sources
@@ -389,6 +471,7 @@ impl<'a> Lowerer<'a> {
             }
             Command::Add(a) => self.add(st, ins, a),
             Command::Cmd(c) => {
+                self.used_once("CMD", &mut st.cmd_at, ins.location);
                 let args = self.cmd_args(st, ins, c, "CMD");
                 st.image.config.cmd = args.clone();
                 st.image.config.args_escaped = true;
@@ -397,6 +480,7 @@ impl<'a> Lowerer<'a> {
                 Ok(())
             }
             Command::Entrypoint(c) => {
+                self.used_once("ENTRYPOINT", &mut st.entrypoint_at, ins.location);
                 let args = self.cmd_args(st, ins, c, "ENTRYPOINT");
                 st.image.config.entrypoint = args.clone();
                 if !st.cmd_set {
@@ -418,6 +502,7 @@ impl<'a> Lowerer<'a> {
                         .process_words(p, &st.env)
                         .map_err(|e| (None, ErrorKind::Shell(e)))?;
                     for w in words {
+                        self.lint_port(&w, ins.location);
                         out.extend(parse_port(&w)?);
                     }
                 }
@@ -465,6 +550,7 @@ impl<'a> Lowerer<'a> {
                 Ok(())
             }
             Command::Healthcheck(h) => {
+                self.used_once("HEALTHCHECK", &mut st.healthcheck_at, ins.location);
                 let hc = Healthcheck {
                     test: h.test.clone(),
                     interval: h.interval,
@@ -502,17 +588,75 @@ impl<'a> Lowerer<'a> {
     ) -> Vec<String> {
         if c.prepend_shell {
             if st.image.config.shell.is_empty() {
-                self.warnings.push(Warning {
-                    rule: "JSONArgsRecommended".into(),
-                    message: format!(
+                self.lint(
+                    lint::JSON_ARGS_RECOMMENDED,
+                    format!(
                         "JSON arguments recommended for {kw} to prevent unintended behavior related to OS signals"
                     ),
-                    location: Some(ins.location),
-                });
+                    Some(ins.location),
+                );
             }
             with_shell(st, &c.args)
         } else {
             c.args.clone()
+        }
+    }
+}
+
+impl Lowerer<'_> {
+    fn legacy_key_value(&mut self, no_delim: bool, kw: &str, at: Location) {
+        if no_delim {
+            self.lint(
+                lint::LEGACY_KEY_VALUE_FORMAT,
+                format!(
+                    "\"{kw} key=value\" should be used instead of legacy \"{kw} key value\" format"
+                ),
+                Some(at),
+            );
+        }
+    }
+
+    fn secret_key(&mut self, kw: &str, key: &str, at: Location) {
+        if lint::looks_secret(key) {
+            self.lint(
+                lint::SECRETS_USED_IN_ARG_OR_ENV,
+                format!("Do not use ARG or ENV instructions for sensitive data ({kw} {key:?})"),
+                Some(at),
+            );
+        }
+    }
+
+    /// MultipleInstructionsDisallowed, reported at the earlier instruction (the one ignored).
+    fn used_once(&mut self, kw: &str, last: &mut Option<Location>, at: Location) {
+        if let Some(prev) = last.replace(at) {
+            self.lint(
+                lint::MULTIPLE_INSTRUCTIONS_DISALLOWED,
+                format!(
+                    "Multiple {kw} instructions should not be used in the same stage because only the last one will be used"
+                ),
+                Some(prev),
+            );
+        }
+    }
+
+    /// ExposeProtoCasing and ExposeInvalidFormat.
+    fn lint_port(&mut self, raw: &str, at: Location) {
+        let (spec, proto) = raw.split_once('/').unwrap_or((raw, ""));
+        if proto != proto.to_ascii_lowercase() {
+            self.lint(
+                lint::EXPOSE_PROTO_CASING,
+                format!("Defined protocol '{raw}' in EXPOSE instruction should be lowercase"),
+                Some(at),
+            );
+        }
+        if spec.contains(':') {
+            self.lint(
+                lint::EXPOSE_INVALID_FORMAT,
+                format!(
+                    "EXPOSE instruction should not define an IP address or host-port mapping, found '{raw}'"
+                ),
+                Some(at),
+            );
         }
     }
 }

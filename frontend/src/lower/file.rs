@@ -1,12 +1,15 @@
-//! FileOps: `WORKDIR` (mkdir), `COPY` and `ADD` (copy actions), inline heredoc files.
+//! FileOps: `WORKDIR` (mkdir), `COPY` and `ADD` (copy actions from the context, stages, URLs and
+//! git repositories), inline heredoc files.
 
 use memobuild_proto::{attr, caps, pb};
 
-use crate::error::{ErrorKind, Warning};
+use crate::error::ErrorKind;
 use crate::instructions::{AddCmd, CopyCmd, Instruction, SourcesAndDest};
+use crate::lint;
 use crate::lower::dispatch::{Lowerer, Res};
+use crate::lower::git::parse_git_ref;
 use crate::lower::graph::Out;
-use crate::lower::naming::{prefix_command, process_cmd_env, uppercase_cmd};
+use crate::lower::naming::{go_quote, prefix_command, process_cmd_env, uppercase_cmd};
 use crate::lower::paths::{clean, join, normalize, normalize_workdir, relative_to_workdir};
 use crate::lower::source::metadata;
 use crate::lower::state::StageState;
@@ -111,13 +114,14 @@ impl Lowerer<'_> {
         path: &str,
     ) -> Res<()> {
         if !st.workdir_set && !path.starts_with('/') {
-            self.warnings.push(Warning {
-                rule: "WorkdirRelativePath".into(),
-                message: format!(
-                    "Relative workdir \"{path}\" can have unexpected results if the base image changes"
+            self.warnings.push(lint::warning(
+                lint::WORKDIR_RELATIVE_PATH,
+                format!(
+                    "Relative workdir {} can have unexpected results if the base image changes",
+                    go_quote(path)
                 ),
-                location: Some(ins.location),
-            });
+                Some(ins.location),
+            ));
         }
         st.workdir_set = true;
         let wd = normalize_workdir(&st.image.config.working_dir, path);
@@ -230,6 +234,7 @@ impl Lowerer<'_> {
                 add: false,
                 unpack: None,
                 checksum: "",
+                keep_git_dir: false,
             },
             source_fs,
         )
@@ -249,6 +254,7 @@ impl Lowerer<'_> {
                 add: true,
                 unpack: a.unpack,
                 checksum: &a.checksum,
+                keep_git_dir: a.keep_git_dir.unwrap_or(false),
             },
             None,
         )
@@ -297,11 +303,12 @@ impl Lowerer<'_> {
         if !chmod_s.is_empty() {
             history.push_str(&format!(" --chmod={chmod_s}"));
         }
-        let name = prefix_command(
-            st,
-            &uppercase_cmd(&process_cmd_env(&self.lex, &ins.original, &st.env)),
-        );
-        let base = if st.root.is_some() {
+        let raw_name = uppercase_cmd(&process_cmd_env(&self.lex, &ins.original, &st.env));
+        let name = prefix_command(st, &raw_name);
+        // BuildKit's `COPY --link` (without `--chmod`): the copy is made on scratch and merged
+        // onto the stage, so it does not depend on (or invalidate with) the layers below.
+        let link = flags.link && chmod_s.is_empty();
+        let base = if st.root.is_some() && !link {
             0
         } else {
             pb::FileAction::SCRATCH
@@ -322,6 +329,31 @@ impl Lowerer<'_> {
         let mut copies: Vec<CopySource> = Vec::new();
         for src in &sources {
             history.push_str(&format!(" {src}"));
+            if let Some(g) = parse_git_ref(src) {
+                if !flags.add {
+                    return Err((
+                        None,
+                        ErrorKind::BadArguments("source can't be a git ref for COPY".into()),
+                    ));
+                }
+                // The whole checkout (or its subdir) is copied: `/` of the git source.
+                let fs = self.git_source(ins, &g, flags.keep_git_dir, &name);
+                copies.push(CopySource {
+                    fs: Some(fs),
+                    copy: pb::FileActionCopy {
+                        src: "/".into(),
+                        dest: dest.clone(),
+                        owner: owner.clone(),
+                        mode,
+                        mode_str: mode_str.clone(),
+                        create_dest_path: true,
+                        timestamp: pb::FileActionCopy::KEEP_TIMESTAMP,
+                        exclude_patterns: flags.excludes.to_vec(),
+                        ..Default::default()
+                    },
+                });
+                continue;
+            }
             if is_http(src) {
                 if !flags.add {
                     return Err((
@@ -363,6 +395,17 @@ impl Lowerer<'_> {
             }
             let fs = match source_fs {
                 None => {
+                    if lint::ignored_by_dockerignore(&self.opts.dockerignore, src) {
+                        let cmd = if flags.add { "Add" } else { "Copy" };
+                        self.warnings.push(lint::warning(
+                            lint::COPY_IGNORED_FILE,
+                            format!(
+                                "Attempting to {cmd} file {} that is excluded by .dockerignore",
+                                go_quote(&clean(src))
+                            ),
+                            Some(ins.location),
+                        ));
+                    }
                     self.ctx_paths.insert(join("/", src));
                     Some(self.context())
                 }
@@ -399,8 +442,11 @@ impl Lowerer<'_> {
                 // BuildKit expands heredoc bodies with quotes left alone and `\` as escape.
                 let mut l = crate::shell::Lexer::new('\\');
                 l.skip_process_quotes = true;
-                l.process_word(&content.data, &st.env)
-                    .map_err(|e| (None, ErrorKind::Shell(e)))?
+                let e = l
+                    .process(&content.data, &st.env)
+                    .map_err(|e| (None, ErrorKind::Shell(e)))?;
+                self.report_unmatched(st, &e.unmatched);
+                e.result
             } else {
                 content.data.clone()
             };
@@ -423,7 +469,11 @@ impl Lowerer<'_> {
         history.push_str(&format!(" {dest_raw}"));
 
         // Inputs: the stage root first, then each distinct source filesystem.
-        let mut inputs: Vec<Out> = st.root.into_iter().collect();
+        let mut inputs: Vec<Out> = if link {
+            Vec::new()
+        } else {
+            st.root.into_iter().collect()
+        };
         let mut secondaries = Vec::new();
         for c in &copies {
             let idx = match c.fs {
@@ -461,12 +511,51 @@ impl Lowerer<'_> {
             .collect();
         cap_list.sort_unstable();
         cap_list.dedup();
-        let md = metadata(&name, Some(&ins.original), &cap_list);
-        let _ = flags.link;
-        let node = self
+        let mut md = metadata(&name, Some(&ins.original), &cap_list);
+        if !link {
+            let node = self
+                .graph
+                .add(file_op(actions), inputs, md, Some(ins.location));
+            st.root = Some(Out { node, index: 0 });
+            st.commit(history, true, true);
+            return Ok(());
+        }
+        self.progress_groups += 1;
+        let group = |weak| pb::ProgressGroup {
+            id: format!("copy-link-{}", self.progress_groups),
+            name: name.clone(),
+            weak,
+        };
+        md.progress_group = Some(group(true));
+        let copied = self
             .graph
             .add(file_op(actions), inputs, md, Some(ins.location));
-        st.root = Some(Out { node, index: 0 });
+        let copied = Out {
+            node: copied,
+            index: 0,
+        };
+        // A merge with a scratch stage is the copy itself (`llb.Merge` drops scratch inputs).
+        st.root = Some(match st.root {
+            None => copied,
+            Some(root) => {
+                st.cmd_index -= 1;
+                let link_name = prefix_command(st, &format!("LINK {raw_name}"));
+                let mut md = metadata(&link_name, None, &[caps::CAP_MERGEOP]);
+                md.progress_group = Some(group(false));
+                let merge = pb::Op {
+                    op: Some(pb::op::Op::Merge(pb::MergeOp {
+                        inputs: vec![pb::MergeInput { input: 0 }, pb::MergeInput { input: 1 }],
+                    })),
+                    platform: None,
+                    constraints: Some(pb::WorkerConstraints::default()),
+                    ..Default::default()
+                };
+                let node = self
+                    .graph
+                    .add(merge, vec![root, copied], md, Some(ins.location));
+                Out { node, index: 0 }
+            }
+        });
         st.commit(history, true, true);
         Ok(())
     }
@@ -523,10 +612,11 @@ struct CopyFlags<'a> {
     add: bool,
     unpack: Option<bool>,
     checksum: &'a str,
+    keep_git_dir: bool,
 }
 
 fn is_http(s: &str) -> bool {
-    (s.starts_with("http://") || s.starts_with("https://")) && !s.ends_with(".git")
+    (s.starts_with("http://") || s.starts_with("https://")) && parse_git_ref(s).is_none()
 }
 
 /// The file name BuildKit gives a downloaded URL: the last path segment or `__unnamed__`.

@@ -244,9 +244,14 @@ impl Lowerer<'_> {
         let mut ssh_count = 0;
         for (i, raw) in r.mounts.iter().enumerate() {
             let lex = self.lex;
-            let env = st.env.clone();
-            let expand = move |w: &str| lex.process_word(w, &env).map_err(ErrorKind::Shell);
+            let unmatched = std::cell::RefCell::new(std::collections::BTreeSet::new());
+            let expand = |w: &str| {
+                let e = lex.process(w, &st.env).map_err(ErrorKind::Shell)?;
+                unmatched.borrow_mut().extend(e.unmatched);
+                Ok(e.result)
+            };
             let m = parse_mount(raw, &expand).map_err(|e| (None, e))?;
+            self.report_unmatched(st, &unmatched.into_inner());
             match m.kind.as_str() {
                 "secret" => {
                     let id = if !m.source.is_empty() {

@@ -15,7 +15,11 @@ pub(crate) fn prefix_command(st: &mut StageState, s: &str) -> String {
     } else {
         format!("{} ", st.display)
     };
-    format!("[{stage}{:>width$}/{}] {s}", st.cmd_index, st.cmd_total)
+    let onbuild = if st.in_trigger { "ONBUILD " } else { "" };
+    format!(
+        "[{stage}{:>width$}/{}] {onbuild}{s}",
+        st.cmd_index, st.cmd_total
+    )
 }
 
 /// Upper-cases the first word (the keyword).

@@ -2,6 +2,7 @@
 //! environment (ENV and ARG values, in BuildKit's order), working dir, user, and image config.
 
 use crate::config::{History, ImageConfig, RootFs};
+use crate::error::Location;
 use crate::lower::graph::Out;
 use crate::platform::Platform;
 use crate::shell::EnvList;
@@ -41,6 +42,12 @@ pub(crate) struct StageState {
     pub workdir_set: bool,
     /// SOURCE_DATE_EPOCH, as RFC 3339, for history entries.
     pub created: Option<String>,
+    /// Where this stage last set CMD, ENTRYPOINT and HEALTHCHECK (MultipleInstructionsDisallowed).
+    pub cmd_at: Option<Location>,
+    pub entrypoint_at: Option<Location>,
+    pub healthcheck_at: Option<Location>,
+    /// The instruction being lowered is an ONBUILD trigger of the base (progress names say so).
+    pub in_trigger: bool,
 }
 
 impl StageState {
@@ -60,6 +67,10 @@ impl StageState {
             cmd_set: false,
             workdir_set: false,
             created: None,
+            cmd_at: None,
+            entrypoint_at: None,
+            healthcheck_at: None,
+            in_trigger: false,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Line joining: turns the file into one [`Node`] per instruction.
 
 use crate::error::{ErrorKind, Location, Warning};
+use crate::lint;
 use crate::parser::directives::{Directive, DirectiveParser};
 use crate::parser::heredoc::{Heredoc, heredocs_from_line};
 use crate::parser::words::{JsonArgs, extract_flags, parse_json_array};
@@ -178,11 +179,12 @@ pub fn parse_lines(text: &str) -> Result<ParsedFile, LineError> {
         }
         let location = Location::new(start, column, current);
         if has_empty {
-            warnings.push(Warning {
-                rule: "NoEmptyContinuation".into(),
-                message: "Empty continuation line found; empty continuation lines will become errors in a future release".into(),
-                location: Some(location),
-            });
+            // BuildKit reports it on the instruction's last line.
+            warnings.push(lint::warning(
+                lint::NO_EMPTY_CONTINUATION,
+                "Empty continuation line".into(),
+                Some(Location::new(current, 1, current)),
+            ));
         }
         let (keyword, flags, rest) = node_from_line(&buf, d.escape);
         let mut heredocs = Vec::new();

@@ -102,8 +102,9 @@ pub fn assemble(
         "schemaVersion": 2,
         "mediaType": MEDIA_TYPE_MANIFEST,
         "config": config_desc,
+        // An OCI manifest names every layer with an OCI type, also those of a Docker-typed base.
         "layers": layers.iter().map(|l| Descriptor {
-            media_type: l.media_type.clone(),
+            media_type: crate::export::mediatypes::oci_layer_type(&l.media_type).to_string(),
             digest: l.digest.clone(),
             size: l.size,
             annotations: Default::default(),
@@ -237,6 +238,17 @@ mod tests {
         assert_eq!(m["config"]["digest"], json!(a.config_desc.digest));
         assert_eq!(m["layers"][0]["digest"], json!(layer(1).digest));
         assert_eq!(m["layers"][0]["size"], json!(10));
+    }
+
+    #[test]
+    fn docker_typed_base_layers_get_oci_types_in_an_oci_manifest() {
+        let mut base = layer(1);
+        base.media_type = crate::export::mediatypes::DOCKER_LAYER_GZIP.into();
+        let img = assemble(b"{}", &[base, layer(2)]).unwrap();
+        let m: Value = serde_json::from_slice(&img.manifest).unwrap();
+        for l in m["layers"].as_array().unwrap() {
+            assert_eq!(l["mediaType"], json!(crate::layer::MEDIA_TYPE_LAYER_GZIP));
+        }
     }
 
     #[test]

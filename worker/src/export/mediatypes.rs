@@ -37,6 +37,19 @@ pub fn docker_layer_type(media_type: &str) -> Option<&'static str> {
     })
 }
 
+/// The OCI media type for an (OCI or Docker) layer media type: what a layer inherited from a
+/// Docker-typed base image is called inside an OCI manifest (the bytes are the same).
+pub fn oci_layer_type(media_type: &str) -> &str {
+    match media_type {
+        DOCKER_LAYER_GZIP => "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        }
+        other => other,
+    }
+}
+
 /// `img` with Docker v2s2 media types in its manifest (and a new manifest digest).
 pub fn to_docker(img: &ImageManifest) -> Result<ImageManifest, MediaTypeError> {
     let bad = MediaTypeError;
@@ -86,6 +99,18 @@ mod tests {
     use super::*;
     use crate::export::assemble;
     use crate::layer::LayerBlob;
+
+    #[test]
+    fn docker_layers_get_oci_names() {
+        assert_eq!(
+            oci_layer_type(DOCKER_LAYER_GZIP),
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+        assert_eq!(
+            oci_layer_type("application/vnd.oci.image.layer.v1.tar+zstd"),
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+    }
 
     #[test]
     fn rewrites_every_media_type() {

@@ -1,5 +1,5 @@
-//! SourceOp: `docker-image://` (pulled into containerd snapshots) and `local://` (a host
-//! directory handed in by the caller).
+//! SourceOp: `docker-image://` (pulled into containerd snapshots), `local://` (a host
+//! directory handed in by the caller), `http(s)://` (`http.rs`) and `git://` (`git.rs`).
 
 use memobuild_proto::{attr, pb};
 
@@ -38,6 +38,12 @@ impl Solve {
                 exclude,
                 include,
             })]);
+        }
+        if crate::ops::http::is_http(&src.identifier) {
+            return self.http_source(digest, &src).await;
+        }
+        if src.identifier.starts_with(attr::SCHEME_GIT) {
+            return self.git_source(digest, &src).await;
         }
         Err(self.error(
             digest,

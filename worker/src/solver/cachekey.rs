@@ -15,8 +15,9 @@ const MAX_FILE_COMPONENTS: usize = 10_000;
 
 impl Solve {
     /// The MemoBuild key of a vertex and its components, or `None` when its result is not cached:
-    /// local sources (cheap, and read live), images named by tag only (the tag may move), and
-    /// ops whose inputs the key cannot describe yet.
+    /// local sources (cheap, and read live), images named by tag only (the tag may move), URLs
+    /// without a checksum, and ops whose inputs the key cannot describe yet. A git source's key
+    /// holds the commit its ref resolves to now.
     pub(crate) async fn cache_key(
         &self,
         digest: &str,
@@ -25,8 +26,19 @@ impl Solve {
     ) -> Result<Option<(String, BTreeMap<String, String>)>, SolveError> {
         let mut k = match &op.op {
             Some(pb::op::Op::Source(s)) => {
-                let pinned = s.identifier.starts_with(attr::SCHEME_DOCKER_IMAGE)
-                    && s.identifier.contains("@sha256:");
+                let id = &s.identifier;
+                if id.starts_with(attr::SCHEME_GIT) {
+                    // A branch or tag can move: the key is the commit it names now.
+                    let commit = self.git_commit(digest, s).await?;
+                    let mut k = op_components(op);
+                    k.add("commit", commit);
+                    return Ok(Some(k.finish()));
+                }
+                // A URL with a checksum is pinned; one without is fetched every build and not
+                // recorded (its content-identical layer lets what copies it hit instead).
+                let pinned = (id.starts_with(attr::SCHEME_DOCKER_IMAGE) && id.contains("@sha256:"))
+                    || ((id.starts_with(attr::SCHEME_HTTPS) || id.starts_with(attr::SCHEME_HTTP))
+                        && s.attrs.contains_key(attr::ATTR_HTTP_CHECKSUM));
                 return Ok(pinned.then(|| op_components(op).finish()));
             }
             Some(pb::op::Op::Exec(_)) | Some(pb::op::Op::File(_)) => op_components(op),
