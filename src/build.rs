@@ -326,6 +326,18 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
     .await;
     // Uploads to the remote cache run per vertex as it finishes; wait for the last ones.
     worker.flush_uploads().await;
+    if let Some(max) = args.cache_max_size {
+        match crate::cache_cmd::auto_prune(&state, max) {
+            Ok((0, _)) => {}
+            Ok((n, bytes)) => {
+                progress.send(memobuild_worker::progress::ProgressEvent::Message(format!(
+                    "cache: removed {n} least recently used entries ({})",
+                    crate::cache_cmd::human_size(bytes)
+                )))
+            }
+            Err(e) => tracing::warn!("cache GC: {e:#}"),
+        }
+    }
     drop(progress);
     let _ = renderer.await;
     worker.close().await;

@@ -399,6 +399,40 @@ fn choose(
     remove
 }
 
+/// Entries used this recently are never removed by the automatic GC: another build on the same
+/// state directory may be about to read them.
+const AUTO_GC_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The automatic GC after a build (`build --cache-max-size`): least recently used records and
+/// blobs go until the local cache fits in `max_size`, sparing anything used in the last
+/// [`AUTO_GC_GRACE`] (and every blob a kept record names). Returns (entries, bytes) removed.
+pub fn auto_prune(state: &Path, max_size: u64) -> anyhow::Result<(usize, u64)> {
+    let items = scan(state)?;
+    let total: u64 = items.iter().map(|i| i.size).sum();
+    if total <= max_size {
+        return Ok((0, 0));
+    }
+    let grace = SystemTime::now()
+        .checked_sub(AUTO_GC_GRACE)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut removed = (0, 0);
+    for i in choose(&items, false, Some(max_size), None) {
+        let item = &items[i];
+        if item.last_used >= grace {
+            continue;
+        }
+        if item.paths.iter().all(|p| match fs::remove_file(p) {
+            Ok(()) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }) {
+            removed.0 += 1;
+            removed.1 += item.size;
+        }
+    }
+    remove_empty_shards(&record_dir(state));
+    Ok(removed)
+}
+
 fn remove_empty_shards(dir: &Path) {
     if let Ok(shards) = fs::read_dir(dir) {
         for shard in shards.flatten() {

@@ -118,6 +118,10 @@ pub struct BuildArgs {
         hide_env_values = true
     )]
     pub remote_cache_token: Option<String>,
+    /// After the build, shrink the local cache (layer blobs and records, least recently used
+    /// first, sparing what was used in the last 10 minutes) to this size, e.g. `20GB`.
+    #[arg(long, value_name = "SIZE", env = "MEMOBUILD_CACHE_MAX_SIZE", value_parser = crate::cache_cmd::parse_size)]
+    pub cache_max_size: Option<u64>,
     /// A secret for `RUN --mount=type=secret`, as buildx: `id=ID,src=PATH` (a file),
     /// `id=ID,env=VAR` (an environment variable), or `id=ID` (the variable ID if set, else the
     /// file ID); may be given several times.

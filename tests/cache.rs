@@ -292,3 +292,56 @@ fn a_build_killed_midway_leaves_a_usable_cache() {
         cached(&out)
     );
 }
+
+#[test]
+fn cache_max_size_shrinks_the_local_cache_after_a_build() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nRUN head -c 300000 /dev/urandom > /noise\n",
+    );
+    build(&sb, &env, &[]);
+    let blobs = sb.state().join("blobs/sha256");
+    let count = || {
+        std::fs::read_dir(&blobs)
+            .expect("blobs")
+            .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_file()))
+            .count()
+    };
+    let before = count();
+    // Age every entry past the 10-minute grace period, as if the build were long ago.
+    let old = filetime::FileTime::from_unix_time(1_000_000_000, 0);
+    for dir in [blobs.clone(), sb.state().join("cache/ac")] {
+        for e in walk(&dir) {
+            filetime::set_file_times(&e, old, old).expect("age");
+        }
+    }
+    // A different Dockerfile, so this build's own entries are new and the old ones can go.
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nRUN echo small > /small\n",
+    );
+    let out = build(&sb, &env, &["--cache-max-size", "1KB"]);
+    assert!(stderr(&out).contains("cache: removed"), "{}", stderr(&out));
+    assert_eq!(count(), before, "the old RUN layer went, the new one came");
+    // The next build of the same Dockerfile is still fully cached: recent entries were spared.
+    let again = build(&sb, &env, &["--cache-max-size", "1KB"]);
+    assert!(executed(&again).is_empty(), "{:?}", executed(&again));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -107,6 +107,8 @@ impl ActionCache {
         if let Ok(mut m) = self.memory.lock() {
             m.insert(key.to_string(), record.clone());
         }
+        // Mark the record used, for the least-recently-used GC (relatime mounts would not).
+        let _ = filetime::set_file_atime(&path, filetime::FileTime::now());
         Some(record)
     }
 
