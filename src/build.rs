@@ -219,6 +219,7 @@ pub async fn lower(args: LowerArgs) -> anyhow::Result<()> {
     let registry = Arc::new(Registry::new(memobuild_worker::registry_config(
         &WorkerConfig {
             insecure_registries: args.frontend.insecure_registries.clone(),
+            credentials: Some(Arc::new(crate::credentials::DockerCredentials::load())),
             ..WorkerConfig::default()
         },
     )));
@@ -259,6 +260,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
         containerd_socket: Some(containerd.socket().to_path_buf()),
         state_dir: state.clone(),
         insecure_registries: args.frontend.insecure_registries.clone(),
+        credentials: Some(Arc::new(crate::credentials::DockerCredentials::load())),
         remote_cache: args.remote_cache.clone(),
         remote_cache_token: args.remote_cache_token.clone(),
         ..WorkerConfig::default()

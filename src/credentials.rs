@@ -196,6 +196,40 @@ fn run_helper_program(program: &Path, server: &str) -> anyhow::Result<Option<Cre
     }))
 }
 
+/// Docker's config as the worker's credential source for pulls: read once, credential helpers
+/// run per host when a registry is first contacted. A config that cannot be read or a helper
+/// that fails means anonymous access, with a warning, as a pull of a public image should not
+/// fail over a broken credential setup.
+pub struct DockerCredentials {
+    config: Option<DockerConfig>,
+}
+
+impl DockerCredentials {
+    /// Loads `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, if there is one.
+    pub fn load() -> DockerCredentials {
+        let config = config_path().and_then(|p| match DockerConfig::load(&p) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("ignoring `{}`: {e:#}", p.display());
+                None
+            }
+        });
+        DockerCredentials { config }
+    }
+}
+
+impl memobuild_worker::registry::CredentialProvider for DockerCredentials {
+    fn credentials(&self, host: &str) -> Option<Credentials> {
+        match self.config.as_ref()?.credentials_for(host) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("no credentials for `{host}`: {e:#}");
+                None
+            }
+        }
+    }
+}
+
 /// Credentials for each of `hosts` (as `Registry`/`Pusher` look them up), from Docker's config.
 pub fn for_hosts(hosts: &[String]) -> anyhow::Result<HashMap<String, Credentials>> {
     let mut out = HashMap::new();

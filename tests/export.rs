@@ -664,6 +664,21 @@ fn basic_auth_registry_needs_the_credentials_from_docker_config() {
     let out = build(&sb, &env, &helpers, Some(&bin), &["-t", &name2, "--push"]);
     assert_ok(&out, "push with a credential helper");
     assert_eq!(pushed_lines(&out).len(), 1);
+
+    // Pulls use the same credentials: a base image in the private registry builds with them
+    // (fresh state dir, so the base really comes from the registry) and fails without them.
+    let child = Sandbox::new();
+    child.write(
+        "Dockerfile",
+        &format!("FROM {name}\nRUN echo derived > /derived\n"),
+    );
+    let out = build(&child, &env, &good, None, &[]);
+    assert_ok(&out, "pull a private base image with credentials");
+    let anon = Sandbox::new();
+    anon.write("Dockerfile", &format!("FROM {name}\nRUN true\n"));
+    let out = build(&anon, &env, &empty_docker_config(&anon), None, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(error_line(&out).contains(&reg.addr), "{}", error_line(&out));
 }
 
 /// A fake registry front: fails the requests `fail` picks with HTTP 500 and proxies the rest to

@@ -63,6 +63,8 @@ pub struct WorkerConfig {
     pub remote_cache: Option<String>,
     /// Bearer token for the remote cache.
     pub remote_cache_token: Option<String>,
+    /// Registry credentials (for pulls), asked per host.
+    pub credentials: Option<Arc<dyn registry::CredentialProvider>>,
 }
 
 impl Default for WorkerConfig {
@@ -74,6 +76,7 @@ impl Default for WorkerConfig {
             insecure_registries: Vec::new(),
             remote_cache: None,
             remote_cache_token: None,
+            credentials: None,
         }
     }
 }
@@ -294,6 +297,7 @@ pub async fn resolve_image_config(
 pub fn registry_config(cfg: &WorkerConfig) -> RegistryConfig {
     RegistryConfig {
         insecure: cfg.insecure_registries.clone(),
+        provider: cfg.credentials.clone(),
         ..RegistryConfig::default()
     }
 }

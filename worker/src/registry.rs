@@ -189,13 +189,28 @@ pub struct Credentials {
     pub password: String,
 }
 
+/// Looks up credentials for a registry host when the static map has none (the binary reads
+/// `~/.docker/config.json` and credential helpers behind it; the worker reads no files).
+pub trait CredentialProvider: Send + Sync {
+    /// Credentials for `host` (`host` or `host:port`), or `None` for anonymous access.
+    fn credentials(&self, host: &str) -> Option<Credentials>;
+}
+
+impl std::fmt::Debug for dyn CredentialProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredentialProvider")
+    }
+}
+
 /// Registry client settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RegistryConfig {
     /// Hosts (`host` or `host:port`) reached over plain HTTP in addition to loopback ones.
     pub insecure: Vec<String>,
     /// Credentials by registry host (`docker.io` also matches `index.docker.io`); anonymous otherwise.
     pub credentials: HashMap<String, Credentials>,
+    /// Asked for hosts missing from `credentials` (once per host; the answer is kept).
+    pub provider: Option<Arc<dyn CredentialProvider>>,
     /// Connect timeout (10 s when `None`).
     pub connect_timeout: Option<Duration>,
 }
@@ -371,6 +386,22 @@ struct HostClient {
 pub struct Registry {
     config: RegistryConfig,
     hosts: Mutex<HashMap<String, Arc<HostClient>>>,
+    provided: Mutex<HashMap<String, Option<Credentials>>>,
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Credentials stay out of debug output.
+        f.debug_struct("RegistryConfig")
+            .field("insecure", &self.insecure)
+            .field(
+                "credential_hosts",
+                &self.credentials.keys().collect::<Vec<_>>(),
+            )
+            .field("provider", &self.provider.is_some())
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for Registry {
@@ -393,6 +424,7 @@ impl Registry {
         Registry {
             config,
             hosts: Mutex::new(HashMap::new()),
+            provided: Mutex::new(HashMap::new()),
         }
     }
 
@@ -442,11 +474,23 @@ impl Registry {
             .config
             .credentials
             .get(reference.registry())
-            .or_else(|| self.config.credentials.get(reference.resolve_registry()));
+            .or_else(|| self.config.credentials.get(reference.resolve_registry()))
+            .cloned()
+            .or_else(|| self.provided(reference.registry()));
         match creds {
-            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+            Some(c) => RegistryAuth::Basic(c.username, c.password),
             None => RegistryAuth::Anonymous,
         }
+    }
+
+    /// What the credential provider says for `host`, asked once per host and process.
+    fn provided(&self, host: &str) -> Option<Credentials> {
+        let provider = self.config.provider.as_ref()?;
+        let mut asked = self.provided.lock().ok()?;
+        asked
+            .entry(host.to_string())
+            .or_insert_with(|| provider.credentials(host))
+            .clone()
     }
 
     /// Client for the reference's registry, authenticated for its repository (anonymous or with
