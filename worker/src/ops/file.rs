@@ -463,6 +463,48 @@ fn owner_of(root: &Path, chown: Option<&pb::ChownOpt>) -> Result<Option<Owner>, 
     }
 }
 
+/// A pattern list, `None` when empty.
+fn matcher(patterns: &[String]) -> Result<Option<PatternMatcher>, String> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    PatternMatcher::new(patterns)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// The options of a copy from `src`. The copy's include/exclude patterns are matched relative
+/// to the source path it copies, the source's own (`.dockerignore`) relative to the source root,
+/// as BuildKit does; a symbolic `mode_str` wins over the octal `mode` (`-1`: keep).
+fn copy_options(
+    root: &Path,
+    c: &pb::FileActionCopy,
+    src: &SourceDir,
+) -> Result<CopyOptions, String> {
+    let mode_str = if c.mode_str.is_empty() {
+        None
+    } else {
+        Some(fsops::SymbolicMode::parse(&c.mode_str)?)
+    };
+    Ok(CopyOptions {
+        follow_symlink: c.follow_symlink,
+        dir_copy_contents: c.dir_copy_contents,
+        create_dest_path: c.create_dest_path,
+        allow_wildcard: c.allow_wildcard,
+        allow_empty_wildcard: c.allow_empty_wildcard,
+        owner: owner_of(root, c.owner.as_ref())?,
+        mode: (c.mode >= 0).then_some(c.mode as u32),
+        mode_str,
+        unpack: c.attempt_unpack_docker_compatibility,
+        mtime: time_of(c.timestamp),
+        include: matcher(&c.include_patterns)?,
+        exclude: matcher(&c.exclude_patterns)?,
+        context_include: src.include.clone().filter(|m| !m.is_empty()),
+        context_exclude: src.exclude.clone().filter(|m| !m.is_empty()),
+        source_owner: src.root_owned.then_some(Owner { uid: 0, gid: 0 }),
+    })
+}
+
 fn time_of(ns: i64) -> Option<i64> {
     (ns >= 0).then_some(ns / 1_000_000_000)
 }
@@ -483,35 +525,7 @@ fn apply(root: &Path, action: &pb::FileAction, source: Option<&SourceDir>) -> Re
                     ));
                 }
             };
-            let mut exclude_patterns: Vec<String> = src
-                .exclude
-                .iter()
-                .flat_map(|p| p.texts().map(str::to_string))
-                .collect();
-            exclude_patterns.extend(c.exclude_patterns.iter().cloned());
-            let exclude = if exclude_patterns.is_empty() {
-                None
-            } else {
-                Some(PatternMatcher::new(&exclude_patterns).map_err(|e| e.to_string())?)
-            };
-            let include = if c.include_patterns.is_empty() {
-                src.include.clone()
-            } else {
-                Some(PatternMatcher::new(&c.include_patterns).map_err(|e| e.to_string())?)
-            };
-            let opts = CopyOptions {
-                follow_symlink: c.follow_symlink,
-                dir_copy_contents: c.dir_copy_contents,
-                create_dest_path: c.create_dest_path,
-                allow_wildcard: c.allow_wildcard,
-                allow_empty_wildcard: c.allow_empty_wildcard,
-                owner: owner_of(root, c.owner.as_ref())?,
-                mode: (c.mode >= 0).then_some(c.mode as u32),
-                mtime: time_of(c.timestamp),
-                include,
-                exclude,
-                source_owner: src.root_owned.then_some(Owner { uid: 0, gid: 0 }),
-            };
+            let opts = copy_options(root, c, &src)?;
             fsops::copy(&src.path, &c.src, root, &c.dest, &opts).map_err(|e| e.to_string())
         }
         Some(Action::Mkdir(m)) => {
@@ -677,5 +691,54 @@ mod tests {
         let negative = plan(&op(vec![action(-2, -1, 0, false)]), 1);
         assert!(negative.is_err());
         assert!(plan(&op(vec![]), 0).is_err());
+    }
+
+    #[test]
+    fn copy_options_keep_the_pattern_sets_apart_and_prefer_mode_strings() {
+        let root = tempfile::tempdir().unwrap();
+        let src = SourceDir {
+            path: root.path().to_path_buf(),
+            exclude: Some(PatternMatcher::new(&["ignored.txt"]).unwrap()),
+            include: None,
+            root_owned: true,
+        };
+        let c = pb::FileActionCopy {
+            mode: 0,
+            mode_str: "u+x,go-w".into(),
+            exclude_patterns: vec!["*.bak".into()],
+            attempt_unpack_docker_compatibility: true,
+            ..Default::default()
+        };
+        let o = copy_options(root.path(), &c, &src).unwrap();
+        assert_eq!(
+            o.mode_str.as_ref().map(|m| m.apply(0o644, false)),
+            Some(0o744)
+        );
+        assert!(o.unpack);
+        assert!(o.exclude.as_ref().is_some_and(|x| x.matches("a.bak")));
+        assert!(!o.exclude.as_ref().is_some_and(|x| x.matches("ignored.txt")));
+        assert!(
+            o.context_exclude
+                .as_ref()
+                .is_some_and(|x| x.matches("ignored.txt"))
+        );
+        assert!(o.include.is_none());
+        // Octal alone: -1 keeps, 0 is 0000.
+        let keep = pb::FileActionCopy {
+            mode: -1,
+            ..Default::default()
+        };
+        let o = copy_options(root.path(), &keep, &src).unwrap();
+        assert_eq!((o.mode, o.mode_str.is_none()), (None, true));
+        let zero = pb::FileActionCopy::default();
+        assert_eq!(
+            copy_options(root.path(), &zero, &src).unwrap().mode,
+            Some(0)
+        );
+        let bad = pb::FileActionCopy {
+            mode_str: "u+q".into(),
+            ..Default::default()
+        };
+        assert!(copy_options(root.path(), &bad, &src).is_err());
     }
 }
