@@ -1,0 +1,205 @@
+//! End to end: COPY/ADD behaviours compared against BuildKit v0.11.6 on the same LLB — ADD
+//! unpacks local tar archives (and refuses hostile ones), symbolic `--chmod`, `--exclude`
+//! relative to the copied source, and `.dockerignore` hiding even explicitly named files.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use common::{Env, Sandbox, assert_ok, stderr};
+
+/// A tar member: name, type flag, mode, uid, gid, link target, data.
+struct Member<'a> {
+    name: &'a str,
+    kind: u8,
+    mode: u32,
+    owner: (u32, u32),
+    link: &'a str,
+    data: &'a [u8],
+}
+
+fn octal(field: &mut [u8], v: u64) {
+    let s = format!("{:0w$o}\0", v, w = field.len() - 1);
+    field.copy_from_slice(s.as_bytes());
+}
+
+/// A ustar archive written by hand, so member names can be anything (even `../escape`).
+fn tar(members: &[Member]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for m in members {
+        let mut h = [0u8; 512];
+        h[..m.name.len()].copy_from_slice(m.name.as_bytes());
+        octal(&mut h[100..108], u64::from(m.mode));
+        octal(&mut h[108..116], u64::from(m.owner.0));
+        octal(&mut h[116..124], u64::from(m.owner.1));
+        octal(&mut h[124..136], m.data.len() as u64);
+        octal(&mut h[136..148], 1_600_000_000);
+        h[156] = m.kind;
+        h[157..157 + m.link.len()].copy_from_slice(m.link.as_bytes());
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(m.data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+fn gzip(data: &[u8], path: &Path) {
+    std::fs::write(path, data).expect("write tar");
+    let out = common::run({
+        let mut c = std::process::Command::new("gzip");
+        c.arg("-n").arg(path);
+        c
+    });
+    assert_ok(&out, "gzip");
+}
+
+/// Builds the context's Dockerfile and exports the result to a local directory.
+fn build_local(env: &Env, sb: &Sandbox) -> (std::process::Output, PathBuf) {
+    let dest = sb.path("out");
+    let out = sb.build(
+        env,
+        &["--output", &format!("type=local,dest={}", dest.display())],
+    );
+    (out, dest)
+}
+
+fn mode(p: &Path) -> (u32, u32, u32) {
+    let md = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (md.mode() & 0o7777, md.uid(), md.gid())
+}
+
+#[test]
+fn add_extracts_a_local_tar_gz_with_modes_owners_and_symlinks() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "FROM scratch\nADD pkg.tar.gz /opt/\nCOPY pkg.tar.gz /copied/\n",
+    );
+    let archive = tar(&[
+        Member {
+            name: "pkg/",
+            kind: b'5',
+            mode: 0o755,
+            owner: (0, 0),
+            link: "",
+            data: b"",
+        },
+        Member {
+            name: "pkg/data.txt",
+            kind: b'0',
+            mode: 0o640,
+            owner: (5, 6),
+            link: "",
+            data: b"hello\n",
+        },
+        Member {
+            name: "pkg/link",
+            kind: b'2',
+            mode: 0o777,
+            owner: (0, 0),
+            link: "data.txt",
+            data: b"",
+        },
+    ]);
+    gzip(&archive, &sb.context().join("pkg.tar"));
+    let (out, dest) = build_local(&env, &sb);
+    assert_ok(&out, "memobuild build");
+    let data = dest.join("opt/pkg/data.txt");
+    assert_eq!(std::fs::read_to_string(&data).expect("data"), "hello\n");
+    assert_eq!(mode(&data), (0o640, 5, 6));
+    assert_eq!(
+        std::fs::read_link(dest.join("opt/pkg/link")).expect("link"),
+        Path::new("data.txt")
+    );
+    assert!(!dest.join("opt/pkg.tar.gz").exists());
+    // COPY never unpacks.
+    assert!(dest.join("copied/pkg.tar.gz").is_file());
+}
+
+#[test]
+fn add_of_a_hostile_tar_does_not_write_outside_the_destination() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write("Dockerfile", "FROM scratch\nADD evil.tar /x/y/\n");
+    let archive = tar(&[Member {
+        name: "../escape",
+        kind: b'0',
+        mode: 0o644,
+        owner: (0, 0),
+        link: "",
+        data: b"escaped\n",
+    }]);
+    std::fs::write(sb.context().join("evil.tar"), archive).expect("write");
+    let (out, dest) = build_local(&env, &sb);
+    assert!(!out.status.success(), "hostile archive was accepted");
+    assert!(stderr(&out).contains("outside"), "{}", stderr(&out));
+    assert!(!dest.join("x/escape").exists() && !dest.join("escape").exists());
+}
+
+#[test]
+fn symbolic_chmod_applies_like_chmod() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "FROM scratch\nCOPY --chmod=u+x,go-w f.txt /f.txt\nCOPY --chmod=a=rX d /d\n",
+    )
+    .write("f.txt", "f\n")
+    .write("d/g.txt", "g\n");
+    let set = |rel: &str, m: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(sb.context().join(rel), std::fs::Permissions::from_mode(m))
+            .expect("chmod");
+    };
+    set("f.txt", 0o644);
+    set("d/g.txt", 0o664);
+    set("d", 0o755);
+    let (out, dest) = build_local(&env, &sb);
+    assert_ok(&out, "memobuild build");
+    assert_eq!(mode(&dest.join("f.txt")).0, 0o744);
+    assert_eq!(mode(&dest.join("d/g.txt")).0, 0o444);
+    assert_eq!(mode(&dest.join("d")).0, 0o555);
+}
+
+#[test]
+fn add_exclude_is_relative_to_the_copied_source() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "FROM scratch\nADD --exclude=*.bak conf/ /etc/conf/\n",
+    )
+    .write("conf/a.conf", "a\n")
+    .write("conf/a.bak", "old\n")
+    .write("conf/secret.conf", "s\n")
+    .write(".dockerignore", "conf/secret.conf\n");
+    let (out, dest) = build_local(&env, &sb);
+    assert_ok(&out, "memobuild build");
+    assert!(dest.join("etc/conf/a.conf").is_file());
+    assert!(!dest.join("etc/conf/a.bak").exists(), "--exclude=*.bak");
+    assert!(!dest.join("etc/conf/secret.conf").exists(), ".dockerignore");
+}
+
+#[test]
+fn copy_of_an_ignored_file_is_not_found() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write("Dockerfile", "FROM scratch\nCOPY ignored.txt /\n")
+        .write("ignored.txt", "i\n")
+        .write(".dockerignore", "ignored.txt\n");
+    let (out, _) = build_local(&env, &sb);
+    assert!(!out.status.success(), "an ignored file was copied");
+    assert!(
+        stderr(&out).contains("\"/ignored.txt\": not found"),
+        "{}",
+        stderr(&out)
+    );
+}
