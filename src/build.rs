@@ -158,14 +158,6 @@ async fn lower_with(
     Ok(lowered)
 }
 
-/// `--state-dir`, else `$HOME/.local/share/memobuild`, else `/var/lib/memobuild`.
-fn state_dir(arg: Option<PathBuf>) -> PathBuf {
-    arg.unwrap_or_else(|| match std::env::var_os("HOME") {
-        Some(h) => Path::new(&h).join(".local/share/memobuild"),
-        None => PathBuf::from("/var/lib/memobuild"),
-    })
-}
-
 /// The identity of a build target for `memobuild why`: context, Dockerfile and target.
 fn build_id(context: &Path, file: Option<&Path>, target: Option<&str>) -> String {
     let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
@@ -197,7 +189,7 @@ fn render_explanations(h: &History) -> String {
 
 /// `memobuild why`: the explanations saved by the last build of this target.
 pub fn why(args: WhyArgs) -> anyhow::Result<()> {
-    let state = state_dir(args.state_dir.clone());
+    let state = crate::cli::state_dir(args.state_dir.clone());
     let path = memobuild_worker::cache::history::path_for(
         &state,
         &build_id(&args.context, args.file.as_deref(), args.target.as_deref()),
@@ -252,7 +244,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
         output::apply_push(&mut outputs, &args.tags)?;
     }
     output::validate(&outputs)?;
-    let state = state_dir(args.state_dir.clone());
+    let state = crate::cli::state_dir(args.state_dir.clone());
     // The given containerd, else the system's, else an embedded one (stopped at the end).
     let containerd =
         crate::embedded::Containerd::select(args.containerd.as_deref(), &state).await?;

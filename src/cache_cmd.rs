@@ -27,14 +27,6 @@ pub fn run(args: CacheArgs) -> anyhow::Result<()> {
 }
 
 /// The state directory: `--state-dir`, else `$HOME/.local/share/memobuild`, else
-/// `/var/lib/memobuild` (the same default as `memobuild build`).
-fn state_dir(arg: Option<PathBuf>) -> PathBuf {
-    arg.unwrap_or_else(|| match std::env::var_os("HOME") {
-        Some(h) => Path::new(&h).join(".local/share/memobuild"),
-        None => PathBuf::from("/var/lib/memobuild"),
-    })
-}
-
 fn blob_dir(state: &Path) -> PathBuf {
     state.join("blobs").join("sha256")
 }
@@ -193,7 +185,7 @@ impl Tally {
 
 /// `memobuild cache du`.
 fn du(args: CacheDuArgs) -> anyhow::Result<()> {
-    let state = state_dir(args.state_dir);
+    let state = crate::cli::state_dir(args.state_dir);
     if !state.is_dir() {
         bail!("no state directory `{}`", state.display());
     }
@@ -263,7 +255,7 @@ fn prune(args: CachePruneArgs) -> anyhow::Result<()> {
     if !args.all && args.keep_size.is_none() && args.keep_duration.is_none() {
         bail!("say what to keep: `--keep-size BYTES`, `--keep-duration DURATION` or `--all`");
     }
-    let state = state_dir(args.state_dir);
+    let state = crate::cli::state_dir(args.state_dir);
     if !state.is_dir() {
         bail!("no state directory `{}`", state.display());
     }

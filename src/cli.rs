@@ -321,6 +321,14 @@ pub struct LowerArgs {
     pub format: LowerFormat,
 }
 
+/// `--state-dir`, else `$HOME/.local/share/memobuild`, else `/var/lib/memobuild`.
+pub fn state_dir(arg: Option<PathBuf>) -> PathBuf {
+    arg.unwrap_or_else(|| match std::env::var_os("HOME") {
+        Some(h) => std::path::Path::new(&h).join(".local/share/memobuild"),
+        None => PathBuf::from("/var/lib/memobuild"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,8 @@ mod source;
 
 use std::path::PathBuf;
 
-use crate::containerd::{Mount, overlay_upperdir};
+use crate::containerd::{Mount, MountGuard, overlay_upperdir};
+use crate::solver::{FsRef, Solve, SolveError};
 
 /// The directory writes to an active snapshot land in: the overlay upper directory, or for a
 /// snapshot without a parent (which the overlayfs snapshotter hands out as a bind mount) the
@@ -22,4 +23,34 @@ pub(crate) fn writable_dir(mounts: &[Mount]) -> Option<PathBuf> {
         [m] if m.r#type == "bind" => Some(PathBuf::from(&m.source)),
         _ => None,
     })
+}
+
+impl Solve {
+    /// Mounts a read-only view of `fs` (its snapshot made first if needed). Returns the mount
+    /// and the view's snapshot key, which the caller removes after unmounting.
+    pub(crate) async fn mount_view(
+        &self,
+        digest: &str,
+        fs: &FsRef,
+    ) -> Result<(MountGuard, String), SolveError> {
+        let snap = self
+            .worker
+            .ensure_snapshot(&self.name(digest), fs)
+            .await
+            .map_err(|e| self.error(digest, e.to_string()))?;
+        let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
+        let mounts = self
+            .worker
+            .ctd
+            .view(&key, &snap)
+            .await
+            .map_err(|e| self.error(digest, e.to_string()))?;
+        match MountGuard::mount(&mounts) {
+            Ok(g) => Ok((g, key)),
+            Err(e) => {
+                let _ = self.worker.ctd.remove(&key).await;
+                Err(self.error(digest, e.to_string()))
+            }
+        }
+    }
 }

@@ -61,8 +61,8 @@ impl Solve {
         views: &mut Vec<(MountGuard, String)>,
         dirs: &mut Vec<tempfile::TempDir>,
     ) -> Result<FsRef, SolveError> {
-        let lower_root = self.mount_view(digest, lower, views, dirs).await?;
-        let upper_root = self.mount_view(digest, upper, views, dirs).await?;
+        let lower_root = self.mount_fs_or_empty(digest, lower, views, dirs).await?;
+        let upper_root = self.mount_fs_or_empty(digest, upper, views, dirs).await?;
         let out = self.temp_dir().map_err(|m| self.error(digest, m))?;
         let out_path = out.path().to_path_buf();
         dirs.push(out);
@@ -87,7 +87,7 @@ impl Solve {
     }
 
     /// A read-only mount of `fs` (an empty directory for scratch).
-    async fn mount_view(
+    async fn mount_fs_or_empty(
         &self,
         digest: &str,
         fs: &FsRef,
@@ -100,29 +100,10 @@ impl Solve {
             dirs.push(t);
             return Ok(p);
         }
-        let snap = self
-            .worker
-            .ensure_snapshot(&self.name(digest), fs)
-            .await
-            .map_err(|e| self.error(digest, e.to_string()))?;
-        let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
-        let mounts = self
-            .worker
-            .ctd
-            .view(&key, &snap)
-            .await
-            .map_err(|e| self.error(digest, e.to_string()))?;
-        match MountGuard::mount(&mounts) {
-            Ok(g) => {
-                let p = g.path().to_path_buf();
-                views.push((g, key));
-                Ok(p)
-            }
-            Err(e) => {
-                let _ = self.worker.ctd.remove(&key).await;
-                Err(self.error(digest, e.to_string()))
-            }
-        }
+        let (g, key) = self.mount_view(digest, fs).await?;
+        let p = g.path().to_path_buf();
+        views.push((g, key));
+        Ok(p)
     }
 }
 

@@ -353,25 +353,7 @@ impl Solve {
                 })
             }
             Some(fs) => {
-                let snap = self
-                    .worker
-                    .ensure_snapshot(&self.name(digest), &fs)
-                    .await
-                    .map_err(|e| self.error(digest, e.to_string()))?;
-                let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
-                let mounts = self
-                    .worker
-                    .ctd
-                    .view(&key, &snap)
-                    .await
-                    .map_err(|e| self.error(digest, e.to_string()))?;
-                let guard = match MountGuard::mount(&mounts) {
-                    Ok(g) => g,
-                    Err(e) => {
-                        let _ = self.worker.ctd.remove(&key).await;
-                        return Err(self.error(digest, e.to_string()));
-                    }
-                };
+                let (guard, key) = self.mount_view(digest, &fs).await?;
                 let path = guard.path().to_path_buf();
                 st.views.push((guard, key));
                 Some(SourceDir {

@@ -191,20 +191,8 @@ impl Solve {
                     out.cleanups.push(Cleanup::Dir(t));
                     p
                 } else {
-                    let snap = self
-                        .worker
-                        .ensure_snapshot(&self.name(digest), &fs)
-                        .await
-                        .map_err(|e| err(e.to_string()))?;
-                    let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
-                    let mounts = self
-                        .worker
-                        .ctd
-                        .view(&key, &snap)
-                        .await
-                        .map_err(|e| err(e.to_string()))?;
+                    let (guard, key) = self.mount_view(digest, &fs).await?;
                     out.cleanups.push(Cleanup::RemoveSnapshot(key));
-                    let guard = MountGuard::mount(&mounts).map_err(|e| err(e.to_string()))?;
                     let p = guard.path().to_path_buf();
                     out.cleanups.push(Cleanup::Unmount(guard));
                     p
@@ -341,25 +329,7 @@ impl Solve {
         let mut view = None;
         let base = match &base_fs {
             Some(fs) if !dir.join("data").is_dir() || sharing == pb::CacheSharingOpt::Private => {
-                let snap = self
-                    .worker
-                    .ensure_snapshot(&self.name(digest), fs)
-                    .await
-                    .map_err(|e| err(e.to_string()))?;
-                let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
-                let mounts = self
-                    .worker
-                    .ctd
-                    .view(&key, &snap)
-                    .await
-                    .map_err(|e| err(e.to_string()))?;
-                let guard = match MountGuard::mount(&mounts) {
-                    Ok(g) => g,
-                    Err(e) => {
-                        let _ = self.worker.ctd.remove(&key).await;
-                        return Err(err(e.to_string()));
-                    }
-                };
+                let (guard, key) = self.mount_view(digest, fs).await?;
                 let root = guard.path().to_path_buf();
                 view = Some((guard, key));
                 Some(CacheBase {
