@@ -10,11 +10,12 @@ use memobuild_proto::pb;
 use memobuild_worker::progress::Progress;
 use memobuild_worker::registry::Registry;
 use memobuild_worker::solver::{SolveError, SolveOptions};
+use memobuild_worker::ssh::{PrivateAgent, SshAgents};
 use memobuild_worker::{Worker, WorkerConfig};
 use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::cli::{BuildArgs, FrontendArgs, LowerArgs, LowerFormat, WhyArgs};
+use crate::cli::{BuildArgs, FrontendArgs, LowerArgs, LowerFormat, SshSource, WhyArgs};
 use crate::output;
 use memobuild_worker::cache::history::History;
 
@@ -52,6 +53,17 @@ fn read_inputs(args: &FrontendArgs) -> anyhow::Result<Inputs> {
             return Err(e).with_context(|| format!("cannot read `{}`", ignore_file.display()));
         }
     };
+    let mut dockerignore = dockerignore;
+    if args.use_gitignore {
+        let ignored = memobuild_worker::gitignore::ignored_paths(&context).with_context(|| {
+            format!("reading the .gitignore files of `{}`", context.display())
+        })?;
+        dockerignore.extend(
+            ignored
+                .iter()
+                .map(|p| memobuild_worker::gitignore::literal_pattern(p)),
+        );
+    }
     let dockerfile_name = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -277,6 +289,8 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
         }
         let def = memobuild_proto::ParsedDefinition::try_from(lowered.definition.clone())
             .context("frontend produced an invalid definition")?;
+        // Private agents (for `--ssh ID=KEYFILE`) live until the build is over.
+        let (ssh, _private_agents) = ssh_agents(&args, &state).await?;
         let opts = SolveOptions {
             locals: HashMap::from([("context".to_string(), inputs.context.clone())]),
             layer: Default::default(),
@@ -284,6 +298,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
             platform: to_pb_platform(&frontend::Platform::host()),
             no_cache: args.no_cache,
             secrets: args.secrets()?,
+            ssh,
         };
         let solved = worker.solve(def, opts, progress.clone()).await?;
         let history_path = memobuild_worker::cache::history::path_for(
@@ -311,7 +326,8 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
             &progress,
             &outputs,
         )
-        .with_worker(worker.clone());
+        .with_worker(worker.clone())
+        .with_conversions(&state, &lowered.image_config);
         for out in outputs.drain(..) {
             exporter.export(out).await?;
         }
@@ -344,6 +360,31 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
     let digest = result?;
     println!("{digest}");
     Ok(())
+}
+
+/// The agents `--ssh` names: sockets as given, key files loaded into an `ssh-agent` of the
+/// build's own (returned, to be stopped when the build is over).
+async fn ssh_agents(
+    args: &BuildArgs,
+    state: &Path,
+) -> anyhow::Result<(SshAgents, Vec<PrivateAgent>)> {
+    let mut agents = SshAgents::new();
+    let mut private = Vec::new();
+    for (id, source) in args.ssh()? {
+        match source {
+            SshSource::Socket(p) => agents.insert(id, p),
+            SshSource::Keys(keys) => {
+                let dir = state.join("tmp");
+                let agent = tokio::task::spawn_blocking(move || PrivateAgent::start(&dir, &keys))
+                    .await
+                    .context("starting ssh-agent")?
+                    .with_context(|| format!("--ssh `{id}`"))?;
+                agents.insert(id, agent.socket());
+                private.push(agent);
+            }
+        }
+    }
+    Ok((agents, private))
 }
 
 /// Prints the failing process' last output lines, as buildx does, above the one-line error.

@@ -139,8 +139,9 @@ fn read_dir_if_exists(dir: &Path) -> anyhow::Result<Option<fs::ReadDir>> {
     }
 }
 
-/// The hex digests of the layer blobs a record names. An unreadable record names none (the
-/// build treats it as a miss anyway).
+/// The hex digests of the layer blobs a record names, over all its outputs (`layers` is output
+/// 0, `extra_outputs` the others). An unreadable record names none (the build treats it as a
+/// miss anyway).
 fn record_layers(path: &Path) -> Vec<String> {
     // Reading must not make the record look used: put its access time back afterwards.
     let atime = fs::metadata(path)
@@ -156,17 +157,18 @@ fn record_layers(path: &Path) -> Vec<String> {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
         return Vec::new();
     };
-    v["layers"]
-        .as_array()
-        .map(|layers| {
-            layers
-                .iter()
-                .filter_map(|l| l["digest"].as_str()?.strip_prefix("sha256:"))
-                .filter(|h| is_hex64(h))
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
+    let extra = v["extra_outputs"].as_array().into_iter().flatten();
+    let mut out: Vec<String> = std::iter::once(&v["layers"])
+        .chain(extra)
+        .filter_map(|chain| chain.as_array())
+        .flatten()
+        .filter_map(|l| l["digest"].as_str()?.strip_prefix("sha256:"))
+        .filter(|h| is_hex64(h))
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Files and bytes.
@@ -603,5 +605,31 @@ mod tests {
         );
         assert_eq!(choose(&items, true, None, None).len(), 6);
         assert!(choose(&items, false, Some(10_000), None).is_empty());
+    }
+
+    // Verifies: GC sees the blobs of every output of a record (`extra_outputs`), once each, and
+    // still reads records written before that field existed.
+    #[test]
+    fn record_layers_cover_every_output() -> anyhow::Result<()> {
+        let d = tempfile::tempdir()?;
+        let (a, b, c) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        let blob = |h: &str| serde_json::json!({"digest": format!("sha256:{h}"), "size": 1});
+        let multi = d.path().join("multi.json");
+        fs::write(
+            &multi,
+            serde_json::to_vec(&serde_json::json!({
+                "key": "k",
+                "layers": [blob(&a)],
+                "extra_outputs": [[blob(&b), blob(&a)], [], [blob(&c)]],
+            }))?,
+        )?;
+        assert_eq!(record_layers(&multi), [a.clone(), b, c]);
+        let old = d.path().join("old.json");
+        fs::write(
+            &old,
+            serde_json::to_vec(&serde_json::json!({"key": "k", "layers": [blob(&a)]}))?,
+        )?;
+        assert_eq!(record_layers(&old), [a]);
+        Ok(())
     }
 }

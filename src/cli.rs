@@ -17,6 +17,8 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image from a Dockerfile and a context directory.
@@ -52,6 +54,10 @@ pub struct FrontendArgs {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+    /// Also leave out of the context what its `.gitignore` files ignore (git's rules, nested
+    /// files; `.git` itself too), on top of `.dockerignore`.
+    #[arg(long, env = "MEMOBUILD_USE_GITIGNORE")]
+    pub use_gitignore: bool,
     /// Build context directory.
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,
@@ -127,6 +133,12 @@ pub struct BuildArgs {
     /// file ID); may be given several times.
     #[arg(long = "secret", value_name = "id=ID,src=PATH")]
     pub secrets: Vec<String>,
+    /// An SSH agent for `RUN --mount=type=ssh`, as buildx: `default` (or `ID`) for the agent at
+    /// $SSH_AUTH_SOCK, `ID=/path/agent.sock` for another agent, or `ID=/path/key[,/path/key2]`
+    /// for private key files (loaded into an `ssh-agent` started for the build); may be given
+    /// several times.
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEY[,KEY]]")]
+    pub ssh: Vec<String>,
 }
 
 impl BuildArgs {
@@ -149,6 +161,111 @@ impl BuildArgs {
         }
         Ok(out)
     }
+
+    /// Reads the `--ssh` flags: agent sockets (`$SSH_AUTH_SOCK` for a bare id) and the bytes of
+    /// key files (read here, once).
+    pub fn ssh(&self) -> anyhow::Result<Vec<(String, SshSource)>> {
+        let mut out: Vec<(String, SshSource)> = Vec::new();
+        for spec in &self.ssh {
+            let s = parse_ssh(spec)?;
+            if out.iter().any(|(id, _)| *id == s.id) {
+                anyhow::bail!("--ssh `{spec}`: id `{}` is given twice", s.id);
+            }
+            let paths = if s.paths.is_empty() {
+                let sock = std::env::var_os("SSH_AUTH_SOCK")
+                    .filter(|v| !v.is_empty())
+                    .with_context(|| {
+                        format!(
+                            "--ssh `{spec}`: SSH_AUTH_SOCK is not set (start an agent with `eval $(ssh-agent)` and `ssh-add`, or pass `--ssh {}=PATH`)",
+                            s.id
+                        )
+                    })?;
+                vec![PathBuf::from(sock)]
+            } else {
+                s.paths
+            };
+            let source = ssh_source(spec, &paths)?;
+            out.push((s.id, source));
+        }
+        Ok(out)
+    }
+}
+
+/// What an `--ssh` id stands for.
+#[derive(Debug)]
+pub enum SshSource {
+    /// A running agent's socket.
+    Socket(PathBuf),
+    /// Private key files, to load into an agent of the build's own.
+    Keys(Vec<memobuild_worker::ssh::KeyFile>),
+}
+
+/// One socket, or key files (BuildKit's rule: not both, and one socket at most).
+fn ssh_source(spec: &str, paths: &[PathBuf]) -> anyhow::Result<SshSource> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut socket = None;
+    let mut keys = Vec::new();
+    for p in paths {
+        let md = std::fs::metadata(p)
+            .with_context(|| format!("--ssh `{spec}`: cannot use `{}`", p.display()))?;
+        if md.file_type().is_socket() {
+            if socket.is_some() || !keys.is_empty() {
+                anyhow::bail!(
+                    "--ssh `{spec}`: give one agent socket or key files, not several sockets or both"
+                );
+            }
+            socket = Some(p.clone());
+            continue;
+        }
+        if socket.is_some() {
+            anyhow::bail!(
+                "--ssh `{spec}`: give one agent socket or key files, not several sockets or both"
+            );
+        }
+        let data = std::fs::read(p)
+            .with_context(|| format!("--ssh `{spec}`: reading ssh key `{}`", p.display()))?;
+        keys.push(memobuild_worker::ssh::KeyFile {
+            name: p.display().to_string(),
+            data,
+        });
+    }
+    Ok(match socket {
+        Some(s) => SshSource::Socket(s),
+        None => SshSource::Keys(keys),
+    })
+}
+
+/// One parsed `--ssh` flag: `ID[=PATH[,PATH…]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshSpec {
+    /// The id `RUN --mount=type=ssh,id=…` names (`default` without `id=`).
+    pub id: String,
+    /// Agent socket or key files; none means `$SSH_AUTH_SOCK`.
+    pub paths: Vec<PathBuf>,
+}
+
+/// Parses `--ssh` as buildx does: `ID[=PATH[,PATH…]]`.
+pub fn parse_ssh(spec: &str) -> anyhow::Result<SshSpec> {
+    let (id, paths) = match spec.split_once('=') {
+        Some((id, paths)) => (id, paths),
+        None => (spec, ""),
+    };
+    let id = id.trim();
+    if id.is_empty() {
+        anyhow::bail!("--ssh `{spec}`: no id (use `default` or the mount's `id=`)");
+    }
+    if id.contains(',') {
+        anyhow::bail!("--ssh `{spec}`: expected `ID[=PATH[,PATH]]`");
+    }
+    let paths = paths
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    Ok(SshSpec {
+        id: id.to_string(),
+        paths,
+    })
 }
 
 /// Where a `--secret` value comes from.
@@ -359,6 +476,56 @@ mod tests {
         assert!(parse_secret("id=a,bogus=1").is_err());
         assert!(parse_secret("type=ssh,id=a,src=b").is_err());
         assert!(parse_secret("src=").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn ssh_specs_parse_as_buildx() -> anyhow::Result<()> {
+        assert_eq!(
+            parse_ssh("default")?,
+            SshSpec {
+                id: "default".into(),
+                paths: vec![]
+            }
+        );
+        assert_eq!(
+            parse_ssh("github=/k/a,/k/b")?,
+            SshSpec {
+                id: "github".into(),
+                paths: vec!["/k/a".into(), "/k/b".into()]
+            }
+        );
+        assert_eq!(parse_ssh("x=/run/agent.sock")?.paths.len(), 1);
+        assert!(parse_ssh("=/k/a").is_err());
+        assert!(parse_ssh("").is_err());
+        Ok(())
+    }
+
+    // Verifies: a path that is a socket is an agent, files are keys (read here), and mixing the
+    // two or naming a missing file is an error naming the path.
+    #[test]
+    fn ssh_sources_are_sockets_or_keys() -> anyhow::Result<()> {
+        let d = tempfile::tempdir()?;
+        let sock = d.path().join("agent.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock)?;
+        let key = d.path().join("id_test");
+        std::fs::write(&key, "KEY")?;
+        assert!(matches!(
+            ssh_source("s", std::slice::from_ref(&sock))?,
+            SshSource::Socket(p) if p == sock
+        ));
+        match ssh_source("k", &[key.clone(), key.clone()])? {
+            SshSource::Keys(k) => {
+                assert_eq!(k.len(), 2);
+                assert_eq!(k[0].data, b"KEY");
+            }
+            SshSource::Socket(_) => panic!("a key file is not a socket"),
+        }
+        assert!(ssh_source("m", &[sock.clone(), key.clone()]).is_err());
+        assert!(ssh_source("m", &[key, sock]).is_err());
+        let missing = d.path().join("nope");
+        let e = ssh_source("x", &[missing]).err().map(|e| format!("{e:#}"));
+        assert!(e.is_some_and(|e| e.contains("nope")));
         Ok(())
     }
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use memobuild_proto::pb;
 use memobuild_worker::blobs::BlobStore;
 use memobuild_worker::export::ImageManifest;
+use memobuild_worker::export::compression::{Algorithm, Compression, Converter};
 use memobuild_worker::progress::{Progress, ProgressEvent};
 use memobuild_worker::registry::push::Pusher;
 
@@ -24,6 +25,8 @@ pub enum OutputSpec {
         names: Vec<String>,
         /// OCI media types (true) or Docker's (false).
         oci_mediatypes: bool,
+        /// Layer compression.
+        compression: Compression,
     },
     /// A tar `docker load` reads (which OCI tools read too).
     Docker {
@@ -33,6 +36,8 @@ pub enum OutputSpec {
         names: Vec<String>,
         /// OCI media types (true) or Docker's (false).
         oci_mediatypes: bool,
+        /// Layer compression.
+        compression: Compression,
     },
     /// The image's filesystem, written to a directory.
     Local {
@@ -49,6 +54,8 @@ pub enum OutputSpec {
         oci_mediatypes: bool,
         /// Reach these names' registries over plain HTTP (`registry.insecure=true`).
         insecure: bool,
+        /// Layer compression.
+        compression: Compression,
     },
     /// The image in containerd's image store, in the build's namespace (`type=containerd`).
     Containerd {
@@ -58,6 +65,8 @@ pub enum OutputSpec {
         unpack: bool,
         /// OCI media types (true) or Docker's (false).
         oci_mediatypes: bool,
+        /// Layer compression.
+        compression: Compression,
     },
 }
 
@@ -120,6 +129,23 @@ pub fn parse(spec: &str, tags: &[String]) -> anyhow::Result<OutputSpec> {
             None => tags.to_vec(),
         }
     };
+    // `compression=`, `compression-level=`, `force-compression=`, as BuildKit's image exporters
+    // read them.
+    let compression = |fields: &mut BTreeMap<String, String>| -> anyhow::Result<Compression> {
+        let algorithm = match fields.remove("compression") {
+            Some(a) => Algorithm::parse(&a).with_context(|| format!("invalid output `{spec}`"))?,
+            None => Algorithm::Gzip,
+        };
+        let level = match fields.remove("compression-level") {
+            Some(l) => Some(l.parse::<i32>().map_err(|_| {
+                anyhow::anyhow!("invalid output `{spec}`: compression-level={l} is not an integer")
+            })?),
+            None => None,
+        };
+        let force = take_bool(fields, "force-compression", false)?;
+        Compression::new(algorithm, level, force)
+            .with_context(|| format!("invalid output `{spec}`"))
+    };
     let dest = |fields: &mut BTreeMap<String, String>, what: &str| -> anyhow::Result<PathBuf> {
         fields
             .remove("dest")
@@ -133,6 +159,7 @@ pub fn parse(spec: &str, tags: &[String]) -> anyhow::Result<OutputSpec> {
             tar: take_bool(&mut fields, "tar", true)?,
             names: names(&mut fields),
             oci_mediatypes: take_bool(&mut fields, "oci-mediatypes", true)?,
+            compression: compression(&mut fields)?,
         },
         "docker" => OutputSpec::Docker {
             dest: dest(
@@ -141,6 +168,7 @@ pub fn parse(spec: &str, tags: &[String]) -> anyhow::Result<OutputSpec> {
             )?,
             names: names(&mut fields),
             oci_mediatypes: take_bool(&mut fields, "oci-mediatypes", true)?,
+            compression: compression(&mut fields)?,
         },
         "local" => OutputSpec::Local {
             dest: dest(&mut fields, "DIR")?,
@@ -156,6 +184,7 @@ pub fn parse(spec: &str, tags: &[String]) -> anyhow::Result<OutputSpec> {
                 push,
                 oci_mediatypes: take_bool(&mut fields, "oci-mediatypes", true)?,
                 insecure: take_bool(&mut fields, "registry.insecure", false)?,
+                compression: compression(&mut fields)?,
             }
         }
         "containerd" => {
@@ -167,6 +196,7 @@ pub fn parse(spec: &str, tags: &[String]) -> anyhow::Result<OutputSpec> {
                 names,
                 unpack: take_bool(&mut fields, "unpack", false)?,
                 oci_mediatypes: take_bool(&mut fields, "oci-mediatypes", true)?,
+                compression: compression(&mut fields)?,
             }
         }
         other => {
@@ -203,6 +233,7 @@ pub fn apply_push(outputs: &mut Vec<OutputSpec>, tags: &[String]) -> anyhow::Res
             push: true,
             oci_mediatypes: true,
             insecure: false,
+            compression: Compression::default(),
         });
     }
     Ok(())
@@ -233,6 +264,10 @@ pub struct Exporter<'a> {
     pusher: Option<Pusher>,
     /// The worker, for `type=containerd` (its containerd client, namespace and lease).
     worker: Option<memobuild_worker::Worker>,
+    /// Makes the layer blobs of `compression=` options (remembering them under the state dir).
+    converter: Converter,
+    /// How many of the image's layers are its base image's (kept unless `force-compression`).
+    inherited: usize,
 }
 
 impl<'a> Exporter<'a> {
@@ -266,6 +301,7 @@ impl<'a> Exporter<'a> {
             }
         }
         Exporter {
+            converter: Converter::new(store.clone(), None),
             store,
             image,
             definition,
@@ -274,7 +310,20 @@ impl<'a> Exporter<'a> {
             push_names,
             pusher: None,
             worker: None,
+            inherited: 0,
         }
+    }
+
+    /// Remembers layer conversions under `state_dir`, and tells the base image's layers (which
+    /// `compression=` leaves as they are unless `force-compression=true`) from the build's by the
+    /// `rootfs` of the frontend's image config.
+    pub fn with_conversions(mut self, state_dir: &std::path::Path, frontend_config: &[u8]) -> Self {
+        self.converter = Converter::new(self.store.clone(), Some(Converter::memo_dir(state_dir)));
+        self.inherited = memobuild_worker::export::compression::inherited_layers(
+            frontend_config,
+            &self.image.layers,
+        );
+        self
     }
 
     /// Gives the exporter the worker whose containerd `type=containerd` writes into.
@@ -287,13 +336,46 @@ impl<'a> Exporter<'a> {
         self.progress.send(ProgressEvent::Message(m));
     }
 
-    /// The image with the requested media types.
-    fn image(&self, oci_mediatypes: bool) -> anyhow::Result<ImageManifest> {
-        if oci_mediatypes {
-            Ok(self.image.clone())
+    /// The image with the requested layer compression and media types.
+    async fn image(
+        &self,
+        oci_mediatypes: bool,
+        compression: Compression,
+    ) -> anyhow::Result<ImageManifest> {
+        let img = if compression.is_build_default() {
+            self.image.clone()
         } else {
-            Ok(memobuild_worker::export::mediatypes::to_docker(self.image)?)
+            let (conv, img, inherited) =
+                (self.converter.clone(), self.image.clone(), self.inherited);
+            let started = std::time::Instant::now();
+            let done = tokio::task::spawn_blocking(move || {
+                conv.convert_image(&img, &compression, inherited)
+            })
+            .await
+            .context("compression task failed")??;
+            let what = match compression.algorithm() {
+                Algorithm::Uncompressed => "uncompressed".to_string(),
+                a => format!("{a} level {}", compression.effective_level()),
+            };
+            if done.converted + done.reused > 0 {
+                self.message(format!(
+                    "layers as {what}: {} compressed in {:.1}s, {} from earlier exports",
+                    done.converted,
+                    started.elapsed().as_secs_f64(),
+                    done.reused
+                ));
+            }
+            done.image
+        };
+        if oci_mediatypes {
+            return Ok(img);
         }
+        if compression.algorithm() == Algorithm::Zstd {
+            self.message(
+                "warning: compression=zstd with oci-mediatypes=false: zstd layers get the type application/vnd.docker.image.rootfs.diff.tar.zstd (as BuildKit writes), which Docker's manifest format does not define; containerd reads it, other tools may not (prefer oci-mediatypes=true)".into(),
+            );
+        }
+        Ok(memobuild_worker::export::mediatypes::to_docker(&img)?)
     }
 
     /// Writes one output.
@@ -304,9 +386,10 @@ impl<'a> Exporter<'a> {
                 tar,
                 names,
                 oci_mediatypes,
+                compression,
             } => {
                 let names = normalize_names(&names)?;
-                let img = self.image(oci_mediatypes)?;
+                let img = self.image(oci_mediatypes, compression).await?;
                 let digest = img.manifest_desc.digest.clone();
                 let (store, d) = (self.store.clone(), dest.clone());
                 tokio::task::spawn_blocking(move || {
@@ -324,9 +407,10 @@ impl<'a> Exporter<'a> {
                 dest,
                 names,
                 oci_mediatypes,
+                compression,
             } => {
                 let names = normalize_names(&names)?;
-                let img = self.image(oci_mediatypes)?;
+                let img = self.image(oci_mediatypes, compression).await?;
                 let digest = img.manifest_desc.digest.clone();
                 let (store, d) = (self.store.clone(), dest.clone());
                 tokio::task::spawn_blocking(move || {
@@ -353,6 +437,7 @@ impl<'a> Exporter<'a> {
                 names,
                 push,
                 oci_mediatypes,
+                compression,
                 ..
             } => {
                 if !push {
@@ -362,7 +447,7 @@ impl<'a> Exporter<'a> {
                     ));
                     return Ok(());
                 }
-                let img = self.image(oci_mediatypes)?;
+                let img = self.image(oci_mediatypes, compression).await?;
                 if self.pusher.is_none() {
                     self.pusher = Some(crate::push::pusher(
                         &self.push_names,
@@ -378,9 +463,10 @@ impl<'a> Exporter<'a> {
                 names,
                 unpack,
                 oci_mediatypes,
+                compression,
             } => {
                 let names = normalize_names(&names)?;
-                let img = self.image(oci_mediatypes)?;
+                let img = self.image(oci_mediatypes, compression).await?;
                 let worker = self
                     .worker
                     .as_ref()
@@ -429,6 +515,7 @@ mod tests {
                 tar: true,
                 names: vec!["a:1".into()],
                 oci_mediatypes: true,
+                compression: Compression::default(),
             }
         );
         assert_eq!(
@@ -438,6 +525,7 @@ mod tests {
                 tar: false,
                 names: vec!["x".into()],
                 oci_mediatypes: false,
+                compression: Compression::default(),
             }
         );
     }
@@ -460,6 +548,7 @@ mod tests {
                 dest: "img.tar".into(),
                 names: vec!["a:1".into(), "b:2".into()],
                 oci_mediatypes: true,
+                compression: Compression::default(),
             }
         );
         assert!(parse("-", &[]).is_err());
@@ -485,6 +574,7 @@ mod tests {
                 push: true,
                 oci_mediatypes: false,
                 insecure: false,
+                compression: Compression::default(),
             }
         );
         assert_eq!(
@@ -494,6 +584,7 @@ mod tests {
                 push: true,
                 oci_mediatypes: true,
                 insecure: true,
+                compression: Compression::default(),
             }
         );
         assert!(parse("type=image,push=true", &[]).is_err(), "no name");
@@ -508,6 +599,7 @@ mod tests {
                 push: true,
                 oci_mediatypes: true,
                 insecure: false,
+                compression: Compression::default(),
             }]
         );
         let mut outs = vec![
@@ -534,6 +626,7 @@ mod tests {
                 names: vec!["a:1".into()],
                 unpack: false,
                 oci_mediatypes: true,
+                compression: Compression::default(),
             }
         );
         assert_eq!(
@@ -546,6 +639,7 @@ mod tests {
                 names: vec!["x".into()],
                 unpack: true,
                 oci_mediatypes: false,
+                compression: Compression::default(),
             }
         );
         assert!(
@@ -554,6 +648,72 @@ mod tests {
                 .to_string()
                 .contains("name=NAME")
         );
+    }
+
+    #[test]
+    fn compression_options_on_every_image_output() {
+        let zstd = Compression::new(Algorithm::Zstd, Some(19), true).unwrap();
+        let opts = "compression=zstd,compression-level=19,force-compression=true";
+        assert_eq!(
+            parse(&format!("type=oci,dest=o.tar,{opts}"), &[]).unwrap(),
+            OutputSpec::Oci {
+                dest: "o.tar".into(),
+                tar: true,
+                names: vec![],
+                oci_mediatypes: true,
+                compression: zstd,
+            }
+        );
+        for spec in [
+            format!("type=docker,dest=d.tar,{opts}"),
+            format!("type=image,name=r/a:1,push=true,{opts}"),
+            format!("type=registry,name=r/a:1,{opts}"),
+            format!("type=containerd,name=a:1,{opts}"),
+        ] {
+            let c = match parse(&spec, &[]).unwrap() {
+                OutputSpec::Docker { compression, .. }
+                | OutputSpec::Image { compression, .. }
+                | OutputSpec::Containerd { compression, .. } => compression,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(c, zstd, "{spec}");
+        }
+        // An empty `force-compression=` means true (BuildKit); gzip is the default algorithm.
+        let OutputSpec::Oci { compression, .. } = parse(
+            "type=oci,dest=o,compression-level=9,force-compression=",
+            &[],
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            compression,
+            Compression::new(Algorithm::Gzip, Some(9), true).unwrap()
+        );
+        let OutputSpec::Oci { compression, .. } =
+            parse("type=oci,dest=o,compression=uncompressed", &[]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(compression.algorithm(), Algorithm::Uncompressed);
+
+        let err = |spec: &str| format!("{:#}", parse(spec, &[]).unwrap_err());
+        assert!(
+            err("type=oci,dest=o,compression=lz4").contains("compression=lz4 is not supported"),
+            "{}",
+            err("type=oci,dest=o,compression=lz4")
+        );
+        assert!(
+            err("type=oci,dest=o,compression-level=10").contains("out of range for gzip (0-9)")
+        );
+        assert!(
+            err("type=oci,dest=o,compression=zstd,compression-level=23")
+                .contains("out of range for zstd (0-22)")
+        );
+        assert!(err("type=oci,dest=o,compression-level=high").contains("not an integer"));
+        assert!(err("type=oci,dest=o,force-compression=maybe").contains("boolean"));
+        // type=local writes files, not layers.
+        assert!(err("type=local,dest=d,compression=zstd").contains("unknown key `compression`"));
     }
 
     #[test]

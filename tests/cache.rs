@@ -131,6 +131,142 @@ fn ignored_files_rerun_nothing() {
 }
 
 #[test]
+fn a_file_a_copy_excludes_is_not_part_of_its_key() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nCOPY --exclude=*.txt src/ /src/\nRUN ls -R /src > /listing\n",
+    )
+    .write("src/a.txt", "notes\n")
+    .write("src/b.rs", "code\n")
+    .write("src/deep/c.txt", "deep notes\n");
+    let first = build(&sb, &env, &[]);
+    // `*.txt` is relative to the copied `src/`: src/a.txt is left out, src/deep/c.txt is not.
+    sb.write("src/a.txt", "edited notes\n");
+    let second = build(&sb, &env, &[]);
+    assert!(executed(&second).is_empty(), "{:?}", executed(&second));
+    assert_eq!(digest(&second), digest(&first));
+    sb.write("src/deep/c.txt", "edited deep notes\n");
+    let third = build(&sb, &env, &[]);
+    assert_eq!(executed(&third).len(), 2, "{:?}", executed(&third));
+}
+
+#[test]
+fn use_gitignore_leaves_out_what_git_ignores_from_image_and_key() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nCOPY . /ctx\nRUN cd /ctx && find . | sort > /listing\n",
+    )
+    .write(".gitignore", "target/\n*.o\n!keep.o\n")
+    .write("sub/.gitignore", "gen.rs\n")
+    .write("src/main.rs", "fn main() {}\n")
+    .write("target/debug/app", "binary\n")
+    .write("a.o", "object\n")
+    .write("keep.o", "kept\n")
+    .write("sub/gen.rs", "generated\n")
+    .write("sub/lib.rs", "lib\n")
+    .write(".git/HEAD", "ref: refs/heads/main\n");
+    let local = |name: &str| format!("type=local,dest={}", sb.path(name).display());
+    let first = build(&sb, &env, &["--use-gitignore", "--output", &local("fs1")]);
+    let listing = std::fs::read_to_string(sb.path("fs1/listing")).unwrap();
+    for present in ["./src/main.rs", "./keep.o", "./sub/lib.rs", "./.gitignore"] {
+        assert!(listing.lines().any(|l| l == present), "{present} missing:\n{listing}");
+    }
+    for absent in ["./target", "./a.o", "./sub/gen.rs", "./.git"] {
+        assert!(
+            !listing
+                .lines()
+                .any(|l| l == absent || l.starts_with(&format!("{absent}/"))),
+            "{absent} copied:\n{listing}"
+        );
+    }
+    assert!(!sb.path("fs1/ctx/target").exists());
+
+    // What git ignores is not part of any key either.
+    sb.write("target/debug/app", "rebuilt\n")
+        .write("a.o", "changed\n")
+        .write("sub/gen.rs", "regenerated\n")
+        .write(".git/HEAD", "ref: refs/heads/other\n");
+    let second = build(&sb, &env, &["--use-gitignore"]);
+    assert!(executed(&second).is_empty(), "{:?}", executed(&second));
+    assert_eq!(digest(&second), digest(&first));
+
+    // Without the flag (the default, as in BuildKit) the context is everything but .dockerignore.
+    let third = build(&sb, &env, &["--output", &local("fs3")]);
+    assert_eq!(executed(&third).len(), 2, "{:?}", executed(&third));
+    let listing = std::fs::read_to_string(sb.path("fs3/listing")).unwrap();
+    assert!(listing.lines().any(|l| l == "./target/debug/app"), "{listing}");
+}
+
+// Verifies: a RUN that binds the context is cached by the files the mount shows: it stays cached
+// when only mtimes change or a .dockerignored file changes, re-runs when a bound file changes
+// (and `--explain` names the file), and a RUN binding only a subdirectory ignores changes
+// outside it.
+#[test]
+fn a_run_binding_the_context_reruns_only_when_a_bound_file_changes() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\n\
+         RUN --mount=type=bind,target=/src cat /src/app.txt > /app-copy\n\
+         RUN --mount=type=bind,source=sub,target=/sub cat /sub/x.txt > /x-copy\n",
+    )
+    .write(".dockerignore", "*.log\n")
+    .write("app.txt", "app\n")
+    .write("other.txt", "other\n")
+    .write("debug.log", "1\n")
+    .write("sub/x.txt", "x\n");
+    let first = build(&sb, &env, &[]);
+    assert_eq!(
+        executed(&first).len(),
+        3,
+        "FROM and both RUNs: {:?}",
+        executed(&first)
+    );
+
+    // Unchanged, touched, and an ignored file changed or added: nothing runs.
+    let again = build(&sb, &env, &[]);
+    assert!(executed(&again).is_empty(), "{:?}", executed(&again));
+    for f in ["app.txt", "other.txt", "sub/x.txt", "Dockerfile"] {
+        filetime::set_file_mtime(
+            sb.context().join(f),
+            filetime::FileTime::from_unix_time(2_000_000_000, 0),
+        )
+        .expect("touch");
+    }
+    sb.write("debug.log", "2\n").write("new.log", "n\n");
+    let touched = build(&sb, &env, &[]);
+    assert!(executed(&touched).is_empty(), "{:?}", executed(&touched));
+    assert_eq!(digest(&touched), digest(&first));
+
+    // A file only the first RUN sees: it re-runs (its output is the same, so the second RUN,
+    // which binds only sub/, stays cached), and --explain names the file.
+    sb.write("other.txt", "changed\n");
+    let third = build(&sb, &env, &["--explain"]);
+    let ran = executed(&third);
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    assert!(ran.iter().all(|n| n.contains("/app-copy")), "{ran:?}");
+    assert!(
+        stderr(&third).contains("file `other.txt` changed"),
+        "{}",
+        stderr(&third)
+    );
+    assert!(cached(&third).iter().any(|n| n.contains("/x-copy")));
+
+    // A file under sub/: both RUNs see it.
+    sb.write("sub/x.txt", "x2\n");
+    let fourth = build(&sb, &env, &[]);
+    let ran = executed(&fourth);
+    assert!(ran.iter().any(|n| n.contains("/x-copy")), "{ran:?}");
+    assert!(ran.iter().any(|n| n.contains("/app-copy")), "{ran:?}");
+    assert_ne!(digest(&fourth), digest(&first));
+}
+
+#[test]
 fn a_rerun_with_identical_output_leaves_later_steps_cached() {
     let Some(env) = Env::get() else { return };
     let sb = Sandbox::new();

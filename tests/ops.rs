@@ -1,8 +1,9 @@
 //! End to end: `RUN --mount` of every type (bind from a stage read-only and writable, bind of the
-//! context, cache, secret, tmpfs, ssh), `RUN --network`, and file ops (mkdir, mkfile, copy with
-//! wildcards, chown by name, chmod), built by `memobuild build` on the real containerd from
-//! hack/services.sh. Results are read by running the image under `ctr` with a `CMD` that prints
-//! what the test asserts (file contents, modes, owners), and by looking into the exported layers.
+//! context, cache, secret, tmpfs; ssh in tests/ssh.rs), `RUN --network`, and file ops (mkdir,
+//! mkfile, copy with wildcards, chown by name, chmod), built by `memobuild build` on the real
+//! containerd from hack/services.sh. Results are read by running the image under `ctr` with a
+//! `CMD` that prints what the test asserts (file contents, modes, owners), and by looking into
+//! the exported layers.
 
 mod common;
 
@@ -317,23 +318,6 @@ fn missing_required_secret_names_the_id() {
     );
     let line = failing(&sb, &env, &[]);
     assert!(line.contains("secret `envonly` is required"), "{line}");
-}
-
-// Verifies: an ssh mount fails clearly (not supported yet), naming the mount.
-#[test]
-fn ssh_mount_is_a_clear_error() {
-    let Some(env) = Env::get() else { return };
-    let sb = Sandbox::new();
-    sb.write(
-        "Dockerfile",
-        &format!("{}\nRUN --mount=type=ssh true\n", from(&env)),
-    );
-    let line = failing(&sb, &env, &[]);
-    assert!(
-        line.contains("ssh mount at `/run/buildkit/ssh_agent.0`"),
-        "{line}"
-    );
-    assert!(line.contains("not supported yet"), "{line}");
 }
 
 // Verifies: `RUN --network=none` sees only the loopback interface, `--network=host` (and the

@@ -23,8 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         src: ".",
         allow_wildcard: true,
         follow_symlink: true,
-        exclude: None,
-        include: None,
+        ..Default::default()
     };
     let files = copy_sources(&dir, &sel, &cache)?;
     let mut all = blake3::Hasher::new();

@@ -5,10 +5,12 @@
 //! archive (`type=docker`, [`docker`]); the final filesystem in a directory (`type=local`,
 //! [`local`]); a registry push (`type=image,push=true`, [`push`]); containerd's image store
 //! (`type=containerd`, [`containerd`]). [`mediatypes`] rewrites a
-//! manifest with Docker's media types (`oci-mediatypes=false`).
+//! manifest with Docker's media types (`oci-mediatypes=false`); [`compression`] gives an image
+//! other layer blobs (`compression=`, `compression-level=`, `force-compression=`).
 //! Outputs are written to a temporary name beside the destination and renamed at the end, so a
 //! failed export never leaves a half-written file under the name the user asked for.
 
+pub mod compression;
 pub mod containerd;
 pub mod docker;
 pub mod local;

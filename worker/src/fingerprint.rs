@@ -1,8 +1,8 @@
 //! Fingerprints of the context files a vertex reads.
 //!
-//! A file's fingerprint is BLAKE3 over its type, permission bits, symlink target and bytes; never
-//! its mtime, so touching a file does not invalidate anything. Files are hashed in parallel on
-//! rayon's pool.
+//! A file's fingerprint is BLAKE3 over its type, permission bits, owner, symlink target and
+//! bytes; never its mtime, so touching a file does not invalidate anything. Directories are
+//! walked and files hashed in parallel on rayon's pool.
 
 use std::collections::HashMap;
 use std::fs;
@@ -20,8 +20,11 @@ use crate::patterns::PatternMatcher;
 /// Files above this size are hashed with blake3's multi-threaded, memory-mapped mode.
 const LARGE_FILE: u64 = 8 << 20;
 
-/// What a copy reads from a local directory: its source pattern and filters.
-#[derive(Debug, Clone)]
+/// What a copy reads from a local directory: its source pattern and filters. Two pattern sets
+/// apply, each with its own base, exactly as the copy applies them (fsops): the directory's own
+/// (`.dockerignore`, `local.includepatterns`), relative to its root, and the copy's
+/// (`COPY --exclude`, include patterns), relative to the source path being copied.
+#[derive(Debug, Clone, Default)]
 pub struct CopySelection<'a> {
     /// The copy's `src` (may be a glob).
     pub src: &'a str,
@@ -29,10 +32,34 @@ pub struct CopySelection<'a> {
     pub allow_wildcard: bool,
     /// Whether the source path itself is followed when it is a symlink.
     pub follow_symlink: bool,
-    /// Paths to leave out.
+    /// Paths the directory leaves out, relative to its root.
     pub exclude: Option<&'a PatternMatcher>,
-    /// If set, only these paths.
+    /// If set, the only paths the directory shows, relative to its root.
     pub include: Option<&'a PatternMatcher>,
+    /// Paths the copy leaves out, relative to the source path copied.
+    pub copy_exclude: Option<&'a PatternMatcher>,
+    /// If set, the only paths the copy takes, relative to the source path copied.
+    pub copy_include: Option<&'a PatternMatcher>,
+}
+
+impl CopySelection<'_> {
+    fn excluded(&self, ctx_rel: &str, src_rel: &str) -> bool {
+        self.exclude.is_some_and(|x| x.matches(ctx_rel))
+            || (!src_rel.is_empty() && self.copy_exclude.is_some_and(|x| x.matches(src_rel)))
+    }
+
+    fn included(&self, ctx_rel: &str, src_rel: &str) -> bool {
+        let passes = |m: Option<&PatternMatcher>, rel: &str| {
+            m.is_none_or(|m| m.is_empty() || rel.is_empty() || m.matches(rel))
+        };
+        passes(self.include, ctx_rel) && passes(self.copy_include, src_rel)
+    }
+
+    /// Whether something below an excluded directory may come back through a `!` pattern.
+    fn may_reinclude(&self) -> bool {
+        self.exclude.is_some_and(PatternMatcher::has_exclusions)
+            || self.copy_exclude.is_some_and(PatternMatcher::has_exclusions)
+    }
 }
 
 /// The fingerprints of every file `sel` reads under `root`: (relative path, hex digest), sorted
@@ -45,7 +72,9 @@ pub fn copy_sources(
     let opts = CopyOptions {
         allow_wildcard: sel.allow_wildcard,
         allow_empty_wildcard: true,
-        exclude: sel.exclude.cloned(),
+        follow_symlink: sel.follow_symlink,
+        exclude: sel.copy_exclude.cloned(),
+        context_exclude: sel.exclude.cloned(),
         ..Default::default()
     };
     let tops = match fsops::expand_sources(root, sel.src, &opts) {
@@ -60,7 +89,8 @@ pub fn copy_sources(
         } else {
             path
         };
-        collect(&path, &rel, sel, &mut entries)?;
+        let rel = if rel.is_empty() { ".".to_string() } else { rel };
+        entries.extend(collect(&path, &rel, "", sel)?);
     }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     entries.dedup_by(|a, b| a.0 == b.0);
@@ -70,43 +100,53 @@ pub fn copy_sources(
         .collect()
 }
 
+/// The entries at and below `path` that `sel` keeps; `ctx_rel` is `path` relative to the
+/// directory's root, `src_rel` relative to the source path copied (`""` at its top).
+/// Directories are walked in parallel on rayon's pool (a context is mostly `stat` and
+/// `readdir` calls, which overlap well).
 fn collect(
     path: &Path,
-    rel: &str,
+    ctx_rel: &str,
+    src_rel: &str,
     sel: &CopySelection<'_>,
-    out: &mut Vec<(String, PathBuf)>,
-) -> io::Result<()> {
+) -> io::Result<Vec<(String, PathBuf)>> {
     let md = match fs::symlink_metadata(path) {
         Ok(md) => md,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let excluded = sel.exclude.is_some_and(|x| x.matches(rel));
-    if md.is_dir() {
-        if excluded && !sel.exclude.is_some_and(|x| x.has_exclusions()) {
-            return Ok(());
+    let excluded = ctx_rel != "." && sel.excluded(ctx_rel, src_rel);
+    if !md.is_dir() {
+        if excluded || !sel.included(ctx_rel, src_rel) {
+            return Ok(Vec::new());
         }
-        if !excluded {
-            out.push((rel.to_string(), path.to_path_buf()));
-        }
-        let mut names: Vec<_> = fs::read_dir(path)?.collect::<Result<Vec<_>, _>>()?;
-        names.sort_by_key(|e| e.file_name());
-        for e in names {
+        return Ok(vec![(ctx_rel.to_string(), path.to_path_buf())]);
+    }
+    if excluded && !sel.may_reinclude() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    if !excluded {
+        out.push((ctx_rel.to_string(), path.to_path_buf()));
+    }
+    let children: Vec<fs::DirEntry> = fs::read_dir(path)?.collect::<Result<_, _>>()?;
+    let lists: Vec<Vec<(String, PathBuf)>> = children
+        .par_iter()
+        .map(|e| {
             let name = e.file_name();
-            let child = if rel == "." || rel.is_empty() {
-                name.to_string_lossy().into_owned()
-            } else {
-                format!("{rel}/{}", name.to_string_lossy())
+            let name = name.to_string_lossy();
+            let join = |base: &str| {
+                if base == "." || base.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{base}/{name}")
+                }
             };
-            collect(&e.path(), &child, sel, out)?;
-        }
-        return Ok(());
-    }
-    if excluded || sel.include.is_some_and(|i| !i.matches(rel)) {
-        return Ok(());
-    }
-    out.push((rel.to_string(), path.to_path_buf()));
-    Ok(())
+            collect(&e.path(), &join(ctx_rel), &join(src_rel), sel)
+        })
+        .collect::<io::Result<_>>()?;
+    out.extend(lists.into_iter().flatten());
+    Ok(out)
 }
 
 /// Remembers fingerprints by `stat` data (inode, size, mtime, ctime, mode), like git's index, so
@@ -142,6 +182,10 @@ impl Stamp {
     }
 }
 
+/// First line of a saved stat cache; a file from another version (whose fingerprints were
+/// computed differently) is ignored.
+const STAT_CACHE_HEADER: &str = "memobuild-stat-cache 2\n";
+
 /// Files modified less than this long before hashing are not remembered.
 const RACY_NS: i128 = 2_000_000_000;
 
@@ -154,8 +198,10 @@ impl StatCache {
     /// Loads the cache kept at `path` (empty when missing or unreadable).
     pub fn load(path: PathBuf) -> Self {
         let mut entries = HashMap::new();
-        if let Ok(text) = fs::read_to_string(&path) {
-            for line in text.lines() {
+        if let Ok(text) = fs::read_to_string(&path)
+            && let Some(body) = text.strip_prefix(STAT_CACHE_HEADER)
+        {
+            for line in body.lines() {
                 let mut f = line.splitn(7, ' ');
                 let parsed = (|| {
                     let hash = f.next()?.to_string();
@@ -214,7 +260,7 @@ impl StatCache {
         if !self.dirty.swap(false, Ordering::Relaxed) {
             return Ok(());
         }
-        let mut text = String::new();
+        let mut text = String::from(STAT_CACHE_HEADER);
         if let Ok(m) = self.entries.lock() {
             for (rel, (s, h)) in m.iter() {
                 text.push_str(&format!(
@@ -242,7 +288,7 @@ impl StatCache {
     }
 }
 
-/// BLAKE3 of one entry's type, permission bits, link target and content.
+/// BLAKE3 of one entry's type, permission bits, owner (uid, gid), link target and content.
 pub fn fingerprint(path: &Path) -> io::Result<String> {
     let md = fs::symlink_metadata(path)?;
     let mut h = blake3::Hasher::new();
@@ -259,6 +305,8 @@ pub fn fingerprint(path: &Path) -> io::Result<String> {
         h.update(&md.rdev().to_le_bytes());
     }
     h.update(&(md.mode() & 0o7777).to_le_bytes());
+    h.update(&md.uid().to_le_bytes());
+    h.update(&md.gid().to_le_bytes());
     if ft.is_file() {
         if md.len() >= LARGE_FILE {
             h.update_mmap_rayon(path)?;
@@ -288,7 +336,7 @@ mod tests {
             allow_wildcard: true,
             follow_symlink: true,
             exclude,
-            include: None,
+            ..Default::default()
         }
     }
 
@@ -339,6 +387,36 @@ mod tests {
     }
 
     #[test]
+    fn copy_patterns_are_relative_to_the_copied_source() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("src/deep")).unwrap();
+        for f in ["src/a.txt", "src/b.rs", "src/deep/c.txt", "top.txt"] {
+            fs::write(d.path().join(f), f).unwrap();
+        }
+        let ex = PatternMatcher::new(&["*.txt"]).unwrap();
+        let s = CopySelection {
+            copy_exclude: Some(&ex),
+            ..sel("src", None)
+        };
+        let got = copy_sources(d.path(), &s, &StatCache::ephemeral()).unwrap();
+        let names: Vec<&str> = got.iter().map(|x| x.0.as_str()).collect();
+        // As `COPY --exclude=*.txt src/ /dst` copies: src/a.txt is left out, src/deep/c.txt not.
+        assert_eq!(names, ["src", "src/b.rs", "src/deep", "src/deep/c.txt"]);
+        // The same pattern as a .dockerignore line is relative to the context root.
+        let got = copy_sources(d.path(), &sel(".", Some(&ex)), &StatCache::ephemeral()).unwrap();
+        assert!(got.iter().all(|x| x.0 != "top.txt"));
+        assert!(got.iter().any(|x| x.0 == "src/a.txt"));
+        let inc = PatternMatcher::new(&["*.rs"]).unwrap();
+        let s = CopySelection {
+            copy_include: Some(&inc),
+            ..sel("src", None)
+        };
+        let got = copy_sources(d.path(), &s, &StatCache::ephemeral()).unwrap();
+        assert!(got.iter().any(|x| x.0 == "src/b.rs"));
+        assert!(got.iter().all(|x| !x.0.ends_with(".txt")), "{got:?}");
+    }
+
+    #[test]
     fn stat_cache_skips_unchanged_files_and_notices_changes() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("f");
@@ -379,7 +457,10 @@ mod tests {
         fs::write(&f, &data).unwrap();
         let mut h = blake3::Hasher::new();
         h.update(b"file\0");
-        h.update(&(fs::metadata(&f).unwrap().mode() & 0o7777).to_le_bytes());
+        let md = fs::metadata(&f).unwrap();
+        h.update(&(md.mode() & 0o7777).to_le_bytes());
+        h.update(&md.uid().to_le_bytes());
+        h.update(&md.gid().to_le_bytes());
         h.update(&data);
         assert_eq!(fingerprint(&f).unwrap(), h.finalize().to_hex().to_string());
     }

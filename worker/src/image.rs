@@ -38,6 +38,7 @@ const LAYER_MEDIA_TYPES: &[&str] = &[
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
     "application/vnd.docker.image.rootfs.diff.tar",
     "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd",
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
 ];
 
@@ -409,10 +410,14 @@ async fn apply_and_commit(
     mounts: &[containerd::Mount],
 ) -> Result<()> {
     let size = i64::try_from(desc.size).unwrap_or(i64::MAX);
+    // containerd's applier picks the decompressor from the media type (gzip, zstd or none) and
+    // then checks the stream's magic bytes. Docker-style names are given by their OCI name (the
+    // same bytes): older containerd releases do not know Docker's `tar.zstd`.
+    let media_type = crate::export::mediatypes::oci_layer_type(&desc.media_type);
     let applied = ctd
         .apply(
             mounts,
-            &containerd::descriptor(&desc.media_type, &desc.digest, size),
+            &containerd::descriptor(media_type, &desc.digest, size),
         )
         .await?;
     if applied.digest != diff_id {

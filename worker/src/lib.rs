@@ -16,6 +16,7 @@ pub mod containerd;
 pub mod export;
 pub mod fingerprint;
 pub mod fsops;
+pub mod gitignore;
 pub mod image;
 pub mod layer;
 mod ops;
@@ -24,6 +25,7 @@ pub mod progress;
 pub mod registry;
 pub mod secrets;
 pub mod solver;
+pub mod ssh;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,7 +35,8 @@ use memobuild_proto::{ParsedDefinition, pb};
 
 use crate::blobs::BlobStore;
 use crate::cache::ActionCache;
-use crate::cache::remote::{HttpTier, RemoteError, RemoteTier};
+use crate::cache::remote::{HttpTier, RemoteError};
+use crate::cache::tier::{Detached, MemoryTier, ReadThrough, Remote, Tier};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -42,8 +45,9 @@ use crate::fingerprint::StatCache;
 use crate::progress::Progress;
 use crate::registry::{Registry, RegistryConfig};
 use crate::solver::{FsRef, SolveError, SolveOptions, SolveResult};
-use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::task::JoinSet;
+
+/// Budget of the in-memory (L1) tier: records are small, this holds tens of thousands.
+const MEMORY_TIER_BYTES: usize = 64 << 20;
 
 /// containerd namespace MemoBuild works in unless told otherwise.
 pub const DEFAULT_NAMESPACE: &str = "memobuild";
@@ -114,11 +118,10 @@ pub struct Worker {
     pub(crate) ctd: Containerd,
     pub(crate) registry: Arc<Registry>,
     pub(crate) blobs: BlobStore,
+    /// L2, also read directly for explanations.
     pub(crate) cache: ActionCache,
-    remote: Option<Arc<dyn RemoteTier>>,
-    /// Set after the first remote failure: the rest of the build goes without L3.
-    pub(crate) remote_disabled: Arc<AtomicBool>,
-    uploads: Arc<Mutex<JoinSet<()>>>,
+    /// Every tier, composed: memory, then disk, then (detached) the remote cache.
+    pub(crate) tiers: Arc<dyn Tier>,
     stat_caches: Arc<Mutex<HashMap<PathBuf, Arc<StatCache>>>>,
     state_dir: PathBuf,
     lease: Option<Lease>,
@@ -138,21 +141,25 @@ impl Worker {
         let ctd = ctd.with_lease(&lease)?;
         let blobs = BlobStore::open(cfg.state_dir.join("blobs"))?;
         let cache = ActionCache::open(cfg.state_dir.join("cache").join("ac"))?;
-        let remote: Option<Arc<dyn RemoteTier>> = match &cfg.remote_cache {
-            Some(url) if !url.is_empty() => Some(Arc::new(HttpTier::new(
-                url,
-                cfg.remote_cache_token.clone(),
-            )?)),
-            _ => None,
+        let local: Arc<dyn Tier> = Arc::new(cache.clone());
+        let below_memory: Arc<dyn Tier> = match &cfg.remote_cache {
+            Some(url) if !url.is_empty() => {
+                let http = HttpTier::new(url, cfg.remote_cache_token.clone())?;
+                let remote = Arc::new(Detached::new(Arc::new(Remote::new(Arc::new(http)))));
+                Arc::new(ReadThrough::new(local, remote))
+            }
+            _ => local,
         };
+        let tiers: Arc<dyn Tier> = Arc::new(ReadThrough::new(
+            Arc::new(MemoryTier::new(MEMORY_TIER_BYTES)),
+            below_memory,
+        ));
         Ok(Worker {
             ctd,
             registry: Arc::new(Registry::new(registry_config(&cfg))),
             blobs,
             cache,
-            remote,
-            remote_disabled: Arc::default(),
-            uploads: Arc::default(),
+            tiers,
             stat_caches: Arc::default(),
             state_dir: cfg.state_dir.clone(),
             lease: Some(lease),
@@ -167,21 +174,6 @@ impl Worker {
     /// The action cache.
     pub fn cache(&self) -> &ActionCache {
         &self.cache
-    }
-
-    /// The remote tier, unless none is configured or it failed earlier in this process.
-    pub(crate) fn remote(&self) -> Option<Arc<dyn RemoteTier>> {
-        if self.remote_disabled.load(Ordering::SeqCst) {
-            return None;
-        }
-        self.remote.clone()
-    }
-
-    /// Runs an upload in the background; [`Worker::flush_uploads`] waits for all of them.
-    pub(crate) fn spawn_upload(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
-        if let Ok(mut set) = self.uploads.lock() {
-            set.spawn(fut);
-        }
     }
 
     /// The stat cache for fingerprints of files under `root` (one per directory, shared by the
@@ -206,11 +198,7 @@ impl Worker {
 
     /// Waits until every background upload to the remote cache has finished.
     pub async fn flush_uploads(&self) {
-        let mut set = match self.uploads.lock() {
-            Ok(mut s) => std::mem::take(&mut *s),
-            Err(_) => return,
-        };
-        while set.join_next().await.is_some() {}
+        self.tiers.flush().await;
     }
 
     /// Releases the lease; snapshots of this build that nothing else references become garbage.

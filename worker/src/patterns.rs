@@ -6,14 +6,48 @@
 //! that matches a parent directory matches everything below it; a pattern starting with `!`
 //! re-includes; the last matching pattern wins.
 
+use std::collections::HashSet;
+
 use regex::Regex;
 
-/// One compiled pattern.
+/// One compiled pattern, or a run of consecutive literal ones.
 #[derive(Debug, Clone)]
 struct Pattern {
     exclusion: bool,
-    re: Regex,
-    text: String,
+    kind: Kind,
+    /// The cleaned pattern texts this entry stands for, in order.
+    texts: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Re(Regex),
+    /// Paths without any pattern syntax (as `--use-gitignore` adds by the thousand): one hash
+    /// lookup per path instead of one regex each.
+    Literals(HashSet<String>),
+}
+
+impl Pattern {
+    fn is_match(&self, path: &str) -> bool {
+        match &self.kind {
+            Kind::Re(re) => re.is_match(path),
+            Kind::Literals(set) => set.contains(path),
+        }
+    }
+}
+
+/// The path a pattern names when it has no unescaped `*`, `?` or `[`: its text unescaped.
+fn literal_of(pattern: &str) -> Option<String> {
+    let mut out = String::with_capacity(pattern.len());
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' | '?' | '[' => return None,
+            '\\' => out.push(chars.next()?),
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 /// Errors compiling patterns.
@@ -35,7 +69,7 @@ pub struct PatternMatcher {
 impl PatternMatcher {
     /// Compiles `patterns` (already split into lines; comments and blanks are skipped).
     pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Self, PatternError> {
-        let mut out = Vec::new();
+        let mut out: Vec<Pattern> = Vec::new();
         for p in patterns {
             let raw = p.as_ref().trim();
             if raw.is_empty() || raw.starts_with('#') {
@@ -50,14 +84,31 @@ impl PatternMatcher {
                 // "." or "/" would match the root itself; Docker ignores it for excluding.
                 continue;
             }
-            let re = compile(&cleaned).map_err(|reason| PatternError {
-                pattern: raw.to_string(),
-                reason,
-            })?;
+            let literal = literal_of(&cleaned);
+            let text = if exclusion {
+                format!("!{cleaned}")
+            } else {
+                cleaned.clone()
+            };
+            if let (Some(lit), Some(last)) = (&literal, out.last_mut())
+                && last.exclusion == exclusion
+                && let Kind::Literals(set) = &mut last.kind
+            {
+                set.insert(lit.clone());
+                last.texts.push(text);
+                continue;
+            }
+            let kind = match literal {
+                Some(lit) => Kind::Literals(HashSet::from([lit])),
+                None => Kind::Re(compile(&cleaned).map_err(|reason| PatternError {
+                    pattern: raw.to_string(),
+                    reason,
+                })?),
+            };
             out.push(Pattern {
                 exclusion,
-                re,
-                text: cleaned,
+                kind,
+                texts: vec![text],
             });
         }
         Ok(PatternMatcher { patterns: out })
@@ -84,7 +135,7 @@ impl PatternMatcher {
             if p.exclusion != matched {
                 continue;
             }
-            let hit = p.re.is_match(path) || parents.iter().any(|d| p.re.is_match(d));
+            let hit = p.is_match(path) || parents.iter().any(|d| p.is_match(d));
             if hit {
                 matched = !p.exclusion;
             }
@@ -92,9 +143,11 @@ impl PatternMatcher {
         matched
     }
 
-    /// The cleaned pattern texts, for messages.
+    /// The cleaned pattern texts (`!` kept), which compile to the same matcher again.
     pub fn texts(&self) -> impl Iterator<Item = &str> {
-        self.patterns.iter().map(|p| p.text.as_str())
+        self.patterns
+            .iter()
+            .flat_map(|p| p.texts.iter().map(String::as_str))
     }
 }
 
@@ -247,6 +300,18 @@ mod tests {
         assert!(!m(&["docs", "!docs/keep.txt"], "docs/keep.txt"));
         assert!(m(&["docs", "!docs/keep.txt"], "docs/other.txt"));
         assert!(PatternMatcher::new(&["a", "!b"]).unwrap().has_exclusions());
+    }
+
+    #[test]
+    fn literal_runs_keep_pattern_order() {
+        let pats = ["a", "b/c", "!b/c/keep", "d", "*.tmp", "e"];
+        let m = PatternMatcher::new(&pats).unwrap();
+        assert!(m.matches("a") && m.matches("b/c/x") && m.matches("d/y") && m.matches("e"));
+        assert!(!m.matches("b/c/keep"), "a later `!` still re-includes");
+        assert!(m.matches("x.tmp") && !m.matches("b"));
+        assert_eq!(m.texts().collect::<Vec<_>>(), pats);
+        // A literal re-excluded after a `!` wins again.
+        assert!(PatternMatcher::new(&["x", "!x", "x"]).unwrap().matches("x"));
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub struct SolveOptions {
     pub no_cache: bool,
     /// Values for secret mounts and secret env vars, by id (never part of a key or a layer).
     pub secrets: crate::secrets::Secrets,
+    /// SSH agents for ssh mounts, by id (never part of a key or a layer).
+    pub ssh: crate::ssh::SshAgents,
 }
 
 /// A failed vertex, with what a user needs to find it: its name and, when the definition has
@@ -202,11 +204,21 @@ impl Solve {
         if let Some((key, _)) = &key
             && !self.opts.no_cache
             && let Some(rec) = self.lookup(key).await
+            // A record with another number of outputs than the op has is not this op's.
+            && output_count(&op).is_none_or(|n| n == rec.output_count())
         {
             self.report(&digest, &name, key, true);
             self.progress
                 .vertex(&digest, &name, VertexState::Cached, None, None);
-            return Ok(Arc::new(vec![Output::Fs(FsRef { layers: rec.layers })]));
+            let outs = rec
+                .outputs()
+                .map(|layers| {
+                    Output::Fs(FsRef {
+                        layers: layers.to_vec(),
+                    })
+                })
+                .collect();
+            return Ok(Arc::new(outs));
         }
         self.progress
             .vertex(&digest, &name, VertexState::Started, None, None);
@@ -230,16 +242,28 @@ impl Solve {
         let result = fut.await;
         match result {
             Ok(outs) => {
-                if let (Some((key, components)), [Output::Fs(fs)]) = (key, outs.as_slice()) {
+                // Recorded when every output is a filesystem (all of an exec's or file op's are).
+                let chains: Option<Vec<Vec<LayerBlob>>> = outs
+                    .iter()
+                    .map(|o| match o {
+                        Output::Fs(fs) => Some(fs.layers.clone()),
+                        Output::Local(_) => None,
+                    })
+                    .collect();
+                if let (Some((key, components)), Some(mut chains)) = (key, chains)
+                    && !chains.is_empty()
+                {
                     self.report(&digest, &name, &key, false);
+                    let extra_outputs = chains.split_off(1);
                     let record = ActionRecord {
                         key,
-                        layers: fs.layers.clone(),
+                        layers: chains.pop().unwrap_or_default(),
+                        extra_outputs,
                         name: name.clone(),
                         duration_ms: started.elapsed().as_millis() as u64,
                         components,
                     };
-                    self.store(record);
+                    self.store(record).await;
                 }
                 self.progress.vertex(
                     &digest,
@@ -319,6 +343,24 @@ impl Solve {
             output_tail: Vec::new(),
         }
     }
+}
+
+/// How many outputs an exec or file op produces (its highest output index + 1), `None` for
+/// other ops (one output, or decided by what runs).
+pub(crate) fn output_count(op: &pb::Op) -> Option<usize> {
+    let indexes: Vec<i64> = match &op.op {
+        Some(pb::op::Op::Exec(e)) => e.mounts.iter().map(|m| m.output).collect(),
+        Some(pb::op::Op::File(f)) => f.actions.iter().map(|a| a.output).collect(),
+        _ => return None,
+    };
+    Some(
+        indexes
+            .into_iter()
+            .filter_map(|i| usize::try_from(i).ok())
+            .map(|i| i.saturating_add(1))
+            .max()
+            .unwrap_or(0),
+    )
 }
 
 fn unsupported<'a>(e: SolveError) -> BoxFuture<'a, Result<Vec<Output>, SolveError>> {

@@ -14,7 +14,7 @@ use memobuild_worker::layer::LayerBlob;
 use memobuild_worker::progress::Progress;
 use memobuild_worker::registry::Platform;
 use memobuild_worker::secrets::Secrets;
-use memobuild_worker::solver::{FsRef, SolveOptions};
+use memobuild_worker::solver::{FsRef, SolveOptions, SolveResult};
 use memobuild_worker::{Worker, WorkerConfig};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -23,6 +23,8 @@ type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 struct Env {
     worker: Worker,
     busybox: String,
+    /// How `worker` was opened (to open another worker on the same state directory).
+    config: WorkerConfig,
     _state: tempfile::TempDir,
 }
 
@@ -35,7 +37,7 @@ async fn env(test: &str) -> Option<Env> {
         return None;
     };
     let state = tempfile::tempdir().expect("state dir");
-    let worker = Worker::open(WorkerConfig {
+    let config = WorkerConfig {
         containerd_socket: Some(PathBuf::from(socket)),
         namespace: format!(
             "memobuild-test-ops-{test}-{}",
@@ -43,12 +45,12 @@ async fn env(test: &str) -> Option<Env> {
         ),
         state_dir: state.path().to_path_buf(),
         ..WorkerConfig::default()
-    })
-    .await
-    .expect("worker opens");
+    };
+    let worker = Worker::open(config.clone()).await.expect("worker opens");
     Some(Env {
         worker,
         busybox: format!("docker-image://{registry}/library/busybox:latest"),
+        config,
         _state: state,
     })
 }
@@ -146,6 +148,16 @@ impl Llb {
     }
 
     async fn solve(&self, worker: &Worker, digest: &str, index: i64) -> Result<FsRef, String> {
+        self.solve_full(worker, digest, index).await.map(|r| r.fs)
+    }
+
+    /// Solves output `index` of `digest`, with the report of which vertices were cached.
+    async fn solve_full(
+        &self,
+        worker: &Worker,
+        digest: &str,
+        index: i64,
+    ) -> Result<SolveResult, String> {
         let def = self.b.clone().finish(pb::Input::new(digest, index));
         let def = ParsedDefinition::try_from(def).map_err(|e| e.to_string())?;
         let opts = SolveOptions {
@@ -155,11 +167,11 @@ impl Llb {
             platform: platform(),
             no_cache: false,
             secrets: Secrets::new(),
+            ssh: Default::default(),
         };
         worker
             .solve(def, opts, Progress::discard())
             .await
-            .map(|r| r.fs)
             .map_err(|e| e.to_string())
     }
 }
@@ -431,6 +443,91 @@ async fn exec_mount_outputs() -> TestResult {
     let again = llb.solve(w, &seed_again, 0).await?;
     assert_eq!(file(&flatten(w, &again.layers), "again"), "seed\n");
     w.close().await;
+    Ok(())
+}
+
+/// Whether vertex `digest` came from the cache in `r` (`None`: it is not in the report).
+fn was_cached(r: &SolveResult, digest: &str) -> Option<bool> {
+    r.vertices
+        .iter()
+        .find(|v| v.digest == digest)
+        .map(|v| v.cached)
+}
+
+// Verifies: an exec with two outputs (its root and a writable mount with an output index) is
+// recorded whole: a later solve asking for either output is a cache hit (nothing runs), in the
+// same process and in a fresh worker reading the records from disk, and both outputs' files are
+// right. The process writes a random token, so a re-run would be seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_with_two_outputs_is_cached_whole() -> TestResult {
+    let Some(env) = env("twoout").await else {
+        return Ok(());
+    };
+    let w = &env.worker;
+    let mut llb = Llb::new(&env);
+    let base = llb.image();
+    let exec = llb.b.add_op(&pb::Op {
+        inputs: vec![pb::Input::new(&base, 0)],
+        op: Some(pb::op::Op::Exec(pb::ExecOp {
+            meta: Some(pb::Meta {
+                args: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /token && \
+                     cp /token /out/token && echo second > /out/f && echo root > /root.txt"
+                        .into(),
+                ],
+                env: vec!["PATH=/bin".into()],
+                cwd: "/".into(),
+                ..Default::default()
+            }),
+            mounts: vec![
+                pb::Mount {
+                    input: 0,
+                    dest: "/".into(),
+                    output: 0,
+                    ..Default::default()
+                },
+                pb::Mount {
+                    input: -1,
+                    dest: "/out".into(),
+                    output: 1,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        })),
+        platform: Some(platform()),
+        ..Default::default()
+    });
+
+    let first = llb.solve_full(w, &exec, 1).await?;
+    assert_eq!(was_cached(&first, &exec), Some(false));
+    let out1 = flatten(w, &first.fs.layers);
+    assert_eq!(file(&out1, "f"), "second\n");
+    let token = file(&out1, "token");
+    assert_eq!(token.len(), 32, "{token:?}");
+
+    // The other output, in a new solve: from the cache, the same run's files.
+    let root = llb.solve_full(w, &exec, 0).await?;
+    assert_eq!(was_cached(&root, &exec), Some(true));
+    let fs0 = flatten(w, &root.fs.layers);
+    assert_eq!(file(&fs0, "root.txt"), "root\n");
+    assert_eq!(file(&fs0, "token"), token);
+    assert!(fs0.contains_key("bin/busybox"));
+    assert!(!fs0.contains_key("out/f"), "output 1 is not in the root");
+    w.close().await;
+
+    // A fresh worker on the same state directory: the record comes from disk.
+    let w2 = Worker::open(env.config.clone()).await?;
+    let again = llb.solve_full(&w2, &exec, 1).await?;
+    assert_eq!(was_cached(&again, &exec), Some(true));
+    assert_eq!(again.fs.layers, first.fs.layers);
+    assert_eq!(file(&flatten(&w2, &again.fs.layers), "token"), token);
+    let root2 = llb.solve_full(&w2, &exec, 0).await?;
+    assert_eq!(was_cached(&root2, &exec), Some(true));
+    assert_eq!(root2.fs.layers, root.fs.layers);
+    w2.close().await;
     Ok(())
 }
 

@@ -184,9 +184,19 @@ impl Lowerer<'_> {
         if proxy.is_some() {
             cap_list.push(caps::CAP_EXEC_META_PROXYENV);
         }
+        let mut env = st.env.to_vec();
+        // As Go's `client/llb`: the first ssh mount's socket is SSH_AUTH_SOCK unless it is set.
+        if let Some(sock) = mounts
+            .iter()
+            .find(|m| m.mount_type == pb::MountType::Ssh)
+            .map(|m| m.dest.clone())
+            && !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK="))
+        {
+            env.push(format!("SSH_AUTH_SOCK={sock}"));
+        }
         let meta = pb::Meta {
             args: args.clone(),
-            env: st.env.to_vec(),
+            env,
             cwd: st.cwd.clone(),
             user: st.user.clone(),
             proxy_env: proxy,
@@ -224,10 +234,12 @@ impl Lowerer<'_> {
 pub(crate) fn assemble_mounts(
     mut mounts: Vec<MountSpec>,
 ) -> (Vec<pb::Mount>, Vec<Out>, Vec<&'static str>) {
-    let (mut normal, tail): (Vec<MountSpec>, Vec<MountSpec>) = mounts
+    let (mut normal, mut tail): (Vec<MountSpec>, Vec<MountSpec>) = mounts
         .drain(..)
         .partition(|m| !matches!(m.mount_type, pb::MountType::Secret | pb::MountType::Ssh));
     normal.sort_by(|a, b| a.dest.cmp(&b.dest));
+    // Secrets, then ssh sockets, each in the order given (stable sort).
+    tail.sort_by_key(|m| m.mount_type == pb::MountType::Ssh);
     let mut inputs: Vec<Out> = Vec::new();
     let mut caps_used: BTreeMap<&'static str, ()> = BTreeMap::new();
     let mut out_index = 0i64;

@@ -212,6 +212,9 @@ pub(crate) fn parse_mount(
             return Err(bad("both source and id can't be set".into()));
         }
     }
+    if m.kind == "ssh" && !m.source.is_empty() {
+        return Err(bad("ssh does not support source".into()));
+    }
     if !m.sharing.is_empty() && m.kind != "cache" {
         return Err(bad(format!(
             "invalid cache sharing set for {} mount",
@@ -296,12 +299,10 @@ impl Lowerer<'_> {
                     ssh_count += 1;
                     let mut spec = MountSpec::bind(&target, None);
                     spec.mount_type = pb::MountType::Ssh;
+                    // Without `id=` the op names no id; the worker reads that as `default`
+                    // (BuildKit's `sshforward.DefaultID`), as BuildKit's frontend leaves it.
                     spec.ssh = Some(pb::SshOpt {
-                        id: if m.id.is_empty() {
-                            "default".into()
-                        } else {
-                            m.id.clone()
-                        },
+                        id: m.id.clone(),
                         uid: m.uid.unwrap_or(0),
                         gid: m.gid.unwrap_or(0),
                         mode: m.mode.unwrap_or(0o600),

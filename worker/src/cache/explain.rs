@@ -59,6 +59,8 @@ pub fn explain(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -
             ));
         } else if name.starts_with("files of copy ") {
             generic.push("files read by the copy changed".to_string());
+        } else if let Some(dest) = name.strip_prefix("files of mount ") {
+            generic.push(format!("files of the context mounted at `{dest}` changed"));
         } else if name == "op" {
             generic.push("the instruction's options changed".to_string());
         } else {
@@ -127,5 +129,20 @@ mod tests {
             ["input 0 changed (what it builds on has different files)"]
         );
         assert!(explain(&old, &old).is_empty());
+    }
+
+    // Verifies: an exec whose context mount changed is explained by the file, or, when the
+    // per-file components were capped, by the mount.
+    #[test]
+    fn names_the_mounted_file_or_the_mount() {
+        let old = m(&[("files of mount /src", "h1"), ("file src/main.c", "a")]);
+        let new = m(&[("files of mount /src", "h2"), ("file src/main.c", "b")]);
+        assert_eq!(explain(&old, &new), ["file `src/main.c` changed"]);
+        let old = m(&[("files of mount /src", "h1")]);
+        let new = m(&[("files of mount /src", "h2")]);
+        assert_eq!(
+            explain(&old, &new),
+            ["files of the context mounted at `/src` changed"]
+        );
     }
 }

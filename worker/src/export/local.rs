@@ -113,14 +113,9 @@ impl Applier {
         }
     }
 
-    /// Applies one layer (gzip-compressed or plain tar; detected from its first bytes).
-    pub fn apply(&mut self, mut blob: impl io::BufRead) -> io::Result<()> {
-        let gzip = blob.fill_buf()?.starts_with(&[0x1f, 0x8b]);
-        if gzip {
-            self.apply_tar(flate2::bufread::MultiGzDecoder::new(blob))
-        } else {
-            self.apply_tar(blob)
-        }
+    /// Applies one layer (gzip, zstd or plain tar; detected from its first bytes).
+    pub fn apply(&mut self, blob: impl io::BufRead) -> io::Result<()> {
+        self.apply_tar(crate::export::compression::decompressed(blob)?)
     }
 
     fn apply_tar(&mut self, reader: impl Read) -> io::Result<()> {
@@ -436,6 +431,23 @@ mod tests {
             a.apply(io::Cursor::new(l))?;
         }
         a.finish()
+    }
+
+    #[test]
+    fn zstd_and_plain_layers_apply_too() {
+        // A base image may have zstd layers (and an uncompressed one): both are recognised by
+        // their first bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let tar = layer(
+            &[other("z", EntryKind::Dir), file("z/one", b"1", 0o644)],
+            false,
+        );
+        let zstd = zstd::encode_all(&tar[..], 3).unwrap();
+        let plain = layer(&[file("z/two", b"2", 0o600)], false);
+        apply(root, &[zstd, plain]).unwrap();
+        assert_eq!(fs::read(root.join("z/one")).unwrap(), b"1");
+        assert_eq!(fs::read(root.join("z/two")).unwrap(), b"2");
     }
 
     #[test]

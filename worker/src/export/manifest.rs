@@ -39,6 +39,9 @@ pub enum ManifestError {
     /// The frontend's config is not a JSON object.
     #[error("image config from the frontend is not valid JSON: {0}")]
     BadConfig(String),
+    /// New blobs for an image's layers do not have the layers' diff IDs.
+    #[error("new layer blobs do not match the image's diff IDs")]
+    DiffIdsChanged,
 }
 
 /// A finished image: config and manifest bytes with their descriptors.
@@ -92,6 +95,29 @@ pub fn assemble(
     );
 
     let config = serde_json::to_vec(&cfg).map_err(|e| ManifestError::BadConfig(e.to_string()))?;
+    finish(config, layers)
+}
+
+/// `img` with other blobs for the same layers (another compression): the config is kept byte
+/// for byte (its `diff_ids` are unchanged), the manifest is made again from the new descriptors.
+pub fn with_layers(
+    img: &ImageManifest,
+    layers: Vec<LayerBlob>,
+) -> Result<ImageManifest, ManifestError> {
+    let same = img.layers.len() == layers.len()
+        && img
+            .layers
+            .iter()
+            .zip(&layers)
+            .all(|(a, b)| a.diff_id == b.diff_id);
+    if !same {
+        return Err(ManifestError::DiffIdsChanged);
+    }
+    finish(img.config.clone(), &layers)
+}
+
+/// The config descriptor and the manifest for finished config bytes and `layers`.
+fn finish(config: Vec<u8>, layers: &[LayerBlob]) -> Result<ImageManifest, ManifestError> {
     let config_desc = Descriptor {
         media_type: MEDIA_TYPE_CONFIG.into(),
         digest: sha256_digest(&config),

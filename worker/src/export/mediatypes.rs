@@ -19,12 +19,17 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 /// Docker's gzip layer media type.
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+/// The zstd layer media type containerd (and BuildKit, with `compression=zstd` and
+/// `oci-mediatypes=false`) uses in Docker manifests. Docker's manifest specification does not
+/// define one; runtimes built on containerd read it.
+pub const DOCKER_LAYER_ZSTD: &str = "application/vnd.docker.image.rootfs.diff.tar.zstd";
 
-/// The Docker media type for an (OCI or Docker) layer media type; `None` when Docker has none
-/// (zstd).
+/// The Docker media type for an (OCI or Docker) layer media type; `None` when Docker has none.
+/// zstd gets containerd's [`DOCKER_LAYER_ZSTD`], as BuildKit does.
 pub fn docker_layer_type(media_type: &str) -> Option<&'static str> {
     Some(match media_type {
         "application/vnd.oci.image.layer.v1.tar+gzip" | DOCKER_LAYER_GZIP => DOCKER_LAYER_GZIP,
+        "application/vnd.oci.image.layer.v1.tar+zstd" | DOCKER_LAYER_ZSTD => DOCKER_LAYER_ZSTD,
         "application/vnd.oci.image.layer.v1.tar"
         | "application/vnd.docker.image.rootfs.diff.tar" => {
             "application/vnd.docker.image.rootfs.diff.tar"
@@ -42,6 +47,7 @@ pub fn docker_layer_type(media_type: &str) -> Option<&'static str> {
 pub fn oci_layer_type(media_type: &str) -> &str {
     match media_type {
         DOCKER_LAYER_GZIP => "application/vnd.oci.image.layer.v1.tar+gzip",
+        DOCKER_LAYER_ZSTD => "application/vnd.oci.image.layer.v1.tar+zstd",
         "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar",
         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
             "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
@@ -135,11 +141,37 @@ mod tests {
         // Deterministic.
         assert_eq!(to_docker(&oci).unwrap().manifest, d.manifest);
 
+        // zstd gets containerd's Docker-style zstd type (BuildKit's mapping) and back.
         let zstd = LayerBlob {
             media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+            ..l.clone()
+        };
+        let d = to_docker(&assemble(b"{}", &[zstd]).unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(&d.manifest).unwrap();
+        assert_eq!(v["layers"][0]["mediaType"], DOCKER_LAYER_ZSTD);
+        assert_eq!(
+            oci_layer_type(DOCKER_LAYER_ZSTD),
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+        let plain = LayerBlob {
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            ..l.clone()
+        };
+        let d = to_docker(&assemble(b"{}", &[plain]).unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(&d.manifest).unwrap();
+        assert_eq!(
+            v["layers"][0]["mediaType"],
+            "application/vnd.docker.image.rootfs.diff.tar"
+        );
+        // A media type Docker's format has no name for is refused, naming it.
+        let odd = LayerBlob {
+            media_type: "application/vnd.example.layer".into(),
             ..l
         };
-        let err = to_docker(&assemble(b"{}", &[zstd]).unwrap()).unwrap_err();
-        assert!(err.to_string().contains("zstd"), "{err}");
+        let err = to_docker(&assemble(b"{}", &[odd]).unwrap()).unwrap_err();
+        assert!(
+            err.to_string().contains("application/vnd.example.layer"),
+            "{err}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The mounts of an exec besides its root: binds (of other vertices' filesystems, read-only,
 //! writable with the writes discarded, or writable as an output of the op; of the build
-//! context), cache mounts, tmpfs and secrets; plus `/etc/hosts` and `/etc/resolv.conf`.
+//! context), cache mounts, tmpfs, secrets and ssh agent sockets; plus `/etc/hosts` and
+//! `/etc/resolv.conf`.
 //!
 //! Everything is set up before the process starts and torn down after it ends, whatever the
 //! outcome ([`ExecMounts::release`]).
@@ -38,6 +39,7 @@ enum Cleanup {
     RemoveSnapshot(String),
     Dir(tempfile::TempDir),
     Cache(CacheLease),
+    Ssh(crate::ssh::AgentProxy),
 }
 
 /// The prepared mounts of one exec.
@@ -78,6 +80,7 @@ impl ExecMounts {
                 }
                 Cleanup::Dir(d) => drop(d),
                 Cleanup::Cache(l) => drop(l),
+                Cleanup::Ssh(p) => drop(p),
             }
         }
     }
@@ -137,12 +140,7 @@ impl Solve {
                 pb::MountType::Bind => self.bind_mount(digest, m, inputs, out).await?,
                 pb::MountType::Cache => self.cache_mount(digest, m, inputs, out).await?,
                 pb::MountType::Secret => self.secret_mount(digest, m, out)?,
-                pb::MountType::Ssh => {
-                    return Err(err(format!(
-                        "ssh mount at `{}` (`--mount=type=ssh`) is not supported yet",
-                        m.dest
-                    )));
-                }
+                pb::MountType::Ssh => self.ssh_mount(digest, m, out)?,
             }
         }
 
@@ -395,6 +393,46 @@ impl Solve {
             destination,
             readonly: true,
         });
+        Ok(())
+    }
+
+    /// An ssh agent as a socket of the exec's own, owned and permissioned as the mount says,
+    /// relaying to the agent the build was given for the mount's id. An id that was not given
+    /// skips the mount, unless it is required (BuildKit's behaviour).
+    fn ssh_mount(
+        &self,
+        digest: &str,
+        m: &pb::Mount,
+        out: &mut ExecMounts,
+    ) -> Result<(), SolveError> {
+        let err = |msg: String| self.error(digest, msg);
+        let opt = m.ssh_opt.clone().unwrap_or_default();
+        let id = if opt.id.is_empty() {
+            crate::ssh::DEFAULT_ID
+        } else {
+            opt.id.as_str()
+        };
+        let Some(agent) = self.opts.ssh.get(id) else {
+            if opt.optional {
+                return Ok(());
+            }
+            return Err(err(format!(
+                "ssh agent or key `{id}` is required but was not given (pass `--ssh {id}` to use $SSH_AUTH_SOCK, or `--ssh {id}=PATH` with an agent socket or key files)"
+            )));
+        };
+        let destination = if m.dest.is_empty() {
+            "/run/buildkit/ssh_agent.0".to_string()
+        } else {
+            m.dest.clone()
+        };
+        let proxy = crate::ssh::AgentProxy::start(agent, opt.uid, opt.gid, opt.mode)
+            .map_err(|e| err(format!("ssh mount at `{destination}`: {e}")))?;
+        out.extra.push(ExtraMount::Bind {
+            source: proxy.socket().to_path_buf(),
+            destination,
+            readonly: false,
+        });
+        out.cleanups.push(Cleanup::Ssh(proxy));
         Ok(())
     }
 

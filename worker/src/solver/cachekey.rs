@@ -1,23 +1,24 @@
 //! Which vertices are cached, and under which MemoBuild key.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use memobuild_proto::{attr, pb};
 
 use crate::cache::key::{KeyBuilder, fs_identity, op_components};
-use crate::fingerprint::{self, CopySelection};
+use crate::fingerprint::{self, CopySelection, StatCache};
 use crate::patterns::PatternMatcher;
-use crate::solver::{Output, Solve, SolveError};
+use crate::solver::{LocalRef, Output, Solve, SolveError, output_count};
 
-/// Above this many files a copy's key keeps only their combined hash, not one component each
-/// (records stay small; explanations then say "files of COPY n changed").
+/// Above this many files a copy's or mount's key keeps only their combined hash, not one
+/// component each (records stay small; explanations then say "files of COPY n changed").
 const MAX_FILE_COMPONENTS: usize = 10_000;
 
 impl Solve {
     /// The MemoBuild key of a vertex and its components, or `None` when its result is not cached:
     /// local sources (cheap, and read live), images named by tag only (the tag may move), URLs
-    /// without a checksum, and ops whose inputs the key cannot describe yet. A git source's key
-    /// holds the commit its ref resolves to now.
+    /// without a checksum. A git source's key holds the commit its ref resolves to now; copies
+    /// and exec mounts of a local directory add the fingerprints of the files they read.
     pub(crate) async fn cache_key(
         &self,
         digest: &str,
@@ -51,80 +52,69 @@ impl Solve {
             };
             k.add(format!("input {i}"), identity);
         }
-        match &op.op {
-            Some(pb::op::Op::File(f)) => {
-                self.add_copy_fingerprints(digest, f, inputs, &mut k)
-                    .await?;
-            }
-            Some(pb::op::Op::Exec(_)) if inputs.iter().any(|o| matches!(o, Output::Local(_))) => {
-                return Ok(None);
-            }
-            _ => {}
+        // Records of ops with several outputs hold every output's chain; their keys say so, so
+        // that a binary that only knows single-output records never finds one.
+        if let Some(n) = output_count(op).filter(|n| *n > 1) {
+            k.add("outputs", n.to_string());
         }
+        let jobs = match &op.op {
+            Some(pb::op::Op::File(f)) => copy_jobs(f, inputs),
+            Some(pb::op::Op::Exec(e)) => mount_jobs(e, inputs),
+            _ => Vec::new(),
+        };
+        let jobs = jobs
+            .into_iter()
+            .map(|(label, local, sel)| {
+                let stat_cache = self.worker.stat_cache(&local.path);
+                (label, local, sel, stat_cache)
+            })
+            .collect();
+        self.add_fingerprints(digest, jobs, &mut k).await?;
         Ok(Some(k.finish()))
     }
 
-    /// For each copy from a local directory, the fingerprints of exactly the files it reads.
-    async fn add_copy_fingerprints(
+    /// Fingerprints the files each job reads from its local directory and adds them to the key:
+    /// one combined hash per job (`label`), and one `file PATH` component per file (up to
+    /// [`MAX_FILE_COMPONENTS`] per job) so that explanations can name a changed file.
+    async fn add_fingerprints(
         &self,
         digest: &str,
-        f: &pb::FileOp,
-        inputs: &[Output],
+        jobs: Vec<(String, LocalRef, Selection, Arc<StatCache>)>,
         k: &mut KeyBuilder,
     ) -> Result<(), SolveError> {
-        let mut jobs = Vec::new();
-        for (i, a) in f.actions.iter().enumerate() {
-            let Some(pb::file_action::Action::Copy(c)) = &a.action else {
-                continue;
-            };
-            let Some(Output::Local(local)) = usize::try_from(a.secondary_input)
-                .ok()
-                .and_then(|s| inputs.get(s))
-            else {
-                continue;
-            };
-            let mut excludes: Vec<String> = local
-                .exclude
-                .iter()
-                .flat_map(|p| p.texts().map(str::to_string))
-                .collect();
-            excludes.extend(c.exclude_patterns.iter().cloned());
-            let stat_cache = self.worker.stat_cache(&local.path);
-            jobs.push((i, local.clone(), c.clone(), excludes, stat_cache));
-        }
         if jobs.is_empty() {
             return Ok(());
         }
         let found = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            for (i, local, c, excludes, stat_cache) in jobs {
-                let exclude = if excludes.is_empty() {
-                    None
-                } else {
-                    Some(PatternMatcher::new(&excludes).map_err(|e| e.to_string())?)
+            for (label, local, sel, stat_cache) in jobs {
+                let compile = |p: &[String]| -> Result<Option<PatternMatcher>, String> {
+                    if p.is_empty() {
+                        return Ok(None);
+                    }
+                    PatternMatcher::new(p).map(Some).map_err(|e| e.to_string())
                 };
-                let include = if c.include_patterns.is_empty() {
-                    local.include.clone()
-                } else {
-                    Some(PatternMatcher::new(&c.include_patterns).map_err(|e| e.to_string())?)
+                let copy_exclude = compile(&sel.copy_excludes)?;
+                let copy_include = compile(&sel.copy_includes)?;
+                let cs = CopySelection {
+                    src: &sel.src,
+                    allow_wildcard: sel.allow_wildcard,
+                    follow_symlink: sel.follow_symlink,
+                    exclude: local.exclude.as_ref(),
+                    include: local.include.as_ref(),
+                    copy_exclude: copy_exclude.as_ref(),
+                    copy_include: copy_include.as_ref(),
                 };
-                let sel = CopySelection {
-                    src: &c.src,
-                    allow_wildcard: c.allow_wildcard,
-                    follow_symlink: c.follow_symlink,
-                    exclude: exclude.as_ref(),
-                    include: include.as_ref(),
-                };
-                let files = fingerprint::copy_sources(&local.path, &sel, &stat_cache)
-                    .map_err(|e| format!("reading `{}` from the context: {e}", c.src))?;
-                out.push((i, files));
+                let files = fingerprint::copy_sources(&local.path, &cs, &stat_cache)
+                    .map_err(|e| format!("reading `{}` from the context: {e}", sel.src))?;
+                out.push((label, files));
             }
             Ok::<_, String>(out)
         })
         .await
         .map_err(|e| self.error(digest, format!("fingerprint task failed: {e}")))?
         .map_err(|m| self.error(digest, m))?;
-        for (i, files) in found {
+        for (label, files) in found {
             let mut all = blake3::Hasher::new();
             for (path, hash) in &files {
                 all.update(path.as_bytes());
@@ -132,10 +122,7 @@ impl Solve {
                 all.update(hash.as_bytes());
                 all.update(b"\n");
             }
-            k.add(
-                format!("files of copy {i}"),
-                all.finalize().to_hex().to_string(),
-            );
+            k.add(label, all.finalize().to_hex().to_string());
             if files.len() <= MAX_FILE_COMPONENTS {
                 for (path, hash) in files {
                     k.add(format!("file {path}"), hash);
@@ -144,4 +131,77 @@ impl Solve {
         }
         Ok(())
     }
+}
+
+/// What a vertex reads from a local directory: a source path (or glob) below it and filters.
+struct Selection {
+    src: String,
+    allow_wildcard: bool,
+    follow_symlink: bool,
+    /// The reader's own exclude patterns (`COPY --exclude`), relative to `src`; the local's
+    /// own patterns come with its [`LocalRef`].
+    copy_excludes: Vec<String>,
+    /// The reader's own include patterns, relative to `src`.
+    copy_includes: Vec<String>,
+}
+
+/// For each copy from a local directory: exactly the files it reads.
+fn copy_jobs(f: &pb::FileOp, inputs: &[Output]) -> Vec<(String, LocalRef, Selection)> {
+    let mut jobs = Vec::new();
+    for (i, a) in f.actions.iter().enumerate() {
+        let Some(pb::file_action::Action::Copy(c)) = &a.action else {
+            continue;
+        };
+        let Some(Output::Local(local)) = usize::try_from(a.secondary_input)
+            .ok()
+            .and_then(|s| inputs.get(s))
+        else {
+            continue;
+        };
+        jobs.push((
+            format!("files of copy {i}"),
+            local.clone(),
+            Selection {
+                src: c.src.clone(),
+                allow_wildcard: c.allow_wildcard,
+                follow_symlink: c.follow_symlink,
+                copy_excludes: c.exclude_patterns.clone(),
+                copy_includes: c.include_patterns.clone(),
+            },
+        ));
+    }
+    jobs
+}
+
+/// For each bind mount of a local directory: every file the mount shows (the directory, or
+/// the subdirectory its selector names, minus what the local's patterns leave out), as
+/// `ops::mounts` binds it.
+fn mount_jobs(e: &pb::ExecOp, inputs: &[Output]) -> Vec<(String, LocalRef, Selection)> {
+    let mut jobs = Vec::new();
+    for m in &e.mounts {
+        if m.mount_type != pb::MountType::Bind as i32 {
+            continue;
+        }
+        let Some(Output::Local(local)) = usize::try_from(m.input).ok().and_then(|i| inputs.get(i))
+        else {
+            continue;
+        };
+        let selector = m.selector.trim_start_matches('/');
+        jobs.push((
+            format!("files of mount {}", m.dest),
+            local.clone(),
+            Selection {
+                src: if selector.is_empty() {
+                    ".".to_string()
+                } else {
+                    selector.to_string()
+                },
+                allow_wildcard: false,
+                follow_symlink: true,
+                copy_excludes: Vec::new(),
+                copy_includes: Vec::new(),
+            },
+        ));
+    }
+    jobs
 }

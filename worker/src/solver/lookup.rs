@@ -1,92 +1,152 @@
 //! Cache lookups and stores for the solver: local tiers first, then the remote one.
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crate::cache::ActionRecord;
-use crate::cache::remote::{RemoteError, RemoteTier};
+use crate::cache::tier::TierCtx;
 use crate::progress::ProgressEvent;
 use crate::solver::Solve;
 
 impl Solve {
-    /// The record for `key`: memory and disk first, then the remote tier, whose record is used
-    /// only once every blob it names is fetched and verified (and then backfills the local tiers).
-    pub(crate) async fn lookup(&self, key: &str) -> Option<ActionRecord> {
-        if let Some(r) = self.worker.cache.get(key, &self.worker.blobs) {
-            return Some(r);
+    /// What the tiers get with each call: the blob store, and this build's progress for warnings.
+    fn tier_ctx(&self) -> TierCtx {
+        let progress = self.progress.clone();
+        TierCtx {
+            blobs: self.worker.blobs.clone(),
+            warn: Arc::new(move |m| progress.send(ProgressEvent::Message(m))),
         }
-        let remote = self.worker.remote()?;
-        match fetch(remote.as_ref(), key, &self.worker).await {
-            Ok(Some(r)) => {
-                if let Err(e) = self.worker.cache.put(&r) {
-                    tracing::warn!("cannot backfill the local cache: {e}");
-                }
-                Some(r)
-            }
-            Ok(None) => None,
+    }
+
+    /// The record for `key` from the first tier that has it whole (every blob of every output
+    /// local and verified), backfilling the tiers in front of it.
+    pub(crate) async fn lookup(&self, key: &str) -> Option<ActionRecord> {
+        match self.worker.tiers.get(key, &self.tier_ctx()).await {
+            Ok(r) => r,
             Err(e) => {
-                self.remote_failed(remote.as_ref(), &e);
+                tracing::warn!("cache lookup failed: {e}");
                 None
             }
         }
     }
 
-    /// Stores a record locally and, in the background, in the remote tier.
-    pub(crate) fn store(&self, record: ActionRecord) {
-        if let Err(e) = self.worker.cache.put(&record) {
+    /// Stores a record in every tier (the remote one in the background).
+    pub(crate) async fn store(&self, record: ActionRecord) {
+        if let Err(e) = self.worker.tiers.put(&record, &self.tier_ctx()).await {
             tracing::warn!("cannot record the result of `{}`: {e}", record.name);
-        }
-        let Some(remote) = self.worker.remote() else {
-            return;
-        };
-        let worker = self.worker.clone();
-        let progress = self.progress.clone();
-        self.worker.spawn_upload(async move {
-            let result = async {
-                for l in &record.layers {
-                    remote.push_blob(&l.digest, &worker.blobs).await?;
-                }
-                remote.put_record(&record).await
-            }
-            .await;
-            if let Err(e) = result
-                && !worker.remote_disabled.swap(true, Ordering::SeqCst)
-            {
-                progress.send(ProgressEvent::Message(format!(
-                    "warning: remote cache {} failed, continuing without it: {e}",
-                    remote.describe()
-                )));
-            }
-        });
-    }
-
-    fn remote_failed(&self, remote: &dyn RemoteTier, e: &RemoteError) {
-        if !self.worker.remote_disabled.swap(true, Ordering::SeqCst) {
-            self.progress.send(ProgressEvent::Message(format!(
-                "warning: remote cache {} failed, continuing without it: {e}",
-                remote.describe()
-            )));
         }
     }
 }
 
-async fn fetch(
-    remote: &dyn RemoteTier,
-    key: &str,
-    worker: &crate::Worker,
-) -> Result<Option<ActionRecord>, RemoteError> {
-    let Some(record) = remote.get_record(key).await? else {
-        return Ok(None);
-    };
-    for l in &record.layers {
-        if worker.blobs.verify(&l.digest, Some(l.size)) {
-            continue;
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::Mutex;
+
+    use futures::FutureExt;
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::blobs::BlobStore;
+    use crate::cache::remote::{RemoteError, RemoteTier};
+    use crate::cache::tier::{Remote, Tier};
+    use crate::layer::LayerBlob;
+
+    /// A remote tier in memory.
+    #[derive(Default)]
+    struct Fake {
+        records: Mutex<HashMap<String, ActionRecord>>,
+        blobs: Mutex<HashMap<String, Vec<u8>>>,
+    }
+
+    impl RemoteTier for Fake {
+        fn describe(&self) -> String {
+            "fake".into()
         }
-        if !remote.fetch_blob(&l.digest, &worker.blobs).await? {
-            return Ok(None);
+        fn get_record<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> BoxFuture<'a, Result<Option<ActionRecord>, RemoteError>> {
+            let r = self.records.lock().unwrap().get(key).cloned();
+            async move { Ok(r) }.boxed()
         }
-        if !worker.blobs.verify(&l.digest, Some(l.size)) {
-            return Ok(None);
+        fn put_record<'a>(
+            &'a self,
+            record: &'a ActionRecord,
+        ) -> BoxFuture<'a, Result<(), RemoteError>> {
+            self.records
+                .lock()
+                .unwrap()
+                .insert(record.key.clone(), record.clone());
+            async { Ok(()) }.boxed()
+        }
+        fn fetch_blob<'a>(
+            &'a self,
+            digest: &'a str,
+            store: &'a BlobStore,
+        ) -> BoxFuture<'a, Result<bool, RemoteError>> {
+            let b = self.blobs.lock().unwrap().get(digest).cloned();
+            async move {
+                match b {
+                    Some(b) => store
+                        .put_bytes(&b)
+                        .map(|_| true)
+                        .map_err(|e| RemoteError::Local(e.to_string())),
+                    None => Ok(false),
+                }
+            }
+            .boxed()
+        }
+        fn push_blob<'a>(
+            &'a self,
+            _digest: &'a str,
+            _store: &'a BlobStore,
+        ) -> BoxFuture<'a, Result<(), RemoteError>> {
+            async { Ok(()) }.boxed()
         }
     }
-    Ok(Some(record))
+
+    fn layer(digest: &str, size: usize) -> LayerBlob {
+        LayerBlob {
+            digest: digest.into(),
+            diff_id: digest.into(),
+            size: size as u64,
+            media_type: crate::layer::MEDIA_TYPE_LAYER_GZIP.into(),
+        }
+    }
+
+    // Verifies: a remote record with two outputs is used only once the blobs of *both* are
+    // local and verified: output 1's blob, which only the remote has, is downloaded; without
+    // it on the remote the record is a miss.
+    #[tokio::test]
+    async fn remote_records_bring_every_outputs_blobs() {
+        let d = tempfile::tempdir().unwrap();
+        let local = BlobStore::open(d.path().join("local")).unwrap();
+        let scratch = BlobStore::open(d.path().join("scratch")).unwrap();
+        let (b0, b1) = (b"output zero".to_vec(), b"output one".to_vec());
+        let d0 = local.put_bytes(&b0).unwrap();
+        let d1 = scratch.put_bytes(&b1).unwrap();
+        let key = "ab".repeat(32);
+        let record = ActionRecord {
+            key: key.clone(),
+            layers: vec![layer(&d0, b0.len())],
+            extra_outputs: vec![vec![layer(&d1, b1.len())]],
+            name: "two outputs".into(),
+            duration_ms: 1,
+            components: BTreeMap::new(),
+        };
+        let remote = Arc::new(Fake::default());
+        remote.put_record(&record).await.unwrap();
+        let tier = Remote::new(remote.clone());
+        let ctx = TierCtx {
+            blobs: local.clone(),
+            warn: Arc::new(|m| panic!("unexpected warning: {m}")),
+        };
+        assert!(tier.get(&key, &ctx).await.unwrap().is_none());
+        assert!(!local.verify(&d1, Some(b1.len() as u64)));
+
+        remote.blobs.lock().unwrap().insert(d1.clone(), b1.clone());
+        let got = tier.get(&key, &ctx).await.unwrap();
+        assert_eq!(got.as_ref(), Some(&record));
+        assert!(local.verify(&d1, Some(b1.len() as u64)));
+    }
 }
