@@ -4,7 +4,7 @@
 set -eu -o pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-PACKAGES=(containerd runc docker-registry busybox-static skopeo umoci buildah docker.io protobuf-compiler jq curl iproute2 apache2-utils git)
+PACKAGES=(containerd runc docker-registry busybox-static skopeo umoci buildah docker.io protobuf-compiler jq curl iproute2 apache2-utils git xz-utils bzip2 zstd)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

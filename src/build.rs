@@ -55,9 +55,8 @@ fn read_inputs(args: &FrontendArgs) -> anyhow::Result<Inputs> {
     };
     let mut dockerignore = dockerignore;
     if args.use_gitignore {
-        let ignored = memobuild_worker::gitignore::ignored_paths(&context).with_context(|| {
-            format!("reading the .gitignore files of `{}`", context.display())
-        })?;
+        let ignored = memobuild_worker::gitignore::ignored_paths(&context)
+            .with_context(|| format!("reading the .gitignore files of `{}`", context.display()))?;
         dockerignore.extend(
             ignored
                 .iter()

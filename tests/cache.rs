@@ -171,9 +171,12 @@ fn use_gitignore_leaves_out_what_git_ignores_from_image_and_key() {
     .write(".git/HEAD", "ref: refs/heads/main\n");
     let local = |name: &str| format!("type=local,dest={}", sb.path(name).display());
     let first = build(&sb, &env, &["--use-gitignore", "--output", &local("fs1")]);
-    let listing = std::fs::read_to_string(sb.path("fs1/listing")).unwrap();
+    let listing = std::fs::read_to_string(sb.path("fs1/listing")).expect("listing");
     for present in ["./src/main.rs", "./keep.o", "./sub/lib.rs", "./.gitignore"] {
-        assert!(listing.lines().any(|l| l == present), "{present} missing:\n{listing}");
+        assert!(
+            listing.lines().any(|l| l == present),
+            "{present} missing:\n{listing}"
+        );
     }
     for absent in ["./target", "./a.o", "./sub/gen.rs", "./.git"] {
         assert!(
@@ -197,8 +200,11 @@ fn use_gitignore_leaves_out_what_git_ignores_from_image_and_key() {
     // Without the flag (the default, as in BuildKit) the context is everything but .dockerignore.
     let third = build(&sb, &env, &["--output", &local("fs3")]);
     assert_eq!(executed(&third).len(), 2, "{:?}", executed(&third));
-    let listing = std::fs::read_to_string(sb.path("fs3/listing")).unwrap();
-    assert!(listing.lines().any(|l| l == "./target/debug/app"), "{listing}");
+    let listing = std::fs::read_to_string(sb.path("fs3/listing")).expect("listing");
+    assert!(
+        listing.lines().any(|l| l == "./target/debug/app"),
+        "{listing}"
+    );
 }
 
 // Verifies: a RUN that binds the context is cached by the files the mount shows: it stays cached

@@ -60,6 +60,58 @@ fn gzip(data: &[u8], path: &Path) {
     assert_ok(&out, "gzip");
 }
 
+/// Compresses `path` in place with a command-line tool (`xz`, `bzip2`, `zstd`), the way a user
+/// makes such an archive; the tool adds its own suffix.
+fn compress_with(tool: &str, path: &Path) {
+    let out = common::run({
+        let mut c = std::process::Command::new(tool);
+        c.arg("-q").arg(path);
+        if tool == "zstd" {
+            c.arg("--rm");
+        }
+        c
+    });
+    assert_ok(&out, tool);
+}
+
+/// A package: a directory, a file owned 5:6, an executable and a symlink.
+fn pkg_tar(data: &[u8]) -> Vec<u8> {
+    tar(&[
+        Member {
+            name: "pkg/",
+            kind: b'5',
+            mode: 0o750,
+            owner: (0, 0),
+            link: "",
+            data: b"",
+        },
+        Member {
+            name: "pkg/data.txt",
+            kind: b'0',
+            mode: 0o640,
+            owner: (5, 6),
+            link: "",
+            data,
+        },
+        Member {
+            name: "pkg/run.sh",
+            kind: b'0',
+            mode: 0o755,
+            owner: (0, 0),
+            link: "",
+            data: b"#!/bin/sh\n",
+        },
+        Member {
+            name: "pkg/link",
+            kind: b'2',
+            mode: 0o777,
+            owner: (0, 0),
+            link: "data.txt",
+            data: b"",
+        },
+    ])
+}
+
 /// Builds the context's Dockerfile and exports the result to a local directory.
 fn build_local(env: &Env, sb: &Sandbox) -> (std::process::Output, PathBuf) {
     let dest = sb.path("out");
@@ -202,4 +254,130 @@ fn copy_of_an_ignored_file_is_not_found() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn add_extracts_xz_bzip2_and_zstd_archives_and_copies_other_compressed_files() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "FROM scratch\nADD pkg.tar.xz /xz/\nADD pkg.tar.bz2 /bz2/\nADD pkg.tar.zst /zst/\n\
+         ADD notes.txt.xz /raw/\n",
+    );
+    let ctx = sb.context();
+    for tool in ["xz", "bzip2", "zstd"] {
+        std::fs::write(ctx.join("pkg.tar"), pkg_tar(tool.as_bytes())).expect("write tar");
+        compress_with(tool, &ctx.join("pkg.tar"));
+    }
+    std::fs::write(ctx.join("notes.txt"), "not a tar\n").expect("write");
+    compress_with("xz", &ctx.join("notes.txt"));
+    let (out, dest) = build_local(&env, &sb);
+    assert_ok(&out, "memobuild build");
+    for (dir, tool) in [("xz", "xz"), ("bz2", "bzip2"), ("zst", "zstd")] {
+        let pkg = dest.join(dir).join("pkg");
+        let data = pkg.join("data.txt");
+        assert_eq!(std::fs::read_to_string(&data).expect("data"), tool);
+        assert_eq!(mode(&data), (0o640, 5, 6), "{dir}");
+        assert_eq!(mode(&pkg.join("run.sh")).0, 0o755, "{dir}");
+        assert_eq!(mode(&pkg).0, 0o750, "{dir}");
+        assert_eq!(
+            std::fs::read_link(pkg.join("link")).expect("link"),
+            Path::new("data.txt")
+        );
+        let listing: Vec<_> = std::fs::read_dir(dest.join(dir))
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(listing, ["pkg"], "{dir}: only the extracted tree");
+    }
+    // A compressed file that is no tar archive is copied as it is.
+    assert_eq!(
+        std::fs::read(dest.join("raw/notes.txt.xz")).expect("raw"),
+        std::fs::read(ctx.join("notes.txt.xz")).expect("ctx")
+    );
+}
+
+#[test]
+fn add_of_a_truncated_compressed_archive_fails_naming_it() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write("Dockerfile", "FROM scratch\nADD big.tar.zst /x/\n");
+    let ctx = sb.context();
+    // Data that does not compress, so that half of the file holds the first header whole.
+    let mut x: u32 = 1;
+    let noise: Vec<u8> = (0..(1 << 20))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    std::fs::write(ctx.join("big.tar"), pkg_tar(&noise)).expect("write tar");
+    compress_with("zstd", &ctx.join("big.tar"));
+    let full = std::fs::read(ctx.join("big.tar.zst")).expect("read");
+    std::fs::write(ctx.join("big.tar.zst"), &full[..full.len() / 2]).expect("truncate");
+    let (out, dest) = build_local(&env, &sb);
+    assert!(!out.status.success(), "a truncated archive was accepted");
+    let err = stderr(&out);
+    assert!(err.contains("unpacking /big.tar.zst"), "{err}");
+    assert!(err.contains("Dockerfile:2"), "{err}");
+    assert!(!dest.exists(), "nothing is exported from a failed build");
+}
+
+#[test]
+fn backslashes_escape_wildcards_only_inside_a_pattern() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    // With the default escape character the instruction's word lexer removes an unquoted
+    // backslash (`a\*.txt` is the glob `a*.txt`) and keeps it in double quotes; with
+    // `# escape=`` every backslash reaches the copy. There a backslash escapes a wildcard only
+    // in a path that has an unescaped wildcard; a path without one is a literal name.
+    // (`COPY . /all/` sends the whole context, as BuildKit does once a COPY names `.`.)
+    sb.write(
+        "Dockerfile",
+        "FROM scratch\nCOPY \"a\\*.tx[t]\" /quoted-pattern/\nCOPY a\\*.txt /unquoted/\n\
+         COPY \"a\\*.txt\" /quoted-literal/\nCOPY . /all/\n",
+    )
+    .write("a*.txt", "star\n")
+    .write("a\\*.txt", "backslash\n")
+    .write("ab.txt", "b\n");
+    sb.write(
+        "escaped/Dockerfile",
+        "# escape=`\nFROM scratch\nCOPY [a]\\*.txt /pattern/\n",
+    );
+    let (out, dest) = build_local(&env, &sb);
+    assert_ok(&out, "memobuild build");
+    let names = |dir: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dest.join(dir))
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names("quoted-pattern"), ["a*.txt"]);
+    assert_eq!(names("unquoted"), ["a*.txt", "a\\*.txt", "ab.txt"]);
+    assert_eq!(names("quoted-literal"), ["a\\*.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("quoted-literal/a\\*.txt")).expect("literal"),
+        "backslash\n"
+    );
+    let escaped = sb.path("escaped-out");
+    let out = sb.build(
+        &env,
+        &[
+            "-f",
+            &sb.context().join("escaped/Dockerfile").to_string_lossy(),
+            "--output",
+            &format!("type=local,dest={}", escaped.display()),
+        ],
+    );
+    assert_ok(&out, "memobuild build with escape=`");
+    let got: Vec<_> = std::fs::read_dir(escaped.join("pattern"))
+        .expect("pattern")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(got, ["a*.txt"]);
 }

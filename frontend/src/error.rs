@@ -211,6 +211,9 @@ pub struct Warning {
     pub message: String,
     /// Where, if known.
     pub location: Option<Location>,
+    /// The `# check=` comment above the instruction this finding belongs to (its value up to
+    /// the first space), for rules BuildKit lets such a comment skip or enable there.
+    pub(crate) instruction_check: Option<String>,
 }
 
 impl fmt::Display for Warning {

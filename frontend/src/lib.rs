@@ -123,17 +123,25 @@ pub struct Lowered {
 /// Parses a Dockerfile into its AST; `name` is used in error messages. The warnings are the
 /// lint findings of parsing alone (lowering adds more), filtered by the `# check=` directive.
 pub fn parse(dockerfile: &str, name: &str) -> Result<(Dockerfile, Vec<Warning>), FrontendError> {
-    let (df, warnings, check) = parse_unfiltered(dockerfile, name)?;
+    let (df, warnings, check) = parse_unfiltered(dockerfile, name, None)?;
     let warnings = check
         .apply(warnings)
         .map_err(|k| FrontendError::global(name, k))?;
     Ok((df, warnings))
 }
 
+/// `check_arg` is the `BUILDKIT_DOCKERFILE_CHECK` build argument, if given.
 fn parse_unfiltered(
     dockerfile: &str,
     name: &str,
+    check_arg: Option<&str>,
 ) -> Result<(Dockerfile, Vec<Warning>, lint::CheckConfig), FrontendError> {
+    // As BuildKit, the lint configuration is read (and a bad one reported) before parsing.
+    let check = lint::check_config(dockerfile, check_arg).map_err(|(loc, kind)| FrontendError {
+        file: name.to_owned(),
+        location: loc,
+        kind: Box::new(kind),
+    })?;
     let file = parser::parse_lines(dockerfile)
         .map_err(|(loc, kind)| FrontendError::at(name, loc, kind))?;
     let mut warnings = file.warnings.clone();
@@ -142,8 +150,6 @@ fn parse_unfiltered(
     if df.stages.is_empty() {
         return Err(FrontendError::global(name, ErrorKind::NoStages));
     }
-    let check =
-        lint::check_config(&df).map_err(|(loc, kind)| FrontendError::at(name, loc, kind))?;
     warnings.extend(lint::check_dockerfile(&df));
     Ok((df, warnings, check))
 }
@@ -162,7 +168,11 @@ pub fn build(
     resolver: &dyn ImageResolver,
 ) -> Result<Lowered, FrontendError> {
     let name = opts.dockerfile_name.as_str();
-    let (df, mut warnings, check) = parse_unfiltered(dockerfile, name)?;
+    let check_arg = opts
+        .build_args
+        .get("BUILDKIT_DOCKERFILE_CHECK")
+        .map(String::as_str);
+    let (df, mut warnings, check) = parse_unfiltered(dockerfile, name, check_arg)?;
     if let Some(bad) = opts.build_args.keys().find(|k| !valid_build_arg_name(k)) {
         return Err(FrontendError::global(
             name,

@@ -9,30 +9,44 @@ use std::collections::BTreeSet;
 
 use crate::error::{ErrorKind, Location, Warning};
 use crate::instructions::{Command, Dockerfile};
+use crate::lower::go_quote;
 use crate::platform::Platform;
 use crate::reference::normalize_image_ref;
 use crate::shell::{EnvGetter, EnvList, Lexer};
 
-/// A lint rule: its BuildKit name and whether it only runs when enabled as experimental.
+/// A lint rule: its BuildKit name, whether it only runs when enabled as experimental, and
+/// whether a `# check=` comment right above the instruction it fires on applies to it (BuildKit
+/// checks those rules with the instruction's merged linter; whole-file rules and the base-image
+/// platform check use the file's only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Rule {
     pub name: &'static str,
     pub experimental: bool,
+    pub scoped: bool,
 }
 
 const fn rule(name: &'static str) -> Rule {
     Rule {
         name,
         experimental: false,
+        scoped: true,
+    }
+}
+
+const fn file_rule(name: &'static str) -> Rule {
+    Rule {
+        name,
+        experimental: false,
+        scoped: false,
     }
 }
 
 pub(crate) const STAGE_NAME_CASING: Rule = rule("StageNameCasing");
 pub(crate) const FROM_AS_CASING: Rule = rule("FromAsCasing");
-pub(crate) const NO_EMPTY_CONTINUATION: Rule = rule("NoEmptyContinuation");
-pub(crate) const CONSISTENT_INSTRUCTION_CASING: Rule = rule("ConsistentInstructionCasing");
-pub(crate) const DUPLICATE_STAGE_NAME: Rule = rule("DuplicateStageName");
-pub(crate) const RESERVED_STAGE_NAME: Rule = rule("ReservedStageName");
+pub(crate) const NO_EMPTY_CONTINUATION: Rule = file_rule("NoEmptyContinuation");
+pub(crate) const CONSISTENT_INSTRUCTION_CASING: Rule = file_rule("ConsistentInstructionCasing");
+pub(crate) const DUPLICATE_STAGE_NAME: Rule = file_rule("DuplicateStageName");
+pub(crate) const RESERVED_STAGE_NAME: Rule = file_rule("ReservedStageName");
 pub(crate) const JSON_ARGS_RECOMMENDED: Rule = rule("JSONArgsRecommended");
 pub(crate) const MAINTAINER_DEPRECATED: Rule = rule("MaintainerDeprecated");
 pub(crate) const UNDEFINED_ARG_IN_FROM: Rule = rule("UndefinedArgInFrom");
@@ -42,7 +56,7 @@ pub(crate) const MULTIPLE_INSTRUCTIONS_DISALLOWED: Rule = rule("MultipleInstruct
 pub(crate) const LEGACY_KEY_VALUE_FORMAT: Rule = rule("LegacyKeyValueFormat");
 pub(crate) const REDUNDANT_TARGET_PLATFORM: Rule = rule("RedundantTargetPlatform");
 pub(crate) const SECRETS_USED_IN_ARG_OR_ENV: Rule = rule("SecretsUsedInArgOrEnv");
-pub(crate) const INVALID_DEFAULT_ARG_IN_FROM: Rule = rule("InvalidDefaultArgInFrom");
+pub(crate) const INVALID_DEFAULT_ARG_IN_FROM: Rule = file_rule("InvalidDefaultArgInFrom");
 pub(crate) const FROM_PLATFORM_FLAG_CONST_DISALLOWED: Rule =
     rule("FromPlatformFlagConstDisallowed");
 pub(crate) const COPY_IGNORED_FILE: Rule = rule("CopyIgnoredFile");
@@ -51,7 +65,9 @@ pub(crate) const EXPOSE_INVALID_FORMAT: Rule = rule("ExposeInvalidFormat");
 pub(crate) const INVALID_DEFINITION_DESCRIPTION: Rule = Rule {
     name: "InvalidDefinitionDescription",
     experimental: true,
+    scoped: true,
 };
+pub(crate) const INVALID_BASE_IMAGE_PLATFORM: Rule = file_rule("InvalidBaseImagePlatform");
 
 const ALL: &[Rule] = &[
     STAGE_NAME_CASING,
@@ -75,6 +91,7 @@ const ALL: &[Rule] = &[
     EXPOSE_PROTO_CASING,
     EXPOSE_INVALID_FORMAT,
     INVALID_DEFINITION_DESCRIPTION,
+    INVALID_BASE_IMAGE_PLATFORM,
 ];
 
 /// A finding of `rule` at `location`.
@@ -83,6 +100,30 @@ pub(crate) fn warning(rule: Rule, message: String, location: Option<Location>) -
         rule: rule.name.to_owned(),
         message,
         location,
+        instruction_check: None,
+    }
+}
+
+/// The value (up to the first space, so `# check=skip=X // why` works) of the first `check`
+/// comment among an instruction's comments: BuildKit's `WithMergedConfigFromComments`.
+pub(crate) fn comment_check(comments: &[String]) -> Option<String> {
+    comments.iter().find_map(|c| {
+        let (name, value) = crate::parser::split_directive(c.trim_start())?;
+        name.eq_ignore_ascii_case("check")
+            .then(|| value.split(' ').next().unwrap_or_default().to_owned())
+    })
+}
+
+/// Ties the findings of one instruction to the `# check=` comment above it (`comments`): it
+/// then skips or enables the instruction-scoped rules among them.
+pub(crate) fn scope_to(warnings: &mut [Warning], comments: &[String]) {
+    let Some(check) = comment_check(comments) else {
+        return;
+    };
+    for w in warnings {
+        if ALL.iter().any(|r| r.name == w.rule && r.scoped) {
+            w.instruction_check = Some(check.clone());
+        }
     }
 }
 
@@ -110,7 +151,8 @@ impl CheckConfig {
         for part in value.splitn(3, ';') {
             let Some((k, v)) = part.split_once('=') else {
                 return Err(ErrorKind::BadDirective(format!(
-                    "invalid check option {part:?}: expected skip=, experimental= or error="
+                    "invalid check option {}",
+                    go_quote(part)
                 )));
             };
             let v = v.trim();
@@ -120,24 +162,39 @@ impl CheckConfig {
                 "experimental" if v == "all" => c.experimental_all = true,
                 "experimental" => c.experimental = list(v),
                 "error" => {
-                    c.error = match v.to_ascii_lowercase().as_str() {
-                        "1" | "t" | "true" => true,
-                        "0" | "f" | "false" => false,
+                    // Go's strconv.ParseBool.
+                    c.error = match v {
+                        "1" | "t" | "T" | "TRUE" | "true" | "True" => true,
+                        "0" | "f" | "F" | "FALSE" | "false" | "False" => false,
                         _ => {
                             return Err(ErrorKind::BadDirective(format!(
-                                "failed to parse check option {part:?}: expected true or false"
+                                "failed to parse check option {}: strconv.ParseBool: parsing {}: invalid syntax",
+                                go_quote(part),
+                                go_quote(v)
                             )));
                         }
                     }
                 }
                 other => {
                     return Err(ErrorKind::BadDirective(format!(
-                        "invalid check option {other:?}: expected skip, experimental or error"
+                        "invalid check option {}",
+                        go_quote(other)
                     )));
                 }
             }
         }
         Ok(c)
+    }
+
+    /// This configuration with an instruction's `# check=` comment merged in: its skip and
+    /// experimental lists (and `all`s) added, its `error` ignored (`WithMergedConfig`).
+    fn merged(&self, other: &CheckConfig) -> CheckConfig {
+        let mut c = self.clone();
+        c.skip_all |= other.skip_all;
+        c.skip.extend(other.skip.iter().cloned());
+        c.experimental_all |= other.experimental_all;
+        c.experimental.extend(other.experimental.iter().cloned());
+        c
     }
 
     fn enabled(&self, name: &str) -> bool {
@@ -149,13 +206,23 @@ impl CheckConfig {
         }
     }
 
-    /// Keeps the findings of enabled rules, in file order, without repeats; with `error=true`
-    /// any finding becomes an error naming the rules.
+    /// Keeps the findings of enabled rules (by this configuration merged with the `# check=`
+    /// comment of the finding's instruction, if any; one that does not parse is ignored), in
+    /// file order, without repeats; with `error=true` any finding becomes an error naming the
+    /// rules.
     pub(crate) fn apply(&self, warnings: Vec<Warning>) -> Result<Vec<Warning>, ErrorKind> {
         let mut seen = BTreeSet::new();
+        let enabled = |w: &Warning| match w
+            .instruction_check
+            .as_deref()
+            .and_then(|v| CheckConfig::parse(v).ok())
+        {
+            Some(local) => self.merged(&local).enabled(&w.rule),
+            None => self.enabled(&w.rule),
+        };
         let mut out: Vec<Warning> = warnings
             .into_iter()
-            .filter(|w| self.enabled(&w.rule))
+            .filter(|w| enabled(w))
             .filter(|w| seen.insert((w.location, w.rule.clone(), w.message.clone())))
             .collect();
         out.sort_by_key(|w| w.location.map(|l| l.line).unwrap_or(0));
@@ -406,56 +473,11 @@ pub(crate) fn check_froms(
             keys.extend(pairs.iter().map(|p| p.key.as_str()));
         }
     }
-    let undefined = |unmatched: &BTreeSet<String>, loc: Location, out: &mut Vec<Warning>| {
-        for arg in unmatched {
-            if keys.contains(&arg.as_str()) {
-                continue;
-            }
-            let hint = did_you_mean(&suggest(arg, keys.iter().copied()), false);
-            out.push(warning(
-                UNDEFINED_ARG_IN_FROM,
-                format!("FROM argument '{arg}' is not declared{hint}"),
-                Some(loc),
-            ));
-        }
-    };
     for st in &df.stages {
-        if let Ok(m) = lex.process(&st.from.base, global) {
-            undefined(&m.unmatched, st.location, &mut out);
-        }
-        let Some(p) = &st.from.platform else { continue };
-        let Ok(m) = lex.process(p, global) else {
-            continue;
-        };
-        undefined(&m.unmatched, st.location, &mut out);
-        if m.matched.len() == 1
-            && m.unmatched.is_empty()
-            && m.matched.contains("TARGETPLATFORM")
-            && global.get("TARGETPLATFORM") == Some(m.result.as_str())
-        {
-            out.push(warning(
-                REDUNDANT_TARGET_PLATFORM,
-                format!(
-                    "Setting platform to predefined {p} in FROM is redundant as this is the default behavior"
-                ),
-                Some(st.location),
-            ));
-        }
-        if m.matched.is_empty()
-            && m.unmatched.is_empty()
-            && let Some(plat) = Platform::parse(&m.result)
-        {
-            let name = st.from.name.as_deref().unwrap_or_default();
-            if !name.contains(&plat.os) && !name.contains(&plat.architecture) {
-                out.push(warning(
-                    FROM_PLATFORM_FLAG_CONST_DISALLOWED,
-                    format!(
-                        "FROM --platform flag should not use constant value {:?}",
-                        m.result
-                    ),
-                    Some(st.location),
-                ));
-            }
+        let before = out.len();
+        check_from(st, lex, global, &keys, &mut out);
+        if let Some(found) = out.get_mut(before..) {
+            scope_to(found, &st.comments);
         }
     }
     if let Some(defaults) = defaults_only {
@@ -479,15 +501,227 @@ pub(crate) fn check_froms(
 }
 
 /// The `# check=` directive of `df`, if any.
-pub(crate) fn check_config(df: &Dockerfile) -> Result<CheckConfig, (Location, ErrorKind)> {
-    match df.directives.iter().find(|d| d.name == "check") {
+/// The file's lint configuration: the `BUILDKIT_DOCKERFILE_CHECK` build argument when given
+/// (it replaces the directive, which is then not read), else the `# check=` directive.
+pub(crate) fn check_config(
+    text: &str,
+    build_arg: Option<&str>,
+) -> Result<CheckConfig, (Option<Location>, ErrorKind)> {
+    if let Some(v) = build_arg {
+        return CheckConfig::parse(v).map_err(|e| {
+            (
+                None,
+                ErrorKind::BadDirective(format!("failed to parse BUILDKIT_DOCKERFILE_CHECK: {e}")),
+            )
+        });
+    }
+    match check_directive(text) {
         None => Ok(CheckConfig::default()),
-        Some(d) => {
-            // BuildKit reads the value up to the first space.
-            let v = d.value.split(' ').next().unwrap_or_default();
-            CheckConfig::parse(v).map_err(|e| (Location::new(d.line, 1, d.line), e))
+        Some((v, line)) => CheckConfig::parse(&v).map_err(|e| {
+            (
+                Some(Location::new(line, 1, line)),
+                ErrorKind::BadDirective(format!("failed to parse check options: {e}")),
+            )
+        }),
+    }
+}
+
+/// BuildKit's `ParseDirective("check", …)`: the `# check=` directive among the leading
+/// directives, after a byte-order mark and a `#!` line (which the instruction parser does not
+/// skip); its value up to the first space, and its 1-based line.
+fn check_directive(text: &str) -> Option<(String, usize)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut lines = text
+        .split('\n')
+        .map(|l| l.trim_end_matches('\r'))
+        .peekable();
+    let mut offset = 0;
+    if lines.peek().is_some_and(|l| l.starts_with("#!")) {
+        lines.next();
+        offset = 1;
+    }
+    let mut parser = crate::parser::DirectiveParser::default();
+    for (i, line) in lines.enumerate() {
+        // A repeated directive ends the search (the instruction parser reports it).
+        let Ok(found) = parser.parse_line(line) else {
+            return None;
+        };
+        match found {
+            Some(d) if d.name == "check" => {
+                let v = d.value.split(' ').next().unwrap_or_default().to_owned();
+                return Some((v, i + 1 + offset));
+            }
+            Some(_) => {}
+            None => return None,
         }
     }
+    None
+}
+
+/// InvalidBaseImagePlatform: the base image's config names another OS or architecture than
+/// the stage's platform (`validateBaseImagePlatform`; variants are not compared). Both are
+/// shown as containerd's `FormatAll` of the normalized platform.
+pub(crate) fn base_image_platform(
+    name: &str,
+    expected: &Platform,
+    image: &crate::config::ImageConfig,
+    at: Location,
+) -> Option<Warning> {
+    if expected.os == image.os && expected.architecture == image.architecture {
+        return None;
+    }
+    let expected = format_platform(
+        &expected.os,
+        &expected.architecture,
+        expected.variant.as_deref().unwrap_or_default(),
+        "",
+        &[],
+    );
+    let actual = format_platform(
+        &image.os,
+        &image.architecture,
+        &image.variant,
+        &image.os_version,
+        &image.os_features,
+    );
+    Some(warning(
+        INVALID_BASE_IMAGE_PLATFORM,
+        format!(
+            "Base image {name} was pulled with platform {}, expected {} for current build",
+            go_quote(&actual),
+            go_quote(&expected)
+        ),
+        Some(at),
+    ))
+}
+
+/// containerd's `platforms.FormatAll(platforms.Normalize(p))`: `os[(version+features)]/arch
+/// [/variant]`; an empty OS is the frontend's own.
+fn format_platform(
+    os: &str,
+    arch: &str,
+    variant: &str,
+    os_version: &str,
+    os_features: &[String],
+) -> String {
+    let os = match os.to_ascii_lowercase().as_str() {
+        "" => Platform::host().os,
+        "macos" => "darwin".to_owned(),
+        o => o.to_owned(),
+    };
+    let (arch, variant) = normalize_arch(arch, variant);
+    let encode = |v: &str| {
+        v.replace('%', "%25")
+            .replace('+', "%2B")
+            .replace('(', "%28")
+            .replace(')', "%29")
+            .replace('/', "%2F")
+    };
+    let mut features: Vec<&str> = os_features
+        .iter()
+        .map(String::as_str)
+        .filter(|f| !f.is_empty())
+        .collect();
+    features.sort_unstable();
+    features.dedup();
+    let features: Vec<String> = features.into_iter().map(encode).collect();
+    let mut first = os;
+    let version = encode(os_version);
+    if !version.is_empty() || !features.is_empty() {
+        first.push('(');
+        first.push_str(&version);
+        if !features.is_empty() {
+            first.push('+');
+            first.push_str(&features.join("+"));
+        }
+        first.push(')');
+    }
+    [first, arch, variant]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// UndefinedArgInFrom, RedundantTargetPlatform and FromPlatformFlagConstDisallowed of one
+/// stage.
+fn check_from(
+    st: &crate::instructions::Stage,
+    lex: &Lexer,
+    global: &EnvList,
+    keys: &[&str],
+    out: &mut Vec<Warning>,
+) {
+    let undefined = |unmatched: &BTreeSet<String>, loc: Location, out: &mut Vec<Warning>| {
+        for arg in unmatched {
+            if keys.contains(&arg.as_str()) {
+                continue;
+            }
+            let hint = did_you_mean(&suggest(arg, keys.iter().copied()), false);
+            out.push(warning(
+                UNDEFINED_ARG_IN_FROM,
+                format!("FROM argument '{arg}' is not declared{hint}"),
+                Some(loc),
+            ));
+        }
+    };
+    if let Ok(m) = lex.process(&st.from.base, global) {
+        undefined(&m.unmatched, st.location, out);
+    }
+    let Some(p) = &st.from.platform else { return };
+    let Ok(m) = lex.process(p, global) else {
+        return;
+    };
+    undefined(&m.unmatched, st.location, out);
+    if m.matched.len() == 1
+        && m.unmatched.is_empty()
+        && m.matched.contains("TARGETPLATFORM")
+        && global.get("TARGETPLATFORM") == Some(m.result.as_str())
+    {
+        out.push(warning(
+            REDUNDANT_TARGET_PLATFORM,
+            format!(
+                "Setting platform to predefined {p} in FROM is redundant as this is the default behavior"
+            ),
+            Some(st.location),
+        ));
+    }
+    if m.matched.is_empty()
+        && m.unmatched.is_empty()
+        && let Some(plat) = Platform::parse(&m.result)
+    {
+        let name = st.from.name.as_deref().unwrap_or_default();
+        if !name.contains(&plat.os) && !name.contains(&plat.architecture) {
+            out.push(warning(
+                FROM_PLATFORM_FLAG_CONST_DISALLOWED,
+                format!(
+                    "FROM --platform flag should not use constant value {:?}",
+                    m.result
+                ),
+                Some(st.location),
+            ));
+        }
+    }
+}
+
+/// containerd's `normalizeArch`.
+fn normalize_arch(arch: &str, variant: &str) -> (String, String) {
+    let arch = arch.to_ascii_lowercase();
+    let variant = variant.to_ascii_lowercase();
+    let (a, v) = match (arch.as_str(), variant.as_str()) {
+        ("i386", _) => ("386", ""),
+        ("x86_64" | "x86-64" | "amd64", "v1") => ("amd64", ""),
+        ("x86_64" | "x86-64" | "amd64", v) => ("amd64", v),
+        ("aarch64" | "arm64", "8" | "v8" | "v8.0") => ("arm64", ""),
+        ("aarch64" | "arm64", "9" | "9.0" | "v9.0") => ("arm64", "v9"),
+        ("aarch64" | "arm64", v) => ("arm64", v),
+        ("armhf", _) => ("arm", "v7"),
+        ("armel", _) => ("arm", "v6"),
+        ("arm", "" | "7") => ("arm", "v7"),
+        ("arm", v @ ("5" | "6" | "8")) => return ("arm".to_owned(), format!("v{v}")),
+        (a, v) => (a, v),
+    };
+    (a.to_owned(), v.to_owned())
 }
 
 #[cfg(test)]
@@ -514,6 +748,127 @@ mod tests {
         assert!(!c.enabled("UndefinedVar"));
         assert!(CheckConfig::parse("nope").is_err());
         assert!(CheckConfig::parse("error=maybe").is_err());
+    }
+
+    #[test]
+    fn check_option_errors_are_buildkits() {
+        let msg = |v: &str| CheckConfig::parse(v).expect_err(v).to_string();
+        assert_eq!(msg("nope"), r#"invalid check option "nope""#);
+        assert_eq!(msg("skip=all; bogus=1"), r#"invalid check option "bogus""#);
+        assert_eq!(
+            msg("error=tRuE"),
+            r#"failed to parse check option "error=tRuE": strconv.ParseBool: parsing "tRuE": invalid syntax"#
+        );
+        assert!(CheckConfig::parse("error=T").expect("Go's true").error);
+    }
+
+    #[test]
+    fn check_directive_is_read_like_parse_directive() {
+        let at = |t: &str| super::check_directive(t);
+        assert_eq!(
+            at("# check=skip=A,B error=true\nFROM x\n"),
+            Some(("skip=A,B".to_owned(), 1))
+        );
+        // After a `#!` line and other directives; not after a comment or instruction.
+        assert_eq!(
+            at("#!/usr/bin/env buildctl\n# syntax=x\n#check = error=true\nFROM x\n"),
+            Some(("error=true".to_owned(), 3))
+        );
+        assert_eq!(at("# a comment\n# check=error=true\nFROM x\n"), None);
+        assert_eq!(
+            at("# check=error=true\n# check=skip=all\n"),
+            Some(("error=true".to_owned(), 1))
+        );
+        assert_eq!(at("# escape=`\n# escape=`\n# check=error=true\n"), None);
+        // The build argument replaces the directive, which is then not even parsed.
+        assert!(
+            check_config("# check=bogus\n", Some("error=true"))
+                .expect("ok")
+                .error
+        );
+        let e = check_config("# check=bogus\n", None).expect_err("bad").1;
+        assert_eq!(
+            e.to_string(),
+            r#"failed to parse check options: invalid check option "bogus""#
+        );
+    }
+
+    #[test]
+    fn instruction_check_comments() {
+        let c = |v: &[&str]| comment_check(&v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert_eq!(c(&["check=skip=A // why"]), Some("skip=A".into()));
+        assert_eq!(
+            c(&["about x", "CHECK = skip=all", "check=skip=B"]),
+            Some("skip=all".into())
+        );
+        assert_eq!(c(&["checks are fun", "syntax=x"]), None);
+        let scoped = |rule: Rule, check: &str| {
+            let mut w = vec![warning(rule, "m".into(), None)];
+            scope_to(&mut w, &[check.to_owned()]);
+            w
+        };
+        let file = CheckConfig::parse("skip=StageNameCasing;error=false").expect("parses");
+        // Skips add to the file's; experimental rules can be enabled; whole-file rules and a
+        // comment that does not parse are unaffected; `error` is not taken from a comment.
+        assert!(
+            file.apply(scoped(JSON_ARGS_RECOMMENDED, "check=skip=all"))
+                .expect("ok")
+                .is_empty()
+        );
+        assert_eq!(
+            file.apply(scoped(
+                INVALID_DEFINITION_DESCRIPTION,
+                "check=experimental=all"
+            ))
+            .expect("ok")
+            .len(),
+            1
+        );
+        assert_eq!(
+            file.apply(scoped(DUPLICATE_STAGE_NAME, "check=skip=all"))
+                .expect("ok")
+                .len(),
+            1
+        );
+        assert_eq!(
+            file.apply(scoped(UNDEFINED_VAR, "check=skip=UndefinedVar;bogus"))
+                .expect("ok")
+                .len(),
+            1
+        );
+        assert_eq!(
+            file.apply(scoped(UNDEFINED_VAR, "check=error=true"))
+                .expect("ok")
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn platforms_are_formatted_like_containerd() {
+        let f = |os: &str, arch: &str, variant: &str, v: &str, feats: &[&str]| {
+            let feats: Vec<String> = feats.iter().map(|s| (*s).to_owned()).collect();
+            format_platform(os, arch, variant, v, &feats)
+        };
+        assert_eq!(f("linux", "amd64", "", "", &[]), "linux/amd64");
+        assert_eq!(f("Linux", "x86_64", "v1", "", &[]), "linux/amd64");
+        assert_eq!(f("linux", "aarch64", "v8", "", &[]), "linux/arm64");
+        assert_eq!(f("linux", "arm", "", "", &[]), "linux/arm/v7");
+        assert_eq!(f("linux", "arm", "6", "", &[]), "linux/arm/v6");
+        assert_eq!(f("linux", "armhf", "", "", &[]), "linux/arm/v7");
+        assert_eq!(f("macos", "arm64", "", "", &[]), "darwin/arm64");
+        assert_eq!(f("", "", "", "", &[]), Platform::host().os);
+        assert_eq!(
+            f(
+                "windows",
+                "amd64",
+                "",
+                "10.0(1)",
+                &["win32k", "a+b", "win32k", ""]
+            ),
+            "windows(10.0%281%29+a%2Bb+win32k)/amd64"
+        );
+        assert_eq!(f("windows", "amd64", "", "", &["x"]), "windows(+x)/amd64");
     }
 
     #[test]

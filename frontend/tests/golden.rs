@@ -13,7 +13,9 @@ use prost::Message;
 
 /// A registry stand-in: every image exists (except names containing `missing`), with a config
 /// that has `PATH` and `Cmd ["/bin/sh"]`, and a digest derived from the reference. Images named
-/// `…onbuild…` carry ONBUILD triggers in their config (see [`onbuild_triggers`]).
+/// `…onbuild…` carry ONBUILD triggers in their config (see [`onbuild_triggers`]). The config
+/// names the platform asked for, except for `…otherarch…` (always `linux/arm64/v8`),
+/// `…winimage…` (`windows` 10.0.17763.1 on amd64) and `…noplatform…` (no OS or architecture).
 struct FakeResolver;
 
 /// The `OnBuild` list of the fake images: `onbuild-from` reads from a stage named `helper`,
@@ -57,7 +59,7 @@ impl ImageResolver for FakeResolver {
         if reference.contains("missing") {
             return Err(format!("{reference}: not found"));
         }
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "architecture": platform.architecture,
             "os": platform.os,
             "created": "2024-01-01T00:00:00Z",
@@ -69,6 +71,26 @@ impl ImageResolver for FakeResolver {
             "rootfs": {"type": "layers", "diff_ids": [fake_digest(&format!("layer {reference}"))]},
             "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "ADD rootfs.tar / # fake"}],
         });
+        let fields = [
+            (
+                "otherarch",
+                serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8"}),
+            ),
+            (
+                "winimage",
+                serde_json::json!({"os": "windows", "architecture": "amd64", "os.version": "10.0.17763.1"}),
+            ),
+            ("noplatform", serde_json::json!({})),
+        ];
+        for (name, platform) in fields {
+            if reference.contains(name)
+                && let (Some(c), Some(p)) = (config.as_object_mut(), platform.as_object())
+            {
+                c.remove("os");
+                c.remove("architecture");
+                c.extend(p.clone());
+            }
+        }
         Ok(ResolvedImage {
             digest: fake_digest(reference),
             config: serde_json::to_vec(&config).expect("json"),

@@ -58,7 +58,9 @@ impl CopySelection<'_> {
     /// Whether something below an excluded directory may come back through a `!` pattern.
     fn may_reinclude(&self) -> bool {
         self.exclude.is_some_and(PatternMatcher::has_exclusions)
-            || self.copy_exclude.is_some_and(PatternMatcher::has_exclusions)
+            || self
+                .copy_exclude
+                .is_some_and(PatternMatcher::has_exclusions)
     }
 }
 

@@ -151,7 +151,8 @@ pub fn copy(
             if !dest_dir.is_dir() {
                 mkdir_all(&dest_dir, 0o755, opts.owner)?;
             }
-            unpack_archive(&src_path, dest_root, &dest_dir, opts.owner)?;
+            unpack_archive(&src_path, dest_root, &dest_dir, opts.owner)
+                .map_err(|e| io::Error::new(e.kind(), format!("unpacking /{rel}: {e}")))?;
             continue;
         }
         let dest_resolved = resolve_in_root(dest_root, dest, true)?;
@@ -256,11 +257,30 @@ fn with_path(e: io::Error, p: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{p}: {e}"))
 }
 
-fn has_glob(s: &str) -> bool {
-    s.contains(['*', '?', '['])
+/// Whether a path component holds a wildcard, as fsutil's copy decides: `*`, `?` or `[` not
+/// escaped by a backslash.
+pub(crate) fn contains_wildcards(component: &str) -> bool {
+    let mut bytes = component.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'\\' => {
+                bytes.next();
+            }
+            b'*' | b'?' | b'[' => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The source paths a copy reads: (path relative to the source root, host path).
+///
+/// BuildKit's rules (fsutil's `ResolveWildcards`): the components before the first one holding
+/// a wildcard are a literal path (a backslash in them is part of a name), followed when
+/// `follow_symlink` is set; the rest is a pattern with Go's `filepath.Match` syntax (a backslash
+/// escapes the next character) matched against every path below that base, walked without
+/// following symbolic links; a directory that matches is taken whole. A path without any
+/// wildcard is taken literally.
 pub(crate) fn expand_sources(
     root: &Path,
     src: &str,
@@ -272,40 +292,39 @@ pub(crate) fn expand_sources(
     } else {
         rel
     };
-    if !(opts.allow_wildcard && has_glob(&rel)) {
+    let split = rel.split('/').position(contains_wildcards);
+    let Some(first_wild) = split.filter(|_| opts.allow_wildcard) else {
         let p = resolve_in_root(root, &rel, false)?;
         if fs::symlink_metadata(&p).is_err() || context_ignores(opts, &p, &rel)? {
             return Err(not_found(&rel));
         }
         return Ok(vec![(rel, p)]);
+    };
+    let comps: Vec<&str> = rel.split('/').collect();
+    let base_rel = comps[..first_wild].join("/");
+    let pattern = comps[first_wild..].join("/");
+    let base = resolve_in_root(
+        root,
+        if base_rel.is_empty() { "." } else { &base_rel },
+        opts.follow_symlink,
+    )?;
+    // A missing base is an error even when an empty match is allowed (fsutil's walk fails).
+    let base_md = fs::symlink_metadata(&base).map_err(|e| {
+        let why = if e.kind() == io::ErrorKind::NotFound {
+            "no such file or directory".to_string()
+        } else {
+            e.to_string()
+        };
+        io::Error::new(e.kind(), format!("lstat /{base_rel}: {why}"))
+    })?;
+    let mut found = Vec::new();
+    if base_md.is_dir() {
+        // A path with more separators than the pattern can match cannot match, nor can anything
+        // below it: `*` and `?` never match `/`, a character class matches at most one.
+        let max_depth = pattern.matches(['/', '[']).count();
+        walk_matches(&base, "", &pattern, max_depth, &mut found)?;
     }
-    // Glob component by component, each matched against directory entries.
-    let mut matches: Vec<String> = vec![String::new()];
-    for comp in rel.split('/') {
-        let mut next = Vec::new();
-        for base in &matches {
-            if has_glob(comp) {
-                let re = glob_component(comp)?;
-                let dir = resolve_in_root(root, if base.is_empty() { "." } else { base }, true)?;
-                let Ok(rd) = fs::read_dir(&dir) else { continue };
-                let mut names: Vec<String> = rd
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| re.is_match(n))
-                    .collect();
-                names.sort();
-                for n in names {
-                    next.push(join_rel(base, &n));
-                }
-            } else {
-                let cand = join_rel(base, comp);
-                if fs::symlink_metadata(resolve_in_root(root, &cand, false)?).is_ok() {
-                    next.push(cand);
-                }
-            }
-        }
-        matches = next;
-    }
+    let mut matches: Vec<String> = found.iter().map(|m| join_rel(&base_rel, m)).collect();
     if let Some(ex) = &opts.exclude {
         matches.retain(|m| !ex.matches(m));
     }
@@ -328,48 +347,208 @@ pub(crate) fn expand_sources(
         .collect()
 }
 
+/// Walks `dir` (known as `rel` below the walk's base) in name order, depth first, without
+/// following symbolic links, collecting the paths `pattern` matches; a matched directory is not
+/// entered.
+fn walk_matches(
+    dir: &Path,
+    rel: &str,
+    pattern: &str,
+    max_depth: usize,
+    out: &mut Vec<String>,
+) -> io::Result<()> {
+    let mut entries = fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let child = join_rel(rel, &e.file_name().to_string_lossy());
+        if go_match(pattern, &child) {
+            out.push(child);
+        } else if child.matches('/').count() < max_depth && e.file_type()?.is_dir() {
+            walk_matches(&e.path(), &child, pattern, max_depth, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Go's `path/filepath.Match` on Unix: `*` (any run of non-`/` characters), `?` (one non-`/`
+/// character), `[...]` classes (ranges, `^` negation) and `\` escaping the next character. A
+/// malformed pattern matches nothing, as fsutil ignores Match's error.
+pub(crate) fn go_match(pattern: &str, name: &str) -> bool {
+    let mut pattern = pattern.as_bytes();
+    let mut name = name.as_bytes();
+    'chunks: while !pattern.is_empty() {
+        let (star, chunk, rest) = scan_chunk(pattern);
+        pattern = rest;
+        if star && chunk.is_empty() {
+            // A trailing `*` matches the rest unless it holds a `/`.
+            return !name.contains(&b'/');
+        }
+        match match_chunk(chunk, name) {
+            Err(()) => return false,
+            Ok(Some(t)) if t.is_empty() || !pattern.is_empty() => {
+                name = t;
+                continue;
+            }
+            Ok(_) => {}
+        }
+        if star {
+            // Let the star take 1, 2, ... more bytes, never a `/`.
+            let mut i = 0;
+            while i < name.len() && name[i] != b'/' {
+                match match_chunk(chunk, &name[i + 1..]) {
+                    Err(()) => return false,
+                    Ok(Some(t)) if !pattern.is_empty() || t.is_empty() => {
+                        name = t;
+                        continue 'chunks;
+                    }
+                    Ok(_) => {}
+                }
+                i += 1;
+            }
+        }
+        return false;
+    }
+    name.is_empty()
+}
+
+/// Splits off the pattern's next chunk: leading stars, then everything up to the next star
+/// outside a class.
+fn scan_chunk(pattern: &[u8]) -> (bool, &[u8], &[u8]) {
+    let stars = pattern.iter().take_while(|&&b| b == b'*').count();
+    let pattern = &pattern[stars..];
+    let mut in_range = false;
+    let mut i = 0;
+    while i < pattern.len() {
+        match pattern[i] {
+            b'\\' if i + 1 < pattern.len() => i += 1,
+            b'[' => in_range = true,
+            b']' => in_range = false,
+            b'*' if !in_range => break,
+            _ => {}
+        }
+        i += 1;
+    }
+    (stars > 0, &pattern[..i], &pattern[i..])
+}
+
+/// Matches a star-free chunk at the start of `s`: `Ok(Some(rest))` on a match, `Ok(None)` on a
+/// mismatch, `Err` for a malformed chunk (checked even after a mismatch, as Go does).
+fn match_chunk<'a>(mut chunk: &[u8], mut s: &'a [u8]) -> Result<Option<&'a [u8]>, ()> {
+    let mut failed = false;
+    while let Some(&c) = chunk.first() {
+        if !failed && s.is_empty() {
+            failed = true;
+        }
+        match c {
+            b'[' => {
+                let mut r = None;
+                if !failed {
+                    let (ch, n) = decode_rune(s);
+                    r = Some(ch);
+                    s = &s[n..];
+                }
+                chunk = &chunk[1..];
+                let negated = chunk.first() == Some(&b'^');
+                if negated {
+                    chunk = &chunk[1..];
+                }
+                let mut matched = false;
+                let mut ranges = 0;
+                loop {
+                    if chunk.first() == Some(&b']') && ranges > 0 {
+                        chunk = &chunk[1..];
+                        break;
+                    }
+                    let (lo, rest) = class_char(chunk)?;
+                    chunk = rest;
+                    let mut hi = lo;
+                    if chunk.first() == Some(&b'-') {
+                        let (h, rest) = class_char(&chunk[1..])?;
+                        hi = h;
+                        chunk = rest;
+                    }
+                    if r.is_some_and(|r| lo <= r && r <= hi) {
+                        matched = true;
+                    }
+                    ranges += 1;
+                }
+                if matched == negated {
+                    failed = true;
+                }
+            }
+            b'?' => {
+                if !failed {
+                    if s[0] == b'/' {
+                        failed = true;
+                    }
+                    let (_, n) = decode_rune(s);
+                    s = &s[n..];
+                }
+                chunk = &chunk[1..];
+            }
+            _ => {
+                if c == b'\\' {
+                    chunk = &chunk[1..];
+                    if chunk.is_empty() {
+                        return Err(());
+                    }
+                }
+                if !failed {
+                    if chunk[0] != s[0] {
+                        failed = true;
+                    }
+                    s = &s[1..];
+                }
+                chunk = &chunk[1..];
+            }
+        }
+    }
+    Ok(if failed { None } else { Some(s) })
+}
+
+/// One (possibly escaped) character of a class; a class may not end here.
+fn class_char(chunk: &[u8]) -> Result<(char, &[u8]), ()> {
+    let mut chunk = match chunk.first() {
+        None | Some(b'-') | Some(b']') => return Err(()),
+        Some(b'\\') => &chunk[1..],
+        Some(_) => chunk,
+    };
+    if chunk.is_empty() {
+        return Err(());
+    }
+    let (r, n) = decode_rune(chunk);
+    if r == char::REPLACEMENT_CHARACTER && n == 1 {
+        return Err(());
+    }
+    chunk = &chunk[n..];
+    if chunk.is_empty() {
+        return Err(());
+    }
+    Ok((r, chunk))
+}
+
+/// The first UTF-8 character of a non-empty `s` and its length; an invalid byte decodes as
+/// U+FFFD of length 1, as Go's `utf8.DecodeRune`.
+fn decode_rune(s: &[u8]) -> (char, usize) {
+    let len = match s[0] {
+        0x00..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf7 => 4,
+        _ => return (char::REPLACEMENT_CHARACTER, 1),
+    };
+    s.get(..len)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|t| t.chars().next())
+        .map_or((char::REPLACEMENT_CHARACTER, 1), |c| (c, len))
+}
+
 fn join_rel(base: &str, name: &str) -> String {
     if base.is_empty() {
         name.to_string()
     } else {
         format!("{base}/{name}")
     }
-}
-
-fn glob_component(comp: &str) -> io::Result<regex::Regex> {
-    let mut re = String::from("^");
-    let mut chars = comp.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '*' => re.push_str(".*"),
-            '?' => re.push('.'),
-            '[' => {
-                re.push('[');
-                if matches!(chars.peek(), Some('^') | Some('!')) {
-                    chars.next();
-                    re.push('^');
-                }
-                for c in chars.by_ref() {
-                    if c == ']' {
-                        break;
-                    }
-                    if c == '\\' || c == '[' {
-                        re.push('\\');
-                    }
-                    re.push(c);
-                }
-                re.push(']');
-            }
-            '\\' => {
-                if let Some(n) = chars.next() {
-                    re.push_str(&regex::escape(&n.to_string()));
-                }
-            }
-            c => re.push_str(&regex::escape(&c.to_string())),
-        }
-    }
-    re.push('$');
-    regex::Regex::new(&re).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
 }
 
 /// Copies the entries of `src` into `dest`; `ctx_rel` is `src` relative to the source root and
@@ -782,27 +961,56 @@ impl SymbolicMode {
     }
 }
 
-/// Opens a possible archive decompressed: plain or gzip (by content, not name). `None` for
-/// compressions without a decoder here (bzip2, xz, zstd): such a file is copied as is.
-fn open_archive(path: &Path) -> io::Result<Option<Box<dyn Read>>> {
-    let mut r = io::BufReader::new(fs::File::open(path)?);
-    let head = r.fill_buf()?;
-    if head.starts_with(&[0x1f, 0x8b]) {
-        return Ok(Some(Box::new(flate2::read::MultiGzDecoder::new(r))));
-    }
-    let compressed = head.starts_with(b"BZh")
-        || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
-        || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
-    if compressed {
-        return Ok(None);
-    }
-    Ok(Some(Box::new(r)))
+/// A compression ADD recognizes by its first bytes, as moby's `compression.Detect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Bzip2,
+    Gzip,
+    Xz,
+    Zstd,
 }
 
-/// Whether a regular file is a tar archive ADD unpacks: its (decompressed) content starts with
-/// a valid tar header, as BuildKit's `isArchivePath` checks.
+fn detect_compression(head: &[u8]) -> Compression {
+    let zstd_skippable = head.len() >= 8
+        && u32::from_le_bytes([head[0], head[1], head[2], head[3]]) & 0xffff_fff0 == 0x184d_2a50;
+    if head.starts_with(b"BZh") {
+        Compression::Bzip2
+    } else if head.starts_with(&[0x1f, 0x8b, 0x08]) {
+        Compression::Gzip
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Compression::Xz
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) || zstd_skippable {
+        Compression::Zstd
+    } else {
+        Compression::None
+    }
+}
+
+/// Opens a possible archive decompressed: plain, gzip, bzip2, xz or zstd, told apart by
+/// content, not name (as moby's `DecompressStream`). Concatenated streams are read through.
+fn open_archive(path: &Path) -> io::Result<Box<dyn Read>> {
+    let mut r = io::BufReader::new(fs::File::open(path)?);
+    let head = r.fill_buf()?;
+    Ok(match detect_compression(head) {
+        Compression::None => Box::new(r),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
+        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(r)),
+        Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
+        Compression::Zstd => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(r)?;
+            // Windows up to 512 MiB, the Go decoder's default limit (zstd's own is 128 MiB).
+            d.window_log_max(29)?;
+            Box::new(d)
+        }
+    })
+}
+
+/// Whether a regular file is a tar archive ADD unpacks: its content, decompressed, starts with
+/// a valid tar header, as BuildKit's `isArchivePath` checks. A file that does not decompress
+/// that far is no archive (it is copied as is).
 pub fn is_archive(path: &Path) -> io::Result<bool> {
-    let Some(r) = open_archive(path)? else {
+    let Ok(r) = open_archive(path) else {
         return Ok(false);
     };
     let mut ar = tar::Archive::new(r);
@@ -815,7 +1023,7 @@ pub fn is_archive(path: &Path) -> io::Result<bool> {
 fn breakout(name: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("unpacking archive: {name:?} is outside of the destination"),
+        format!("{name:?} is outside of the destination"),
     )
 }
 
@@ -844,12 +1052,7 @@ pub fn unpack_archive(
     owner: Option<Owner>,
 ) -> io::Result<()> {
     use nix::sys::stat::{Mode, SFlag, makedev, mknod};
-    let Some(r) = open_archive(src)? else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "unsupported archive compression",
-        ));
-    };
+    let r = open_archive(src)?;
     let base = dest_dir
         .strip_prefix(dest_root)
         .map(|p| p.to_string_lossy().into_owned())
@@ -905,7 +1108,14 @@ pub fn unpack_archive(
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let mut f = fs::File::create(&target)?;
-                io::copy(&mut entry, &mut f)?;
+                // A member cut short (a truncated archive) is an error, as in Go's tar reader,
+                // never a silently shorter file.
+                if io::copy(&mut entry, &mut f)? != entry.size() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{raw:?}: unexpected end of archive"),
+                    ));
+                }
             }
             tar::EntryType::Symlink => {
                 let link = entry
@@ -1218,6 +1428,120 @@ mod tests {
         assert!(!dst.path().join("g/ignored.txt").exists());
     }
 
+    #[test]
+    fn go_match_follows_filepath_match() {
+        let yes = [
+            ("*.txt", "a.txt"),
+            ("a\\*.txt", "a*.txt"),
+            ("[a]\\*.txt", "a*.txt"),
+            ("\\\\", "\\"),
+            ("a?c", "abc"),
+            ("[!a]", "!"), // `!` is no negation in Go
+            ("[^a]", "b"),
+            ("[a-c]x", "bx"),
+            ("[\\]]", "]"),
+            ("*/x", "d/x"),
+            ("[^a]", "/"), // a class may match a separator
+            ("*", ""),
+            ("ä?", "äö"),
+        ];
+        for (p, n) in yes {
+            assert!(go_match(p, n), "{p} should match {n}");
+        }
+        let no = [
+            ("a\\*.txt", "ab.txt"),
+            ("a\\*.txt", "a\\*.txt"),
+            ("*", "a/b"),
+            ("a?c", "a/c"),
+            ("[!a]", "b"),
+            ("[^a]", "a"),
+            ("*/x", "d/e/x"),
+            // Malformed patterns match nothing.
+            ("[", "["),
+            ("a\\", "a\\"),
+            ("[]a]", "]"),
+            ("[a-]", "a"),
+            ("*[", "x["),
+        ];
+        for (p, n) in no {
+            assert!(!go_match(p, n), "{p} should not match {n}");
+        }
+    }
+
+    #[test]
+    fn sources_escape_wildcards_only_in_a_pattern() {
+        let src = tempfile::tempdir().unwrap();
+        let r = src.path();
+        for f in ["a*.txt", "a\\*.txt", "ab.txt", "d\\*r/in.txt", "d*r/in.txt"] {
+            fs::create_dir_all(r.join(f).parent().unwrap()).unwrap();
+            fs::write(r.join(f), f).unwrap();
+        }
+        fs::create_dir_all(r.join("dir/sub")).unwrap();
+        fs::write(r.join("dir/x"), "x").unwrap();
+        fs::write(r.join("dir/sub/x"), "x").unwrap();
+        symlink("dir", r.join("link")).unwrap();
+        let o = dockerfile_copy();
+        let found = |src: &str| -> Vec<String> {
+            expand_sources(r, src, &o)
+                .unwrap()
+                .into_iter()
+                .map(|(rel, _)| rel)
+                .collect()
+        };
+        // No unescaped wildcard: the path is taken literally, backslash and all.
+        assert_eq!(found("a\\*.txt"), ["a\\*.txt"]);
+        // A wildcard in the component: `\*` is a literal star.
+        assert_eq!(found("a\\*.tx[t]"), ["a*.txt"]);
+        assert_eq!(found("[a]\\*.txt"), ["a*.txt"]);
+        assert_eq!(found("a*.txt"), ["a*.txt", "a\\*.txt", "ab.txt"]);
+        // Components before the first wildcard are literal; later ones are patterns.
+        assert_eq!(found("d\\*r/*.txt"), ["d\\*r/in.txt"]);
+        assert_eq!(found("d[*]r/i\\n.txt"), ["d*r/in.txt"]);
+        // The walk does not follow symlinks below the base, and a matching directory is
+        // taken whole.
+        assert_eq!(found("*/x"), ["dir/x"]);
+        assert_eq!(found("di?"), ["dir"]);
+        assert_eq!(found("link/*"), ["link/sub", "link/x"]);
+        // Without wildcards allowed, every path is literal.
+        let mut literal = o.clone();
+        literal.allow_wildcard = false;
+        assert_eq!(
+            expand_sources(r, "a*.txt", &literal).unwrap()[0].0,
+            "a*.txt"
+        );
+        // A missing base fails even when an empty match is allowed; a malformed pattern
+        // matches nothing.
+        let e = expand_sources(r, "missing/*.txt", &o).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert_eq!(e.to_string(), "lstat /missing: no such file or directory");
+        assert!(found("[").is_empty());
+        // The copy and the fingerprint of the copy read the same file.
+        let dst = tempfile::tempdir().unwrap();
+        copy(r, "a\\*.txt", dst.path(), "/", &o).unwrap();
+        assert_eq!(
+            fs::read_to_string(dst.path().join("a\\*.txt")).unwrap(),
+            "a\\*.txt"
+        );
+        assert!(!dst.path().join("a*.txt").exists());
+        let sel = crate::fingerprint::CopySelection {
+            src: "a\\*.txt",
+            allow_wildcard: true,
+            follow_symlink: true,
+            ..Default::default()
+        };
+        let stats = crate::fingerprint::StatCache::default();
+        let fp = crate::fingerprint::copy_sources(r, &sel, &stats).unwrap();
+        assert_eq!(fp.len(), 1);
+        assert_eq!(fp[0].0, "a\\*.txt");
+        let sel = crate::fingerprint::CopySelection {
+            src: "a\\*.tx[t]",
+            ..sel
+        };
+        let fp = crate::fingerprint::copy_sources(r, &sel, &stats).unwrap();
+        assert_eq!(fp.len(), 1);
+        assert_eq!(fp[0].0, "a*.txt");
+    }
+
     /// A tar member with any name (even `..`), written raw.
     fn raw_member(
         b: &mut tar::Builder<impl io::Write>,
@@ -1241,7 +1565,12 @@ mod tests {
     fn sample_tar_gz(path: &Path) {
         let f = fs::File::create(path).unwrap();
         let gz = flate2::write::GzEncoder::new(f, flate2::Compression::default());
-        let mut b = tar::Builder::new(gz);
+        sample_tar(gz).finish().unwrap();
+    }
+
+    /// The sample archive (a directory, a file, a symlink and a hard link) written to `w`.
+    fn sample_tar<W: io::Write>(w: W) -> W {
+        let mut b = tar::Builder::new(w);
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(0o750);
@@ -1266,7 +1595,157 @@ mod tests {
         h.set_entry_type(tar::EntryType::Link);
         h.set_size(0);
         b.append_link(&mut h, "pkg/hard", "pkg/data.txt").unwrap();
-        b.into_inner().unwrap().finish().unwrap();
+        b.into_inner().unwrap()
+    }
+
+    /// `data` compressed the way the named tool would.
+    fn compress(kind: &str, data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        match kind {
+            "gz" => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), Default::default());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            "bz2" => {
+                let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            "xz" => {
+                let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            "zst" => zstd::encode_all(data, 3).unwrap(),
+            _ => unreachable!("{kind}"),
+        }
+    }
+
+    /// Bytes that do not compress: a linear congruential generator's output.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                (x >> 56) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn add_unpacks_bzip2_xz_and_zstd_archives() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let tar = sample_tar(Vec::new());
+        let mut o = dockerfile_copy();
+        o.unpack = true;
+        for kind in ["gz", "bz2", "xz", "zst"] {
+            // Named without a suffix: the content decides.
+            let name = format!("archive-{kind}");
+            fs::write(src.path().join(&name), compress(kind, &tar)).unwrap();
+            let dest = format!("/{kind}");
+            copy(src.path(), &name, dst.path(), &dest, &o).unwrap();
+            let d = dst.path().join(kind).join("pkg");
+            assert_eq!(fs::read_to_string(d.join("data.txt")).unwrap(), "hello");
+            let md = fs::symlink_metadata(d.join("data.txt")).unwrap();
+            assert_eq!(
+                (md.mode() & 0o7777, md.uid(), md.gid(), md.mtime()),
+                (0o640, 5, 6, 1_234_567),
+                "{kind}"
+            );
+            assert_eq!(
+                fs::read_link(d.join("link")).unwrap(),
+                Path::new("data.txt")
+            );
+            assert_eq!(fs::metadata(d.join("hard")).unwrap().ino(), md.ino());
+            assert!(!dst.path().join(kind).join(&name).exists(), "{kind}");
+        }
+        // Concatenated streams are one archive (as `cat a.gz b.gz`), and zstd data may start
+        // with a skippable frame.
+        let half = tar.len() / 2 / 512 * 512;
+        for kind in ["gz", "bz2", "xz", "zst"] {
+            let mut two = compress(kind, &tar[..half]);
+            two.extend(compress(kind, &tar[half..]));
+            fs::write(src.path().join("two"), two).unwrap();
+            copy(src.path(), "two", dst.path(), &format!("/two-{kind}"), &o).unwrap();
+            assert!(dst.path().join(format!("two-{kind}/pkg/hard")).is_file());
+        }
+        let mut skippable = vec![0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4];
+        skippable.extend(compress("zst", &tar));
+        fs::write(src.path().join("skip.zst"), skippable).unwrap();
+        copy(src.path(), "skip.zst", dst.path(), "/skip", &o).unwrap();
+        assert!(dst.path().join("skip/pkg/data.txt").is_file());
+    }
+
+    #[test]
+    fn compressed_files_that_are_not_tar_archives_are_copied() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let mut o = dockerfile_copy();
+        o.unpack = true;
+        for kind in ["gz", "bz2", "xz", "zst"] {
+            // A compressed text file, and one whose data is damaged from the start: neither
+            // decompresses to a tar header, so ADD copies them as they are.
+            let good = compress(kind, b"just text\n");
+            let mut bad = good.clone();
+            let head = if kind == "zst" { 4 } else { 3 };
+            for b in &mut bad[head + 3..] {
+                *b ^= 0x5a;
+            }
+            for (name, bytes) in [("text", &good), ("damaged", &bad)] {
+                let file = format!("{name}.tar.{kind}");
+                fs::write(src.path().join(&file), bytes).unwrap();
+                copy(src.path(), &file, dst.path(), "/c/", &o).unwrap();
+                assert_eq!(&fs::read(dst.path().join("c").join(&file)).unwrap(), bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn a_truncated_compressed_archive_fails_naming_it() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..3 {
+            let data = noise(400 << 10);
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, format!("big/{i}.bin"), &data[..])
+                .unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let mut o = dockerfile_copy();
+        o.unpack = true;
+        for kind in ["", "gz", "bz2", "xz", "zst"] {
+            let full = if kind.is_empty() {
+                tar.clone()
+            } else {
+                compress(kind, &tar)
+            };
+            // Cut in the middle of the second member: the first header reads fine, so this is
+            // an archive, and the extraction fails.
+            let name = format!("big.tar{}{kind}", if kind.is_empty() { "" } else { "." });
+            fs::write(src.path().join(&name), &full[..full.len() / 2]).unwrap();
+            let e = copy(src.path(), &name, dst.path(), "/dest/x", &o).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("unpacking /{name}: ")),
+                "{kind}: {e}"
+            );
+            // Whatever was written stayed in the destination.
+            let top: Vec<_> = fs::read_dir(dst.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(top, ["dest"], "{kind}");
+            let under: Vec<_> = fs::read_dir(dst.path().join("dest"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(under, ["x"], "{kind}");
+            remove_all(&dst.path().join("dest")).unwrap();
+        }
     }
 
     #[test]

@@ -74,7 +74,10 @@ fn walk(root: &Path, dir: &Path, rel: &str, parent: &Chain) -> io::Result<Vec<St
             Ok(Vec::new())
         }
     };
-    let lists: Vec<Vec<String>> = entries.par_iter().map(per_entry).collect::<Result<_, _>>()?;
+    let lists: Vec<Vec<String>> = entries
+        .par_iter()
+        .map(per_entry)
+        .collect::<Result<_, _>>()?;
     Ok(lists.into_iter().flatten().collect())
 }
 
@@ -88,7 +91,11 @@ fn dir_matcher(root: &Path, dir: &Path) -> io::Result<Option<Gitignore>> {
         Err(e) => return Err(with_path(e, &file)),
     }
     let mut b = GitignoreBuilder::new(dir);
-    let shown = file.strip_prefix(root).unwrap_or(&file).display().to_string();
+    let shown = file
+        .strip_prefix(root)
+        .unwrap_or(&file)
+        .display()
+        .to_string();
     if let Some(e) = b.add(&file) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -153,7 +160,10 @@ mod tests {
             ("src/generated.rs", ""),
             ("src/important.log", ""),
             ("build/out.o", ""),
-            ("sub/build", "a file named build is not the /build/ directory"),
+            (
+                "sub/build",
+                "a file named build is not the /build/ directory",
+            ),
             ("sub/tmp/x", ""),
             ("deep/a/b/tmp", ""),
             (".git/HEAD", ""),
@@ -183,7 +193,15 @@ mod tests {
 
     #[test]
     fn literal_patterns_match_exactly_their_path() {
-        let names = ["a*b", "[x]", "!bang", " sp ", "back\\slash", "ünï", "d/e?.f"];
+        let names = [
+            "a*b",
+            "[x]",
+            "!bang",
+            " sp ",
+            "back\\slash",
+            "ünï",
+            "d/e?.f",
+        ];
         let pats: Vec<String> = names.iter().map(|n| literal_pattern(n)).collect();
         let m = PatternMatcher::new(&pats).unwrap();
         for n in names {

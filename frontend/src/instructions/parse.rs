@@ -63,8 +63,17 @@ fn no_flags(kw: &str, node: &Node) -> Res<()> {
     Flags::parse(kw, &node.flags, &[]).map(|_| ())
 }
 
-/// Parses one node into an instruction.
+/// Parses one node into an instruction. Its lint findings obey a `# check=` comment above it.
 pub fn parse_command(node: &Node, escape: char, warnings: &mut Vec<Warning>) -> Res<Instruction> {
+    let before = warnings.len();
+    let parsed = parse_node(node, escape, warnings);
+    if let Some(found) = warnings.get_mut(before..) {
+        lint::scope_to(found, &node.comments);
+    }
+    parsed
+}
+
+fn parse_node(node: &Node, escape: char, warnings: &mut Vec<Warning>) -> Res<Instruction> {
     let kw = node.keyword.to_ascii_lowercase();
     let upper = kw.to_ascii_uppercase();
     let rest = node.rest.as_str();

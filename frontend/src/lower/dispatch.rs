@@ -134,7 +134,13 @@ impl<'a> Lowerer<'a> {
                     .ok_or((Some(ins.location), ErrorKind::Empty))?;
                 self.current = Some(ins.location);
                 st.in_trigger = inherited.is_some_and(|t| ci < t.count);
+                let before = self.warnings.len();
                 let r = self.dispatch(sg, i, ci, &mut st, ins);
+                // A `# check=` comment above the instruction applies to its findings (a
+                // trigger has no comments).
+                if let Some(found) = self.warnings.get_mut(before..) {
+                    lint::scope_to(found, &ins.comments);
+                }
                 self.states[i] = Some(st);
                 r.map_err(|(l, e)| match inherited {
                     Some(t) if ci < t.count => (
@@ -282,6 +288,12 @@ impl<'a> Lowerer<'a> {
                 };
                 let is_scratch =
                     image.rootfs.diff_ids.is_empty() && image.history.iter().all(|h| h.empty_layer);
+                if !is_scratch
+                    && let Some(w) =
+                        lint::base_image_platform(name, &platform, &image, info.location)
+                {
+                    self.warnings.push(w);
+                }
                 let mut st = StageState::new(&info.display, platform.clone(), image);
                 st.cmd_total = total;
                 st.created = created;

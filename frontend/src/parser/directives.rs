@@ -54,7 +54,7 @@ impl DirectiveParser {
 }
 
 /// `name = value` with name `[a-zA-Z][a-zA-Z0-9]*` and a non-empty value.
-fn split_directive(s: &str) -> Option<(&str, &str)> {
+pub(crate) fn split_directive(s: &str) -> Option<(&str, &str)> {
     let first = s.chars().next()?;
     if !first.is_ascii_alphabetic() {
         return None;

@@ -429,10 +429,7 @@ impl Tier for Remote {
                     .await
                     .map_err(|e| self.err(e))?;
             }
-            self.inner
-                .put_record(record)
-                .await
-                .map_err(|e| self.err(e))
+            self.inner.put_record(record).await.map_err(|e| self.err(e))
         }
         .boxed()
     }
@@ -536,7 +533,11 @@ mod tests {
         assert_eq!(t.get("k1", &ctx).await.unwrap(), Some(r.clone()));
         assert_eq!(front.peek("k1"), Some(r.clone()), "backfilled");
         assert_eq!(t.get("k1", &ctx).await.unwrap(), Some(r));
-        assert_eq!(back.gets.load(Ordering::SeqCst), 1, "second hit from the front");
+        assert_eq!(
+            back.gets.load(Ordering::SeqCst),
+            1,
+            "second hit from the front"
+        );
         assert_eq!(t.get("missing", &ctx).await.unwrap(), None);
 
         let r2 = record("k2", &blobs, b"two");
@@ -590,7 +591,10 @@ mod tests {
         let r = record("k", &blobs, b"x");
         t.put(&r, &ctx).await.unwrap();
         t.flush().await;
-        assert!(fake.records.lock().unwrap().contains_key("k"), "written in the background");
+        assert!(
+            fake.records.lock().unwrap().contains_key("k"),
+            "written in the background"
+        );
         assert_eq!(t.get("k", &ctx).await.unwrap(), Some(r.clone()));
 
         fake.broken.store(true, Ordering::SeqCst);
@@ -598,7 +602,11 @@ mod tests {
         assert_eq!(t.get("k", &ctx).await.unwrap(), None);
         t.put(&r, &ctx).await.unwrap();
         t.flush().await;
-        assert_eq!(fake.gets.load(Ordering::SeqCst), 2, "skipped after the failure");
+        assert_eq!(
+            fake.gets.load(Ordering::SeqCst),
+            2,
+            "skipped after the failure"
+        );
         assert_eq!(fake.puts.load(Ordering::SeqCst), 1);
         let w = warnings.lock().unwrap();
         assert_eq!(w.len(), 1, "{w:?}");

@@ -537,7 +537,9 @@ fn apply(root: &Path, action: &pb::FileAction, source: Option<&SourceDir>) -> Re
             )?;
             set_time(&path, f.timestamp)
         }
-        Some(Action::Rm(r)) if r.allow_wildcard && r.path.contains(['*', '?', '[']) => {
+        Some(Action::Rm(r))
+            if r.allow_wildcard && r.path.split('/').any(fsops::contains_wildcards) =>
+        {
             let opts = CopyOptions {
                 allow_wildcard: true,
                 allow_empty_wildcard: true,
