@@ -56,7 +56,7 @@ pub struct FrontendArgs {
     pub insecure_registries: Vec<String>,
     /// Also leave out of the context what its `.gitignore` files ignore (git's rules, nested
     /// files; `.git` itself too), on top of `.dockerignore`.
-    #[arg(long, env = "MEMOBUILD_USE_GITIGNORE")]
+    #[arg(long, env = "MEMOBUILD_USE_GITIGNORE", value_parser = clap::builder::BoolishValueParser::new())]
     pub use_gitignore: bool,
     /// Build context directory.
     #[arg(value_name = "CONTEXT")]
