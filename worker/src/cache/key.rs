@@ -1,7 +1,7 @@
 //! The MemoBuild key: BLAKE3 over a vertex's named key components.
 //!
 //! ```text
-//! key(v) = BLAKE3("memobuild/v1" ∥ for each (name, value) in name order: len ∥ name ∥ len ∥ value)
+//! key(v) = BLAKE3("memobuild/v2" ∥ for each (name, value) in name order: len ∥ name ∥ len ∥ value)
 //! ```
 //!
 //! Components: `op` (the op with its input digests and cosmetic or per-session source attrs
@@ -19,8 +19,12 @@ use prost::Message;
 use crate::image::chain_ids;
 use crate::layer::LayerBlob;
 
-/// Version tag of the key derivation; bump it when anything below changes meaning.
-const KEY_VERSION: &[u8] = b"memobuild/v1";
+/// Version tag of every key. Bump it when the key derivation changes meaning, *and* when an op
+/// can produce different files for the same key (a fixed copy, archive or chmod semantic): a
+/// cache filled by an older binary must then miss instead of serving the old result.
+/// v2: ADD extracts bzip2/xz/zstd archives; copy sources use Go's `filepath.Match`; symbolic
+/// `--chmod`, copy excludes relative to the source and explicitly named ignored files fixed.
+const KEY_VERSION: &[u8] = b"memobuild/v2";
 
 /// Source attrs that do not change what a source produces.
 const COSMETIC_SOURCE_ATTRS: &[&str] = &[
