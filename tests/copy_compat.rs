@@ -381,3 +381,50 @@ fn backslashes_escape_wildcards_only_inside_a_pattern() {
         .collect();
     assert_eq!(got, ["a*.txt"]);
 }
+
+#[test]
+fn the_context_holds_only_what_copies_name_with_their_links_resolved() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    // BuildKit sends only the paths COPY/ADD name (`local.followpaths`), read as patterns, plus
+    // the targets of the links on their way. `a\b.txt` under `# escape=`` is the pattern
+    // matching `ab.txt`: the file literally named `a\b.txt` is never sent, so it is not found.
+    sb.write(
+        "Dockerfile",
+        "# escape=`\nFROM scratch\nCOPY a\\b.txt /c\\d/\n",
+    )
+    .write("a\\b.txt", "literal backslash\n");
+    let (out, _) = build_local(&env, &sb);
+    assert!(
+        !out.status.success(),
+        "a file outside the follow paths was copied"
+    );
+    assert!(
+        stderr(&out).contains("not found") && stderr(&out).contains("Dockerfile:3"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A directory reached through a symbolic link, and a link to a file elsewhere: their
+    // targets are part of what is sent.
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "FROM scratch\nCOPY link/ /viadir/\nCOPY file-link /f\nCOPY re*l/x.txt /glob/\n",
+    )
+    .write("real/x.txt", "x\n")
+    .write("real/sub/y.txt", "y\n")
+    .write("elsewhere/target.txt", "t\n")
+    .write("unrelated.txt", "u\n");
+    std::os::unix::fs::symlink("real", sb.context().join("link")).expect("symlink");
+    std::os::unix::fs::symlink("elsewhere/target.txt", sb.context().join("file-link"))
+        .expect("symlink");
+    let (out, dest) = build_local(&env, &sb);
+    assert_ok(&out, "memobuild build");
+    let read =
+        |p: &str| std::fs::read_to_string(dest.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("viadir/x.txt"), "x\n");
+    assert_eq!(read("viadir/sub/y.txt"), "y\n");
+    assert_eq!(read("f"), "t\n");
+    assert_eq!(read("glob/x.txt"), "x\n");
+}

@@ -77,6 +77,7 @@ pub fn copy_sources(
         follow_symlink: sel.follow_symlink,
         exclude: sel.copy_exclude.cloned(),
         context_exclude: sel.exclude.cloned(),
+        context_include: sel.include.cloned(),
         ..Default::default()
     };
     let tops = match fsops::expand_sources(root, sel.src, &opts) {

@@ -204,10 +204,20 @@ fn not_found(rel: &str) -> io::Error {
     )
 }
 
-/// Whether the source's own exclude patterns (`.dockerignore`) leave `rel` (relative to the
-/// source root; `path` on the host) out of the source: a directory they match is still there
-/// when a `!` pattern brings back something below it.
+/// Whether the source's own patterns leave `rel` (relative to the source root; `path` on the
+/// host) out of the source: a file its include patterns do not select, or anything its exclude
+/// patterns (`.dockerignore`) match, where a directory is still there when a `!` pattern brings
+/// back something below it.
 fn context_ignores(opts: &CopyOptions, path: &Path, rel: &str) -> io::Result<bool> {
+    // A file the source's include patterns (or follow paths) leave out was never sent.
+    if let Some(include) = opts.context_include.as_ref().filter(|m| !m.is_empty())
+        && !rel.is_empty()
+        && rel != "."
+        && !include.matches(rel)
+        && fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir())
+    {
+        return Ok(true);
+    }
     let Some(ignore) = &opts.context_exclude else {
         return Ok(false);
     };

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod containerd;
 pub mod export;
 pub mod fingerprint;
+mod followpaths;
 pub mod fsops;
 pub mod gitignore;
 pub mod image;

@@ -23,7 +23,8 @@ use crate::layer::LayerBlob;
 /// can produce different files for the same key (a fixed copy, archive or chmod semantic): a
 /// cache filled by an older binary must then miss instead of serving the old result.
 /// v2: ADD extracts bzip2/xz/zstd archives; copy sources use Go's `filepath.Match`; symbolic
-/// `--chmod`, copy excludes relative to the source and explicitly named ignored files fixed.
+/// `--chmod`, copy excludes relative to the source and explicitly named ignored files fixed;
+/// local sources honour `local.followpaths`.
 const KEY_VERSION: &[u8] = b"memobuild/v2";
 
 /// Source attrs that do not change what a source produces.

@@ -31,8 +31,7 @@ impl Solve {
             })?;
             let exclude = patterns(&src, attr::ATTR_LOCAL_EXCLUDEPATTERNS)
                 .map_err(|m| self.error(digest, m))?;
-            let include = patterns(&src, attr::ATTR_LOCAL_INCLUDEPATTERN)
-                .map_err(|m| self.error(digest, m))?;
+            let include = local_include(path, &src).map_err(|m| self.error(digest, m))?;
             return Ok(vec![Output::Local(LocalRef {
                 path: path.clone(),
                 exclude,
@@ -50,6 +49,37 @@ impl Solve {
             format!("source `{}` is not supported yet", src.identifier),
         ))
     }
+}
+
+/// What a local source shows, as BuildKit's file transfer selects it: its include patterns
+/// plus its follow paths with the symbolic links on their way resolved
+/// ([`crate::followpaths`]); `None` when nothing is filtered.
+fn local_include(
+    root: &std::path::Path,
+    src: &pb::SourceOp,
+) -> Result<Option<PatternMatcher>, String> {
+    let list = |key: &str| -> Result<Option<Vec<String>>, String> {
+        src.attrs
+            .get(key)
+            .map(|json| {
+                serde_json::from_str::<Vec<String>>(json)
+                    .map_err(|e| format!("attr `{key}` is not a JSON list of strings: {e}"))
+            })
+            .transpose()
+    };
+    let mut include = list(attr::ATTR_LOCAL_INCLUDEPATTERN)?.unwrap_or_default();
+    if let Some(follow) = list(attr::ATTR_LOCAL_FOLLOWPATHS)?
+        && let Some(targets) = crate::followpaths::follow_links(root, &follow)
+            .map_err(|e| format!("resolving the follow paths of `{}`: {e}", root.display()))?
+    {
+        include.extend(targets);
+    }
+    if include.is_empty() {
+        return Ok(None);
+    }
+    PatternMatcher::new(&include)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// A JSON list of patterns in attr `key`, compiled; `None` when absent or empty.
