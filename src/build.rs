@@ -327,10 +327,14 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
         )
         .with_worker(worker.clone())
         .with_conversions(&state, &lowered.image_config);
+        // stdout: the digest of the first image an output wrote (its compression and media
+        // types are part of it), else the image as built.
+        let mut printed = None;
         for out in outputs.drain(..) {
-            exporter.export(out).await?;
+            let written = exporter.export(out).await?;
+            printed = printed.or(written);
         }
-        Ok::<_, anyhow::Error>(image.manifest_desc.digest.clone())
+        Ok::<_, anyhow::Error>(printed.unwrap_or_else(|| image.manifest_desc.digest.clone()))
     }
     .await;
     // Uploads to the remote cache run per vertex as it finishes; wait for the last ones.

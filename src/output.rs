@@ -378,8 +378,9 @@ impl<'a> Exporter<'a> {
         Ok(memobuild_worker::export::mediatypes::to_docker(&img)?)
     }
 
-    /// Writes one output.
-    pub async fn export(&mut self, out: OutputSpec) -> anyhow::Result<()> {
+    /// Writes one output; the manifest digest of the image it wrote (as that output's
+    /// compression and media types made it), `None` for a filesystem or nothing written.
+    pub async fn export(&mut self, out: OutputSpec) -> anyhow::Result<Option<String>> {
         match out {
             OutputSpec::Oci {
                 dest,
@@ -402,6 +403,7 @@ impl<'a> Exporter<'a> {
                 .await
                 .context("export task failed")??;
                 self.message(format!("exported {digest} to {}", dest.display()));
+                Ok(Some(digest))
             }
             OutputSpec::Docker {
                 dest,
@@ -422,6 +424,7 @@ impl<'a> Exporter<'a> {
                     "exported {digest} to {} (docker archive)",
                     dest.display()
                 ));
+                Ok(Some(digest))
             }
             OutputSpec::Local { dest } => {
                 let img = self.image.clone();
@@ -432,6 +435,7 @@ impl<'a> Exporter<'a> {
                 .await
                 .context("export task failed")??;
                 self.message(format!("exported the filesystem to {}", dest.display()));
+                Ok(None)
             }
             OutputSpec::Image {
                 names,
@@ -445,7 +449,7 @@ impl<'a> Exporter<'a> {
                         "warning: type=image without push=true: {} not stored anywhere (add push=true, or use type=oci or type=docker)",
                         names.join(", ")
                     ));
-                    return Ok(());
+                    return Ok(None);
                 }
                 let img = self.image(oci_mediatypes, compression).await?;
                 if self.pusher.is_none() {
@@ -458,6 +462,7 @@ impl<'a> Exporter<'a> {
                 if let Some(p) = &self.pusher {
                     crate::push::push(p, &self.store, &img, &names, self.progress).await?;
                 }
+                Ok(Some(img.manifest_desc.digest))
             }
             OutputSpec::Containerd {
                 names,
@@ -486,9 +491,9 @@ impl<'a> Exporter<'a> {
                         }
                     ));
                 }
+                Ok(Some(img.manifest_desc.digest))
             }
         }
-        Ok(())
     }
 }
 

@@ -402,7 +402,7 @@ fn gzip_level_9_forced_changes_layer_digests_not_diff_ids() {
     }
     assert_eq!(diff_ids(&c_def), diff_ids(&c_nine));
     assert_eq!(m_def["config"]["digest"], m_nine["config"]["digest"]);
-    // stdout names the image as built (the default export).
+    // stdout names the first output's image (the default export).
     assert_eq!(stdout(&out).lines().last().unwrap_or_default(), d_def);
 
     let run = sb.ctr_run(&env, &nine, "docker.io/library/gz9:1");
@@ -450,6 +450,8 @@ fn zstd_exports_are_reproducible_and_remembered() {
         sha256_hex(&std::fs::read(&tar_b).unwrap_or_default())
     );
     assert!(stderr(&out_a).contains(&format!("exported {digest} to")));
+    // stdout names the image the output wrote, zstd layers and all.
+    assert_eq!(stdout(&out_a).lines().last().unwrap_or_default(), digest);
 
     let (again, tar_again) = export(&a, "again.tar");
     assert!(
