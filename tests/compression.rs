@@ -10,9 +10,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{Env, Sandbox, assert_ok, stderr, stdout};
+use common::{Env, Sandbox, assert_ok, stderr, stdout, unique};
 use serde_json::Value;
 
 const DOCKERFILE: &str = r#"ARG REGISTRY
@@ -29,20 +28,6 @@ const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const DOCKER_ZSTD: &str = "application/vnd.docker.image.rootfs.diff.tar.zstd";
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "e2e-{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
 
 fn sandbox() -> Sandbox {
     let sb = Sandbox::new();

@@ -12,11 +12,10 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Env, Sandbox, assert_ok, error_line, stderr, stdout};
+use common::{Env, Sandbox, assert_ok, error_line, stderr, stdout, unique};
 
 const SKELETON: &str = r#"ARG REGISTRY
 FROM ${REGISTRY}/library/busybox:latest
@@ -30,21 +29,6 @@ CMD ["/bin/sh", "-c", "echo $GREETING; cat /app/run.txt /app/message.txt; pwd; s
 
 const SKELETON_OUTPUT: &str =
     "hello from memobuild\nbuilt by RUN as uid 0\nmessage from the context\n/app\n1000:1000 640\n";
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A repository name no other test (or earlier run against the same registry) uses.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "e2e/{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
 
 fn skeleton_sandbox() -> Sandbox {
     let sb = Sandbox::new();
@@ -112,7 +96,7 @@ fn ctr_pull_run(sb: &Sandbox, env: &Env, image: &str, cmd: &[&str]) -> Output {
         &["images", "pull", "--plain-http", image],
     ));
     assert_ok(&pull, "ctr images pull");
-    let id = format!("export-{}", COUNTER.fetch_add(1, Ordering::SeqCst));
+    let id = unique("export");
     let mut args = vec!["run", "--rm", image, id.as_str()];
     args.extend_from_slice(cmd);
     common::run(common::ctr(env, &sb.namespace, &args))

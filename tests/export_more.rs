@@ -9,10 +9,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Env, Sandbox, assert_ok, stderr, stdout};
+use common::{Env, Sandbox, assert_ok, stderr, stdout, unique};
 
 const DOCKERFILE: &str = r#"ARG REGISTRY
 FROM ${REGISTRY}/library/busybox:latest
@@ -24,21 +23,6 @@ CMD ["/bin/sh", "-c", "echo $GREETING; cat /app/run.txt /app/message.txt /app/da
 "#;
 
 const EXPECTED: &str = "hello from memobuild\nbuilt by RUN\nmessage from the context\ndata\n";
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A name no other test (or earlier run against the same containerd) uses.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "e2e-{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
 
 fn sandbox() -> Sandbox {
     let sb = Sandbox::new();

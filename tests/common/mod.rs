@@ -206,3 +206,19 @@ pub fn progress_events(out: &Output) -> Vec<serde_json::Value> {
 pub fn error_line(out: &Output) -> String {
     stderr(out).lines().last().unwrap_or_default().to_string()
 }
+
+static UNIQUE: AtomicUsize = AtomicUsize::new(0);
+
+/// A name no other test (or earlier run against the same containerd or registry) uses: for
+/// repositories, images, containers and leases.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "e2e-{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::SeqCst)
+    )
+}
