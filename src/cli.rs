@@ -54,8 +54,10 @@ pub struct FrontendArgs {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
-    /// Also leave out of the context what its `.gitignore` files ignore (git's rules, nested
-    /// files; `.git` itself too), on top of `.dockerignore`.
+    /// Also leave out of the context what its `.gitignore` files ignore (git's pattern rules,
+    /// nested files; `.git` itself too), on top of `.dockerignore`. Only `.gitignore` files are
+    /// read (not `.git/info/exclude`, global excludes or the index: a tracked file that a
+    /// pattern matches is left out too).
     #[arg(long, env = "MEMOBUILD_USE_GITIGNORE", value_parser = clap::builder::BoolishValueParser::new())]
     pub use_gitignore: bool,
     /// Build context directory.

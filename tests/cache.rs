@@ -212,6 +212,34 @@ fn use_gitignore_leaves_out_what_git_ignores_from_image_and_key() {
 // (and `--explain` names the file), and a RUN binding only a subdirectory ignores changes
 // outside it.
 #[test]
+fn owners_count_only_where_a_step_sees_them() {
+    // A COPY from the context makes its files root-owned (as BuildKit's transfer does), so who
+    // owns them on this machine is no input: checkouts by different users share cache
+    // entries. A RUN binding the context as it is sees the owners, so for it they are one.
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nCOPY a.txt /a.txt\n\
+         RUN stat -c %u:%g /a.txt > /copied-owner\n\
+         RUN --mount=type=bind,target=/ctx stat -c %u:%g /ctx/a.txt > /bound-owner\n",
+    )
+    .write("a.txt", "a\n");
+    let local = |name: &str| format!("type=local,dest={}", sb.path(name).display());
+    let first = build(&sb, &env, &["--output", &local("fs1")]);
+    assert_eq!(executed(&first).len(), 4, "{:?}", executed(&first));
+    std::os::unix::fs::chown(sb.context().join("a.txt"), Some(1234), Some(4321)).expect("chown");
+    let second = build(&sb, &env, &["--output", &local("fs2")]);
+    let ran = executed(&second);
+    assert_eq!(ran.len(), 1, "only the RUN that binds the context: {ran:?}");
+    assert!(ran.iter().all(|n| n.contains("/bound-owner")), "{ran:?}");
+    let read = |p: &str| std::fs::read_to_string(sb.path(p)).expect(p);
+    assert_eq!(read("fs2/copied-owner"), "0:0\n");
+    assert_eq!(read("fs2/bound-owner"), "1234:4321\n");
+    assert_eq!(read("fs1/bound-owner"), "0:0\n");
+}
+
+#[test]
 fn a_run_binding_the_context_reruns_only_when_a_bound_file_changes() {
     let Some(env) = Env::get() else { return };
     let sb = Sandbox::new();

@@ -168,17 +168,34 @@ impl ActionCache {
     }
 }
 
+impl ActionCache {
+    fn tier_error(&self, message: String) -> TierError {
+        TierError {
+            tier: self.describe(),
+            message,
+        }
+    }
+}
+
 impl Tier for ActionCache {
     fn describe(&self) -> String {
         self.dir.display().to_string()
     }
 
+    // File reads, fsyncs and first-time blob hashing run on the blocking pool, not on the
+    // runtime's threads.
     fn get<'a>(
         &'a self,
         key: &'a str,
         ctx: &'a TierCtx,
     ) -> BoxFuture<'a, Result<Option<ActionRecord>, TierError>> {
-        futures::future::ready(Ok(ActionCache::get(self, key, &ctx.blobs))).boxed()
+        let (cache, key, blobs) = (self.clone(), key.to_string(), ctx.blobs.clone());
+        async move {
+            tokio::task::spawn_blocking(move || ActionCache::get(&cache, &key, &blobs))
+                .await
+                .map_err(|e| self.tier_error(e.to_string()))
+        }
+        .boxed()
     }
 
     fn put<'a>(
@@ -186,11 +203,14 @@ impl Tier for ActionCache {
         record: &'a ActionRecord,
         _ctx: &'a TierCtx,
     ) -> BoxFuture<'a, Result<(), TierError>> {
-        let r = ActionCache::put(self, record).map_err(|e| TierError {
-            tier: self.describe(),
-            message: e.to_string(),
-        });
-        futures::future::ready(r).boxed()
+        let (cache, record) = (self.clone(), record.clone());
+        async move {
+            tokio::task::spawn_blocking(move || ActionCache::put(&cache, &record))
+                .await
+                .map_err(|e| self.tier_error(e.to_string()))?
+                .map_err(|e| self.tier_error(e.to_string()))
+        }
+        .boxed()
     }
 }
 

@@ -1,7 +1,7 @@
 //! Fingerprints of the context files a vertex reads.
 //!
-//! A file's fingerprint is BLAKE3 over its type, permission bits, owner, symlink target and
-//! bytes; never its mtime, so touching a file does not invalidate anything. Directories are
+//! A file's fingerprint is BLAKE3 over its type, permission bits, symlink target and bytes
+//! (its owner is added by the key where a reader sees it); never its mtime, so touching a file does not invalidate anything. Directories are
 //! walked and files hashed in parallel on rayon's pool.
 
 use std::collections::HashMap;
@@ -187,7 +187,7 @@ impl Stamp {
 
 /// First line of a saved stat cache; a file from another version (whose fingerprints were
 /// computed differently) is ignored.
-const STAT_CACHE_HEADER: &str = "memobuild-stat-cache 2\n";
+const STAT_CACHE_HEADER: &str = "memobuild-stat-cache 3\n";
 
 /// Files modified less than this long before hashing are not remembered.
 const RACY_NS: i128 = 2_000_000_000;
@@ -291,7 +291,9 @@ impl StatCache {
     }
 }
 
-/// BLAKE3 of one entry's type, permission bits, owner (uid, gid), link target and content.
+/// BLAKE3 of one entry's type, permission bits, link target and content. Not its owner: what
+/// copies a local directory makes everything root-owned (as BuildKit's transfer does), so the
+/// owner only counts where a reader sees it, and the key adds it there (`solver::cachekey`).
 pub fn fingerprint(path: &Path) -> io::Result<String> {
     let md = fs::symlink_metadata(path)?;
     let mut h = blake3::Hasher::new();
@@ -308,8 +310,6 @@ pub fn fingerprint(path: &Path) -> io::Result<String> {
         h.update(&md.rdev().to_le_bytes());
     }
     h.update(&(md.mode() & 0o7777).to_le_bytes());
-    h.update(&md.uid().to_le_bytes());
-    h.update(&md.gid().to_le_bytes());
     if ft.is_file() {
         if md.len() >= LARGE_FILE {
             h.update_mmap_rayon(path)?;
@@ -462,8 +462,6 @@ mod tests {
         h.update(b"file\0");
         let md = fs::metadata(&f).unwrap();
         h.update(&(md.mode() & 0o7777).to_le_bytes());
-        h.update(&md.uid().to_le_bytes());
-        h.update(&md.gid().to_le_bytes());
         h.update(&data);
         assert_eq!(fingerprint(&f).unwrap(), h.finalize().to_hex().to_string());
     }

@@ -329,13 +329,17 @@ pub(crate) struct AgentProxy {
 }
 
 impl AgentProxy {
-    /// Listens on a fresh socket owned by `uid:gid` with permission bits `mode`, relaying to the
-    /// agent at `agent`. Must be called within a tokio runtime.
-    pub(crate) fn start(agent: &Path, uid: u32, gid: u32, mode: u32) -> Result<AgentProxy, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("memobuild-ssh-")
-            .tempdir()
-            .map_err(|e| format!("creating a directory for the ssh socket: {e}"))?;
+    /// Listens on a fresh socket (in a private directory under `parent` when the path fits)
+    /// owned by `uid:gid` with permission bits `mode`, relaying to the agent at `agent`. Must be
+    /// called within a tokio runtime.
+    pub(crate) fn start(
+        parent: &Path,
+        agent: &Path,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    ) -> Result<AgentProxy, String> {
+        let dir = socket_dir(parent).map_err(|e| e.to_string())?;
         let socket = dir.path().join("agent.sock");
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(format!(
@@ -519,7 +523,7 @@ mod tests {
         let (agent, seen) = fake_agent(d.path()).await;
         let uid = nix::unistd::getuid().as_raw();
         let gid = nix::unistd::getgid().as_raw();
-        let proxy = AgentProxy::start(&agent, uid, gid, 0o640).unwrap();
+        let proxy = AgentProxy::start(d.path(), &agent, uid, gid, 0o640).unwrap();
         let md = std::fs::metadata(proxy.socket()).unwrap();
         assert_eq!(md.permissions().mode() & 0o777, 0o640);
         let mut c = UnixStream::connect(proxy.socket()).await.unwrap();

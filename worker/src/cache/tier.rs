@@ -10,8 +10,8 @@
 //! backfills the front with what the back had; its `put` writes to both. [`Detached`] makes a
 //! tier that may be slow or unreachable harmless: its writes run in the background (awaited by
 //! [`Tier::flush`]), and its first failure becomes one warning, after which it is skipped.
-//! [`MemoryTier`] is L1, an LRU bounded by bytes; L2 is [`DiskTier`](super::DiskTier); L3 is
-//! [`Remote`] over the Bazel HTTP protocol ([`super::remote`]).
+//! [`MemoryTier`] is L1, an LRU bounded by bytes; L2 is [`ActionCache`](super::ActionCache);
+//! L3 is [`Remote`] over the Bazel HTTP protocol ([`super::remote`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -243,8 +243,22 @@ impl Tier for Detached {
     }
 }
 
+/// About how many bytes a record holds (its strings; what the budget counts).
+fn approx_size(r: &ActionRecord) -> usize {
+    let layer =
+        |l: &crate::layer::LayerBlob| l.digest.len() + l.diff_id.len() + l.media_type.len() + 16;
+    r.key.len()
+        + r.name.len()
+        + r.outputs().flatten().map(layer).sum::<usize>()
+        + r.components
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum::<usize>()
+        + 64
+}
+
 /// L1: records in this process' memory, least recently used dropped first once they take more
-/// than a byte budget (measured as their JSON size).
+/// than a byte budget (measured by the strings they hold).
 pub struct MemoryTier {
     max_bytes: usize,
     lru: Mutex<Lru>,
@@ -302,7 +316,7 @@ impl MemoryTier {
     }
 
     fn insert(&self, record: &ActionRecord) {
-        let size = serde_json::to_vec(record).map(|v| v.len()).unwrap_or(0);
+        let size = approx_size(record);
         let Ok(mut l) = self.lru.lock() else { return };
         l.remove(&record.key);
         if size > self.max_bytes {
@@ -552,7 +566,7 @@ mod tests {
         let blobs = BlobStore::open(d.path()).unwrap();
         let (ctx, _) = ctx(&blobs);
         let one = record("a", &blobs, b"a");
-        let size = serde_json::to_vec(&one).unwrap().len();
+        let size = approx_size(&one);
         let m = MemoryTier::new(size * 2 + size / 2);
         m.put(&one, &ctx).await.unwrap();
         m.put(&record("b", &blobs, b"b"), &ctx).await.unwrap();

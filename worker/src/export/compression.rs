@@ -416,18 +416,14 @@ impl Converter {
     }
 
     /// The remembered conversion of `layer` at `path`, if it is for this layer and its blob is
-    /// still in the store with its size.
+    /// still in the store and matches its digest (a damaged one is never exported: it is
+    /// converted again).
     fn recall(&self, path: &Path, layer: &LayerBlob) -> Option<LayerBlob> {
         let entry: MemoEntry = serde_json::from_slice(&fs::read(path).ok()?).ok()?;
         let blob = entry.layer;
         let ok = entry.source == layer.digest
             && blob.diff_id == layer.diff_id
-            && self
-                .store
-                .path(&blob.digest)
-                .ok()
-                .and_then(|p| fs::metadata(p).ok())
-                .is_some_and(|m| m.is_file() && m.len() == blob.size);
+            && self.store.verify(&blob.digest, Some(blob.size));
         ok.then_some(blob)
     }
 
@@ -780,6 +776,17 @@ mod tests {
         let (remade, hit) = conv.convert_layer(&src, Algorithm::Zstd, 5).unwrap();
         assert!(!hit);
         assert_eq!(remade, first);
+        // A remembered blob that was damaged (same size, one byte flipped) is never handed
+        // out: it is made again.
+        let path = store.path(&first.digest).unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let (repaired, hit) = conv.convert_layer(&src, Algorithm::Zstd, 5).unwrap();
+        assert!(!hit, "a damaged remembered blob is not a hit");
+        assert_eq!(repaired, first);
+        assert!(store.verify(&first.digest, Some(first.size)));
         // A damaged index entry is a miss, not an error.
         for p in walk(&memo) {
             fs::write(p, b"{not json").unwrap();

@@ -266,6 +266,7 @@ impl Solve {
         readonly: bool,
         out: &mut ExecMounts,
     ) -> Result<PathBuf, SolveError> {
+        // (The cache key covers the owners exactly in this case: `solver::cachekey`.)
         if readonly && local.exclude.is_none() && local.include.is_none() {
             return Ok(local.path.clone());
         }
@@ -406,7 +407,11 @@ impl Solve {
         out: &mut ExecMounts,
     ) -> Result<(), SolveError> {
         let err = |msg: String| self.error(digest, msg);
-        let opt = m.ssh_opt.clone().unwrap_or_default();
+        // Without options (hand-written LLB), LLB's defaults: root, 0600.
+        let opt = m.ssh_opt.clone().unwrap_or(pb::SshOpt {
+            mode: 0o600,
+            ..Default::default()
+        });
         let id = if opt.id.is_empty() {
             crate::ssh::DEFAULT_ID
         } else {
@@ -425,7 +430,8 @@ impl Solve {
         } else {
             m.dest.clone()
         };
-        let proxy = crate::ssh::AgentProxy::start(agent, opt.uid, opt.gid, opt.mode)
+        let parent = self.worker.state_dir.join("tmp");
+        let proxy = crate::ssh::AgentProxy::start(&parent, agent, opt.uid, opt.gid, opt.mode)
             .map_err(|e| err(format!("ssh mount at `{destination}`: {e}")))?;
         out.extra.push(ExtraMount::Bind {
             source: proxy.socket().to_path_buf(),

@@ -107,14 +107,25 @@ impl Solve {
                 };
                 let files = fingerprint::copy_sources(&local.path, &cs, &stat_cache)
                     .map_err(|e| format!("reading `{}` from the context: {e}", sel.src))?;
-                out.push((label, files));
+                let owners = if sel.owners {
+                    Some(
+                        owners_hash(&local.path, &files)
+                            .map_err(|e| format!("reading `{}` from the context: {e}", sel.src))?,
+                    )
+                } else {
+                    None
+                };
+                out.push((label, files, owners));
             }
             Ok::<_, String>(out)
         })
         .await
         .map_err(|e| self.error(digest, format!("fingerprint task failed: {e}")))?
         .map_err(|m| self.error(digest, m))?;
-        for (label, files) in found {
+        for (label, files, owners) in found {
+            if let Some(h) = owners {
+                k.add(format!("owners of {label}"), h);
+            }
             let mut all = blake3::Hasher::new();
             for (path, hash) in &files {
                 all.update(path.as_bytes());
@@ -143,6 +154,23 @@ struct Selection {
     copy_excludes: Vec<String>,
     /// The reader's own include patterns, relative to `src`.
     copy_includes: Vec<String>,
+    /// Whether the reader sees the files' owners: a local directory bound as it is (read-only,
+    /// unfiltered, see `ops::mounts`). Copies and filtered binds make everything root-owned,
+    /// as BuildKit's transfer does, so there the owner is no input (and machines whose
+    /// checkouts belong to different users share cache entries).
+    owners: bool,
+}
+
+/// BLAKE3 over the uid and gid of each listed file (paths relative to `root`).
+fn owners_hash(root: &std::path::Path, files: &[(String, String)]) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut h = blake3::Hasher::new();
+    for (path, _) in files {
+        let md = std::fs::symlink_metadata(root.join(path))?;
+        h.update(path.as_bytes());
+        h.update(format!("\0{}:{}\n", md.uid(), md.gid()).as_bytes());
+    }
+    Ok(h.finalize().to_hex().to_string())
 }
 
 /// For each copy from a local directory: exactly the files it reads.
@@ -167,6 +195,7 @@ fn copy_jobs(f: &pb::FileOp, inputs: &[Output]) -> Vec<(String, LocalRef, Select
                 follow_symlink: c.follow_symlink,
                 copy_excludes: c.exclude_patterns.clone(),
                 copy_includes: c.include_patterns.clone(),
+                owners: false,
             },
         ));
     }
@@ -200,6 +229,7 @@ fn mount_jobs(e: &pb::ExecOp, inputs: &[Output]) -> Vec<(String, LocalRef, Selec
                 follow_symlink: true,
                 copy_excludes: Vec::new(),
                 copy_includes: Vec::new(),
+                owners: m.readonly && local.exclude.is_none() && local.include.is_none(),
             },
         ));
     }
