@@ -418,3 +418,66 @@ fn add_git_of_a_missing_ref_fails_clearly() {
         "{line}"
     );
 }
+
+// Verifies: an ssh git source (`git.mountsshsock`) gives git's ssh exactly the agent `--ssh`
+// forwards, never the user's own `$SSH_AUTH_SOCK` unasked (as BuildKit forwards only what
+// `--ssh` names), and a failure without `--ssh` says how to forward one. A stand-in `ssh`
+// (GIT_SSH_COMMAND) records the socket it was given, then fails like an unreachable host.
+#[test]
+fn ssh_git_sources_use_the_agent_ssh_forwards() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        &format!("{}\nADD git@127.0.0.1:team/app.git /src\n", from(&env)),
+    );
+    let seen = sb.path("seen");
+    let fake = sb.path("fake-ssh");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"${{SSH_AUTH_SOCK-unset}}\" >> {}\necho 'ssh: connect to host 127.0.0.1: refused' >&2\nexit 255\n",
+            seen.display()
+        ),
+    )
+    .expect("write fake ssh");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let agent = sb.path("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&agent).expect("agent socket");
+    let run = |extra: &[&str]| {
+        let mut cmd = common::memobuild();
+        cmd.env("GIT_SSH_COMMAND", &fake)
+            .env("SSH_AUTH_SOCK", "/users/own/agent.sock")
+            .arg("build")
+            .arg("--containerd")
+            .arg(&env.containerd)
+            .arg("--state-dir")
+            .arg(sb.state())
+            .args(extra)
+            .arg(sb.context());
+        common::run(cmd)
+    };
+    let with = run(&["--ssh", &format!("default={}", agent.display())]);
+    assert!(!with.status.success());
+    let lines = std::fs::read_to_string(&seen).expect("ssh was run");
+    assert!(
+        !lines.is_empty() && lines.lines().all(|l| l == agent.to_string_lossy()),
+        "{lines}"
+    );
+    assert!(stderr(&with).contains("Dockerfile:2"), "{}", stderr(&with));
+
+    std::fs::remove_file(&seen).expect("rm");
+    let without = run(&[]);
+    assert!(!without.status.success());
+    let lines = std::fs::read_to_string(&seen).expect("ssh was run");
+    assert!(
+        lines.lines().all(str::is_empty),
+        "no agent unasked: {lines:?}"
+    );
+    assert!(
+        error_line(&without).contains("pass `--ssh default`"),
+        "{}",
+        stderr(&without)
+    );
+}

@@ -43,6 +43,8 @@ pub(crate) struct GitSpec {
     pub(crate) subdir: String,
     /// `git.keepgitdir`.
     pub(crate) keep_git_dir: bool,
+    /// `git.mountsshsock`: the `--ssh` id whose agent git's ssh may use.
+    pub(crate) ssh_id: Option<String>,
 }
 
 /// A ref resolved on the remote.
@@ -85,6 +87,11 @@ impl GitSpec {
                 .attrs
                 .get(attr::ATTR_GIT_KEEPGITDIR)
                 .is_some_and(|v| v == "true"),
+            ssh_id: src
+                .attrs
+                .get(attr::ATTR_GIT_MOUNTSSHSOCK)
+                .filter(|v| !v.is_empty())
+                .cloned(),
         })
     }
 }
@@ -201,7 +208,7 @@ where
 }
 
 /// The commit `spec` names on its remote now.
-async fn resolve(spec: &GitSpec) -> Result<Resolved, String> {
+async fn resolve(spec: &GitSpec, env: &[(&str, &OsStr)]) -> Result<Resolved, String> {
     if is_commit_sha(&spec.reference) {
         return Ok(Resolved {
             commit: spec.reference.to_ascii_lowercase(),
@@ -215,7 +222,7 @@ async fn resolve(spec: &GitSpec) -> Result<Resolved, String> {
     };
     let out = git(
         None,
-        &[],
+        env,
         ["ls-remote", "--", &spec.remote, r, &format!("{r}^{{}}")],
     )
     .await?;
@@ -239,7 +246,12 @@ async fn has_commit(mirror: &Path, commit: &str) -> bool {
 }
 
 /// Makes sure the bare mirror at `mirror` has `r.commit` (fetching what is needed) and pins it.
-async fn fetch_into_mirror(mirror: &Path, spec: &GitSpec, r: &Resolved) -> Result<(), String> {
+async fn fetch_into_mirror(
+    mirror: &Path,
+    spec: &GitSpec,
+    r: &Resolved,
+    env: &[(&str, &OsStr)],
+) -> Result<(), String> {
     if !mirror.join("HEAD").exists() {
         let parent = mirror.parent().unwrap_or(mirror);
         git(
@@ -281,7 +293,7 @@ async fn fetch_into_mirror(mirror: &Path, spec: &GitSpec, r: &Resolved) -> Resul
                 spec.remote.clone(),
             ];
             args.extend(refspecs);
-            if let Err(e) = git(Some(mirror), &[], &args).await {
+            if let Err(e) = git(Some(mirror), env, &args).await {
                 last_err = e;
             }
             if has_commit(mirror, c).await {
@@ -393,7 +405,36 @@ fn lock(path: &Path) -> Result<Flock<File>, String> {
         .map_err(|(_, e)| format!("locking `{}`: {e}", path.display()))
 }
 
+/// The environment git's ssh gets: `SSH_AUTH_SOCK` of the agent `--ssh` gave for the source's
+/// `git.mountsshsock` id, or none at all (an empty value: no agent of the user's is used
+/// unasked, as BuildKit forwards only what `--ssh` names). Sources without the attr keep the
+/// process' environment.
+fn ssh_env(sock: &Option<Option<PathBuf>>) -> Vec<(&'static str, &OsStr)> {
+    match sock {
+        None => Vec::new(),
+        Some(Some(p)) => vec![("SSH_AUTH_SOCK", p.as_os_str())],
+        Some(None) => vec![("SSH_AUTH_SOCK", OsStr::new(""))],
+    }
+}
+
 impl Solve {
+    /// For a source with `git.mountsshsock`: the agent socket of its id, if `--ssh` gave one.
+    fn git_ssh_sock(&self, spec: &GitSpec) -> Option<Option<PathBuf>> {
+        let id = spec.ssh_id.as_deref()?;
+        Some(self.opts.ssh.get(id).map(Path::to_path_buf))
+    }
+
+    /// A git failure's message, with a hint when the source wanted an ssh agent `--ssh` did not
+    /// give.
+    fn ssh_hint(&self, spec: &GitSpec, message: String) -> String {
+        match spec.ssh_id.as_deref() {
+            Some(id) if self.opts.ssh.get(id).is_none() => format!(
+                "{message} (no ssh agent was forwarded for `{id}`: pass `--ssh {id}` to use $SSH_AUTH_SOCK)"
+            ),
+            _ => message,
+        }
+    }
+
     fn solve_id(&self) -> usize {
         std::ptr::from_ref(self) as usize
     }
@@ -406,7 +447,10 @@ impl Solve {
         src: &pb::SourceOp,
     ) -> Result<String, SolveError> {
         let spec = GitSpec::from_op(src).map_err(|m| self.error(digest, m))?;
-        let r = resolve(&spec).await.map_err(|m| self.error(digest, m))?;
+        let sock = self.git_ssh_sock(&spec);
+        let r = resolve(&spec, &ssh_env(&sock))
+            .await
+            .map_err(|m| self.error(digest, self.ssh_hint(&spec, m)))?;
         if let Ok(mut m) = RESOLVED.lock() {
             m.insert((self.solve_id(), digest.to_owned()), r.clone());
         }
@@ -425,9 +469,13 @@ impl Solve {
             .lock()
             .ok()
             .and_then(|mut m| m.remove(&(self.solve_id(), digest.to_owned())));
+        let sock = self.git_ssh_sock(&spec);
+        let env = ssh_env(&sock);
         let r = match remembered {
             Some(r) => r,
-            None => resolve(&spec).await.map_err(&fail)?,
+            None => resolve(&spec, &env)
+                .await
+                .map_err(|m| fail(self.ssh_hint(&spec, m)))?,
         };
 
         let root = self.worker.state_dir.join("cache").join("git");
@@ -441,7 +489,9 @@ impl Solve {
             .await
             .map_err(|e| fail(format!("lock task failed: {e}")))?
             .map_err(&fail)?;
-        fetch_into_mirror(&mirror, &spec, &r).await.map_err(&fail)?;
+        fetch_into_mirror(&mirror, &spec, &r, &env)
+            .await
+            .map_err(|m| fail(self.ssh_hint(&spec, m)))?;
         drop(guard);
 
         let dir = self.temp_dir().map_err(&fail)?;
