@@ -113,6 +113,9 @@ pub(crate) struct Solve {
     pub(crate) exec_slots: Semaphore,
     cells: HashMap<String, Cell>,
     reports: std::sync::Mutex<Vec<VertexReport>>,
+    /// Fingerprints of what a reader selects from a local directory, by selection: several
+    /// steps binding or copying the same files walk them once per build.
+    pub(crate) fingerprints: crate::solver::cachekey::FingerprintMemo,
 }
 
 /// Solves `def` on `worker`.
@@ -136,6 +139,7 @@ pub async fn solve(
         progress,
         cells,
         reports: Default::default(),
+        fingerprints: Default::default(),
     });
     let outputs = solve.clone().vertex(terminal.digest.clone()).await?;
     let out = usize::try_from(terminal.index)

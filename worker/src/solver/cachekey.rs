@@ -85,9 +85,23 @@ impl Solve {
         if jobs.is_empty() {
             return Ok(());
         }
+        let memo = self.fingerprints.clone();
         let found = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             for (label, local, sel, stat_cache) in jobs {
+                let memo_key = sel.memo_key(&local);
+                if let Some(files) = memo.lock().ok().and_then(|m| m.get(&memo_key).cloned()) {
+                    let owners =
+                        if sel.owners {
+                            Some(owners_hash(&local.path, &files).map_err(|e| {
+                                format!("reading `{}` from the context: {e}", sel.src)
+                            })?)
+                        } else {
+                            None
+                        };
+                    out.push((label, files, owners));
+                    continue;
+                }
                 let compile = |p: &[String]| -> Result<Option<PatternMatcher>, String> {
                     if p.is_empty() {
                         return Ok(None);
@@ -105,8 +119,13 @@ impl Solve {
                     copy_exclude: copy_exclude.as_ref(),
                     copy_include: copy_include.as_ref(),
                 };
-                let files = fingerprint::copy_sources(&local.path, &cs, &stat_cache)
-                    .map_err(|e| format!("reading `{}` from the context: {e}", sel.src))?;
+                let files = Arc::new(
+                    fingerprint::copy_sources(&local.path, &cs, &stat_cache)
+                        .map_err(|e| format!("reading `{}` from the context: {e}", sel.src))?,
+                );
+                if let Ok(mut m) = memo.lock() {
+                    m.insert(memo_key, files.clone());
+                }
                 let owners = if sel.owners {
                     Some(
                         owners_hash(&local.path, &files)
@@ -127,7 +146,7 @@ impl Solve {
                 k.add(format!("owners of {label}"), h);
             }
             let mut all = blake3::Hasher::new();
-            for (path, hash) in &files {
+            for (path, hash) in files.iter() {
                 all.update(path.as_bytes());
                 all.update(b"\0");
                 all.update(hash.as_bytes());
@@ -135,8 +154,8 @@ impl Solve {
             }
             k.add(label, all.finalize().to_hex().to_string());
             if files.len() <= MAX_FILE_COMPONENTS {
-                for (path, hash) in files {
-                    k.add(format!("file {path}"), hash);
+                for (path, hash) in files.iter() {
+                    k.add(format!("file {path}"), hash.clone());
                 }
             }
         }
@@ -159,6 +178,32 @@ struct Selection {
     /// as BuildKit's transfer does, so there the owner is no input (and machines whose
     /// checkouts belong to different users share cache entries).
     owners: bool,
+}
+
+/// Fingerprint lists already computed in a solve, by [`Selection::memo_key`].
+pub(crate) type FingerprintMemo =
+    Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<(String, String)>>>>>;
+
+impl Selection {
+    /// Everything that decides which files a selection reads from `local`.
+    fn memo_key(&self, local: &LocalRef) -> String {
+        let texts = |m: &Option<PatternMatcher>| -> Vec<String> {
+            m.iter()
+                .flat_map(|m| m.texts().map(str::to_string))
+                .collect()
+        };
+        serde_json::json!([
+            local.path,
+            texts(&local.exclude),
+            texts(&local.include),
+            self.src,
+            self.allow_wildcard,
+            self.follow_symlink,
+            self.copy_excludes,
+            self.copy_includes,
+        ])
+        .to_string()
+    }
 }
 
 /// BLAKE3 over the uid and gid of each listed file (paths relative to `root`).
