@@ -446,17 +446,14 @@ fn ssh_git_sources_use_the_agent_ssh_forwards() {
     let agent = sb.path("agent.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&agent).expect("agent socket");
     let run = |extra: &[&str]| {
-        let mut cmd = common::memobuild();
-        cmd.env("GIT_SSH_COMMAND", &fake)
-            .env("SSH_AUTH_SOCK", "/users/own/agent.sock")
-            .arg("build")
-            .arg("--containerd")
-            .arg(&env.containerd)
-            .arg("--state-dir")
-            .arg(sb.state())
-            .args(extra)
-            .arg(sb.context());
-        common::run(cmd)
+        sb.build_with_env(
+            &env,
+            extra,
+            &[
+                ("GIT_SSH_COMMAND", fake.as_os_str()),
+                ("SSH_AUTH_SOCK", "/users/own/agent.sock".as_ref()),
+            ],
+        )
     };
     let with = run(&["--ssh", &format!("default={}", agent.display())]);
     assert!(!with.status.success());

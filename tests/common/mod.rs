@@ -98,7 +98,18 @@ impl Sandbox {
 
     /// `memobuild build` with the test's containerd and state dir, plus `args`, on the context.
     pub fn build(&self, env: &Env, args: &[&str]) -> Output {
+        self.build_with_env(env, args, &[])
+    }
+
+    /// [`Sandbox::build`] with extra environment variables for the `memobuild` process.
+    pub fn build_with_env(
+        &self,
+        env: &Env,
+        args: &[&str],
+        vars: &[(&str, &std::ffi::OsStr)],
+    ) -> Output {
         let mut cmd = memobuild();
+        cmd.envs(vars.iter().copied());
         cmd.arg("build")
             .arg("--containerd")
             .arg(&env.containerd)
