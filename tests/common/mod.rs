@@ -121,7 +121,18 @@ impl Sandbox {
     }
 
     /// Imports an OCI archive into this test's namespace and runs `image`, returning its output.
+    ///
+    /// Images already in the namespace are removed first, waiting for containerd's garbage
+    /// collection: importing over an existing name drops the old image's references while the
+    /// new one unpacks, and containerd 1.6 can then collect a layer snapshot the unpack found
+    /// and is about to build on ("parent snapshot ... does not exist").
     pub fn ctr_run(&self, env: &Env, archive: &Path, image: &str) -> Output {
+        let listed = run(ctr(env, &self.namespace, &["images", "ls", "-q"]));
+        assert_ok(&listed, "ctr images ls");
+        for name in String::from_utf8_lossy(&listed.stdout).lines() {
+            let rm = run(ctr(env, &self.namespace, &["images", "rm", "--sync", name]));
+            assert_ok(&rm, "ctr images rm --sync");
+        }
         let imp = run(ctr(
             env,
             &self.namespace,
