@@ -125,7 +125,7 @@ pub(crate) fn git_op(g: &GitRef, keep_git_dir: bool) -> (pb::Op, Vec<&'static st
     );
     if transport == Some(Transport::Ssh) {
         // BuildKit's client also scans the host's keys into `git.knownsshhosts` (best effort);
-        // the frontend does no I/O, so the worker's own known_hosts applies.
+        // the frontend does no I/O, so the user's own ssh known_hosts applies in the worker.
         cap_list.push(caps::CAP_SOURCE_GIT_KNOWNSSHHOSTS);
         attrs.insert(attr::ATTR_GIT_MOUNTSSHSOCK.to_owned(), "default".to_owned());
         cap_list.push(caps::CAP_SOURCE_GIT_MOUNTSSHSOCK);

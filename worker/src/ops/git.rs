@@ -19,8 +19,9 @@
 //! cannot record one commit's files under another's key.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{LazyLock, Mutex};
@@ -45,6 +46,8 @@ pub(crate) struct GitSpec {
     pub(crate) keep_git_dir: bool,
     /// `git.mountsshsock`: the `--ssh` id whose agent git's ssh may use.
     pub(crate) ssh_id: Option<String>,
+    /// `git.knownsshhosts`: known_hosts lines git's ssh must check the server against.
+    pub(crate) known_hosts: Option<String>,
 }
 
 /// A ref resolved on the remote.
@@ -91,6 +94,11 @@ impl GitSpec {
                 .attrs
                 .get(attr::ATTR_GIT_MOUNTSSHSOCK)
                 .filter(|v| !v.is_empty())
+                .cloned(),
+            known_hosts: src
+                .attrs
+                .get(attr::ATTR_GIT_KNOWNSSHHOSTS)
+                .filter(|v| !v.trim().is_empty())
                 .cloned(),
         })
     }
@@ -405,16 +413,73 @@ fn lock(path: &Path) -> Result<Flock<File>, String> {
         .map_err(|(_, e)| format!("locking `{}`: {e}", path.display()))
 }
 
-/// The environment git's ssh gets: `SSH_AUTH_SOCK` of the agent `--ssh` gave for the source's
-/// `git.mountsshsock` id, or none at all (an empty value: no agent of the user's is used
-/// unasked, as BuildKit forwards only what `--ssh` names). Sources without the attr keep the
-/// process' environment.
-fn ssh_env(sock: &Option<Option<PathBuf>>) -> Vec<(&'static str, &OsStr)> {
-    match sock {
-        None => Vec::new(),
-        Some(Some(p)) => vec![("SSH_AUTH_SOCK", p.as_os_str())],
-        Some(None) => vec![("SSH_AUTH_SOCK", OsStr::new(""))],
+/// The environment git's ssh gets, and the known_hosts file it names (removed on drop).
+struct GitEnv {
+    vars: Vec<(&'static str, OsString)>,
+    _known_hosts: Option<tempfile::NamedTempFile>,
+}
+
+impl GitEnv {
+    /// - `SSH_AUTH_SOCK`: the agent `--ssh` gave for the source's `git.mountsshsock` id, or none
+    ///   at all (an empty value: no agent of the user's is used unasked, as BuildKit forwards
+    ///   only what `--ssh` names). Sources without the attr keep the process' environment.
+    /// - With `git.knownsshhosts`, the lines go to a file of their own and git runs
+    ///   `ssh -F /dev/null -o UserKnownHostsFile=FILE`, as BuildKit does: the server must be
+    ///   one of those hosts. Without it, the user's own ssh configuration and known_hosts apply
+    ///   (BuildKit turns host-key checking off instead; its client usually scans the keys).
+    fn new(sock: Option<Option<PathBuf>>, spec: &GitSpec, tmp: &Path) -> Result<Self, String> {
+        let mut vars = Vec::new();
+        match sock {
+            None => {}
+            Some(Some(p)) => vars.push(("SSH_AUTH_SOCK", p.into_os_string())),
+            Some(None) => vars.push(("SSH_AUTH_SOCK", OsString::new())),
+        }
+        let mut known = None;
+        if let Some(lines) = &spec.known_hosts {
+            std::fs::create_dir_all(tmp)
+                .map_err(|e| format!("creating `{}`: {e}", tmp.display()))?;
+            let mut f = tempfile::Builder::new()
+                .prefix("known_hosts-")
+                .tempfile_in(tmp)
+                .map_err(|e| format!("creating a file in `{}`: {e}", tmp.display()))?;
+            let mut text = lines.clone();
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            f.write_all(text.as_bytes())
+                .map_err(|e| format!("writing `{}`: {e}", f.path().display()))?;
+            vars.push(("GIT_SSH_COMMAND", OsString::from(ssh_command(f.path()))));
+            known = Some(f);
+        }
+        Ok(GitEnv {
+            vars,
+            _known_hosts: known,
+        })
     }
+
+    fn pairs(&self) -> Vec<(&str, &OsStr)> {
+        self.vars.iter().map(|(k, v)| (*k, v.as_os_str())).collect()
+    }
+}
+
+/// The `GIT_SSH_COMMAND` that checks the server against a known_hosts file (git runs it with
+/// the shell).
+fn ssh_command(known_hosts: &Path) -> String {
+    format!(
+        "ssh -F /dev/null -o UserKnownHostsFile={}",
+        shell_quote(&known_hosts.to_string_lossy())
+    )
+}
+
+/// `s` as one word for `sh`.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@".contains(&b))
+    {
+        return s.to_owned();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 impl Solve {
@@ -422,6 +487,15 @@ impl Solve {
     fn git_ssh_sock(&self, spec: &GitSpec) -> Option<Option<PathBuf>> {
         let id = spec.ssh_id.as_deref()?;
         Some(self.opts.ssh.get(id).map(Path::to_path_buf))
+    }
+
+    /// The environment for git commands of `spec`.
+    fn git_env(&self, spec: &GitSpec) -> Result<GitEnv, String> {
+        GitEnv::new(
+            self.git_ssh_sock(spec),
+            spec,
+            &self.worker.state_dir.join("tmp"),
+        )
     }
 
     /// A git failure's message, with a hint when the source wanted an ssh agent `--ssh` did not
@@ -447,8 +521,8 @@ impl Solve {
         src: &pb::SourceOp,
     ) -> Result<String, SolveError> {
         let spec = GitSpec::from_op(src).map_err(|m| self.error(digest, m))?;
-        let sock = self.git_ssh_sock(&spec);
-        let r = resolve(&spec, &ssh_env(&sock))
+        let env = self.git_env(&spec).map_err(|m| self.error(digest, m))?;
+        let r = resolve(&spec, &env.pairs())
             .await
             .map_err(|m| self.error(digest, self.ssh_hint(&spec, m)))?;
         if let Ok(mut m) = RESOLVED.lock() {
@@ -469,8 +543,8 @@ impl Solve {
             .lock()
             .ok()
             .and_then(|mut m| m.remove(&(self.solve_id(), digest.to_owned())));
-        let sock = self.git_ssh_sock(&spec);
-        let env = ssh_env(&sock);
+        let git_env = self.git_env(&spec).map_err(&fail)?;
+        let env = git_env.pairs();
         let r = match remembered {
             Some(r) => r,
             None => resolve(&spec, &env)
@@ -531,6 +605,47 @@ impl Solve {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Verifies: `git.knownsshhosts` lands in a file of its own that git's ssh is pointed at
+    // (ignoring the user's ssh config, as BuildKit does), the file goes when the build is
+    // done with it, and a source without the attr leaves ssh as the user set it up.
+    #[test]
+    fn known_ssh_hosts_become_the_only_known_hosts_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let line = "[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDx";
+        let src = op(
+            "git://127.0.0.1:2222/r.git",
+            &[
+                (attr::ATTR_GIT_FULLURL, "ssh://git@127.0.0.1:2222/r.git"),
+                (attr::ATTR_GIT_KNOWNSSHHOSTS, line),
+            ],
+        );
+        let spec = GitSpec::from_op(&src).unwrap();
+        let env = GitEnv::new(Some(None), &spec, &tmp.path().join("t")).unwrap();
+        let pairs = env.pairs();
+        assert_eq!(pairs[0], ("SSH_AUTH_SOCK", OsStr::new("")));
+        let (k, cmd) = pairs[1];
+        assert_eq!(k, "GIT_SSH_COMMAND");
+        let cmd = cmd.to_str().unwrap().to_owned();
+        let file = cmd
+            .strip_prefix("ssh -F /dev/null -o UserKnownHostsFile=")
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(file).unwrap(), format!("{line}\n"));
+        drop(env);
+        assert!(!Path::new(file).exists());
+
+        let plain = GitSpec::from_op(&op("git://h/r.git", &[])).unwrap();
+        assert_eq!(plain.known_hosts, None);
+        let env = GitEnv::new(None, &plain, tmp.path()).unwrap();
+        assert!(env.pairs().is_empty());
+    }
+
+    #[test]
+    fn shell_quote_keeps_one_word() {
+        assert_eq!(shell_quote("/tmp/a-b_c.d"), "/tmp/a-b_c.d");
+        assert_eq!(shell_quote("/my dir/it's"), "'/my dir/it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
 
     fn op(id: &str, attrs: &[(&str, &str)]) -> pb::SourceOp {
         pb::SourceOp {
