@@ -4,7 +4,7 @@
 set -eu -o pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-PACKAGES=(containerd runc docker-registry busybox-static skopeo umoci buildah docker.io protobuf-compiler jq curl iproute2 apache2-utils git xz-utils bzip2 zstd)
+PACKAGES=(containerd runc docker-registry busybox-static skopeo umoci buildah docker.io protobuf-compiler jq curl iproute2 apache2-utils git openssh-client xz-utils bzip2 zstd)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -25,8 +25,10 @@ if ((${#missing[@]})); then
 		chmod 755 "$policy"
 		trap 'rm -f "$policy"' EXIT
 	fi
-	apt-get update -q
-	apt-get install -y -q "${missing[@]}"
+	# A fresh machine's apt-daily may hold the dpkg lock for a while; mirrors may hiccup.
+	apt_opts=(-o DPkg::Lock::Timeout=600 -o Acquire::Retries=5)
+	apt-get "${apt_opts[@]}" update -q
+	apt-get "${apt_opts[@]}" install -y -q "${missing[@]}"
 fi
 
 ensure_cargo

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Child, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Env, Sandbox, assert_ok, memobuild, progress_events, stderr};
 
@@ -17,30 +17,34 @@ struct Server {
 }
 
 impl Server {
+    /// Starts the server on `127.0.0.1:0` (no port picked ahead that someone could take) and
+    /// reads the address it prints first.
     fn start(store: &Path, token: &str) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
         let mut cmd = memobuild();
-        cmd.args([
-            "server",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--store",
-        ])
-        .arg(store)
-        .args(["--token", token])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        let child = cmd.spawn().expect("start memobuild server");
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "server did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--store"])
+            .arg(store)
+            .args(["--token", token])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("start memobuild server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server did not start (first line {line:?})");
+        };
+        Server {
+            child,
+            url: addr.to_owned(),
         }
-        Server { child, url }
     }
 }
 

@@ -401,10 +401,19 @@ impl Containerd {
     /// Deletes a lease; its resources become collectable unless something else references them.
     /// A lease that no longer exists is not an error.
     pub async fn delete_lease(&self, lease: &Lease) -> Result<()> {
+        self.delete_lease_with(lease, false).await
+    }
+
+    /// [`Containerd::delete_lease`], then a garbage collection that is over when this returns.
+    pub async fn delete_lease_and_collect(&self, lease: &Lease) -> Result<()> {
+        self.delete_lease_with(lease, true).await
+    }
+
+    async fn delete_lease_with(&self, lease: &Lease, sync: bool) -> Result<()> {
         let res = LeasesClient::new(self.channel.clone())
             .delete(self.request(LeaseDeleteRequest {
                 id: lease.id.clone(),
-                sync: false,
+                sync,
             }))
             .await;
         match res {

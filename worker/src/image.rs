@@ -353,7 +353,7 @@ async fn ensure_containerd_blob(
 ) -> Result<()> {
     let lock = lock_for(format!("{}|blob|{}", scope(ctd), desc.digest));
     let _held = lock.lock().await;
-    if !ctd.has_blob(&desc.digest).await? {
+    if !ctd.has_blob_leased(&desc.digest).await? {
         let path = blobs.path(&desc.digest)?;
         let file = tokio::fs::File::open(&path)
             .await

@@ -102,6 +102,28 @@ async fn container_count(
         .len())
 }
 
+/// Tasks in the client's namespace that are running.
+async fn running_tasks(
+    env: &Env,
+    ctd: &Containerd,
+) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+    use containerd_client::services::v1::ListTasksRequest;
+    use containerd_client::services::v1::tasks_client::TasksClient;
+    use containerd_client::types::v1::Status;
+    let channel = containerd_client::connect(&env.socket).await?;
+    let mut req = tonic::Request::new(ListTasksRequest::default());
+    req.metadata_mut()
+        .insert("containerd-namespace", ctd.namespace().parse()?);
+    Ok(TasksClient::new(channel)
+        .list(req)
+        .await?
+        .into_inner()
+        .tasks
+        .iter()
+        .filter(|t| t.status == Status::Running as i32)
+        .count())
+}
+
 fn is_mounted(path: &Path) -> std::io::Result<bool> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let wanted = path.display().to_string();
@@ -212,6 +234,39 @@ async fn content_write_and_read() -> TestResult {
             .await,
         Err(containerd::Error::BlobNotFound { .. })
     ));
+    s.close().await?;
+    Ok(())
+}
+
+// Verifies: a blob found in the content store while it is held only by another build's lease
+// survives that lease's removal and a garbage collection, because the check that found it put
+// it in the finder's lease (a plain `Info` would not, and the collection would take it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn found_blob_is_kept_by_the_finders_lease() -> TestResult {
+    let Some(env) = env("found_blob_is_kept_by_the_finders_lease") else {
+        return Ok(());
+    };
+    let s = Session::new(&env, "found-blob").await?;
+    let plain = s.ctd.without_lease();
+    let other_lease = plain.create_lease(Duration::from_secs(600)).await?;
+    let other = plain.with_lease(&other_lease)?;
+    let kept = format!("kept {}", uuid::Uuid::new_v4()).into_bytes();
+    let kept_digest = memobuild_worker::blobs::sha256_digest(&kept);
+    let control = format!("control {}", uuid::Uuid::new_v4()).into_bytes();
+    let control_digest = memobuild_worker::blobs::sha256_digest(&control);
+    for (d, b) in [(&kept_digest, &kept), (&control_digest, &control)] {
+        other.write_blob(d, b.len() as u64, &b[..]).await?;
+    }
+
+    assert!(s.ctd.has_blob_leased(&kept_digest).await?);
+    assert!(s.ctd.has_blob(&control_digest).await?);
+    plain.delete_lease_and_collect(&other_lease).await?;
+
+    assert_eq!(s.ctd.read_blob(&kept_digest).await?, kept);
+    assert!(
+        !plain.has_blob(&control_digest).await?,
+        "the control blob, only looked at, is collected"
+    );
     s.close().await?;
     Ok(())
 }
@@ -476,7 +531,12 @@ async fn run_cancel_kills_and_cleans_up() -> TestResult {
         })
         .await
     });
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Abort once the task runs (not at a guessed moment, which a loaded machine may miss).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running_tasks(&env, &s.ctd).await? == 0 {
+        assert!(Instant::now() < deadline, "the task never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         container_count(&env, &s.ctd).await?,
         1,

@@ -3,8 +3,10 @@
 use std::collections::HashMap;
 
 use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::{
-    Info, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction, WriteContentRequest,
+    AddResourceRequest, Info, InfoRequest, ReadContentRequest, Resource, UpdateRequest,
+    WriteAction, WriteContentRequest,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
@@ -170,6 +172,26 @@ impl Containerd {
     /// Whether the content store has a committed blob with this digest.
     pub async fn has_blob(&self, digest: &str) -> Result<bool> {
         Ok(self.blob_info(digest).await?.is_some())
+    }
+
+    /// Whether the content store has this blob, after adding it to the client's lease (when it
+    /// has one). `Info` alone does not protect a blob: one that exists only under another
+    /// build's lease, or that nothing references any more, could be collected between this
+    /// check and its use. The lease holds the digest whether or not the blob exists yet.
+    pub async fn has_blob_leased(&self, digest: &str) -> Result<bool> {
+        if let Some((id, _)) = &self.lease {
+            LeasesClient::new(self.channel())
+                .add_resource(self.request(AddResourceRequest {
+                    id: id.clone(),
+                    resource: Some(Resource {
+                        id: digest.to_owned(),
+                        r#type: "content".to_owned(),
+                    }),
+                }))
+                .await
+                .map_err(|s| Error::rpc("lease add resource", digest, s))?;
+        }
+        self.has_blob(digest).await
     }
 
     /// Adds (or overwrites) labels on a committed blob, e.g. [`super::gc_root_labels`].

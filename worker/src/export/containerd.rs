@@ -92,7 +92,7 @@ pub async fn import_with(
         return Err(ContainerdExportError::NoName);
     }
     for layer in &img.layers {
-        if !ctd.has_blob(&layer.digest).await? {
+        if !ctd.has_blob_leased(&layer.digest).await? {
             let path = blobs.path(&layer.digest)?;
             let file = tokio::fs::File::open(&path).await.map_err(|source| {
                 ContainerdExportError::LocalBlob {
