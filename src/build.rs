@@ -245,6 +245,8 @@ pub async fn lower(args: LowerArgs) -> anyhow::Result<()> {
 
 /// `memobuild build`.
 pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
+    let started_at = std::time::SystemTime::now();
+    let started = std::time::Instant::now();
     let inputs = read_inputs(&args.frontend)?;
     let mut outputs = args
         .outputs
@@ -281,6 +283,8 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
     let renderer = tokio::spawn(crate::progress::render(args.progress, rx));
     let progress = Progress::new(tx);
 
+    // Every cacheable vertex of the solve, for the build report.
+    let mut vertices = Vec::new();
     let result = async {
         let lowered = lower_with(worker.registry(), &inputs, args.frontend.target.clone()).await?;
         for w in &lowered.warnings {
@@ -300,6 +304,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
             ssh,
         };
         let solved = worker.solve(def, opts, progress.clone()).await?;
+        vertices = solved.vertices.clone();
         let history_path = memobuild_worker::cache::history::path_for(
             &state,
             &build_id(&inputs.context, args.frontend.file.as_deref(), args.frontend.target.as_deref()),
@@ -349,6 +354,35 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
                 )))
             }
             Err(e) => tracing::warn!("cache GC: {e:#}"),
+        }
+    }
+    if let Some(base) = args.remote_cache.as_deref().filter(|b| !b.is_empty())
+        && !args.no_build_report
+    {
+        let subject = crate::report::Subject {
+            project: args.project.as_deref(),
+            context: &inputs.context,
+            dockerfile: args.frontend.file.as_deref(),
+            target: args.frontend.target.as_deref(),
+            tags: &args.tags,
+        };
+        // A failed solve still tells which steps had finished, and how.
+        if let Err(e) = &result
+            && let Some(se) = e.downcast_ref::<SolveError>()
+        {
+            vertices = se.completed.to_vec();
+        }
+        let outcome = match &result {
+            Ok(digest) => Ok(digest.as_str()),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        let record =
+            crate::report::record(&subject, started_at, started.elapsed(), &vertices, outcome);
+        if let Err(e) = crate::report::send(base, args.remote_cache_token.as_deref(), &record).await
+        {
+            progress.send(memobuild_worker::progress::ProgressEvent::Message(format!(
+                "warning: the build report did not reach the server: {e}"
+            )));
         }
     }
     drop(progress);

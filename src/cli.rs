@@ -27,8 +27,9 @@ pub enum Command {
     Lower(LowerArgs),
     /// Say why each step of the last build of a target ran instead of coming from the cache.
     Why(WhyArgs),
-    /// Run the team cache server: the Bazel HTTP remote-cache protocol (`/ac`, `/cas`) over a
-    /// directory, for `build --remote-cache` and bazel-remote-compatible clients.
+    /// Run the team server: the cache (the Bazel HTTP remote-cache protocol, `/ac` and `/cas`,
+    /// for `build --remote-cache` and bazel-remote-compatible clients), build records and
+    /// analytics (`/api/builds`, `/api/stats`, `/metrics`, a dashboard at `/`) and webhooks.
     Server(ServerArgs),
     /// Show or prune the local cache (layer blobs and action records under the state directory).
     Cache(CacheArgs),
@@ -126,6 +127,13 @@ pub struct BuildArgs {
         hide_env_values = true
     )]
     pub remote_cache_token: Option<String>,
+    /// Do not report the build (duration, steps run and cached) to the `--remote-cache`
+    /// server's analytics.
+    #[arg(long, env = "MEMOBUILD_NO_BUILD_REPORT", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_build_report: bool,
+    /// The project name the build is reported under (default: the context directory's name).
+    #[arg(long, value_name = "NAME", env = "MEMOBUILD_PROJECT")]
+    pub project: Option<String>,
     /// After the build, shrink the local cache (layer blobs and records, least recently used
     /// first, sparing what was used in the last 10 minutes) to this size, e.g. `20GB`.
     #[arg(long, value_name = "SIZE", env = "MEMOBUILD_CACHE_MAX_SIZE", value_parser = crate::cache_cmd::parse_size)]
@@ -350,7 +358,8 @@ pub struct ServerArgs {
     /// on stdout as `listening on http://ADDR`.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// Directory holding the cached objects (`ac/`, `cas/`), created if missing.
+    /// Directory holding the cached objects (`ac/`, `cas/`), build records (`builds/`) and
+    /// webhook deliveries (`webhooks/`); created if missing.
     #[arg(long, value_name = "DIR")]
     pub store: PathBuf,
     /// Bearer token that uploads (PUT) must present. Without one, anyone who can reach the
@@ -369,6 +378,35 @@ pub struct ServerArgs {
     /// 90 %): `500MB`, `10GiB`, … Default: unbounded.
     #[arg(long, value_name = "BYTES", value_parser = crate::cache_cmd::parse_size)]
     pub max_size: Option<u64>,
+    /// Build records to keep (the newest; older ones are dropped from the API and the log).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub keep_builds: usize,
+    /// POST every finished build (`build.completed`) to this URL; repeat for several.
+    #[arg(
+        long = "webhook",
+        value_name = "URL",
+        env = "MEMOBUILD_WEBHOOKS",
+        value_delimiter = ','
+    )]
+    pub webhooks: Vec<String>,
+    /// Key for the `X-MemoBuild-Signature-256` header (HMAC-SHA256 of the body, as GitHub's
+    /// `X-Hub-Signature-256`). Without it deliveries are unsigned.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "MEMOBUILD_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub webhook_secret: Option<String>,
+    /// Attempts per webhook delivery before it is given up (the first included).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub webhook_attempts: u32,
+    /// Wait before the first retry of a delivery; it doubles with each retry (up to 5 minutes).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub webhook_backoff: std::time::Duration,
+    /// Time allowed for one delivery attempt.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub webhook_timeout: std::time::Duration,
 }
 
 /// `memobuild cache`. containerd snapshots are out of its scope: neither counted nor removed

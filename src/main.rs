@@ -11,6 +11,7 @@ mod embedded;
 mod output;
 mod progress;
 mod push;
+mod report;
 mod server;
 
 use clap::Parser;

@@ -1,19 +1,25 @@
 //! `memobuild server`: the team cache (L3) over HTTP.
 //!
 //! One axum router composed of sub-routers that share [`AppState`]: `cache` (the Bazel HTTP
-//! remote-cache protocol, `/ac` and `/cas`) now, `api` (build records, analytics, webhooks)
-//! later, plus `GET /healthz`. Objects live on disk under `--store` ([`store`]); an in-memory
+//! remote-cache protocol, `/ac` and `/cas`), `api` (build records and analytics, webhook
+//! deliveries, `/metrics`, the dashboard at `/`), plus `GET /healthz`. Build records live in
+//! `--store`'s `builds/` ([`builds`]), webhook deliveries in its `webhooks/` ([`webhooks`]). Objects live on disk under `--store` ([`store`]); an in-memory
 //! LRU index ([`lru`]) rebuilt on start drives size-bounded garbage collection ([`gc`]) after
 //! uploads, in the background. SIGTERM or SIGINT stops accepting connections and lets running
 //! requests finish.
 
+pub mod api;
 pub mod auth;
+pub mod builds;
 pub mod cache;
+pub mod dashboard;
 pub mod error;
 pub mod gc;
 pub mod lru;
+pub mod metrics;
 pub mod state;
 pub mod store;
+pub mod webhooks;
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -29,10 +35,13 @@ use axum::routing::get;
 
 use crate::cli::ServerArgs;
 use crate::server::auth::Auth;
+use crate::server::builds::BuildLog;
 use crate::server::error::ApiError;
 use crate::server::lru::LruIndex;
+use crate::server::metrics::Metrics;
 use crate::server::state::AppState;
 use crate::server::store::Store;
+use crate::server::webhooks::{WebhookConfig, Webhooks};
 
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -68,11 +77,44 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // A smaller bound than last time is enforced before the first request.
     gc::collect(&store, &index).await;
     let gc = gc::spawn(store.clone(), index.clone());
+    let builds_dir = store.root().join("builds");
+    let keep = args.keep_builds;
+    let builds = tokio::task::spawn_blocking(move || BuildLog::open(&builds_dir, keep))
+        .await
+        .context("opening the build log")?
+        .with_context(|| {
+            format!(
+                "cannot open the build log in `{}`",
+                store.root().join("builds").display()
+            )
+        })?;
+    tracing::info!(records = builds.len(), "build log opened");
+    let urls = args
+        .webhooks
+        .iter()
+        .filter(|u| !u.trim().is_empty())
+        .map(|u| parse_webhook_url(u))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let webhooks = Webhooks::start(
+        &store.root().join("webhooks"),
+        WebhookConfig {
+            urls,
+            secret: args.webhook_secret.filter(|s| !s.is_empty()),
+            max_attempts: args.webhook_attempts,
+            backoff: args.webhook_backoff,
+            timeout: args.webhook_timeout,
+        },
+    )
+    .await
+    .context("starting webhook deliveries")?;
     let state = AppState {
         store,
         index,
         auth: Arc::new(Auth::new(token.as_deref(), args.token_reads)),
         gc,
+        metrics: Arc::new(Metrics::default()),
+        builds: Arc::new(builds),
+        webhooks,
     };
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -103,9 +145,19 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .merge(cache::router(state.clone()))
+        .merge(api::router(state.clone()))
         .fallback(fallback)
         .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// A `--webhook` value: an absolute http(s) URL.
+fn parse_webhook_url(u: &str) -> anyhow::Result<reqwest::Url> {
+    let url = reqwest::Url::parse(u.trim()).with_context(|| format!("--webhook `{u}`"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        bail!("--webhook `{u}`: expected an http:// or https:// URL");
+    }
+    Ok(url)
 }
 
 async fn healthz() -> &'static str {

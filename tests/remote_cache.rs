@@ -6,54 +6,10 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
-use std::time::Duration;
+use std::process::Output;
 
-use common::{Env, Sandbox, assert_ok, memobuild, progress_events, stderr};
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    /// Starts the server on `127.0.0.1:0` (no port picked ahead that someone could take) and
-    /// reads the address it prints first.
-    fn start(store: &Path, token: &str) -> Server {
-        let mut cmd = memobuild();
-        cmd.args(["server", "--listen", "127.0.0.1:0", "--store"])
-            .arg(store)
-            .args(["--token", token])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("start memobuild server");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-        let Some(addr) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("server did not start (first line {line:?})");
-        };
-        Server {
-            child,
-            url: addr.to_owned(),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::server::Server;
+use common::{Env, Sandbox, assert_ok, progress_events, stderr};
 
 const DOCKERFILE: &str = "ARG REGISTRY
 FROM ${REGISTRY}/library/busybox:latest
@@ -111,7 +67,7 @@ fn machine(context_from: &Sandbox) -> Sandbox {
 fn a_second_machine_builds_nothing_and_gets_the_same_image() {
     let Some(env) = Env::get() else { return };
     let store = tempfile::tempdir().expect("store");
-    let server = Server::start(store.path(), "s3cret");
+    let server = Server::start(store.path(), &["--token", "s3cret"]);
 
     let first = Sandbox::new();
     first
@@ -143,7 +99,7 @@ fn a_second_machine_builds_nothing_and_gets_the_same_image() {
 fn a_damaged_blob_on_the_server_is_detected_and_rebuilt() {
     let Some(env) = Env::get() else { return };
     let store = tempfile::tempdir().expect("store");
-    let server = Server::start(store.path(), "t");
+    let server = Server::start(store.path(), &["--token", "t"]);
     let first = Sandbox::new();
     first
         .write("Dockerfile", DOCKERFILE)

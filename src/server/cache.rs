@@ -18,6 +18,7 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 
 use crate::server::auth::require_token;
 use crate::server::error::ApiError;
+use crate::server::metrics::Outcome;
 use crate::server::state::AppState;
 use crate::server::store::{Kind, ObjectId};
 
@@ -81,9 +82,12 @@ async fn get_object(
     let opened = blocking(format!("reading {id}"), move || store.open_object(&lookup)).await?;
     let Some((file, len)) = opened else {
         state.index.forget(&id);
+        state.metrics.request(kind, Outcome::Miss);
         return Err(ApiError::NotFound);
     };
     state.index.touch(&id, len);
+    state.metrics.request(kind, Outcome::Hit);
+    state.metrics.sent(kind, len);
     let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
         tokio::fs::File::from_std(file),
         IO_BUFFER,
@@ -110,9 +114,11 @@ async fn head_object(
     let size = blocking(format!("reading {id}"), move || store.stat(&lookup)).await?;
     let Some(len) = size else {
         state.index.forget(&id);
+        state.metrics.request(kind, Outcome::Miss);
         return Err(ApiError::NotFound);
     };
     state.index.touch(&id, len);
+    state.metrics.request(kind, Outcome::Hit);
     Ok((
         StatusCode::OK,
         [
@@ -130,7 +136,29 @@ async fn put_object(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let id = parse(kind, &name)?;
+    let metrics = state.metrics.clone();
+    match store_upload(kind, state, &name, headers, body).await {
+        Ok(size) => {
+            metrics.request(kind, Outcome::Stored);
+            metrics.received(kind, size);
+            Ok(StatusCode::OK)
+        }
+        Err(e) => {
+            metrics.request(kind, Outcome::Rejected);
+            Err(e)
+        }
+    }
+}
+
+/// Streams an upload into the store; returns its size.
+async fn store_upload(
+    kind: Kind,
+    state: AppState,
+    name: &str,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<u64, ApiError> {
+    let id = parse(kind, name)?;
     let max = state.index.max_size();
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -189,5 +217,5 @@ async fn put_object(
     if state.index.over_limit() {
         state.gc.wake();
     }
-    Ok(StatusCode::OK)
+    Ok(size)
 }

@@ -1,15 +1,17 @@
-//! The state every route shares. The analytics and webhook routes (`api`) will add their own
-//! fields here (a database handle, the webhook queue) beside the cache's.
+//! The state every route shares.
 
 use std::sync::Arc;
 
 use crate::server::auth::Auth;
+use crate::server::builds::BuildLog;
 use crate::server::gc::GcHandle;
 use crate::server::lru::LruIndex;
+use crate::server::metrics::Metrics;
 use crate::server::store::Store;
+use crate::server::webhooks::Webhooks;
 
 /// Shared by all handlers; cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppState {
     /// Objects on disk.
     pub store: Arc<Store>,
@@ -19,4 +21,10 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Wakes the garbage collector.
     pub gc: GcHandle,
+    /// Cache request counters.
+    pub metrics: Arc<Metrics>,
+    /// Build records.
+    pub builds: Arc<BuildLog>,
+    /// Webhook deliveries.
+    pub webhooks: Arc<Webhooks>,
 }

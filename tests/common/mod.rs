@@ -3,6 +3,9 @@
 //! for the `memobuild` binary.
 #![allow(dead_code)]
 
+pub mod http;
+pub mod server;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -13,7 +13,7 @@ mod lookup;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, try_join_all};
@@ -87,11 +87,14 @@ pub struct SolveError {
     /// Its progress name, e.g. `[2/4] RUN make`.
     pub name: String,
     /// `file:line` from the source map, if known.
-    pub location: Option<String>,
+    pub location: Option<Box<str>>,
     /// What went wrong.
     pub message: String,
     /// The last lines the failing process printed, if any.
     pub output_tail: Vec<String>,
+    /// Cacheable vertices that had finished when the solve failed (set by [`solve`]; shared,
+    /// which keeps the error small).
+    pub completed: Arc<Vec<VertexReport>>,
 }
 
 /// Result of a solve: the terminal vertex's output.
@@ -141,7 +144,13 @@ pub async fn solve(
         reports: Default::default(),
         fingerprints: Default::default(),
     });
-    let outputs = solve.clone().vertex(terminal.digest.clone()).await?;
+    let outputs = match solve.clone().vertex(terminal.digest.clone()).await {
+        Ok(o) => o,
+        Err(mut e) => {
+            e.completed = Arc::new(solve.reports.lock().map(|r| r.clone()).unwrap_or_default());
+            return Err(e);
+        }
+    };
     let out = usize::try_from(terminal.index)
         .ok()
         .and_then(|i| outputs.get(i))
@@ -152,6 +161,7 @@ pub async fn solve(
             location: None,
             message: format!("vertex has no output {}", terminal.index),
             output_tail: Vec::new(),
+            completed: Arc::default(),
         })?;
     let vertices = solve.reports.lock().map(|r| r.clone()).unwrap_or_default();
     match out {
@@ -164,6 +174,7 @@ pub async fn solve(
                 "a local directory cannot be the result of a build; copy it into a filesystem first"
                     .into(),
             output_tail: Vec::new(),
+            completed: Arc::default(),
         }),
     }
 }
@@ -211,7 +222,7 @@ impl Solve {
             // A record with another number of outputs than the op has is not this op's.
             && output_count(&op).is_none_or(|n| n == rec.output_count())
         {
-            self.report(&digest, &name, key, true);
+            self.report(&digest, &name, key, true, started.elapsed());
             self.progress
                 .vertex(&digest, &name, VertexState::Cached, None, None);
             let outs = rec
@@ -257,7 +268,7 @@ impl Solve {
                 if let (Some((key, components)), Some(mut chains)) = (key, chains)
                     && !chains.is_empty()
                 {
-                    self.report(&digest, &name, &key, false);
+                    self.report(&digest, &name, &key, false, started.elapsed());
                     let extra_outputs = chains.split_off(1);
                     let record = ActionRecord {
                         key,
@@ -291,13 +302,14 @@ impl Solve {
         }
     }
 
-    fn report(&self, digest: &str, name: &str, key: &str, cached: bool) {
+    fn report(&self, digest: &str, name: &str, key: &str, cached: bool, took: Duration) {
         if let Ok(mut r) = self.reports.lock() {
             r.push(VertexReport {
                 digest: digest.to_string(),
                 name: name.to_string(),
                 key: key.to_string(),
                 cached,
+                duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
             });
         }
     }
@@ -342,9 +354,10 @@ impl Solve {
         SolveError {
             vertex: digest.to_string(),
             name: self.name(digest),
-            location: self.location(digest),
+            location: self.location(digest).map(String::into_boxed_str),
             message,
             output_tail: Vec::new(),
+            completed: Arc::default(),
         }
     }
 }

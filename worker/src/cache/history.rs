@@ -26,6 +26,9 @@ pub struct VertexReport {
     pub key: String,
     /// Whether the result came from the cache.
     pub cached: bool,
+    /// Milliseconds from the key's computation to the result (restore or execution).
+    #[serde(default)]
+    pub duration_ms: u64,
 }
 
 /// Why one vertex ran.

@@ -1,0 +1,184 @@
+//! The build report `memobuild build` sends to its `--remote-cache` server when it is done:
+//! how long it took, how it ended, and every cacheable step with its time and whether it came
+//! from the cache (`POST /api/builds`, see `server::api`). A server that cannot take it is a
+//! warning, never a failed build.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use memobuild_worker::cache::history::VertexReport;
+
+use crate::server::builds::{BuildRecord, BuildStatus, VertexTiming};
+
+/// The longest error text sent.
+const MAX_ERROR: usize = 2000;
+
+/// What the build was, before it ran.
+pub struct Subject<'a> {
+    /// `--project`, else the context directory's name.
+    pub project: Option<&'a str>,
+    /// The context directory.
+    pub context: &'a Path,
+    /// `-f`, if given.
+    pub dockerfile: Option<&'a Path>,
+    /// `--target`.
+    pub target: Option<&'a str>,
+    /// `-t` names.
+    pub tags: &'a [String],
+}
+
+/// Makes the record of a finished build.
+pub fn record(
+    subject: &Subject<'_>,
+    started: SystemTime,
+    took: Duration,
+    vertices: &[VertexReport],
+    outcome: Result<&str, String>,
+) -> BuildRecord {
+    let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let context = abs(subject.context);
+    let project = subject.project.map(str::to_owned).unwrap_or_else(|| {
+        context
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let dockerfile = match subject.dockerfile {
+        None => "Dockerfile".to_owned(),
+        Some(f) => {
+            let f = abs(f);
+            f.strip_prefix(&context)
+                .map(Path::to_path_buf)
+                .unwrap_or(f)
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
+    let (status, image, error) = match outcome {
+        Ok(digest) => (BuildStatus::Succeeded, Some(digest.to_owned()), None),
+        Err(e) => {
+            let mut e = e;
+            if e.len() > MAX_ERROR {
+                let mut cut = MAX_ERROR;
+                while !e.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                e.truncate(cut);
+                e.push('…');
+            }
+            (BuildStatus::Failed, None, Some(e))
+        }
+    };
+    BuildRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        project,
+        target: subject.target.map(str::to_owned),
+        dockerfile,
+        host: hostname(),
+        started_at: humantime::format_rfc3339_millis(started).to_string(),
+        duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        status,
+        error,
+        image,
+        tags: subject.tags.to_vec(),
+        vertices: vertices
+            .iter()
+            .map(|v| VertexTiming {
+                name: v.name.clone(),
+                digest: v.digest.clone(),
+                cached: v.cached,
+                duration_ms: v.duration_ms,
+            })
+            .collect(),
+        received_at: None,
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Sends `record` to the server at `base`; the error says what went wrong.
+pub async fn send(base: &str, token: Option<&str>, record: &BuildRecord) -> Result<(), String> {
+    let url = format!("{}/api/builds", base.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .build()
+        .map_err(|e| format!("{url}: {e}"))?;
+    let mut req = client.post(&url).json(record);
+    if let Some(t) = token.filter(|t| !t.is_empty()) {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = resp.text().await.unwrap_or_default();
+    Err(format!("{url}: HTTP {status}: {}", body.trim()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_of_a_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path().join("shop");
+        std::fs::create_dir_all(ctx.join("docker")).unwrap();
+        let df = ctx.join("docker/Dockerfile.prod");
+        std::fs::write(&df, "FROM x\n").unwrap();
+        let tags = vec!["shop:1".to_owned()];
+        let subject = Subject {
+            project: None,
+            context: &ctx,
+            dockerfile: Some(&df),
+            target: Some("prod"),
+            tags: &tags,
+        };
+        let v = [VertexReport {
+            digest: "sha256:d".into(),
+            name: "[1/2] RUN make".into(),
+            key: "k".into(),
+            cached: true,
+            duration_ms: 3,
+        }];
+        let r = record(
+            &subject,
+            SystemTime::UNIX_EPOCH,
+            Duration::from_millis(1500),
+            &v,
+            Ok("sha256:img"),
+        );
+        assert_eq!(r.project, "shop");
+        assert_eq!(r.dockerfile, "docker/Dockerfile.prod");
+        assert_eq!(r.target.as_deref(), Some("prod"));
+        assert_eq!(r.started_at, "1970-01-01T00:00:00.000Z");
+        assert_eq!(r.duration_ms, 1500);
+        assert_eq!(r.status, BuildStatus::Succeeded);
+        assert_eq!(r.image.as_deref(), Some("sha256:img"));
+        assert_eq!(r.vertices[0].name, "[1/2] RUN make");
+        assert!(r.validate().is_ok(), "{:?}", r.validate());
+
+        let long = "é".repeat(3000);
+        let failed = record(
+            &Subject {
+                project: Some("named"),
+                ..subject
+            },
+            SystemTime::now(),
+            Duration::ZERO,
+            &[],
+            Err(long),
+        );
+        assert_eq!(failed.project, "named");
+        assert_eq!(failed.status, BuildStatus::Failed);
+        assert!(failed.error.as_ref().unwrap().len() <= MAX_ERROR + 3);
+        assert!(failed.validate().is_ok());
+    }
+}

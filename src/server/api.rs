@@ -1,0 +1,197 @@
+//! The build routes: records, analytics, webhooks' delivery log, metrics and the dashboard.
+//!
+//! - `POST /api/builds`: a [`BuildRecord`] as JSON (the token is needed, as for uploads);
+//!   201 when new, 200 when that id was recorded already. A new record is queued for the
+//!   webhooks as a `build.completed` event carrying its summary.
+//! - `GET /api/builds[?project=&status=&last=]`: summaries, newest first (50 unless `last`
+//!   says otherwise, at most 1000).
+//! - `GET /api/builds/{id}`: the record with its vertices and the derived counts.
+//! - `GET /api/stats[?project=&status=&last=]`: [`crate::server::builds::Stats`].
+//! - `GET /api/webhooks/deliveries[?last=]`: recent deliveries and their state (needs the
+//!   token when one is configured: hook URLs can hold secrets).
+//! - `GET /metrics`: Prometheus text format. `GET /`: the dashboard (HTML).
+//!
+//! Reads need the token only with `--token-reads`, as the cache's do.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::middleware;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use crate::server::auth::require_token;
+use crate::server::builds::{Added, BuildRecord, BuildStatus, Filter, stats};
+use crate::server::dashboard;
+use crate::server::error::ApiError;
+use crate::server::metrics;
+use crate::server::state::AppState;
+
+/// Builds a list shows unless asked for more, and the most it shows.
+const DEFAULT_LIST: usize = 50;
+const MAX_LIST: usize = 1000;
+
+/// The routes, behind the token check.
+pub fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/api/builds", get(list_builds).post(post_build))
+        .route("/api/builds/{id}", get(get_build))
+        .route("/api/stats", get(get_stats))
+        .route("/api/webhooks/deliveries", get(deliveries))
+        .route("/metrics", get(get_metrics))
+        .route("/", get(get_dashboard))
+        .route_layer(middleware::from_fn_with_state(state, require_token))
+}
+
+/// `?project=&status=&last=`.
+#[derive(Debug, Default, Deserialize)]
+struct ListQuery {
+    project: Option<String>,
+    status: Option<BuildStatus>,
+    last: Option<usize>,
+}
+
+impl ListQuery {
+    fn filter(self, default_last: Option<usize>) -> Filter {
+        Filter {
+            project: self.project.filter(|p| !p.is_empty()),
+            status: self.status,
+            last: self.last.or(default_last).map(|n| n.min(MAX_LIST)),
+        }
+    }
+}
+
+async fn post_build(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let mut record: BuildRecord = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let at = e.path().to_string();
+        if at == "." {
+            ApiError::BadRequest(format!("build record: {}", e.inner()))
+        } else {
+            ApiError::BadRequest(format!("build record: `{at}`: {}", e.inner()))
+        }
+    })?;
+    record
+        .validate()
+        .map_err(|e| ApiError::BadRequest(format!("build record: {e}")))?;
+    record.received_at =
+        Some(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string());
+    let summary = record.summary();
+    let id = record.id.clone();
+    let builds = state.builds.clone();
+    let added = tokio::task::spawn_blocking(move || builds.add(record))
+        .await
+        .map_err(|e| ApiError::internal("recording the build", e))?
+        .map_err(|e| ApiError::internal("recording the build", e))?;
+    let status = match added {
+        Added::New => {
+            tracing::info!(
+                id = %summary.id,
+                project = %summary.project,
+                status = summary.status.as_str(),
+                duration_ms = summary.duration_ms,
+                executed = summary.executed,
+                cached = summary.cached,
+                "build recorded"
+            );
+            let payload = serde_json::json!({ "build": summary });
+            // The record is kept whether or not the webhooks could be queued.
+            if let Err(e) = state.webhooks.enqueue("build.completed", &payload).await {
+                tracing::warn!("queueing webhooks for build {id}: {e:#}");
+            }
+            StatusCode::CREATED
+        }
+        Added::Duplicate => StatusCode::OK,
+    };
+    Ok((
+        status,
+        axum::Json(serde_json::json!({ "id": id, "url": format!("/api/builds/{id}") })),
+    )
+        .into_response())
+}
+
+async fn list_builds(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> axum::Json<serde_json::Value> {
+    let builds: Vec<_> = state
+        .builds
+        .query(&q.filter(Some(DEFAULT_LIST)))
+        .iter()
+        .map(BuildRecord::summary)
+        .collect();
+    axum::Json(serde_json::json!({ "builds": builds }))
+}
+
+async fn get_build(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let record = state.builds.get(&id).ok_or(ApiError::NotFound)?;
+    let mut value =
+        serde_json::to_value(&record).map_err(|e| ApiError::internal("encoding the build", e))?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("executed".into(), record.executed().into());
+        obj.insert("cached".into(), record.cached().into());
+        obj.insert("cache_hit_rate".into(), record.hit_rate().into());
+    }
+    Ok(axum::Json(value))
+}
+
+async fn get_stats(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> axum::Json<crate::server::builds::Stats> {
+    // All records held unless `last` narrows them (not capped: stats are over the whole log).
+    let filter = Filter {
+        project: q.project.filter(|p| !p.is_empty()),
+        status: q.status,
+        last: q.last,
+    };
+    axum::Json(stats(&state.builds.query(&filter)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LastQuery {
+    last: Option<usize>,
+}
+
+/// Webhook URLs can carry secrets in their paths (chat hooks do), so this list needs the
+/// token whenever one is configured, as writes do.
+async fn deliveries(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<LastQuery>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    state.auth.check(&headers, true)?;
+    let last = q.last.unwrap_or(DEFAULT_LIST).min(MAX_LIST);
+    Ok(axum::Json(
+        serde_json::json!({ "deliveries": state.webhooks.recent(last) }),
+    ))
+}
+
+async fn get_metrics(State(state): State<AppState>) -> Response {
+    let text = metrics::render(&metrics::Snapshot {
+        metrics: &state.metrics,
+        objects: state.index.len(),
+        bytes: state.index.total(),
+        max_bytes: state.index.max_size(),
+        builds: state.builds.counters(),
+        builds_held: state.builds.len(),
+        webhooks: state.webhooks.counters(),
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn get_dashboard(State(state): State<AppState>) -> Html<String> {
+    Html(dashboard::render(&state))
+}

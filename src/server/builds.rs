@@ -1,0 +1,757 @@
+//! Build records: what `memobuild build` reports to the server when it is done, kept in an
+//! append-only log, and the analytics computed from them.
+//!
+//! The log is `STORE/builds/builds.jsonl`, one JSON record per line, appended and fsynced per
+//! record. On start it is read back (a torn last line, from a crash mid-append, is skipped with
+//! a warning) and only the newest `keep` records are kept: in memory, and on disk once the file
+//! holds twice as many (rewritten through a temporary file and a rename).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// How a build ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildStatus {
+    /// The build produced its image.
+    Succeeded,
+    /// The build failed.
+    Failed,
+}
+
+impl BuildStatus {
+    /// The name used in JSON and URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildStatus::Succeeded => "succeeded",
+            BuildStatus::Failed => "failed",
+        }
+    }
+}
+
+/// One cacheable step of a build, as the client's solver saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VertexTiming {
+    /// Progress name (`[stage 2/4] RUN make`).
+    pub name: String,
+    /// LLB digest of the vertex.
+    #[serde(default)]
+    pub digest: String,
+    /// Whether the result came from the cache.
+    pub cached: bool,
+    /// Milliseconds to restore or execute it.
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+/// What a client reports about one build (`POST /api/builds`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRecord {
+    /// Chosen by the client (a UUID); posting the same id again changes nothing.
+    pub id: String,
+    /// What the build is of, for grouping: the context directory's name unless the client
+    /// named it.
+    #[serde(default)]
+    pub project: String,
+    /// `--target`, when given.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// The Dockerfile's path as given, relative to the context when inside it.
+    #[serde(default)]
+    pub dockerfile: String,
+    /// The machine that built.
+    #[serde(default)]
+    pub host: String,
+    /// When the build started, RFC 3339.
+    pub started_at: String,
+    /// Wall time of the whole build.
+    pub duration_ms: u64,
+    /// How it ended.
+    pub status: BuildStatus,
+    /// The error, for a failed build.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The image digest, for a successful build.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Image names it was tagged with.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Every cacheable vertex, in completion order.
+    #[serde(default)]
+    pub vertices: Vec<VertexTiming>,
+    /// When the server accepted the record, RFC 3339 (set by the server).
+    #[serde(default)]
+    pub received_at: Option<String>,
+}
+
+/// Limits on what a record may hold, so one client cannot fill the server's memory.
+const MAX_ID: usize = 128;
+const MAX_TEXT: usize = 4096;
+const MAX_VERTICES: usize = 100_000;
+
+impl BuildRecord {
+    /// Checks what serde cannot: id characters, timestamps, sizes.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id.is_empty()
+            || self.id.len() > MAX_ID
+            || !self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(format!(
+                "`id`: expected 1 to {MAX_ID} characters of [A-Za-z0-9._-], got {:?}",
+                self.id
+            ));
+        }
+        humantime::parse_rfc3339_weak(&self.started_at).map_err(|e| {
+            format!(
+                "`started_at`: expected an RFC 3339 time, got {:?} ({e})",
+                self.started_at
+            )
+        })?;
+        for (field, value) in [
+            ("project", Some(&self.project)),
+            ("dockerfile", Some(&self.dockerfile)),
+            ("host", Some(&self.host)),
+            ("target", self.target.as_ref()),
+            ("image", self.image.as_ref()),
+        ] {
+            if value.is_some_and(|v| v.len() > MAX_TEXT) {
+                return Err(format!("`{field}`: longer than {MAX_TEXT} bytes"));
+            }
+        }
+        if self.vertices.len() > MAX_VERTICES {
+            return Err(format!(
+                "`vertices`: {} entries, at most {MAX_VERTICES}",
+                self.vertices.len()
+            ));
+        }
+        if self.status == BuildStatus::Succeeded && self.error.is_some() {
+            return Err("`error` is set on a succeeded build".into());
+        }
+        Ok(())
+    }
+
+    /// Vertices restored from the cache.
+    pub fn cached(&self) -> usize {
+        self.vertices.iter().filter(|v| v.cached).count()
+    }
+
+    /// Vertices that executed.
+    pub fn executed(&self) -> usize {
+        self.vertices.len() - self.cached()
+    }
+
+    /// Share of vertices restored from the cache; `None` without vertices.
+    pub fn hit_rate(&self) -> Option<f64> {
+        (!self.vertices.is_empty()).then(|| self.cached() as f64 / self.vertices.len() as f64)
+    }
+
+    /// The record without its vertices, with the derived counts: what lists and webhooks show.
+    pub fn summary(&self) -> BuildSummary {
+        let mut slowest: Vec<&VertexTiming> = self.vertices.iter().filter(|v| !v.cached).collect();
+        slowest.sort_by_key(|v| std::cmp::Reverse(v.duration_ms));
+        BuildSummary {
+            id: self.id.clone(),
+            project: self.project.clone(),
+            target: self.target.clone(),
+            dockerfile: self.dockerfile.clone(),
+            host: self.host.clone(),
+            started_at: self.started_at.clone(),
+            received_at: self.received_at.clone(),
+            duration_ms: self.duration_ms,
+            status: self.status,
+            error: self.error.clone(),
+            image: self.image.clone(),
+            tags: self.tags.clone(),
+            vertices: self.vertices.len(),
+            executed: self.executed(),
+            cached: self.cached(),
+            cache_hit_rate: self.hit_rate(),
+            slowest: slowest.into_iter().take(5).cloned().collect(),
+        }
+    }
+}
+
+/// A build as lists, stats and webhooks show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildSummary {
+    /// See [`BuildRecord`].
+    pub id: String,
+    /// See [`BuildRecord`].
+    pub project: String,
+    /// See [`BuildRecord`].
+    pub target: Option<String>,
+    /// See [`BuildRecord`].
+    pub dockerfile: String,
+    /// See [`BuildRecord`].
+    pub host: String,
+    /// See [`BuildRecord`].
+    pub started_at: String,
+    /// See [`BuildRecord`].
+    pub received_at: Option<String>,
+    /// See [`BuildRecord`].
+    pub duration_ms: u64,
+    /// See [`BuildRecord`].
+    pub status: BuildStatus,
+    /// See [`BuildRecord`].
+    pub error: Option<String>,
+    /// See [`BuildRecord`].
+    pub image: Option<String>,
+    /// See [`BuildRecord`].
+    pub tags: Vec<String>,
+    /// Cacheable vertices.
+    pub vertices: usize,
+    /// Vertices that executed.
+    pub executed: usize,
+    /// Vertices restored from the cache.
+    pub cached: usize,
+    /// `cached / vertices`; null without vertices.
+    pub cache_hit_rate: Option<f64>,
+    /// The (up to) five executed vertices that took longest.
+    pub slowest: Vec<VertexTiming>,
+}
+
+/// Which records a query looks at.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Filter {
+    /// Only this project.
+    pub project: Option<String>,
+    /// Only builds that ended so.
+    pub status: Option<BuildStatus>,
+    /// Only the newest this many (after the other filters).
+    pub last: Option<usize>,
+}
+
+/// Aggregates over a set of builds (`GET /api/stats`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    /// Builds counted.
+    pub builds: usize,
+    /// Of which succeeded.
+    pub succeeded: usize,
+    /// Of which failed.
+    pub failed: usize,
+    /// Build wall times.
+    pub duration_ms: Durations,
+    /// Vertices over all builds counted.
+    pub vertices: usize,
+    /// Of which executed.
+    pub executed: usize,
+    /// Of which were restored from the cache.
+    pub cached: usize,
+    /// `cached / vertices`; null without vertices.
+    pub cache_hit_rate: Option<f64>,
+    /// Executed time spent per step name, the largest first (at most ten).
+    pub slowest_steps: Vec<StepStats>,
+    /// The same per project, the busiest first.
+    pub projects: Vec<ProjectStats>,
+}
+
+/// Wall-time figures of a set of builds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Durations {
+    /// Arithmetic mean.
+    pub mean: Option<u64>,
+    /// Median (nearest rank).
+    pub p50: Option<u64>,
+    /// 95th percentile (nearest rank).
+    pub p95: Option<u64>,
+    /// Longest.
+    pub max: Option<u64>,
+}
+
+/// Where executed time went, per step name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepStats {
+    /// Progress name.
+    pub name: String,
+    /// Times it executed.
+    pub executed: usize,
+    /// Times it was restored from the cache.
+    pub cached: usize,
+    /// Milliseconds spent executing it, summed.
+    pub total_ms: u64,
+    /// Mean milliseconds per execution.
+    pub mean_ms: u64,
+}
+
+/// One project's figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProjectStats {
+    /// Project name.
+    pub project: String,
+    /// Builds counted.
+    pub builds: usize,
+    /// Of which failed.
+    pub failed: usize,
+    /// Mean wall time.
+    pub mean_duration_ms: Option<u64>,
+    /// `cached / vertices` over its builds.
+    pub cache_hit_rate: Option<f64>,
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+fn durations(mut ms: Vec<u64>) -> Durations {
+    if ms.is_empty() {
+        return Durations::default();
+    }
+    ms.sort_unstable();
+    let sum: u128 = ms.iter().map(|&m| u128::from(m)).sum();
+    Durations {
+        mean: u64::try_from(sum / ms.len() as u128).ok(),
+        p50: percentile(&ms, 0.50),
+        p95: percentile(&ms, 0.95),
+        max: ms.last().copied(),
+    }
+}
+
+fn rate(part: usize, whole: usize) -> Option<f64> {
+    (whole > 0).then(|| part as f64 / whole as f64)
+}
+
+/// Computes [`Stats`] over `records` (any order).
+pub fn stats<'a>(records: impl IntoIterator<Item = &'a BuildRecord>) -> Stats {
+    let records: Vec<&BuildRecord> = records.into_iter().collect();
+    let vertices: usize = records.iter().map(|r| r.vertices.len()).sum();
+    let cached: usize = records.iter().map(|r| r.cached()).sum();
+
+    let mut steps: HashMap<&str, StepStats> = HashMap::new();
+    for v in records.iter().flat_map(|r| &r.vertices) {
+        let s = steps.entry(&v.name).or_insert_with(|| StepStats {
+            name: v.name.clone(),
+            executed: 0,
+            cached: 0,
+            total_ms: 0,
+            mean_ms: 0,
+        });
+        if v.cached {
+            s.cached += 1;
+        } else {
+            s.executed += 1;
+            s.total_ms = s.total_ms.saturating_add(v.duration_ms);
+        }
+    }
+    let mut slowest: Vec<StepStats> = steps
+        .into_values()
+        .filter(|s| s.executed > 0)
+        .map(|mut s| {
+            s.mean_ms = s.total_ms / s.executed as u64;
+            s
+        })
+        .collect();
+    slowest.sort_by(|a, b| b.total_ms.cmp(&a.total_ms).then(a.name.cmp(&b.name)));
+    slowest.truncate(10);
+
+    let mut by_project: HashMap<&str, Vec<&BuildRecord>> = HashMap::new();
+    for r in &records {
+        by_project.entry(&r.project).or_default().push(r);
+    }
+    let mut projects: Vec<ProjectStats> = by_project
+        .into_iter()
+        .map(|(name, rs)| {
+            let v: usize = rs.iter().map(|r| r.vertices.len()).sum();
+            let c: usize = rs.iter().map(|r| r.cached()).sum();
+            ProjectStats {
+                project: name.to_owned(),
+                builds: rs.len(),
+                failed: rs
+                    .iter()
+                    .filter(|r| r.status == BuildStatus::Failed)
+                    .count(),
+                mean_duration_ms: durations(rs.iter().map(|r| r.duration_ms).collect()).mean,
+                cache_hit_rate: rate(c, v),
+            }
+        })
+        .collect();
+    projects.sort_by(|a, b| b.builds.cmp(&a.builds).then(a.project.cmp(&b.project)));
+
+    let failed = records
+        .iter()
+        .filter(|r| r.status == BuildStatus::Failed)
+        .count();
+    Stats {
+        builds: records.len(),
+        succeeded: records.len() - failed,
+        failed,
+        duration_ms: durations(records.iter().map(|r| r.duration_ms).collect()),
+        vertices,
+        executed: vertices - cached,
+        cached,
+        cache_hit_rate: rate(cached, vertices),
+        slowest_steps: slowest,
+        projects,
+    }
+}
+
+/// Totals since the server started, for `/metrics` (counters never go down).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuildCounters {
+    /// Records accepted, succeeded builds.
+    pub succeeded: u64,
+    /// Records accepted, failed builds.
+    pub failed: u64,
+    /// Vertices restored from the cache, over accepted records.
+    pub cached_vertices: u64,
+    /// Vertices executed, over accepted records.
+    pub executed_vertices: u64,
+    /// Wall time of accepted builds, summed, in milliseconds.
+    pub duration_ms_sum: u64,
+}
+
+struct Inner {
+    /// Newest last.
+    records: VecDeque<BuildRecord>,
+    ids: HashSet<String>,
+    /// Lines in the file (records kept or not).
+    lines: usize,
+    counters: BuildCounters,
+}
+
+/// The build log: records in memory, newest last, backed by the JSONL file.
+pub struct BuildLog {
+    path: PathBuf,
+    keep: usize,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for BuildLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildLog")
+            .field("path", &self.path)
+            .field("keep", &self.keep)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`BuildLog::add`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// A new record.
+    New,
+    /// A record with this id was there already; nothing changed.
+    Duplicate,
+}
+
+impl BuildLog {
+    /// Opens (creating) `dir/builds.jsonl` and loads its newest `keep` records. Blocks.
+    pub fn open(dir: &Path, keep: usize) -> io::Result<BuildLog> {
+        fs::create_dir_all(dir)?;
+        let path = dir.join("builds.jsonl");
+        let keep = keep.max(1);
+        let mut records = VecDeque::new();
+        let mut lines = 0;
+        match File::open(&path) {
+            Ok(f) => {
+                for (n, line) in BufReader::new(f).lines().enumerate() {
+                    let line = line?;
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    lines += 1;
+                    match serde_json::from_str::<BuildRecord>(&line) {
+                        Ok(r) => {
+                            records.push_back(r);
+                            if records.len() > keep {
+                                records.pop_front();
+                            }
+                        }
+                        Err(e) => tracing::warn!(
+                            "{}:{}: skipping a record that does not parse: {e}",
+                            path.display(),
+                            n + 1
+                        ),
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let ids = records.iter().map(|r| r.id.clone()).collect();
+        let log = BuildLog {
+            path,
+            keep,
+            inner: Mutex::new(Inner {
+                records,
+                ids,
+                lines,
+                counters: BuildCounters::default(),
+            }),
+        };
+        {
+            let mut inner = log.lock();
+            if inner.lines > inner.records.len() {
+                log.compact(&mut inner)?;
+            }
+        }
+        Ok(log)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (every update is one push).
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends a record (fsynced before this returns). Blocks.
+    pub fn add(&self, record: BuildRecord) -> io::Result<Added> {
+        let mut inner = self.lock();
+        if inner.ids.contains(&record.id) {
+            return Ok(Added::Duplicate);
+        }
+        let mut line = serde_json::to_vec(&record).map_err(io::Error::other)?;
+        line.push(b'\n');
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        f.write_all(&line)?;
+        f.sync_data()?;
+        inner.lines += 1;
+        let c = &mut inner.counters;
+        match record.status {
+            BuildStatus::Succeeded => c.succeeded += 1,
+            BuildStatus::Failed => c.failed += 1,
+        }
+        c.cached_vertices += record.cached() as u64;
+        c.executed_vertices += record.executed() as u64;
+        c.duration_ms_sum = c.duration_ms_sum.saturating_add(record.duration_ms);
+        inner.ids.insert(record.id.clone());
+        inner.records.push_back(record);
+        while inner.records.len() > self.keep {
+            if let Some(old) = inner.records.pop_front() {
+                inner.ids.remove(&old.id);
+            }
+        }
+        if inner.lines >= 2 * self.keep {
+            self.compact(&mut inner)?;
+        }
+        Ok(Added::New)
+    }
+
+    /// Rewrites the file with only the records in memory.
+    fn compact(&self, inner: &mut Inner) -> io::Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        for r in &inner.records {
+            serde_json::to_writer(&mut tmp, r).map_err(io::Error::other)?;
+            tmp.write_all(b"\n")?;
+        }
+        tmp.as_file().sync_all()?;
+        tmp.persist(&self.path).map_err(|e| e.error)?;
+        inner.lines = inner.records.len();
+        Ok(())
+    }
+
+    /// The record with this id.
+    pub fn get(&self, id: &str) -> Option<BuildRecord> {
+        self.lock()
+            .records
+            .iter()
+            .rev()
+            .find(|r| r.id == id)
+            .cloned()
+    }
+
+    /// Records matching `filter`, newest first.
+    pub fn query(&self, filter: &Filter) -> Vec<BuildRecord> {
+        let inner = self.lock();
+        let matching = inner.records.iter().rev().filter(|r| {
+            filter.project.as_ref().is_none_or(|p| &r.project == p)
+                && filter.status.is_none_or(|s| r.status == s)
+        });
+        match filter.last {
+            Some(n) => matching.take(n).cloned().collect(),
+            None => matching.cloned().collect(),
+        }
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.lock().records.len()
+    }
+
+    /// Totals since start.
+    pub fn counters(&self) -> BuildCounters {
+        self.lock().counters
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn record(
+        id: &str,
+        project: &str,
+        status: BuildStatus,
+        v: &[(&str, bool, u64)],
+    ) -> BuildRecord {
+        BuildRecord {
+            id: id.into(),
+            project: project.into(),
+            target: None,
+            dockerfile: "Dockerfile".into(),
+            host: "h".into(),
+            started_at: "2026-11-24T10:00:00Z".into(),
+            duration_ms: 1000,
+            status,
+            error: (status == BuildStatus::Failed).then(|| "boom".to_owned()),
+            image: None,
+            tags: vec![],
+            vertices: v
+                .iter()
+                .map(|(n, c, d)| VertexTiming {
+                    name: (*n).into(),
+                    digest: String::new(),
+                    cached: *c,
+                    duration_ms: *d,
+                })
+                .collect(),
+            received_at: None,
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let ok = record("a-1", "p", BuildStatus::Succeeded, &[]);
+        assert!(ok.validate().is_ok());
+        let mut bad = ok.clone();
+        bad.id = "../x".into();
+        assert!(bad.validate().unwrap_err().contains("`id`"));
+        let mut bad = ok.clone();
+        bad.started_at = "yesterday".into();
+        assert!(bad.validate().unwrap_err().contains("`started_at`"));
+        let mut bad = ok;
+        bad.error = Some("x".into());
+        assert!(bad.validate().unwrap_err().contains("`error`"));
+    }
+
+    #[test]
+    fn summary_counts_and_slowest() {
+        let r = record(
+            "a",
+            "p",
+            BuildStatus::Succeeded,
+            &[
+                ("A", true, 1),
+                ("B", false, 50),
+                ("C", false, 700),
+                ("D", true, 2),
+            ],
+        );
+        let s = r.summary();
+        assert_eq!((s.vertices, s.executed, s.cached), (4, 2, 2));
+        assert_eq!(s.cache_hit_rate, Some(0.5));
+        let names: Vec<&str> = s.slowest.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["C", "B"]);
+        assert_eq!(record("e", "p", BuildStatus::Failed, &[]).hit_rate(), None);
+    }
+
+    #[test]
+    fn stats_aggregate_builds_steps_and_projects() {
+        let mut a = record(
+            "1",
+            "app",
+            BuildStatus::Succeeded,
+            &[("RUN make", false, 300), ("COPY", false, 10)],
+        );
+        a.duration_ms = 400;
+        let mut b = record(
+            "2",
+            "app",
+            BuildStatus::Succeeded,
+            &[("RUN make", true, 1), ("COPY", true, 1)],
+        );
+        b.duration_ms = 100;
+        let mut c = record("3", "web", BuildStatus::Failed, &[("RUN make", false, 500)]);
+        c.duration_ms = 2000;
+        let s = stats([&a, &b, &c]);
+        assert_eq!((s.builds, s.succeeded, s.failed), (3, 2, 1));
+        assert_eq!((s.vertices, s.executed, s.cached), (5, 3, 2));
+        assert_eq!(s.cache_hit_rate, Some(0.4));
+        assert_eq!(s.duration_ms.mean, Some(833));
+        assert_eq!(s.duration_ms.p50, Some(400));
+        assert_eq!(s.duration_ms.max, Some(2000));
+        assert_eq!(s.slowest_steps[0].name, "RUN make");
+        assert_eq!(s.slowest_steps[0].total_ms, 800);
+        assert_eq!(s.slowest_steps[0].executed, 2);
+        assert_eq!(s.slowest_steps[0].cached, 1);
+        assert_eq!(s.slowest_steps[0].mean_ms, 400);
+        assert_eq!(s.projects[0].project, "app");
+        assert_eq!(s.projects[0].cache_hit_rate, Some(0.5));
+        assert_eq!(s.projects[1].failed, 1);
+        let empty = stats([]);
+        assert_eq!(empty.cache_hit_rate, None);
+        assert_eq!(empty.duration_ms, Durations::default());
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<u64> = (1..=20).collect();
+        assert_eq!(percentile(&v, 0.5), Some(10));
+        assert_eq!(percentile(&v, 0.95), Some(19));
+        assert_eq!(percentile(&[7], 0.95), Some(7));
+    }
+
+    #[test]
+    fn log_persists_dedups_skips_torn_lines_and_compacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = BuildLog::open(dir.path(), 3).unwrap();
+        for i in 0..5 {
+            let r = record(&format!("b{i}"), "p", BuildStatus::Succeeded, &[]);
+            assert_eq!(log.add(r).unwrap(), Added::New);
+        }
+        assert_eq!(
+            log.add(record("b4", "p", BuildStatus::Succeeded, &[]))
+                .unwrap(),
+            Added::Duplicate
+        );
+        assert_eq!(log.len(), 3);
+        assert!(log.get("b1").is_none());
+        let newest: Vec<String> = log
+            .query(&Filter::default())
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(newest, ["b4", "b3", "b2"]);
+        assert_eq!(log.counters().succeeded, 5);
+        drop(log);
+
+        // A crash mid-append leaves a torn last line: skipped, the rest loads.
+        let path = dir.path().join("builds.jsonl");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"id\":\"torn\",\"sta").unwrap();
+        drop(f);
+        let log = BuildLog::open(dir.path(), 3).unwrap();
+        let ids: Vec<String> = log
+            .query(&Filter::default())
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["b4", "b3", "b2"]);
+        // Reopening rewrote the file with only what is kept.
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        let filtered = log.query(&Filter {
+            last: Some(1),
+            ..Filter::default()
+        });
+        assert_eq!(filtered[0].id, "b4");
+    }
+}

@@ -1,0 +1,251 @@
+//! `GET /`: one HTML page, rendered on the server (no scripts): the cache, the builds'
+//! figures, where executed time goes, the latest builds and webhook deliveries.
+
+use std::fmt::Write as _;
+
+use crate::cache_cmd::human_size;
+use crate::server::builds::{BuildRecord, BuildStatus, Filter, stats};
+use crate::server::metrics::Outcome;
+use crate::server::state::AppState;
+use crate::server::store::Kind;
+
+/// Builds the figures are computed over.
+const WINDOW: usize = 500;
+/// Builds listed.
+const LISTED: usize = 30;
+
+/// `s` safe inside HTML text and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn ms(v: Option<u64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(m) if m < 1000 => format!("{m} ms"),
+        Some(m) if m < 60_000 => format!("{:.1} s", m as f64 / 1000.0),
+        Some(m) => format!("{}m{:02}s", m / 60_000, (m % 60_000) / 1000),
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".into(), |r| format!("{:.0} %", r * 100.0))
+}
+
+fn short_digest(d: &str) -> String {
+    let hex = d.strip_prefix("sha256:").unwrap_or(d);
+    hex.chars().take(12).collect()
+}
+
+/// The page.
+pub fn render(state: &AppState) -> String {
+    let recent = state.builds.query(&Filter {
+        last: Some(WINDOW),
+        ..Filter::default()
+    });
+    let s = stats(&recent);
+    let m = &state.metrics;
+    let reads = |k: Kind| (m.count(k, Outcome::Hit), m.count(k, Outcome::Miss));
+    let (ac_hit, ac_miss) = reads(Kind::Ac);
+    let (cas_hit, cas_miss) = reads(Kind::Cas);
+    let lookups = ac_hit + ac_miss;
+    let lookup_rate = (lookups > 0).then(|| ac_hit as f64 / lookups as f64);
+
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>MemoBuild server</title>\
+         <meta http-equiv=\"refresh\" content=\"30\">\
+         <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}\
+         table{{border-collapse:collapse;margin-bottom:2em}}td,th{{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:left}}\
+         .ok{{color:#18794e}}.bad{{color:#c4320a}}.num{{text-align:right}}code{{font-size:90%}}\
+         .cards div{{display:inline-block;margin:0 2em 1em 0}}.cards b{{display:block;font-size:1.6em}}</style>\
+         </head><body><h1>MemoBuild server</h1>"
+    );
+    let _ = write!(
+        h,
+        "<h2>Builds (last {})</h2><div class=\"cards\">\
+         <div><b>{}</b>builds</div><div><b>{}</b>failed</div>\
+         <div><b>{}</b>vertex cache hit rate</div>\
+         <div><b>{}</b>median build</div><div><b>{}</b>p95 build</div></div>",
+        s.builds,
+        s.builds,
+        s.failed,
+        pct(s.cache_hit_rate),
+        ms(s.duration_ms.p50),
+        ms(s.duration_ms.p95),
+    );
+    let _ = write!(
+        h,
+        "<h2>Cache</h2><div class=\"cards\"><div><b>{}</b>objects</div><div><b>{}</b>stored{}</div>\
+         <div><b>{}</b>action lookups hit (since start)</div>\
+         <div><b>{}/{}</b>blob reads hit/missed</div></div>",
+        state.index.len(),
+        human_size(state.index.total()),
+        state
+            .index
+            .max_size()
+            .map(|m| format!(" of {}", human_size(m)))
+            .unwrap_or_default(),
+        pct(lookup_rate),
+        cas_hit,
+        cas_miss,
+    );
+
+    if !s.projects.is_empty() {
+        h.push_str(
+            "<h2>Projects</h2><table><tr><th>project</th><th class=\"num\">builds</th>\
+             <th class=\"num\">failed</th><th class=\"num\">mean</th><th class=\"num\">hit rate</th></tr>",
+        );
+        for p in &s.projects {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+                 <td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                escape(&p.project),
+                p.builds,
+                p.failed,
+                ms(p.mean_duration_ms),
+                pct(p.cache_hit_rate)
+            );
+        }
+        h.push_str("</table>");
+    }
+
+    if !s.slowest_steps.is_empty() {
+        h.push_str(
+            "<h2>Where executed time goes</h2><table><tr><th>step</th><th class=\"num\">executed</th>\
+             <th class=\"num\">cached</th><th class=\"num\">total</th><th class=\"num\">mean</th></tr>",
+        );
+        for st in &s.slowest_steps {
+            let _ = write!(
+                h,
+                "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+                 <td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                escape(&st.name),
+                st.executed,
+                st.cached,
+                ms(Some(st.total_ms)),
+                ms(Some(st.mean_ms))
+            );
+        }
+        h.push_str("</table>");
+    }
+
+    h.push_str(
+        "<h2>Latest builds</h2><table><tr><th>started</th><th>project</th><th>target</th>\
+         <th>status</th><th class=\"num\">time</th><th class=\"num\">executed</th>\
+         <th class=\"num\">cached</th><th>image</th><th>host</th></tr>",
+    );
+    if recent.is_empty() {
+        h.push_str("<tr><td colspan=\"9\">No builds reported yet: builds report here when run with <code>--remote-cache</code> pointing at this server.</td></tr>");
+    }
+    for r in recent.iter().take(LISTED) {
+        build_row(&mut h, r);
+    }
+    h.push_str("</table>");
+
+    let deliveries = state.webhooks.recent(10);
+    if state.webhooks.enabled() || !deliveries.is_empty() {
+        h.push_str(
+            "<h2>Webhook deliveries</h2><table><tr><th>created</th><th>event</th><th>url</th>\
+             <th>state</th><th class=\"num\">attempts</th><th>last result</th></tr>",
+        );
+        for d in &deliveries {
+            let state_text = serde_json::to_value(d.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let last = match (&d.last_status, &d.last_error) {
+                (_, Some(e)) => e.clone(),
+                (Some(s), None) => format!("HTTP {s}"),
+                (None, None) => String::new(),
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                escape(&d.created_at),
+                escape(&d.event),
+                escape(&origin(&d.url)),
+                escape(&state_text),
+                d.attempts,
+                escape(&last)
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str(
+        "<p>JSON: <a href=\"/api/builds\">/api/builds</a> · <a href=\"/api/stats\">/api/stats</a> · \
+         <a href=\"/api/webhooks/deliveries\">/api/webhooks/deliveries</a> · <a href=\"/metrics\">/metrics</a></p>\
+         </body></html>\n",
+    );
+    h
+}
+
+/// `scheme://host[:port]` of a URL: paths of hook URLs can be secrets, and the dashboard is
+/// open to whoever may read the cache.
+fn origin(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default()
+}
+
+fn build_row(h: &mut String, r: &BuildRecord) {
+    let (class, status) = match r.status {
+        BuildStatus::Succeeded => ("ok", "succeeded".to_owned()),
+        BuildStatus::Failed => ("bad", "failed".to_owned()),
+    };
+    let title = r.error.as_deref().map(escape).unwrap_or_default();
+    let _ = write!(
+        h,
+        "<tr><td>{}</td><td><a href=\"/api/builds/{}\">{}</a></td><td>{}</td>\
+         <td class=\"{class}\" title=\"{title}\">{status}</td><td class=\"num\">{}</td>\
+         <td class=\"num\">{}</td><td class=\"num\">{}</td><td><code>{}</code></td><td>{}</td></tr>",
+        escape(&r.started_at),
+        escape(&r.id),
+        escape(if r.project.is_empty() {
+            "(unnamed)"
+        } else {
+            &r.project
+        }),
+        escape(r.target.as_deref().unwrap_or("")),
+        ms(Some(r.duration_ms)),
+        r.executed(),
+        r.cached(),
+        escape(&r.image.as_deref().map(short_digest).unwrap_or_default()),
+        escape(&r.host),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_and_formats() {
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+        assert_eq!(ms(Some(250)), "250 ms");
+        assert_eq!(ms(Some(1500)), "1.5 s");
+        assert_eq!(ms(Some(125_000)), "2m05s");
+        assert_eq!(pct(Some(0.5)), "50 %");
+        assert_eq!(short_digest("sha256:0123456789abcdef"), "0123456789ab");
+        assert_eq!(
+            origin("https://hooks.example.com/services/T000/B000/XXXX"),
+            "https://hooks.example.com"
+        );
+    }
+}

@@ -1,0 +1,336 @@
+//! Build analytics and webhooks of a real `memobuild server`, fed by real builds: every
+//! `memobuild build --remote-cache` reports its duration and steps; the server's API, stats,
+//! metrics and dashboard show them; a webhook endpoint gets each finished build, signed, and
+//! retried when it fails.
+
+mod common;
+
+use std::process::Output;
+
+use common::http::{Receiver, request};
+use common::server::Server;
+use common::{Env, Sandbox, assert_ok, stderr};
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+const TOKEN: &str = "team-token";
+const SECRET: &str = "hook-secret";
+
+fn dockerfile(env: &Env) -> String {
+    format!(
+        "FROM {}/library/busybox:latest\nCOPY app.txt /app/app.txt\nRUN wc -c /app/app.txt > /app/size\nCMD [\"cat\", \"/app/size\"]\n",
+        env.registry
+    )
+}
+
+fn build(sb: &Sandbox, env: &Env, server: &Server, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--progress",
+        "plain",
+        "--remote-cache",
+        &server.url,
+        "--remote-cache-token",
+        TOKEN,
+        "--project",
+        "shop",
+    ];
+    args.extend_from_slice(extra);
+    sb.build(env, &args)
+}
+
+fn get(server: &Server, path: &str) -> Value {
+    let r = request(&server.addr, "GET", path, &[], b"");
+    assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+    r.json()
+}
+
+fn signature(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("hmac key");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn context(sb: &Sandbox, env: &Env, text: &str) {
+    sb.write("Dockerfile", &dockerfile(env))
+        .write("app.txt", text);
+}
+
+fn copy_context(from: &Sandbox, to: &Sandbox) {
+    for f in ["Dockerfile", "app.txt"] {
+        let data = std::fs::read_to_string(from.context().join(f)).expect("read");
+        to.write(f, &data);
+    }
+}
+
+fn digest_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+// Verifies: a cold build, the same build on a second machine (everything from the team cache)
+// and a failing build are each recorded with their status, time, image and steps; the API
+// lists them newest first with the right executed/cached counts; stats, metrics and the
+// dashboard agree; the webhook endpoint got one signed `build.completed` per build, the first
+// after two failed attempts; `--no-build-report` sends nothing.
+#[test]
+fn builds_are_recorded_and_announced() {
+    let Some(env) = Env::get() else { return };
+    let hook = Receiver::start(&[500, 503, 200]);
+    let store = tempfile::tempdir().expect("store");
+    let server = Server::start(
+        store.path(),
+        &[
+            "--token",
+            TOKEN,
+            "--webhook",
+            &hook.url,
+            "--webhook-secret",
+            SECRET,
+            "--webhook-backoff",
+            "100ms",
+        ],
+    );
+
+    let first = Sandbox::new();
+    context(&first, &env, "hello analytics\n");
+    let a = build(&first, &env, &server, &[]);
+    assert_ok(&a, "first build");
+
+    let second = Sandbox::new();
+    copy_context(&first, &second);
+    let b = build(&second, &env, &server, &["-t", "shop:ci"]);
+    assert_ok(&b, "second build");
+    assert_eq!(digest_of(&b), digest_of(&a));
+
+    let broken = Sandbox::new();
+    broken.write(
+        "Dockerfile",
+        &format!(
+            "FROM {}/library/busybox:latest\nRUN echo about to fail && exit 3\n",
+            env.registry
+        ),
+    );
+    let c = build(&broken, &env, &server, &[]);
+    assert!(!c.status.success(), "{}", stderr(&c));
+
+    // Not reported.
+    let quiet = build(&first, &env, &server, &["--no-build-report"]);
+    assert_ok(&quiet, "unreported build");
+
+    let list = get(&server, "/api/builds");
+    let builds = list["builds"].as_array().expect("builds");
+    assert_eq!(builds.len(), 3, "{list:#}");
+    let (failed, warm, cold) = (&builds[0], &builds[1], &builds[2]);
+
+    assert_eq!(cold["status"], "succeeded");
+    assert_eq!(cold["project"], "shop");
+    assert_eq!(cold["image"], digest_of(&a).as_str());
+    assert!(cold["executed"].as_u64() >= Some(2), "{cold:#}");
+    assert_eq!(cold["cached"], 0);
+    assert!(cold["duration_ms"].as_u64() > Some(0));
+
+    assert_eq!(warm["status"], "succeeded");
+    assert_eq!(warm["executed"], 0, "{warm:#}");
+    assert_eq!(warm["cached"], cold["executed"]);
+    assert_eq!(warm["cache_hit_rate"], 1.0);
+    assert_eq!(warm["tags"][0], "shop:ci");
+    assert_eq!(warm["image"], cold["image"]);
+
+    assert_eq!(failed["status"], "failed");
+    assert!(failed["image"].is_null());
+    let error = failed["error"].as_str().expect("error text");
+    assert!(
+        error.contains("exit 3") || error.contains("exit code: 3"),
+        "{error}"
+    );
+
+    // One build in full: its steps with their times.
+    let id = cold["id"].as_str().expect("id");
+    let full = get(&server, &format!("/api/builds/{id}"));
+    let steps = full["vertices"].as_array().expect("vertices");
+    let run = steps
+        .iter()
+        .find(|v| v["name"].as_str().is_some_and(|n| n.contains("RUN wc -c")))
+        .unwrap_or_else(|| panic!("no RUN step in {full:#}"));
+    assert_eq!(run["cached"], false);
+    assert!(run["duration_ms"].as_u64() > Some(0), "{run:#}");
+    let missing = request(&server.addr, "GET", "/api/builds/no-such-build", &[], b"");
+    assert_eq!(missing.status, 404);
+
+    let stats = get(&server, "/api/stats?project=shop");
+    assert_eq!(stats["builds"], 3);
+    assert_eq!(stats["failed"], 1);
+    let rate = stats["cache_hit_rate"].as_f64().expect("rate");
+    assert!(rate > 0.0 && rate < 1.0, "{stats:#}");
+    // The RUN executed on the first machine and came from the cache on the second.
+    let run_step = stats["slowest_steps"]
+        .as_array()
+        .and_then(|s| {
+            s.iter()
+                .find(|st| st["name"].as_str().is_some_and(|n| n.contains("RUN wc -c")))
+        })
+        .unwrap_or_else(|| panic!("no RUN step in {stats:#}"));
+    assert_eq!(run_step["executed"], 1);
+    assert_eq!(run_step["cached"], 1);
+    assert_eq!(
+        get(&server, "/api/builds?status=failed")["builds"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    let metrics = request(&server.addr, "GET", "/metrics", &[], b"").text();
+    assert!(
+        metrics.contains("memobuild_builds_total{status=\"succeeded\"} 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("memobuild_builds_total{status=\"failed\"} 1\n"),
+        "{metrics}"
+    );
+    let ac_hits = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("memobuild_cache_requests_total{kind=\"ac\",result=\"hit\"} "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("ac hit counter");
+    assert!(ac_hits >= 2, "{metrics}");
+
+    let page = request(&server.addr, "GET", "/", &[], b"");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.header("content-type")
+            .is_some_and(|t| t.starts_with("text/html"))
+    );
+    let html = page.text();
+    assert!(
+        html.contains("shop") && html.contains("failed") && html.contains(id),
+        "{html}"
+    );
+
+    // Webhooks: 2 failed attempts, then one delivery per build, each signed.
+    let got = hook.wait_for(5, 60);
+    assert_eq!(got.len(), 5, "{got:?}");
+    let mut announced = Vec::new();
+    for r in &got {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.header("x-memobuild-event"), Some("build.completed"));
+        assert_eq!(
+            r.header("x-memobuild-signature-256"),
+            Some(signature(&r.body).as_str()),
+            "signature over the body"
+        );
+        let body: Value = serde_json::from_slice(&r.body).expect("json body");
+        announced.push(
+            body["payload"]["build"]["id"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+        );
+    }
+    // The first delivery was tried three times, with the same id.
+    assert_eq!(
+        got[0].header("x-memobuild-delivery"),
+        got[2].header("x-memobuild-delivery")
+    );
+    announced.dedup();
+    let mut ids: Vec<String> = builds
+        .iter()
+        .map(|b| b["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    ids.reverse();
+    assert_eq!(announced, ids);
+    // The delivery log needs the token: hook URLs can hold secrets.
+    let open = request(&server.addr, "GET", "/api/webhooks/deliveries", &[], b"");
+    assert_eq!(open.status, 401);
+    let auth = format!("Bearer {TOKEN}");
+    let deliveries = request(
+        &server.addr,
+        "GET",
+        "/api/webhooks/deliveries",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .json();
+    let first = deliveries["deliveries"]
+        .as_array()
+        .and_then(|d| d.last())
+        .cloned()
+        .expect("a delivery");
+    assert_eq!(first["state"], "delivered");
+    assert_eq!(first["attempts"], 3);
+}
+
+// Verifies: the build API needs the token for writes; a malformed or invalid record is a 400
+// naming what is wrong; records survive a server restart; a build whose server is gone still
+// succeeds, with a warning.
+#[test]
+fn records_are_checked_kept_and_optional() {
+    let store = tempfile::tempdir().expect("store");
+    let mut server = Server::start(store.path(), &["--token", TOKEN]);
+    let record = r#"{"id":"b-1","project":"p","started_at":"2026-11-24T10:00:00Z","duration_ms":1200,"status":"succeeded","vertices":[{"name":"RUN make","cached":false,"duration_ms":900}]}"#;
+    let auth = format!("Bearer {TOKEN}");
+    let post = |server: &Server, body: &str, headers: &[(&str, &str)]| {
+        let mut h = vec![("Content-Type", "application/json")];
+        h.extend_from_slice(headers);
+        let len = body.len().to_string();
+        h.push(("Content-Length", &len));
+        request(&server.addr, "POST", "/api/builds", &h, body.as_bytes())
+    };
+    assert_eq!(post(&server, record, &[]).status, 401);
+    assert_eq!(
+        post(&server, record, &[("Authorization", &auth)]).status,
+        201
+    );
+    assert_eq!(
+        post(&server, record, &[("Authorization", &auth)]).status,
+        200,
+        "same id again"
+    );
+
+    let bad = post(
+        &server,
+        r#"{"id":"x","started_at":"2026-11-24T10:00:00Z","duration_ms":1,"status":"exploded"}"#,
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("`status`"), "{}", bad.text());
+    let bad = post(
+        &server,
+        r#"{"id":"../../etc","started_at":"2026-11-24T10:00:00Z","duration_ms":1,"status":"failed"}"#,
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("`id`"), "{}", bad.text());
+
+    server.kill();
+    let server = Server::start(store.path(), &["--token", TOKEN]);
+    let list = get(&server, "/api/builds");
+    assert_eq!(list["builds"].as_array().map(Vec::len), Some(1), "{list:#}");
+    assert_eq!(list["builds"][0]["executed"], 1);
+    drop(server);
+
+    // A server that went away: the build still succeeds and says so.
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    context(&sb, &env, "no server\n");
+    let gone = Server::start(store.path(), &["--token", TOKEN]);
+    let url = gone.url.clone();
+    drop(gone);
+    let out = sb.build(
+        &env,
+        &[
+            "--progress",
+            "plain",
+            "--remote-cache",
+            &url,
+            "--remote-cache-token",
+            TOKEN,
+        ],
+    );
+    assert_ok(&out, "build with the server gone");
+    assert!(
+        stderr(&out).contains("the build report did not reach the server"),
+        "{}",
+        stderr(&out)
+    );
+}
