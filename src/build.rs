@@ -263,12 +263,12 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
         crate::embedded::Containerd::select(args.containerd.as_deref(), &state).await?;
     let worker = Worker::open(WorkerConfig {
         containerd_socket: Some(containerd.socket().to_path_buf()),
+        namespace: args.namespace.clone(),
         state_dir: state.clone(),
         insecure_registries: args.frontend.insecure_registries.clone(),
         credentials: Some(Arc::new(crate::credentials::DockerCredentials::load())),
         remote_cache: args.remote_cache.clone(),
         remote_cache_token: args.remote_cache_token.clone(),
-        ..WorkerConfig::default()
     })
     .await;
     let worker = match worker {
@@ -365,6 +365,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
             dockerfile: args.frontend.file.as_deref(),
             target: args.frontend.target.as_deref(),
             tags: &args.tags,
+            masked: inputs.build_args.values().map(String::as_str).collect(),
         };
         // A failed solve still tells which steps had finished, and how.
         if let Err(e) = &result

@@ -3,7 +3,8 @@
 //! The local cache is what `memobuild build` keeps under its state directory: layer blobs in
 //! `blobs/sha256/<hex>` (with a verification stamp in `blobs/sha256/.verified/<hex>`) and action
 //! records in `cache/ac/<2 hex>/<key>.json`, each record listing the blobs of its layers.
-//! containerd's snapshots are not part of it and are neither counted nor removed.
+//! containerd's snapshots are counted with `du --snapshots`, and pruned (instead of the local
+//! cache) with `prune --snapshots` ([`snapshots`]).
 //!
 //! Pruning treats records and blobs as one LRU list. A blob counts as used whenever a record
 //! that names it was, so the oldest records go first and a blob goes only once no kept record
@@ -18,12 +19,109 @@ use anyhow::{Context as _, bail};
 
 use crate::cli::{CacheArgs, CacheCommand, CacheDuArgs, CachePruneArgs};
 
+pub mod snapshots;
+
 /// Runs `memobuild cache …`.
-pub fn run(args: CacheArgs) -> anyhow::Result<()> {
+pub async fn run(args: CacheArgs) -> anyhow::Result<()> {
     match args.command {
-        CacheCommand::Du(a) => du(a),
-        CacheCommand::Prune(a) => prune(a),
+        CacheCommand::Du(a) => {
+            let (state, addr, ns, with_snapshots) = (
+                a.state_dir.clone(),
+                a.containerd.clone(),
+                a.namespace.clone(),
+                a.snapshots,
+            );
+            du(a)?;
+            if with_snapshots {
+                with_containerd(state, addr.as_deref(), &ns, |ctd| async move {
+                    let snaps = snapshots::list(&ctd).await?;
+                    let bytes: u64 = snaps.iter().map(|s| s.size).sum();
+                    println!(
+                        "snapshots: {} committed by MemoBuild, {} (containerd namespace `{}`)",
+                        snaps.len(),
+                        human_size(bytes),
+                        ctd.namespace()
+                    );
+                    Ok(())
+                })
+                .await?;
+            }
+            Ok(())
+        }
+        CacheCommand::Prune(a) => {
+            let (state, addr, ns) = (
+                a.state_dir.clone(),
+                a.containerd.clone(),
+                a.namespace.clone(),
+            );
+            let (with_snapshots, all, keep_size, keep_duration, dry_run) =
+                (a.snapshots, a.all, a.keep_size, a.keep_duration, a.dry_run);
+            if !with_snapshots {
+                return prune(a);
+            }
+            if !all && keep_size.is_none() && keep_duration.is_none() {
+                bail!(
+                    "say what to keep: `--keep-size BYTES`, `--keep-duration DURATION` or `--all`"
+                );
+            }
+            {
+                with_containerd(state, addr.as_deref(), &ns, |ctd| async move {
+                    let p = snapshots::prune(&ctd, all, keep_size, keep_duration, dry_run).await?;
+                    if dry_run {
+                        println!(
+                            "would remove {} snapshots, {}; {} kept, {}",
+                            p.unrooted,
+                            human_size(p.freed),
+                            p.kept,
+                            human_size(p.kept_bytes)
+                        );
+                    } else {
+                        println!(
+                            "removed {} snapshots, {} ({} unrooted; a snapshot a running build uses, or one a kept snapshot builds on, stays); {} kept, {}",
+                            p.removed,
+                            human_size(p.freed),
+                            p.unrooted,
+                            p.kept,
+                            human_size(p.kept_bytes)
+                        );
+                    }
+                    Ok(())
+                })
+                .await?;
+            }
+            Ok(())
+        }
     }
+}
+
+/// Runs `f` with a client of the containerd `build` would use (an embedded one is started and
+/// stopped again), in `namespace`.
+async fn with_containerd<F, Fut>(
+    state_dir: Option<PathBuf>,
+    addr: Option<&str>,
+    namespace: &str,
+    f: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(memobuild_worker::containerd::Containerd) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let state = crate::cli::state_dir(state_dir);
+    let selected = crate::embedded::Containerd::select(addr, &state).await?;
+    let result = async {
+        let ctd = memobuild_worker::containerd::Containerd::connect(selected.socket(), namespace)
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to containerd at `{}`",
+                    selected.socket().display()
+                )
+            })?;
+        f(ctd).await
+    }
+    .await;
+    selected.release().await;
+    result
 }
 
 /// The state directory: `--state-dir`, else `$HOME/.local/share/memobuild`, else
@@ -241,13 +339,8 @@ fn du(args: CacheDuArgs) -> anyhow::Result<()> {
         " (verification stamps, stat cache, build history, temporary files)",
     );
     line("total:", total, "");
-    if containerd.is_dir() {
-        println!(
-            "not counted: containerd snapshots (the embedded containerd's `{}`)",
-            containerd.display()
-        );
-    } else {
-        println!("not counted: containerd snapshots");
+    if !args.snapshots {
+        println!("not counted: containerd snapshots (add --snapshots)");
     }
     Ok(())
 }
@@ -313,9 +406,9 @@ fn prune(args: CachePruneArgs) -> anyhow::Result<()> {
     }
     let kept: u64 = items.iter().map(|i| i.size).sum::<u64>() - freed;
     println!(
-        "{verb} {n_records} records and {n_blobs} blobs, {}; {} kept (containerd snapshots are not pruned)",
+        "{verb} {n_records} records and {n_blobs} blobs, {}; {} kept (containerd snapshots: --snapshots)",
         human_size(freed),
-        human_size(kept)
+        human_size(kept),
     );
     if failed > 0 {
         bail!("{failed} entries could not be removed");

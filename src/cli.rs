@@ -106,6 +106,9 @@ pub struct BuildArgs {
     /// a private one started under the state directory for the build; `embedded` forces that.
     #[arg(long, value_name = "ADDR", env = "MEMOBUILD_CONTAINERD")]
     pub containerd: Option<String>,
+    /// containerd namespace for snapshots, containers and `type=containerd` images.
+    #[arg(long, value_name = "NAME", env = "MEMOBUILD_NAMESPACE", default_value = memobuild_worker::DEFAULT_NAMESPACE)]
+    pub namespace: String,
     /// Directory for MemoBuild's own state (blobs, cache).
     #[arg(long, value_name = "DIR", env = "MEMOBUILD_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -386,7 +389,8 @@ pub struct ServerArgs {
         long = "webhook",
         value_name = "URL",
         env = "MEMOBUILD_WEBHOOKS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        hide_env_values = true
     )]
     pub webhooks: Vec<String>,
     /// Key for the `X-MemoBuild-Signature-256` header (HMAC-SHA256 of the body, as GitHub's
@@ -435,6 +439,15 @@ pub struct CacheDuArgs {
     /// MemoBuild's state directory, as given to `build`.
     #[arg(long, value_name = "DIR", env = "MEMOBUILD_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Also count MemoBuild's containerd snapshots.
+    #[arg(long)]
+    pub snapshots: bool,
+    /// containerd socket for `--snapshots`, as for `build`.
+    #[arg(long, value_name = "ADDR", env = "MEMOBUILD_CONTAINERD")]
+    pub containerd: Option<String>,
+    /// containerd namespace for `--snapshots`, as for `build`.
+    #[arg(long, value_name = "NAME", env = "MEMOBUILD_NAMESPACE", default_value = memobuild_worker::DEFAULT_NAMESPACE)]
+    pub namespace: String,
 }
 
 /// `memobuild cache prune`.
@@ -456,6 +469,16 @@ pub struct CachePruneArgs {
     /// Print what would be removed, remove nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Prune MemoBuild's containerd snapshots instead of the local cache, by the same kind of
+    /// bound (a later build unpacks what it needs again from the local cache's layer blobs).
+    #[arg(long)]
+    pub snapshots: bool,
+    /// containerd socket for `--snapshots`, as for `build`.
+    #[arg(long, value_name = "ADDR", env = "MEMOBUILD_CONTAINERD")]
+    pub containerd: Option<String>,
+    /// containerd namespace for `--snapshots`, as for `build`.
+    #[arg(long, value_name = "NAME", env = "MEMOBUILD_NAMESPACE", default_value = memobuild_worker::DEFAULT_NAMESPACE)]
+    pub namespace: String,
 }
 
 /// Output encodings of `memobuild lower`.

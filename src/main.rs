@@ -41,7 +41,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Lower(args) => build::lower(args).await,
             cli::Command::Why(args) => build::why(args),
             cli::Command::Server(args) => server::run(args).await,
-            cli::Command::Cache(args) => cache_cmd::run(args),
+            cli::Command::Cache(args) => cache_cmd::run(args).await,
         }
     });
     match result {

@@ -1,7 +1,12 @@
 //! The build report `memobuild build` sends to its `--remote-cache` server when it is done:
 //! how long it took, how it ended, and every cacheable step with its time and whether it came
 //! from the cache (`POST /api/builds`, see `server::api`). A server that cannot take it is a
-//! warning, never a failed build.
+//! warning, never a failed build, and costs at most a few seconds.
+//!
+//! Step names are what progress shows, with build args expanded (as BuildKit names them), so
+//! every `--build-arg` value of three characters or more is replaced by `***` in the names and
+//! the error text before they leave the machine: the server's readers and webhook receivers
+//! are not the build's.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -25,6 +30,29 @@ pub struct Subject<'a> {
     pub target: Option<&'a str>,
     /// `-t` names.
     pub tags: &'a [String],
+    /// `--build-arg` values, masked wherever they appear.
+    pub masked: Vec<&'a str>,
+}
+
+/// Shortest value masked: shorter ones are no secret, and masking `1` would garble numbers.
+const MIN_MASKED: usize = 3;
+
+/// `text` with every value of `masked` replaced by `***`, the longest first (so a value that
+/// contains another is masked whole).
+fn mask(text: &str, masked: &[&str]) -> String {
+    let mut values: Vec<&str> = masked
+        .iter()
+        .copied()
+        .filter(|v| v.len() >= MIN_MASKED)
+        .collect();
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    let mut out = text.to_owned();
+    for v in values {
+        if out.contains(v) {
+            out = out.replace(v, "***");
+        }
+    }
+    out
 }
 
 /// Makes the record of a finished build.
@@ -57,7 +85,7 @@ pub fn record(
     let (status, image, error) = match outcome {
         Ok(digest) => (BuildStatus::Succeeded, Some(digest.to_owned()), None),
         Err(e) => {
-            let mut e = e;
+            let mut e = mask(&e, &subject.masked);
             if e.len() > MAX_ERROR {
                 let mut cut = MAX_ERROR;
                 while !e.is_char_boundary(cut) {
@@ -84,7 +112,7 @@ pub fn record(
         vertices: vertices
             .iter()
             .map(|v| VertexTiming {
-                name: v.name.clone(),
+                name: mask(&v.name, &subject.masked),
                 digest: v.digest.clone(),
                 cached: v.cached,
                 duration_ms: v.duration_ms,
@@ -104,8 +132,8 @@ fn hostname() -> String {
 pub async fn send(base: &str, token: Option<&str>, record: &BuildRecord) -> Result<(), String> {
     let url = format!("{}/api/builds", base.trim_end_matches('/'));
     let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| format!("{url}: {e}"))?;
     let mut req = client.post(&url).json(record);
@@ -127,6 +155,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn masking_takes_longest_values_first_and_skips_short_ones() {
+        assert_eq!(
+            mask("a=abcdef b=abc c=1", &["abc", "abcdef", "1"]),
+            "a=*** b=*** c=1"
+        );
+        assert_eq!(mask("nothing here", &[]), "nothing here");
+    }
+
+    #[test]
     fn record_of_a_build() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = dir.path().join("shop");
@@ -140,10 +177,11 @@ mod tests {
             dockerfile: Some(&df),
             target: Some("prod"),
             tags: &tags,
+            masked: vec!["s3cr3t-token", "1"],
         };
         let v = [VertexReport {
             digest: "sha256:d".into(),
-            name: "[1/2] RUN make".into(),
+            name: "[1/2] RUN make TOKEN=s3cr3t-token JOBS=1".into(),
             key: "k".into(),
             cached: true,
             duration_ms: 3,
@@ -162,10 +200,10 @@ mod tests {
         assert_eq!(r.duration_ms, 1500);
         assert_eq!(r.status, BuildStatus::Succeeded);
         assert_eq!(r.image.as_deref(), Some("sha256:img"));
-        assert_eq!(r.vertices[0].name, "[1/2] RUN make");
+        assert_eq!(r.vertices[0].name, "[1/2] RUN make TOKEN=*** JOBS=1");
         assert!(r.validate().is_ok(), "{:?}", r.validate());
 
-        let long = "é".repeat(3000);
+        let long = format!("s3cr3t-token {}", "é".repeat(3000));
         let failed = record(
             &Subject {
                 project: Some("named"),
@@ -178,7 +216,9 @@ mod tests {
         );
         assert_eq!(failed.project, "named");
         assert_eq!(failed.status, BuildStatus::Failed);
-        assert!(failed.error.as_ref().unwrap().len() <= MAX_ERROR + 3);
+        let error = failed.error.as_ref().unwrap();
+        assert!(error.starts_with("*** é"), "{error}");
+        assert!(error.len() <= MAX_ERROR + 3);
         assert!(failed.validate().is_ok());
     }
 }

@@ -210,7 +210,9 @@ fn builds_are_recorded_and_announced() {
     // Webhooks: 2 failed attempts, then one delivery per build, each signed.
     let got = hook.wait_for(5, 60);
     assert_eq!(got.len(), 5, "{got:?}");
-    let mut announced = Vec::new();
+    // Per delivery id: the build it announced and how often it was tried.
+    let mut per_delivery: std::collections::BTreeMap<String, (String, usize)> =
+        std::collections::BTreeMap::new();
     for r in &got {
         assert_eq!(r.method, "POST");
         assert_eq!(r.header("x-memobuild-event"), Some("build.completed"));
@@ -220,25 +222,25 @@ fn builds_are_recorded_and_announced() {
             "signature over the body"
         );
         let body: Value = serde_json::from_slice(&r.body).expect("json body");
-        announced.push(
-            body["payload"]["build"]["id"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned(),
-        );
+        let build = body["payload"]["build"]["id"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        let delivery = r.header("x-memobuild-delivery").unwrap_or("").to_owned();
+        assert_eq!(body["delivery"], delivery.as_str());
+        let entry = per_delivery.entry(delivery).or_insert((build.clone(), 0));
+        assert_eq!(entry.0, build, "one delivery, one build");
+        entry.1 += 1;
     }
-    // The first delivery was tried three times, with the same id.
-    assert_eq!(
-        got[0].header("x-memobuild-delivery"),
-        got[2].header("x-memobuild-delivery")
-    );
-    announced.dedup();
-    let mut ids: Vec<String> = builds
-        .iter()
-        .map(|b| b["id"].as_str().unwrap_or("").to_owned())
-        .collect();
-    ids.reverse();
-    assert_eq!(announced, ids);
+    let mut announced: Vec<&str> = per_delivery.values().map(|(b, _)| b.as_str()).collect();
+    announced.sort_unstable();
+    let mut ids: Vec<&str> = builds.iter().filter_map(|b| b["id"].as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(announced, ids, "one delivery per build");
+    // The receiver failed the first two requests: one delivery took three attempts.
+    let mut attempts: Vec<usize> = per_delivery.values().map(|(_, n)| *n).collect();
+    attempts.sort_unstable();
+    assert_eq!(attempts, [1, 1, 3]);
     // The delivery log needs the token: hook URLs can hold secrets.
     let open = request(&server.addr, "GET", "/api/webhooks/deliveries", &[], b"");
     assert_eq!(open.status, 401);
@@ -251,13 +253,13 @@ fn builds_are_recorded_and_announced() {
         b"",
     )
     .json();
-    let first = deliveries["deliveries"]
-        .as_array()
-        .and_then(|d| d.last())
-        .cloned()
-        .expect("a delivery");
-    assert_eq!(first["state"], "delivered");
-    assert_eq!(first["attempts"], 3);
+    let listed = deliveries["deliveries"].as_array().expect("deliveries");
+    assert_eq!(listed.len(), 3, "{deliveries:#}");
+    assert!(
+        listed.iter().all(|d| d["state"] == "delivered"),
+        "{deliveries:#}"
+    );
+    assert!(listed.iter().any(|d| d["attempts"] == 3), "{deliveries:#}");
 }
 
 // Verifies: the build API needs the token for writes; a malformed or invalid record is a 400
@@ -277,6 +279,20 @@ fn records_are_checked_kept_and_optional() {
         request(&server.addr, "POST", "/api/builds", &h, body.as_bytes())
     };
     assert_eq!(post(&server, record, &[]).status, 401);
+    // JSON only (a browser can send text/plain across sites without asking).
+    let len = record.len().to_string();
+    let plain = request(
+        &server.addr,
+        "POST",
+        "/api/builds",
+        &[
+            ("Content-Type", "text/plain"),
+            ("Content-Length", &len),
+            ("Authorization", &auth),
+        ],
+        record.as_bytes(),
+    );
+    assert_eq!(plain.status, 415, "{}", plain.text());
     assert_eq!(
         post(&server, record, &[("Authorization", &auth)]).status,
         201

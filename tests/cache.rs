@@ -515,3 +515,111 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Committed snapshots in `namespace`.
+fn committed_snapshots(env: &Env, namespace: &str) -> usize {
+    let out = common::run(common::ctr(env, namespace, &["snapshots", "ls"]));
+    assert_ok(&out, "ctr snapshots ls");
+    common::stdout(&out)
+        .lines()
+        .filter(|l| l.split_whitespace().last() == Some("Committed"))
+        .count()
+}
+
+fn cache_cmd(sb: &Sandbox, env: &Env, args: &[&str]) -> Output {
+    let mut cmd = common::memobuild();
+    cmd.arg("cache")
+        .args(args)
+        .arg("--state-dir")
+        .arg(sb.state())
+        .arg("--containerd")
+        .arg(&env.containerd);
+    let out = common::run(cmd);
+    assert_ok(&out, "memobuild cache");
+    out
+}
+
+// Verifies: the snapshots a build commits (in its own `--namespace`) are counted by
+// `cache du --snapshots`; `cache prune --snapshots --keep-duration 1h` keeps them (just used);
+// `--all` removes every one from containerd without touching the local cache; the next build
+// takes every step from the cache with the same image, and a changed last step runs on
+// snapshots unpacked again from the cached layers.
+#[test]
+fn snapshots_are_counted_and_pruned_and_come_back_from_the_cache() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    let ns = format!("{}-snap", sb.namespace);
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nRUN echo one > /one\nRUN echo two > /two\n",
+    );
+    let first = build(&sb, &env, &["--namespace", &ns]);
+    let made = committed_snapshots(&env, &ns);
+    assert!(made >= 3, "base layer and two RUNs: {made}");
+
+    let du = cache_cmd(&sb, &env, &["du", "--snapshots", "--namespace", &ns]);
+    let du_text = common::stdout(&du);
+    assert!(
+        du_text.contains(&format!("snapshots: {made} committed by MemoBuild")),
+        "{du_text}"
+    );
+
+    let kept = cache_cmd(
+        &sb,
+        &env,
+        &[
+            "prune",
+            "--snapshots",
+            "--keep-duration",
+            "1h",
+            "--namespace",
+            &ns,
+        ],
+    );
+    assert!(
+        common::stdout(&kept).contains("removed 0 snapshots"),
+        "{}",
+        common::stdout(&kept)
+    );
+    assert_eq!(committed_snapshots(&env, &ns), made);
+
+    let records = walk(&sb.state().join("cache/ac")).len();
+    let pruned = cache_cmd(
+        &sb,
+        &env,
+        &["prune", "--snapshots", "--all", "--namespace", &ns],
+    );
+    assert!(
+        common::stdout(&pruned).contains(&format!("removed {made} snapshots")),
+        "{}",
+        common::stdout(&pruned)
+    );
+    assert_eq!(committed_snapshots(&env, &ns), 0);
+    assert_eq!(
+        walk(&sb.state().join("cache/ac")).len(),
+        records,
+        "local cache untouched"
+    );
+
+    let again = build(&sb, &env, &["--namespace", &ns]);
+    assert!(executed(&again).is_empty(), "{:?}", executed(&again));
+    assert_eq!(digest(&again), digest(&first));
+
+    // A step on top of the pruned ones runs on snapshots unpacked again from the cache.
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY
+FROM ${REGISTRY}/library/busybox:latest
+RUN echo one > /one
+RUN echo three > /two
+CMD cat /one /two
+",
+    );
+    let changed = build(&sb, &env, &["--namespace", &ns, "-t", "snap:test"]);
+    let ran: Vec<String> = executed(&changed).into_iter().collect();
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    assert!(ran[0].contains("echo three"), "{ran:?}");
+    let run = sb.ctr_run(&env, &sb.path("out.tar"), "docker.io/library/snap:test");
+    assert_ok(&run, "ctr run");
+    assert_eq!(common::stdout(&run), "one\nthree\n");
+}

@@ -1,8 +1,8 @@
 //! The build routes: records, analytics, webhooks' delivery log, metrics and the dashboard.
 //!
-//! - `POST /api/builds`: a [`BuildRecord`] as JSON (the token is needed, as for uploads);
-//!   201 when new, 200 when that id was recorded already. A new record is queued for the
-//!   webhooks as a `build.completed` event carrying its summary.
+//! - `POST /api/builds`: a [`BuildRecord`] as `application/json` (the token is needed, as
+//!   for uploads); 201 when new, 200 when that id is recorded already. A new record is queued
+//!   for the webhooks as a `build.completed` event carrying its summary.
 //! - `GET /api/builds[?project=&status=&last=]`: summaries, newest first (50 unless `last`
 //!   says otherwise, at most 1000).
 //! - `GET /api/builds/{id}`: the record with its vertices and the derived counts.
@@ -16,7 +16,7 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -63,7 +63,22 @@ impl ListQuery {
     }
 }
 
-async fn post_build(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn post_build(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // JSON only: a browser can POST `text/plain` across sites without asking first.
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::UnsupportedMediaType(
+            "a build record is `Content-Type: application/json`".into(),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(&body);
     let mut record: BuildRecord = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let at = e.path().to_string();
@@ -78,14 +93,41 @@ async fn post_build(State(state): State<AppState>, body: Bytes) -> Result<Respon
         .map_err(|e| ApiError::BadRequest(format!("build record: {e}")))?;
     record.received_at =
         Some(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string());
-    let summary = record.summary();
+    // In a task of its own: a client that gives up waiting must not cut this off halfway
+    // (deliveries queued, record not written).
+    tokio::spawn(record_build(state, record))
+        .await
+        .map_err(|e| ApiError::internal("recording the build", e))?
+}
+
+/// Queues the webhooks, then writes the record. Deliveries are on disk first, so a crash in
+/// between means the client's retry (the record is not there yet) queues them again: at
+/// least once, never lost. A record that is already there queues nothing.
+async fn record_build(state: AppState, record: BuildRecord) -> Result<Response, ApiError> {
     let id = record.id.clone();
+    let created = |status: StatusCode| {
+        (
+            status,
+            axum::Json(serde_json::json!({ "id": id, "url": format!("/api/builds/{id}") })),
+        )
+            .into_response()
+    };
+    if state.builds.get(&record.id).is_some() {
+        return Ok(created(StatusCode::OK));
+    }
+    let summary = record.summary();
+    let payload = serde_json::json!({ "build": summary });
+    state
+        .webhooks
+        .enqueue("build.completed", &payload)
+        .await
+        .map_err(|e| ApiError::internal("queueing webhooks", format!("{e:#}")))?;
     let builds = state.builds.clone();
     let added = tokio::task::spawn_blocking(move || builds.add(record))
         .await
         .map_err(|e| ApiError::internal("recording the build", e))?
         .map_err(|e| ApiError::internal("recording the build", e))?;
-    let status = match added {
+    Ok(match added {
         Added::New => {
             tracing::info!(
                 id = %summary.id,
@@ -96,20 +138,10 @@ async fn post_build(State(state): State<AppState>, body: Bytes) -> Result<Respon
                 cached = summary.cached,
                 "build recorded"
             );
-            let payload = serde_json::json!({ "build": summary });
-            // The record is kept whether or not the webhooks could be queued.
-            if let Err(e) = state.webhooks.enqueue("build.completed", &payload).await {
-                tracing::warn!("queueing webhooks for build {id}: {e:#}");
-            }
-            StatusCode::CREATED
+            created(StatusCode::CREATED)
         }
-        Added::Duplicate => StatusCode::OK,
-    };
-    Ok((
-        status,
-        axum::Json(serde_json::json!({ "id": id, "url": format!("/api/builds/{id}") })),
-    )
-        .into_response())
+        Added::Duplicate => created(StatusCode::OK),
+    })
 }
 
 async fn list_builds(
@@ -120,7 +152,7 @@ async fn list_builds(
         .builds
         .query(&q.filter(Some(DEFAULT_LIST)))
         .iter()
-        .map(BuildRecord::summary)
+        .map(|r| r.summary())
         .collect();
     axum::Json(serde_json::json!({ "builds": builds }))
 }
@@ -130,8 +162,8 @@ async fn get_build(
     Path(id): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let record = state.builds.get(&id).ok_or(ApiError::NotFound)?;
-    let mut value =
-        serde_json::to_value(&record).map_err(|e| ApiError::internal("encoding the build", e))?;
+    let mut value = serde_json::to_value(record.as_ref())
+        .map_err(|e| ApiError::internal("encoding the build", e))?;
     if let Some(obj) = value.as_object_mut() {
         obj.insert("executed".into(), record.executed().into());
         obj.insert("cached".into(), record.cached().into());
@@ -143,14 +175,19 @@ async fn get_build(
 async fn get_stats(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
-) -> axum::Json<crate::server::builds::Stats> {
+) -> Result<axum::Json<crate::server::builds::Stats>, ApiError> {
     // All records held unless `last` narrows them (not capped: stats are over the whole log).
     let filter = Filter {
         project: q.project.filter(|p| !p.is_empty()),
         status: q.status,
         last: q.last,
     };
-    axum::Json(stats(&state.builds.query(&filter)))
+    let records = state.builds.query(&filter);
+    // Over thousands of records this is real work: not on the async workers.
+    let computed = tokio::task::spawn_blocking(move || stats(records.iter().map(|r| r.as_ref())))
+        .await
+        .map_err(|e| ApiError::internal("computing stats", e))?;
+    Ok(axum::Json(computed))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,6 +229,9 @@ async fn get_metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn get_dashboard(State(state): State<AppState>) -> Html<String> {
-    Html(dashboard::render(&state))
+async fn get_dashboard(State(state): State<AppState>) -> Result<Html<String>, ApiError> {
+    let page = tokio::task::spawn_blocking(move || dashboard::render(&state))
+        .await
+        .map_err(|e| ApiError::internal("rendering the dashboard", e))?;
+    Ok(Html(page))
 }

@@ -2,15 +2,17 @@
 //! append-only log, and the analytics computed from them.
 //!
 //! The log is `STORE/builds/builds.jsonl`, one JSON record per line, appended and fsynced per
-//! record. On start it is read back (a torn last line, from a crash mid-append, is skipped with
-//! a warning) and only the newest `keep` records are kept: in memory, and on disk once the file
-//! holds twice as many (rewritten through a temporary file and a rename).
+//! record (a failed append is cut back off). On start it is read back (lines that do not
+//! parse, such as a torn last line from a crash mid-append, are skipped with a warning and kept
+//! in `builds.bad.jsonl`; duplicate ids keep the first) and only the newest `keep` records are
+//! kept: in memory, and on disk once the file holds twice as many (rewritten through a
+//! temporary file, a rename and a directory fsync). Ids are unique among the records kept.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -93,7 +95,10 @@ pub struct BuildRecord {
 /// Limits on what a record may hold, so one client cannot fill the server's memory.
 const MAX_ID: usize = 128;
 const MAX_TEXT: usize = 4096;
-const MAX_VERTICES: usize = 100_000;
+const MAX_VERTICES: usize = 20_000;
+const MAX_ERROR: usize = 64 * 1024;
+const MAX_TAGS: usize = 256;
+const MAX_DIGEST: usize = 256;
 
 impl BuildRecord {
     /// Checks what serde cannot: id characters, timestamps, sizes.
@@ -126,6 +131,23 @@ impl BuildRecord {
             if value.is_some_and(|v| v.len() > MAX_TEXT) {
                 return Err(format!("`{field}`: longer than {MAX_TEXT} bytes"));
             }
+        }
+        if self.error.as_ref().is_some_and(|e| e.len() > MAX_ERROR) {
+            return Err(format!("`error`: longer than {MAX_ERROR} bytes"));
+        }
+        if self.tags.len() > MAX_TAGS || self.tags.iter().any(|t| t.len() > MAX_TEXT) {
+            return Err(format!(
+                "`tags`: at most {MAX_TAGS} of at most {MAX_TEXT} bytes each"
+            ));
+        }
+        if let Some(i) = self
+            .vertices
+            .iter()
+            .position(|v| v.name.len() > MAX_TEXT || v.digest.len() > MAX_DIGEST)
+        {
+            return Err(format!(
+                "`vertices[{i}]`: a name is at most {MAX_TEXT} bytes, a digest {MAX_DIGEST}"
+            ));
         }
         if self.vertices.len() > MAX_VERTICES {
             return Err(format!(
@@ -414,20 +436,24 @@ pub struct BuildCounters {
     pub duration_ms_sum: u64,
 }
 
-struct Inner {
-    /// Newest last.
-    records: VecDeque<BuildRecord>,
+/// The records held, newest last, behind a lock that is only ever held for memory work.
+struct Mem {
+    records: VecDeque<Arc<BuildRecord>>,
     ids: HashSet<String>,
-    /// Lines in the file (records kept or not).
-    lines: usize,
     counters: BuildCounters,
 }
 
-/// The build log: records in memory, newest last, backed by the JSONL file.
+/// The build log: records in memory (newest last) backed by the JSONL file.
+///
+/// Two locks: `file` serializes appends and compactions (disk work, on the blocking pool);
+/// `mem` is taken briefly by readers and by an append once its line is durable. A reader
+/// never waits for an fsync.
 pub struct BuildLog {
     path: PathBuf,
     keep: usize,
-    inner: Mutex<Inner>,
+    /// Lines in the file (records kept or not, bad ones included).
+    file: Mutex<usize>,
+    mem: RwLock<Mem>,
 }
 
 impl std::fmt::Debug for BuildLog {
@@ -444,73 +470,110 @@ impl std::fmt::Debug for BuildLog {
 pub enum Added {
     /// A new record.
     New,
-    /// A record with this id was there already; nothing changed.
+    /// A record with this id is held already; nothing changed.
     Duplicate,
 }
 
+/// Fsyncs a directory, so a rename in it survives a crash.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 impl BuildLog {
-    /// Opens (creating) `dir/builds.jsonl` and loads its newest `keep` records. Blocks.
+    /// Opens (creating) `dir/builds.jsonl` and loads its newest `keep` records. Lines that do
+    /// not parse (a torn last line, bytes that are not UTF-8) are skipped with a warning and
+    /// copied to `dir/builds.bad.jsonl` before the file is rewritten without them. Blocks.
     pub fn open(dir: &Path, keep: usize) -> io::Result<BuildLog> {
         fs::create_dir_all(dir)?;
         let path = dir.join("builds.jsonl");
         let keep = keep.max(1);
-        let mut records = VecDeque::new();
+        let mut records: VecDeque<Arc<BuildRecord>> = VecDeque::new();
         let mut lines = 0;
+        let mut bad: Vec<Vec<u8>> = Vec::new();
+        let mut dropped_duplicates = false;
         match File::open(&path) {
             Ok(f) => {
-                for (n, line) in BufReader::new(f).lines().enumerate() {
-                    let line = line?;
-                    if line.trim().is_empty() {
+                let mut reader = BufReader::new(f);
+                let mut ids = HashSet::new();
+                let mut buf = Vec::new();
+                let mut n = 0;
+                loop {
+                    buf.clear();
+                    if reader.read_until(b'\n', &mut buf)? == 0 {
+                        break;
+                    }
+                    n += 1;
+                    if buf.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
                     lines += 1;
-                    match serde_json::from_str::<BuildRecord>(&line) {
+                    match serde_json::from_slice::<BuildRecord>(&buf) {
+                        Ok(r) if ids.contains(&r.id) => dropped_duplicates = true,
                         Ok(r) => {
-                            records.push_back(r);
+                            ids.insert(r.id.clone());
+                            records.push_back(Arc::new(r));
                             if records.len() > keep {
                                 records.pop_front();
                             }
                         }
-                        Err(e) => tracing::warn!(
-                            "{}:{}: skipping a record that does not parse: {e}",
-                            path.display(),
-                            n + 1
-                        ),
+                        Err(e) => {
+                            tracing::warn!(
+                                "{}:{n}: skipping a record that does not parse: {e}",
+                                path.display()
+                            );
+                            bad.push(buf.clone());
+                        }
                     }
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
+        if !bad.is_empty() {
+            let aside = dir.join("builds.bad.jsonl");
+            let mut f = OpenOptions::new().create(true).append(true).open(&aside)?;
+            for line in &bad {
+                f.write_all(line)?;
+                if !line.ends_with(b"\n") {
+                    f.write_all(b"\n")?;
+                }
+            }
+            f.sync_data()?;
+        }
         let ids = records.iter().map(|r| r.id.clone()).collect();
         let log = BuildLog {
             path,
             keep,
-            inner: Mutex::new(Inner {
+            file: Mutex::new(lines),
+            mem: RwLock::new(Mem {
                 records,
                 ids,
-                lines,
                 counters: BuildCounters::default(),
             }),
         };
-        {
-            let mut inner = log.lock();
-            if inner.lines > inner.records.len() {
-                log.compact(&mut inner)?;
-            }
+        if lines > log.len() || dropped_duplicates {
+            let snapshot: Vec<Arc<BuildRecord>> = log.read().records.iter().cloned().collect();
+            let mut file = log.file.lock().unwrap_or_else(|e| e.into_inner());
+            log.compact(&mut file, &snapshot)?;
         }
         Ok(log)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves consistent data (every update is one push).
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Mem> {
+        // Every update of `Mem` is complete before its guard drops: a poisoned lock holds
+        // consistent data.
+        self.mem.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends a record (fsynced before this returns). Blocks.
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Mem> {
+        self.mem.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends a record, durable (fsynced) before it is visible or this returns. Blocks: call
+    /// it on the blocking pool.
     pub fn add(&self, record: BuildRecord) -> io::Result<Added> {
-        let mut inner = self.lock();
-        if inner.ids.contains(&record.id) {
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if self.read().ids.contains(&record.id) {
             return Ok(Added::Duplicate);
         }
         let mut line = serde_json::to_vec(&record).map_err(io::Error::other)?;
@@ -519,47 +582,65 @@ impl BuildLog {
             .create(true)
             .append(true)
             .open(&self.path)?;
-        f.write_all(&line)?;
-        f.sync_data()?;
-        inner.lines += 1;
-        let c = &mut inner.counters;
-        match record.status {
-            BuildStatus::Succeeded => c.succeeded += 1,
-            BuildStatus::Failed => c.failed += 1,
-        }
-        c.cached_vertices += record.cached() as u64;
-        c.executed_vertices += record.executed() as u64;
-        c.duration_ms_sum = c.duration_ms_sum.saturating_add(record.duration_ms);
-        inner.ids.insert(record.id.clone());
-        inner.records.push_back(record);
-        while inner.records.len() > self.keep {
-            if let Some(old) = inner.records.pop_front() {
-                inner.ids.remove(&old.id);
+        let before = f.metadata()?.len();
+        if let Err(e) = f.write_all(&line).and_then(|()| f.sync_data()) {
+            // Take a partial line back, so the next record does not get glued onto it.
+            if let Err(t) = f.set_len(before) {
+                tracing::warn!("{}: cannot undo a failed append: {t}", self.path.display());
             }
+            return Err(e);
         }
-        if inner.lines >= 2 * self.keep {
-            self.compact(&mut inner)?;
+        *file += 1;
+        let snapshot = {
+            let mut mem = self.write();
+            let c = &mut mem.counters;
+            match record.status {
+                BuildStatus::Succeeded => c.succeeded += 1,
+                BuildStatus::Failed => c.failed += 1,
+            }
+            c.cached_vertices += record.cached() as u64;
+            c.executed_vertices += record.executed() as u64;
+            c.duration_ms_sum = c.duration_ms_sum.saturating_add(record.duration_ms);
+            mem.ids.insert(record.id.clone());
+            mem.records.push_back(Arc::new(record));
+            while mem.records.len() > self.keep {
+                if let Some(old) = mem.records.pop_front() {
+                    mem.ids.remove(&old.id);
+                }
+            }
+            (*file >= 2 * self.keep).then(|| mem.records.iter().cloned().collect::<Vec<_>>())
+        };
+        if let Some(snapshot) = snapshot
+            && let Err(e) = self.compact(&mut file, &snapshot)
+        {
+            // The record is durable; the file is only longer than it needs to be.
+            tracing::warn!("{}: compaction failed: {e}", self.path.display());
         }
         Ok(Added::New)
     }
 
-    /// Rewrites the file with only the records in memory.
-    fn compact(&self, inner: &mut Inner) -> io::Result<()> {
+    /// Rewrites the file with only `records` (temporary file, fsync, rename, directory fsync).
+    fn compact(&self, lines: &mut usize, records: &[Arc<BuildRecord>]) -> io::Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        for r in &inner.records {
-            serde_json::to_writer(&mut tmp, r).map_err(io::Error::other)?;
-            tmp.write_all(b"\n")?;
+        {
+            let mut w = io::BufWriter::new(tmp.as_file_mut());
+            for r in records {
+                serde_json::to_writer(&mut w, r.as_ref()).map_err(io::Error::other)?;
+                w.write_all(b"\n")?;
+            }
+            w.flush()?;
         }
         tmp.as_file().sync_all()?;
         tmp.persist(&self.path).map_err(|e| e.error)?;
-        inner.lines = inner.records.len();
+        sync_dir(dir)?;
+        *lines = records.len();
         Ok(())
     }
 
     /// The record with this id.
-    pub fn get(&self, id: &str) -> Option<BuildRecord> {
-        self.lock()
+    pub fn get(&self, id: &str) -> Option<Arc<BuildRecord>> {
+        self.read()
             .records
             .iter()
             .rev()
@@ -568,9 +649,9 @@ impl BuildLog {
     }
 
     /// Records matching `filter`, newest first.
-    pub fn query(&self, filter: &Filter) -> Vec<BuildRecord> {
-        let inner = self.lock();
-        let matching = inner.records.iter().rev().filter(|r| {
+    pub fn query(&self, filter: &Filter) -> Vec<Arc<BuildRecord>> {
+        let mem = self.read();
+        let matching = mem.records.iter().rev().filter(|r| {
             filter.project.as_ref().is_none_or(|p| &r.project == p)
                 && filter.status.is_none_or(|s| r.status == s)
         });
@@ -582,12 +663,12 @@ impl BuildLog {
 
     /// Records held.
     pub fn len(&self) -> usize {
-        self.lock().records.len()
+        self.read().records.len()
     }
 
     /// Totals since start.
     pub fn counters(&self) -> BuildCounters {
-        self.lock().counters
+        self.read().counters
     }
 }
 
@@ -727,31 +808,48 @@ mod tests {
         let newest: Vec<String> = log
             .query(&Filter::default())
             .into_iter()
-            .map(|r| r.id)
+            .map(|r| r.id.clone())
             .collect();
         assert_eq!(newest, ["b4", "b3", "b2"]);
         assert_eq!(log.counters().succeeded, 5);
         drop(log);
 
-        // A crash mid-append leaves a torn last line: skipped, the rest loads.
+        // A crash mid-append leaves a torn last line, possibly cut inside a UTF-8 character;
+        // a line may also appear twice. Skipped (kept aside), the rest loads.
         let path = dir.path().join("builds.jsonl");
+        let first = fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .to_owned();
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"{\"id\":\"torn\",\"sta").unwrap();
+        f.write_all(format!("{first}\n").as_bytes()).unwrap();
+        f.write_all(b"{\"id\":\"torn\",\"project\":\"caf\xc3")
+            .unwrap();
         drop(f);
         let log = BuildLog::open(dir.path(), 3).unwrap();
         let ids: Vec<String> = log
             .query(&Filter::default())
             .into_iter()
-            .map(|r| r.id)
+            .map(|r| r.id.clone())
             .collect();
         assert_eq!(ids, ["b4", "b3", "b2"]);
-        // Reopening rewrote the file with only what is kept.
+        // Reopening rewrote the file with only what is kept, the bad line set aside.
         let text = fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");
+        let aside = fs::read(dir.path().join("builds.bad.jsonl")).unwrap();
+        assert!(aside.starts_with(b"{\"id\":\"torn\""));
+        // New records append cleanly after the rewrite.
+        log.add(record("b5", "p", BuildStatus::Failed, &[]))
+            .unwrap();
+        drop(log);
+        let log = BuildLog::open(dir.path(), 3).unwrap();
+        assert_eq!(log.get("b5").unwrap().status, BuildStatus::Failed);
         let filtered = log.query(&Filter {
             last: Some(1),
             ..Filter::default()
         });
-        assert_eq!(filtered[0].id, "b4");
+        assert_eq!(filtered[0].id, "b5");
     }
 }

@@ -54,7 +54,7 @@ pub fn render(state: &AppState) -> String {
         last: Some(WINDOW),
         ..Filter::default()
     });
-    let s = stats(&recent);
+    let s = stats(recent.iter().map(|r| r.as_ref()));
     let m = &state.metrics;
     let reads = |k: Kind| (m.count(k, Outcome::Hit), m.count(k, Outcome::Miss));
     let (ac_hit, ac_miss) = reads(Kind::Ac);

@@ -14,6 +14,8 @@ pub enum ApiError {
     NotFound,
     /// 413: the upload is larger than the store may hold.
     TooLarge(u64),
+    /// 415: the body is not of the type the route takes.
+    UnsupportedMediaType(String),
     /// 500: the server could not do its part (disk trouble).
     Internal(String),
 }
@@ -38,6 +40,7 @@ impl IntoResponse for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the store holds at most {max} bytes"),
             ),
+            ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, m),
             ApiError::Internal(m) => {
                 tracing::warn!("{m}");
                 (StatusCode::INTERNAL_SERVER_ERROR, m)

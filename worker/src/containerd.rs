@@ -446,6 +446,28 @@ pub fn gc_root_labels() -> HashMap<String, String> {
     HashMap::from([(GC_ROOT_LABEL.to_owned(), now.to_string())])
 }
 
+/// Label of MemoBuild's committed snapshots: when a build last used one (Unix seconds), for
+/// `memobuild cache prune --snapshots`. Refreshed at most once per [`LAST_USED_REFRESH`].
+pub const LAST_USED_LABEL: &str = "memobuild.io/last-used";
+
+/// How stale [`LAST_USED_LABEL`] may get before a use rewrites it.
+pub const LAST_USED_REFRESH: Duration = Duration::from_secs(3600);
+
+/// Labels for a snapshot MemoBuild commits: [`gc_root_labels`] and [`LAST_USED_LABEL`].
+pub fn snapshot_labels() -> HashMap<String, String> {
+    let mut l = gc_root_labels();
+    l.insert(LAST_USED_LABEL.to_owned(), unix_now().to_string());
+    l
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 fn header_value(what: &'static str, value: &str) -> Result<AsciiMetadataValue> {
     if value.is_empty() {
         return Err(Error::InvalidHeader {

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use sha2::Digest as _;
 
 use crate::blobs::{BlobError, BlobStore};
-use crate::containerd::{self, Containerd, gc_root_labels};
+use crate::containerd::{self, Containerd};
 use crate::registry::{self, Descriptor, Platform, Registry};
 
 /// One layer of a pulled image: blob digest, diff ID, size, media type.
@@ -287,9 +287,14 @@ pub async fn unpack(
     let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
     let chain = chain_ids(&diff_ids);
     // Snapshots are committed in order, so the first missing chain ID marks where to start.
+    // Each snapshot found is added to the lease first, so nothing collects it (or, through
+    // it, its parents) while this build uses it.
     let mut first_missing = chain.len();
     for (i, id) in chain.iter().enumerate().rev() {
-        if ctd.stat(id).await?.is_some() {
+        if let Some(info) = ctd.stat_leased(id).await? {
+            if i + 1 == chain.len() {
+                touch(ctd, &info).await;
+            }
             break;
         }
         first_missing = i;
@@ -342,6 +347,25 @@ async fn ensure_local_blob(
     Ok(())
 }
 
+/// Refreshes the last-used label of a snapshot a build is about to use, when it is older than
+/// [`containerd::LAST_USED_REFRESH`] (best effort: only pruning reads it).
+async fn touch(ctd: &Containerd, info: &containerd_client::services::v1::snapshots::Info) {
+    let now = containerd::unix_now();
+    let fresh = info
+        .labels
+        .get(containerd::LAST_USED_LABEL)
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|t| now.saturating_sub(t) < containerd::LAST_USED_REFRESH.as_secs());
+    // Only MemoBuild's own snapshots (gc roots) are pruned by that label.
+    if fresh || !info.labels.contains_key(containerd::GC_ROOT_LABEL) {
+        return;
+    }
+    let set = HashMap::from([(containerd::LAST_USED_LABEL.to_owned(), now.to_string())]);
+    if let Err(e) = ctd.update_snapshot_labels(&info.name, set, &[]).await {
+        tracing::debug!(snapshot = %info.name, error = %e, "cannot refresh the last-used label");
+    }
+}
+
 /// Copies a layer blob from the local store into containerd's content store (under the lease)
 /// unless containerd has it, labelled with its uncompressed digest.
 async fn ensure_containerd_blob(
@@ -381,7 +405,7 @@ async fn unpack_layer(
 ) -> Result<()> {
     let lock = lock_for(format!("{}|snapshot|{}", scope(ctd), chain_id));
     let _held = lock.lock().await;
-    if ctd.stat(chain_id).await?.is_some() {
+    if ctd.stat_leased(chain_id).await?.is_some() {
         return Ok(());
     }
     let key = format!(
@@ -428,7 +452,10 @@ async fn apply_and_commit(
             actual: applied.digest,
         });
     }
-    match ctd.commit(chain_id, key, gc_root_labels()).await {
+    match ctd
+        .commit(chain_id, key, containerd::snapshot_labels())
+        .await
+    {
         Ok(()) => Ok(()),
         // Another process committed the same chain ID first: same content, keep theirs.
         Err(containerd::Error::SnapshotExists { .. }) => {

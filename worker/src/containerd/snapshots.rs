@@ -2,11 +2,14 @@
 
 use std::collections::HashMap;
 
+use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{
-    CommitSnapshotRequest, Info, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
-    StatSnapshotRequest, ViewSnapshotRequest,
+    CommitSnapshotRequest, Info, ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest,
+    RemoveSnapshotRequest, StatSnapshotRequest, UpdateSnapshotRequest, UsageRequest,
+    ViewSnapshotRequest,
 };
+use containerd_client::services::v1::{AddResourceRequest, Resource};
 use containerd_client::types::Mount;
 
 use super::{Containerd, Error, Result};
@@ -128,6 +131,90 @@ impl Containerd {
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
             Err(s) => Err(Error::rpc("snapshot stat", key, s)),
         }
+    }
+
+    /// [`Containerd::stat`], after adding `key` to the client's lease (when it has one). A
+    /// committed snapshot found by `stat` alone is protected only by its own labels, which a
+    /// concurrent `memobuild cache prune --snapshots` may take away before the snapshot is used
+    /// as a parent; the lease holds it (and, through it, its parents) until the build is over.
+    pub async fn stat_leased(&self, key: &str) -> Result<Option<Info>> {
+        if let Some((id, _)) = &self.lease {
+            LeasesClient::new(self.channel())
+                .add_resource(self.request(AddResourceRequest {
+                    id: id.clone(),
+                    resource: Some(Resource {
+                        id: key.to_owned(),
+                        r#type: format!("snapshots/{}", self.snapshotter),
+                    }),
+                }))
+                .await
+                .map_err(|s| Error::rpc("lease add resource", key, s))?;
+        }
+        self.stat(key).await
+    }
+
+    /// Every snapshot of this snapshotter in the namespace.
+    pub async fn list_snapshots(&self) -> Result<Vec<Info>> {
+        let mut stream = self
+            .snapshots()
+            .list(self.request(ListSnapshotsRequest {
+                snapshotter: self.snapshotter.clone(),
+                filters: Vec::new(),
+            }))
+            .await
+            .map_err(|s| Error::rpc("snapshot list", &self.snapshotter, s))?
+            .into_inner();
+        let mut all = Vec::new();
+        while let Some(resp) = stream
+            .message()
+            .await
+            .map_err(|s| Error::rpc("snapshot list", &self.snapshotter, s))?
+        {
+            all.extend(resp.info);
+        }
+        Ok(all)
+    }
+
+    /// Bytes snapshot `key` takes on its own (not counting its parents).
+    pub async fn usage(&self, key: &str) -> Result<u64> {
+        let resp = self
+            .snapshots()
+            .usage(self.request(UsageRequest {
+                snapshotter: self.snapshotter.clone(),
+                key: key.to_owned(),
+            }))
+            .await
+            .map_err(|s| Self::snapshot_err("snapshot usage", key, s))?;
+        Ok(u64::try_from(resp.into_inner().size).unwrap_or(0))
+    }
+
+    /// Sets the labels in `set` and removes those in `remove` on snapshot `key`, leaving its
+    /// other labels alone.
+    pub async fn update_snapshot_labels(
+        &self,
+        key: &str,
+        set: HashMap<String, String>,
+        remove: &[&str],
+    ) -> Result<()> {
+        let paths = set
+            .keys()
+            .map(String::as_str)
+            .chain(remove.iter().copied())
+            .map(|k| format!("labels.{k}"))
+            .collect();
+        self.snapshots()
+            .update(self.request(UpdateSnapshotRequest {
+                snapshotter: self.snapshotter.clone(),
+                info: Some(Info {
+                    name: key.to_owned(),
+                    labels: set,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask { paths }),
+            }))
+            .await
+            .map_err(|s| Self::snapshot_err("snapshot update", key, s))?;
+        Ok(())
     }
 
     /// Removes snapshot `key` (fails with `FailedPrecondition` while it has children).

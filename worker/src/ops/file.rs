@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use memobuild_proto::pb;
 use memobuild_proto::pb::file_action::Action;
 
-use crate::containerd::{MountGuard, gc_root_labels};
+use crate::containerd::MountGuard;
 use crate::fsops::{self, CopyOptions, Owner};
 use crate::ops::writable_dir;
 use crate::patterns::PatternMatcher;
@@ -389,7 +389,12 @@ impl Solve {
         // Named by chain ID, like unpacked image layers: the next vertex that needs these files
         // (in this build or a later one) finds the snapshot instead of unpacking the layers.
         let name = crate::cache::key::fs_identity(&layers);
-        match self.worker.ctd.commit(&name, key, gc_root_labels()).await {
+        match self
+            .worker
+            .ctd
+            .commit(&name, key, crate::containerd::snapshot_labels())
+            .await
+        {
             Ok(()) => {}
             Err(crate::containerd::Error::SnapshotExists { .. }) => {
                 let _ = self.worker.ctd.remove(key).await;
