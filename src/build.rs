@@ -22,21 +22,51 @@ use memobuild_worker::cache::history::History;
 /// The Dockerfile, its name for messages, and the `.dockerignore` patterns that apply to it.
 struct Inputs {
     context: PathBuf,
+    /// A git context's checkout, locked while the build reads it.
+    _checkout: Option<crate::gitctx::Checkout>,
     dockerfile_name: String,
     dockerfile: String,
     dockerignore: Vec<String>,
     build_args: BTreeMap<String, String>,
 }
 
-fn read_inputs(args: &FrontendArgs) -> anyhow::Result<Inputs> {
-    let context = args.context.clone();
+/// Reads the inputs of a build. A context that is a git URL (and not a local directory) is
+/// checked out under `state` first, with `ssh` as the agent for ssh URLs; `-f` is then a path
+/// inside it, as with buildx.
+async fn read_inputs(
+    args: &FrontendArgs,
+    state: &Path,
+    ssh: Option<&Path>,
+) -> anyhow::Result<Inputs> {
+    let git = args
+        .context
+        .to_str()
+        .filter(|_| !args.context.is_dir())
+        .and_then(crate::gitctx::GitContext::parse);
+    let checkout = match git {
+        Some(g) => {
+            let (state, ssh) = (state.to_path_buf(), ssh.map(Path::to_path_buf));
+            let c = tokio::task::spawn_blocking(move || {
+                crate::gitctx::checkout(&g, &state, ssh.as_deref())
+            })
+            .await
+            .context("git checkout task failed")??;
+            Some(c)
+        }
+        None => None,
+    };
+    let context = match &checkout {
+        Some(c) => c.dir.clone(),
+        None => args.context.clone(),
+    };
     if !context.is_dir() {
         bail!("context `{}` is not a directory", context.display());
     }
-    let file = args
-        .file
-        .clone()
-        .unwrap_or_else(|| context.join("Dockerfile"));
+    let file = match (&args.file, &checkout) {
+        (Some(f), Some(_)) => context.join(f),
+        (Some(f), None) => f.clone(),
+        (None, _) => context.join("Dockerfile"),
+    };
     let dockerfile = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read Dockerfile `{}`", file.display()))?;
     // `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's `.dockerignore`.
@@ -54,6 +84,10 @@ fn read_inputs(args: &FrontendArgs) -> anyhow::Result<Inputs> {
         }
     };
     let mut dockerignore = dockerignore;
+    // A repository's `.git` is no part of its context (BuildKit drops it too).
+    if checkout.as_ref().is_some_and(|c| c.at_root) {
+        dockerignore.push("/.git".to_owned());
+    }
     if args.use_gitignore {
         let ignored = memobuild_worker::gitignore::ignored_paths(&context)
             .with_context(|| format!("reading the .gitignore files of `{}`", context.display()))?;
@@ -69,6 +103,7 @@ fn read_inputs(args: &FrontendArgs) -> anyhow::Result<Inputs> {
         .unwrap_or_else(|| "Dockerfile".into());
     Ok(Inputs {
         context,
+        _checkout: checkout,
         dockerfile_name,
         dockerfile,
         dockerignore,
@@ -218,7 +253,8 @@ pub fn why(args: WhyArgs) -> anyhow::Result<()> {
 
 /// `memobuild lower`.
 pub async fn lower(args: LowerArgs) -> anyhow::Result<()> {
-    let inputs = read_inputs(&args.frontend)?;
+    let state = crate::cli::state_dir(None);
+    let inputs = read_inputs(&args.frontend, &state, None).await?;
     let registry = Arc::new(Registry::new(memobuild_worker::registry_config(
         &WorkerConfig {
             insecure_registries: args.frontend.insecure_registries.clone(),
@@ -247,7 +283,10 @@ pub async fn lower(args: LowerArgs) -> anyhow::Result<()> {
 pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
     let started_at = std::time::SystemTime::now();
     let started = std::time::Instant::now();
-    let inputs = read_inputs(&args.frontend)?;
+    let state = crate::cli::state_dir(args.state_dir.clone());
+    // Private agents (for `--ssh ID=KEYFILE`) live until the build is over.
+    let (ssh, _private_agents) = ssh_agents(&args, &state).await?;
+    let inputs = read_inputs(&args.frontend, &state, ssh.get("default")).await?;
     let mut outputs = args
         .outputs
         .iter()
@@ -257,7 +296,6 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
         output::apply_push(&mut outputs, &args.tags)?;
     }
     output::validate(&outputs)?;
-    let state = crate::cli::state_dir(args.state_dir.clone());
     // The given containerd, else the system's, else an embedded one (stopped at the end).
     let containerd =
         crate::embedded::Containerd::select(args.containerd.as_deref(), &state).await?;
@@ -292,8 +330,6 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
         }
         let def = memobuild_proto::ParsedDefinition::try_from(lowered.definition.clone())
             .context("frontend produced an invalid definition")?;
-        // Private agents (for `--ssh ID=KEYFILE`) live until the build is over.
-        let (ssh, _private_agents) = ssh_agents(&args, &state).await?;
         let opts = SolveOptions {
             locals: HashMap::from([("context".to_string(), inputs.context.clone())]),
             layer: Default::default(),
@@ -301,13 +337,13 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
             platform: to_pb_platform(&frontend::Platform::host()),
             no_cache: args.no_cache,
             secrets: args.secrets()?,
-            ssh,
+            ssh: ssh.clone(),
         };
         let solved = worker.solve(def, opts, progress.clone()).await?;
         vertices = solved.vertices.clone();
         let history_path = memobuild_worker::cache::history::path_for(
             &state,
-            &build_id(&inputs.context, args.frontend.file.as_deref(), args.frontend.target.as_deref()),
+            &build_id(&args.frontend.context, args.frontend.file.as_deref(), args.frontend.target.as_deref()),
         );
         let history = History::load(&history_path).next(&solved.vertices, worker.cache(), args.no_cache);
         if let Err(e) = history.save(&history_path) {

@@ -8,6 +8,7 @@ mod cli;
 mod credentials;
 mod dump;
 mod embedded;
+mod gitctx;
 mod output;
 mod progress;
 mod push;

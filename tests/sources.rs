@@ -478,3 +478,73 @@ fn ssh_git_sources_use_the_agent_ssh_forwards() {
         stderr(&without)
     );
 }
+
+/// `memobuild build` of a git context (the URL as the context argument).
+fn build_git_context(sb: &Sandbox, env: &Env, context: &str) -> Output {
+    let mut cmd = common::memobuild();
+    cmd.args(["build", "--containerd", &env.containerd, "--state-dir"])
+        .arg(sb.state())
+        .args(["--progress", "json", "-t", "sources:test", "--output"])
+        .arg(format!("type=oci,dest={}", sb.path("out.tar").display()))
+        .arg(context);
+    common::run(cmd)
+}
+
+// Verifies: a git URL is a build context, as with buildx: `#REF:SUBDIR` picks the ref and the
+// directory (whose Dockerfile is used); the repository's `.git` is not in the context; a
+// rebuild with nothing moved executes nothing; moving the branch reruns the COPY that reads
+// the changed file; a ref the repository lacks fails naming the context and the ref.
+#[test]
+fn git_repositories_are_build_contexts() {
+    let Some(env) = Env::get() else { return };
+    let repo = GitServer::start();
+    repo.move_main(&[
+        (
+            "sub/Dockerfile",
+            &format!(
+                "{}\nCOPY . /ctx\nCMD cat /ctx/b.txt; ls -a /ctx | tr '\\n' ' '\n",
+                from(&env)
+            ),
+        ),
+        (
+            "Dockerfile",
+            &format!(
+                "{}\nCOPY . /ctx\nCMD ls -a /ctx | tr '\\n' ' '\n",
+                from(&env)
+            ),
+        ),
+    ]);
+    let sb = Sandbox::new();
+    let sub = format!("{}#main:sub", repo.url());
+
+    let first = build_git_context(&sb, &env, &sub);
+    assert_ok(&first, "build of a git context");
+    let run = sb.ctr_run(&env, &sb.path("out.tar"), IMAGE);
+    assert_ok(&run, "ctr run");
+    assert_eq!(stdout(&run), "b2\n. .. Dockerfile b.txt ");
+
+    let again = build_git_context(&sb, &env, &sub);
+    assert_ok(&again, "rebuild");
+    assert_eq!(count(&again, "started", "COPY"), 0, "{}", stderr(&again));
+
+    repo.move_main(&[("sub/b.txt", "b3\n")]);
+    let moved = build_git_context(&sb, &env, &sub);
+    assert_ok(&moved, "build after the branch moved");
+    assert_eq!(count(&moved, "started", "COPY"), 1, "{}", stderr(&moved));
+    let run = sb.ctr_run(&env, &sb.path("out.tar"), IMAGE);
+    assert_eq!(stdout(&run), "b3\n. .. Dockerfile b.txt ");
+
+    // The whole repository: no `.git` in the image.
+    let root = build_git_context(&sb, &env, &format!("{}#main", repo.url()));
+    assert_ok(&root, "build of the repository root");
+    let run = sb.ctr_run(&env, &sb.path("out.tar"), IMAGE);
+    assert_eq!(stdout(&run), ". .. Dockerfile a.txt sub ");
+
+    let missing = build_git_context(&sb, &env, &format!("{}#no-such-branch", repo.url()));
+    assert!(!missing.status.success());
+    let err = error_line(&missing);
+    assert!(
+        err.contains(&repo.url()) && err.contains("no-such-branch"),
+        "{err}"
+    );
+}

@@ -1,0 +1,249 @@
+//! Git repositories as build contexts, as buildx takes them:
+//! `memobuild build https://host/repo.git#REF:SUBDIR` (also `git://…`, `ssh://…`,
+//! `git@host:repo.git`, `github.com/owner/repo`).
+//!
+//! The repository is checked out into a directory of its own under the state directory
+//! (`contexts/<hash of the URL>/repo`), reused by later builds of the same URL: a fetch of the
+//! one ref (shallow), a forced checkout of what it fetched, `git clean`, submodules. Files git
+//! leaves alone keep their stat data, so the stat cache spares rehashing them. A lock on the
+//! directory is held until the build ends, so two builds of one URL take turns. `.git` is not
+//! part of the context.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use nix::fcntl::{Flock, FlockArg};
+
+/// A git context: where to fetch, what, and which directory of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitContext {
+    /// The URL as given, without the fragment (for messages and the cache's key).
+    pub url: String,
+    /// What git fetches from.
+    pub remote: String,
+    /// Branch, tag or commit; `HEAD` when none was given.
+    pub reference: String,
+    /// Directory inside the repository, without leading or trailing `/`; empty for the root.
+    pub subdir: String,
+}
+
+/// Whether `s` names a git repository the way BuildKit's `IsGitURL` and git's own transports
+/// do: `git://`, `git@`, `ssh://`, `github.com/…`, scp-like `user@host:path`, or an `http(s)`
+/// URL whose path ends in `.git`.
+fn is_git_url(s: &str) -> bool {
+    let (base, _) = s.split_once('#').unwrap_or((s, ""));
+    if ["git://", "git@", "ssh://", "github.com/"]
+        .iter()
+        .any(|p| base.starts_with(p))
+    {
+        return true;
+    }
+    if base.starts_with("http://") || base.starts_with("https://") {
+        return base.trim_end_matches('/').ends_with(".git");
+    }
+    // scp-like: `user@host:path` (no scheme, no slash before the colon).
+    base.split_once(':').is_some_and(|(user_host, path)| {
+        !path.is_empty()
+            && user_host
+                .split_once('@')
+                .is_some_and(|(u, h)| !u.is_empty() && !h.is_empty() && !h.contains('/'))
+    })
+}
+
+impl GitContext {
+    /// Reads `s` as a git context; `None` when it is not one.
+    pub fn parse(s: &str) -> Option<GitContext> {
+        if !is_git_url(s) {
+            return None;
+        }
+        let (url, fragment) = s.split_once('#').unwrap_or((s, ""));
+        let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+        let remote = if url.starts_with("github.com/") {
+            format!("https://{url}")
+        } else {
+            url.to_owned()
+        };
+        Some(GitContext {
+            url: url.to_owned(),
+            remote,
+            reference: if reference.is_empty() {
+                "HEAD".to_owned()
+            } else {
+                reference.to_owned()
+            },
+            subdir: subdir.trim_matches('/').to_owned(),
+        })
+    }
+}
+
+/// A checked-out context, locked until dropped.
+#[derive(Debug)]
+pub struct Checkout {
+    /// The context directory (the repository's work tree, or its subdirectory).
+    pub dir: PathBuf,
+    /// Whether `dir` is the work tree's root, where `.git` lives.
+    pub at_root: bool,
+    _lock: Flock<File>,
+}
+
+fn git(repo: &Path, ssh_sock: Option<&Path>) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.arg("-C")
+        .arg(repo)
+        // Never wait for a password on a terminal: a build is not interactive.
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null());
+    if let Some(sock) = ssh_sock {
+        cmd.env("SSH_AUTH_SOCK", sock);
+    }
+    cmd
+}
+
+fn run(mut cmd: Command, what: &str) -> anyhow::Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("{what}: cannot run git"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        bail!("{what}: {}", last.trim());
+    }
+    Ok(())
+}
+
+/// Fetches and checks out `ctx` under `state` (blocking). `ssh_sock` is the agent for ssh URLs.
+pub fn checkout(
+    ctx: &GitContext,
+    state: &Path,
+    ssh_sock: Option<&Path>,
+) -> anyhow::Result<Checkout> {
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        ctx.remote.as_bytes(),
+    ));
+    let dir = state.join("contexts").join(&hash[..16]);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating `{}`", dir.display()))?;
+    let lock_path = dir.join("lock");
+    let lock_file =
+        File::create(&lock_path).with_context(|| format!("creating `{}`", lock_path.display()))?;
+    let lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking `{}`: {e}", lock_path.display()))?;
+
+    let repo = dir.join("repo");
+    let what = format!("git context `{}`", ctx.url);
+    if !repo.join(".git").is_dir() {
+        // A half-made clone from an interrupted build is started over.
+        if repo.exists() {
+            std::fs::remove_dir_all(&repo)
+                .with_context(|| format!("removing `{}`", repo.display()))?;
+        }
+        let mut init = Command::new("git");
+        init.args(["init", "-q"]).arg(&repo);
+        run(init, &what)?;
+    }
+    let mut set_url = git(&repo, ssh_sock);
+    set_url.args(["config", "remote.origin.url", &ctx.remote]);
+    run(set_url, &what)?;
+    let mut fetch = git(&repo, ssh_sock);
+    fetch.args([
+        "fetch",
+        "-q",
+        "--depth",
+        "1",
+        "--no-tags",
+        "origin",
+        &ctx.reference,
+    ]);
+    run(fetch, &format!("{what}: fetching `{}`", ctx.reference))?;
+    let mut co = git(&repo, ssh_sock);
+    co.args(["checkout", "-q", "-f", "--detach", "FETCH_HEAD"]);
+    run(co, &format!("{what}: checking out `{}`", ctx.reference))?;
+    let mut clean = git(&repo, ssh_sock);
+    clean.args(["clean", "-q", "-ffdx"]);
+    run(clean, &what)?;
+    if repo.join(".gitmodules").is_file() {
+        let mut sub = git(&repo, ssh_sock);
+        sub.args([
+            "submodule",
+            "update",
+            "-q",
+            "--init",
+            "--recursive",
+            "--depth",
+            "1",
+        ]);
+        run(sub, &format!("{what}: submodules"))?;
+    }
+
+    let context = if ctx.subdir.is_empty() {
+        repo.clone()
+    } else {
+        if ctx.subdir.split('/').any(|c| c == "..") {
+            bail!(
+                "{what}: subdirectory `{}` leaves the repository",
+                ctx.subdir
+            );
+        }
+        let p = repo.join(&ctx.subdir);
+        let real = p.canonicalize().with_context(|| {
+            format!(
+                "{what}: no directory `{}` at `{}`",
+                ctx.subdir, ctx.reference
+            )
+        })?;
+        let root = repo
+            .canonicalize()
+            .with_context(|| format!("{what}: reading the checkout"))?;
+        if !real.starts_with(&root) || !real.is_dir() {
+            bail!(
+                "{what}: `{}` at `{}` is not a directory of the repository",
+                ctx.subdir,
+                ctx.reference
+            );
+        }
+        real
+    };
+    Ok(Checkout {
+        dir: context,
+        at_root: ctx.subdir.is_empty(),
+        _lock: lock,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_urls_and_fragments() {
+        let c = GitContext::parse("https://example.com/team/app.git#v1.2:services/api").unwrap();
+        assert_eq!(c.remote, "https://example.com/team/app.git");
+        assert_eq!(c.reference, "v1.2");
+        assert_eq!(c.subdir, "services/api");
+        let c = GitContext::parse("git@example.com:team/app.git").unwrap();
+        assert_eq!((c.reference.as_str(), c.subdir.as_str()), ("HEAD", ""));
+        let c = GitContext::parse("github.com/moby/buildkit#master").unwrap();
+        assert_eq!(c.remote, "https://github.com/moby/buildkit");
+        assert!(
+            GitContext::parse("git://127.0.0.1:9418/r.git#main:/sub/")
+                .unwrap()
+                .subdir
+                == "sub"
+        );
+        for not_git in [
+            ".",
+            "./app",
+            "/srv/app",
+            "https://example.com/context.tar.gz",
+            "app:latest",
+        ] {
+            assert!(GitContext::parse(not_git).is_none(), "{not_git}");
+        }
+    }
+}
