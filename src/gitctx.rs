@@ -136,6 +136,10 @@ pub fn checkout(
 
     let repo = dir.join("repo");
     let what = format!("git context `{}`", ctx.url);
+    // A ref is never an option to git.
+    if ctx.reference.starts_with('-') {
+        bail!("{what}: `{}` is not a ref", ctx.reference);
+    }
     if !repo.join(".git").is_dir() {
         // A half-made clone from an interrupted build is started over.
         if repo.exists() {
@@ -156,6 +160,7 @@ pub fn checkout(
         "--depth",
         "1",
         "--no-tags",
+        "--",
         "origin",
         &ctx.reference,
     ]);
@@ -219,6 +224,14 @@ pub fn checkout(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ref_is_never_an_option() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = GitContext::parse("git://127.0.0.1:1/r.git#--upload-pack=touch pwned").unwrap();
+        let err = checkout(&ctx, dir.path(), None).unwrap_err().to_string();
+        assert!(err.contains("is not a ref"), "{err}");
+    }
 
     #[test]
     fn git_urls_and_fragments() {
