@@ -1,5 +1,6 @@
 # Builds MemoBuild itself: a build stage with the Rust toolchain and protoc (containerd-client's
-# build needs it), and a slim runtime stage with the binary plus the containerd and runc it drives.
+# build needs it), and a slim runtime stage with the binary plus the containerd and runc it drives
+# and git (with ssh) for git contexts and sources; `memobuild k8s job` runs this image.
 FROM rust:1-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends protobuf-compiler \
@@ -17,7 +18,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates containerd runc \
+ && apt-get install -y --no-install-recommends ca-certificates containerd runc git openssh-client \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/memobuild /usr/local/bin/memobuild
 ENTRYPOINT ["/usr/local/bin/memobuild"]
