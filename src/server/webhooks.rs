@@ -32,8 +32,29 @@
 //! configured backoff doubled at each retry and capped at 5 minutes, or after the answer's
 //! `Retry-After` (in seconds, capped at 5 minutes) when it has one. Any other answer (4xx, or a
 //! 3xx: redirects are not followed) fails the delivery at once. After `max_attempts` attempts the
-//! delivery fails for good. Attempts run in background tasks, at most [`MAX_IN_FLIGHT`] at once
-//! over all URLs; waiting between attempts holds no slot.
+//! delivery fails for good.
+//!
+//! # Limits
+//!
+//! - Attempts run in background tasks, at most [`MAX_IN_FLIGHT_PER_URL`] at once *per target
+//!   URL*, given out first come, first served. An attempt can last the whole timeout (a
+//!   blackholed endpoint), but it only delays deliveries to its own URL: there is no slot shared
+//!   between URLs. Waiting between attempts holds no slot.
+//! - At most [`MAX_PENDING`] deliveries are pending at once, over all URLs (a receiver that is
+//!   down for long would otherwise grow the queue, and the pending files, without limit). Queuing
+//!   one more fails the *oldest* pending delivery for good, so that the newest events win: its
+//!   state becomes failed with the error `dropped: too many pending deliveries`, it counts in
+//!   `failed`, and a warning is logged, all before [`Webhooks::enqueue`] returns; an attempt of it
+//!   in flight is abandoned (the receiver may have got it all the same). Its task then appends it to `finished.jsonl` and removes its pending
+//!   file; should the server stop before that, the delivery is pending again after the restart
+//!   (where the bound applies again).
+//!
+//! # Logs
+//!
+//! A hook URL's path and query are often its secret (chat hooks such as
+//! `https://hooks.slack.com/services/T…/B…/<secret>`), so logs and the `Debug` output of
+//! [`WebhookConfig`] show only a URL's origin, `scheme://host[:port]`. The [`Delivery`] state
+//! shown by the API (to token holders) keeps the path but hides the password and query string.
 //!
 //! # On disk
 //!
@@ -42,8 +63,11 @@
 //! - `pending/<id>.json`: one file per delivery not finished yet: its [`Delivery`] state, the
 //!   target URL and the body. Written before [`Webhooks::enqueue`] returns and rewritten after
 //!   each failed attempt, always through a temporary file in `tmp/` that is fsynced and renamed
-//!   into place. On start every file here is queued again, keeping its attempt count, and tried
-//!   right away (a restart is a retry point).
+//!   into place. On start every file here is queued again, oldest first, keeping its attempt
+//!   count, and is due at once (a restart is a retry point); the attempts still go through the
+//!   per-URL limit, so a restart with thousands pending opens at most
+//!   [`MAX_IN_FLIGHT_PER_URL`] connections per URL, and beyond [`MAX_PENDING`] the oldest are
+//!   dropped as above.
 //! - `finished.jsonl`: the last finished deliveries (delivered or failed for good), one
 //!   [`Delivery`] per line, oldest first, trimmed to the last [`KEEP_FINISHED`] now and then.
 //!   It feeds [`Webhooks::recent`] after a restart.
@@ -51,17 +75,16 @@
 //! - `corrupt/`: pending files that could not be read on start, moved aside (with a warning)
 //!   for a human to look at.
 //!
-//! Pending files hold the full URL (which may carry credentials) and are created mode 0600; the
-//! [`Delivery`] state shown by the API hides the URL's password and query string.
+//! Pending files hold the full URL (which may carry credentials) and are created mode 0600.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use hmac::{Hmac, Mac};
@@ -69,13 +92,17 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 /// The longest wait between two attempts, whatever the backoff or `Retry-After` say.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
 /// How many finished deliveries are kept (in memory and in `finished.jsonl`).
 pub const KEEP_FINISHED: usize = 200;
-/// Attempts in flight at once, over all URLs.
-pub const MAX_IN_FLIGHT: usize = 4;
+/// Attempts in flight at once to one target URL. There is no limit over all URLs: one URL's
+/// slow attempts never delay another's.
+pub const MAX_IN_FLIGHT_PER_URL: usize = 2;
+/// Deliveries pending at once, over all URLs; queuing one more fails the oldest for good.
+pub const MAX_PENDING: usize = 10_000;
 /// The event header.
 pub const EVENT_HEADER: &str = "X-MemoBuild-Event";
 /// The delivery id header.
@@ -89,6 +116,8 @@ const USER_AGENT: &str = concat!("memobuild-webhooks/", env!("CARGO_PKG_VERSION"
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 /// The finished log is trimmed back to [`KEEP_FINISHED`] lines when it grows past this.
 const FINISHED_LOG_MAX_LINES: usize = 2 * KEEP_FINISHED;
+/// The `last_error` of a delivery dropped to honour [`MAX_PENDING`].
+const DROPPED_ERROR: &str = "dropped: too many pending deliveries";
 
 /// Configuration from the CLI.
 #[derive(Clone)]
@@ -106,14 +135,12 @@ pub struct WebhookConfig {
     pub timeout: Duration,
 }
 
-// By hand, so that the secret (and secrets in URLs) never reach a log.
+// By hand, so that the secret (and secrets in URLs: credentials, paths, queries) never reach a
+// log.
 impl fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookConfig")
-            .field(
-                "urls",
-                &self.urls.iter().map(display_url).collect::<Vec<_>>(),
-            )
+            .field("urls", &self.urls.iter().map(log_url).collect::<Vec<_>>())
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("max_attempts", &self.max_attempts)
             .field("backoff", &self.backoff)
@@ -130,7 +157,8 @@ pub enum DeliveryState {
     Pending,
     /// A 2xx answer was received.
     Delivered,
-    /// Given up: attempts exhausted or an answer that retrying cannot fix.
+    /// Given up: attempts exhausted, an answer that retrying cannot fix, or dropped because too
+    /// many deliveries were pending.
     Failed,
 }
 
@@ -141,7 +169,7 @@ pub struct Delivery {
     pub id: String,
     /// e.g. `build.completed`.
     pub event: String,
-    /// The target, with any password and query string hidden.
+    /// The target, with any password and query string hidden (the path is kept: never log it).
     pub url: String,
     /// RFC 3339, seconds.
     pub created_at: String,
@@ -162,7 +190,7 @@ pub struct Delivery {
 pub struct WebhookCounters {
     /// Deliveries that got a 2xx answer.
     pub delivered: u64,
-    /// Deliveries given up for good.
+    /// Deliveries given up for good (dropped ones included).
     pub failed: u64,
     /// Attempts that did not get a 2xx answer (retried or not).
     pub failed_attempts: u64,
@@ -179,7 +207,24 @@ impl fmt::Debug for Webhooks {
         f.debug_struct("Webhooks")
             .field("dir", &self.shared.dir)
             .field("config", &self.shared.config)
+            .field("limits", &self.shared.limits)
             .finish_non_exhaustive()
+    }
+}
+
+/// The queue's bounds: [`MAX_IN_FLIGHT_PER_URL`] and [`MAX_PENDING`], smaller in tests.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    in_flight_per_url: usize,
+    max_pending: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            in_flight_per_url: MAX_IN_FLIGHT_PER_URL,
+            max_pending: MAX_PENDING,
+        }
     }
 }
 
@@ -187,11 +232,12 @@ impl fmt::Debug for Webhooks {
 struct Shared {
     dir: PathBuf,
     config: WebhookConfig,
+    limits: Limits,
     client: reqwest::Client,
     /// The keyed HMAC, cloned for each signature.
     mac: Option<Hmac<Sha256>>,
-    /// Bounds the attempts in flight.
-    slots: Semaphore,
+    /// Bounds the attempts in flight, one semaphore per target URL (the full URL as persisted).
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
     state: Mutex<State>,
     /// Lines in `finished.jsonl`; the lock also serializes writes to it.
     finished_log: tokio::sync::Mutex<usize>,
@@ -201,12 +247,27 @@ struct Shared {
 }
 
 /// The deliveries `recent` shows. Each carries a sequence number giving creation order within
-/// one run, to order deliveries created in the same second.
+/// one run (deliveries re-queued on start are numbered oldest first), to order deliveries
+/// created in the same second and to find the oldest pending one.
 #[derive(Default)]
 struct State {
     next_seq: u64,
-    pending: HashMap<String, (u64, Delivery)>,
+    pending: HashMap<String, PendingEntry>,
+    /// The pending deliveries that can still be dropped (all but those their task is
+    /// finishing), by sequence number: oldest first. Its length is what [`MAX_PENDING`] bounds.
+    droppable: BTreeMap<u64, String>,
     finished: VecDeque<(u64, Delivery)>,
+}
+
+/// A pending delivery in memory.
+struct PendingEntry {
+    seq: u64,
+    /// As last recorded by its task.
+    delivery: Delivery,
+    /// The target's origin, for logs.
+    origin: String,
+    /// Cancelled when the delivery is dropped; its task then stops and cleans up.
+    cancel: CancellationToken,
 }
 
 /// A pending delivery as persisted in `pending/<id>.json`.
@@ -218,6 +279,11 @@ struct PendingRecord {
     target: String,
     /// The exact body, sent unchanged on every attempt.
     body: String,
+    /// When it was queued, in nanoseconds since the Unix epoch: orders the deliveries created
+    /// in the same second when they are queued again on start (the oldest are dropped first).
+    /// Absent from files written by earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    queued_at_ns: Option<u64>,
 }
 
 /// The body of every POST, serialized once per delivery (fields in this order).
@@ -257,6 +323,15 @@ impl Webhooks {
     /// pending there from an earlier run, and spawns the delivery task(s) on the current tokio
     /// runtime.
     pub async fn start(dir: &Path, config: WebhookConfig) -> anyhow::Result<Arc<Webhooks>> {
+        Webhooks::start_with(dir, config, Limits::default()).await
+    }
+
+    /// [`Webhooks::start`] with the given bounds.
+    async fn start_with(
+        dir: &Path,
+        config: WebhookConfig,
+        limits: Limits,
+    ) -> anyhow::Result<Arc<Webhooks>> {
         if config.max_attempts == 0 {
             bail!("webhook attempts must be at least 1");
         }
@@ -267,7 +342,7 @@ impl Webhooks {
             if !matches!(url.scheme(), "http" | "https") {
                 bail!(
                     "webhook URL `{}` is neither http:// nor https://",
-                    display_url(url)
+                    log_url(url)
                 );
             }
         }
@@ -304,9 +379,10 @@ impl Webhooks {
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             config,
+            limits,
             client,
             mac,
-            slots: Semaphore::new(MAX_IN_FLIGHT),
+            slots: Mutex::new(HashMap::new()),
             state: Mutex::new(state),
             finished_log: tokio::sync::Mutex::new(loaded.finished_lines),
             delivered: AtomicU64::new(0),
@@ -318,6 +394,8 @@ impl Webhooks {
             tasks: Mutex::new(JoinSet::new()),
         });
 
+        // Oldest first (as loaded): they get the lowest sequence numbers, so they are the first
+        // dropped if there are too many, and they queue for their URL's slots in that order.
         let requeued = loaded.pending.len();
         let now = rfc3339(SystemTime::now());
         for mut record in loaded.pending {
@@ -340,7 +418,8 @@ impl Webhooks {
 
     /// Queues `payload` for every configured URL: the delivery is written to disk (durable)
     /// before this returns; sending happens in the background. With no URLs configured it does
-    /// nothing. Returns the deliveries created.
+    /// nothing. Returns the deliveries created. When this makes more than [`MAX_PENDING`]
+    /// deliveries pending, the oldest pending ones are failed for good (see the module doc).
     ///
     /// `event` must be non-empty printable ASCII without spaces (it goes into a header). If
     /// writing one delivery fails, the others are still queued and the first error is returned.
@@ -352,7 +431,12 @@ impl Webhooks {
         if event.is_empty() || event.len() > 200 || !event.bytes().all(|b| b.is_ascii_graphic()) {
             bail!("invalid webhook event name {event:?}");
         }
-        let created_at = rfc3339(SystemTime::now());
+        let now = SystemTime::now();
+        let created_at = rfc3339(now);
+        let queued_at_ns = now
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .and_then(|d| u64::try_from(d.as_nanos()).ok());
         let mut created = Vec::new();
         let mut first_error = None;
         for url in &self.shared.config.urls {
@@ -378,6 +462,7 @@ impl Webhooks {
                 },
                 target: url.to_string(),
                 body,
+                queued_at_ns,
             };
             match self.shared.persist(&record).await {
                 Ok(()) => {
@@ -387,7 +472,7 @@ impl Webhooks {
                 Err(e) => {
                     let e = e.context(format!(
                         "cannot queue the webhook delivery to `{}`",
-                        display_url(url)
+                        log_url(url)
                     ));
                     tracing::warn!("{e:#}");
                     first_error.get_or_insert(e);
@@ -404,10 +489,11 @@ impl Webhooks {
     /// most `limit`.
     pub fn recent(&self, limit: usize) -> Vec<Delivery> {
         let state = self.shared.lock();
-        let mut all: Vec<&(u64, Delivery)> = state
+        let mut all: Vec<(u64, &Delivery)> = state
             .pending
             .values()
-            .chain(state.finished.iter())
+            .map(|e| (e.seq, &e.delivery))
+            .chain(state.finished.iter().map(|(seq, d)| (*seq, d)))
             .collect();
         // RFC 3339 in UTC with a fixed width sorts as text.
         all.sort_unstable_by(|a, b| (&b.1.created_at, b.0).cmp(&(&a.1.created_at, a.0)));
@@ -432,30 +518,105 @@ impl Webhooks {
         !self.shared.config.urls.is_empty()
     }
 
-    /// Records `record` as pending and starts its delivery task.
+    /// Records `record` as pending, dropping the oldest pending deliveries if there are too
+    /// many, and starts its delivery task.
     fn schedule(&self, record: PendingRecord, target: reqwest::Url) {
-        let seq = {
+        let cancel = CancellationToken::new();
+        let origin = log_url(&target);
+        let (seq, dropped) = {
             let mut state = self.shared.lock();
+            let dropped = state.make_room(self.shared.limits.max_pending);
             let seq = state.next_seq;
             state.next_seq += 1;
-            state
-                .pending
-                .insert(record.delivery.id.clone(), (seq, record.delivery.clone()));
-            seq
+            state.pending.insert(
+                record.delivery.id.clone(),
+                PendingEntry {
+                    seq,
+                    delivery: record.delivery.clone(),
+                    origin: origin.clone(),
+                    cancel: cancel.clone(),
+                },
+            );
+            state.droppable.insert(seq, record.delivery.id.clone());
+            (seq, dropped)
         };
+        for (d, origin) in dropped {
+            self.shared.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                delivery = %d.id,
+                event = %d.event,
+                url = %origin,
+                attempts = d.attempts,
+                created_at = %d.created_at,
+                max_pending = self.shared.limits.max_pending,
+                "webhook delivery dropped: too many pending deliveries"
+            );
+        }
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(done) = tasks.try_join_next() {
             if let Err(e) = done {
                 tracing::warn!("a webhook delivery task failed: {e}");
             }
         }
-        tasks.spawn(deliver(self.shared.clone(), seq, record, target));
+        tasks.spawn(deliver(
+            self.shared.clone(),
+            seq,
+            record,
+            target,
+            origin,
+            cancel,
+        ));
     }
 }
 
-/// Makes attempts until `record` is delivered or failed for good.
-async fn deliver(shared: Arc<Shared>, seq: u64, mut record: PendingRecord, target: reqwest::Url) {
+impl State {
+    /// Fails the oldest droppable pending deliveries for good until fewer than `max` are
+    /// pending, and cancels their tasks (which then clean up their files). Returns them, with
+    /// their origins, for counting and logging.
+    fn make_room(&mut self, max: usize) -> Vec<(Delivery, String)> {
+        let mut dropped = Vec::new();
+        while self.droppable.len() >= max {
+            let Some((seq, id)) = self.droppable.pop_first() else {
+                break;
+            };
+            let Some(entry) = self.pending.remove(&id) else {
+                continue;
+            };
+            entry.cancel.cancel();
+            let mut d = entry.delivery;
+            mark_dropped(&mut d);
+            self.push_finished(seq, d.clone());
+            dropped.push((d, entry.origin));
+        }
+        dropped
+    }
+
+    fn push_finished(&mut self, seq: u64, delivery: Delivery) {
+        self.finished.push_back((seq, delivery));
+        while self.finished.len() > KEEP_FINISHED {
+            self.finished.pop_front();
+        }
+    }
+}
+
+/// What waiting for a slot and making an attempt came to.
+enum Step {
+    Attempted(Outcome),
+    /// The delivery was dropped meanwhile.
+    Dropped,
+}
+
+/// Makes attempts until `record` is delivered, failed for good or dropped.
+async fn deliver(
+    shared: Arc<Shared>,
+    seq: u64,
+    mut record: PendingRecord,
+    target: reqwest::Url,
+    origin: String,
+    cancel: CancellationToken,
+) {
     let max = shared.config.max_attempts.max(1);
+    let slots = shared.slots_for(&target);
     loop {
         let d = &mut record.delivery;
         if d.attempts >= max {
@@ -465,35 +626,46 @@ async fn deliver(shared: Arc<Shared>, seq: u64, mut record: PendingRecord, targe
             d.next_attempt_at = None;
             d.last_error
                 .get_or_insert_with(|| "no attempts left".to_string());
-            shared.finish(seq, record.delivery).await;
+            shared.finish(seq, record.delivery, &origin).await;
             return;
         }
-        let outcome = {
-            let Ok(_slot) = shared.slots.acquire().await else {
+        // Dropping the attempt when the delivery is dropped frees its slot at once.
+        let step = tokio::select! {
+            biased;
+            () = cancel.cancelled() => Step::Dropped,
+            outcome = async {
+                // The semaphore is never closed.
+                let _slot = slots.acquire().await;
+                shared.attempt(&target, &record).await
+            } => Step::Attempted(outcome),
+        };
+        let outcome = match step {
+            Step::Attempted(outcome) => outcome,
+            Step::Dropped => {
+                shared.finish_dropped(record.delivery).await;
                 return;
-            };
-            shared.attempt(&target, &record).await
+            }
         };
         let d = &mut record.delivery;
         d.attempts += 1;
         match outcome {
             Outcome::Delivered { status } => {
-                tracing::debug!(delivery = %d.id, url = %d.url, attempt = d.attempts, status, "webhook attempt delivered");
+                tracing::debug!(delivery = %d.id, url = %origin, attempt = d.attempts, status, "webhook attempt delivered");
                 d.state = DeliveryState::Delivered;
                 d.last_status = Some(status);
                 d.last_error = None;
                 d.next_attempt_at = None;
-                shared.finish(seq, record.delivery).await;
+                shared.finish(seq, record.delivery, &origin).await;
                 return;
             }
             Outcome::GiveUp { status, error } => {
-                tracing::debug!(delivery = %d.id, url = %d.url, attempt = d.attempts, "webhook attempt failed, not retrying: {error}");
+                tracing::debug!(delivery = %d.id, url = %origin, attempt = d.attempts, "webhook attempt failed, not retrying: {error}");
                 shared.failed_attempts.fetch_add(1, Ordering::Relaxed);
                 d.state = DeliveryState::Failed;
                 d.last_status = status;
                 d.last_error = Some(error);
                 d.next_attempt_at = None;
-                shared.finish(seq, record.delivery).await;
+                shared.finish(seq, record.delivery, &origin).await;
                 return;
             }
             Outcome::Retry {
@@ -504,11 +676,11 @@ async fn deliver(shared: Arc<Shared>, seq: u64, mut record: PendingRecord, targe
                 shared.failed_attempts.fetch_add(1, Ordering::Relaxed);
                 d.last_status = status;
                 if d.attempts >= max {
-                    tracing::debug!(delivery = %d.id, url = %d.url, attempt = d.attempts, "webhook attempt failed, no attempts left: {error}");
+                    tracing::debug!(delivery = %d.id, url = %origin, attempt = d.attempts, "webhook attempt failed, no attempts left: {error}");
                     d.last_error = Some(error);
                     d.state = DeliveryState::Failed;
                     d.next_attempt_at = None;
-                    shared.finish(seq, record.delivery).await;
+                    shared.finish(seq, record.delivery, &origin).await;
                     return;
                 }
                 let delay = retry_after
@@ -516,18 +688,28 @@ async fn deliver(shared: Arc<Shared>, seq: u64, mut record: PendingRecord, targe
                     .unwrap_or_else(|| retry_delay(shared.config.backoff, d.attempts));
                 tracing::debug!(
                     delivery = %d.id,
-                    url = %d.url,
+                    url = %origin,
                     attempt = d.attempts,
                     retry_in = %humantime::format_duration(delay),
                     "webhook attempt failed, will retry: {error}"
                 );
                 d.last_error = Some(error);
                 d.next_attempt_at = Some(rfc3339(SystemTime::now() + delay));
+                // Not cancelled halfway: a drop meanwhile is seen below, after the write, so
+                // the file removal comes after it.
                 if let Err(e) = shared.persist(&record).await {
                     tracing::warn!("{e:#}");
                 }
                 shared.update_pending(&record.delivery);
-                tokio::time::sleep(delay).await;
+                let dropped = tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => true,
+                    () = tokio::time::sleep(delay) => false,
+                };
+                if dropped {
+                    shared.finish_dropped(record.delivery).await;
+                    return;
+                }
             }
         }
     }
@@ -536,6 +718,15 @@ async fn deliver(shared: Arc<Shared>, seq: u64, mut record: PendingRecord, targe
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The semaphore bounding the attempts in flight to `target`.
+    fn slots_for(&self, target: &reqwest::Url) -> Arc<Semaphore> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .entry(target.as_str().to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.limits.in_flight_per_url.max(1))))
+            .clone()
     }
 
     /// One POST of `record`'s body to `target`.
@@ -555,7 +746,7 @@ impl Shared {
         }
         let response = match request.body(record.body.clone()).send().await {
             Ok(r) => r,
-            Err(e) => return classify_error(&e, self.config.timeout),
+            Err(e) => return classify_error(e, self.config.timeout),
         };
         let status = response.status();
         let code = status.as_u16();
@@ -595,19 +786,40 @@ impl Shared {
     /// Refreshes the state `recent` shows for a pending delivery.
     fn update_pending(&self, delivery: &Delivery) {
         if let Some(entry) = self.lock().pending.get_mut(&delivery.id) {
-            entry.1 = delivery.clone();
+            entry.delivery = delivery.clone();
+        }
+    }
+
+    /// Marks a pending delivery as being finished by its task, so that it can no longer be
+    /// dropped. False if it was dropped already.
+    fn claim(&self, id: &str) -> bool {
+        let mut state = self.lock();
+        let State {
+            pending, droppable, ..
+        } = &mut *state;
+        match pending.get(id) {
+            Some(entry) => {
+                droppable.remove(&entry.seq);
+                true
+            }
+            None => false,
         }
     }
 
     /// Records a delivery that is delivered or failed for good: counters, log, finished log,
-    /// pending file removed, and last the state `recent` shows.
-    async fn finish(&self, seq: u64, delivery: Delivery) {
+    /// pending file removed, and last the state `recent` shows. If it was dropped meanwhile,
+    /// the drop stands (it is counted and shown already) and only its files are cleaned up.
+    async fn finish(&self, seq: u64, delivery: Delivery, origin: &str) {
+        if !self.claim(&delivery.id) {
+            self.finish_dropped(delivery).await;
+            return;
+        }
         if delivery.state == DeliveryState::Delivered {
             self.delivered.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 delivery = %delivery.id,
                 event = %delivery.event,
-                url = %delivery.url,
+                url = %origin,
                 attempts = delivery.attempts,
                 status = ?delivery.last_status,
                 "webhook delivered"
@@ -617,14 +829,35 @@ impl Shared {
             tracing::info!(
                 delivery = %delivery.id,
                 event = %delivery.event,
-                url = %delivery.url,
+                url = %origin,
                 attempts = delivery.attempts,
                 status = ?delivery.last_status,
                 error = delivery.last_error.as_deref().unwrap_or(""),
                 "webhook delivery failed for good"
             );
         }
-        if let Err(e) = self.log_finished(&delivery).await {
+        self.record_finished(&delivery).await;
+        let mut state = self.lock();
+        state.pending.remove(&delivery.id);
+        state.push_finished(seq, delivery);
+    }
+
+    /// The task's part of a drop (the rest was done by [`State::make_room`]): the finished log
+    /// and the pending file. Also refreshes the state `recent` shows with the task's own
+    /// record, which may count one more attempt.
+    async fn finish_dropped(&self, delivery: Delivery) {
+        let mut delivery = delivery;
+        mark_dropped(&mut delivery);
+        self.record_finished(&delivery).await;
+        let mut state = self.lock();
+        if let Some(entry) = state.finished.iter_mut().find(|(_, d)| d.id == delivery.id) {
+            entry.1 = delivery;
+        }
+    }
+
+    /// Appends a finished delivery to the finished log, then removes its pending file.
+    async fn record_finished(&self, delivery: &Delivery) {
+        if let Err(e) = self.log_finished(delivery).await {
             tracing::warn!("{e:#}");
         }
         let path = pending_path(&self.dir, &delivery.id);
@@ -641,12 +874,6 @@ impl Shared {
         .await;
         if let Err(e) = removed {
             tracing::warn!("cannot remove `{}`: {e:#}", path.display());
-        }
-        let mut state = self.lock();
-        state.pending.remove(&delivery.id);
-        state.finished.push_back((seq, delivery));
-        while state.finished.len() > KEEP_FINISHED {
-            state.finished.pop_front();
         }
     }
 
@@ -676,11 +903,19 @@ impl Shared {
     }
 }
 
+/// A delivery failed for good to honour [`MAX_PENDING`].
+fn mark_dropped(d: &mut Delivery) {
+    d.state = DeliveryState::Failed;
+    d.last_error = Some(DROPPED_ERROR.to_string());
+    d.next_attempt_at = None;
+}
+
 /// How a request that got no answer ended.
-fn classify_error(e: &reqwest::Error, timeout: Duration) -> Outcome {
-    // The innermost cause says what happened (`Connection refused (os error 111)`); the outer
-    // ones repeat the URL.
-    let mut cause: &dyn std::error::Error = e;
+fn classify_error(e: reqwest::Error, timeout: Duration) -> Outcome {
+    // Never the URL (its path may be a secret, and the error ends up in logs).
+    let e = e.without_url();
+    // The innermost cause says what happened (`Connection refused (os error 111)`).
+    let mut cause: &dyn std::error::Error = &e;
     while let Some(source) = cause.source() {
         cause = source;
     }
@@ -717,7 +952,8 @@ fn retry_delay(backoff: Duration, failed: u32) -> Duration {
     backoff.saturating_mul(factor).min(MAX_BACKOFF)
 }
 
-/// `url` for logs and the API: password and query string hidden.
+/// `url` for the API ([`Delivery::url`]): password and query string hidden, the path kept.
+/// Never for logs: see [`log_url`].
 fn display_url(url: &reqwest::Url) -> String {
     let mut shown = url.clone();
     if shown.password().is_some() {
@@ -728,6 +964,18 @@ fn display_url(url: &reqwest::Url) -> String {
     }
     shown.set_fragment(None);
     shown.to_string()
+}
+
+/// `url` for logs, errors and `Debug`: its origin only, `scheme://host[:port]` (no
+/// credentials, path, query or fragment; the port only when not the scheme's default).
+fn log_url(url: &reqwest::Url) -> String {
+    match url.host_str() {
+        Some(host) => match url.port() {
+            Some(port) => format!("{}://{host}:{port}", url.scheme()),
+            None => format!("{}://{host}", url.scheme()),
+        },
+        None => format!("{}:", url.scheme()),
+    }
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -845,8 +1093,10 @@ fn open_dir(dir: &Path) -> anyhow::Result<Loaded> {
             }
         }
     }
-    // Oldest first, so that they are retried in order.
-    pending.sort_by(|a, b| a.delivery.created_at.cmp(&b.delivery.created_at));
+    // Oldest first, so that they are retried in order (and dropped in order if too many).
+    pending.sort_by(|a, b| {
+        (&a.delivery.created_at, a.queued_at_ns).cmp(&(&b.delivery.created_at, b.queued_at_ns))
+    });
     Ok(Loaded {
         finished,
         finished_lines,
@@ -954,605 +1204,4 @@ fn load_finished(dir: &Path) -> (Vec<Delivery>, usize) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-    use std::time::Instant;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    use tokio::net::{TcpListener, TcpStream};
-
-    /// How the test receiver answers one request.
-    #[derive(Debug, Clone, Copy)]
-    enum Reply {
-        Status(u16),
-        /// A status with `Retry-After: <seconds>`.
-        RetryAfter(u16, u64),
-        /// Reads the request and closes the connection without answering.
-        Close,
-        /// Reads the request and never answers.
-        Hang,
-    }
-
-    #[derive(Debug, Clone)]
-    struct Received {
-        headers: HashMap<String, String>,
-        body: Vec<u8>,
-    }
-
-    struct Script {
-        queue: VecDeque<Reply>,
-        default: Reply,
-    }
-
-    /// A minimal HTTP/1.1 receiver on loopback that records what it gets and answers from a
-    /// script (then with a default reply).
-    struct Receiver {
-        url: reqwest::Url,
-        received: Arc<Mutex<Vec<Received>>>,
-        script: Arc<Mutex<Script>>,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl Drop for Receiver {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
-
-    impl Receiver {
-        async fn start(script: &[Reply], default: Reply) -> Receiver {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let received = Arc::new(Mutex::new(Vec::new()));
-            let script = Arc::new(Mutex::new(Script {
-                queue: script.iter().copied().collect(),
-                default,
-            }));
-            let (r, s) = (received.clone(), script.clone());
-            let task = tokio::spawn(async move {
-                loop {
-                    let Ok((sock, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    tokio::spawn(serve(sock, r.clone(), s.clone()));
-                }
-            });
-            Receiver {
-                url: reqwest::Url::parse(&format!("http://{addr}/hook")).unwrap(),
-                received,
-                script,
-                task,
-            }
-        }
-
-        fn received(&self) -> Vec<Received> {
-            self.received.lock().unwrap().clone()
-        }
-
-        fn set_default(&self, reply: Reply) {
-            self.script.lock().unwrap().default = reply;
-        }
-    }
-
-    async fn serve(
-        mut sock: TcpStream,
-        log: Arc<Mutex<Vec<Received>>>,
-        script: Arc<Mutex<Script>>,
-    ) {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let head_end = loop {
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p + 4;
-            }
-            match sock.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let mut headers = HashMap::new();
-        for line in head.split("\r\n").skip(1).filter(|l| !l.is_empty()) {
-            if let Some((k, v)) = line.split_once(':') {
-                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-            }
-        }
-        let len: usize = headers
-            .get("content-length")
-            .map(|v| v.parse().unwrap())
-            .unwrap_or(0);
-        while buf.len() < head_end + len {
-            match sock.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body = buf[head_end..head_end + len].to_vec();
-        let reply = {
-            let mut s = script.lock().unwrap();
-            s.queue.pop_front().unwrap_or(s.default)
-        };
-        log.lock().unwrap().push(Received { headers, body });
-        let answer = |code: u16, extra: &str| {
-            format!(
-                "HTTP/1.1 {code} Scripted\r\ncontent-length: 0\r\nconnection: close\r\n{extra}\r\n"
-            )
-        };
-        let text = match reply {
-            Reply::Status(code) => answer(code, ""),
-            Reply::RetryAfter(code, secs) => answer(code, &format!("retry-after: {secs}\r\n")),
-            Reply::Close => return,
-            Reply::Hang => {
-                // Until the client gives up.
-                while let Ok(n) = sock.read(&mut chunk).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                return;
-            }
-        };
-        let _ = sock.write_all(text.as_bytes()).await;
-        let _ = sock.shutdown().await;
-    }
-
-    fn config(urls: Vec<reqwest::Url>, max_attempts: u32, backoff: Duration) -> WebhookConfig {
-        WebhookConfig {
-            urls,
-            secret: None,
-            max_attempts,
-            backoff,
-            timeout: Duration::from_secs(10),
-        }
-    }
-
-    const SHORT: Duration = Duration::from_millis(50);
-
-    /// Polls `f` until it returns something, for at most 20 seconds.
-    async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits until delivery `id` is finished and returns it.
-    async fn finished(w: &Webhooks, id: &str) -> Delivery {
-        wait_for(&format!("delivery {id} to finish"), || {
-            w.recent(1000)
-                .into_iter()
-                .find(|d| d.id == id && d.state != DeliveryState::Pending)
-        })
-        .await
-    }
-
-    fn pending_files(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir.join("pending"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn signed_delivery() {
-        let rx = Receiver::start(&[], Reply::Status(204)).await;
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = config(vec![rx.url.clone()], 3, SHORT);
-        cfg.secret = Some("s3cret".to_string());
-        assert!(!format!("{cfg:?}").contains("s3cret"));
-        let w = Webhooks::start(dir.path(), cfg).await.unwrap();
-        assert!(w.enabled());
-        let payload = serde_json::json!({"build": "b-1", "ok": true});
-        let created = w.enqueue("build.completed", &payload).await.unwrap();
-        assert_eq!(created.len(), 1);
-        let id = created[0].id.clone();
-        assert_eq!(created[0].state, DeliveryState::Pending);
-        assert_eq!(created[0].url, rx.url.to_string());
-        uuid::Uuid::parse_str(&id).unwrap();
-
-        let d = finished(&w, &id).await;
-        assert_eq!(d.state, DeliveryState::Delivered);
-        assert_eq!(d.attempts, 1);
-        assert_eq!(d.last_status, Some(204));
-        assert_eq!(d.last_error, None);
-        assert_eq!(d.next_attempt_at, None);
-
-        let got = rx.received();
-        assert_eq!(got.len(), 1);
-        let r = &got[0];
-        assert_eq!(r.headers["content-type"], "application/json");
-        assert_eq!(
-            r.headers["user-agent"],
-            format!("memobuild-webhooks/{}", env!("CARGO_PKG_VERSION"))
-        );
-        assert_eq!(r.headers["x-memobuild-event"], "build.completed");
-        assert_eq!(r.headers["x-memobuild-delivery"], id);
-        let sig = r.headers["x-memobuild-signature-256"]
-            .strip_prefix("sha256=")
-            .unwrap();
-        assert_eq!(sig, sig.to_ascii_lowercase());
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").unwrap();
-        mac.update(&r.body);
-        mac.verify_slice(&hex::decode(sig).unwrap()).unwrap();
-
-        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        assert_eq!(body["event"], "build.completed");
-        assert_eq!(body["delivery"], id.as_str());
-        assert_eq!(body["created_at"], created[0].created_at.as_str());
-        humantime::parse_rfc3339(body["created_at"].as_str().unwrap()).unwrap();
-        assert_eq!(body["payload"], payload);
-        // Field order as documented.
-        let text = String::from_utf8(r.body.clone()).unwrap();
-        assert!(
-            text.starts_with(r#"{"event":"build.completed","delivery":""#),
-            "{text}"
-        );
-
-        assert_eq!(
-            w.counters(),
-            WebhookCounters {
-                delivered: 1,
-                failed: 0,
-                failed_attempts: 0
-            }
-        );
-        assert!(
-            w.recent(100)
-                .iter()
-                .all(|d| d.state != DeliveryState::Pending)
-        );
-        wait_for("the pending file to go", || {
-            pending_files(dir.path()).is_empty().then_some(())
-        })
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn unsigned_without_secret_and_nothing_without_urls() {
-        let rx = Receiver::start(&[], Reply::Status(200)).await;
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = config(vec![rx.url.clone()], 1, SHORT);
-        cfg.secret = Some(String::new());
-        let w = Webhooks::start(dir.path(), cfg).await.unwrap();
-        let id = w
-            .enqueue("build.completed", &serde_json::json!(1))
-            .await
-            .unwrap()[0]
-            .id
-            .clone();
-        assert_eq!(finished(&w, &id).await.state, DeliveryState::Delivered);
-        assert!(
-            !rx.received()[0]
-                .headers
-                .contains_key("x-memobuild-signature-256")
-        );
-        assert!(w.enqueue("bad event", &serde_json::json!(1)).await.is_err());
-
-        let dir = tempfile::tempdir().unwrap();
-        let w = Webhooks::start(dir.path(), config(vec![], 3, SHORT))
-            .await
-            .unwrap();
-        assert!(!w.enabled());
-        assert!(
-            w.enqueue("build.completed", &serde_json::json!({}))
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert!(w.recent(10).is_empty());
-        assert!(pending_files(dir.path()).is_empty());
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn retries_until_delivered() {
-        let rx = Receiver::start(
-            &[Reply::Status(500), Reply::Status(500)],
-            Reply::Status(200),
-        )
-        .await;
-        let dir = tempfile::tempdir().unwrap();
-        let w = Webhooks::start(dir.path(), config(vec![rx.url.clone()], 5, SHORT))
-            .await
-            .unwrap();
-        let id = w
-            .enqueue("build.completed", &serde_json::json!({"n": 1}))
-            .await
-            .unwrap()[0]
-            .id
-            .clone();
-        let d = finished(&w, &id).await;
-        assert_eq!(d.state, DeliveryState::Delivered);
-        assert_eq!(d.attempts, 3);
-        assert_eq!(d.last_status, Some(200));
-        assert_eq!(
-            w.counters(),
-            WebhookCounters {
-                delivered: 1,
-                failed: 0,
-                failed_attempts: 2
-            }
-        );
-        // Every attempt sent the same bytes and the same delivery id.
-        let got = rx.received();
-        assert_eq!(got.len(), 3);
-        assert!(got.iter().all(|r| r.body == got[0].body));
-        assert!(got.iter().all(|r| r.headers["x-memobuild-delivery"] == id));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn gives_up() {
-        let always_500 = Receiver::start(&[], Reply::Status(500)).await;
-        let not_found = Receiver::start(&[], Reply::Status(404)).await;
-        let closed = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = l.local_addr().unwrap();
-            drop(l);
-            reqwest::Url::parse(&format!("http://{addr}/hook")).unwrap()
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let urls = vec![
-            always_500.url.clone(),
-            not_found.url.clone(),
-            closed.clone(),
-        ];
-        let w = Webhooks::start(dir.path(), config(urls, 3, SHORT))
-            .await
-            .unwrap();
-        let created = w
-            .enqueue("build.completed", &serde_json::json!({}))
-            .await
-            .unwrap();
-        assert_eq!(created.len(), 3);
-
-        let d = finished(&w, &created[0].id).await;
-        assert_eq!(d.state, DeliveryState::Failed);
-        assert_eq!(d.attempts, 3);
-        assert_eq!(d.last_status, Some(500));
-        assert_eq!(d.last_error.as_deref(), Some("HTTP 500"));
-
-        let d = finished(&w, &created[1].id).await;
-        assert_eq!(d.state, DeliveryState::Failed);
-        assert_eq!(d.attempts, 1);
-        assert_eq!(d.last_status, Some(404));
-        assert_eq!(d.last_error.as_deref(), Some("HTTP 404"));
-
-        let d = finished(&w, &created[2].id).await;
-        assert_eq!(d.state, DeliveryState::Failed);
-        assert_eq!(d.attempts, 3);
-        assert_eq!(d.last_status, None);
-        let error = d.last_error.unwrap();
-        assert!(error.starts_with("connection failed: "), "{error}");
-
-        assert_eq!(always_500.received().len(), 3);
-        assert_eq!(not_found.received().len(), 1);
-        assert_eq!(
-            w.counters(),
-            WebhookCounters {
-                delivered: 0,
-                failed: 3,
-                failed_attempts: 7
-            }
-        );
-        wait_for("the pending files to go", || {
-            pending_files(dir.path()).is_empty().then_some(())
-        })
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn honours_retry_after_and_times_out() {
-        // The backoff alone would wait 5 minutes; `Retry-After: 0` retries at once.
-        let busy = Receiver::start(&[Reply::RetryAfter(429, 0)], Reply::Status(200)).await;
-        let hang = Receiver::start(&[], Reply::Hang).await;
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = config(
-            vec![busy.url.clone(), hang.url.clone()],
-            2,
-            Duration::from_secs(3600),
-        );
-        cfg.timeout = Duration::from_millis(300);
-        let w = Webhooks::start(dir.path(), cfg).await.unwrap();
-        let created = w
-            .enqueue("build.completed", &serde_json::json!({}))
-            .await
-            .unwrap();
-
-        let d = finished(&w, &created[0].id).await;
-        assert_eq!(d.state, DeliveryState::Delivered);
-        assert_eq!(d.attempts, 2);
-
-        // A timeout is retried like any failure; the hanging receiver is hit once only since
-        // the retry waits for the (long) backoff, so check the pending state instead.
-        let d = wait_for("the timed-out attempt", || {
-            w.recent(10)
-                .into_iter()
-                .find(|d| d.id == created[1].id && d.attempts == 1)
-        })
-        .await;
-        assert_eq!(d.state, DeliveryState::Pending);
-        assert_eq!(d.last_status, None);
-        assert!(
-            d.last_error.as_deref().unwrap().starts_with("timed out"),
-            "{d:?}"
-        );
-        assert!(d.next_attempt_at.is_some());
-        assert_eq!(pending_files(dir.path()), vec![format!("{}.json", d.id)]);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn pending_deliveries_survive_a_restart() {
-        let rx = Receiver::start(&[], Reply::Close).await;
-        let dir = tempfile::tempdir().unwrap();
-        let long = config(vec![rx.url.clone()], 5, Duration::from_secs(3600));
-        let w = Webhooks::start(dir.path(), long.clone()).await.unwrap();
-        let payload = serde_json::json!({"build": 7});
-        let id = w.enqueue("build.completed", &payload).await.unwrap()[0]
-            .id
-            .clone();
-        // The first attempt fails and is recorded (on disk first, then in memory).
-        let d = wait_for("the first failed attempt", || {
-            w.recent(10)
-                .into_iter()
-                .find(|d| d.id == id && d.attempts == 1)
-        })
-        .await;
-        assert_eq!(d.state, DeliveryState::Pending);
-        assert!(d.last_error.is_some());
-        drop(w);
-
-        let file = dir.path().join("pending").join(format!("{id}.json"));
-        let on_disk: PendingRecord = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
-        assert_eq!(on_disk.delivery.attempts, 1);
-        assert_eq!(on_disk.delivery.id, id);
-
-        // The receiver comes back; so does the server.
-        rx.set_default(Reply::Status(200));
-        let w = Webhooks::start(dir.path(), config(vec![rx.url.clone()], 5, SHORT))
-            .await
-            .unwrap();
-        let d = finished(&w, &id).await;
-        assert_eq!(d.state, DeliveryState::Delivered);
-        assert_eq!(d.attempts, 2);
-        let got = rx.received();
-        let last = got.last().unwrap();
-        assert_eq!(last.headers["x-memobuild-delivery"], id);
-        assert_eq!(last.body, on_disk.body.as_bytes());
-        assert_eq!(w.counters().delivered, 1);
-        wait_for("the pending file to go", || (!file.exists()).then_some(())).await;
-        drop(w);
-
-        // The finished history survives too, and nothing is sent again.
-        let before = rx.received().len();
-        let w = Webhooks::start(dir.path(), long).await.unwrap();
-        let recent = w.recent(10);
-        assert_eq!(recent.len(), 1);
-        assert_eq!(recent[0].id, id);
-        assert_eq!(recent[0].state, DeliveryState::Delivered);
-        assert!(
-            w.recent(100)
-                .iter()
-                .all(|d| d.state != DeliveryState::Pending)
-        );
-        assert_eq!(rx.received().len(), before);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn corrupt_pending_files_are_moved_aside() {
-        let rx = Receiver::start(&[], Reply::Status(200)).await;
-        let dir = tempfile::tempdir().unwrap();
-        let pending = dir.path().join("pending");
-        fs::create_dir_all(&pending).unwrap();
-        let bad_id = uuid::Uuid::new_v4().to_string();
-        fs::write(
-            pending.join(format!("{bad_id}.json")),
-            b"{\"delivery\": tru",
-        )
-        .unwrap();
-        fs::write(pending.join("notes.txt"), b"hello").unwrap();
-
-        let w = Webhooks::start(dir.path(), config(vec![rx.url.clone()], 3, SHORT))
-            .await
-            .unwrap();
-        assert!(pending_files(dir.path()).is_empty());
-        let corrupt = dir.path().join("corrupt");
-        assert_eq!(
-            fs::read(corrupt.join(format!("{bad_id}.json"))).unwrap(),
-            b"{\"delivery\": tru"
-        );
-        assert!(corrupt.join("notes.txt").exists());
-        assert!(w.recent(10).is_empty());
-
-        // The queue still works.
-        let id = w
-            .enqueue("build.completed", &serde_json::json!({}))
-            .await
-            .unwrap()[0]
-            .id
-            .clone();
-        assert_eq!(finished(&w, &id).await.state, DeliveryState::Delivered);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn recent_is_newest_first_and_bounded() {
-        let rx = Receiver::start(&[], Reply::Status(200)).await;
-        let dir = tempfile::tempdir().unwrap();
-        let w = Webhooks::start(dir.path(), config(vec![rx.url.clone()], 1, SHORT))
-            .await
-            .unwrap();
-        let mut ids = Vec::new();
-        for i in 0..5 {
-            ids.push(
-                w.enqueue("build.completed", &serde_json::json!(i))
-                    .await
-                    .unwrap()[0]
-                    .id
-                    .clone(),
-            );
-        }
-        for id in &ids {
-            finished(&w, id).await;
-        }
-        let recent: Vec<String> = w.recent(3).into_iter().map(|d| d.id).collect();
-        assert_eq!(recent, vec![ids[4].clone(), ids[3].clone(), ids[2].clone()]);
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let b = Duration::from_secs(10);
-        assert_eq!(retry_delay(b, 1), Duration::from_secs(10));
-        assert_eq!(retry_delay(b, 2), Duration::from_secs(20));
-        assert_eq!(retry_delay(b, 3), Duration::from_secs(40));
-        assert_eq!(retry_delay(b, 6), MAX_BACKOFF);
-        assert_eq!(retry_delay(b, 100), MAX_BACKOFF);
-    }
-
-    #[test]
-    fn urls_are_shown_without_secrets() {
-        let u = reqwest::Url::parse("https://bot:hunter2@example.com/hook?token=abc#x").unwrap();
-        let shown = display_url(&u);
-        assert!(
-            !shown.contains("hunter2") && !shown.contains("abc"),
-            "{shown}"
-        );
-        assert!(
-            shown.starts_with("https://bot:redacted@example.com/hook"),
-            "{shown}"
-        );
-    }
-
-    #[test]
-    fn finished_log_is_trimmed() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir.path().join("tmp")).unwrap();
-        let mut text = String::new();
-        for i in 0..(KEEP_FINISHED + 10) {
-            let d = Delivery {
-                id: format!("id-{i}"),
-                event: "e".into(),
-                url: "http://x/".into(),
-                created_at: "2025-01-01T00:00:00Z".into(),
-                attempts: 1,
-                state: DeliveryState::Delivered,
-                last_status: Some(200),
-                last_error: None,
-                next_attempt_at: None,
-            };
-            text.push_str(&serde_json::to_string(&d).unwrap());
-            text.push('\n');
-        }
-        text.push_str("garbage\n");
-        fs::write(dir.path().join("finished.jsonl"), text).unwrap();
-        let (kept, lines) = load_finished(dir.path());
-        assert_eq!(kept.len(), KEEP_FINISHED);
-        assert_eq!(lines, KEEP_FINISHED);
-        assert_eq!(kept[0].id, "id-10");
-        let after = fs::read_to_string(dir.path().join("finished.jsonl")).unwrap();
-        assert_eq!(after.lines().count(), KEEP_FINISHED);
-    }
-}
+mod tests;
