@@ -33,6 +33,8 @@ pub enum Command {
     Server(ServerArgs),
     /// Show or prune the local cache (layer blobs and action records under the state directory).
     Cache(CacheArgs),
+    /// Print Kubernetes manifests that run builds in a cluster.
+    K8s(crate::k8s::K8sArgs),
 }
 
 /// Flags shared by `build` and `lower`: what to build.

@@ -9,6 +9,7 @@ mod credentials;
 mod dump;
 mod embedded;
 mod gitctx;
+mod k8s;
 mod output;
 mod progress;
 mod push;
@@ -43,6 +44,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Why(args) => build::why(args),
             cli::Command::Server(args) => server::run(args).await,
             cli::Command::Cache(args) => cache_cmd::run(args).await,
+            cli::Command::K8s(args) => k8s::run(args),
         }
     });
     match result {
