@@ -23,7 +23,7 @@ use memobuild_worker::cache::history::History;
 struct Inputs {
     context: PathBuf,
     /// A git context's checkout, locked while the build reads it.
-    _checkout: Option<crate::gitctx::Checkout>,
+    checkout: Option<crate::gitctx::Checkout>,
     dockerfile_name: String,
     dockerfile: String,
     dockerignore: Vec<String>,
@@ -62,19 +62,46 @@ async fn read_inputs(
     if !context.is_dir() {
         bail!("context `{}` is not a directory", context.display());
     }
-    let file = match (&args.file, &checkout) {
-        (Some(f), Some(_)) => context.join(f),
-        (Some(f), None) => f.clone(),
-        (None, _) => context.join("Dockerfile"),
+    // In a checkout, what the build reads besides the context is resolved inside it (as if the
+    // context were `/`): a repository's symbolic link must not make the build read, and report,
+    // a file of this machine. An absolute `-f` is a local file, as with buildx.
+    let inside = |rel: &str| -> anyhow::Result<PathBuf> {
+        memobuild_worker::fsops::resolve_in_root(&context, rel, true)
+            .with_context(|| format!("resolving `{rel}` in the git context"))
     };
+    let file = match (&args.file, &checkout) {
+        (Some(f), Some(_)) if !f.is_absolute() => inside(&f.to_string_lossy())?,
+        (Some(f), _) => f.clone(),
+        (None, Some(_)) => inside("Dockerfile")?,
+        (None, None) => context.join("Dockerfile"),
+    };
+    if checkout.is_some() && file.is_symlink() {
+        bail!("`{}` is not a regular file", file.display());
+    }
     let dockerfile = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read Dockerfile `{}`", file.display()))?;
     // `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's `.dockerignore`.
-    let specific = PathBuf::from(format!("{}.dockerignore", file.display()));
+    let (specific, general) = match &checkout {
+        Some(_) => {
+            let rel = file
+                .strip_prefix(&context)
+                .unwrap_or(&file)
+                .to_string_lossy()
+                .into_owned();
+            (
+                inside(&format!("{rel}.dockerignore"))?,
+                inside(".dockerignore")?,
+            )
+        }
+        None => (
+            PathBuf::from(format!("{}.dockerignore", file.display())),
+            context.join(".dockerignore"),
+        ),
+    };
     let ignore_file = if specific.is_file() {
         specific
     } else {
-        context.join(".dockerignore")
+        general
     };
     let dockerignore = match std::fs::read_to_string(&ignore_file) {
         Ok(text) => parse_dockerignore(&text),
@@ -103,7 +130,7 @@ async fn read_inputs(
         .unwrap_or_else(|| "Dockerfile".into());
     Ok(Inputs {
         context,
-        _checkout: checkout,
+        checkout,
         dockerfile_name,
         dockerfile,
         dockerignore,
@@ -395,8 +422,16 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
     if let Some(base) = args.remote_cache.as_deref().filter(|b| !b.is_empty())
         && !args.no_build_report
     {
+        // A git context is named after its repository, not after the checkout's directory.
+        let repo_name = args
+            .frontend
+            .context
+            .to_str()
+            .filter(|_| inputs.checkout.is_some())
+            .and_then(crate::gitctx::GitContext::parse)
+            .map(|g| g.name());
         let subject = crate::report::Subject {
-            project: args.project.as_deref(),
+            project: args.project.as_deref().or(repo_name.as_deref()),
             context: &inputs.context,
             dockerfile: args.frontend.file.as_deref(),
             target: args.frontend.target.as_deref(),

@@ -52,7 +52,38 @@ fn is_git_url(s: &str) -> bool {
     })
 }
 
+/// `url` without a password or token in its user part (`https://user:TOKEN@host/…` →
+/// `https://user:***@host/…`), for messages and names.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            // `user:password`, and over http(s) a lone user part (often a token), are hidden.
+            let shown = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None if scheme.starts_with("http") => "***".to_owned(),
+                None => userinfo.to_owned(),
+            };
+            format!("{scheme}://{shown}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 impl GitContext {
+    /// The repository's name: the last part of its path, without `.git`.
+    pub fn name(&self) -> String {
+        let path = self.url.trim_end_matches('/');
+        let last = path.rsplit(['/', ':']).next().unwrap_or(path);
+        last.strip_suffix(".git").unwrap_or(last).to_owned()
+    }
+
     /// Reads `s` as a git context; `None` when it is not one.
     pub fn parse(s: &str) -> Option<GitContext> {
         if !is_git_url(s) {
@@ -92,9 +123,13 @@ fn git(repo: &Path, ssh_sock: Option<&Path>) -> Command {
     let mut cmd = Command::new("git");
     cmd.arg("-C")
         .arg(repo)
-        // Never wait for a password on a terminal: a build is not interactive.
+        // Never wait for a password or a host-key answer on a terminal: a build is not
+        // interactive (an ssh command the user set is left alone).
         .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(std::process::Stdio::null());
+    if std::env::var_os("GIT_SSH_COMMAND").is_none() && std::env::var_os("GIT_SSH").is_none() {
+        cmd.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
+    }
     if let Some(sock) = ssh_sock {
         cmd.env("SSH_AUTH_SOCK", sock);
     }
@@ -107,14 +142,36 @@ fn run(mut cmd: Command, what: &str) -> anyhow::Result<()> {
         .with_context(|| format!("{what}: cannot run git"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let last = err
+        let lines: Vec<&str> = err
             .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        bail!("{what}: {}", last.trim());
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+        bail!("{what}: {tail}");
     }
     Ok(())
+}
+
+/// Removes `*.lock` files under a `.git` directory (not into its object store).
+fn remove_stale_locks(git_dir: &Path) {
+    let mut stack = vec![git_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() && e.file_name() != "objects" {
+                stack.push(p);
+            } else if ft.is_file() && p.extension().is_some_and(|x| x == "lock") {
+                if let Err(err) = std::fs::remove_file(&p) {
+                    tracing::warn!("cannot remove the stale git lock `{}`: {err}", p.display());
+                }
+            }
+        }
+    }
 }
 
 /// Fetches and checks out `ctx` under `state` (blocking). `ssh_sock` is the agent for ssh URLs.
@@ -135,7 +192,7 @@ pub fn checkout(
         .map_err(|(_, e)| anyhow::anyhow!("locking `{}`: {e}", lock_path.display()))?;
 
     let repo = dir.join("repo");
-    let what = format!("git context `{}`", ctx.url);
+    let what = format!("git context `{}`", redact(&ctx.url));
     // A ref is never an option to git.
     if ctx.reference.starts_with('-') {
         bail!("{what}: `{}` is not a ref", ctx.reference);
@@ -150,9 +207,9 @@ pub fn checkout(
         init.args(["init", "-q"]).arg(&repo);
         run(init, &what)?;
     }
-    let mut set_url = git(&repo, ssh_sock);
-    set_url.args(["config", "remote.origin.url", &ctx.remote]);
-    run(set_url, &what)?;
+    // A build killed mid-way (SIGKILL, OOM, a Job's deadline) leaves git's lock files; the
+    // flock says nobody else is working here, so they are stale.
+    remove_stale_locks(&repo.join(".git"));
     let mut fetch = git(&repo, ssh_sock);
     fetch.args([
         "fetch",
@@ -161,7 +218,9 @@ pub fn checkout(
         "1",
         "--no-tags",
         "--",
-        "origin",
+        // The URL itself, not a remote: credentials in it are not written to `.git/config`
+        // (git keeps only an anonymized URL in FETCH_HEAD).
+        &ctx.remote,
         &ctx.reference,
     ]);
     run(fetch, &format!("{what}: fetching `{}`", ctx.reference))?;
@@ -226,6 +285,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn credentials_are_not_shown() {
+        assert_eq!(
+            redact("https://bob:ghp_s3cr3t@github.com/o/r.git"),
+            "https://bob:***@github.com/o/r.git"
+        );
+        assert_eq!(
+            redact("https://ghp_s3cr3t@github.com/o/r.git"),
+            "https://***@github.com/o/r.git"
+        );
+        assert_eq!(
+            redact("ssh://git:pw@host/r.git#main"),
+            "ssh://git:***@host/r.git#main"
+        );
+        assert_eq!(redact("ssh://git@host/r.git"), "ssh://git@host/r.git");
+        assert_eq!(redact("git@host:r.git"), "git@host:r.git");
+        assert_eq!(redact("https://host/r.git"), "https://host/r.git");
+    }
+
+    #[test]
+    fn stale_locks_go_but_objects_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = dir.path().join(".git");
+        std::fs::create_dir_all(git.join("refs/heads")).unwrap();
+        std::fs::create_dir_all(git.join("objects/pack")).unwrap();
+        for f in [
+            "index.lock",
+            "shallow.lock",
+            "refs/heads/main.lock",
+            "objects/pack/x.lock",
+            "HEAD",
+        ] {
+            std::fs::write(git.join(f), "").unwrap();
+        }
+        remove_stale_locks(&git);
+        assert!(!git.join("index.lock").exists());
+        assert!(!git.join("shallow.lock").exists());
+        assert!(!git.join("refs/heads/main.lock").exists());
+        assert!(git.join("objects/pack/x.lock").exists());
+        assert!(git.join("HEAD").exists());
+    }
+
+    #[test]
     fn a_ref_is_never_an_option() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = GitContext::parse("git://127.0.0.1:1/r.git#--upload-pack=touch pwned").unwrap();
@@ -240,6 +341,15 @@ mod tests {
         assert_eq!(c.reference, "v1.2");
         assert_eq!(c.subdir, "services/api");
         let c = GitContext::parse("git@example.com:team/app.git").unwrap();
+        assert_eq!(c.name(), "app");
+        assert_eq!(
+            GitContext::parse("git@example.com:app.git").unwrap().name(),
+            "app"
+        );
+        assert_eq!(
+            GitContext::parse("github.com/o/tool").unwrap().name(),
+            "tool"
+        );
         assert_eq!((c.reference.as_str(), c.subdir.as_str()), ("HEAD", ""));
         let c = GitContext::parse("github.com/moby/buildkit#master").unwrap();
         assert_eq!(c.remote, "https://github.com/moby/buildkit");

@@ -493,7 +493,8 @@ fn build_git_context(sb: &Sandbox, env: &Env, context: &str) -> Output {
 // Verifies: a git URL is a build context, as with buildx: `#REF:SUBDIR` picks the ref and the
 // directory (whose Dockerfile is used); the repository's `.git` is not in the context; a
 // rebuild with nothing moved executes nothing; moving the branch reruns the COPY that reads
-// the changed file; a ref the repository lacks fails naming the context and the ref.
+// the changed file; a Dockerfile that links out of the repository is not read from this
+// machine; a ref the repository lacks fails naming the context and the ref.
 #[test]
 fn git_repositories_are_build_contexts() {
     let Some(env) = Env::get() else { return };
@@ -539,6 +540,17 @@ fn git_repositories_are_build_contexts() {
     assert_ok(&root, "build of the repository root");
     let run = sb.ctr_run(&env, &sb.path("out.tar"), IMAGE);
     assert_eq!(stdout(&run), ". .. Dockerfile a.txt sub ");
+
+    // A repository's Dockerfile that links out of it is not read from this machine.
+    let secret = sb.path("secret.txt");
+    std::fs::write(&secret, "TOPSECRET\n").expect("write");
+    std::fs::create_dir_all(repo.work().join("evil")).expect("mkdir");
+    std::os::unix::fs::symlink(&secret, repo.work().join("evil/Dockerfile")).expect("symlink");
+    repo.move_main(&[("evil/keep.txt", "x\n")]);
+    let evil = build_git_context(&sb, &env, &format!("{}#main:evil", repo.url()));
+    assert!(!evil.status.success());
+    assert!(!stderr(&evil).contains("TOPSECRET"), "{}", stderr(&evil));
+    assert!(error_line(&evil).contains("Dockerfile"), "{}", stderr(&evil));
 
     let missing = build_git_context(&sb, &env, &format!("{}#no-such-branch", repo.url()));
     assert!(!missing.status.success());
