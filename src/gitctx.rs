@@ -165,10 +165,11 @@ fn remove_stale_locks(git_dir: &Path) {
             let Ok(ft) = e.file_type() else { continue };
             if ft.is_dir() && e.file_name() != "objects" {
                 stack.push(p);
-            } else if ft.is_file() && p.extension().is_some_and(|x| x == "lock") {
-                if let Err(err) = std::fs::remove_file(&p) {
-                    tracing::warn!("cannot remove the stale git lock `{}`: {err}", p.display());
-                }
+            } else if ft.is_file()
+                && p.extension().is_some_and(|x| x == "lock")
+                && let Err(err) = std::fs::remove_file(&p)
+            {
+                tracing::warn!("cannot remove the stale git lock `{}`: {err}", p.display());
             }
         }
     }
