@@ -356,11 +356,17 @@ async fn touch(ctd: &Containerd, info: &containerd_client::services::v1::snapsho
         .get(containerd::LAST_USED_LABEL)
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|t| now.saturating_sub(t) < containerd::LAST_USED_REFRESH.as_secs());
-    // Only MemoBuild's own snapshots (gc roots) are pruned by that label.
-    if fresh || !info.labels.contains_key(containerd::GC_ROOT_LABEL) {
+    let rooted = info.labels.contains_key(containerd::GC_ROOT_LABEL);
+    // Only MemoBuild's own snapshots carry the label; others are left alone.
+    let ours = rooted || info.labels.contains_key(containerd::LAST_USED_LABEL);
+    if !ours || (fresh && rooted) {
         return;
     }
-    let set = HashMap::from([(containerd::LAST_USED_LABEL.to_owned(), now.to_string())]);
+    // Used again: a root again, too, if a prune took that away while a build held it.
+    let mut set = containerd::snapshot_labels();
+    if rooted {
+        set.remove(containerd::GC_ROOT_LABEL);
+    }
     if let Err(e) = ctd.update_snapshot_labels(&info.name, set, &[]).await {
         tracing::debug!(snapshot = %info.name, error = %e, "cannot refresh the last-used label");
     }
