@@ -6,7 +6,12 @@
 //! embedded`), which needs a privileged container (overlayfs mounts, runc). The state directory
 //! is a volume (an `emptyDir`, or a PersistentVolumeClaim to keep a warm local cache between
 //! Jobs): overlayfs cannot stack its upper directory on the container's own overlay root.
-//! Credentials stay in Secrets: the manifest names them, it never holds a value.
+//! Credentials stay in Secrets: the manifest names them, it never holds a value (a context URL
+//! with a password or token in it is refused; `--git-auth-secret` gives git an HTTP header from a
+//! Secret instead).
+//!
+//! The context is read by [`crate::gitctx::GitContext::parse`], as `memobuild build` reads it, so
+//! that the Job accepts what the build in the pod will fetch, and nothing else.
 //!
 //! The manifest is built as an ordered document ([`Doc`]) so that both outputs keep the
 //! conventional key order (`apiVersion`, `kind`, `metadata`, `spec`): the workspace's
@@ -52,7 +57,7 @@ pub enum K8sCommand {
 /// Output encodings of `memobuild k8s job`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ManifestFormat {
-    /// YAML (block style, strings double-quoted), for `kubectl apply -f -`.
+    /// YAML (block style, strings double-quoted), for `kubectl create -f -`.
     Yaml,
     /// Pretty-printed JSON.
     Json,
@@ -66,11 +71,15 @@ pub struct JobArgs {
     /// `ssh-agent` for `--ssh-secret`).
     #[arg(long, value_name = "IMAGE")]
     pub image: String,
-    /// Name of the Job (a DNS-1123 label: lowercase letters, digits, `-`; at most 63).
+    /// Name of the Job (a DNS-1123 label: lowercase letters, digits, `-`; at most 63). A fixed
+    /// name builds once: `kubectl apply` of the same Job again does nothing, and of a changed one
+    /// is refused (a Job's pod template is immutable). For repeated builds use
+    /// `--generate-name` with `kubectl create -f -`.
     #[arg(long, value_name = "NAME", default_value = "memobuild-build")]
     pub name: String,
     /// Set `metadata.generateName: NAME-` instead of `metadata.name`, so that every
-    /// `kubectl create -f -` makes a new Job.
+    /// `kubectl create -f -` makes a new Job (Kubernetes adds a random suffix): the way to run
+    /// repeated builds (not `kubectl apply`, which needs a fixed name).
     #[arg(long)]
     pub generate_name: bool,
     /// Kubernetes namespace of the Job (default: the one `kubectl` uses).
@@ -120,17 +129,30 @@ pub struct JobArgs {
     /// private base images), mounted read-only as `/root/.docker/config.json`.
     #[arg(long, value_name = "SECRET")]
     pub registry_auth_secret: Option<String>,
+    /// Secret key holding an HTTP header git sends when it fetches an `http(s)` context,
+    /// `SECRET:KEY`: `Authorization: Bearer TOKEN` or `Authorization: Basic BASE64(USER:TOKEN)`.
+    /// Given to git as `http.https://HOST/.extraHeader` through `GIT_CONFIG_COUNT`,
+    /// `GIT_CONFIG_KEY_0` and `GIT_CONFIG_VALUE_0` (from `secretKeyRef`: the manifest never holds
+    /// it; git 2.31 or later): sent to the context's server (its submodules there included),
+    /// never to another one. Credentials in the context URL itself are refused.
+    #[arg(long, value_name = "SECRET:KEY")]
+    pub git_auth_secret: Option<String>,
     /// Secret key holding an ssh private key, `SECRET:KEY`: mounted (mode 0400) and given as
-    /// `--ssh default=/var/run/memobuild/ssh/KEY`, for `git@` contexts and
-    /// `RUN --mount=type=ssh`.
+    /// `--ssh default=/var/run/memobuild/ssh/KEY`, for ssh contexts (with `--ssh-known-hosts`)
+    /// and `RUN --mount=type=ssh`.
     #[arg(long, value_name = "SECRET:KEY")]
     pub ssh_secret: Option<String>,
     /// ConfigMap key holding `known_hosts` lines for ssh, `CONFIGMAP:KEY`: mounted read-only as
-    /// `/root/.ssh/known_hosts`, so that git over ssh can check the server it fetches from.
+    /// `/root/.ssh/known_hosts`, so that git over ssh can check the server it fetches from;
+    /// required for an ssh context (the pod has no terminal to accept an unknown host key).
     #[arg(long, value_name = "CONFIGMAP:KEY")]
     pub ssh_known_hosts: Option<String>,
     /// PersistentVolumeClaim to keep the state directory in (a warm local cache between Jobs);
-    /// default: an `emptyDir` that goes with the pod.
+    /// default: an `emptyDir` that goes with the pod. The claim must be used by one build at a
+    /// time: two Jobs on one `ReadWriteOnce` claim can land on the same node, and each starts an
+    /// embedded containerd on the same state directory without seeing the other. Create it with
+    /// `accessModes: [ReadWriteOncePod]` (a second pod then waits), and give builds that run in
+    /// parallel a claim each.
     #[arg(long, value_name = "CLAIM")]
     pub state_pvc: Option<String>,
     /// CPU the container requests and is limited to (a Kubernetes quantity: `2`, `500m`).
@@ -158,9 +180,11 @@ pub struct JobArgs {
     /// Output encoding.
     #[arg(long, value_enum, default_value_t = ManifestFormat::Yaml)]
     pub format: ManifestFormat,
-    /// Git context, passed to `memobuild build` as is: `https://HOST/REPO.git#REF:DIR`,
-    /// `ssh://…`, `git://…` or `git@HOST:REPO.git#REF` (a local path is refused: the pod cannot
-    /// see this machine's disk).
+    /// Git context, passed to `memobuild build` as is and read as it reads it:
+    /// `https://HOST/REPO.git#REF:DIR` (the `.git` is needed), `github.com/OWNER/REPO`,
+    /// `git://…`, `ssh://…` or `git@HOST:REPO.git#REF` (ssh needs `--ssh-known-hosts`). A local
+    /// path is refused (the pod cannot see this machine's disk), and so is a URL with a password
+    /// or token in it (see `--git-auth-secret`).
     #[arg(value_name = "CONTEXT")]
     pub context: String,
 }
@@ -518,37 +542,140 @@ fn is_quantity(s: &str) -> bool {
     num_ok && suffix_ok
 }
 
-/// Refuses a context the pod cannot fetch: anything but an `http://`, `https://`, `git://` or
-/// `ssh://` URL with a host, or an scp-like `USER@HOST:PATH`.
-fn check_git_context(ctx: &str) -> anyhow::Result<()> {
+/// How the pod's git fetches a context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// `http://` or `https://` (also `github.com/…`).
+    Http,
+    /// `ssh://` or scp-like `USER@HOST:PATH`.
+    Ssh,
+    /// `git://`: no authentication.
+    Git,
+}
+
+/// A context the pod can fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CheckedContext {
+    /// How.
+    transport: Transport,
+    /// What git fetches from (see [`crate::gitctx::GitContext::remote`]).
+    remote: String,
+}
+
+/// The scheme and the user part (`USER[:PASSWORD]`, before the last `@` of the authority) of a
+/// `SCHEME://…` URL that has one.
+fn url_userinfo(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    Some((scheme, userinfo))
+}
+
+/// Whether a user part holds a secret: a password (`USER:PASSWORD@`), or, over http(s), any user
+/// part at all (GitHub and GitLab take a token as the user: `https://TOKEN@HOST/…`).
+fn is_secret_userinfo(scheme: &str, userinfo: &str) -> bool {
+    userinfo.contains(':')
+        || scheme.eq_ignore_ascii_case("http")
+        || scheme.eq_ignore_ascii_case("https")
+}
+
+/// `url` with a user part that holds a secret replaced by `***`, for messages.
+fn hide_credentials(url: &str) -> String {
+    match url_userinfo(url) {
+        Some((scheme, userinfo)) if is_secret_userinfo(scheme, userinfo) => {
+            let at = scheme.len() + "://".len() + userinfo.len();
+            format!("{scheme}://***{}", &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// `SCHEME://HOST[:PORT]/` of a URL (its user part, if any, dropped).
+fn http_origin(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    format!("{scheme}://{host}/")
+}
+
+/// `HOST[:PORT]` or `[IPV6][:PORT]`, the port digits (possibly none).
+fn is_host_port(s: &str) -> bool {
+    let (host, port) = match s.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some(parts) => parts,
+            None => return false,
+        },
+        None => s.split_at(s.find(':').unwrap_or(s.len())),
+    };
+    !host.is_empty()
+        && (port.is_empty()
+            || port
+                .strip_prefix(':')
+                .is_some_and(|p| p.bytes().all(|c| c.is_ascii_digit())))
+}
+
+/// Reads the context as `memobuild build` does ([`crate::gitctx::GitContext::parse`]) and
+/// refuses what the pod cannot fetch: what the build would take for a local path, a URL without
+/// a host, an scp-like `USER@HOST:PATH` git would not read as one. A URL with a password or
+/// token in it is refused too: it would be written into the Job's args.
+fn check_git_context(ctx: &str) -> anyhow::Result<CheckedContext> {
+    let shown = hide_credentials(ctx);
+    if let Some((scheme, userinfo)) = url_userinfo(ctx)
+        && is_secret_userinfo(scheme, userinfo)
+        && ["http", "https", "ssh", "git"]
+            .iter()
+            .any(|s| scheme.eq_ignore_ascii_case(s))
+    {
+        let instead = match scheme.to_ascii_lowercase().as_str() {
+            "ssh" => "and a key as `--ssh-secret SECRET:KEY`",
+            "git" => "(`git://` has no authentication)",
+            _ => {
+                "and the credentials as `--git-auth-secret SECRET:KEY`, a Secret key holding an HTTP header such as `Authorization: Bearer TOKEN`"
+            }
+        };
+        bail!(
+            "context `{shown}` has credentials in its URL, which would be written into the Job for anyone who can read it: give the URL without them, {instead}"
+        );
+    }
     let refuse = || {
         anyhow::anyhow!(
-            "context `{ctx}` is not a git URL: a Job's pod cannot see this machine's disk; give the repository as `https://HOST/REPO.git#REF:DIR`, `ssh://…`, `git://…` or `git@HOST:REPO.git#REF`"
+            "context `{shown}` is not a git URL: a Job's pod cannot see this machine's disk; give the repository as `https://HOST/REPO.git#REF:DIR`, `github.com/OWNER/REPO`, `ssh://…`, `git://…` or `git@HOST:REPO.git#REF`"
         )
     };
-    if ctx.is_empty() || ctx.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if ctx.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(refuse());
     }
-    let url = ["http://", "https://", "git://", "ssh://"]
-        .iter()
-        .find_map(|scheme| ctx.strip_prefix(scheme));
-    if let Some(rest) = url {
-        let authority = rest.split(['/', '#', '?']).next().unwrap_or("");
-        let host = authority.rsplit('@').next().unwrap_or("");
-        return if host.is_empty() || host.starts_with(':') {
-            Err(refuse())
-        } else {
-            Ok(())
-        };
-    }
-    // scp-like, as git reads it: `USER@HOST:PATH`, no `/` before the colon.
-    let (user_host, path) = ctx.split_once(':').ok_or_else(refuse)?;
-    let (user, host) = user_host.split_once('@').ok_or_else(refuse)?;
-    let path = path.split('#').next().unwrap_or("");
-    if user.is_empty() || host.is_empty() || user_host.contains('/') || path.is_empty() {
-        return Err(refuse());
-    }
-    Ok(())
+    let remote = crate::gitctx::GitContext::parse(ctx)
+        .ok_or_else(refuse)?
+        .remote;
+    let scheme = [
+        ("http://", Transport::Http),
+        ("https://", Transport::Http),
+        ("git://", Transport::Git),
+        ("ssh://", Transport::Ssh),
+    ]
+    .into_iter()
+    .find_map(|(prefix, t)| remote.strip_prefix(prefix).map(|rest| (t, rest)));
+    let transport = match scheme {
+        Some((transport, rest)) => {
+            let authority = rest.split(['/', '?']).next().unwrap_or("");
+            let host = authority.rsplit('@').next().unwrap_or("");
+            if !is_host_port(host) {
+                return Err(refuse());
+            }
+            transport
+        }
+        None => {
+            // scp-like, as git reads it: `USER@HOST:PATH`, no `/` before the colon.
+            let (user_host, path) = remote.split_once(':').ok_or_else(refuse)?;
+            let (user, host) = user_host.split_once('@').ok_or_else(refuse)?;
+            if user.is_empty() || host.is_empty() || user_host.contains('/') || path.is_empty() {
+                return Err(refuse());
+            }
+            Transport::Ssh
+        }
+    };
+    Ok(CheckedContext { transport, remote })
 }
 
 /// The `--progress` value as `memobuild build` spells it.
@@ -564,7 +691,31 @@ fn progress_name(p: ProgressMode) -> &'static str {
 /// Validates the flags and returns what the container runs after `memobuild build`: the flags,
 /// then the context.
 fn build_command_args(args: &JobArgs) -> anyhow::Result<Vec<String>> {
-    check_git_context(&args.context)?;
+    let ctx = check_git_context(&args.context)?;
+    let shown = hide_credentials(&args.context);
+    if ctx.transport == Transport::Ssh && args.ssh_known_hosts.is_none() {
+        let key = if args.ssh_secret.is_none() {
+            " and `--ssh-secret SECRET:KEY` (the private key git authenticates with)"
+        } else {
+            ""
+        };
+        bail!(
+            "context `{shown}` is fetched over ssh, and the pod has no terminal to accept the server's host key: give `--ssh-known-hosts CONFIGMAP:KEY` (a ConfigMap key holding the server's `known_hosts` lines, e.g. from `ssh-keyscan HOST`){key}"
+        );
+    }
+    if let Some(spec) = &args.git_auth_secret
+        && ctx.transport != Transport::Http
+    {
+        let instead = match ctx.transport {
+            Transport::Ssh => {
+                "git authenticates over ssh with a key: use `--ssh-secret SECRET:KEY`"
+            }
+            _ => "`git://` has no authentication",
+        };
+        bail!(
+            "--git-auth-secret `{spec}`: an HTTP header is for an `http(s)` context, and context `{shown}` is not one ({instead})"
+        );
+    }
     let mut a: Vec<String> = Vec::new();
     let mut flag = |name: &str, value: Option<&str>| {
         a.push(name.to_string());
@@ -706,6 +857,27 @@ fn job_doc(args: &JobArgs) -> anyhow::Result<Doc> {
             ("valueFrom", Doc::map([("secretKeyRef", key_ref)])),
         ]));
     }
+    if let Some(spec) = &args.git_auth_secret {
+        let r = parse_key_ref("git-auth-secret", spec)?;
+        // git's configuration through the environment (git 2.31): one `-c` setting, whose value
+        // comes from the Secret. Scoped to the context's server (`http.<URL>.*`), so that the
+        // header goes to no other host: not to a submodule's elsewhere, nor to a repository a
+        // Dockerfile's `ADD` names (the worker's git has the same environment).
+        let origin = http_origin(&check_git_context(&args.context)?.remote);
+        env.push(Doc::map([
+            ("name", "GIT_CONFIG_COUNT".into()),
+            ("value", "1".into()),
+        ]));
+        env.push(Doc::map([
+            ("name", "GIT_CONFIG_KEY_0".into()),
+            ("value", format!("http.{origin}.extraHeader").into()),
+        ]));
+        let key_ref = Doc::map([("name", r.name.into()), ("key", r.key.into())]);
+        env.push(Doc::map([
+            ("name", "GIT_CONFIG_VALUE_0".into()),
+            ("valueFrom", Doc::map([("secretKeyRef", key_ref)])),
+        ]));
+    }
     if let Some(spec) = &args.ssh_secret {
         let r = parse_key_ref("ssh-secret", spec)?;
         let items = [
@@ -790,6 +962,11 @@ fn job_doc(args: &JobArgs) -> anyhow::Result<Doc> {
         pod.push(("serviceAccountName".to_string(), Doc::from(sa.as_str())));
     }
     pod.push(("restartPolicy".to_string(), "Never".into()));
+    // memobuild would be the container's PID 1, and the processes it starts and leaves to be
+    // reparented (containerd shims, ssh-agent, git's helpers) would stay zombies under it, as it
+    // reaps only its own children. In one process namespace for the pod, the pause container is
+    // PID 1, and it reaps them.
+    pod.push(("shareProcessNamespace".to_string(), true.into()));
     if !args.node_selectors.is_empty() {
         let mut seen = BTreeSet::new();
         let mut selector = Vec::new();

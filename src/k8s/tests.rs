@@ -106,6 +106,8 @@ fn container_args_forward_the_build_flags() -> anyhow::Result<()> {
         "i",
         "--progress",
         "json",
+        "--ssh-known-hosts",
+        "ssh-hosts:known_hosts",
         "git@github.com:o/r.git",
     ])?;
     assert_eq!(
@@ -144,6 +146,8 @@ fn manifest_shape_and_defaults() -> anyhow::Result<()> {
         m["metadata"]["labels"]
     );
     assert_eq!(pod["restartPolicy"], "Never");
+    // The pause container is PID 1 and reaps what memobuild leaves (shims, ssh-agent).
+    assert_eq!(pod["shareProcessNamespace"], true);
     assert_eq!(pod["volumes"], json!([{"name": "state", "emptyDir": {}}]));
     let c = &pod["containers"][0];
     assert_eq!(
@@ -193,6 +197,7 @@ fn manifest_shape_and_defaults() -> anyhow::Result<()> {
     assert_eq!(m["spec"]["activeDeadlineSeconds"], 1800);
     let pod = &m["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], "builder");
+    assert_eq!(pod["shareProcessNamespace"], true);
     assert_eq!(
         pod["nodeSelector"],
         json!({"kubernetes.io/arch": "amd64", "pool": "build"})
@@ -278,11 +283,13 @@ fn error_of(args: &[&str]) -> String {
     }
 }
 
-// Verifies: a context the pod cannot fetch (a local path) is refused naming it; git URLs of
-// every kind pass.
+// Verifies: the Job reads the context as `memobuild build` does (`GitContext::parse`): a local
+// path, or what the build would take for one (an http(s) URL without `.git`), is refused naming
+// it; git URLs of every kind the build fetches pass, `github.com/OWNER/REPO` included, each with
+// its transport.
 #[test]
-fn local_contexts_are_refused() -> anyhow::Result<()> {
-    for ctx in [
+fn contexts_are_read_as_the_build_reads_them() {
+    let refused = [
         ".",
         "./app",
         "/src/app",
@@ -293,25 +300,243 @@ fn local_contexts_are_refused() -> anyhow::Result<()> {
         "ssh://@/x",
         "@host:repo",
         "git@:repo",
+        "git@host/repo",
         "dir/git@host:repo",
         "https://host/repo .git",
         "",
-    ] {
+        // What `build` takes for a local path (the pod would fail: "not a directory").
+        "https://github.com/o/r#main",
+        "http://host:3000/repo",
+        "https://:443/repo.git",
+        "ssh://git@host:org/repo.git",
+        "HTTPS://host/repo.git",
+    ];
+    for ctx in refused {
         let e = error_of(&["--image", "i", ctx]);
         assert!(e.contains(&format!("context `{ctx}`")), "{ctx}: {e}");
         assert!(e.contains("cannot see this machine's disk"), "{e}");
     }
-    for ctx in [
-        REPO,
-        "http://host:3000/repo",
-        "git://host/repo.git#v1.0",
-        "ssh://git@host:22/repo.git#main:sub/dir",
-        "git@github.com:org/repo.git#main:app",
-        "deploy@host:repo",
+    let accepted = [
+        (REPO, Transport::Http, "https://example.invalid/repo.git"),
+        (
+            "http://host:3000/repo.git",
+            Transport::Http,
+            "http://host:3000/repo.git",
+        ),
+        (
+            "github.com/o/r#main:app",
+            Transport::Http,
+            "https://github.com/o/r",
+        ),
+        (
+            "git://host/repo.git#v1.0",
+            Transport::Git,
+            "git://host/repo.git",
+        ),
+        (
+            "ssh://git@host:22/repo.git#main:sub/dir",
+            Transport::Ssh,
+            "ssh://git@host:22/repo.git",
+        ),
+        (
+            "ssh://git@[::1]:2222/repo.git",
+            Transport::Ssh,
+            "ssh://git@[::1]:2222/repo.git",
+        ),
+        (
+            "git@github.com:org/repo.git#main:app",
+            Transport::Ssh,
+            "git@github.com:org/repo.git",
+        ),
+        ("deploy@host:repo", Transport::Ssh, "deploy@host:repo"),
+    ];
+    for (ctx, transport, remote) in accepted {
+        let c = check_git_context(ctx).unwrap_or_else(|e| panic!("{ctx}: {e:#}"));
+        assert_eq!(
+            (c.transport, c.remote.as_str()),
+            (transport, remote),
+            "{ctx}"
+        );
+    }
+    // One source of truth: what the Job accepts, the build fetches as a git context.
+    for ctx in refused.iter().chain(accepted.iter().map(|(c, _, _)| c)) {
+        if check_git_context(ctx).is_ok() {
+            assert!(crate::gitctx::GitContext::parse(ctx).is_some(), "{ctx}");
+        }
+    }
+    // The build's own shorthand makes a Job that passes it on as given.
+    let a = parse(&["--image", "i", "github.com/o/r"]).and_then(|a| build_command_args(&a));
+    assert_eq!(
+        a.ok().and_then(|a| a.last().cloned()).as_deref(),
+        Some("github.com/o/r")
+    );
+}
+
+// Verifies: a context URL with a password or token (which would sit in the container's args) is
+// refused without showing it, pointing to `--git-auth-secret` (or `--ssh-secret`); a user name
+// alone over ssh (`ssh://git@…`, `git@host:…`) is not a secret.
+#[test]
+fn credentials_in_the_context_are_refused() {
+    for (ctx, shown, hint) in [
+        (
+            "https://bob:s3cr3t@example.com/o/r.git#main",
+            "https://***@example.com/o/r.git#main",
+            "--git-auth-secret SECRET:KEY",
+        ),
+        (
+            "https://s3cr3t@github.com/o/r.git",
+            "https://***@github.com/o/r.git",
+            "--git-auth-secret SECRET:KEY",
+        ),
+        // Not even a git URL for the build: still never shown.
+        (
+            "https://x-access-token:s3cr3t@github.com/o/r",
+            "https://***@github.com/o/r",
+            "--git-auth-secret SECRET:KEY",
+        ),
+        (
+            "http://u:s3cr3t@host:8080/r.git",
+            "http://***@host:8080/r.git",
+            "Authorization: Bearer TOKEN",
+        ),
+        (
+            "ssh://git:s3cr3t@host/r.git",
+            "ssh://***@host/r.git",
+            "--ssh-secret SECRET:KEY",
+        ),
+        (
+            "git://u:s3cr3t@host/r.git",
+            "git://***@host/r.git",
+            "no authentication",
+        ),
     ] {
-        assert!(check_git_context(ctx).is_ok(), "{ctx}");
+        let e = error_of(&["--image", "i", "--ssh-known-hosts", "h:k", ctx]);
+        assert!(!e.contains("s3cr3t"), "{e}");
+        assert!(
+            e.contains(&format!("context `{shown}` has credentials")),
+            "{e}"
+        );
+        assert!(e.contains(hint), "{ctx}: {e}");
+    }
+    // Other URLs are not git contexts, but their passwords are not echoed either.
+    let e = error_of(&["--image", "i", "ftp://u:s3cr3t@host/x"]);
+    assert!(
+        e.contains("context `ftp://***@host/x` is not a git URL"),
+        "{e}"
+    );
+    assert_eq!(
+        hide_credentials("ssh://git@host/r.git"),
+        "ssh://git@host/r.git"
+    );
+    assert_eq!(hide_credentials("git@host:r.git"), "git@host:r.git");
+    assert_eq!(hide_credentials(REPO), REPO);
+    for ctx in ["ssh://git@host/r.git", "git@host:o/r.git"] {
+        let a = parse(&["--image", "i", "--ssh-known-hosts", "h:k", ctx]);
+        assert!(a.and_then(|a| job_manifest(&a)).is_ok(), "{ctx}");
+    }
+}
+
+// Verifies: `--git-auth-secret` gives git an `http.extraHeader` through its configuration
+// environment, scoped to the context's server, the value from a secretKeyRef (never in the
+// manifest); it is refused, naming it, with an ssh or `git://` context.
+#[test]
+fn git_auth_secret_is_an_extra_header_from_a_secret() -> anyhow::Result<()> {
+    for (ctx, origin) in [
+        (REPO, "https://example.invalid/"),
+        ("github.com/o/r#v1", "https://github.com/"),
+        ("http://[::1]:8080/a/b.git", "http://[::1]:8080/"),
+    ] {
+        let a = parse(&[
+            "--image",
+            "i",
+            "--remote-cache",
+            "http://cache",
+            "--remote-cache-token-secret",
+            "cache:token",
+            "--git-auth-secret",
+            "git-auth:header",
+            ctx,
+        ])?;
+        let m = job_manifest(&a)?;
+        let c = &m["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            c["env"],
+            json!([
+                {"name": "MEMOBUILD_REMOTE_CACHE_TOKEN",
+                 "valueFrom": {"secretKeyRef": {"name": "cache", "key": "token"}}},
+                {"name": "GIT_CONFIG_COUNT", "value": "1"},
+                {"name": "GIT_CONFIG_KEY_0", "value": format!("http.{origin}.extraHeader")},
+                {"name": "GIT_CONFIG_VALUE_0",
+                 "valueFrom": {"secretKeyRef": {"name": "git-auth", "key": "header"}}},
+            ])
+        );
+        // Nothing in the args: the build does not know of it, git does.
+        assert_eq!(
+            c["args"],
+            json!([
+                "--progress",
+                "plain",
+                "--containerd",
+                "embedded",
+                "--state-dir",
+                "/var/lib/memobuild",
+                "--remote-cache",
+                "http://cache",
+                ctx
+            ])
+        );
+    }
+    for (ctx, hint) in [
+        ("git@github.com:o/r.git", "--ssh-secret"),
+        ("ssh://git@host/r.git", "--ssh-secret"),
+        ("git://host/r.git", "`git://` has no authentication"),
+    ] {
+        let e = error_of(&[
+            "--image",
+            "i",
+            "--ssh-known-hosts",
+            "h:k",
+            "--git-auth-secret",
+            "git-auth:header",
+            ctx,
+        ]);
+        assert!(e.contains("--git-auth-secret `git-auth:header`"), "{e}");
+        assert!(e.contains(hint), "{ctx}: {e}");
+    }
+    for bad in ["nokey", "Auth:header", "a:../x"] {
+        let e = error_of(&["--image", "i", "--git-auth-secret", bad, REPO]);
+        assert!(e.contains(&format!("--git-auth-secret `{bad}`")), "{e}");
     }
     Ok(())
+}
+
+// Verifies: an ssh context without `--ssh-known-hosts` (ssh would ask about the host key, and
+// the pod has no terminal) is refused, asking for it and, when missing, for `--ssh-secret`.
+#[test]
+fn ssh_contexts_need_known_hosts() {
+    for ctx in [
+        "git@github.com:o/r.git",
+        "ssh://git@host/r.git#main",
+        "deploy@host:repo",
+    ] {
+        let e = error_of(&["--image", "i", ctx]);
+        assert!(
+            e.contains(&format!("context `{ctx}` is fetched over ssh")),
+            "{e}"
+        );
+        assert!(e.contains("--ssh-known-hosts CONFIGMAP:KEY"), "{e}");
+        assert!(e.contains("--ssh-secret SECRET:KEY"), "{e}");
+        let e = error_of(&["--image", "i", "--ssh-secret", "k:id", ctx]);
+        assert!(e.contains("--ssh-known-hosts CONFIGMAP:KEY"), "{e}");
+        assert!(!e.contains("--ssh-secret"), "{e}");
+        let a = parse(&["--image", "i", "--ssh-known-hosts", "h:known_hosts", ctx]);
+        assert!(a.and_then(|a| job_manifest(&a)).is_ok(), "{ctx}");
+    }
+    // Not over ssh: nothing asked.
+    for ctx in [REPO, "git://host/r.git", "github.com/o/r"] {
+        let a = parse(&["--image", "i", ctx]);
+        assert!(a.and_then(|a| job_manifest(&a)).is_ok(), "{ctx}");
+    }
 }
 
 // Verifies: names, quantities, build args and label values Kubernetes (or the pod) would
