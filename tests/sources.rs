@@ -550,7 +550,11 @@ fn git_repositories_are_build_contexts() {
     let evil = build_git_context(&sb, &env, &format!("{}#main:evil", repo.url()));
     assert!(!evil.status.success());
     assert!(!stderr(&evil).contains("TOPSECRET"), "{}", stderr(&evil));
-    assert!(error_line(&evil).contains("Dockerfile"), "{}", stderr(&evil));
+    assert!(
+        error_line(&evil).contains("Dockerfile"),
+        "{}",
+        stderr(&evil)
+    );
 
     let missing = build_git_context(&sb, &env, &format!("{}#no-such-branch", repo.url()));
     assert!(!missing.status.success());
