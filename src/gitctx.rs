@@ -53,7 +53,7 @@ fn is_git_url(s: &str) -> bool {
 }
 
 /// `url` without a password or token in its user part (`https://user:TOKEN@host/…` →
-/// `https://user:***@host/…`), for messages and names.
+/// `https://***@host/…`), for messages and names.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
@@ -64,12 +64,10 @@ pub fn redact(url: &str) -> String {
     };
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
-            // `user:password`, and over http(s) a lone user part (often a token), are hidden.
-            let shown = match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***"),
-                None if scheme.starts_with("http") => "***".to_owned(),
-                None => userinfo.to_owned(),
-            };
+            // `user:password`, and over http(s) a lone user part (often a token), are hidden
+            // whole; an ssh user name (`git@`) is no secret.
+            let secret = userinfo.contains(':') || scheme.starts_with("http");
+            let shown = if secret { "***" } else { userinfo };
             format!("{scheme}://{shown}@{host}{path}")
         }
         None => url.to_owned(),
@@ -289,7 +287,7 @@ mod tests {
     fn credentials_are_not_shown() {
         assert_eq!(
             redact("https://bob:ghp_s3cr3t@github.com/o/r.git"),
-            "https://bob:***@github.com/o/r.git"
+            "https://***@github.com/o/r.git"
         );
         assert_eq!(
             redact("https://ghp_s3cr3t@github.com/o/r.git"),
@@ -297,7 +295,7 @@ mod tests {
         );
         assert_eq!(
             redact("ssh://git:pw@host/r.git#main"),
-            "ssh://git:***@host/r.git#main"
+            "ssh://***@host/r.git#main"
         );
         assert_eq!(redact("ssh://git@host/r.git"), "ssh://git@host/r.git");
         assert_eq!(redact("git@host:r.git"), "git@host:r.git");

@@ -579,17 +579,6 @@ fn is_secret_userinfo(scheme: &str, userinfo: &str) -> bool {
         || scheme.eq_ignore_ascii_case("https")
 }
 
-/// `url` with a user part that holds a secret replaced by `***`, for messages.
-fn hide_credentials(url: &str) -> String {
-    match url_userinfo(url) {
-        Some((scheme, userinfo)) if is_secret_userinfo(scheme, userinfo) => {
-            let at = scheme.len() + "://".len() + userinfo.len();
-            format!("{scheme}://***{}", &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// `SCHEME://HOST[:PORT]/` of a URL (its user part, if any, dropped).
 fn http_origin(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
@@ -619,7 +608,7 @@ fn is_host_port(s: &str) -> bool {
 /// a host, an scp-like `USER@HOST:PATH` git would not read as one. A URL with a password or
 /// token in it is refused too: it would be written into the Job's args.
 fn check_git_context(ctx: &str) -> anyhow::Result<CheckedContext> {
-    let shown = hide_credentials(ctx);
+    let shown = crate::gitctx::redact(ctx);
     if let Some((scheme, userinfo)) = url_userinfo(ctx)
         && is_secret_userinfo(scheme, userinfo)
         && ["http", "https", "ssh", "git"]
@@ -692,7 +681,7 @@ fn progress_name(p: ProgressMode) -> &'static str {
 /// then the context.
 fn build_command_args(args: &JobArgs) -> anyhow::Result<Vec<String>> {
     let ctx = check_git_context(&args.context)?;
-    let shown = hide_credentials(&args.context);
+    let shown = crate::gitctx::redact(&args.context);
     if ctx.transport == Transport::Ssh && args.ssh_known_hosts.is_none() {
         let key = if args.ssh_secret.is_none() {
             " and `--ssh-secret SECRET:KEY` (the private key git authenticates with)"

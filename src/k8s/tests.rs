@@ -425,11 +425,11 @@ fn credentials_in_the_context_are_refused() {
         "{e}"
     );
     assert_eq!(
-        hide_credentials("ssh://git@host/r.git"),
+        crate::gitctx::redact("ssh://git@host/r.git"),
         "ssh://git@host/r.git"
     );
-    assert_eq!(hide_credentials("git@host:r.git"), "git@host:r.git");
-    assert_eq!(hide_credentials(REPO), REPO);
+    assert_eq!(crate::gitctx::redact("git@host:r.git"), "git@host:r.git");
+    assert_eq!(crate::gitctx::redact(REPO), REPO);
     for ctx in ["ssh://git@host/r.git", "git@host:o/r.git"] {
         let a = parse(&["--image", "i", "--ssh-known-hosts", "h:k", ctx]);
         assert!(a.and_then(|a| job_manifest(&a)).is_ok(), "{ctx}");
