@@ -398,6 +398,27 @@ impl Containerd {
         Ok(Lease { id })
     }
 
+    /// Adds a resource (`content` by digest, `snapshots/<snapshotter>` by key) to the client's
+    /// lease, when it has one. containerd does not check that it exists.
+    pub(crate) async fn lease_resource(&self, id: &str, kind: String) -> Result<()> {
+        let Some((lease, _)) = &self.lease else {
+            return Ok(());
+        };
+        LeasesClient::new(self.channel.clone())
+            .add_resource(
+                self.request(containerd_client::services::v1::AddResourceRequest {
+                    id: lease.clone(),
+                    resource: Some(containerd_client::services::v1::Resource {
+                        id: id.to_owned(),
+                        r#type: kind,
+                    }),
+                }),
+            )
+            .await
+            .map_err(|s| Error::rpc("lease add resource", id, s))?;
+        Ok(())
+    }
+
     /// Deletes a lease; its resources become collectable unless something else references them.
     /// A lease that no longer exists is not an error.
     pub async fn delete_lease(&self, lease: &Lease) -> Result<()> {

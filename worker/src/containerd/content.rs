@@ -3,10 +3,8 @@
 use std::collections::HashMap;
 
 use containerd_client::services::v1::content_client::ContentClient;
-use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::{
-    AddResourceRequest, Info, InfoRequest, ReadContentRequest, Resource, UpdateRequest,
-    WriteAction, WriteContentRequest,
+    Info, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction, WriteContentRequest,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
@@ -179,18 +177,7 @@ impl Containerd {
     /// build's lease, or that nothing references any more, could be collected between this
     /// check and its use. The lease holds the digest whether or not the blob exists yet.
     pub async fn has_blob_leased(&self, digest: &str) -> Result<bool> {
-        if let Some((id, _)) = &self.lease {
-            LeasesClient::new(self.channel())
-                .add_resource(self.request(AddResourceRequest {
-                    id: id.clone(),
-                    resource: Some(Resource {
-                        id: digest.to_owned(),
-                        r#type: "content".to_owned(),
-                    }),
-                }))
-                .await
-                .map_err(|s| Error::rpc("lease add resource", digest, s))?;
-        }
+        self.lease_resource(digest, "content".to_owned()).await?;
         self.has_blob(digest).await
     }
 

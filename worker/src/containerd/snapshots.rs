@@ -2,14 +2,12 @@
 
 use std::collections::HashMap;
 
-use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, Info, ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest,
     RemoveSnapshotRequest, StatSnapshotRequest, UpdateSnapshotRequest, UsageRequest,
     ViewSnapshotRequest,
 };
-use containerd_client::services::v1::{AddResourceRequest, Resource};
 use containerd_client::types::Mount;
 
 use super::{Containerd, Error, Result};
@@ -138,18 +136,8 @@ impl Containerd {
     /// concurrent `memobuild cache prune --snapshots` may take away before the snapshot is used
     /// as a parent; the lease holds it (and, through it, its parents) until the build is over.
     pub async fn stat_leased(&self, key: &str) -> Result<Option<Info>> {
-        if let Some((id, _)) = &self.lease {
-            LeasesClient::new(self.channel())
-                .add_resource(self.request(AddResourceRequest {
-                    id: id.clone(),
-                    resource: Some(Resource {
-                        id: key.to_owned(),
-                        r#type: format!("snapshots/{}", self.snapshotter),
-                    }),
-                }))
-                .await
-                .map_err(|s| Error::rpc("lease add resource", key, s))?;
-        }
+        self.lease_resource(key, format!("snapshots/{}", self.snapshotter))
+            .await?;
         self.stat(key).await
     }
 
