@@ -474,11 +474,6 @@ pub enum Added {
     Duplicate,
 }
 
-/// Fsyncs a directory, so a rename in it survives a crash.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 impl BuildLog {
     /// Opens (creating) `dir/builds.jsonl` and loads its newest `keep` records. Lines that do
     /// not parse (a torn last line, bytes that are not UTF-8) are skipped with a warning and
@@ -631,9 +626,7 @@ impl BuildLog {
             }
             w.flush()?;
         }
-        tmp.as_file().sync_all()?;
-        tmp.persist(&self.path).map_err(|e| e.error)?;
-        sync_dir(dir)?;
+        crate::server::store::persist_durably(tmp, &self.path)?;
         *lines = records.len();
         Ok(())
     }

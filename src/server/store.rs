@@ -137,13 +137,7 @@ impl Store {
         let dest = self.path(id);
         let shard = dest.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&shard)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&dest).map_err(|e| e.error)?;
-        // Make the rename itself durable; a failure here only weakens crash safety.
-        if let Ok(d) = File::open(&shard) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        persist_durably(tmp, &dest)
     }
 
     /// Opens `id` for reading and marks it used now. `None` when it is not stored.
@@ -230,6 +224,25 @@ fn touch(path: &Path) {
     if let Err(e) = filetime::set_file_atime(path, filetime::FileTime::now()) {
         tracing::debug!(path = %path.display(), "cannot update access time: {e}");
     }
+}
+
+/// Fsyncs a directory so that renames and removals in it survive a crash; best effort (a
+/// failure only weakens crash safety).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Fsyncs `tmp`, renames it to `dest` (replacing what is there) and fsyncs the directory: the
+/// file is complete under its final name or not there at all, after a crash too.
+pub fn persist_durably(tmp: tempfile::NamedTempFile, dest: &Path) -> io::Result<()> {
+    tmp.as_file().sync_all()?;
+    tmp.persist(dest).map_err(|e| e.error)?;
+    if let Some(dir) = dest.parent() {
+        sync_dir(dir);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

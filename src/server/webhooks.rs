@@ -868,7 +868,7 @@ impl Shared {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
                 _ => {}
             }
-            sync_dir(&pending_dir);
+            crate::server::store::sync_dir(&pending_dir);
             Ok(())
         })
         .await;
@@ -997,13 +997,6 @@ where
         .context("a blocking task failed")?
 }
 
-/// Fsyncs a directory so that renames and removals in it survive a crash; best effort.
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
 /// Writes `bytes` to `dest` through a fsynced temporary file in `dir/tmp/`.
 fn write_atomic(dir: &Path, dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp_dir = dir.join("tmp");
@@ -1013,11 +1006,7 @@ fn write_atomic(dir: &Path, dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .tempfile_in(&tmp_dir)
         .with_context(|| format!("cannot create a temporary file in `{}`", tmp_dir.display()))?;
     tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(dest).map_err(|e| e.error)?;
-    if let Some(parent) = dest.parent() {
-        sync_dir(parent);
-    }
+    crate::server::store::persist_durably(tmp, dest)?;
     Ok(())
 }
 
