@@ -9,7 +9,7 @@ const PROTO_ROOT: &str = "buildkit";
 /// Files to compile, relative to [`PROTO_ROOT`]. Service definitions
 /// (Control, LLBBridge, fsutil, ...) are added to this list; tonic-prost-build
 /// then emits their clients and servers next to the messages.
-const PROTOS: &[&str] = &["pb/ops.proto"];
+const PROTOS: &[&str] = &["pb/ops.proto", "fsutil/types.proto"];
 
 fn main() -> io::Result<()> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");

@@ -53,6 +53,13 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/pb.rs"));
 }
 
+/// fsutil's transfer packets (`fsutil.types`): the payload of FileSync and of the local
+/// exporter's FileSend.
+#[allow(missing_docs)]
+pub mod fsutil {
+    include!(concat!(env!("OUT_DIR"), "/fsutil.types.rs"));
+}
+
 pub use builder::DefinitionBuilder;
 pub use definition::{DefinitionError, ParsedDefinition, ParsedOp, parse_definition};
 pub use digest::{digest_of, encode_op};
