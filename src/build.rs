@@ -1,17 +1,18 @@
 //! `memobuild build` and `memobuild lower`: read the Dockerfile and context, lower, solve, export.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use memobuild_frontend as frontend;
-use memobuild_proto::pb;
+use memobuild_worker::caller::{Caller, HostLocals};
+use memobuild_worker::export::exporter::keys;
 use memobuild_worker::progress::Progress;
-use memobuild_worker::registry::Registry;
+use memobuild_worker::registry::{Registry, RegistryConfig};
 use memobuild_worker::solver::{SolveError, SolveOptions};
 use memobuild_worker::ssh::{PrivateAgent, SshAgents};
-use memobuild_worker::{Worker, WorkerConfig};
+use memobuild_worker::{Engine, EngineConfig, StateDir};
 use prost::Message;
 use tokio::sync::mpsc;
 
@@ -35,7 +36,7 @@ struct Inputs {
 /// inside it, as with buildx.
 async fn read_inputs(
     args: &FrontendArgs,
-    state: &Path,
+    state: &StateDir,
     ssh: Option<&Path>,
 ) -> anyhow::Result<Inputs> {
     let git = args
@@ -45,7 +46,7 @@ async fn read_inputs(
         .and_then(crate::gitctx::GitContext::parse);
     let checkout = match git {
         Some(g) => {
-            let (state, ssh) = (state.to_path_buf(), ssh.map(Path::to_path_buf));
+            let (state, ssh) = (state.clone(), ssh.map(Path::to_path_buf));
             let c = tokio::task::spawn_blocking(move || {
                 crate::gitctx::checkout(&g, &state, ssh.as_deref())
             })
@@ -170,65 +171,15 @@ fn parse_build_args(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> 
     Ok(out)
 }
 
-/// Lets the frontend (which does no I/O) resolve base images through the worker's registry
-/// client. Lowering runs on a blocking thread, so blocking on the runtime here is fine.
-struct Resolver {
-    registry: Arc<Registry>,
-    handle: tokio::runtime::Handle,
-}
-
-impl frontend::ImageResolver for Resolver {
-    fn resolve_image_config(
-        &self,
-        reference: &str,
-        platform: &frontend::Platform,
-    ) -> Result<frontend::ResolvedImage, String> {
-        let p = to_pb_platform(platform);
-        let (digest, config) = self
-            .handle
-            .block_on(memobuild_worker::resolve_image_config(
-                &self.registry,
-                reference,
-                &p,
-            ))
-            .map_err(|e| e.to_string())?;
-        Ok(frontend::ResolvedImage { digest, config })
-    }
-}
-
-fn to_pb_platform(p: &frontend::Platform) -> pb::Platform {
-    pb::Platform {
-        architecture: p.architecture.clone(),
-        os: p.os.clone(),
-        variant: p.variant.clone().unwrap_or_default(),
-        ..Default::default()
-    }
-}
-
-async fn lower_with(
-    registry: &Arc<Registry>,
-    inputs: &Inputs,
-    target: Option<String>,
-) -> anyhow::Result<frontend::Lowered> {
-    let opts = frontend::BuildOptions {
+/// The frontend options of a build from the command line.
+fn frontend_options(inputs: &Inputs, target: Option<String>) -> frontend::BuildOptions {
+    frontend::BuildOptions {
         dockerfile_name: inputs.dockerfile_name.clone(),
         target,
         build_args: inputs.build_args.clone(),
-        platform: frontend::Platform::host(),
-        context_name: "context".into(),
-        session_id: None,
         dockerignore: inputs.dockerignore.clone(),
-    };
-    let resolver = Resolver {
-        registry: registry.clone(),
-        handle: tokio::runtime::Handle::current(),
-    };
-    let dockerfile = inputs.dockerfile.clone();
-    let lowered =
-        tokio::task::spawn_blocking(move || frontend::build(&dockerfile, &opts, &resolver))
-            .await
-            .context("frontend task failed")??;
-    Ok(lowered)
+        ..frontend::BuildOptions::new(frontend::Platform::host())
+    }
 }
 
 /// The identity of a build target for `memobuild why`: context, Dockerfile and target.
@@ -245,28 +196,14 @@ fn build_id(context: &Path, file: Option<&Path>, target: Option<&str>) -> String
     )
 }
 
-fn render_explanations(h: &History) -> String {
-    if h.explanations.is_empty() {
-        return "every step came from the cache".to_string();
-    }
-    let mut out = String::new();
-    for e in &h.explanations {
-        out.push_str(&format!(
-            "{} ran because {}\n",
-            e.name,
-            e.reasons.join("; ")
-        ));
-    }
-    out.trim_end().to_string()
-}
-
 /// `memobuild why`: the explanations saved by the last build of this target.
 pub fn why(args: WhyArgs) -> anyhow::Result<()> {
     let state = crate::cli::state_dir(args.state_dir.clone());
-    let path = memobuild_worker::cache::history::path_for(
-        &state,
-        &build_id(&args.context, args.file.as_deref(), args.target.as_deref()),
-    );
+    let path = StateDir::new(&state).history(&build_id(
+        &args.context,
+        args.file.as_deref(),
+        args.target.as_deref(),
+    ));
     if !path.is_file() {
         bail!(
             "no build of `{}` recorded in `{}` yet",
@@ -274,22 +211,28 @@ pub fn why(args: WhyArgs) -> anyhow::Result<()> {
             state.display()
         );
     }
-    println!("{}", render_explanations(&History::load(&path)));
+    println!(
+        "{}",
+        crate::pipeline::render_explanations(&History::load(&path))
+    );
     Ok(())
 }
 
 /// `memobuild lower`.
 pub async fn lower(args: LowerArgs) -> anyhow::Result<()> {
-    let state = crate::cli::state_dir(None);
+    let state = StateDir::new(crate::cli::state_dir(None));
     let inputs = read_inputs(&args.frontend, &state, None).await?;
-    let registry = Arc::new(Registry::new(memobuild_worker::registry_config(
-        &WorkerConfig {
-            insecure_registries: args.frontend.insecure_registries.clone(),
-            credentials: Some(Arc::new(crate::credentials::DockerCredentials::load())),
-            ..WorkerConfig::default()
-        },
-    )));
-    let lowered = lower_with(&registry, &inputs, args.frontend.target.clone()).await?;
+    let registry = Arc::new(Registry::new(RegistryConfig {
+        insecure: args.frontend.insecure_registries.clone(),
+        provider: Some(Arc::new(crate::credentials::DockerCredentials::load())),
+        ..RegistryConfig::default()
+    }));
+    let lowered = crate::pipeline::lower(
+        &registry,
+        &inputs.dockerfile,
+        frontend_options(&inputs, args.frontend.target.clone()),
+    )
+    .await?;
     for w in &lowered.warnings {
         eprintln!("warning: {w}");
     }
@@ -310,34 +253,45 @@ pub async fn lower(args: LowerArgs) -> anyhow::Result<()> {
 pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
     let started_at = std::time::SystemTime::now();
     let started = std::time::Instant::now();
-    let state = crate::cli::state_dir(args.state_dir.clone());
+    let state = StateDir::new(crate::cli::state_dir(args.state_dir.clone()));
     // Private agents (for `--ssh ID=KEYFILE`) live until the build is over.
     let (ssh, _private_agents) = ssh_agents(&args, &state).await?;
     let inputs = read_inputs(&args.frontend, &state, ssh.get("default")).await?;
     let mut outputs = args
         .outputs
         .iter()
-        .map(|o| output::parse(o, &args.tags))
+        .map(|o| output::parse(o))
         .collect::<anyhow::Result<Vec<_>>>()?;
     if args.push {
         output::apply_push(&mut outputs, &args.tags)?;
     }
-    output::validate(&outputs)?;
+    let (exporters, sink) = output::exporters(&outputs, &args.tags)?;
+    let credentials = Arc::new(crate::credentials::DockerCredentials::load());
+    let mut locals = HostLocals::new();
+    locals.insert("context", &inputs.context);
+    let caller = Caller {
+        locals: Arc::new(locals),
+        secrets: Arc::new(args.secrets()?),
+        ssh: Arc::new(ssh),
+        credentials,
+    };
     // The given containerd, else the system's, else an embedded one (stopped at the end).
     let containerd =
         crate::embedded::Containerd::select(args.containerd.as_deref(), &state).await?;
-    let worker = Worker::open(WorkerConfig {
-        containerd_socket: Some(containerd.socket().to_path_buf()),
+    let engine = Engine::open(EngineConfig {
         namespace: args.namespace.clone(),
-        state_dir: state.clone(),
         insecure_registries: args.frontend.insecure_registries.clone(),
-        credentials: Some(Arc::new(crate::credentials::DockerCredentials::load())),
         remote_cache: args.remote_cache.clone(),
         remote_cache_token: args.remote_cache_token.clone(),
+        ..EngineConfig::new(containerd.socket(), state.clone())
     })
     .await;
-    let worker = match worker {
-        Ok(w) => w,
+    let build = match engine {
+        Ok(engine) => engine.build(caller).await,
+        Err(e) => Err(e),
+    };
+    let build = match build {
+        Ok(b) => b,
         Err(e) => {
             containerd.release().await;
             return Err(e.into());
@@ -351,71 +305,78 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
     // Every cacheable vertex of the solve, for the build report.
     let mut vertices = Vec::new();
     let result = async {
-        let lowered = lower_with(worker.registry(), &inputs, args.frontend.target.clone()).await?;
+        let lowered = crate::pipeline::lower(
+            build.registry(),
+            &inputs.dockerfile,
+            frontend_options(&inputs, args.frontend.target.clone()),
+        )
+        .await?;
         for w in &lowered.warnings {
-            progress.send(memobuild_worker::progress::ProgressEvent::Message(format!("warning: {w}")));
+            crate::pipeline::note(&progress, format!("warning: {w}"));
         }
-        let def = memobuild_proto::ParsedDefinition::try_from(lowered.definition.clone())
-            .context("frontend produced an invalid definition")?;
         let opts = SolveOptions {
-            locals: HashMap::from([("context".to_string(), inputs.context.clone())]),
             layer: Default::default(),
             max_parallel_exec: args.max_parallelism,
-            platform: to_pb_platform(&frontend::Platform::host()),
+            platform: crate::pipeline::pb_platform(&frontend::Platform::host()),
             no_cache: args.no_cache,
-            secrets: args.secrets()?,
-            ssh: ssh.clone(),
         };
-        let solved = worker.solve(def, opts, progress.clone()).await?;
+        let solved = crate::pipeline::solve(&build, &lowered.definition, opts, &progress).await?;
         vertices = solved.vertices.clone();
-        let history_path = memobuild_worker::cache::history::path_for(
-            &state,
-            &build_id(&args.frontend.context, args.frontend.file.as_deref(), args.frontend.target.as_deref()),
+        let history = crate::pipeline::record_history(
+            &build,
+            &build_id(
+                &args.frontend.context,
+                args.frontend.file.as_deref(),
+                args.frontend.target.as_deref(),
+            ),
+            &solved,
+            args.no_cache,
         );
-        let history = History::load(&history_path).next(&solved.vertices, worker.cache(), args.no_cache);
-        if let Err(e) = history.save(&history_path) {
-            tracing::warn!("cannot save build history: {e}");
-        }
         if args.explain {
-            progress.send(memobuild_worker::progress::ProgressEvent::Message(render_explanations(&history)));
+            crate::pipeline::note(&progress, crate::pipeline::render_explanations(&history));
         }
-        let image = memobuild_worker::export::assemble(&lowered.image_config, &solved.fs.layers)?;
-        if outputs.is_empty() {
-            progress.send(memobuild_worker::progress::ProgressEvent::Message(
-                "warning: no output specified; the build result stays only in the cache (use --output type=oci,dest=FILE, --output DIR or -t NAME --push)".into(),
-            ));
+        if exporters.is_empty() {
+            crate::pipeline::note(
+                &progress,
+                "warning: no output specified; the build result stays only in the cache (use --output type=oci,dest=FILE, --output DIR or -t NAME --push)",
+            );
         }
-        let mut exporter = output::Exporter::new(
-            worker.blobs().clone(),
-            &image,
+        let responses = crate::pipeline::export(
+            &build,
+            &solved.fs,
+            &lowered.image_config,
             &lowered.definition,
-            &args.frontend.insecure_registries,
+            &exporters,
+            &sink,
             &progress,
-            &outputs,
         )
-        .with_worker(worker.clone())
-        .with_conversions(&state, &lowered.image_config);
+        .await?;
         // stdout: the digest of the first image an output wrote (its compression and media
         // types are part of it), else the image as built.
-        let mut printed = None;
-        for out in outputs.drain(..) {
-            let written = exporter.export(out).await?;
-            printed = printed.or(written);
-        }
-        Ok::<_, anyhow::Error>(printed.unwrap_or_else(|| image.manifest_desc.digest.clone()))
+        let printed = responses
+            .iter()
+            .find_map(|r| r.get(keys::IMAGE_DIGEST).cloned());
+        let digest = match printed {
+            Some(d) => d,
+            None => memobuild_worker::export::assemble(&lowered.image_config, &solved.fs.layers)?
+                .manifest_desc
+                .digest,
+        };
+        Ok::<_, anyhow::Error>(digest)
     }
     .await;
     // Uploads to the remote cache run per vertex as it finishes; wait for the last ones.
-    worker.flush_uploads().await;
+    build.flush_uploads().await;
     if let Some(max) = args.cache_max_size {
-        match crate::cache_cmd::auto_prune(&state, max) {
+        match memobuild_worker::state::usage::auto_prune(&state, max) {
             Ok((0, _)) => {}
-            Ok((n, bytes)) => {
-                progress.send(memobuild_worker::progress::ProgressEvent::Message(format!(
+            Ok((n, bytes)) => crate::pipeline::note(
+                &progress,
+                format!(
                     "cache: removed {n} least recently used entries ({})",
                     crate::cache_cmd::human_size(bytes)
-                )))
-            }
+                ),
+            ),
             Err(e) => tracing::warn!("cache GC: {e:#}"),
         }
     }
@@ -452,14 +413,15 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
             crate::report::record(&subject, started_at, started.elapsed(), &vertices, outcome);
         if let Err(e) = crate::report::send(base, args.remote_cache_token.as_deref(), &record).await
         {
-            progress.send(memobuild_worker::progress::ProgressEvent::Message(format!(
-                "warning: the build report did not reach the server: {e}"
-            )));
+            crate::pipeline::note(
+                &progress,
+                format!("warning: the build report did not reach the server: {e}"),
+            );
         }
     }
     drop(progress);
     let _ = renderer.await;
-    worker.close().await;
+    build.finish().await;
     containerd.release().await;
     if let Err(e) = &result
         && let Some(se) = e.downcast_ref::<SolveError>()
@@ -475,7 +437,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
 /// build's own (returned, to be stopped when the build is over).
 async fn ssh_agents(
     args: &BuildArgs,
-    state: &Path,
+    state: &StateDir,
 ) -> anyhow::Result<(SshAgents, Vec<PrivateAgent>)> {
     let mut agents = SshAgents::new();
     let mut private = Vec::new();
@@ -483,7 +445,7 @@ async fn ssh_agents(
         match source {
             SshSource::Socket(p) => agents.insert(id, p),
             SshSource::Keys(keys) => {
-                let dir = state.join("tmp");
+                let dir = state.tmp();
                 let agent = tokio::task::spawn_blocking(move || PrivateAgent::start(&dir, &keys))
                     .await
                     .context("starting ssh-agent")?

@@ -7,7 +7,7 @@
 //! holds `auth` (base64 of `user:password`) or `username` + `password`. Keys may be URLs
 //! (`https://index.docker.io/v1/`); Docker Hub's aliases are one host.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -200,8 +200,9 @@ fn run_helper_program(program: &Path, server: &str) -> anyhow::Result<Option<Cre
 /// run per host when a registry is first contacted. A config that cannot be read or a helper
 /// that fails means anonymous access, with a warning, as a pull of a public image should not
 /// fail over a broken credential setup.
+#[derive(Clone)]
 pub struct DockerCredentials {
-    config: Option<DockerConfig>,
+    config: Option<std::sync::Arc<DockerConfig>>,
 }
 
 impl DockerCredentials {
@@ -214,12 +215,12 @@ impl DockerCredentials {
                 None
             }
         });
-        DockerCredentials { config }
+        DockerCredentials {
+            config: config.map(std::sync::Arc::new),
+        }
     }
-}
 
-impl memobuild_worker::registry::CredentialProvider for DockerCredentials {
-    fn credentials(&self, host: &str) -> Option<Credentials> {
+    fn lookup(&self, host: &str) -> Option<Credentials> {
         match self.config.as_ref()?.credentials_for(host) {
             Ok(c) => c,
             Err(e) => {
@@ -230,19 +231,20 @@ impl memobuild_worker::registry::CredentialProvider for DockerCredentials {
     }
 }
 
-/// Credentials for each of `hosts` (as `Registry`/`Pusher` look them up), from Docker's config.
-pub fn for_hosts(hosts: &[String]) -> anyhow::Result<HashMap<String, Credentials>> {
-    let mut out = HashMap::new();
-    let Some(path) = config_path() else {
-        return Ok(out);
-    };
-    let config = DockerConfig::load(&path)?;
-    for h in hosts {
-        if let Some(c) = config.credentials_for(h)? {
-            out.insert(h.clone(), c);
-        }
+impl memobuild_worker::registry::CredentialProvider for DockerCredentials {
+    fn credentials<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> futures::future::BoxFuture<'a, Option<Credentials>> {
+        // A credential helper is a process: run it off the runtime's threads.
+        let (this, host) = (self.clone(), host.to_owned());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || this.lookup(&host))
+                .await
+                .ok()
+                .flatten()
+        })
     }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -49,7 +49,10 @@ impl Containerd {
     /// Picks the containerd for a build: `addr` if given (`unix:///path` or a path; `embedded`
     /// forces the embedded one), else the system's if it answers, else the embedded one, started
     /// if no other build of `state_dir` runs it already.
-    pub async fn select(addr: Option<&str>, state_dir: &Path) -> anyhow::Result<Containerd> {
+    pub async fn select(
+        addr: Option<&str>,
+        state_dir: &memobuild_worker::StateDir,
+    ) -> anyhow::Result<Containerd> {
         match addr {
             Some(EMBEDDED) => {}
             Some(a) => {
@@ -63,7 +66,7 @@ impl Containerd {
             None => {}
         }
         Ok(Containerd::Embedded(
-            Embedded::start(&state_dir.join("containerd")).await?,
+            Embedded::start(&state_dir.embedded_containerd()).await?,
         ))
     }
 

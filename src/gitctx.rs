@@ -176,13 +176,13 @@ fn remove_stale_locks(git_dir: &Path) {
 /// Fetches and checks out `ctx` under `state` (blocking). `ssh_sock` is the agent for ssh URLs.
 pub fn checkout(
     ctx: &GitContext,
-    state: &Path,
+    state: &memobuild_worker::StateDir,
     ssh_sock: Option<&Path>,
 ) -> anyhow::Result<Checkout> {
     let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
         ctx.remote.as_bytes(),
     ));
-    let dir = state.join("contexts").join(&hash[..16]);
+    let dir = state.git_context(&hash[..16]);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating `{}`", dir.display()))?;
     let lock_path = dir.join("lock");
     let lock_file =
@@ -329,7 +329,9 @@ mod tests {
     fn a_ref_is_never_an_option() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = GitContext::parse("git://127.0.0.1:1/r.git#--upload-pack=touch pwned").unwrap();
-        let err = checkout(&ctx, dir.path(), None).unwrap_err().to_string();
+        let err = checkout(&ctx, &memobuild_worker::StateDir::new(dir.path()), None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("is not a ref"), "{err}");
     }
 

@@ -11,8 +11,8 @@ mod embedded;
 mod gitctx;
 mod k8s;
 mod output;
+mod pipeline;
 mod progress;
-mod push;
 mod report;
 mod server;
 

@@ -13,13 +13,16 @@
 pub mod compression;
 pub mod containerd;
 pub mod docker;
+pub mod exporter;
 pub mod local;
 pub mod manifest;
 pub mod mediatypes;
 pub mod push;
+pub mod sink;
+pub mod spec;
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::blobs::{BlobError, BlobStore, digest_hex};
@@ -43,6 +46,9 @@ pub enum ExportError {
     /// The image could not be assembled.
     #[error(transparent)]
     Manifest(#[from] manifest::ManifestError),
+    /// Writing an output stream failed.
+    #[error("writing the output: {0}")]
+    Stream(io::Error),
 }
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -58,8 +64,7 @@ pub fn write_oci_archive(
 }
 
 /// Writes an OCI image layout tar (blobs, `oci-layout`, `index.json`) plus `extra` top-level
-/// files to a temporary file beside `dest`, renamed to `dest` when complete. Layer blobs are
-/// streamed from the store; one whose size changes while it is copied fails the export.
+/// files to a temporary file beside `dest`, renamed to `dest` when complete.
 pub(crate) fn write_layout_archive(
     dest: &Path,
     img: &ImageManifest,
@@ -71,16 +76,23 @@ pub(crate) fn write_layout_archive(
         path: dest.to_path_buf(),
         source,
     };
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".memobuild-export-")
-        .tempfile_in(dir)
-        .map_err(err)?;
-    let file = tmp.as_file().try_clone().map_err(err)?;
-    let mut tw = TarWriter::new(BufWriter::with_capacity(1 << 20, file));
+    let mut out = sink::HostFile::create(dest).map_err(err)?;
+    write_layout_tar(&mut out, img, store, names, extra)?;
+    out.commit_blocking().map_err(err)
+}
+
+/// Writes an OCI image layout tar (blobs, `oci-layout`, `index.json`) plus `extra` top-level
+/// files to `out`. Layer blobs are streamed from the store; one whose size changes while it is
+/// copied fails the export.
+pub fn write_layout_tar(
+    out: &mut dyn Write,
+    img: &ImageManifest,
+    store: &BlobStore,
+    names: &[String],
+    extra: &[(&str, Vec<u8>)],
+) -> Result<(), ExportError> {
+    let err = ExportError::Stream;
+    let mut tw = TarWriter::new(out);
     let file_entry = |path: &str| Entry::new(path.as_bytes().to_vec(), EntryKind::File, 0o644);
     for d in ["blobs", "blobs/sha256"] {
         tw.append_header(&Entry::new(d.as_bytes().to_vec(), EntryKind::Dir, 0o755))
@@ -127,11 +139,8 @@ pub(crate) fn write_layout_archive(
     for (name, bytes) in extra {
         tw.append_bytes(&file_entry(name), bytes).map_err(err)?;
     }
-    let mut out = tw.finish().map_err(err)?;
+    let out = tw.finish().map_err(err)?;
     out.flush().map_err(err)?;
-    drop(out);
-    tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(dest).map_err(|e| err(e.error))?;
     Ok(())
 }
 

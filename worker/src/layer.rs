@@ -121,6 +121,24 @@ pub fn write_layer(
     })
 }
 
+/// Writes the tree under `root` as a plain tar to `out` (`type=tar`): sorted entries, owners,
+/// modes and mtimes as stored, hard links kept. Blocking.
+pub fn write_tree_tar(root: &Path, out: &mut dyn io::Write) -> Result<(), LayerError> {
+    let mut tw = TarWriter::new(out);
+    let mut walker = Walker {
+        opts: LayerOptions {
+            source_date_epoch: i64::MAX,
+            gzip_level: 0,
+        },
+        links: HashMap::new(),
+        buf: vec![0u8; 1 << 16],
+    };
+    walker.walk_dir(root, b"", &mut tw)?;
+    let out = tw.finish().map_err(io_err(root))?;
+    out.flush().map_err(io_err(root))?;
+    Ok(())
+}
+
 struct Walker {
     opts: LayerOptions,
     /// (dev, inode) of files with several links → the path written first.

@@ -34,13 +34,13 @@ impl Solve {
         fs: &FsRef,
     ) -> Result<(MountGuard, String), SolveError> {
         let snap = self
-            .worker
+            .build
             .ensure_snapshot(&self.name(digest), fs)
             .await
             .map_err(|e| self.error(digest, e.to_string()))?;
         let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
         let mounts = self
-            .worker
+            .build
             .ctd
             .view(&key, &snap)
             .await
@@ -48,7 +48,7 @@ impl Solve {
         match MountGuard::mount(&mounts) {
             Ok(g) => Ok((g, key)),
             Err(e) => {
-                let _ = self.worker.ctd.remove(&key).await;
+                let _ = self.build.ctd.remove(&key).await;
                 Err(self.error(digest, e.to_string()))
             }
         }

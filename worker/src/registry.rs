@@ -189,11 +189,15 @@ pub struct Credentials {
     pub password: String,
 }
 
-/// Looks up credentials for a registry host when the static map has none (the binary reads
-/// `~/.docker/config.json` and credential helpers behind it; the worker reads no files).
+/// Looks up credentials for a registry host when the static map has none: `memobuild build`
+/// reads `~/.docker/config.json` and credential helpers behind it, the daemon asks the client
+/// through its session (the worker reads no files).
 pub trait CredentialProvider: Send + Sync {
     /// Credentials for `host` (`host` or `host:port`), or `None` for anonymous access.
-    fn credentials(&self, host: &str) -> Option<Credentials>;
+    fn credentials<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> futures::future::BoxFuture<'a, Option<Credentials>>;
 }
 
 impl std::fmt::Debug for dyn CredentialProvider {
@@ -213,6 +217,9 @@ pub struct RegistryConfig {
     pub provider: Option<Arc<dyn CredentialProvider>>,
     /// Connect timeout (10 s when `None`).
     pub connect_timeout: Option<Duration>,
+    /// Mirrors to try first, by registry host as in a reference (`docker.io`), each a
+    /// `host[:port]` serving the same repositories (BuildKit's `[registry."docker.io"] mirrors`).
+    pub mirrors: HashMap<String, Vec<String>>,
 }
 
 /// Target platform of a pull.
@@ -469,28 +476,35 @@ impl Registry {
             .clone()
     }
 
-    fn auth_for(&self, reference: &Reference) -> RegistryAuth {
-        let creds = self
+    async fn auth_for(&self, reference: &Reference) -> RegistryAuth {
+        let configured = self
             .config
             .credentials
             .get(reference.registry())
             .or_else(|| self.config.credentials.get(reference.resolve_registry()))
-            .cloned()
-            .or_else(|| self.provided(reference.registry()));
+            .cloned();
+        let creds = match configured {
+            Some(c) => Some(c),
+            None => self.provided(reference.registry()).await,
+        };
         match creds {
             Some(c) => RegistryAuth::Basic(c.username, c.password),
             None => RegistryAuth::Anonymous,
         }
     }
 
-    /// What the credential provider says for `host`, asked once per host and process.
-    fn provided(&self, host: &str) -> Option<Credentials> {
+    /// What the credential provider says for `host`, asked once per host and client.
+    async fn provided(&self, host: &str) -> Option<Credentials> {
         let provider = self.config.provider.as_ref()?;
-        let mut asked = self.provided.lock().ok()?;
-        asked
-            .entry(host.to_string())
-            .or_insert_with(|| provider.credentials(host))
-            .clone()
+        if let Some(known) = self.provided.lock().ok()?.get(host) {
+            return known.clone();
+        }
+        let answer = provider.credentials(host).await;
+        self.provided
+            .lock()
+            .ok()?
+            .insert(host.to_string(), answer.clone());
+        answer
     }
 
     /// Client for the reference's registry, authenticated for its repository (anonymous or with
@@ -498,7 +512,7 @@ impl Registry {
     async fn client_for(&self, reference: &Reference) -> Result<(Arc<HostClient>, RegistryAuth)> {
         let host = reference.resolve_registry();
         let hc = self.host_client(host);
-        let auth = self.auth_for(reference);
+        let auth = self.auth_for(reference).await;
         let mut authed = hc.authed.lock().await;
         let fresh = authed
             .get(reference.repository())

@@ -28,6 +28,11 @@ impl Secrets {
         self.values.get(id).map(|v| v.as_slice())
     }
 
+    /// The value of secret `id`, shared.
+    pub fn get_shared(&self, id: &str) -> Option<Arc<Vec<u8>>> {
+        self.values.get(id).cloned()
+    }
+
     /// The ids of all secrets, sorted.
     pub fn ids(&self) -> impl Iterator<Item = &str> {
         self.values.keys().map(String::as_str)

@@ -20,7 +20,7 @@ use futures::future::{BoxFuture, try_join_all};
 use memobuild_proto::{ParsedDefinition, attr, pb};
 use tokio::sync::{OnceCell, Semaphore};
 
-use crate::Worker;
+use crate::Build;
 use crate::cache::ActionRecord;
 use crate::cache::history::VertexReport;
 use crate::layer::{LayerBlob, LayerOptions};
@@ -30,7 +30,7 @@ use crate::progress::{Progress, VertexState};
 /// A filesystem produced by a vertex: the layers that make it, bottom first (none: scratch).
 ///
 /// The layers are the whole truth; a containerd snapshot of them is named by their chain ID and
-/// made only when something must run on top of it ([`crate::Worker::ensure_snapshot`]). A cache
+/// made only when something must run on top of it ([`crate::Build::ensure_snapshot`]). A cache
 /// hit therefore costs no snapshot work at all unless a later vertex executes.
 #[derive(Debug, Clone, Default)]
 pub struct FsRef {
@@ -61,8 +61,6 @@ pub enum Output {
 /// Options of one solve.
 #[derive(Debug, Clone)]
 pub struct SolveOptions {
-    /// `local://NAME` sources: NAME → directory.
-    pub locals: HashMap<String, PathBuf>,
     /// How layers are written.
     pub layer: LayerOptions,
     /// Maximum number of containers running at once.
@@ -71,10 +69,6 @@ pub struct SolveOptions {
     pub platform: pb::Platform,
     /// Execute every vertex even when the cache has its result (results are still recorded).
     pub no_cache: bool,
-    /// Values for secret mounts and secret env vars, by id (never part of a key or a layer).
-    pub secrets: crate::secrets::Secrets,
-    /// SSH agents for ssh mounts, by id (never part of a key or a layer).
-    pub ssh: crate::ssh::SshAgents,
 }
 
 /// A failed vertex, with what a user needs to find it: its name and, when the definition has
@@ -109,7 +103,7 @@ pub struct SolveResult {
 type Cell = Arc<OnceCell<Result<Arc<Vec<Output>>, SolveError>>>;
 
 pub(crate) struct Solve {
-    pub(crate) worker: Worker,
+    pub(crate) build: Build,
     pub(crate) def: ParsedDefinition,
     pub(crate) opts: SolveOptions,
     pub(crate) progress: Progress,
@@ -123,7 +117,7 @@ pub(crate) struct Solve {
 
 /// Solves `def` on `worker`.
 pub async fn solve(
-    worker: &Worker,
+    build: &Build,
     def: ParsedDefinition,
     opts: SolveOptions,
     progress: Progress,
@@ -135,7 +129,7 @@ pub async fn solve(
         .collect();
     let terminal = def.terminal().clone();
     let solve = Arc::new(Solve {
-        worker: worker.clone(),
+        build: build.clone(),
         exec_slots: Semaphore::new(opts.max_parallel_exec.max(1)),
         def,
         opts,

@@ -13,18 +13,17 @@ use memobuild_proto::{DefinitionBuilder, ParsedDefinition, pb};
 use memobuild_worker::layer::LayerBlob;
 use memobuild_worker::progress::Progress;
 use memobuild_worker::registry::Platform;
-use memobuild_worker::secrets::Secrets;
 use memobuild_worker::solver::{FsRef, SolveOptions, SolveResult};
-use memobuild_worker::{Worker, WorkerConfig};
+use memobuild_worker::{Build, Caller, Engine, EngineConfig, StateDir};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 /// A worker in a fresh namespace and state directory, and the base image reference.
 struct Env {
-    worker: Worker,
+    worker: Build,
     busybox: String,
-    /// How `worker` was opened (to open another worker on the same state directory).
-    config: WorkerConfig,
+    /// How `worker`'s engine was opened (to open another engine on the same state directory).
+    config: EngineConfig,
     _state: tempfile::TempDir,
 }
 
@@ -37,22 +36,25 @@ async fn env(test: &str) -> Option<Env> {
         return None;
     };
     let state = tempfile::tempdir().expect("state dir");
-    let config = WorkerConfig {
-        containerd_socket: Some(PathBuf::from(socket)),
+    let config = EngineConfig {
         namespace: format!(
             "memobuild-test-ops-{test}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ),
-        state_dir: state.path().to_path_buf(),
-        ..WorkerConfig::default()
+        ..EngineConfig::new(PathBuf::from(socket), StateDir::new(state.path()))
     };
-    let worker = Worker::open(config.clone()).await.expect("worker opens");
+    let worker = open(config.clone()).await.expect("worker opens");
     Some(Env {
         worker,
         busybox: format!("docker-image://{registry}/library/busybox:latest"),
         config,
         _state: state,
     })
+}
+
+/// An engine on `config` and a build on it with nothing from a caller.
+async fn open(config: EngineConfig) -> Result<Build, memobuild_worker::WorkerError> {
+    Engine::open(config).await?.build(Caller::empty()).await
 }
 
 fn platform() -> pb::Platform {
@@ -147,27 +149,24 @@ impl Llb {
         })
     }
 
-    async fn solve(&self, worker: &Worker, digest: &str, index: i64) -> Result<FsRef, String> {
+    async fn solve(&self, worker: &Build, digest: &str, index: i64) -> Result<FsRef, String> {
         self.solve_full(worker, digest, index).await.map(|r| r.fs)
     }
 
     /// Solves output `index` of `digest`, with the report of which vertices were cached.
     async fn solve_full(
         &self,
-        worker: &Worker,
+        worker: &Build,
         digest: &str,
         index: i64,
     ) -> Result<SolveResult, String> {
         let def = self.b.clone().finish(pb::Input::new(digest, index));
         let def = ParsedDefinition::try_from(def).map_err(|e| e.to_string())?;
         let opts = SolveOptions {
-            locals: Default::default(),
             layer: Default::default(),
             max_parallel_exec: 2,
             platform: platform(),
             no_cache: false,
-            secrets: Secrets::new(),
-            ssh: Default::default(),
         };
         worker
             .solve(def, opts, Progress::discard())
@@ -188,7 +187,7 @@ struct Entry {
 }
 
 /// The raw entries of a layer: (path, entry), in order.
-fn layer_entries(worker: &Worker, layer: &LayerBlob) -> Vec<(String, Entry)> {
+fn layer_entries(worker: &Build, layer: &LayerBlob) -> Vec<(String, Entry)> {
     let blob = worker.blobs().open_blob(&layer.digest).expect("blob");
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(blob));
     let mut out = Vec::new();
@@ -232,7 +231,7 @@ fn layer_entries(worker: &Worker, layer: &LayerBlob) -> Vec<(String, Entry)> {
 }
 
 /// Applies layers in order, as an unpacker does (whiteouts and opaque directories included).
-fn flatten(worker: &Worker, layers: &[LayerBlob]) -> BTreeMap<String, Entry> {
+fn flatten(worker: &Build, layers: &[LayerBlob]) -> BTreeMap<String, Entry> {
     let mut fs: BTreeMap<String, Entry> = BTreeMap::new();
     let under = |p: &str, dir: &str| p == dir || p.starts_with(&format!("{dir}/"));
     for l in layers {
@@ -302,7 +301,7 @@ async fn merge_of_prefix_diffs_stacks_layers_and_runs() -> TestResult {
     assert_eq!(file(&flat, "c"), "a\nb\n");
     assert_eq!(file(&flat, "a"), "a\n");
     assert!(flat.contains_key("bin/busybox"));
-    w.close().await;
+    w.clone().finish().await;
     Ok(())
 }
 
@@ -386,7 +385,7 @@ async fn computed_diff_turns_lower_into_upper() -> TestResult {
         "{:?}",
         left.keys().take(5).collect::<Vec<_>>()
     );
-    w.close().await;
+    w.clone().finish().await;
     Ok(())
 }
 
@@ -442,7 +441,7 @@ async fn exec_mount_outputs() -> TestResult {
     let seed_again = llb.run(&seed, "cat /seed/s > /again");
     let again = llb.solve(w, &seed_again, 0).await?;
     assert_eq!(file(&flatten(w, &again.layers), "again"), "seed\n");
-    w.close().await;
+    w.clone().finish().await;
     Ok(())
 }
 
@@ -516,10 +515,10 @@ async fn exec_with_two_outputs_is_cached_whole() -> TestResult {
     assert_eq!(file(&fs0, "token"), token);
     assert!(fs0.contains_key("bin/busybox"));
     assert!(!fs0.contains_key("out/f"), "output 1 is not in the root");
-    w.close().await;
+    w.clone().finish().await;
 
     // A fresh worker on the same state directory: the record comes from disk.
-    let w2 = Worker::open(env.config.clone()).await?;
+    let w2 = open(env.config.clone()).await?;
     let again = llb.solve_full(&w2, &exec, 1).await?;
     assert_eq!(was_cached(&again, &exec), Some(true));
     assert_eq!(again.fs.layers, first.fs.layers);
@@ -527,7 +526,7 @@ async fn exec_with_two_outputs_is_cached_whole() -> TestResult {
     let root2 = llb.solve_full(&w2, &exec, 0).await?;
     assert_eq!(was_cached(&root2, &exec), Some(true));
     assert_eq!(root2.fs.layers, root.fs.layers);
-    w2.close().await;
+    w2.clone().finish().await;
     Ok(())
 }
 
@@ -677,7 +676,7 @@ async fn file_op_actions_on_several_bases() -> TestResult {
     let fs1 = flatten(w, &out1.layers);
     assert_eq!(fs1.keys().collect::<Vec<_>>(), ["b.txt"]);
     assert_eq!(fs1["b.txt"].mode, 0o644);
-    w.close().await;
+    w.clone().finish().await;
     Ok(())
 }
 
@@ -710,6 +709,6 @@ async fn bad_ops_are_clear_errors() -> TestResult {
     });
     let e = llb.solve(w, &empty_merge, 0).await.expect_err("must fail");
     assert!(e.contains("merge op has no inputs"), "{e}");
-    w.close().await;
+    w.clone().finish().await;
     Ok(())
 }

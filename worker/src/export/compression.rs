@@ -320,11 +320,6 @@ impl Converter {
         }
     }
 
-    /// Where the index of conversions lives in a state directory.
-    pub fn memo_dir(state_dir: &Path) -> PathBuf {
-        state_dir.join("cache").join("compression")
-    }
-
     /// `img` with its layers compressed as `c` asks; the first `inherited` layers are the base
     /// image's (see [`inherited_layers`]). Blocking: run it on a blocking thread.
     pub fn convert_image(
@@ -749,7 +744,7 @@ mod tests {
     #[test]
     fn conversions_are_remembered() {
         let (dir, store, src) = setup(1);
-        let memo = Converter::memo_dir(dir.path());
+        let memo = crate::state::StateDir::new(dir.path()).compression_memo();
         let conv = Converter::new(store.clone(), Some(memo.clone()));
         let (first, hit) = conv.convert_layer(&src, Algorithm::Zstd, 5).unwrap();
         assert!(!hit);
@@ -864,7 +859,10 @@ mod tests {
         let up = tempfile::tempdir().unwrap();
         fs::write(up.path().join("base.txt"), "base\n").unwrap();
         let gz = write_layer(up.path(), &store, LayerOptions::default()).unwrap();
-        let conv = Converter::new(store.clone(), Some(Converter::memo_dir(dir.path())));
+        let conv = Converter::new(
+            store.clone(),
+            Some(crate::state::StateDir::new(dir.path()).compression_memo()),
+        );
         let (base, _) = conv.convert_layer(&gz, Algorithm::Zstd, 3).unwrap();
         let frontend = serde_json::json!({
             "config": {"Cmd": ["sh"]},

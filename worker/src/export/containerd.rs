@@ -15,11 +15,11 @@
 //! 4. each name gets an image record whose target is the manifest (created, or re-pointed when
 //!    the name exists).
 //!
-//! Everything is written under the worker's lease, so nothing is collected between the steps.
+//! Everything is written under the build's lease, so nothing is collected between the steps.
 
 use std::collections::HashMap;
 
-use crate::Worker;
+use crate::Build;
 use crate::blobs::{BlobError, BlobStore};
 use crate::containerd::{self, Containerd};
 use crate::export::manifest::{Descriptor, ImageManifest};
@@ -68,16 +68,16 @@ pub struct Imported {
     pub snapshot: Option<String>,
 }
 
-/// Stores `img` in the containerd the worker uses, in its namespace, under each of `names`
+/// Stores `img` in the containerd the build uses, in its namespace, under each of `names`
 /// (normalised references such as `docker.io/library/app:latest`); with `unpack`, also makes
 /// its snapshots.
 pub async fn import(
-    worker: &Worker,
+    build: &Build,
     img: &ImageManifest,
     names: &[String],
     unpack: bool,
 ) -> Result<Imported, ContainerdExportError> {
-    import_with(&worker.ctd, &worker.blobs, img, names, unpack).await
+    import_with(build.containerd(), build.blobs(), img, names, unpack).await
 }
 
 /// [`import`] with an explicit client (its namespace and lease are used) and blob store.

@@ -71,6 +71,17 @@ pub fn write_docker_archive(
     crate::export::write_layout_archive(dest, img, store, names, &[("manifest.json", manifest)])
 }
 
+/// Writes `img` as a docker archive to `out`.
+pub fn write_docker_tar(
+    out: &mut dyn std::io::Write,
+    img: &ImageManifest,
+    store: &BlobStore,
+    names: &[String],
+) -> Result<(), ExportError> {
+    let manifest = archive_manifest(img, names)?;
+    crate::export::write_layout_tar(out, img, store, names, &[("manifest.json", manifest)])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,8 +2,9 @@
 //!
 //! The layers are applied in order, as a runtime's unpacker does: OCI whiteouts (`.wh.NAME`
 //! removes `NAME` from the layers below, `.wh..wh..opq` empties its directory of what the layers
-//! below put there), owners and modes as stored (owners only when running as root), mtimes as
-//! stored, `SCHILY.xattr.*` records when running as root.
+//! below put there), modes as stored, owners as stored when asked and running as root (a
+//! local export on this machine leaves files owned by the user running it, as BuildKit's
+//! client writes them), mtimes as stored, `SCHILY.xattr.*` records when running as root.
 //!
 //! A layer is untrusted input. An entry path with `..` is refused; every parent directory is
 //! resolved inside the output root ([`resolve_in_root`]: a symlink to `/etc` means `DIR/etc`);
@@ -23,6 +24,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
 
 use crate::blobs::BlobStore;
+use crate::export::sink::{DirTarget, HostDir};
 use crate::export::{ExportError, ImageManifest};
 use crate::fsops::{remove_all, resolve_in_root};
 
@@ -36,23 +38,31 @@ struct DirMeta {
     mtime: i64,
 }
 
-/// Writes the filesystem of `img` to `dest`.
+/// Writes the filesystem of `img` to `dest` as BuildKit's client writes a local export: files
+/// owned by the user running it (a tree built beside `dest` and moved into place at the end).
 pub fn write_local(dest: &Path, img: &ImageManifest, store: &BlobStore) -> Result<(), ExportError> {
     let err = |source| ExportError::Io {
         path: dest.to_path_buf(),
         source,
     };
-    let parent = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(parent).map_err(err)?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".memobuild-local-")
-        .tempdir_in(parent)
-        .map_err(err)?;
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).map_err(err)?;
-    let mut applier = Applier::new(tmp.path());
+    let target = HostDir::create(dest).map_err(err)?;
+    apply_image(target.path(), img, store, target.keep_owners())?;
+    target.commit_blocking().map_err(err)
+}
+
+/// Applies the layers of `img` to `root` (an existing directory), keeping the owners the
+/// image gives its files when `keep_owners` and running as root.
+pub fn apply_image(
+    root: &Path,
+    img: &ImageManifest,
+    store: &BlobStore,
+    keep_owners: bool,
+) -> Result<(), ExportError> {
+    let err = |source| ExportError::Io {
+        path: root.to_path_buf(),
+        source,
+    };
+    let mut applier = Applier::new(root).keep_owners(keep_owners);
     for layer in &img.layers {
         let f = store.open_blob(&layer.digest)?;
         applier
@@ -64,36 +74,7 @@ pub fn write_local(dest: &Path, img: &ImageManifest, store: &BlobStore) -> Resul
                 ))
             })?;
     }
-    applier.finish().map_err(err)?;
-    place(tmp.path(), dest).map_err(err)?;
-    Ok(())
-}
-
-/// Moves the finished tree `from` to `dest`: a rename when `dest` is missing or an empty
-/// directory, else entry by entry (replacing same-named entries).
-fn place(from: &Path, dest: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(dest) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return fs::rename(from, dest),
-        Err(e) => return Err(e),
-        Ok(md) if md.is_dir() => {
-            if fs::read_dir(dest)?.next().is_none() {
-                fs::remove_dir(dest)?;
-                return fs::rename(from, dest);
-            }
-        }
-        Ok(_) => {
-            return Err(io::Error::other(
-                "exists and is not a directory (type=local writes a directory)",
-            ));
-        }
-    }
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let target = dest.join(entry.file_name());
-        remove_all(&target)?;
-        fs::rename(entry.path(), &target)?;
-    }
-    Ok(())
+    applier.finish().map_err(err)
 }
 
 /// Applies layer tars to a root directory.
@@ -101,6 +82,8 @@ pub struct Applier {
     root: PathBuf,
     dirs: BTreeMap<PathBuf, DirMeta>,
     as_root: bool,
+    /// Give files the owners the layers say (needs root).
+    chown: bool,
 }
 
 impl Applier {
@@ -110,7 +93,15 @@ impl Applier {
             root: root.to_path_buf(),
             dirs: BTreeMap::new(),
             as_root: nix::unistd::geteuid().is_root(),
+            chown: nix::unistd::geteuid().is_root(),
         }
+    }
+
+    /// Whether files get the owners the layers say (only possible as root; the default when
+    /// running as root) or stay owned by the user running this.
+    pub fn keep_owners(mut self, keep: bool) -> Self {
+        self.chown = keep && self.as_root;
+        self
     }
 
     /// Applies one layer (gzip, zstd or plain tar; detected from its first bytes).
@@ -347,7 +338,7 @@ impl Applier {
         mtime: i64,
         is_link: bool,
     ) -> io::Result<()> {
-        if self.as_root {
+        if self.chown {
             let uid = u32::try_from(uid).map_err(io::Error::other)?;
             let gid = u32::try_from(gid).map_err(io::Error::other)?;
             std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;

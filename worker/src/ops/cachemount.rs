@@ -59,13 +59,9 @@ pub(crate) struct CacheBase {
     pub(crate) selector: String,
 }
 
-/// The directory under `<state>/cache-mounts/` for cache `id` on base `base_identity`
-/// (`None`: no base). Readable, and collision-free through the hash suffix.
-pub(crate) fn cache_dir(
-    state_dir: &Path,
-    id: &str,
-    base_identity: Option<(&str, &str)>,
-) -> PathBuf {
+/// The directory under `root` (the state directory's `cache-mounts/`) for cache `id` on base
+/// `base_identity` (`None`: no base). Readable, and collision-free through the hash suffix.
+pub(crate) fn cache_dir(root: &Path, id: &str, base_identity: Option<(&str, &str)>) -> PathBuf {
     let mut h = blake3::Hasher::new();
     h.update(id.as_bytes());
     if let Some((identity, selector)) = base_identity {
@@ -87,9 +83,7 @@ pub(crate) fn cache_dir(
     let readable = readable.trim_matches('_');
     let readable: String = readable.chars().take(64).collect();
     let hash = h.finalize().to_hex();
-    state_dir
-        .join("cache-mounts")
-        .join(format!("{readable}-{}", &hash.as_str()[..16]))
+    root.join(format!("{readable}-{}", &hash.as_str()[..16]))
 }
 
 /// Takes cache directory `dir` with `sharing`, creating it (from `base`, if any) the first time.
@@ -275,7 +269,7 @@ mod tests {
 
     #[test]
     fn dir_names_are_readable_and_distinct() {
-        let root = Path::new("/state");
+        let root = Path::new("/state/cache-mounts");
         let a = cache_dir(root, "/root/.cache", None);
         let b = cache_dir(root, "/root/.cache", Some(("sha256:x", "/cache")));
         let c = cache_dir(root, "/root/_cache", None);

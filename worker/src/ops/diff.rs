@@ -47,7 +47,7 @@ impl Solve {
             .await;
         for (g, key) in views {
             let _ = g.unmount();
-            let _ = self.worker.ctd.remove(&key).await;
+            let _ = self.build.ctd.remove(&key).await;
         }
         drop(dirs);
         result.map(|fs| vec![Output::Fs(fs)])
@@ -66,7 +66,7 @@ impl Solve {
         let out = self.temp_dir().map_err(|m| self.error(digest, m))?;
         let out_path = out.path().to_path_buf();
         dirs.push(out);
-        let blobs = self.worker.blobs.clone();
+        let blobs = self.build.blobs().clone();
         let opts = self.opts.layer;
         let layer = tokio::task::spawn_blocking(move || {
             let changed = diff_dir(&lower_root, &upper_root, &out_path, Path::new(""))

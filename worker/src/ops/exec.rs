@@ -98,7 +98,7 @@ impl Solve {
             match layer {
                 Ok(fs) => put(m.index, Output::Fs(fs)),
                 Err(e) => {
-                    let _ = self.worker.ctd.remove(&m.key).await;
+                    let _ = self.build.ctd.remove(&m.key).await;
                     return Err(e);
                 }
             }
@@ -119,12 +119,12 @@ impl Solve {
     ) -> Result<FsRef, SolveError> {
         let key = format!("memobuild-active-{}", uuid::Uuid::new_v4());
         let parent = self
-            .worker
+            .build
             .ensure_snapshot(&self.name(digest), base)
             .await
             .map_err(|e| self.error(digest, e.to_string()))?;
         let rootfs = self
-            .worker
+            .build
             .ctd
             .prepare(&key, &parent, HashMap::new())
             .await
@@ -134,7 +134,7 @@ impl Solve {
             .exec_in_snapshot(digest, &key, &rootfs, network, meta, base, mounts)
             .await;
         if outcome.is_err() {
-            let _ = self.worker.ctd.remove(&key).await;
+            let _ = self.build.ctd.remove(&key).await;
         }
         outcome
     }
@@ -236,7 +236,7 @@ impl Solve {
             .acquire()
             .await
             .map_err(|e| self.error(digest, format!("exec slots closed: {e}")))?;
-        let code = self.worker.ctd.run(req).await;
+        let code = self.build.ctd.run(req).await;
         drop(permit);
         let tail: Vec<String> = logger.await.map(Vec::from).unwrap_or_default();
         let code = code.map_err(|e| self.error(digest, e.to_string()))?;

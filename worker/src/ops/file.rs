@@ -167,11 +167,11 @@ impl FileState {
             if let Some(g) = c.guard {
                 let _ = g.unmount();
             }
-            let _ = solve.worker.ctd.remove(&c.key).await;
+            let _ = solve.build.ctd.remove(&c.key).await;
         }
         for (g, key) in self.views {
             let _ = g.unmount();
-            let _ = solve.worker.ctd.remove(&key).await;
+            let _ = solve.build.ctd.remove(&key).await;
         }
         drop(self.empty_dirs);
     }
@@ -266,12 +266,12 @@ impl Solve {
     async fn open_chain(&self, digest: &str, base: FsRef) -> Result<Chain, SolveError> {
         let key = format!("memobuild-active-{}", uuid::Uuid::new_v4());
         let parent = self
-            .worker
+            .build
             .ensure_snapshot(&self.name(digest), &base)
             .await
             .map_err(|e| self.error(digest, e.to_string()))?;
         let mounts = self
-            .worker
+            .build
             .ctd
             .prepare(&key, &parent, HashMap::new())
             .await
@@ -284,7 +284,7 @@ impl Solve {
                 base,
             }),
             Err(e) => {
-                let _ = self.worker.ctd.remove(&key).await;
+                let _ = self.build.ctd.remove(&key).await;
                 Err(self.error(digest, e.to_string()))
             }
         }
@@ -303,7 +303,7 @@ impl Solve {
         }
         .await;
         if outcome.is_err() {
-            let _ = self.worker.ctd.remove(&chain.key).await;
+            let _ = self.build.ctd.remove(&chain.key).await;
         }
         outcome
     }
@@ -376,7 +376,7 @@ impl Solve {
         upper: &Path,
         base: &FsRef,
     ) -> Result<FsRef, SolveError> {
-        let blobs = self.worker.blobs.clone();
+        let blobs = self.build.blobs().clone();
         let opts = self.opts.layer;
         let upper = upper.to_path_buf();
         let layer =
@@ -390,14 +390,14 @@ impl Solve {
         // (in this build or a later one) finds the snapshot instead of unpacking the layers.
         let name = crate::cache::key::fs_identity(&layers);
         match self
-            .worker
+            .build
             .ctd
             .commit(&name, key, crate::containerd::snapshot_labels())
             .await
         {
             Ok(()) => {}
             Err(crate::containerd::Error::SnapshotExists { .. }) => {
-                let _ = self.worker.ctd.remove(key).await;
+                let _ = self.build.ctd.remove(key).await;
             }
             Err(e) => return Err(self.error(digest, e.to_string())),
         }

@@ -483,26 +483,34 @@ fn shell_quote(s: &str) -> String {
 }
 
 impl Solve {
-    /// For a source with `git.mountsshsock`: the agent socket of its id, if `--ssh` gave one.
-    fn git_ssh_sock(&self, spec: &GitSpec) -> Option<Option<PathBuf>> {
-        let id = spec.ssh_id.as_deref()?;
-        Some(self.opts.ssh.get(id).map(Path::to_path_buf))
+    /// For a source with `git.mountsshsock`: the agent socket of its id, if the caller
+    /// forwards one.
+    async fn git_ssh_sock(&self, spec: &GitSpec) -> Result<Option<Option<PathBuf>>, String> {
+        let Some(id) = spec.ssh_id.as_deref() else {
+            return Ok(None);
+        };
+        let agent = self
+            .build
+            .caller
+            .ssh
+            .agent(id)
+            .await
+            .map_err(|e| format!("ssh agent `{id}`: {e}"))?;
+        Ok(Some(agent))
     }
 
-    /// The environment for git commands of `spec`.
-    fn git_env(&self, spec: &GitSpec) -> Result<GitEnv, String> {
-        GitEnv::new(
-            self.git_ssh_sock(spec),
-            spec,
-            &self.worker.state_dir.join("tmp"),
-        )
+    /// The environment for git commands of `spec`, and the agent it uses.
+    async fn git_env(&self, spec: &GitSpec) -> Result<(GitEnv, Option<Option<PathBuf>>), String> {
+        let agent = self.git_ssh_sock(spec).await?;
+        let env = GitEnv::new(agent.clone(), spec, &self.build.engine.state().tmp())?;
+        Ok((env, agent))
     }
 
-    /// A git failure's message, with a hint when the source wanted an ssh agent `--ssh` did not
-    /// give.
-    fn ssh_hint(&self, spec: &GitSpec, message: String) -> String {
-        match spec.ssh_id.as_deref() {
-            Some(id) if self.opts.ssh.get(id).is_none() => format!(
+    /// A git failure's message, with a hint when the source wanted an ssh agent the caller did
+    /// not forward.
+    fn ssh_hint(spec: &GitSpec, agent: &Option<Option<PathBuf>>, message: String) -> String {
+        match (spec.ssh_id.as_deref(), agent) {
+            (Some(id), Some(None)) => format!(
                 "{message} (no ssh agent was forwarded for `{id}`: pass `--ssh {id}` to use $SSH_AUTH_SOCK)"
             ),
             _ => message,
@@ -521,10 +529,13 @@ impl Solve {
         src: &pb::SourceOp,
     ) -> Result<String, SolveError> {
         let spec = GitSpec::from_op(src).map_err(|m| self.error(digest, m))?;
-        let env = self.git_env(&spec).map_err(|m| self.error(digest, m))?;
+        let (env, agent) = self
+            .git_env(&spec)
+            .await
+            .map_err(|m| self.error(digest, m))?;
         let r = resolve(&spec, &env.pairs())
             .await
-            .map_err(|m| self.error(digest, self.ssh_hint(&spec, m)))?;
+            .map_err(|m| self.error(digest, Self::ssh_hint(&spec, &agent, m)))?;
         if let Ok(mut m) = RESOLVED.lock() {
             m.insert((self.solve_id(), digest.to_owned()), r.clone());
         }
@@ -543,16 +554,16 @@ impl Solve {
             .lock()
             .ok()
             .and_then(|mut m| m.remove(&(self.solve_id(), digest.to_owned())));
-        let git_env = self.git_env(&spec).map_err(&fail)?;
+        let (git_env, agent) = self.git_env(&spec).await.map_err(&fail)?;
         let env = git_env.pairs();
         let r = match remembered {
             Some(r) => r,
             None => resolve(&spec, &env)
                 .await
-                .map_err(|m| fail(self.ssh_hint(&spec, m)))?,
+                .map_err(|m| fail(Self::ssh_hint(&spec, &agent, m)))?,
         };
 
-        let root = self.worker.state_dir.join("cache").join("git");
+        let root = self.build.engine.state().git_mirrors();
         tokio::fs::create_dir_all(&root)
             .await
             .map_err(|e| fail(format!("creating `{}`: {e}", root.display())))?;
@@ -565,7 +576,7 @@ impl Solve {
             .map_err(&fail)?;
         fetch_into_mirror(&mirror, &spec, &r, &env)
             .await
-            .map_err(|m| fail(self.ssh_hint(&spec, m)))?;
+            .map_err(|m| fail(Self::ssh_hint(&spec, &agent, m)))?;
         drop(guard);
 
         let dir = self.temp_dir().map_err(&fail)?;
@@ -586,7 +597,7 @@ impl Solve {
             }
             p
         };
-        let blobs = self.worker.blobs.clone();
+        let blobs = self.build.blobs().clone();
         let opts = self.opts.layer;
         let layer = tokio::task::spawn_blocking(move || {
             let l = write_layer(&top, &blobs, opts).map_err(|e| e.to_string());

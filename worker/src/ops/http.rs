@@ -279,7 +279,7 @@ impl Solve {
             )));
         }
 
-        let blobs = self.worker.blobs.clone();
+        let blobs = self.build.blobs().clone();
         let opts = self.opts.layer;
         let layer = tokio::task::spawn_blocking(move || {
             finish_file(&path, &spec, mtime)?;

@@ -64,7 +64,7 @@ impl ExecMounts {
             {
                 tracing::warn!("unmounting an exec output mount: {e}");
             }
-            let _ = solve.worker.ctd.remove(&o.key).await;
+            let _ = solve.build.ctd.remove(&o.key).await;
         }
         while let Some(c) = self.cleanups.pop() {
             match c {
@@ -74,7 +74,7 @@ impl ExecMounts {
                     }
                 }
                 Cleanup::RemoveSnapshot(key) => {
-                    if let Err(e) = solve.worker.ctd.remove(&key).await {
+                    if let Err(e) = solve.build.ctd.remove(&key).await {
                         tracing::warn!("removing snapshot `{key}`: {e}");
                     }
                 }
@@ -139,19 +139,19 @@ impl Solve {
                 }),
                 pb::MountType::Bind => self.bind_mount(digest, m, inputs, out).await?,
                 pb::MountType::Cache => self.cache_mount(digest, m, inputs, out).await?,
-                pb::MountType::Secret => self.secret_mount(digest, m, out)?,
-                pb::MountType::Ssh => self.ssh_mount(digest, m, out)?,
+                pb::MountType::Secret => self.secret_mount(digest, m, out).await?,
+                pb::MountType::Ssh => self.ssh_mount(digest, m, out).await?,
             }
         }
 
         for s in &exec.secretenv {
-            let Some(value) = self.opts.secrets.get(&s.id) else {
+            let Some(value) = self.secret(&s.id).await.map_err(&err)? else {
                 if s.optional {
                     continue;
                 }
                 return Err(err(missing_secret(&s.id)));
             };
-            let value = std::str::from_utf8(value).map_err(|_| {
+            let value = std::str::from_utf8(&value).map_err(|_| {
                 err(format!(
                     "secret `{}` is not valid UTF-8 and cannot be environment variable `{}`",
                     s.id, s.name
@@ -160,6 +160,16 @@ impl Solve {
             out.secret_env.push(format!("{}={value}", s.name));
         }
         Ok(())
+    }
+
+    /// The caller's value of secret `id`.
+    async fn secret(&self, id: &str) -> Result<Option<std::sync::Arc<Vec<u8>>>, String> {
+        self.build
+            .caller
+            .secrets
+            .secret(id)
+            .await
+            .map_err(|e| format!("secret `{id}`: {e}"))
     }
 
     async fn bind_mount(
@@ -200,13 +210,13 @@ impl Solve {
                 // Writable: an active snapshot of the input. Removed afterwards (BuildKit's
                 // read-write-no-output), or turned into an op output when the mount has one.
                 let snap = self
-                    .worker
+                    .build
                     .ensure_snapshot(&self.name(digest), &fs)
                     .await
                     .map_err(|e| err(e.to_string()))?;
                 let key = format!("memobuild-active-{}", uuid::Uuid::new_v4());
                 let mounts = self
-                    .worker
+                    .build
                     .ctd
                     .prepare(&key, &snap, HashMap::new())
                     .await
@@ -215,7 +225,7 @@ impl Solve {
                 let guard = match MountGuard::mount(&mounts) {
                     Ok(g) => g,
                     Err(e) => {
-                        let _ = self.worker.ctd.remove(&key).await;
+                        let _ = self.build.ctd.remove(&key).await;
                         return Err(err(e.to_string()));
                     }
                 };
@@ -320,7 +330,7 @@ impl Solve {
             .as_ref()
             .map(|f| crate::cache::key::fs_identity(&f.layers));
         let dir = cachemount::cache_dir(
-            &self.worker.state_dir,
+            &self.build.engine.state().cache_mounts(),
             &id,
             identity.as_deref().map(|i| (i, m.selector.as_str())),
         );
@@ -341,7 +351,7 @@ impl Solve {
         let lease = cachemount::acquire(dir, sharing, base).await;
         if let Some((guard, key)) = view {
             let _ = guard.unmount();
-            let _ = self.worker.ctd.remove(&key).await;
+            let _ = self.build.ctd.remove(&key).await;
         }
         let lease = lease.map_err(|e| err(format!("cache mount at `{}`: {e}", m.dest)))?;
         out.extra.push(ExtraMount::Bind {
@@ -354,7 +364,7 @@ impl Solve {
     }
 
     /// A secret as a read-only file on a private tmpfs: its value never touches a disk or a layer.
-    fn secret_mount(
+    async fn secret_mount(
         &self,
         digest: &str,
         m: &pb::Mount,
@@ -362,7 +372,7 @@ impl Solve {
     ) -> Result<(), SolveError> {
         let err = |msg: String| self.error(digest, msg);
         let opt = m.secret_opt.clone().unwrap_or_default();
-        let Some(value) = self.opts.secrets.get(&opt.id) else {
+        let Some(value) = self.secret(&opt.id).await.map_err(err)? else {
             if opt.optional {
                 return Ok(());
             }
@@ -382,7 +392,7 @@ impl Solve {
         let guard = MountGuard::mount(&[tmpfs]).map_err(|e| err(e.to_string()))?;
         let file = guard.path().join("secret");
         out.cleanups.push(Cleanup::Unmount(guard));
-        write_secret(&file, value, &opt)
+        write_secret(&file, &value, &opt)
             .map_err(|e| err(format!("secret `{}`: writing it: {e}", opt.id)))?;
         let destination = if m.dest.is_empty() {
             format!("{SECRETS_DIR}/{}", opt.id)
@@ -400,7 +410,7 @@ impl Solve {
     /// An ssh agent as a socket of the exec's own, owned and permissioned as the mount says,
     /// relaying to the agent the build was given for the mount's id. An id that was not given
     /// skips the mount, unless it is required (BuildKit's behaviour).
-    fn ssh_mount(
+    async fn ssh_mount(
         &self,
         digest: &str,
         m: &pb::Mount,
@@ -417,7 +427,14 @@ impl Solve {
         } else {
             opt.id.as_str()
         };
-        let Some(agent) = self.opts.ssh.get(id) else {
+        let agent = self
+            .build
+            .caller
+            .ssh
+            .agent(id)
+            .await
+            .map_err(|e| err(format!("ssh agent `{id}`: {e}")))?;
+        let Some(agent) = agent else {
             if opt.optional {
                 return Ok(());
             }
@@ -430,8 +447,8 @@ impl Solve {
         } else {
             m.dest.clone()
         };
-        let parent = self.worker.state_dir.join("tmp");
-        let proxy = crate::ssh::AgentProxy::start(&parent, agent, opt.uid, opt.gid, opt.mode)
+        let parent = self.build.engine.state().tmp();
+        let proxy = crate::ssh::AgentProxy::start(&parent, &agent, opt.uid, opt.gid, opt.mode)
             .map_err(|e| err(format!("ssh mount at `{destination}`: {e}")))?;
         out.extra.push(ExtraMount::Bind {
             source: proxy.socket().to_path_buf(),
@@ -444,7 +461,7 @@ impl Solve {
 
     /// A fresh directory under the state directory (not /tmp, which may be small or in memory).
     pub(crate) fn temp_dir(&self) -> Result<tempfile::TempDir, String> {
-        let parent = self.worker.state_dir.join("tmp");
+        let parent = self.build.engine.state().tmp();
         std::fs::create_dir_all(&parent)
             .map_err(|e| format!("creating `{}`: {e}", parent.display()))?;
         tempfile::Builder::new()

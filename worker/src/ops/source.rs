@@ -3,6 +3,7 @@
 
 use memobuild_proto::{attr, pb};
 
+use crate::caller::LocalRequest;
 use crate::patterns::PatternMatcher;
 use crate::solver::{LocalRef, Output, Solve, SolveError};
 
@@ -16,24 +17,43 @@ impl Solve {
         if let Some(reference) = src.identifier.strip_prefix(attr::SCHEME_DOCKER_IMAGE) {
             let platform = platform.unwrap_or_else(|| self.opts.platform.clone());
             let fs = self
-                .worker
+                .build
                 .pull_image(reference, &platform)
                 .await
                 .map_err(|e| self.error(digest, e.to_string()))?;
             return Ok(vec![Output::Fs(fs)]);
         }
         if let Some(name) = src.identifier.strip_prefix(attr::SCHEME_LOCAL) {
-            let path = self.opts.locals.get(name).ok_or_else(|| {
-                self.error(
-                    digest,
-                    format!("no local directory named `{name}` was given to the build"),
-                )
-            })?;
-            let exclude = patterns(&src, attr::ATTR_LOCAL_EXCLUDEPATTERNS)
-                .map_err(|m| self.error(digest, m))?;
-            let include = local_include(path, &src).map_err(|m| self.error(digest, m))?;
+            let list = |key| json_list(&src, key).map_err(|m| self.error(digest, m));
+            let (include, exclude, follow) = (
+                list(attr::ATTR_LOCAL_INCLUDEPATTERN)?,
+                list(attr::ATTR_LOCAL_EXCLUDEPATTERNS)?,
+                list(attr::ATTR_LOCAL_FOLLOWPATHS)?,
+            );
+            let path = self
+                .build
+                .caller
+                .locals
+                .local(LocalRequest {
+                    name,
+                    session: src.attrs.get(attr::ATTR_LOCAL_SESSION).map(String::as_str),
+                    shared_key_hint: src
+                        .attrs
+                        .get(attr::ATTR_LOCAL_SHAREDKEYHINT)
+                        .map(String::as_str),
+                    include_patterns: &include,
+                    exclude_patterns: &exclude,
+                    follow_paths: &follow,
+                    vertex: digest,
+                    progress: &self.progress,
+                })
+                .await
+                .map_err(|e| self.error(digest, format!("local `{name}`: {e}")))?;
+            let exclude = compile(&exclude).map_err(|m| self.error(digest, m))?;
+            let include =
+                local_include(&path, include, &follow).map_err(|m| self.error(digest, m))?;
             return Ok(vec![Output::Local(LocalRef {
-                path: path.clone(),
+                path,
                 exclude,
                 include,
             })]);
@@ -56,43 +76,33 @@ impl Solve {
 /// ([`crate::followpaths`]); `None` when nothing is filtered.
 fn local_include(
     root: &std::path::Path,
-    src: &pb::SourceOp,
+    mut include: Vec<String>,
+    follow: &[String],
 ) -> Result<Option<PatternMatcher>, String> {
-    let list = |key: &str| -> Result<Option<Vec<String>>, String> {
-        src.attrs
-            .get(key)
-            .map(|json| {
-                serde_json::from_str::<Vec<String>>(json)
-                    .map_err(|e| format!("attr `{key}` is not a JSON list of strings: {e}"))
-            })
-            .transpose()
-    };
-    let mut include = list(attr::ATTR_LOCAL_INCLUDEPATTERN)?.unwrap_or_default();
-    if let Some(follow) = list(attr::ATTR_LOCAL_FOLLOWPATHS)?
-        && let Some(targets) = crate::followpaths::follow_links(root, &follow)
+    if !follow.is_empty()
+        && let Some(targets) = crate::followpaths::follow_links(root, follow)
             .map_err(|e| format!("resolving the follow paths of `{}`: {e}", root.display()))?
     {
         include.extend(targets);
     }
-    if include.is_empty() {
-        return Ok(None);
-    }
-    PatternMatcher::new(&include)
-        .map(Some)
-        .map_err(|e| e.to_string())
+    compile(&include)
 }
 
-/// A JSON list of patterns in attr `key`, compiled; `None` when absent or empty.
-fn patterns(src: &pb::SourceOp, key: &str) -> Result<Option<PatternMatcher>, String> {
+/// The JSON list of strings in attr `key` (empty when absent).
+fn json_list(src: &pb::SourceOp, key: &str) -> Result<Vec<String>, String> {
     let Some(json) = src.attrs.get(key) else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
-    let list: Vec<String> = serde_json::from_str(json)
-        .map_err(|e| format!("attr `{key}` is not a JSON list of strings: {e}"))?;
+    serde_json::from_str(json)
+        .map_err(|e| format!("attr `{key}` is not a JSON list of strings: {e}"))
+}
+
+/// Patterns compiled; `None` when there are none.
+fn compile(list: &[String]) -> Result<Option<PatternMatcher>, String> {
     if list.is_empty() {
         return Ok(None);
     }
-    PatternMatcher::new(&list)
+    PatternMatcher::new(list)
         .map(Some)
         .map_err(|e| e.to_string())
 }

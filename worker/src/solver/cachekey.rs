@@ -65,7 +65,7 @@ impl Solve {
         let jobs = jobs
             .into_iter()
             .map(|(label, local, sel)| {
-                let stat_cache = self.worker.stat_cache(&local.path);
+                let stat_cache = self.build.engine.stat_cache(&local.path);
                 (label, local, sel, stat_cache)
             })
             .collect();

@@ -12,7 +12,7 @@ impl Solve {
     fn tier_ctx(&self) -> TierCtx {
         let progress = self.progress.clone();
         TierCtx {
-            blobs: self.worker.blobs.clone(),
+            blobs: self.build.blobs().clone(),
             warn: Arc::new(move |m| progress.send(ProgressEvent::Message(m))),
         }
     }
@@ -20,7 +20,7 @@ impl Solve {
     /// The record for `key` from the first tier that has it whole (every blob of every output
     /// local and verified), backfilling the tiers in front of it.
     pub(crate) async fn lookup(&self, key: &str) -> Option<ActionRecord> {
-        match self.worker.tiers.get(key, &self.tier_ctx()).await {
+        match self.build.tiers.get(key, &self.tier_ctx()).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("cache lookup failed: {e}");
@@ -31,7 +31,7 @@ impl Solve {
 
     /// Stores a record in every tier (the remote one in the background).
     pub(crate) async fn store(&self, record: ActionRecord) {
-        if let Err(e) = self.worker.tiers.put(&record, &self.tier_ctx()).await {
+        if let Err(e) = self.build.tiers.put(&record, &self.tier_ctx()).await {
             tracing::warn!("cannot record the result of `{}`: {e}", record.name);
         }
     }

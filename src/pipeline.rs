@@ -1,0 +1,154 @@
+//! The build pipeline that `memobuild build` and the daemon share: a Dockerfile lowered by the
+//! frontend, the Definition solved on a [`Build`], the build's history recorded (what
+//! `--explain` and `memobuild why` read), and the result written by each exporter to its sink.
+//!
+//! Each step takes typed options, never flags or protocol messages: the CLI fills them from
+//! its arguments and the host, the daemon from a BuildKit request and the client's session.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use memobuild_frontend as frontend;
+use memobuild_proto::{ParsedDefinition, pb};
+use memobuild_worker::Build;
+use memobuild_worker::cache::history::History;
+use memobuild_worker::export::exporter::Exporter;
+use memobuild_worker::export::sink::ExportSink;
+use memobuild_worker::export::spec::ExporterSpec;
+use memobuild_worker::progress::{Progress, ProgressEvent};
+use memobuild_worker::registry::Registry;
+use memobuild_worker::solver::{FsRef, SolveOptions, SolveResult};
+
+/// Lets the frontend (which does no I/O) resolve base images through the worker's registry
+/// client. Lowering runs on a blocking thread, so blocking on the runtime here is fine.
+struct Resolver {
+    registry: Arc<Registry>,
+    handle: tokio::runtime::Handle,
+}
+
+impl frontend::ImageResolver for Resolver {
+    fn resolve_image_config(
+        &self,
+        reference: &str,
+        platform: &frontend::Platform,
+    ) -> Result<frontend::ResolvedImage, String> {
+        let p = pb_platform(platform);
+        let (digest, config) = self
+            .handle
+            .block_on(memobuild_worker::resolve_image_config(
+                &self.registry,
+                reference,
+                &p,
+            ))
+            .map_err(|e| e.to_string())?;
+        Ok(frontend::ResolvedImage { digest, config })
+    }
+}
+
+/// The LLB platform of a frontend platform.
+pub fn pb_platform(p: &frontend::Platform) -> pb::Platform {
+    pb::Platform {
+        architecture: p.architecture.clone(),
+        os: p.os.clone(),
+        variant: p.variant.clone().unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// Lowers `dockerfile` with `opts`, resolving base images through `registry`.
+pub async fn lower(
+    registry: &Arc<Registry>,
+    dockerfile: &str,
+    opts: frontend::BuildOptions,
+) -> anyhow::Result<frontend::Lowered> {
+    let resolver = Resolver {
+        registry: registry.clone(),
+        handle: tokio::runtime::Handle::current(),
+    };
+    let dockerfile = dockerfile.to_owned();
+    let lowered =
+        tokio::task::spawn_blocking(move || frontend::build(&dockerfile, &opts, &resolver))
+            .await
+            .context("frontend task failed")??;
+    Ok(lowered)
+}
+
+/// Solves `definition` on `build`. An empty definition (a target that is an empty filesystem)
+/// solves to scratch.
+pub async fn solve(
+    build: &Build,
+    definition: &pb::Definition,
+    opts: SolveOptions,
+    progress: &Progress,
+) -> anyhow::Result<SolveResult> {
+    if definition.def.is_empty() {
+        return Ok(SolveResult {
+            fs: FsRef::default(),
+            vertices: Vec::new(),
+        });
+    }
+    let def = ParsedDefinition::try_from(definition.clone()).context("invalid definition")?;
+    Ok(build.solve(def, opts, progress.clone()).await?)
+}
+
+/// Records the build of target `build_id` in the state directory's history and returns it:
+/// which vertices ran, and why, compared with the last build of the same target.
+pub fn record_history(
+    build: &Build,
+    build_id: &str,
+    solved: &SolveResult,
+    no_cache: bool,
+) -> History {
+    let path = build.engine().state().history(build_id);
+    let history = History::load(&path).next(&solved.vertices, build.engine().cache(), no_cache);
+    if let Err(e) = history.save(&path) {
+        tracing::warn!("cannot save build history: {e}");
+    }
+    history
+}
+
+/// The explanations of a history in words, one line per vertex that ran.
+pub fn render_explanations(h: &History) -> String {
+    if h.explanations.is_empty() {
+        return "every step came from the cache".to_string();
+    }
+    let mut out = String::new();
+    for e in &h.explanations {
+        out.push_str(&format!(
+            "{} ran because {}\n",
+            e.name,
+            e.reasons.join("; ")
+        ));
+    }
+    out.trim_end().to_string()
+}
+
+/// Writes the image made of `fs` and `image_config` with each of `outputs` (exporter `i`
+/// writes to `sink`'s destination `i`); BuildKit's exporter response of each.
+pub async fn export(
+    build: &Build,
+    fs: &FsRef,
+    image_config: &[u8],
+    definition: &pb::Definition,
+    outputs: &[ExporterSpec],
+    sink: &dyn ExportSink,
+    progress: &Progress,
+) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+    let image = memobuild_worker::export::assemble(image_config, &fs.layers)?;
+    let mut exporter = Exporter::new(build, &image, image_config, definition, progress);
+    let mut responses = Vec::with_capacity(outputs.len());
+    for (i, spec) in outputs.iter().enumerate() {
+        let r = exporter
+            .export(i, spec, sink)
+            .await
+            .with_context(|| format!("exporting to {}", spec.kind()))?;
+        responses.push(r);
+    }
+    Ok(responses)
+}
+
+/// Sends a note about the build as a whole.
+pub fn note(progress: &Progress, message: impl Into<String>) {
+    progress.send(ProgressEvent::Message(message.into()));
+}

@@ -1,0 +1,134 @@
+//! One build on an [`Engine`]: the state that is the build's own.
+//!
+//! A [`Build`] holds a containerd client bound to the build's lease (everything it creates is
+//! kept alive by that lease until [`Build::finish`]), a registry client with the caller's
+//! credentials, the caller's sources ([`Caller`]) and the cache tiers as this build sees them.
+//! Several builds of one engine run concurrently without sharing any of this.
+
+use std::sync::Arc;
+
+use memobuild_proto::{ParsedDefinition, pb};
+
+use crate::WorkerError;
+use crate::blobs::BlobStore;
+use crate::cache::tier::Tier;
+use crate::caller::Caller;
+use crate::containerd::{Containerd, Lease};
+use crate::engine::Engine;
+use crate::image;
+use crate::progress::Progress;
+use crate::registry::Registry;
+use crate::solver::{self, FsRef, SolveError, SolveOptions, SolveResult};
+
+/// A build in progress. Cheap to clone; [`Build::finish`] ends it.
+#[derive(Clone)]
+pub struct Build {
+    pub(crate) engine: Engine,
+    /// containerd with this build's lease.
+    pub(crate) ctd: Containerd,
+    lease: Lease,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) caller: Caller,
+    /// The cache tiers, composed for this build.
+    pub(crate) tiers: Arc<dyn Tier>,
+}
+
+impl Build {
+    pub(crate) fn new(
+        engine: Engine,
+        ctd: Containerd,
+        lease: Lease,
+        registry: Arc<Registry>,
+        caller: Caller,
+    ) -> Self {
+        let tiers = engine.tiers();
+        Build {
+            engine,
+            ctd,
+            lease,
+            registry,
+            caller,
+            tiers,
+        }
+    }
+
+    /// The engine this build runs on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// containerd, with this build's lease.
+    pub fn containerd(&self) -> &Containerd {
+        &self.ctd
+    }
+
+    /// The registry client, with the caller's credentials.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// What the build reads from its caller.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// The local blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        self.engine.blobs()
+    }
+
+    /// Solves a definition.
+    pub async fn solve(
+        &self,
+        def: ParsedDefinition,
+        opts: SolveOptions,
+        progress: Progress,
+    ) -> Result<SolveResult, SolveError> {
+        solver::solve(self, def, opts, progress).await
+    }
+
+    /// Waits until every background upload to the remote cache has finished.
+    pub async fn flush_uploads(&self) {
+        self.tiers.flush().await;
+    }
+
+    /// Ends the build: saves the stat caches and releases the lease, after which whatever
+    /// only this build referenced may be collected by containerd.
+    pub async fn finish(self) {
+        self.engine.save_stat_caches();
+        if let Err(e) = self.ctd.without_lease().delete_lease(&self.lease).await {
+            tracing::warn!("releasing containerd lease: {e}");
+        }
+    }
+
+    /// Pulls an image into containerd and the blob store; returns its filesystem.
+    pub(crate) async fn pull_image(
+        &self,
+        reference: &str,
+        platform: &pb::Platform,
+    ) -> Result<FsRef, WorkerError> {
+        let pulled = image::pull(
+            &self.ctd,
+            &self.registry,
+            self.blobs(),
+            reference,
+            &crate::to_platform(platform),
+        )
+        .await?;
+        Ok(FsRef {
+            layers: pulled.layers,
+        })
+    }
+
+    /// The committed snapshot holding `fs` (named by its chain ID), made from the layer blobs
+    /// when containerd does not have it; `""` for the empty filesystem.
+    pub(crate) async fn ensure_snapshot(
+        &self,
+        what: &str,
+        fs: &FsRef,
+    ) -> Result<String, WorkerError> {
+        Ok(image::unpack(&self.ctd, self.blobs(), what, &fs.layers)
+            .await?
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,442 @@
+//! Runs the outputs of one build: each [`ExporterSpec`] turned into bytes in a sink, a push,
+//! or an image in containerd, with BuildKit's exporter response for each.
+//!
+//! Every output derives what it writes from the one image the build made: its layer
+//! compression ([`crate::export::compression`]), then its media types
+//! ([`crate::export::mediatypes`]), then the writer. `memobuild build` and the daemon both run
+//! their outputs through an [`Exporter`]; only the [`ExportSink`] differs.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use memobuild_proto::pb;
+use prost::Message;
+
+use crate::Build;
+use crate::export::compression::{Algorithm, Compression, Converter};
+use crate::export::sink::ExportSink;
+use crate::export::spec::{ExporterSpec, ImageOptions};
+use crate::export::{ExportError, ImageManifest};
+use crate::progress::{Progress, ProgressEvent, VertexState};
+use crate::registry::push::{PushOptions, Pusher};
+use crate::registry::{Credentials, RegistryConfig, normalize_reference};
+
+/// BuildKit's exporter response keys (`exporter/containerimage/exptypes`).
+pub mod keys {
+    /// The manifest digest of the image an output wrote.
+    pub const IMAGE_DIGEST: &str = "containerimage.digest";
+    /// The config digest.
+    pub const CONFIG_DIGEST: &str = "containerimage.config.digest";
+    /// The manifest's OCI descriptor, JSON, base64.
+    pub const DESCRIPTOR: &str = "containerimage.descriptor";
+    /// The names, comma-separated.
+    pub const IMAGE_NAME: &str = "image.name";
+}
+
+/// A failed output.
+#[derive(Debug, thiserror::Error)]
+pub enum ExporterError {
+    /// Writing the image or filesystem failed.
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    /// The sink (a file, a directory, the client) failed.
+    #[error("{0}")]
+    Sink(io::Error),
+    /// A name cannot be pushed to or written.
+    #[error("invalid image name `{name}`: {reason}")]
+    Name {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Converting layers failed.
+    #[error(transparent)]
+    Compression(#[from] crate::export::compression::CompressionError),
+    /// Rewriting media types failed.
+    #[error(transparent)]
+    MediaTypes(#[from] crate::export::mediatypes::MediaTypeError),
+    /// Pushing failed.
+    #[error(transparent)]
+    Push(#[from] crate::export::push::PushExportError),
+    /// The registry client could not be set up.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::Error),
+    /// Importing into containerd failed.
+    #[error(transparent)]
+    Containerd(#[from] crate::export::containerd::ContainerdExportError),
+    /// A blocking task died.
+    #[error("export task failed: {0}")]
+    Task(String),
+}
+
+/// Writes the outputs of one built image.
+pub struct Exporter<'a> {
+    build: &'a Build,
+    image: &'a ImageManifest,
+    definition: &'a pb::Definition,
+    progress: &'a Progress,
+    /// Makes the layer blobs of `compression=` options (remembering them under the state dir).
+    converter: Converter,
+    /// How many of the image's layers are its base image's (kept unless `force-compression`).
+    inherited: usize,
+    /// Pushers by their plain-HTTP host list (credentials are asked once per host).
+    pushers: BTreeMap<Vec<String>, Arc<Pusher>>,
+}
+
+impl<'a> Exporter<'a> {
+    /// An exporter for `image` (made from `frontend_config` and the layers `definition`
+    /// built), reporting to `progress`.
+    pub fn new(
+        build: &'a Build,
+        image: &'a ImageManifest,
+        frontend_config: &[u8],
+        definition: &'a pb::Definition,
+        progress: &'a Progress,
+    ) -> Self {
+        let store = build.blobs().clone();
+        Exporter {
+            converter: Converter::new(store, Some(build.engine().state().compression_memo())),
+            inherited: crate::export::compression::inherited_layers(frontend_config, &image.layers),
+            build,
+            image,
+            definition,
+            progress,
+            pushers: BTreeMap::new(),
+        }
+    }
+
+    fn message(&self, m: String) {
+        self.progress.send(ProgressEvent::Message(m));
+    }
+
+    /// Writes output `index` (its position among the build's outputs) to `sink`; BuildKit's
+    /// exporter response for it (digest, descriptor and names of the image it wrote).
+    pub async fn export(
+        &mut self,
+        index: usize,
+        spec: &ExporterSpec,
+        sink: &dyn ExportSink,
+    ) -> Result<BTreeMap<String, String>, ExporterError> {
+        let vertex = format!(
+            "sha256:{}",
+            blake3::hash(
+                format!(
+                    "export {index} {} {}",
+                    spec.kind(),
+                    self.image.manifest_desc.digest
+                )
+                .as_bytes()
+            )
+            .to_hex()
+        );
+        let name = match spec {
+            ExporterSpec::Image { .. } => "exporting to image",
+            ExporterSpec::Oci { .. } => "exporting to oci image format",
+            ExporterSpec::Docker { .. } => "exporting to docker image format",
+            ExporterSpec::Local => "exporting to client directory",
+            ExporterSpec::Tar => "exporting to client tarball",
+            ExporterSpec::Containerd { .. } => "exporting to containerd",
+        };
+        let started = std::time::Instant::now();
+        self.progress
+            .vertex(&vertex, name, VertexState::Started, None, None);
+        let result = self.run(index, spec, sink).await;
+        let (state, error) = match &result {
+            Ok(_) => (VertexState::Completed, None),
+            Err(e) => (VertexState::Error, Some(e.to_string())),
+        };
+        self.progress
+            .vertex(&vertex, name, state, Some(started.elapsed()), error);
+        result
+    }
+
+    async fn run(
+        &mut self,
+        index: usize,
+        spec: &ExporterSpec,
+        sink: &dyn ExportSink,
+    ) -> Result<BTreeMap<String, String>, ExporterError> {
+        let store = self.build.blobs().clone();
+        match spec {
+            ExporterSpec::Oci { image, tar: false } => {
+                let names = normalize_names(&image.names)?;
+                let img = self.image_for(image).await?;
+                let response = response(&img, &names);
+                let target = sink.directory(index).await.map_err(ExporterError::Sink)?;
+                let (dir, i) = (target.path().to_path_buf(), img.clone());
+                blocking(move || Ok(crate::export::write_oci_dir(&dir, &i, &store, &names)?))
+                    .await?;
+                target.commit().await.map_err(ExporterError::Sink)?;
+                self.message(format!("exported {}", img.manifest_desc.digest));
+                Ok(response)
+            }
+            ExporterSpec::Oci { image, tar: true } | ExporterSpec::Docker { image } => {
+                let docker = matches!(spec, ExporterSpec::Docker { .. });
+                let names = normalize_names(&image.names)?;
+                let img = self.image_for(image).await?;
+                let response = response(&img, &names);
+                let mut target = sink
+                    .file(index, &response)
+                    .await
+                    .map_err(ExporterError::Sink)?;
+                let i = img.clone();
+                let target = blocking(move || {
+                    if docker {
+                        crate::export::docker::write_docker_tar(&mut target, &i, &store, &names)?;
+                    } else {
+                        crate::export::write_layout_tar(&mut target, &i, &store, &names, &[])?;
+                    }
+                    Ok(target)
+                })
+                .await?;
+                target.commit().await.map_err(ExporterError::Sink)?;
+                self.message(format!(
+                    "exported {}{}",
+                    img.manifest_desc.digest,
+                    if docker { " (docker archive)" } else { "" }
+                ));
+                Ok(response)
+            }
+            ExporterSpec::Local => {
+                let target = sink.directory(index).await.map_err(ExporterError::Sink)?;
+                let (dir, img, keep) = (
+                    target.path().to_path_buf(),
+                    self.image.clone(),
+                    target.keep_owners(),
+                );
+                blocking(move || Ok(crate::export::local::apply_image(&dir, &img, &store, keep)?))
+                    .await?;
+                target.commit().await.map_err(ExporterError::Sink)?;
+                self.message("exported the filesystem".into());
+                Ok(BTreeMap::new())
+            }
+            ExporterSpec::Tar => {
+                let mut target = sink
+                    .file(index, &BTreeMap::new())
+                    .await
+                    .map_err(ExporterError::Sink)?;
+                let tmp_parent = self.build.engine().state().tmp();
+                let img = self.image.clone();
+                let target = blocking(move || {
+                    std::fs::create_dir_all(&tmp_parent).map_err(ExporterError::Sink)?;
+                    let tree = tempfile::Builder::new()
+                        .prefix("export-tar-")
+                        .tempdir_in(&tmp_parent)
+                        .map_err(ExporterError::Sink)?;
+                    crate::export::local::apply_image(tree.path(), &img, &store, true)?;
+                    crate::layer::write_tree_tar(tree.path(), &mut target)
+                        .map_err(|e| ExporterError::Sink(io::Error::other(e.to_string())))?;
+                    Ok(target)
+                })
+                .await?;
+                target.commit().await.map_err(ExporterError::Sink)?;
+                self.message("exported the filesystem as a tar".into());
+                Ok(BTreeMap::new())
+            }
+            ExporterSpec::Image {
+                image,
+                push,
+                insecure,
+            } => {
+                let img = self.image_for(image).await?;
+                let response = response(&img, &image.names);
+                if !*push {
+                    self.message(format!(
+                        "warning: type=image without push=true: {} not stored anywhere (add push=true, or use type=oci or type=docker)",
+                        image.names.join(", ")
+                    ));
+                    return Ok(response);
+                }
+                let pusher = self.pusher(&image.names, *insecure).await?;
+                for name in &image.names {
+                    self.message(format!("pushing {name}"));
+                    let pushed =
+                        crate::export::push::push_image(&pusher, &store, &img, name).await?;
+                    self.message(format!(
+                        "pushed {}@{} ({})",
+                        pushed.reference,
+                        pushed.digest,
+                        pushed.summary()
+                    ));
+                }
+                Ok(response)
+            }
+            ExporterSpec::Containerd { image, unpack } => {
+                let names = normalize_names(&image.names)?;
+                let img = self.image_for(image).await?;
+                let done =
+                    crate::export::containerd::import(self.build, &img, &names, *unpack).await?;
+                for n in &done.names {
+                    self.message(format!(
+                        "imported {n}@{} into containerd (namespace `{}`{})",
+                        img.manifest_desc.digest,
+                        done.namespace,
+                        if done.snapshot.is_some() {
+                            ", unpacked"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                Ok(response(&img, &names))
+            }
+        }
+    }
+
+    /// The image with the requested layer compression and media types.
+    async fn image_for(&self, opts: &ImageOptions) -> Result<ImageManifest, ExporterError> {
+        let compression = opts.compression;
+        let img = if compression.is_build_default() {
+            self.image.clone()
+        } else {
+            let (conv, img, inherited) =
+                (self.converter.clone(), self.image.clone(), self.inherited);
+            let started = std::time::Instant::now();
+            let done =
+                blocking(move || Ok(conv.convert_image(&img, &compression, inherited)?)).await?;
+            if done.converted + done.reused > 0 {
+                self.message(format!(
+                    "layers as {}: {} compressed in {:.1}s, {} from earlier exports",
+                    describe(&compression),
+                    done.converted,
+                    started.elapsed().as_secs_f64(),
+                    done.reused
+                ));
+            }
+            done.image
+        };
+        if opts.oci_mediatypes {
+            return Ok(img);
+        }
+        if compression.algorithm() == Algorithm::Zstd {
+            self.message(
+                "warning: compression=zstd with oci-mediatypes=false: zstd layers get the type application/vnd.docker.image.rootfs.diff.tar.zstd (as BuildKit writes), which Docker's manifest format does not define; containerd reads it, other tools may not (prefer oci-mediatypes=true)".into(),
+            );
+        }
+        Ok(crate::export::mediatypes::to_docker(&img)?)
+    }
+
+    /// A pusher for `names`, with the caller's credentials for their registries and the base
+    /// images of the definition as cross-repository mount sources.
+    async fn pusher(
+        &mut self,
+        names: &[String],
+        insecure_names: bool,
+    ) -> Result<Arc<Pusher>, ExporterError> {
+        let mut hosts = Vec::new();
+        for n in names {
+            let r = normalize_reference(n)?;
+            for h in [r.registry(), r.resolve_registry()] {
+                if !hosts.iter().any(|x: &String| x == h) {
+                    hosts.push(h.to_owned());
+                }
+            }
+        }
+        let mut insecure = self.build.engine().registry_config().insecure.clone();
+        if insecure_names {
+            insecure.extend(hosts.iter().cloned());
+        }
+        insecure.sort();
+        insecure.dedup();
+        let mut key = hosts.clone();
+        key.extend(insecure.iter().map(|h| format!("insecure:{h}")));
+        if let Some(p) = self.pushers.get(&key) {
+            return Ok(p.clone());
+        }
+        let mut credentials: std::collections::HashMap<String, Credentials> = Default::default();
+        for h in &hosts {
+            if let Some(c) = self.build.caller().credentials.credentials(h).await {
+                credentials.insert(h.clone(), c);
+            }
+        }
+        let pusher = Pusher::new(
+            RegistryConfig {
+                insecure,
+                credentials,
+                ..RegistryConfig::default()
+            },
+            PushOptions::default(),
+        )
+        .map_err(|e| ExporterError::Push(e.into()))?;
+        for r in base_images(self.definition) {
+            pusher.add_mount_source(&r);
+        }
+        let pusher = Arc::new(pusher);
+        self.pushers.insert(key, pusher.clone());
+        Ok(pusher)
+    }
+}
+
+fn describe(c: &Compression) -> String {
+    match c.algorithm() {
+        Algorithm::Uncompressed => "uncompressed".to_string(),
+        a => format!("{a} level {}", c.effective_level()),
+    }
+}
+
+/// BuildKit's exporter response for an image written under `names`.
+fn response(img: &ImageManifest, names: &[String]) -> BTreeMap<String, String> {
+    let mut r = BTreeMap::new();
+    r.insert(
+        keys::IMAGE_DIGEST.to_string(),
+        img.manifest_desc.digest.clone(),
+    );
+    r.insert(
+        keys::CONFIG_DIGEST.to_string(),
+        img.config_desc.digest.clone(),
+    );
+    if let Ok(json) = serde_json::to_vec(&img.manifest_desc) {
+        r.insert(
+            keys::DESCRIPTOR.to_string(),
+            base64::engine::general_purpose::STANDARD.encode(json),
+        );
+    }
+    if !names.is_empty() {
+        r.insert(keys::IMAGE_NAME.to_string(), names.join(","));
+    }
+    r
+}
+
+/// Full references (`docker.io/library/app:latest`) for names as a user writes them.
+fn normalize_names(names: &[String]) -> Result<Vec<String>, ExporterError> {
+    names
+        .iter()
+        .map(|n| {
+            normalize_reference(n)
+                .map(|r| r.whole())
+                .map_err(|e| ExporterError::Name {
+                    name: n.clone(),
+                    reason: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// The `docker-image://` references the definition's source ops pull (digest-pinned).
+fn base_images(definition: &pb::Definition) -> Vec<String> {
+    let mut out = Vec::new();
+    for bytes in &definition.def {
+        let Ok(op) = pb::Op::decode(bytes.as_slice()) else {
+            continue;
+        };
+        if let Some(pb::op::Op::Source(s)) = &op.op
+            && let Some(r) = s.identifier.strip_prefix("docker-image://")
+            && !out.iter().any(|x: &String| x == r)
+        {
+            out.push(r.to_owned());
+        }
+    }
+    out
+}
+
+/// Runs blocking export work off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ExporterError> + Send + 'static,
+) -> Result<T, ExporterError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ExporterError::Task(e.to_string()))?
+}
