@@ -15,6 +15,7 @@ mod progress;
 mod push;
 mod report;
 mod server;
+mod session;
 
 use clap::Parser;
 
