@@ -15,6 +15,7 @@ mod pipeline;
 mod progress;
 mod report;
 mod server;
+mod session;
 
 use clap::Parser;
 
