@@ -139,10 +139,7 @@ pub async fn export(
     let mut exporter = Exporter::new(build, &image, image_config, definition, progress);
     let mut responses = Vec::with_capacity(outputs.len());
     for (i, spec) in outputs.iter().enumerate() {
-        let r = exporter
-            .export(i, spec, sink)
-            .await
-            .with_context(|| format!("exporting to {}", spec.kind()))?;
+        let r = exporter.export(i, spec, sink).await?;
         responses.push(r);
     }
     Ok(responses)

@@ -71,6 +71,37 @@ fn json_line(out: &mut impl Write, ev: &ProgressEvent) -> std::io::Result<()> {
             "stream": match stream { LogStream::Stdout => "stdout", LogStream::Stderr => "stderr" },
             "log": String::from_utf8_lossy(data),
         }),
+        ProgressEvent::Step {
+            digest,
+            name,
+            state,
+            duration,
+            error,
+        } => {
+            let mut v = serde_json::json!({
+                "step": digest,
+                "name": name,
+                "state": state.as_str(),
+                "duration_ms": duration.map(|d| d.as_millis() as u64),
+            });
+            if let Some(e) = error {
+                v["error"] = serde_json::Value::String(e.clone());
+            }
+            v
+        }
+        ProgressEvent::Status {
+            digest,
+            id,
+            current,
+            total,
+            completed,
+        } => serde_json::json!({
+            "vertex": digest,
+            "status": id,
+            "current": current,
+            "total": total,
+            "completed": completed,
+        }),
         ProgressEvent::Message(m) => serde_json::json!({ "message": m }),
     };
     writeln!(out, "{v}")
@@ -86,6 +117,13 @@ fn plain_line(
     let next = numbers.len() + 1;
     match ev {
         ProgressEvent::Vertex {
+            digest,
+            name,
+            state,
+            duration,
+            error,
+        }
+        | ProgressEvent::Step {
             digest,
             name,
             state,
@@ -120,6 +158,21 @@ fn plain_line(
             }
             Ok(())
         }
+        ProgressEvent::Status {
+            digest,
+            id,
+            current,
+            completed,
+            ..
+        } if *completed => {
+            let n = *numbers.entry(digest.clone()).or_insert(next);
+            writeln!(
+                out,
+                "#{n} {id} {} done",
+                crate::cache_cmd::human_size(*current)
+            )
+        }
+        ProgressEvent::Status { .. } => Ok(()),
         ProgressEvent::Message(m) => writeln!(out, "{m}"),
     }
 }

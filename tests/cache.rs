@@ -21,7 +21,8 @@ fn cached(out: &Output) -> BTreeSet<String> {
 fn names_in_state(out: &Output, state: &str) -> BTreeSet<String> {
     progress_events(out)
         .iter()
-        .filter(|e| e["state"] == state)
+        // Vertices of the definition only: exports are steps, not vertices.
+        .filter(|e| e["state"] == state && e.get("vertex").is_some())
         .filter_map(|e| e["name"].as_str().map(str::to_string))
         // The context source is read live on every build; it is not a cached step.
         .filter(|n| !n.starts_with("[internal]"))

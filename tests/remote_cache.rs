@@ -44,7 +44,8 @@ fn build(sb: &Sandbox, env: &Env, url: &str, token: &str) -> Output {
 fn executed(out: &Output) -> BTreeSet<String> {
     progress_events(out)
         .iter()
-        .filter(|e| e["state"] == "started")
+        // Vertices of the definition only: exports are steps, not vertices.
+        .filter(|e| e["state"] == "started" && e.get("vertex").is_some())
         .filter_map(|e| e["name"].as_str().map(str::to_string))
         .filter(|n| !n.starts_with("[internal]"))
         .collect()

@@ -231,6 +231,13 @@ impl View {
                 state,
                 duration,
                 ..
+            }
+            | ProgressEvent::Step {
+                digest,
+                name,
+                state,
+                duration,
+                ..
             } => {
                 let v = self.vertex(digest, name, now);
                 v.name.clone_from(name);
@@ -257,6 +264,7 @@ impl View {
                 let name = short.get(..12).unwrap_or(short).to_string();
                 self.vertex(digest, &name, now).logs.push(data);
             }
+            ProgressEvent::Status { .. } => {}
             ProgressEvent::Message(m) => self.messages.extend(m.lines().map(str::to_string)),
         }
     }

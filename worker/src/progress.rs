@@ -66,6 +66,33 @@ pub enum ProgressEvent {
         /// Raw bytes, as they came.
         data: Vec<u8>,
     },
+    /// A step of the build that is not a vertex of the definition (an export, reading the
+    /// build definition): shown like a vertex, never counted as one that executed.
+    Step {
+        /// An id of the step, shaped like a digest.
+        digest: String,
+        /// What it does (`exporting to image`).
+        name: String,
+        /// New state.
+        state: VertexState,
+        /// Time since it started, for terminal states.
+        duration: Option<Duration>,
+        /// Error text for `Error`.
+        error: Option<String>,
+    },
+    /// A transfer or sub-task of a vertex or step (`transferring context: 2.1MB`).
+    Status {
+        /// The vertex or step it belongs to.
+        digest: String,
+        /// What is being done.
+        id: String,
+        /// Progress so far (bytes or items).
+        current: u64,
+        /// Expected total, when known.
+        total: Option<u64>,
+        /// Whether it is over.
+        completed: bool,
+    },
     /// A note about the build as a whole (e.g. export steps).
     Message(String),
 }
@@ -105,6 +132,24 @@ impl Progress {
         error: Option<String>,
     ) {
         self.send(ProgressEvent::Vertex {
+            digest: digest.to_string(),
+            name: name.to_string(),
+            state,
+            duration,
+            error,
+        });
+    }
+
+    /// Sends a state change of a step that is not a vertex.
+    pub fn step(
+        &self,
+        digest: &str,
+        name: &str,
+        state: VertexState,
+        duration: Option<Duration>,
+        error: Option<String>,
+    ) {
+        self.send(ProgressEvent::Step {
             digest: digest.to_string(),
             name: name.to_string(),
             state,

@@ -142,14 +142,14 @@ impl<'a> Exporter<'a> {
         };
         let started = std::time::Instant::now();
         self.progress
-            .vertex(&vertex, name, VertexState::Started, None, None);
+            .step(&vertex, name, VertexState::Started, None, None);
         let result = self.run(index, spec, sink).await;
         let (state, error) = match &result {
             Ok(_) => (VertexState::Completed, None),
             Err(e) => (VertexState::Error, Some(e.to_string())),
         };
         self.progress
-            .vertex(&vertex, name, state, Some(started.elapsed()), error);
+            .step(&vertex, name, state, Some(started.elapsed()), error);
         result
     }
 
@@ -170,7 +170,11 @@ impl<'a> Exporter<'a> {
                 blocking(move || Ok(crate::export::write_oci_dir(&dir, &i, &store, &names)?))
                     .await?;
                 target.commit().await.map_err(ExporterError::Sink)?;
-                self.message(format!("exported {}", img.manifest_desc.digest));
+                self.message(format!(
+                    "exported {} to {}",
+                    img.manifest_desc.digest,
+                    sink.describe(index)
+                ));
                 Ok(response)
             }
             ExporterSpec::Oci { image, tar: true } | ExporterSpec::Docker { image } => {
@@ -194,8 +198,9 @@ impl<'a> Exporter<'a> {
                 .await?;
                 target.commit().await.map_err(ExporterError::Sink)?;
                 self.message(format!(
-                    "exported {}{}",
+                    "exported {} to {}{}",
                     img.manifest_desc.digest,
+                    sink.describe(index),
                     if docker { " (docker archive)" } else { "" }
                 ));
                 Ok(response)
@@ -210,7 +215,10 @@ impl<'a> Exporter<'a> {
                 blocking(move || Ok(crate::export::local::apply_image(&dir, &img, &store, keep)?))
                     .await?;
                 target.commit().await.map_err(ExporterError::Sink)?;
-                self.message("exported the filesystem".into());
+                self.message(format!(
+                    "exported the filesystem to {}",
+                    sink.describe(index)
+                ));
                 Ok(BTreeMap::new())
             }
             ExporterSpec::Tar => {
@@ -233,7 +241,10 @@ impl<'a> Exporter<'a> {
                 })
                 .await?;
                 target.commit().await.map_err(ExporterError::Sink)?;
-                self.message("exported the filesystem as a tar".into());
+                self.message(format!(
+                    "exported the filesystem as a tar to {}",
+                    sink.describe(index)
+                ));
                 Ok(BTreeMap::new())
             }
             ExporterSpec::Image {

@@ -48,6 +48,9 @@ pub trait ExportSink: Send + Sync {
 
     /// A directory for exporter `index`.
     fn directory<'a>(&'a self, index: usize) -> BoxFuture<'a, io::Result<Box<dyn DirTarget>>>;
+
+    /// Where exporter `index` writes, for messages (`out.tar`, `the client`).
+    fn describe(&self, index: usize) -> String;
 }
 
 /// Outputs on this machine: exporter `index` writes to `dests[index]`.
@@ -78,6 +81,13 @@ impl HostSink {
 }
 
 impl ExportSink for HostSink {
+    fn describe(&self, index: usize) -> String {
+        self.dests
+            .get(&index)
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| "nowhere".into())
+    }
+
     fn file<'a>(
         &'a self,
         index: usize,
