@@ -14,6 +14,7 @@ pub mod blobs;
 pub mod cache;
 pub mod containerd;
 pub mod export;
+pub mod filesync;
 pub mod fingerprint;
 mod followpaths;
 pub mod fsops;
