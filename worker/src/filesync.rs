@@ -83,6 +83,8 @@ mod validate;
 mod walk;
 mod write;
 
+#[cfg(test)]
+mod tests;
 
 pub use memobuild_proto::fsutil::{Packet, Stat};
 
