@@ -26,7 +26,8 @@ const EVENTS_QUEUED: usize = 64;
 /// path, size, link target and file type are kept as received.
 pub type StatFilter = Arc<dyn Fn(&mut Stat) -> bool + Send + Sync>;
 
-/// A progress callback, called with the running totals after every packet.
+/// A progress callback, called with the running totals after every STAT and DATA packet, on
+/// the receiver's blocking disk thread (so it should be cheap and must not block on async work).
 pub type ProgressFn = Arc<dyn Fn(&ReceiveStats) + Send + Sync>;
 
 /// How a receiver writes.

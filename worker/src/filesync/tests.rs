@@ -4,4 +4,6 @@
 mod harness;
 mod hostile;
 mod incremental;
+mod protocol;
 mod roundtrip;
+mod script;

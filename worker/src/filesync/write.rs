@@ -1,15 +1,10 @@
 //! The receiver's disk side: applies a listing to the destination, incrementally. Blocking;
 //! runs on one blocking thread that owns all of the transfer's disk state.
 //!
-//! Each STAT is validated ([`Validator`]) and compared with what the destination holds at its
-//! path. Only regular files whose size or mtime differ are requested; metadata differences are
-//! fixed in place. New entries are created under a temporary name, given their metadata and
-//! renamed over the old one, so a name only ever holds a complete entry: an interrupted transfer
-//! leaves old or new files, never half-written ones, and the next transfer (which removes
-//! leftover temporary names like any other name the listing lacks) repairs the rest. When the
-//! listing leaves a directory, the entries of that directory it did not name are removed.
-//! Directory modes and mtimes are set last, deepest first: until then directories stay
-//! writable for us and their mtimes still move as entries are renamed into them.
+//! Each STAT is validated ([`Validator`]), compared with the disk and written by [`Applier`];
+//! regular files that differ are queued and requested a few at a time, received into temporary
+//! files and renamed into place. When the listing leaves a directory, whatever it did not name
+//! in it is removed. Hard links and directory modes/mtimes come last, once contents are final.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -344,15 +339,12 @@ impl DiskWriter {
     }
 
     fn on_data(&mut self, id: u32, data: Vec<u8>) -> Result<(), FilesyncError> {
-        let Some(f) = self.in_flight.get_mut(&id) else {
-            return Err(FilesyncError::UnrequestedData { id });
-        };
+        let unrequested = FilesyncError::UnrequestedData { id };
         if data.is_empty() {
-            let Some(f) = self.in_flight.remove(&id) else {
-                return Err(FilesyncError::UnrequestedData { id });
-            };
+            let f = self.in_flight.remove(&id).ok_or(unrequested)?;
             return self.complete(f);
         }
+        let f = self.in_flight.get_mut(&id).ok_or(unrequested)?;
         let size = u64::try_from(f.stat.size).unwrap_or(0);
         let len = data.len() as u64;
         if f.written.saturating_add(len) > size {
@@ -372,23 +364,22 @@ impl DiskWriter {
     }
 
     fn complete(&mut self, f: InFlight) -> Result<(), FilesyncError> {
-        let InFlight {
-            stat,
-            dir,
-            temp,
-            file,
-            written,
-        } = f;
-        if written as i64 != stat.size {
+        if f.written as i64 != f.stat.size {
             // As fsutil: a file that shrank while being sent is taken as it came; its size no
             // longer matches the STAT, so the next transfer asks for it again.
-            tracing::debug!(path = stat.path, written, size = stat.size, "short file");
+            tracing::debug!(
+                path = f.stat.path,
+                f.written,
+                size = f.stat.size,
+                "short file"
+            );
         }
-        let result = self.apply.install_file(dir.as_fd(), &temp, &file, &stat);
+        let (dir, temp) = (f.dir.as_fd(), &f.temp);
+        let result = self.apply.install_file(dir, temp, &f.file, &f.stat);
         if result.is_err() {
-            let _ = disk::unlink_at(dir.as_fd(), &temp);
+            let _ = disk::unlink_at(dir, temp);
         }
-        self.temps.remove(&join(split(&stat.path).0, &temp));
+        self.temps.remove(&join(split(&f.stat.path).0, temp));
         result
     }
 
