@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::options::OptionsError;
 use crate::shell::ShellError;
 
 /// A position in the Dockerfile: 1-based line and column, plus the last line of the instruction.
@@ -144,6 +145,17 @@ pub enum ErrorKind {
         /// What is wrong with it.
         cause: Box<ErrorKind>,
     },
+    /// A named context (`context:NAME`) that cannot be used where the Dockerfile uses it.
+    #[error("named context `{name}`: {cause}")]
+    NamedContext {
+        /// Its key in the options (`NAME` or `NAME::platform`).
+        name: String,
+        /// What went wrong (resolving its image, parsing its config, …).
+        cause: Box<ErrorKind>,
+    },
+    /// A build option that cannot be used.
+    #[error("{0}")]
+    Options(#[from] OptionsError),
     /// A feature BuildKit has that MemoBuild does not run.
     #[error("{0}")]
     Unsupported(String),

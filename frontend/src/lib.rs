@@ -2,7 +2,13 @@
 //! [`pb::Definition`] plus the OCI image config, the way BuildKit's `dockerfile2llb` does.
 //!
 //! The crate performs no I/O: base image configs come through an [`ImageResolver`] the caller
-//! supplies, the `.dockerignore` patterns through [`BuildOptions::dockerignore`].
+//! supplies, the `.dockerignore` patterns through [`BuildOptions::dockerignore`] (and those of a
+//! `local:` named context through [`NamedContext::Local`]).
+//!
+//! The options BuildKit's `dockerfile.v0` frontend takes as frontend attributes (`label:*`,
+//! `context:*`, `add-hosts`, `no-cache`, `image-resolve-mode`, `force-network-mode`, …) are
+//! fields of [`BuildOptions`], all off by default; [`BuildOptions::from_frontend_attrs`] reads
+//! them from the attribute map `buildctl --opt` and `docker buildx build` send.
 //!
 //! ```
 //! use memobuild_frontend::{build, BuildOptions, ImageResolver, Platform, ResolvedImage};
@@ -25,11 +31,14 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod attrs;
 pub mod config;
 mod error;
 pub mod instructions;
 mod lint;
 mod lower;
+mod named_context;
+mod options;
 pub mod parser;
 mod platform;
 mod reference;
@@ -38,55 +47,18 @@ mod stages;
 
 use std::collections::BTreeMap;
 
+pub use attrs::ParsedAttrs;
 pub use error::{ErrorKind, FrontendError, Location, Warning};
 pub use instructions::Dockerfile;
 pub use lower::go_quote;
 use memobuild_proto::pb;
+pub use named_context::{ContextError, NamedContext};
+pub use options::{BuildOptions, ImageResolveMode, NetworkMode, NoCache, OptionsError};
 pub use platform::Platform;
 pub use reference::{ReferenceError, normalize_image_ref};
 
 use crate::lower::Lowerer;
 use crate::shell::Lexer;
-
-/// What a build needs besides the Dockerfile.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildOptions {
-    /// The Dockerfile's name, used in error messages and the source map (e.g. `Dockerfile`).
-    pub dockerfile_name: String,
-    /// The stage to build; the last stage if `None`.
-    pub target: Option<String>,
-    /// `--build-arg` values.
-    pub build_args: BTreeMap<String, String>,
-    /// Target platform, also used as the build platform.
-    pub platform: Platform,
-    /// Name of the build context local source (`local://<name>`), usually `context`.
-    pub context_name: String,
-    /// Session that serves the context, if any (`local.session`).
-    pub session_id: Option<String>,
-    /// `.dockerignore` exclude patterns, already read by the caller.
-    pub dockerignore: Vec<String>,
-}
-
-impl BuildOptions {
-    /// Defaults: `Dockerfile`, last stage, no build args, context `context`, no session.
-    pub fn new(platform: Platform) -> Self {
-        Self {
-            dockerfile_name: "Dockerfile".into(),
-            target: None,
-            build_args: BTreeMap::new(),
-            platform,
-            context_name: "context".into(),
-            session_id: None,
-            dockerignore: Vec::new(),
-        }
-    }
-}
-
-impl Default for BuildOptions {
-    fn default() -> Self {
-        Self::new(Platform::host())
-    }
-}
 
 /// A base image's manifest digest and config, as the registry serves them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +133,21 @@ fn valid_build_arg_name(k: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
 }
 
+/// The `extra_hosts` option as ExecOp entries, IPs checked and written as BuildKit writes them.
+fn extra_hosts(hosts: &[(String, String)]) -> Result<Vec<pb::HostIp>, OptionsError> {
+    hosts
+        .iter()
+        .map(|(host, ip)| {
+            attrs::extra_host(host, ip)
+                .map(|(host, ip)| pb::HostIp { host, ip })
+                .map_err(|reason| OptionsError::BadExtraHost {
+                    entry: format!("{host}={ip}"),
+                    reason,
+                })
+        })
+        .collect()
+}
+
 /// Parses and lowers a Dockerfile.
 pub fn build(
     dockerfile: &str,
@@ -217,13 +204,17 @@ pub fn build(
         &global,
         &lex,
         opts.target.as_deref(),
-        &opts.platform,
+        stages::Contexts {
+            named: &opts.named_contexts,
+            platform: &opts.platform,
+        },
         &resolver,
     )
     .map_err(err)?;
-    let out = Lowerer::new(opts, &resolver, lex, global, epoch)
-        .run(&df, &graph, &triggers)
-        .map_err(err)?;
+    let mut lowerer = Lowerer::new(opts, &resolver, lex, global, epoch);
+    lowerer.extra_hosts =
+        extra_hosts(&opts.extra_hosts).map_err(|e| FrontendError::global(name, e.into()))?;
+    let out = lowerer.run(&df, &graph, &triggers).map_err(err)?;
     warnings.extend(out.warnings);
     let warnings = check
         .apply(warnings)

@@ -1,6 +1,8 @@
 //! Lowering: stages and instructions to an LLB [`memobuild_proto::pb::Definition`] plus the
 //! image config, following what BuildKit's `dockerfile2llb` emits.
 
+mod base;
+mod context;
 mod dispatch;
 mod exec;
 mod file;
@@ -14,7 +16,8 @@ mod source;
 mod state;
 
 pub(crate) use dispatch::Lowerer;
-pub(crate) use mounts::mount_from;
+pub(crate) use git::parse_git_ref;
+pub(crate) use mounts::{csv_fields, mount_from};
 pub use naming::go_quote;
 pub(crate) use onbuild::{CachedResolver, resolve_with_triggers};
 pub(crate) use paths::clean as clean_path;

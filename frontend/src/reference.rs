@@ -111,9 +111,37 @@ pub fn normalize_image_ref(reference: &str) -> Result<String, ReferenceError> {
     Ok(out)
 }
 
+/// Docker's short ("familiar") form of a normalized reference, minus a `:latest` tag: the name
+/// BuildKit looks a named context up by (`dockerui.Client.NamedContext`), so `FROM alpine`,
+/// `FROM alpine:latest` and `FROM docker.io/library/alpine` all find `context:alpine`.
+pub(crate) fn familiar_name(normalized: &str) -> String {
+    let short = match normalized.strip_prefix("docker.io/") {
+        Some(rest) => match rest.strip_prefix("library/") {
+            // `library/` is dropped only for one-component names (`library/a/b` stays).
+            Some(official) if !official.contains('/') => official,
+            _ => rest,
+        },
+        None => normalized,
+    };
+    short.strip_suffix(":latest").unwrap_or(short).to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn familiar_names() {
+        let f = |s: &str| familiar_name(&normalize_image_ref(s).expect("valid"));
+        assert_eq!(f("alpine"), "alpine");
+        assert_eq!(f("docker.io/library/alpine:latest"), "alpine");
+        assert_eq!(f("alpine:3.20"), "alpine:3.20");
+        assert_eq!(f("user/app"), "user/app");
+        assert_eq!(f("library/a/b"), "library/a/b");
+        assert_eq!(f("127.0.0.1:5000/x:latest"), "127.0.0.1:5000/x");
+        let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(f(&format!("alpine@{d}")), format!("alpine@{d}"));
+    }
 
     #[test]
     fn normalizes() {

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{ErrorKind, Location};
 use crate::instructions::{Command, Dockerfile, Instruction};
+use crate::named_context::{NamedContext, lookup_image, lookup_stage};
 use crate::platform::Platform;
 use crate::shell::{EnvGetter, EnvList, Lexer};
 
@@ -17,6 +18,18 @@ pub(crate) enum Base {
     Image(String),
     /// An earlier stage.
     Stage(usize),
+    /// A named context: `key` in [`crate::BuildOptions::named_contexts`]. With
+    /// `replaces_stage` it stands for the whole stage (`context:STAGE`), whose instructions
+    /// are not lowered; else for the image the stage starts from (or a `--from` reads).
+    Context { key: String, replaces_stage: bool },
+}
+
+/// What named-context look-ups need: the contexts and the target platform (the platform of a
+/// stage without `--platform`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Contexts<'a> {
+    pub named: &'a BTreeMap<String, NamedContext>,
+    pub platform: &'a Platform,
 }
 
 /// One stage after name resolution. Stages past the Dockerfile's own are images used by
@@ -39,6 +52,19 @@ pub(crate) struct StageInfo {
     pub source: Option<usize>,
     /// The `FROM` line as written (empty for `--from` images).
     pub original: String,
+}
+
+impl StageInfo {
+    /// The stage is replaced by a named context (`context:NAME` for its `AS NAME`).
+    pub(crate) fn replaced(&self) -> bool {
+        matches!(
+            self.base,
+            Base::Context {
+                replaces_stage: true,
+                ..
+            }
+        )
+    }
 }
 
 /// The resolved stage graph.
@@ -114,12 +140,14 @@ pub(crate) fn apply_meta_args(
     Ok(args)
 }
 
-/// Resolves stage bases, `--from` sources, the target and reachability.
+/// Resolves stage bases (named contexts first, as BuildKit), `--from` sources, the target and
+/// reachability.
 pub(crate) fn resolve(
     df: &Dockerfile,
     global: &EnvList,
     lex: &Lexer,
     target: Option<&str>,
+    contexts: Contexts<'_>,
 ) -> Result<StageGraph, (Option<Location>, ErrorKind)> {
     let mut stages: Vec<StageInfo> = Vec::new();
     let mut by_name: BTreeMap<String, usize> = BTreeMap::new();
@@ -154,10 +182,26 @@ pub(crate) fn resolve(
                 Some(Platform::parse(&v).ok_or((Some(loc), ErrorKind::BadPlatform(v)))?)
             }
         };
-        let base = if let Some(&b) = by_name.get(&base_name) {
+        let lookup_platform = platform.as_ref().unwrap_or(contexts.platform);
+        let replaced = st
+            .from
+            .name
+            .as_deref()
+            .and_then(|n| lookup_stage(contexts.named, n, lookup_platform));
+        let base = if let Some(key) = replaced {
+            Base::Context {
+                key: key.to_owned(),
+                replaces_stage: true,
+            }
+        } else if let Some(&b) = by_name.get(&base_name) {
             Base::Stage(b)
         } else if base_name.eq_ignore_ascii_case("scratch") {
             Base::Scratch
+        } else if let Some(key) = lookup_image(contexts.named, &base_name, lookup_platform) {
+            Base::Context {
+                key: key.to_owned(),
+                replaces_stage: false,
+            }
         } else {
             Base::Image(base_name)
         };
@@ -180,6 +224,10 @@ pub(crate) fn resolve(
     let mut mount_sources = BTreeMap::new();
     let mut images: BTreeMap<String, usize> = BTreeMap::new();
     for (si, st) in df.stages.iter().enumerate() {
+        if stages[si].replaced() {
+            // Its instructions are not lowered, so they read from nothing.
+            continue;
+        }
         for (ci, ins) in st.commands.iter().enumerate() {
             let froms: Vec<(Option<usize>, String)> = match &ins.command {
                 Command::Copy(c) => c.from.iter().map(|f| (None, f.clone())).collect(),
@@ -215,10 +263,17 @@ pub(crate) fn resolve(
                     i
                 } else {
                     let i = stages.len();
+                    let base = match lookup_image(contexts.named, from, contexts.platform) {
+                        Some(key) => Base::Context {
+                            key: key.to_owned(),
+                            replaces_stage: false,
+                        },
+                        None => Base::Image(from.clone()),
+                    };
                     stages.push(StageInfo {
                         name: None,
                         display: String::new(),
-                        base: Base::Image(from.clone()),
+                        base,
                         platform: None,
                         deps: BTreeSet::new(),
                         location: ins.location,
@@ -299,6 +354,14 @@ mod tests {
     use crate::parse;
 
     fn graph(src: &str, target: Option<&str>) -> StageGraph {
+        graph_with(src, target, &BTreeMap::new())
+    }
+
+    fn graph_with(
+        src: &str,
+        target: Option<&str>,
+        named: &BTreeMap<String, NamedContext>,
+    ) -> StageGraph {
         let (df, _) = parse(src, "Dockerfile").expect("parses");
         let lex = Lexer::new(df.escape);
         let p = Platform::new("linux", "amd64", None);
@@ -309,7 +372,17 @@ mod tests {
             &lex,
         )
         .expect("args");
-        resolve(&df, &global, &lex, target).expect("resolves")
+        resolve(
+            &df,
+            &global,
+            &lex,
+            target,
+            Contexts {
+                named,
+                platform: &p,
+            },
+        )
+        .expect("resolves")
     }
 
     #[test]
@@ -343,6 +416,49 @@ mod tests {
         assert_eq!(g.stages.len(), 2);
         assert_eq!(g.stages[1].base, Base::Image("busybox".into()));
         assert!(g.reachable.contains(&1));
+    }
+
+    #[test]
+    fn named_contexts_replace_stages_and_images() {
+        let img = |r: &str| NamedContext::Image {
+            reference: r.into(),
+        };
+        let named: BTreeMap<String, NamedContext> = [
+            ("build".to_owned(), img("a")),
+            ("busybox".to_owned(), img("b")),
+            ("tools::linux/amd64".to_owned(), img("c")),
+            ("tools".to_owned(), img("d")),
+        ]
+        .into();
+        let g = graph_with(
+            "FROM scratch AS helper\n\
+             FROM docker.io/library/busybox:latest AS build\n\
+             COPY --from=helper /x /x\n\
+             FROM build\n\
+             COPY --from=tools /t /t\n\
+             COPY --from=build /b /b\n",
+            None,
+            &named,
+        );
+        let ctx = |key: &str, replaces_stage: bool| Base::Context {
+            key: key.into(),
+            replaces_stage,
+        };
+        // `context:build` replaces the stage (not its `FROM busybox`); the stage's own
+        // `COPY --from=helper` is not lowered, so `helper` is unreachable.
+        assert_eq!(g.stages[1].base, ctx("build", true));
+        assert!(g.stages[1].deps.is_empty());
+        assert_eq!(g.stages[2].base, Base::Stage(1));
+        assert_eq!(g.stages[3].base, ctx("tools::linux/amd64", false));
+        assert_eq!(g.copy_sources[&(2, 1)], 1);
+        assert_eq!(g.reachable, [1, 2, 3].into_iter().collect());
+        // A FROM image finds the context by its short name.
+        let g = graph_with("FROM busybox:latest\n", None, &named);
+        assert_eq!(g.stages[0].base, ctx("busybox", false));
+        // `FROM busybox` is the stage `busybox`, which the context replaces.
+        let g = graph_with("FROM scratch AS busybox\nFROM busybox\n", None, &named);
+        assert_eq!(g.stages[0].base, ctx("busybox", true));
+        assert_eq!(g.stages[1].base, Base::Stage(0));
     }
 
     #[test]

@@ -2,12 +2,19 @@
 //! Regenerate with `UPDATE_GOLDEN=1 cargo test -p memobuild-frontend --test golden`.
 //!
 //! A case may have an `options` file with lines `target=NAME`, `build-arg=K=V`,
-//! `dockerignore=PATTERN`, `session=ID`, `platform=os/arch[/variant]`, `context=NAME`.
+//! `dockerignore=PATTERN`, `session=ID`, `platform=os/arch[/variant]`, `context=NAME`,
+//! `local-exclude=CONTEXT=PATTERN` (a pattern of the `local:` named context `CONTEXT`), and
+//! `attr=KEY=VALUE`: BuildKit frontend attributes, read first with
+//! `BuildOptions::from_frontend_attrs` (an error there is the case's error).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use memobuild_frontend::{BuildOptions, ImageResolver, Platform, ResolvedImage, build, parse};
+use std::collections::BTreeMap;
+
+use memobuild_frontend::{
+    BuildOptions, ImageResolver, NamedContext, Platform, ResolvedImage, build, parse,
+};
 use memobuild_proto::pb;
 use prost::Message;
 
@@ -111,14 +118,29 @@ fn cases(kind: &str) -> Vec<PathBuf> {
     out
 }
 
-fn options(case: &Path) -> BuildOptions {
-    let mut o = BuildOptions::new(Platform::new("linux", "amd64", None));
+fn options(case: &Path) -> Result<BuildOptions, String> {
+    let amd64 = Platform::new("linux", "amd64", None);
     let Ok(text) = std::fs::read_to_string(case.join("options")) else {
-        return o;
+        return Ok(BuildOptions::new(amd64));
     };
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let (k, v) = line.split_once('=').expect("key=value option");
+    let lines: Vec<(&str, &str)> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_once('=').expect("key=value option"))
+        .collect();
+    let attrs: BTreeMap<String, String> = lines
+        .iter()
+        .filter(|(k, _)| *k == "attr")
+        .map(|(_, v)| {
+            let (a, b) = v.split_once('=').unwrap_or((v, ""));
+            (a.to_owned(), b.to_owned())
+        })
+        .collect();
+    let parsed = BuildOptions::from_frontend_attrs(&attrs, amd64).map_err(|e| e.to_string())?;
+    let mut o = parsed.options;
+    for (k, v) in lines {
         match k {
+            "attr" => {}
             "target" => o.target = Some(v.to_owned()),
             "build-arg" => {
                 let (a, b) = v.split_once('=').unwrap_or((v, ""));
@@ -128,10 +150,17 @@ fn options(case: &Path) -> BuildOptions {
             "session" => o.session_id = Some(v.to_owned()),
             "context" => o.context_name = v.to_owned(),
             "platform" => o.platform = Platform::parse(v).expect("platform"),
+            "local-exclude" => {
+                let (name, pattern) = v.split_once('=').expect("CONTEXT=PATTERN");
+                match o.named_contexts.get_mut(name) {
+                    Some(NamedContext::Local { excludes, .. }) => excludes.push(pattern.to_owned()),
+                    _ => panic!("no local named context {name}"),
+                }
+            }
             other => panic!("unknown option {other}"),
         }
     }
-    o
+    Ok(o)
 }
 
 fn short(d: &str) -> &str {
@@ -208,6 +237,14 @@ fn dump_definition(def: &pb::Definition) -> String {
                 .expect("write");
                 if let Some(p) = &m.proxy_env {
                     writeln!(s, "    proxy={p:?}").expect("write");
+                }
+                if !m.extra_hosts.is_empty() {
+                    let hosts: Vec<String> = m
+                        .extra_hosts
+                        .iter()
+                        .map(|h| format!("{}={}", h.host, h.ip))
+                        .collect();
+                    writeln!(s, "    extraHosts={}", hosts.join(",")).expect("write");
                 }
                 for mt in &e.mounts {
                     writeln!(
@@ -307,6 +344,9 @@ fn dump_definition(def: &pb::Definition) -> String {
             other => writeln!(s, "{other:?}").expect("write"),
         }
         if let Some(md) = def.metadata.get(&digest) {
+            if md.ignore_cache {
+                writeln!(s, "    ignore_cache").expect("write");
+            }
             for (k, v) in &md.description {
                 writeln!(s, "    desc {k}={v}").expect("write");
             }
@@ -384,7 +424,7 @@ fn parse_cases() {
 fn lower_cases() {
     for case in cases("lower") {
         let text = std::fs::read_to_string(case.join("Dockerfile")).expect("read");
-        let opts = options(&case);
+        let opts = options(&case).unwrap_or_else(|e| panic!("{}: {e}", case.display()));
         let out = build(&text, &opts, &FakeResolver)
             .unwrap_or_else(|e| panic!("{}: {e}", case.display()));
         let mut s = dump_definition(&out.definition);
@@ -411,10 +451,12 @@ fn lower_cases() {
 fn error_cases() {
     for case in cases("errors") {
         let text = std::fs::read_to_string(case.join("Dockerfile")).expect("read");
-        let opts = options(&case);
-        let actual = match build(&text, &opts, &FakeResolver) {
-            Ok(_) => "no error\n".to_owned(),
-            Err(e) => format!("{e}\n"),
+        let actual = match options(&case) {
+            Err(e) => format!("options: {e}\n"),
+            Ok(opts) => match build(&text, &opts, &FakeResolver) {
+                Ok(_) => "no error\n".to_owned(),
+                Err(e) => format!("{e}\n"),
+            },
         };
         assert!(!actual.trim_end().contains('\n'), "one line: {actual}");
         check(&case, &actual);

@@ -2,19 +2,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use memobuild_proto::{caps, pb};
+use memobuild_proto::pb;
 
 use crate::config::{Empty, Healthcheck, ImageConfig, format_go_duration};
 use crate::error::{ErrorKind, Location, Warning};
 use crate::instructions::{Command, Dockerfile, Instruction, ShellCmd};
 use crate::lint;
+use crate::lower::context::PendingLocal;
 use crate::lower::graph::{Graph, NodeId, Out};
-use crate::lower::naming::{go_list, go_quote_list, prefix_command};
+use crate::lower::naming::{go_list, go_quote_list};
 use crate::lower::onbuild::StageTriggers;
-use crate::lower::paths::normalize_workdir;
-use crate::lower::source::{image_op, local_op, metadata};
-use crate::lower::state::{DEFAULT_PATH, StageState, empty_image};
-use crate::reference::normalize_image_ref;
+use crate::lower::paths::{join, normalize_workdir};
+use crate::lower::source::{LocalSource, local_op};
+use crate::lower::state::{DEFAULT_PATH, StageState};
 use crate::shell::{EnvGetter, EnvList, Lexer};
 use crate::stages::{Base, StageGraph};
 use crate::{BuildOptions, ImageResolver};
@@ -25,7 +25,7 @@ pub(crate) type Res<T> = Result<T, LowerError>;
 
 pub(crate) struct Lowerer<'a> {
     pub(crate) opts: &'a BuildOptions,
-    resolver: &'a dyn ImageResolver,
+    pub(crate) resolver: &'a dyn ImageResolver,
     pub(crate) graph: Graph,
     pub(crate) lex: Lexer,
     pub(crate) global: EnvList,
@@ -40,6 +40,15 @@ pub(crate) struct Lowerer<'a> {
     pub(crate) current: Option<Location>,
     /// Deterministic progress-group ids (`COPY --link`).
     pub(crate) progress_groups: usize,
+    /// `/etc/hosts` entries of every RUN (the validated `extra_hosts` option).
+    pub(crate) extra_hosts: Vec<pb::HostIp>,
+    /// Paths read from each chain of stages (keyed by the chain's first stage, the one not
+    /// based on another stage), BuildKit's shared `dispatchState.paths`: `/` for RUN and the
+    /// target, the sources of `COPY --from` and `RUN --mount=from`. They become the
+    /// followpaths of a `local:` named context at the chain's start.
+    pub(crate) paths: BTreeMap<usize, BTreeSet<String>>,
+    /// `local:` named contexts, completed in [`Self::finish`] once their paths are known.
+    pub(crate) named_locals: Vec<PendingLocal>,
 }
 
 /// What lowering produced.
@@ -72,7 +81,23 @@ impl<'a> Lowerer<'a> {
             proxy: proxy_env(&opts.build_args),
             current: None,
             progress_groups: 0,
+            extra_hosts: Vec::new(),
+            paths: BTreeMap::new(),
+            named_locals: Vec::new(),
         }
+    }
+
+    /// Records that `path` of stage `stage`'s filesystem is read (see [`Self::paths`]).
+    pub(crate) fn mark_path(&mut self, sg: &StageGraph, stage: usize, path: String) {
+        let mut first = stage;
+        // Bounded: stage graphs are acyclic, a base is always an earlier stage.
+        for _ in 0..sg.stages.len() {
+            match sg.stages.get(first).map(|s| &s.base) {
+                Some(Base::Stage(b)) => first = *b,
+                _ => break,
+            }
+        }
+        self.paths.entry(first).or_default().insert(path);
     }
 
     /// The build context source (created on first use, completed in [`Self::finish`]).
@@ -113,7 +138,9 @@ impl<'a> Lowerer<'a> {
                 continue;
             }
             let stage = &df.stages[src];
-            let mut total = usize::from(matches!(info.base, Base::Image(_)));
+            // BuildKit counts the FROM unless it is `scratch` or a stage (a named context too,
+            // although its op is named `[context …]`).
+            let mut total = usize::from(matches!(info.base, Base::Image(_) | Base::Context { .. }));
             total += stage
                 .commands
                 .iter()
@@ -125,6 +152,11 @@ impl<'a> Lowerer<'a> {
                 })
                 .count();
             let mut st = self.init_stage(sg, i, total)?;
+            if info.replaced() {
+                // `context:NAME` stands for the whole stage: nothing of it is lowered.
+                self.states[i] = Some(st);
+                continue;
+            }
             self.prepare_stage(&mut st);
             let inherited = triggers.get(&src);
             self.states[i] = Some(st);
@@ -160,26 +192,28 @@ impl<'a> Lowerer<'a> {
 
     fn finish(mut self, sg: &StageGraph) -> Res<LowerOutput> {
         if let Some(ctx) = self.context {
-            let follow: Vec<String> = if self.ctx_paths.contains("/") {
-                Vec::new()
-            } else {
-                self.ctx_paths
-                    .iter()
-                    .map(|p| p.trim_start_matches('/').to_owned())
-                    .collect()
-            };
-            let (op, md) = local_op(
-                &self.opts.context_name,
-                self.opts.session_id.as_deref(),
-                &self.opts.dockerignore,
-                &follow,
-            );
+            let follow = follow_paths(&self.ctx_paths);
+            let (op, md) = local_op(&LocalSource {
+                name: &self.opts.context_name,
+                session: self.opts.session_id.as_deref(),
+                excludes: &self.opts.dockerignore,
+                follow_paths: &follow,
+                shared_key_hint: &self.opts.context_name,
+                custom_name: "[internal] load build context",
+            });
             self.graph.replace(ctx, op, md);
         }
+        self.mark_path(sg, sg.target, "/".into());
+        self.complete_named_locals();
         let target = self.states[sg.target]
             .take()
             .ok_or((None, ErrorKind::NoStages))?;
         let mut image = target.image;
+        // `label:` options, after the Dockerfile's LABELs (BuildKit's `finalizeResultImage`).
+        image
+            .config
+            .labels
+            .extend(self.opts.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         let p = &self.opts.platform;
         let same = image.os == p.os && image.architecture == p.architecture;
         image.os = p.os.clone();
@@ -194,124 +228,6 @@ impl<'a> Lowerer<'a> {
             graph: self.graph,
             warnings: self.warnings,
         })
-    }
-
-    /// Creates a stage's state from its base (image, scratch or earlier stage).
-    fn init_stage(&mut self, sg: &StageGraph, i: usize, total: usize) -> Res<StageState> {
-        let info = &sg.stages[i];
-        let loc = Some(info.location);
-        let platform = info
-            .platform
-            .clone()
-            .unwrap_or_else(|| self.opts.platform.clone());
-        let created = self.epoch.map(crate::config::format_rfc3339);
-        match &info.base {
-            Base::Scratch => {
-                let mut st =
-                    StageState::new(&info.display, platform.clone(), empty_image(&platform));
-                st.cmd_total = total;
-                st.created = created;
-                Ok(st)
-            }
-            Base::Stage(b) => {
-                let base = self.states[*b]
-                    .clone()
-                    .ok_or((loc, ErrorKind::CircularDependency(info.display.clone())))?;
-                let mut st = base;
-                st.display = info.display.clone();
-                st.cmd_total = total;
-                st.cmd_index = 0;
-                st.cmd_set = false;
-                st.cmd_at = None;
-                st.entrypoint_at = None;
-                st.healthcheck_at = None;
-                st.image.config.on_build.clear();
-                st.created = created;
-                Ok(st)
-            }
-            Base::Image(name) => {
-                let normalized = normalize_image_ref(name).map_err(|e| {
-                    (
-                        loc,
-                        ErrorKind::BadReference {
-                            reference: e.reference,
-                            reason: e.reason,
-                        },
-                    )
-                })?;
-                let resolved = self
-                    .resolver
-                    .resolve_image_config(&normalized, &platform)
-                    .map_err(|message| {
-                        if info.source.is_none() {
-                            let known: Vec<&str> =
-                                sg.stages.iter().filter_map(|s| s.name.as_deref()).collect();
-                            let known = if known.is_empty() {
-                                "none named".to_owned()
-                            } else {
-                                known.join(", ")
-                            };
-                            return (
-                                loc,
-                                ErrorKind::UnknownFromSource {
-                                    from: name.clone(),
-                                    known,
-                                    message,
-                                },
-                            );
-                        }
-                        (
-                            loc,
-                            ErrorKind::Resolve {
-                                reference: normalized.clone(),
-                                message,
-                            },
-                        )
-                    })?;
-                let mut image: ImageConfig =
-                    serde_json::from_slice(&resolved.config).map_err(|e| {
-                        (
-                            loc,
-                            ErrorKind::BadImageConfig {
-                                reference: normalized.clone(),
-                                message: e.to_string(),
-                            },
-                        )
-                    })?;
-                image.created = None;
-                // The base's triggers run in this stage (see `onbuild`) and are not inherited.
-                image.config.on_build.clear();
-                let pinned = if normalized.contains('@') || resolved.digest.is_empty() {
-                    normalized.clone()
-                } else {
-                    format!("{normalized}@{}", resolved.digest)
-                };
-                let is_scratch =
-                    image.rootfs.diff_ids.is_empty() && image.history.iter().all(|h| h.empty_layer);
-                if !is_scratch
-                    && let Some(w) =
-                        lint::base_image_platform(name, &platform, &image, info.location)
-                {
-                    self.warnings.push(w);
-                }
-                let mut st = StageState::new(&info.display, platform.clone(), image);
-                st.cmd_total = total;
-                st.created = created;
-                if !is_scratch {
-                    let name = prefix_command(&mut st, &format!("FROM {pinned}"));
-                    let command = info.source.map(|_| info.original.clone());
-                    let md = metadata(&name, command.as_deref(), &[caps::CAP_SOURCE_IMAGE]);
-                    let node = self.graph.add(
-                        image_op(&pinned, &platform),
-                        Vec::new(),
-                        md,
-                        Some(info.location),
-                    );
-                    st.root = Some(Out { node, index: 0 });
-                }
-                Ok(st)
-            }
-        }
     }
 
     /// BuildKit's per-stage set-up: PATH guaranteed, image env/workdir/user into the state.
@@ -459,6 +375,8 @@ impl<'a> Lowerer<'a> {
                 Ok(())
             }
             Command::Run(r) => {
+                // A RUN may read anything of its stage (BuildKit marks `/`).
+                self.mark_path(sg, si, "/".into());
                 if !r.devices.is_empty() {
                     return Err((
                         None,
@@ -475,11 +393,22 @@ impl<'a> Lowerer<'a> {
                             .map(|s| s.root)
                     })
                     .collect();
-                self.run_cmd(st, ins, r, sources)
+                for (mi, path) in self.run_cmd(st, ins, r, sources)? {
+                    if let Some(&dep) = sg.mount_sources.get(&(si, ci, mi)) {
+                        self.mark_path(sg, dep, path);
+                    }
+                }
+                Ok(())
             }
             Command::Copy(c) => {
                 let from = sg.copy_sources.get(&(si, ci)).copied();
-                self.copy(st, ins, c, from, sg)
+                let sources = self.copy(st, ins, c, from, sg)?;
+                if let Some(dep) = from {
+                    for src in sources {
+                        self.mark_path(sg, dep, join("/", &src));
+                    }
+                }
+                Ok(())
             }
             Command::Add(a) => self.add(st, ins, a),
             Command::Cmd(c) => {
@@ -671,6 +600,18 @@ impl Lowerer<'_> {
             );
         }
     }
+}
+
+/// BuildKit's `normalizeContextPaths`: the read paths relative to the root, none when `/` is
+/// read (the whole directory is sent).
+pub(crate) fn follow_paths(paths: &BTreeSet<String>) -> Vec<String> {
+    if paths.contains("/") {
+        return Vec::new();
+    }
+    paths
+        .iter()
+        .map(|p| p.trim_start_matches('/').to_owned())
+        .collect()
 }
 
 /// The stage's shell (SHELL or `/bin/sh -c`) with the command joined into one argument.

@@ -88,13 +88,14 @@ fn run_command_string(
 }
 
 impl Lowerer<'_> {
+    /// Lowers a RUN; returns what its `from=` mounts read (see `RunMounts::from_paths`).
     pub(crate) fn run_cmd(
         &mut self,
         st: &mut StageState,
         ins: &Instruction,
         r: &RunCmd,
         mount_sources: Vec<Option<Option<Out>>>,
-    ) -> Res<()> {
+    ) -> Res<Vec<(usize, String)>> {
         let mut args = r.cmd.args.clone();
         let mut custom = ins.original.clone();
         let mut mounts = vec![MountSpec::bind("/", st.root)];
@@ -143,8 +144,9 @@ impl Lowerer<'_> {
             caps::CAP_EXEC_META_BASE,
             caps::CAP_EXEC_META_SETSDEFAULTPATH,
         ];
+        // `--network=none|host` wins over `force-network-mode`; `default` keeps the stage's.
         let network = match r.network.as_deref() {
-            None | Some("default") => pb::NetMode::Unset,
+            None | Some("default") => self.opts.network_mode.to_pb(),
             Some("none") => pb::NetMode::None,
             Some("host") => pb::NetMode::Host,
             Some(other) => {
@@ -176,6 +178,7 @@ impl Lowerer<'_> {
         }
         let extra = self.run_mounts(st, r, &mount_sources)?;
         mounts.extend(extra.mounts);
+        let from_paths = extra.from_paths;
         let mut raw = self.lex;
         raw.raw_quotes = true;
         raw.skip_unset_env = true;
@@ -200,6 +203,7 @@ impl Lowerer<'_> {
             cwd: st.cwd.clone(),
             user: st.user.clone(),
             proxy_env: proxy,
+            extra_hosts: self.extra_hosts.clone(),
             remove_mount_stubs_recursive: true,
             ..Default::default()
         };
@@ -220,12 +224,13 @@ impl Lowerer<'_> {
             constraints: Some(pb::WorkerConstraints::default()),
             ..Default::default()
         };
-        let md = metadata(&name, Some(&ins.original), &cap_list);
+        let mut md = metadata(&name, Some(&ins.original), &cap_list);
+        md.ignore_cache = st.ignore_cache;
         let node = self.graph.add(op, inputs, md, Some(ins.location));
         st.root = Some(Out { node, index: 0 });
         let history = format!("RUN {}", run_command_string(&args, &st.build_args, &st.env));
         st.commit(history, true, true);
-        Ok(())
+        Ok(from_paths)
     }
 }
 

@@ -198,7 +198,7 @@ impl Lowerer<'_> {
         c: &CopyCmd,
         from: Option<usize>,
         sg: &StageGraph,
-    ) -> Res<()> {
+    ) -> Res<Vec<String>> {
         let source_fs = match from {
             None => None,
             Some(i) => {
@@ -258,10 +258,11 @@ impl Lowerer<'_> {
             },
             None,
         )
+        .map(|_| ())
     }
 
     /// COPY and ADD. `source_fs`: `None` = the build context, `Some(fs)` = `--from` stage
-    /// output (`Some(None)` = a stage that is still scratch).
+    /// output (`Some(None)` = a stage that is still scratch). Returns the expanded sources.
     fn copy_like(
         &mut self,
         st: &mut StageState,
@@ -269,7 +270,7 @@ impl Lowerer<'_> {
         paths: &SourcesAndDest,
         flags: CopyFlags<'_>,
         source_fs: Option<Option<Out>>,
-    ) -> Res<()> {
+    ) -> Res<Vec<String>> {
         let chown_s = self.expand(st, flags.chown)?;
         let chmod_s = self.expand(st, flags.chmod)?;
         let mut sources = Vec::new();
@@ -518,7 +519,7 @@ impl Lowerer<'_> {
                 .add(file_op(actions), inputs, md, Some(ins.location));
             st.root = Some(Out { node, index: 0 });
             st.commit(history, true, true);
-            return Ok(());
+            return Ok(sources);
         }
         self.progress_groups += 1;
         let group = |weak| pb::ProgressGroup {
@@ -557,7 +558,7 @@ impl Lowerer<'_> {
             }
         });
         st.commit(history, true, true);
-        Ok(())
+        Ok(sources)
     }
 
     /// An `https://` source op (ADD of a URL).

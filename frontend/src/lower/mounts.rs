@@ -17,6 +17,8 @@ use crate::lower::state::StageState;
 pub(crate) struct RunMounts {
     pub mounts: Vec<MountSpec>,
     pub secret_env: Vec<pb::SecretEnv>,
+    /// (mount index, source path) of the mounts with `from=`: what they read of that stage.
+    pub from_paths: Vec<(usize, String)>,
 }
 
 /// One parsed `--mount` value.
@@ -38,7 +40,7 @@ pub(crate) struct Mount {
 }
 
 /// Splits a CSV field list (double quotes group commas).
-fn csv_fields(s: &str) -> Vec<String> {
+pub(crate) fn csv_fields(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;
@@ -332,7 +334,10 @@ impl Lowerer<'_> {
                     Some(self.context())
                 }
                 (Some(from), _) => match sources.get(i).copied().flatten() {
-                    Some(fs) => fs,
+                    Some(fs) => {
+                        out.from_paths.push((i, join("/", &m.source)));
+                        fs
+                    }
                     None => {
                         return Err((
                             None,

@@ -11,11 +11,12 @@ use crate::config::ImageConfig;
 use crate::error::{ErrorKind, Location};
 use crate::instructions::{Command, Dockerfile, Instruction, parse_command};
 use crate::lower::dispatch::LowerError;
+use crate::named_context::NamedContext;
 use crate::parser::parse_lines;
 use crate::platform::Platform;
 use crate::reference::normalize_image_ref;
 use crate::shell::{EnvList, Lexer};
-use crate::stages::{self, Base, StageGraph};
+use crate::stages::{self, Base, Contexts, StageGraph};
 use crate::{ImageResolver, ResolvedImage};
 
 /// Asks the inner resolver once per (reference, platform): triggers are looked up before
@@ -65,13 +66,14 @@ pub(crate) fn resolve_with_triggers(
     global: &EnvList,
     lex: &Lexer,
     target: Option<&str>,
-    default_platform: &Platform,
+    contexts: Contexts<'_>,
     resolver: &dyn ImageResolver,
 ) -> Result<(StageGraph, BTreeMap<usize, StageTriggers>), LowerError> {
+    let default_platform = contexts.platform;
     let mut done: BTreeSet<usize> = BTreeSet::new();
     let mut out: BTreeMap<usize, StageTriggers> = BTreeMap::new();
     loop {
-        let sg = stages::resolve(df, global, lex, target)?;
+        let sg = stages::resolve(df, global, lex, target, contexts)?;
         let mut changed = false;
         for &i in &sg.reachable {
             let info = &sg.stages[i];
@@ -102,6 +104,22 @@ pub(crate) fn resolve_with_triggers(
                         format!("image `{name}`"),
                     )
                 }
+                // A replaced stage runs none of its instructions, triggers included.
+                Base::Context {
+                    replaces_stage: true,
+                    ..
+                } => continue,
+                // An image context's triggers run, as a base image's do.
+                Base::Context { key, .. } => match contexts.named.get(key) {
+                    Some(NamedContext::Image { reference }) if reference != "scratch" => {
+                        let platform = info.platform.as_ref().unwrap_or(default_platform);
+                        (
+                            image_triggers(resolver, reference, platform),
+                            format!("image `{reference}` (named context `{key}`)"),
+                        )
+                    }
+                    _ => continue,
+                },
             };
             if exprs.is_empty() {
                 continue;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use memobuild_proto::{attr, caps, pb};
 
+use crate::options::ImageResolveMode;
 use crate::platform::Platform;
 
 /// Op metadata with a progress name, optionally the Dockerfile command, and caps.
@@ -20,17 +21,32 @@ pub(crate) fn metadata(name: &str, command: Option<&str>, caps: &[&str]) -> pb::
     }
 }
 
-/// The `docker-image://` source op for a normalized, digest-pinned reference.
-pub(crate) fn image_op(identifier_ref: &str, platform: &Platform) -> pb::Op {
-    pb::Op {
+/// The `docker-image://` source op for a normalized, digest-pinned reference, and its caps. As
+/// Go's `llb.Image`: `image.resolvemode` only for a non-default mode, and the
+/// `source.image.resolvemode` cap only for `pull` (the mode a daemon must enforce).
+pub(crate) fn image_op(
+    identifier_ref: &str,
+    platform: &Platform,
+    mode: ImageResolveMode,
+) -> (pb::Op, Vec<&'static str>) {
+    let mut attrs = BTreeMap::new();
+    let mut cap_list = vec![caps::CAP_SOURCE_IMAGE];
+    if let Some(m) = mode.attr() {
+        attrs.insert(attr::ATTR_IMAGE_RESOLVEMODE.to_owned(), m.to_owned());
+        if mode == ImageResolveMode::Pull {
+            cap_list.push(caps::CAP_SOURCE_IMAGE_RESOLVEMODE);
+        }
+    }
+    let op = pb::Op {
         op: Some(pb::op::Op::Source(pb::SourceOp {
             identifier: format!("{}{identifier_ref}", attr::SCHEME_DOCKER_IMAGE),
-            attrs: BTreeMap::new(),
+            attrs,
         })),
         platform: Some(platform.to_pb()),
         constraints: Some(pb::WorkerConstraints::default()),
         ..Default::default()
-    }
+    };
+    (op, cap_list)
 }
 
 /// Go's `json.Marshal` of a string list: HTML-sensitive characters escaped as BuildKit's
@@ -42,48 +58,59 @@ pub(crate) fn go_json_list(items: &[String]) -> String {
         .replace('&', "\\u0026")
 }
 
-/// The `local://<name>` context source and its metadata.
-pub(crate) fn local_op(
-    name: &str,
-    session: Option<&str>,
-    excludes: &[String],
-    follow_paths: &[String],
-) -> (pb::Op, pb::OpMetadata) {
+/// A `local://` source: the build context or a named `local:` context.
+pub(crate) struct LocalSource<'a> {
+    /// The local's name (FileSync `dir-name`).
+    pub name: &'a str,
+    /// `local.session`, if any.
+    pub session: Option<&'a str>,
+    /// `.dockerignore` patterns.
+    pub excludes: &'a [String],
+    /// The paths the build reads (empty = all).
+    pub follow_paths: &'a [String],
+    /// `local.sharedkeyhint`.
+    pub shared_key_hint: &'a str,
+    /// Progress name.
+    pub custom_name: &'a str,
+}
+
+/// The `local://<name>` source op and its metadata.
+pub(crate) fn local_op(l: &LocalSource<'_>) -> (pb::Op, pb::OpMetadata) {
     let mut attrs = BTreeMap::new();
     let mut cap_list = vec![caps::CAP_SOURCE_LOCAL];
-    if let Some(s) = session.filter(|s| !s.is_empty()) {
+    if let Some(s) = l.session.filter(|s| !s.is_empty()) {
         attrs.insert(attr::ATTR_LOCAL_SESSION.to_owned(), s.to_owned());
         cap_list.push(caps::CAP_SOURCE_LOCAL_SESSIONID);
     }
-    if !follow_paths.is_empty() {
+    if !l.follow_paths.is_empty() {
         attrs.insert(
             attr::ATTR_LOCAL_FOLLOWPATHS.to_owned(),
-            go_json_list(follow_paths),
+            go_json_list(l.follow_paths),
         );
         cap_list.push(caps::CAP_SOURCE_LOCAL_FOLLOWPATHS);
     }
-    if !excludes.is_empty() {
+    if !l.excludes.is_empty() {
         attrs.insert(
             attr::ATTR_LOCAL_EXCLUDEPATTERNS.to_owned(),
-            go_json_list(excludes),
+            go_json_list(l.excludes),
         );
         cap_list.push(caps::CAP_SOURCE_LOCAL_EXCLUDEPATTERNS);
     }
-    attrs.insert(attr::ATTR_LOCAL_SHAREDKEYHINT.to_owned(), name.to_owned());
+    attrs.insert(
+        attr::ATTR_LOCAL_SHAREDKEYHINT.to_owned(),
+        l.shared_key_hint.to_owned(),
+    );
     cap_list.push(caps::CAP_SOURCE_LOCAL_SHAREDKEYHINT);
     let op = pb::Op {
         op: Some(pb::op::Op::Source(pb::SourceOp {
-            identifier: format!("{}{name}", attr::SCHEME_LOCAL),
+            identifier: format!("{}{}", attr::SCHEME_LOCAL, l.name),
             attrs,
         })),
         platform: None,
         constraints: Some(pb::WorkerConstraints::default()),
         ..Default::default()
     };
-    (
-        op,
-        metadata("[internal] load build context", None, &cap_list),
-    )
+    (op, metadata(l.custom_name, None, &cap_list))
 }
 
 #[cfg(test)]
@@ -100,7 +127,14 @@ mod tests {
 
     #[test]
     fn local_attrs() {
-        let (op, md) = local_op("context", Some("s1"), &["*.log".into()], &[]);
+        let (op, md) = local_op(&LocalSource {
+            name: "context",
+            session: Some("s1"),
+            excludes: &["*.log".into()],
+            follow_paths: &[],
+            shared_key_hint: "context",
+            custom_name: "[internal] load build context",
+        });
         let Some(pb::op::Op::Source(s)) = op.op else {
             panic!("source op")
         };
@@ -112,5 +146,26 @@ mod tests {
         );
         assert!(md.caps.contains_key("source.local.sessionid"));
         assert!(op.platform.is_none());
+    }
+
+    #[test]
+    fn image_resolve_mode_attr_and_cap() {
+        let p = Platform::new("linux", "amd64", None);
+        let attrs = |mode| {
+            let (op, caps) = image_op("docker.io/library/a:latest", &p, mode);
+            let Some(pb::op::Op::Source(s)) = op.op else {
+                panic!("source op")
+            };
+            (s.attrs, caps)
+        };
+        let (a, c) = attrs(ImageResolveMode::Default);
+        assert!(a.is_empty());
+        assert_eq!(c, vec!["source.image"]);
+        let (a, c) = attrs(ImageResolveMode::Pull);
+        assert_eq!(a["image.resolvemode"], "pull");
+        assert_eq!(c, vec!["source.image", "source.image.resolvemode"]);
+        let (a, c) = attrs(ImageResolveMode::Local);
+        assert_eq!(a["image.resolvemode"], "local");
+        assert_eq!(c, vec!["source.image"]);
     }
 }

@@ -48,6 +48,8 @@ pub(crate) struct StageState {
     pub healthcheck_at: Option<Location>,
     /// The instruction being lowered is an ONBUILD trigger of the base (progress names say so).
     pub in_trigger: bool,
+    /// The stage's RUNs skip the cache (`no-cache`; `OpMetadata.ignore_cache`).
+    pub ignore_cache: bool,
 }
 
 impl StageState {
@@ -71,6 +73,7 @@ impl StageState {
             entrypoint_at: None,
             healthcheck_at: None,
             in_trigger: false,
+            ignore_cache: false,
         }
     }
 
