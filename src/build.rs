@@ -141,7 +141,7 @@ async fn read_inputs(
 
 /// `.dockerignore` lines as Docker reads them: `#` comments only at the start of a line, blank
 /// lines skipped, surrounding whitespace trimmed.
-fn parse_dockerignore(text: &str) -> Vec<String> {
+pub fn parse_dockerignore(text: &str) -> Vec<String> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .map(str::trim)

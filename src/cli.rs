@@ -35,6 +35,59 @@ pub enum Command {
     Cache(CacheArgs),
     /// Print Kubernetes manifests that run builds in a cluster.
     K8s(crate::k8s::K8sArgs),
+    /// Serve BuildKit's API (`buildctl`, `docker buildx --driver remote`) on MemoBuild's engine.
+    Daemon(DaemonArgs),
+}
+
+/// `memobuild daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Address to listen on: `unix:///PATH` or `tcp://HOST:PORT` (repeatable; default
+    /// `unix:///run/memobuild/buildkitd.sock`, or the config's `[grpc] address`).
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Vec<String>,
+    /// TLS certificate for TCP addresses (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tlscert: Option<PathBuf>,
+    /// TLS key for TCP addresses (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tlskey: Option<PathBuf>,
+    /// CA that client certificates must chain to (PEM): clients without one are refused.
+    #[arg(long, value_name = "FILE")]
+    pub tlscacert: Option<PathBuf>,
+    /// MemoBuild's state directory (cache, synced contexts); default as `build`'s, or the
+    /// config's `root`.
+    #[arg(long, value_name = "DIR", env = "MEMOBUILD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// containerd socket (`unix:///PATH` or a path), or `embedded` for MemoBuild's own; default:
+    /// the system's if it answers, else embedded.
+    #[arg(long, value_name = "ADDR", env = "MEMOBUILD_CONTAINERD")]
+    pub containerd: Option<String>,
+    /// containerd namespace.
+    #[arg(long, value_name = "NAME")]
+    pub namespace: Option<String>,
+    /// Configuration file (TOML shaped like buildkitd.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Grant this entitlement when a client asks for it: `network.host`, `security.insecure`.
+    #[arg(long, value_name = "NAME")]
+    pub allow_insecure_entitlement: Vec<String>,
+    /// RUN steps at once, per build (default: the number of CPUs).
+    #[arg(long, value_name = "N")]
+    pub max_parallelism: Option<usize>,
+    /// Registries (`HOST:PORT`) to reach over plain HTTP; loopback registries always are.
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+    /// Base URL of a remote cache (`memobuild server`, or any Bazel HTTP cache).
+    #[arg(long, value_name = "URL", env = "MEMOBUILD_REMOTE_CACHE")]
+    pub remote_cache: Option<String>,
+    /// Bearer token for the remote cache.
+    #[arg(long, value_name = "TOKEN", env = "MEMOBUILD_REMOTE_CACHE_TOKEN")]
+    pub remote_cache_token: Option<String>,
 }
 
 /// Flags shared by `build` and `lower`: what to build.

@@ -6,6 +6,7 @@ mod build;
 mod cache_cmd;
 mod cli;
 mod credentials;
+mod daemon;
 mod dump;
 mod embedded;
 mod gitctx;
@@ -46,6 +47,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Server(args) => server::run(args).await,
             cli::Command::Cache(args) => cache_cmd::run(args).await,
             cli::Command::K8s(args) => k8s::run(args),
+            cli::Command::Daemon(args) => daemon::run(args).await,
         }
     });
     match result {

@@ -85,11 +85,18 @@ pub async fn solve(
     if definition.def.is_empty() {
         return Ok(SolveResult {
             fs: FsRef::default(),
+            local: None,
             vertices: Vec::new(),
         });
     }
     let def = ParsedDefinition::try_from(definition.clone()).context("invalid definition")?;
-    Ok(build.solve(def, opts, progress.clone()).await?)
+    let solved = build.solve(def, opts, progress.clone()).await?;
+    if solved.local.is_some() {
+        anyhow::bail!(
+            "the build's result is a local directory, not a filesystem: copy it into one first"
+        );
+    }
+    Ok(solved)
 }
 
 /// Records the build of target `build_id` in the state directory's history and returns it:

@@ -101,6 +101,43 @@ impl Build {
         }
     }
 
+    /// Runs `f` on a read-only mount of `fs` (on a blocking thread): how a gateway client
+    /// reads files of a result. The empty filesystem is an empty directory.
+    pub async fn with_mounted<T: Send + 'static>(
+        &self,
+        fs: &FsRef,
+        f: impl FnOnce(&std::path::Path) -> T + Send + 'static,
+    ) -> Result<T, WorkerError> {
+        let join = |e: tokio::task::JoinError| WorkerError::Io {
+            context: "reading a result".into(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        if fs.layers.is_empty() {
+            let dir = tempfile::tempdir().map_err(|source| WorkerError::Io {
+                context: "making an empty directory".into(),
+                source,
+            })?;
+            return tokio::task::spawn_blocking(move || f(dir.path()))
+                .await
+                .map_err(join);
+        }
+        let snap = self.ensure_snapshot("read a result", fs).await?;
+        let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
+        let mounts = self.ctd.view(&key, &snap).await?;
+        let result = match crate::containerd::MountGuard::mount(&mounts) {
+            Ok(guard) => tokio::task::spawn_blocking(move || {
+                let out = f(guard.path());
+                drop(guard);
+                out
+            })
+            .await
+            .map_err(join),
+            Err(e) => Err(WorkerError::Containerd(e)),
+        };
+        let _ = self.ctd.remove(&key).await;
+        result
+    }
+
     /// Pulls an image into containerd and the blob store; returns its filesystem.
     pub(crate) async fn pull_image(
         &self,

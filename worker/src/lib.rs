@@ -69,6 +69,15 @@ pub enum WorkerError {
     /// The remote cache is misconfigured.
     #[error(transparent)]
     Remote(#[from] RemoteError),
+    /// A local file operation or a blocking task failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Resolves an image reference to its (index or manifest) digest and config JSON, which is what

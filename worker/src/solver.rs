@@ -94,8 +94,11 @@ pub struct SolveError {
 /// Result of a solve: the terminal vertex's output.
 #[derive(Debug, Clone)]
 pub struct SolveResult {
-    /// The filesystem the definition describes.
+    /// The filesystem the definition describes (empty when it is a local directory).
     pub fs: FsRef,
+    /// The local directory the definition describes, when its terminal is a local source
+    /// (a gateway client reading files of it); exports need a filesystem instead.
+    pub local: Option<LocalRef>,
     /// Every cacheable vertex with its key and whether it was a hit, in completion order.
     pub vertices: Vec<VertexReport>,
 }
@@ -159,16 +162,15 @@ pub async fn solve(
         })?;
     let vertices = solve.reports.lock().map(|r| r.clone()).unwrap_or_default();
     match out {
-        Output::Fs(fs) => Ok(SolveResult { fs, vertices }),
-        Output::Local(_) => Err(SolveError {
-            vertex: terminal.digest.clone(),
-            name: solve.name(&terminal.digest),
-            location: None,
-            message:
-                "a local directory cannot be the result of a build; copy it into a filesystem first"
-                    .into(),
-            output_tail: Vec::new(),
-            completed: Arc::default(),
+        Output::Fs(fs) => Ok(SolveResult {
+            fs,
+            local: None,
+            vertices,
+        }),
+        Output::Local(l) => Ok(SolveResult {
+            fs: FsRef::default(),
+            local: Some(l),
+            vertices,
         }),
     }
 }

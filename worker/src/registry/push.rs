@@ -276,8 +276,14 @@ impl Pusher {
         manifest_media_type: &str,
     ) -> Result<PushedImage> {
         let t = self.target(name)?;
-        let outcomes: Vec<BlobOutcome> = futures::stream::iter(blobs.iter())
-            .map(|b| self.push_blob(&t, b))
+        // The blobs' futures are made up front: a stream mapping with a closure over
+        // references is not provably `Send` (rust-lang/rust#110338), and a push runs in
+        // spawned tasks of the daemon.
+        let pushes: Vec<futures::future::BoxFuture<'_, Result<BlobOutcome>>> = blobs
+            .iter()
+            .map(|b| Box::pin(self.push_blob(&t, b)) as futures::future::BoxFuture<'_, _>)
+            .collect();
+        let outcomes: Vec<BlobOutcome> = futures::stream::iter(pushes)
             .buffered(self.options.parallel.max(1))
             .try_collect()
             .await?;

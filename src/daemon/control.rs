@@ -1,0 +1,355 @@
+//! `moby.buildkit.v1.Control`: the daemon's main service.
+//!
+//! `Solve` runs one job: in the gateway mode every current client uses (no frontend, no
+//! definition) it waits for the client's `LLBBridge/Return`; older clients name the frontend
+//! (`dockerfile.v0`) or send a definition, which the daemon solves itself. Either way the
+//! result is exported with the request's exporters, through the client's session. The job
+//! runs in a task of its own: a client that goes away (the call dropped) cancels it, and the
+//! build's lease is released whatever happened.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::{FutureExt, StreamExt};
+use memobuild_proto::control::control_server::Control;
+use memobuild_proto::control::{
+    BuildHistoryEvent, BuildHistoryRequest, BytesMessage, DiskUsageRequest, DiskUsageResponse,
+    InfoRequest, InfoResponse, ListWorkersRequest, ListWorkersResponse, PruneRequest, SolveRequest,
+    SolveResponse, StatusRequest, StatusResponse, UsageRecord,
+};
+use memobuild_worker::export::spec::ExporterSpec;
+use memobuild_worker::state::usage::{self, PrunePolicy};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status};
+
+use crate::daemon::Daemon;
+use crate::daemon::frontend::{self, META_IMAGE_CONFIG};
+use crate::daemon::jobs::{Job, Output, Returned};
+use crate::daemon::session::outputs::SessionSink;
+use crate::session::headers::SessionHeaders;
+
+/// How long `Status` waits for the Solve of its job to start (BuildKit waits about 6 s).
+const STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// The Control service over a daemon.
+pub struct ControlService {
+    daemon: Arc<Daemon>,
+}
+
+impl ControlService {
+    /// The service for `daemon`.
+    pub fn new(daemon: Arc<Daemon>) -> Self {
+        ControlService { daemon }
+    }
+}
+
+/// Cancels a job when the `Solve` call that runs it goes away.
+struct CancelOnDrop(tokio_util::sync::CancellationToken);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// The exporters of a request, authoritative list first, then the deprecated single one.
+fn exporter_requests(req: &SolveRequest) -> Vec<(String, BTreeMap<String, String>)> {
+    if !req.exporters.is_empty() {
+        return req
+            .exporters
+            .iter()
+            .map(|e| (e.r#type.clone(), e.attrs.clone()))
+            .collect();
+    }
+    if !req.exporter_deprecated.is_empty() {
+        return vec![(
+            req.exporter_deprecated.clone(),
+            req.exporter_attrs_deprecated.clone(),
+        )];
+    }
+    Vec::new()
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn solve(
+        &self,
+        request: Request<SolveRequest>,
+    ) -> Result<Response<SolveResponse>, Status> {
+        let req = request.into_inner();
+        if req.r#ref.is_empty() {
+            return Err(Status::invalid_argument("solve request without a ref"));
+        }
+        // Exporters are checked before anything is built.
+        let mut specs = Vec::new();
+        let mut warnings = Vec::new();
+        for (kind, attrs) in exporter_requests(&req) {
+            let parsed = ExporterSpec::from_attrs(&kind, &attrs)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if matches!(parsed.spec, ExporterSpec::Oci { tar: false, .. }) {
+                return Err(Status::invalid_argument(
+                    "exporter `oci` with tar=false writes into the client's content store, which MemoBuild does not support yet; use tar=true",
+                ));
+            }
+            for k in parsed.unknown {
+                warnings.push(format!(
+                    "exporter `{kind}`: option `{k}` is not supported and was ignored"
+                ));
+            }
+            specs.push(parsed.spec);
+        }
+        if let Some(cache) = &req.cache {
+            let exports = cache.exports.iter().map(|e| e.r#type.as_str());
+            let imports = cache.imports.iter().map(|e| e.r#type.as_str());
+            for t in exports.chain((!cache.export_ref_deprecated.is_empty()).then_some("registry"))
+            {
+                warnings.push(format!("cache export `{t}` is not supported: MemoBuild keeps its own cache (local, and the remote cache the daemon is configured with); ignored"));
+            }
+            for t in imports.chain(cache.import_refs_deprecated.iter().map(|_| "registry")) {
+                warnings.push(format!(
+                    "cache import `{t}` is not supported: MemoBuild keeps its own cache; ignored"
+                ));
+            }
+        }
+
+        let job = self.daemon.jobs.get_or_create(&req.r#ref);
+        if job.is_started() {
+            return Err(Status::already_exists(format!(
+                "job `{}` already exists",
+                req.r#ref
+            )));
+        }
+        for w in &warnings {
+            job.status.warn(w);
+        }
+        let caller = crate::daemon::session::caller(
+            &self.daemon.sessions,
+            &req.session,
+            self.daemon.engine.state(),
+        );
+        let build = self
+            .daemon
+            .engine
+            .build(caller)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot start the build: {e}")))?;
+        let returned = job.start(build.clone(), &req.session, &req.entitlements);
+        let _cancel = CancelOnDrop(job.cancel.clone());
+        let (daemon, task_job) = (self.daemon.clone(), job.clone());
+        let task = tokio::spawn(async move {
+            let _running = daemon.running();
+            let work: futures::future::BoxFuture<'_, Result<SolveResponse, Status>> =
+                Box::pin(run(&daemon, &task_job, &req, specs, returned));
+            let result = tokio::select! {
+                r = work => r,
+                _ = task_job.cancel.cancelled() => Err(Status::cancelled("the build was cancelled: the client went away or the daemon is stopping")),
+                _ = daemon.shutdown.cancelled() => Err(Status::unavailable("the daemon is stopping")),
+            };
+            if let Some(build) = task_job.build() {
+                build.flush_uploads().await;
+                build.finish().await;
+            }
+            daemon.after_build();
+            task_job.finish();
+            daemon.jobs.remove_later(&task_job.id);
+            result
+        });
+        match task.await {
+            Ok(r) => r.map(Response::new),
+            Err(e) => Err(Status::internal(format!("the build task failed: {e}"))),
+        }
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<BoxStream<StatusResponse>>, Status> {
+        let id = request.into_inner().r#ref;
+        let Some(job) = self.daemon.jobs.started(&id, STATUS_WAIT).await else {
+            self.daemon.jobs.remove_if_unstarted(&id);
+            return Err(Status::not_found(format!("no such job `{id}`")));
+        };
+        let sub = job.status.subscribe();
+        let history = futures::stream::iter(sub.history.into_iter().map(Ok));
+        let live = match sub.live {
+            Some(rx) => tokio_stream::wrappers::BroadcastStream::new(rx)
+                .filter_map(|r| futures::future::ready(r.ok().map(Ok)))
+                .boxed(),
+            None => futures::stream::empty().boxed(),
+        };
+        Ok(Response::new(history.chain(live).boxed()))
+    }
+
+    async fn session(
+        &self,
+        request: Request<tonic::Streaming<BytesMessage>>,
+    ) -> Result<Response<BoxStream<BytesMessage>>, Status> {
+        let headers = SessionHeaders::from_metadata(request.metadata())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let rx = self.daemon.sessions.open(headers, request.into_inner());
+        Ok(Response::new(
+            ReceiverStream::new(rx)
+                .map(|data| Ok(BytesMessage { data }))
+                .boxed(),
+        ))
+    }
+
+    async fn list_workers(
+        &self,
+        _request: Request<ListWorkersRequest>,
+    ) -> Result<Response<ListWorkersResponse>, Status> {
+        Ok(Response::new(ListWorkersResponse {
+            record: vec![self.daemon.worker_record()],
+        }))
+    }
+
+    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        Ok(Response::new(InfoResponse {
+            buildkit_version: Some(crate::daemon::convert::version()),
+        }))
+    }
+
+    async fn disk_usage(
+        &self,
+        _request: Request<DiskUsageRequest>,
+    ) -> Result<Response<DiskUsageResponse>, Status> {
+        let state = self.daemon.engine.state().clone();
+        let entries = tokio::task::spawn_blocking(move || usage::scan(&state))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("reading the cache: {e}")))?;
+        Ok(Response::new(DiskUsageResponse {
+            record: entries
+                .iter()
+                .map(crate::daemon::convert::usage_record)
+                .collect(),
+        }))
+    }
+
+    async fn prune(
+        &self,
+        request: Request<PruneRequest>,
+    ) -> Result<Response<BoxStream<UsageRecord>>, Status> {
+        let req = request.into_inner();
+        let keep_bytes = [req.reserved_space, req.max_used_space]
+            .into_iter()
+            .filter(|b| *b > 0)
+            .min()
+            .and_then(|b| u64::try_from(b).ok());
+        let keep_duration = u64::try_from(req.keep_duration)
+            .ok()
+            .filter(|d| *d > 0)
+            .map(std::time::Duration::from_nanos);
+        // As buildctl: no option at all prunes everything unused (BuildKit's default policy
+        // for a bare `prune` is "all unused"); here every entry is unused between builds.
+        let policy = PrunePolicy {
+            all: req.all || (keep_bytes.is_none() && keep_duration.is_none()),
+            keep_size: keep_bytes,
+            keep_duration,
+            dry_run: false,
+        };
+        let state = self.daemon.engine.state().clone();
+        let pruned = tokio::task::spawn_blocking(move || usage::prune(&state, &policy))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("pruning the cache: {e}")))?;
+        let records: Vec<Result<UsageRecord, Status>> = pruned
+            .removed
+            .iter()
+            .map(|e| Ok(crate::daemon::convert::usage_record(e)))
+            .collect();
+        Ok(Response::new(futures::stream::iter(records).boxed()))
+    }
+
+    async fn listen_build_history(
+        &self,
+        _request: Request<BuildHistoryRequest>,
+    ) -> Result<Response<BoxStream<BuildHistoryEvent>>, Status> {
+        // No build history is kept yet: an empty stream tells clients so without an error.
+        Ok(Response::new(futures::stream::empty().boxed()))
+    }
+}
+
+/// Runs the job of `req` and exports its result.
+async fn run(
+    daemon: &Daemon,
+    job: &Arc<Job>,
+    req: &SolveRequest,
+    specs: Vec<ExporterSpec>,
+    returned: tokio::sync::oneshot::Receiver<Returned>,
+) -> Result<SolveResponse, Status> {
+    let build = job
+        .build()
+        .ok_or_else(|| Status::internal("the job has no build"))?;
+    let (solved, metadata) = match (&req.definition, req.frontend.as_str()) {
+        (Some(def), "") if !def.def.is_empty() => {
+            daemon.check_entitlements(def, &req.entitlements)?;
+            let solved =
+                frontend::solve_definition(job, &build, def, daemon.max_parallelism, false)
+                    .boxed()
+                    .await?;
+            (Some(solved), BTreeMap::new())
+        }
+        (Some(def), f) if !def.def.is_empty() && !f.is_empty() => {
+            return Err(Status::invalid_argument(
+                "a solve request names both a definition and a frontend",
+            ));
+        }
+        (_, "dockerfile.v0") => {
+            let r = frontend::dockerfile(job, &build, &req.frontend_attrs, daemon.max_parallelism)
+                .boxed()
+                .await?;
+            (Some(r.solved), r.metadata)
+        }
+        (_, "") => match returned.await {
+            Ok(Returned::Result { solved, metadata }) => (solved, metadata),
+            Ok(Returned::Error(status)) => return Err(status),
+            Err(_) => return Err(Status::cancelled("the build ended without a result")),
+        },
+        (_, other) => {
+            return Err(Status::invalid_argument(format!(
+                "frontend `{other}` is not supported (supported: dockerfile.v0, or a client-side frontend over LLBBridge)"
+            )));
+        }
+    };
+    if specs.is_empty() {
+        return Ok(SolveResponse::default());
+    }
+    let definition = solved
+        .as_ref()
+        .and_then(|s| s.definition.clone())
+        .unwrap_or_default();
+    let fs = match solved.map(|s| s.output) {
+        Some(Output::Fs(fs)) => fs,
+        Some(Output::Scratch) | None => Default::default(),
+        Some(Output::Local(_)) => {
+            return Err(Status::invalid_argument(
+                "the result is a local directory, not a filesystem; copy it into one to export it",
+            ));
+        }
+    };
+    let image_config = metadata.get(META_IMAGE_CONFIG).cloned().unwrap_or_default();
+    let sink = SessionSink::new(Arc::new(crate::daemon::session::Scope {
+        sessions: daemon.sessions.clone(),
+        session_id: req.session.clone(),
+        state: daemon.engine.state().clone(),
+    }));
+    let responses = crate::pipeline::export(
+        &build,
+        &fs,
+        &image_config,
+        &definition,
+        &specs,
+        &sink,
+        &job.progress,
+    )
+    .boxed()
+    .await
+    .map_err(|e| Status::unknown(format!("{e:#}")))?;
+    let mut exporter_response = BTreeMap::new();
+    for r in responses {
+        exporter_response.extend(r);
+    }
+    Ok(SolveResponse { exporter_response })
+}

@@ -1,0 +1,227 @@
+//! The daemon's `dockerfile.v0` frontend: a frontend request (BuildKit's frontend attributes)
+//! turned into a solved result with the image config beside it.
+//!
+//! As BuildKit's builtin frontend does: the Dockerfile is read from the client's `dockerfile`
+//! local (only the file and its `.dockerignore` are transferred), the context's
+//! `.dockerignore` from the `context` local (only that file), then the Dockerfile is lowered
+//! with those patterns and the session id in its local sources, and the Definition solved on
+//! the job's build. The context itself is transferred when the solve reaches its local source.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use memobuild_frontend as frontend;
+use memobuild_proto::ParsedDefinition;
+use memobuild_worker::Build;
+use memobuild_worker::caller::LocalRequest;
+use memobuild_worker::progress::{Progress, VertexState};
+use memobuild_worker::solver::SolveOptions;
+use tonic::Status;
+
+use crate::daemon::jobs::{Job, Output, SolvedRef};
+
+/// The image config a frontend returns beside its result (BuildKit's
+/// `exptypes.ExporterImageConfigKey`).
+pub const META_IMAGE_CONFIG: &str = "containerimage.config";
+
+/// What a frontend produced: the result and its metadata.
+pub struct FrontendResult {
+    /// The solved filesystem and its definition.
+    pub solved: SolvedRef,
+    /// `containerimage.config` and friends.
+    pub metadata: BTreeMap<String, Vec<u8>>,
+}
+
+/// Runs the Dockerfile frontend with BuildKit's attributes `attrs` for `job`.
+pub async fn dockerfile(
+    job: &Job,
+    build: &Build,
+    attrs: &BTreeMap<String, String>,
+    max_parallel_exec: usize,
+) -> Result<FrontendResult, Status> {
+    let progress = &job.progress;
+    let parsed = frontend::BuildOptions::from_frontend_attrs(attrs, frontend::Platform::host())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let mut options = parsed.options;
+    let dockerfile_local = attrs
+        .get("dockerfilekey")
+        .filter(|k| !k.is_empty())
+        .map_or("dockerfile", String::as_str);
+    let filename = options.dockerfile_name.clone();
+    let session = job.session();
+
+    // [internal] load build definition from Dockerfile
+    let step = step_id(&job.id, "definition");
+    let name = format!("[internal] load build definition from {filename}");
+    let started = std::time::Instant::now();
+    progress.step(&step, &name, VertexState::Started, None, None);
+    let read = async {
+        let follow = vec![
+            filename.clone(),
+            format!("{filename}.dockerignore"),
+            "dockerfile".to_string(),
+        ];
+        let dir = sync_local(
+            build,
+            progress,
+            &step,
+            dockerfile_local,
+            Some("dockerfile"),
+            &follow,
+        )
+        .await?;
+        let text = read_file(&dir, &filename)?.ok_or_else(|| {
+            Status::not_found(format!(
+                "failed to read dockerfile: open {filename}: no such file or directory"
+            ))
+        })?;
+        let text = String::from_utf8(text).map_err(|_| {
+            Status::invalid_argument(format!("the Dockerfile `{filename}` is not UTF-8 text"))
+        })?;
+        let specific = read_file(&dir, &format!("{filename}.dockerignore"))?;
+        Ok::<_, Status>((text, specific))
+    }
+    .await;
+    finish_step(progress, &step, &name, started, &read);
+    let (dockerfile, specific_ignore) = read?;
+
+    // [internal] load .dockerignore
+    let ignore = match specific_ignore {
+        Some(i) => i,
+        None => {
+            let step = step_id(&job.id, "dockerignore");
+            let name = "[internal] load .dockerignore".to_string();
+            let started = std::time::Instant::now();
+            progress.step(&step, &name, VertexState::Started, None, None);
+            let read = async {
+                let follow = vec![".dockerignore".to_string()];
+                let dir = sync_local(
+                    build,
+                    progress,
+                    &step,
+                    &options.context_name,
+                    Some("context-.dockerignore"),
+                    &follow,
+                )
+                .await?;
+                Ok::<_, Status>(read_file(&dir, ".dockerignore")?.unwrap_or_default())
+            }
+            .await;
+            finish_step(progress, &step, &name, started, &read);
+            read?
+        }
+    };
+    options.dockerignore = crate::build::parse_dockerignore(&String::from_utf8_lossy(&ignore));
+    options.session_id = Some(session);
+
+    let lowered = crate::pipeline::lower(build.registry(), &dockerfile, options)
+        .await
+        .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+    for w in &lowered.warnings {
+        job.status.warn(&w.to_string());
+    }
+    let mut metadata = BTreeMap::new();
+    metadata.insert(META_IMAGE_CONFIG.to_string(), lowered.image_config.clone());
+    if lowered.definition.def.is_empty() {
+        return Ok(FrontendResult {
+            solved: SolvedRef {
+                output: Output::Scratch,
+                definition: None,
+            },
+            metadata,
+        });
+    }
+    let solved =
+        solve_definition(job, build, &lowered.definition, max_parallel_exec, false).await?;
+    Ok(FrontendResult { solved, metadata })
+}
+
+/// Solves `definition` on the job's build.
+pub async fn solve_definition(
+    job: &Job,
+    build: &Build,
+    definition: &memobuild_proto::pb::Definition,
+    max_parallel_exec: usize,
+    no_cache: bool,
+) -> Result<SolvedRef, Status> {
+    let parsed = ParsedDefinition::try_from(definition.clone())
+        .map_err(|e| Status::invalid_argument(format!("invalid definition: {e}")))?;
+    job.status.add_definition(&parsed);
+    let opts = SolveOptions {
+        layer: Default::default(),
+        max_parallel_exec,
+        platform: crate::pipeline::pb_platform(&frontend::Platform::host()),
+        no_cache,
+    };
+    let solved = build
+        .solve(parsed, opts, job.progress.clone())
+        .await
+        .map_err(|e| Status::unknown(e.to_string()))?;
+    let output = match (solved.local, solved.fs.layers.is_empty()) {
+        (Some(l), _) => Output::Local(l.path),
+        (None, true) => Output::Scratch,
+        (None, false) => Output::Fs(solved.fs),
+    };
+    Ok(SolvedRef {
+        output,
+        definition: Some(definition.clone()),
+    })
+}
+
+/// Syncs the client's local `name` (only `follow` paths) and returns the copy.
+async fn sync_local(
+    build: &Build,
+    progress: &Progress,
+    step: &str,
+    name: &str,
+    hint: Option<&str>,
+    follow: &[String],
+) -> Result<PathBuf, Status> {
+    build
+        .caller()
+        .locals
+        .local(LocalRequest {
+            name,
+            session: None,
+            shared_key_hint: hint,
+            include_patterns: &[],
+            exclude_patterns: &[],
+            follow_paths: follow,
+            vertex: step,
+            progress,
+        })
+        .await
+        .map_err(|e| Status::failed_precondition(format!("local `{name}`: {e}")))
+}
+
+/// The bytes of `rel` in `dir`, resolved inside it; `None` when it does not exist.
+fn read_file(dir: &Path, rel: &str) -> Result<Option<Vec<u8>>, Status> {
+    let path = memobuild_worker::fsops::resolve_in_root(dir, rel, true)
+        .map_err(|e| Status::invalid_argument(format!("`{rel}`: {e}")))?;
+    match std::fs::read(&path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Status::internal(format!("reading `{rel}`: {e}"))),
+    }
+}
+
+fn step_id(job: &str, what: &str) -> String {
+    format!(
+        "sha256:{}",
+        blake3::hash(format!("{job}\0{what}").as_bytes()).to_hex()
+    )
+}
+
+fn finish_step<T>(
+    progress: &Progress,
+    step: &str,
+    name: &str,
+    started: std::time::Instant,
+    result: &Result<T, Status>,
+) {
+    let (state, error) = match result {
+        Ok(_) => (VertexState::Completed, None),
+        Err(e) => (VertexState::Error, Some(e.message().to_owned())),
+    };
+    progress.step(step, name, state, Some(started.elapsed()), error);
+}

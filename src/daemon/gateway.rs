@@ -1,0 +1,398 @@
+//! `moby.buildkit.v1.frontend.LLBBridge`: the gateway a client-side build function (buildctl's
+//! and buildx's) drives its build through, on the same connection as `Control`.
+//!
+//! Every call carries `buildkit-controlapi-buildid`, the `Ref` of the `Control/Solve` whose job
+//! it works in; it waits a little for that Solve to start. `Solve` runs a definition or the
+//! `dockerfile.v0` frontend on the job's build and hands back a result id; `ReadFile`,
+//! `ReadDir` and `StatFile` read files of such results; `Return` gives the job its final
+//! result (or error), which the waiting Solve exports.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use memobuild_proto::fsutil::types::Stat;
+use memobuild_proto::gateway::llb_bridge_server::LlbBridge;
+use memobuild_proto::gateway::{
+    EvaluateRequest, EvaluateResponse, InputsRequest, InputsResponse, PingRequest, PongResponse,
+    ReadDirRequest, ReadDirResponse, ReadFileRequest, ReadFileResponse, ResolveImageConfigRequest,
+    ResolveImageConfigResponse, ReturnRequest, ReturnResponse, SolveRequest, SolveResponse,
+    StatFileRequest, StatFileResponse, WarnRequest, WarnResponse,
+};
+use memobuild_proto::gateway::{Ref, Result as GatewayResult, result};
+use tonic::{Request, Response, Status};
+
+use crate::daemon::Daemon;
+use crate::daemon::convert;
+use crate::daemon::frontend;
+use crate::daemon::jobs::{GATEWAY_WAIT, Job, Output, Returned, SolvedRef};
+
+/// The metadata key naming the job of an LLBBridge call.
+pub const BUILD_ID: &str = "buildkit-controlapi-buildid";
+
+/// The LLBBridge service over a daemon.
+pub struct GatewayService {
+    daemon: Arc<Daemon>,
+}
+
+impl GatewayService {
+    /// The service for `daemon`.
+    pub fn new(daemon: Arc<Daemon>) -> Self {
+        GatewayService { daemon }
+    }
+
+    /// The job a call works in.
+    async fn job<T>(&self, request: &Request<T>) -> Result<Arc<Job>, Status> {
+        let id = request
+            .metadata()
+            .get(BUILD_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                Status::invalid_argument(format!("LLBBridge call without `{BUILD_ID}` metadata"))
+            })?
+            .to_owned();
+        self.daemon
+            .jobs
+            .started(&id, GATEWAY_WAIT)
+            .await
+            .ok_or_else(|| Status::not_found(format!("no build `{id}`: its Solve never started")))
+    }
+
+    /// A result the job handed out.
+    async fn solved<T>(&self, request: &Request<T>, id: &str) -> Result<SolvedRef, Status> {
+        let job = self.job(request).await?;
+        if id.is_empty() {
+            return Ok(SolvedRef {
+                output: Output::Scratch,
+                definition: None,
+            });
+        }
+        job.result(id)
+            .ok_or_else(|| Status::not_found(format!("no result `{id}` in this build")))
+    }
+
+    /// Runs `f` on the directory holding a result's files.
+    async fn with_files<R: Send + 'static>(
+        &self,
+        job: &Job,
+        solved: SolvedRef,
+        f: impl FnOnce(&Path) -> Result<R, Status> + Send + 'static,
+    ) -> Result<R, Status> {
+        match solved.output {
+            Output::Local(dir) => tokio::task::spawn_blocking(move || f(&dir))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?,
+            Output::Scratch => {
+                let dir = tempfile::tempdir().map_err(|e| Status::internal(e.to_string()))?;
+                f(dir.path())
+            }
+            Output::Fs(fs) => {
+                let build = job
+                    .build()
+                    .ok_or_else(|| Status::failed_precondition("the build is over"))?;
+                build
+                    .with_mounted(&fs, f)
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+            }
+        }
+    }
+}
+
+/// `rel` inside `root`, symbolic links resolved inside it.
+fn inside(root: &Path, rel: &str) -> Result<std::path::PathBuf, Status> {
+    memobuild_worker::fsops::resolve_in_root(root, rel, true)
+        .map_err(|e| Status::invalid_argument(format!("`{rel}`: {e}")))
+}
+
+fn io_status(what: &str, e: std::io::Error) -> Status {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Status::not_found(format!("{what}: no such file or directory"))
+        }
+        _ => Status::internal(format!("{what}: {e}")),
+    }
+}
+
+/// The fsutil stat of `path`, named `name`.
+fn stat_of(path: &Path, name: &str) -> Result<Stat, Status> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(path).map_err(|e| io_status(name, e))?;
+    let linkname = if md.file_type().is_symlink() {
+        std::fs::read_link(path)
+            .map(|l| l.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok(Stat {
+        path: name.to_owned(),
+        mode: memobuild_worker::filesync::mode::go_mode_from_unix(md.mode()),
+        uid: md.uid(),
+        gid: md.gid(),
+        size: i64::try_from(md.size()).unwrap_or(i64::MAX),
+        mod_time: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        linkname,
+        devmajor: 0,
+        devminor: 0,
+        xattrs: BTreeMap::new(),
+    })
+}
+
+#[tonic::async_trait]
+impl LlbBridge for GatewayService {
+    async fn ping(&self, _request: Request<PingRequest>) -> Result<Response<PongResponse>, Status> {
+        Ok(Response::new(PongResponse {
+            frontend_api_caps: convert::api_caps(convert::GATEWAY_CAPS),
+            llb_caps: convert::api_caps(&convert::llb_caps()),
+            workers: vec![self.daemon.worker_record()],
+        }))
+    }
+
+    async fn solve(
+        &self,
+        request: Request<SolveRequest>,
+    ) -> Result<Response<SolveResponse>, Status> {
+        let job = self.job(&request).await?;
+        let req = request.into_inner();
+        let build = job
+            .build()
+            .ok_or_else(|| Status::failed_precondition("the build is over"))?;
+        let has_def = req.definition.as_ref().is_some_and(|d| !d.def.is_empty());
+        let (solved, metadata) = match (has_def, req.frontend.as_str()) {
+            (true, f) if !f.is_empty() => {
+                return Err(Status::invalid_argument(
+                    "a solve request names both a definition and a frontend",
+                ));
+            }
+            (true, _) => {
+                let def = req.definition.clone().unwrap_or_default();
+                self.daemon.check_entitlements(&def, &job.entitlements())?;
+                let solved = frontend::solve_definition(
+                    &job,
+                    &build,
+                    &def,
+                    self.daemon.max_parallelism,
+                    false,
+                )
+                .await?;
+                (Some(solved), BTreeMap::new())
+            }
+            (false, "dockerfile.v0") => {
+                let r = frontend::dockerfile(
+                    &job,
+                    &build,
+                    &req.frontend_opt,
+                    self.daemon.max_parallelism,
+                )
+                .await?;
+                (Some(r.solved), r.metadata)
+            }
+            (false, "") => (None, BTreeMap::new()),
+            (false, other) => {
+                return Err(Status::invalid_argument(format!(
+                    "frontend `{other}` is not supported (supported: dockerfile.v0)"
+                )));
+            }
+        };
+        let reference = solved.map(|s| {
+            let def = s.definition.clone();
+            let id = job.add_result(s);
+            Ref { id, def }
+        });
+        if !req.allow_result_return {
+            // Clients before the result-return cap read only the id.
+            return Ok(Response::new(SolveResponse {
+                r#ref: reference.map(|r| r.id).unwrap_or_default(),
+                result: None,
+            }));
+        }
+        Ok(Response::new(SolveResponse {
+            r#ref: String::new(),
+            result: Some(GatewayResult {
+                metadata,
+                attestations: BTreeMap::new(),
+                result: Some(result::Result::Ref(reference.unwrap_or_default())),
+            }),
+        }))
+    }
+
+    async fn r#return(
+        &self,
+        request: Request<ReturnRequest>,
+    ) -> Result<Response<ReturnResponse>, Status> {
+        let job = self.job(&request).await?;
+        let req = request.into_inner();
+        let returned = match (req.error, req.result) {
+            (Some(e), _) if e.code != 0 => {
+                Returned::Error(Status::new(tonic::Code::from_i32(e.code), e.message))
+            }
+            (_, Some(r)) => {
+                let id = match r.result {
+                    Some(result::Result::Ref(Ref { id, .. })) => id,
+                    Some(result::Result::RefDeprecated(id)) => id,
+                    Some(result::Result::Refs(_)) | Some(result::Result::RefsDeprecated(_)) => {
+                        return Err(Status::unimplemented(
+                            "results with several references (multi-platform) are not supported yet",
+                        ));
+                    }
+                    None => String::new(),
+                };
+                let solved = if id.is_empty() {
+                    None
+                } else {
+                    Some(job.result(&id).ok_or_else(|| {
+                        Status::not_found(format!("no result `{id}` in this build"))
+                    })?)
+                };
+                Returned::Result {
+                    solved,
+                    metadata: r.metadata,
+                }
+            }
+            (_, None) => Returned::Result {
+                solved: None,
+                metadata: BTreeMap::new(),
+            },
+        };
+        if !job.give_return(returned) {
+            return Err(Status::failed_precondition(
+                "this build already returned, or its Solve does not wait for a result",
+            ));
+        }
+        Ok(Response::new(ReturnResponse {}))
+    }
+
+    async fn read_file(
+        &self,
+        request: Request<ReadFileRequest>,
+    ) -> Result<Response<ReadFileResponse>, Status> {
+        let solved = self.solved(&request, &request.get_ref().r#ref).await?;
+        let job = self.job(&request).await?;
+        let req = request.into_inner();
+        let data = self
+            .with_files(&job, solved, move |root| {
+                let path = inside(root, &req.file_path)?;
+                let bytes = std::fs::read(&path).map_err(|e| io_status(&req.file_path, e))?;
+                Ok(match req.range {
+                    Some(r) => {
+                        let start = usize::try_from(r.offset).unwrap_or(0).min(bytes.len());
+                        let len = usize::try_from(r.length).unwrap_or(usize::MAX);
+                        let end = start.saturating_add(len).min(bytes.len());
+                        bytes[start..end].to_vec()
+                    }
+                    None => bytes,
+                })
+            })
+            .await?;
+        Ok(Response::new(ReadFileResponse { data }))
+    }
+
+    async fn read_dir(
+        &self,
+        request: Request<ReadDirRequest>,
+    ) -> Result<Response<ReadDirResponse>, Status> {
+        let solved = self.solved(&request, &request.get_ref().r#ref).await?;
+        let job = self.job(&request).await?;
+        let req = request.into_inner();
+        let entries = self
+            .with_files(&job, solved, move |root| {
+                let dir = inside(root, &req.dir_path)?;
+                let pattern = (!req.include_pattern.is_empty())
+                    .then(|| {
+                        memobuild_worker::patterns::PatternMatcher::new(std::slice::from_ref(
+                            &req.include_pattern,
+                        ))
+                    })
+                    .transpose()
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let mut out = Vec::new();
+                let list = std::fs::read_dir(&dir).map_err(|e| io_status(&req.dir_path, e))?;
+                let mut names: Vec<String> = list
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                for name in names {
+                    if let Some(p) = &pattern
+                        && !p.matches(&name)
+                    {
+                        continue;
+                    }
+                    out.push(stat_of(&dir.join(&name), &name)?);
+                }
+                Ok(out)
+            })
+            .await?;
+        Ok(Response::new(ReadDirResponse { entries }))
+    }
+
+    async fn stat_file(
+        &self,
+        request: Request<StatFileRequest>,
+    ) -> Result<Response<StatFileResponse>, Status> {
+        let solved = self.solved(&request, &request.get_ref().r#ref).await?;
+        let job = self.job(&request).await?;
+        let req = request.into_inner();
+        let stat = self
+            .with_files(&job, solved, move |root| {
+                let path = inside(root, &req.path)?;
+                stat_of(&path, &req.path)
+            })
+            .await?;
+        Ok(Response::new(StatFileResponse { stat: Some(stat) }))
+    }
+
+    async fn resolve_image_config(
+        &self,
+        request: Request<ResolveImageConfigRequest>,
+    ) -> Result<Response<ResolveImageConfigResponse>, Status> {
+        let job = self.job(&request).await?;
+        let req = request.into_inner();
+        if req.resolver_type != 0 {
+            return Err(Status::unimplemented(
+                "resolving images from an OCI layout is not supported yet",
+            ));
+        }
+        let build = job
+            .build()
+            .ok_or_else(|| Status::failed_precondition("the build is over"))?;
+        let platform = req.platform.unwrap_or_else(convert::host_platform);
+        let (digest, config) =
+            memobuild_worker::resolve_image_config(build.registry(), &req.r#ref, &platform)
+                .await
+                .map_err(|e| Status::unknown(e.to_string()))?;
+        Ok(Response::new(ResolveImageConfigResponse {
+            digest,
+            config,
+            r#ref: req.r#ref,
+        }))
+    }
+
+    async fn evaluate(
+        &self,
+        request: Request<EvaluateRequest>,
+    ) -> Result<Response<EvaluateResponse>, Status> {
+        // Results are solved when asked for; there is nothing left to evaluate.
+        let r = request.get_ref().r#ref.clone();
+        self.solved(&request, &r).await?;
+        Ok(Response::new(EvaluateResponse {}))
+    }
+
+    async fn inputs(
+        &self,
+        _request: Request<InputsRequest>,
+    ) -> Result<Response<InputsResponse>, Status> {
+        Ok(Response::new(InputsResponse {
+            definitions: BTreeMap::new(),
+        }))
+    }
+
+    async fn warn(&self, request: Request<WarnRequest>) -> Result<Response<WarnResponse>, Status> {
+        let job = self.job(&request).await?;
+        let w = request.into_inner();
+        job.status.warn(&String::from_utf8_lossy(&w.short));
+        Ok(Response::new(WarnResponse {}))
+    }
+}
