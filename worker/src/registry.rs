@@ -528,10 +528,59 @@ impl Registry {
         Ok((hc, auth))
     }
 
+    /// Where to look for `reference`: the same repository on each mirror of its registry
+    /// (`RegistryConfig::mirrors`), then the registry itself.
+    fn candidates(&self, reference: &Reference) -> Vec<Reference> {
+        let mirrors = self
+            .config
+            .mirrors
+            .get(reference.registry())
+            .or_else(|| self.config.mirrors.get(reference.resolve_registry()));
+        let mut out: Vec<Reference> = mirrors
+            .into_iter()
+            .flatten()
+            .map(|m| match (reference.digest(), reference.tag()) {
+                (Some(d), _) => {
+                    Reference::with_digest(m.clone(), reference.repository().into(), d.into())
+                }
+                (None, tag) => Reference::with_tag(
+                    m.clone(),
+                    reference.repository().into(),
+                    tag.unwrap_or("latest").into(),
+                ),
+            })
+            .collect();
+        out.push(reference.clone());
+        out
+    }
+
     /// Resolves `reference` to the image manifest for `platform` (selecting from an image index or
-    /// Docker manifest list when needed), and fetches its config.
+    /// Docker manifest list when needed), and fetches its config. The registry's mirrors are
+    /// tried first; the result names `reference` whichever answered.
     pub async fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage> {
         let top = normalize_reference(reference)?;
+        let candidates = self.candidates(&top);
+        let last = candidates.len().saturating_sub(1);
+        for (i, c) in candidates.into_iter().enumerate() {
+            match self.resolve_at(&c, platform).await {
+                Ok(mut r) => {
+                    r.reference = top.whole();
+                    return Ok(r);
+                }
+                Err(e) if i < last => {
+                    tracing::debug!("mirror `{}` for `{}`: {e}", c.registry(), top.whole());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::InvalidReference {
+            reference: reference.to_owned(),
+            reason: "no registry to ask".into(),
+        })
+    }
+
+    async fn resolve_at(&self, top: &Reference, platform: &Platform) -> Result<ResolvedImage> {
+        let top = top.clone();
         let (hc, auth) = self.client_for(&top).await?;
         let mut current = top.clone();
         let mut index_digest = None;
@@ -614,9 +663,36 @@ impl Registry {
         W: AsyncWrite + Unpin,
     {
         let reference = normalize_reference(reference)?;
-        let (hc, _) = self.client_for(&reference).await?;
-        self.fetch_blob_with(&hc, &reference, descriptor, writer)
-            .await
+        let mut writer = writer;
+        let candidates = self.candidates(&reference);
+        let last = candidates.len().saturating_sub(1);
+        for (i, c) in candidates.into_iter().enumerate() {
+            let attempt = async {
+                let (hc, _) = self.client_for(&c).await?;
+                self.fetch_blob_with(&hc, &c, descriptor, &mut writer).await
+            }
+            .await;
+            match attempt {
+                // A mirror that fails before writing anything leaves the writer untouched; one
+                // that fails half way cannot be retried into the same writer.
+                Err(
+                    e @ (Error::Write { .. }
+                    | Error::SizeMismatch { .. }
+                    | Error::DigestMismatch { .. }),
+                ) if i < last => {
+                    return Err(e);
+                }
+                Err(e) if i < last => {
+                    tracing::debug!(
+                        "mirror `{}` for blob `{}`: {e}",
+                        c.registry(),
+                        descriptor.digest
+                    );
+                }
+                r => return r,
+            }
+        }
+        Ok(())
     }
 
     async fn fetch_blob_with<W>(
@@ -929,6 +1005,36 @@ mod tests {
         assert!(reg.is_insecure("10.0.0.1:5000"));
         assert!(!reg.is_insecure("10.0.0.1:6000"));
         assert!(!reg.is_insecure("docker.io"));
+    }
+
+    // Verifies: a registry's mirrors are asked first, for the same repository and tag or digest,
+    // and the registry itself last; other registries have no mirrors.
+    #[test]
+    fn mirrors_come_first() -> Result<()> {
+        let r = Registry::new(RegistryConfig {
+            mirrors: HashMap::from([("docker.io".to_string(), vec!["127.0.0.1:5000".to_string()])]),
+            ..RegistryConfig::default()
+        });
+        let names = |s: &str| -> Result<Vec<String>> {
+            Ok(r.candidates(&normalize_reference(s)?)
+                .iter()
+                .map(Reference::whole)
+                .collect())
+        };
+        assert_eq!(
+            names("busybox")?,
+            [
+                "127.0.0.1:5000/library/busybox:latest",
+                "docker.io/library/busybox:latest"
+            ]
+        );
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            names(&format!("alpine@{d}"))?[0],
+            format!("127.0.0.1:5000/library/alpine@{d}")
+        );
+        assert_eq!(names("quay.io/x/y:1")?, ["quay.io/x/y:1"]);
+        Ok(())
     }
 
     #[test]
