@@ -261,7 +261,11 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         job.cancel.cancel();
     }
     let mut running = daemon.running.subscribe();
-    let _ = tokio::time::timeout(STOP_GRACE, running.wait_for(|n| *n == 0)).await;
+    let _ = tokio::time::timeout(STOP_GRACE, async {
+        let _ = running.wait_for(|n| *n == 0).await;
+        memobuild_worker::cleanup::wait().await;
+    })
+    .await;
     serve::remove_sockets(&addrs);
     containerd.release().await;
     served

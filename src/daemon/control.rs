@@ -146,6 +146,7 @@ impl Control for ControlService {
                 _ = task_job.cancel.cancelled() => Err(Status::cancelled("the build was cancelled: the client went away or the daemon is stopping")),
                 _ = daemon.shutdown.cancelled() => Err(Status::unavailable("the daemon is stopping")),
             };
+            task_job.stop_tasks().await;
             if let Some(build) = task_job.build() {
                 build.flush_uploads().await;
                 build.finish().await;

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use futures::FutureExt;
+
 use memobuild_proto::fsutil::types::Stat;
 use memobuild_proto::gateway::llb_bridge_server::LlbBridge;
 use memobuild_proto::gateway::{
@@ -160,42 +162,48 @@ impl LlbBridge for GatewayService {
             .build()
             .ok_or_else(|| Status::failed_precondition("the build is over"))?;
         let has_def = req.definition.as_ref().is_some_and(|d| !d.def.is_empty());
-        let (solved, metadata) = match (has_def, req.frontend.as_str()) {
-            (true, f) if !f.is_empty() => {
-                return Err(Status::invalid_argument(
-                    "a solve request names both a definition and a frontend",
-                ));
-            }
-            (true, _) => {
-                let def = req.definition.clone().unwrap_or_default();
-                self.daemon.check_entitlements(&def, &job.entitlements())?;
-                let solved = frontend::solve_definition(
-                    &job,
-                    &build,
-                    &def,
-                    self.daemon.max_parallelism,
-                    false,
-                )
-                .await?;
-                (Some(solved), BTreeMap::new())
-            }
-            (false, "dockerfile.v0") => {
-                let r = frontend::dockerfile(
-                    &job,
-                    &build,
-                    &req.frontend_opt,
-                    self.daemon.max_parallelism,
-                )
-                .await?;
-                (Some(r.solved), r.metadata)
-            }
-            (false, "") => (None, BTreeMap::new()),
-            (false, other) => {
-                return Err(Status::invalid_argument(format!(
-                    "frontend `{other}` is not supported (supported: dockerfile.v0)"
-                )));
-            }
-        };
+        if has_def && !req.frontend.is_empty() {
+            return Err(Status::invalid_argument(
+                "a solve request names both a definition and a frontend",
+            ));
+        }
+        let (daemon, work_job, work_req) = (self.daemon.clone(), job.clone(), req.clone());
+        let (solved, metadata) = job
+            .run(async move {
+                let (job, req) = (work_job, work_req);
+                match (has_def, req.frontend.as_str()) {
+                    (true, _) => {
+                        let def = req.definition.clone().unwrap_or_default();
+                        daemon.check_entitlements(&def, &job.entitlements())?;
+                        let solved = frontend::solve_definition(
+                            &job,
+                            &build,
+                            &def,
+                            daemon.max_parallelism,
+                            false,
+                        )
+                        .boxed()
+                        .await?;
+                        Ok((Some(solved), BTreeMap::new()))
+                    }
+                    (false, "dockerfile.v0") => {
+                        let r = frontend::dockerfile(
+                            &job,
+                            &build,
+                            &req.frontend_opt,
+                            daemon.max_parallelism,
+                        )
+                        .boxed()
+                        .await?;
+                        Ok((Some(r.solved), r.metadata))
+                    }
+                    (false, "") => Ok((None, BTreeMap::new())),
+                    (false, other) => Err(Status::invalid_argument(format!(
+                        "frontend `{other}` is not supported (supported: dockerfile.v0)"
+                    ))),
+                }
+            })
+            .await?;
         let reference = solved.map(|s| {
             let def = s.definition.clone();
             let id = job.add_result(s);

@@ -70,6 +70,9 @@ pub struct Job {
     pub progress: Progress,
     /// Cancelled when the client goes away or the daemon stops.
     pub cancel: CancellationToken,
+    /// Work the gateway client started (its solves), which the job waits for before its
+    /// build ends.
+    pub tasks: tokio_util::task::TaskTracker,
     started: watch::Sender<bool>,
     state: Mutex<State>,
 }
@@ -92,6 +95,7 @@ impl Job {
             progress: status.progress(),
             status,
             cancel: CancellationToken::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
             started: watch::channel(false).0,
             state: Mutex::default(),
         })
@@ -166,6 +170,32 @@ impl Job {
             Some(tx) => tx.send(returned).is_ok(),
             None => false,
         }
+    }
+
+    /// Runs `work` for the job in a task of its own, so that it is cancelled with the job (not
+    /// when the call that asked for it goes away) and waited for before the build ends.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, tonic::Status>> + Send + 'static,
+    ) -> Result<T, tonic::Status> {
+        let cancel = self.cancel.clone();
+        let handle = self.tasks.spawn(async move {
+            tokio::select! {
+                r = work => r,
+                () = cancel.cancelled() => Err(tonic::Status::cancelled("the build was cancelled")),
+            }
+        });
+        handle
+            .await
+            .map_err(|e| tonic::Status::internal(format!("a build task failed: {e}")))?
+    }
+
+    /// Cancels the gateway client's work and waits for it to end (containers killed, mounts
+    /// released) before the build's lease goes.
+    pub async fn stop_tasks(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// Drops the build and results (the Solve is over) and ends the status streams.

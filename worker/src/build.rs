@@ -95,6 +95,9 @@ impl Build {
     /// Ends the build: saves the stat caches and releases the lease, after which whatever
     /// only this build referenced may be collected by containerd.
     pub async fn finish(self) {
+        // Containers of cancelled steps are killed in the background: done before the lease
+        // goes, so nothing of this build outlives it.
+        crate::cleanup::wait().await;
         self.engine.save_stat_caches();
         if let Err(e) = self.ctd.without_lease().delete_lease(&self.lease).await {
             tracing::warn!("releasing containerd lease: {e}");

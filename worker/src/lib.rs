@@ -19,6 +19,7 @@ pub mod blobs;
 pub mod build;
 pub mod cache;
 pub mod caller;
+pub mod cleanup;
 pub mod containerd;
 pub mod engine;
 pub mod export;

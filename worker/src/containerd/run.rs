@@ -326,12 +326,8 @@ impl Drop for ContainerGuard {
         }
         let ctd = self.ctd.clone();
         let id = std::mem::take(&mut self.id);
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move { ctd.kill_and_delete(&id).await });
-            }
-            Err(_) => tracing::warn!(container = %id, "no runtime to clean up the container"),
-        }
+        let what = format!("container `{id}`");
+        crate::cleanup::spawn(&what, async move { ctd.kill_and_delete(&id).await });
     }
 }
 
