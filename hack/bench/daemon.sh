@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Rebuild benchmark through `memobuild daemon`, and against a buildkitd when one is given.
+#
+#   bash hack/bench/daemon.sh [FILES] [RUNS]      (default 2000 files, 5 runs per scenario)
+#
+# Scenarios (issue 14's Dockerfile): a cold build, a no-op rebuild, and a rebuild after editing
+# one file that only the last COPY reads; wall-time medians over RUNS runs, the context sent
+# over the session each time (the daemon keeps the client's copy and asks only for what
+# changed). The client is `memobuild build --addr`, or buildctl when BUILDCTL names one.
+#
+# Against BuildKit: with BUILDCTL=/path/to/buildctl and BUILDKIT_ADDR=unix:///path/buildkitd.sock
+# (a buildkitd you started, which reaches this script's registry over plain HTTP: pass
+# REGISTRY=host:port of a registry holding library/busybox:latest and mark it `http = true` in
+# its buildkitd.toml), the same scenarios run on it with buildctl and the ratios are printed.
+# This script never builds BuildKit.
+set -eu -o pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+# shellcheck source=hack/lib.sh
+. hack/lib.sh
+files=${1:-2000}
+runs=${2:-5}
+
+bash hack/setup.sh
+ensure_cargo
+work=$(mktemp -d /tmp/mb-bench-daemon.XXXXXX)
+cleanup() {
+    [ -n "${daemon_pid:-}" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+    bash hack/services.sh stop "$work/svc" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+bash hack/services.sh start "$work/svc" >&2
+bash hack/base-image.sh "$work/svc" >&2
+# shellcheck disable=SC1091
+. "$work/svc/env"
+registry=${REGISTRY:-$MEMOBUILD_TEST_REGISTRY}
+cargo build --release --locked -q
+mb="$PWD/target/release/memobuild"
+
+sock="$work/mb.sock"
+MEMOBUILD_LOG=memobuild::daemon=debug "$mb" daemon --addr "unix://$sock" --state-dir "$work/state" \
+    --containerd "$MEMOBUILD_TEST_CONTAINERD" >"$work/daemon.log" 2>&1 &
+daemon_pid=$!
+for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+
+ctx="$work/ctx"
+mkdir -p "$ctx/src" "$ctx/static"
+python3 - "$ctx" "$files" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, "src", f"pkg{i % 50}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"mod{i}.txt"), "w") as f:
+        f.write(f"module {i}\n" * 200)
+with open(os.path.join(root, "static", "index.html"), "w") as f:
+    f.write("<h1>v1</h1>\n")
+PY
+cat > "$ctx/Dockerfile" <<'EOF'
+ARG REGISTRY
+FROM ${REGISTRY}/library/busybox:latest
+WORKDIR /app
+COPY src/ /app/src/
+RUN find /app/src -type f | wc -l > /app/count
+COPY static/ /app/static/
+CMD ["cat", "/app/static/index.html"]
+EOF
+
+now() { date +%s.%N; }
+timed() { local t0; t0=$(now); "$@" >/dev/null 2>"$work/last.log" || { cat "$work/last.log" >&2; return 1; }; echo "$(now) - $t0" | bc; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+edit() { echo "<h1>v$1</h1>" > "$ctx/static/index.html"; }
+
+# build ADDR: one build of the context on the daemon at ADDR, exported as an OCI tar.
+build() {
+    if [ -n "${BUILDCTL:-}" ]; then
+        "$BUILDCTL" --addr "$1" build --frontend dockerfile.v0 --local "context=$ctx" \
+            --local "dockerfile=$ctx" --opt "build-arg:REGISTRY=$registry" \
+            --output "type=oci,dest=$work/out.tar"
+    else
+        "$mb" build --addr "$1" --build-arg "REGISTRY=$registry" --progress plain \
+            --output "type=oci,dest=$work/out.tar" "$ctx"
+    fi
+}
+
+# scenario ADDR: prints "cold noop edit" medians for the daemon at ADDR.
+scenario() {
+    local addr=$1 cold noop=() edits=() i
+    edit 0
+    cold=$(timed build "$addr")
+    for i in $(seq "$runs"); do noop+=("$(timed build "$addr")"); done
+    for i in $(seq "$runs"); do edit "$i"; edits+=("$(timed build "$addr")"); done
+    echo "$cold $(printf '%s\n' "${noop[@]}" | median) $(printf '%s\n' "${edits[@]}" | median)"
+}
+
+read -r mb_cold mb_noop mb_edit <<<"$(scenario "unix://$sock")"
+client=${BUILDCTL:+buildctl}
+printf 'context: %s files; client: %s; medians of %s runs\n' "$files" "${client:-memobuild build --addr}" "$runs"
+if [ -n "${BUILDKIT_ADDR:-}" ] && [ -n "${BUILDCTL:-}" ]; then
+    read -r bk_cold bk_noop bk_edit <<<"$(scenario "$BUILDKIT_ADDR")"
+    ratio() { echo "scale=2; $1 / $2" | bc; }
+    printf '%-28s %10s %10s %8s\n' "" memobuild buildkitd "mb/bk"
+    printf '%-28s %10.3f %10.3f %8s\n' "cold build" "$mb_cold" "$bk_cold" "$(ratio "$mb_cold" "$bk_cold")"
+    printf '%-28s %10.3f %10.3f %8s\n' "no-op rebuild" "$mb_noop" "$bk_noop" "$(ratio "$mb_noop" "$bk_noop")"
+    printf '%-28s %10.3f %10.3f %8s\n' "one-file edit (last COPY)" "$mb_edit" "$bk_edit" "$(ratio "$mb_edit" "$bk_edit")"
+else
+    printf '%-28s %10s\n' "" memobuild
+    printf '%-28s %10.3f\n' "cold build" "$mb_cold"
+    printf '%-28s %10.3f\n' "no-op rebuild" "$mb_noop"
+    printf '%-28s %10.3f\n' "one-file edit (last COPY)" "$mb_edit"
+fi
+grep -o 'synced `context` in [^)]*)' "$work/daemon.log" | tail -1 | sed 's/^/last context sync: /' || true
