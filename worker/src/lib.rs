@@ -22,6 +22,7 @@ pub mod caller;
 pub mod containerd;
 pub mod engine;
 pub mod export;
+pub mod filesync;
 pub mod fingerprint;
 mod followpaths;
 pub mod fsops;
