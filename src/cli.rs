@@ -154,6 +154,17 @@ pub struct BuildArgs {
     /// several times.
     #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEY[,KEY]]")]
     pub ssh: Vec<String>,
+    /// Build on this BuildKit daemon (buildkitd or `memobuild daemon`) instead of locally:
+    /// `unix:///PATH` or `tcp://HOST:PORT`, as buildctl's `--addr`. The context and the
+    /// Dockerfile's directory are sent to it, outputs come back here; the local engine's flags
+    /// (`--containerd`, `--state-dir`, `--remote-cache`, `--max-parallelism`, `--explain`,
+    /// `--cache-max-size`) do not apply.
+    #[arg(long, value_name = "ADDR", env = "BUILDKIT_HOST")]
+    pub addr: Option<String>,
+    /// With `--addr`: allow a privileged entitlement (`network.host`, `security.insecure`,
+    /// `device`); the daemon must allow it too. May be given several times.
+    #[arg(long = "allow", value_name = "ENTITLEMENT", requires = "addr")]
+    pub allow: Vec<String>,
 }
 
 impl BuildArgs {
