@@ -199,9 +199,11 @@ fn lost_connection(e: anyhow::Error, address: &Address) -> anyhow::Error {
         })
     });
     if broken {
-        e.context(format!(
-            "lost the connection to the BuildKit daemon at {address}"
-        ))
+        // The layers in between (`transport error`, twice) say nothing the root cause does not.
+        anyhow::anyhow!(
+            "lost the connection to the BuildKit daemon at {address}: {}",
+            e.root_cause()
+        )
     } else {
         e
     }
@@ -247,9 +249,9 @@ mod tests {
             remote(tonic::Status::unavailable("connection reset")).context("failed to solve"),
             &address,
         );
-        assert!(
-            format!("{e:#}")
-                .starts_with("lost the connection to the BuildKit daemon at unix:///tmp/bk.sock")
+        assert_eq!(
+            format!("{e:#}"),
+            "lost the connection to the BuildKit daemon at unix:///tmp/bk.sock: connection reset"
         );
         let e = lost_connection(remote(tonic::Status::unknown("exit code: 1")), &address);
         assert_eq!(format!("{e:#}"), "exit code: 1");

@@ -110,28 +110,40 @@ impl Service<Uri> for UnixConnector {
 
 /// Connects to the daemon (h2c, prior knowledge). Fails at once when nothing listens.
 pub async fn connect(address: &Address) -> anyhow::Result<Channel> {
-    let hint = || {
-        format!(
-            "cannot connect to the BuildKit daemon at {address} (is buildkitd or `memobuild daemon` running?)"
-        )
-    };
-    match address {
+    let connected = match address {
         Address::Unix(path) => {
             // grpc-go names a unix target `localhost`; nothing routes on it.
             endpoint("http://localhost")?
                 .connect_with_connector(UnixConnector(path.clone()))
                 .await
-                .map_err(anyhow::Error::from)
-                .with_context(hint)
         }
-        Address::Tcp { authority } => endpoint(&format!("http://{authority}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(anyhow::Error::from)
-            .with_context(hint),
+        Address::Tcp { authority } => {
+            endpoint(&format!("http://{authority}"))?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .connect()
+                .await
+        }
+    };
+    // tonic wraps the cause in `transport error` layers that repeat it; the cause is what a
+    // user can act on.
+    connected.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to the BuildKit daemon at {address} (is buildkitd or `memobuild daemon` running?): {}",
+            root_cause(&e)
+        )
+    })
+}
+
+/// The innermost error of a chain.
+fn root_cause<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> &'a (dyn std::error::Error + 'static) {
+    let mut e = e;
+    while let Some(source) = e.source() {
+        e = source;
     }
+    e
 }
 
 fn endpoint(uri: &str) -> anyhow::Result<Endpoint> {

@@ -4,8 +4,10 @@
 //! (`client/graph.go`), so the same vertex arrives several times: first with `started`, then
 //! with `completed` (and `cached` or `error`). [`StatusTracker`] remembers what each vertex
 //! last reported and turns only the transitions into events, in the order our renderers
-//! expect (a vertex is announced before it completes). A vertex that runs again (BuildKit
-//! reuses exporter vertices) gets a new `started` and is shown again.
+//! expect (a vertex is announced before it completes). A vertex that runs again after it
+//! completed (BuildKit resends `[internal] load build definition` and `FROM` with a new
+//! `started` when the frontend solves them again) is not announced again: buildctl's printer
+//! merges such intervals into one entry, and so do we, unless the new run fails.
 //!
 //! `VertexStatus` (transfer progress such as `transferring context: 2.1MB`) has no
 //! counterpart among our events yet and is dropped; warnings become messages.
@@ -21,10 +23,12 @@ use prost_types::Timestamp;
 #[derive(Debug, Default)]
 struct Seen {
     name: String,
-    /// `started` of the run we announced, if any.
+    /// `started` of the latest run, if any.
     started: Option<Timestamp>,
-    /// Whether that run's end was reported.
+    /// Whether the latest run's end was seen.
     finished: bool,
+    /// Whether an end was reported: later runs are then merged into it.
+    reported: bool,
 }
 
 /// Converts status updates into progress events, one transition at a time.
@@ -77,8 +81,9 @@ impl StatusTracker {
         if new_run {
             seen.started = v.started;
             seen.finished = false;
-            // A cached vertex is announced by its CACHED line alone.
-            if !(v.cached && v.completed.is_some()) {
+            // A cached vertex is announced by its CACHED line alone, a run again by nothing.
+            let cached_now = v.cached && v.completed.is_some();
+            if !cached_now && !seen.reported {
                 events.push(event(VertexState::Started, None, None));
             }
         }
@@ -88,20 +93,25 @@ impl StatusTracker {
         if seen.finished {
             return;
         }
+        seen.finished = true;
+        let failed = !v.error.is_empty();
+        if seen.reported && !failed {
+            return;
+        }
         if seen.started.is_none() && !v.cached {
             // Completed without ever being started (possible for a failed one): announce it
             // so the line that ends it has a name above it.
             events.push(event(VertexState::Started, None, None));
         }
-        seen.finished = true;
+        seen.reported = true;
         let duration = v
             .started
             .as_ref()
             .and_then(|started| elapsed(started, &completed));
-        events.push(if v.cached {
-            event(VertexState::Cached, None, None)
-        } else if !v.error.is_empty() {
+        events.push(if failed {
             event(VertexState::Error, duration, Some(v.error.clone()))
+        } else if v.cached {
+            event(VertexState::Cached, None, None)
         } else {
             event(VertexState::Completed, duration, None)
         });
@@ -271,22 +281,30 @@ mod tests {
     }
 
     #[test]
-    fn a_vertex_that_runs_again_is_shown_again() {
+    fn a_vertex_that_runs_again_is_merged_unless_it_fails() {
         let mut t = StatusTracker::new();
         t.update(update(vec![vertex("r", ts(1, 0), ts(2, 0))]));
-        let again = t.update(update(vec![vertex("r", ts(5, 0), None)]));
-        assert_eq!(
-            states(&again),
-            vec![("r".into(), VertexState::Started, None, None)]
+        assert!(
+            t.update(update(vec![vertex("r", ts(5, 0), None)]))
+                .is_empty()
         );
-        let done = t.update(update(vec![vertex("r", ts(5, 0), ts(6, 0))]));
+        assert!(
+            t.update(update(vec![vertex("r", ts(5, 0), ts(6, 0))]))
+                .is_empty()
+        );
+        assert!(
+            t.update(update(vec![vertex("r", ts(7, 0), None)]))
+                .is_empty()
+        );
+        let mut failed = vertex("r", ts(7, 0), ts(9, 0));
+        failed.error = "boom".into();
         assert_eq!(
-            states(&done),
+            states(&t.update(update(vec![failed]))),
             vec![(
                 "r".into(),
-                VertexState::Completed,
-                Some(Duration::from_secs(1)),
-                None
+                VertexState::Error,
+                Some(Duration::from_secs(2)),
+                Some("boom".into())
             )]
         );
     }
