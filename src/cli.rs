@@ -165,6 +165,24 @@ pub struct BuildArgs {
     /// `device`); the daemon must allow it too. May be given several times.
     #[arg(long = "allow", value_name = "ENTITLEMENT", requires = "addr")]
     pub allow: Vec<String>,
+    /// With `--addr tcp://`: CA certificate the daemon's certificate must chain to (TLS is
+    /// used when any TLS flag is given; default roots: the system's).
+    #[arg(long, value_name = "FILE", requires = "addr")]
+    pub tlscacert: Option<PathBuf>,
+    /// With `--addr tcp://`: client certificate for TLS.
+    #[arg(long, value_name = "FILE", requires = "addr")]
+    pub tlscert: Option<PathBuf>,
+    /// With `--addr tcp://`: client key for TLS.
+    #[arg(long, value_name = "FILE", requires = "addr")]
+    pub tlskey: Option<PathBuf>,
+    /// With `--addr tcp://`: the name the daemon's certificate must carry (default: the
+    /// address's host).
+    #[arg(long, value_name = "NAME", requires = "addr")]
+    pub tlsservername: Option<String>,
+    /// With `--addr tcp://`: a directory holding `ca.pem`, `cert.pem`, `key.pem` (or `ca.crt`,
+    /// `tls.crt`, `tls.key`), instead of the three flags.
+    #[arg(long, value_name = "DIR", requires = "addr", conflicts_with_all = ["tlscacert", "tlscert", "tlskey"])]
+    pub tlsdir: Option<PathBuf>,
 }
 
 impl BuildArgs {

@@ -55,7 +55,16 @@ pub async fn build(args: BuildArgs, addr: &str) -> anyhow::Result<()> {
     // Key files are loaded into an agent of our own, stopped when the build is over.
     let (ssh, _private_agents) = ssh_agents(&args).await?;
 
-    let channel = connect::connect(&address).await?;
+    let tls = match &args.tlsdir {
+        Some(dir) => connect::TlsFiles::from_dir(dir, args.tlsservername.clone())?,
+        None => connect::TlsFiles {
+            ca_cert: args.tlscacert.clone(),
+            cert: args.tlscert.clone(),
+            key: args.tlskey.clone(),
+            server_name: args.tlsservername.clone(),
+        },
+    };
+    let channel = connect::connect(&address, &tls).await?;
     connect::control(&channel)
         .list_workers(ListWorkersRequest::default())
         .await
@@ -175,8 +184,23 @@ pub fn remote(status: tonic::Status) -> anyhow::Error {
 #[derive(Debug)]
 pub struct RemoteError(pub tonic::Status);
 
+impl RemoteError {
+    /// The transport failure behind the status, when the call never got an answer: the
+    /// innermost cause, since tonic's layers above it (`transport error`, twice) repeat it.
+    fn transport_cause(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let mut cause = std::error::Error::source(&self.0)?;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        Some(cause)
+    }
+}
+
 impl std::fmt::Display for RemoteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(cause) = self.transport_cause() {
+            return write!(f, "{cause}");
+        }
         match self.0.message() {
             "" => write!(f, "{}", self.0.code()),
             m => f.write_str(m),
@@ -184,11 +208,7 @@ impl std::fmt::Display for RemoteError {
     }
 }
 
-impl std::error::Error for RemoteError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        std::error::Error::source(&self.0)
-    }
-}
+impl std::error::Error for RemoteError {}
 
 /// Names the daemon when the connection to it broke, which otherwise reads as a bare
 /// transport error.
@@ -199,7 +219,7 @@ fn lost_connection(e: anyhow::Error, address: &Address) -> anyhow::Error {
         })
     });
     if broken {
-        // The layers in between (`transport error`, twice) say nothing the root cause does not.
+        // What the build was doing when the connection broke does not help; where it broke does.
         anyhow::anyhow!(
             "lost the connection to the BuildKit daemon at {address}: {}",
             e.root_cause()

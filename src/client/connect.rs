@@ -1,7 +1,8 @@
 //! Reaching a BuildKit daemon: the `--addr` forms buildctl accepts for a local or TCP daemon,
-//! and one gRPC channel that Control and LLBBridge calls share, with BuildKit's message limits.
+//! TLS as buildctl's flags configure it, and one gRPC channel that Control and LLBBridge calls
+//! share, with BuildKit's message limits.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use memobuild_proto::control::control_client::ControlClient;
 use memobuild_proto::gateway::llb_bridge_client::LlbBridgeClient;
 use tonic::codegen::Service;
 use tonic::codegen::http::Uri;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Send and receive limit of every call, as buildctl and buildkitd set them
 /// (`containerd/defaults`): four times tonic's default decode limit, which a large
@@ -108,9 +109,90 @@ impl Service<Uri> for UnixConnector {
     }
 }
 
-/// Connects to the daemon (h2c, prior knowledge). Fails at once when nothing listens.
-pub async fn connect(address: &Address) -> anyhow::Result<Channel> {
+/// buildctl's TLS flags (`--tlscacert`, `--tlscert`, `--tlskey`, `--tlsservername`,
+/// `--tlsdir`). TLS is used when any file is given; only with `tcp://` addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificate (PEM) the daemon's certificate must chain to; without it, the system's
+    /// roots.
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM), for daemons that verify clients.
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    pub key: Option<PathBuf>,
+    /// The name the daemon's certificate must carry; default: the address's host.
+    pub server_name: Option<String>,
+}
+
+impl TlsFiles {
+    /// The files of a `--tlsdir`, as buildctl finds them: `ca.pem` or `ca.crt`, `cert.pem`
+    /// or `tls.crt`, `key.pem` or `tls.key`.
+    pub fn from_dir(dir: &Path, server_name: Option<String>) -> anyhow::Result<TlsFiles> {
+        let one_of = |a: &str, b: &str| -> anyhow::Result<PathBuf> {
+            [a, b]
+                .iter()
+                .map(|n| dir.join(n))
+                .find(|p| p.is_file())
+                .with_context(|| {
+                    format!(
+                        "directory `{}` did not contain one of the needed files: {a} or {b}",
+                        dir.display()
+                    )
+                })
+        };
+        Ok(TlsFiles {
+            ca_cert: Some(one_of("ca.pem", "ca.crt")?),
+            cert: Some(one_of("cert.pem", "tls.crt")?),
+            key: Some(one_of("key.pem", "tls.key")?),
+            server_name,
+        })
+    }
+
+    fn enabled(&self) -> bool {
+        self.ca_cert.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// tonic's TLS configuration for a daemon at `host`.
+    async fn config(&self, host: &str) -> anyhow::Result<ClientTlsConfig> {
+        let read = |p: PathBuf, what: &'static str| async move {
+            tokio::fs::read(&p)
+                .await
+                .with_context(|| format!("could not read {what} `{}`", p.display()))
+        };
+        let server_name = self.server_name.clone().unwrap_or_else(|| {
+            // `[::1]` names the host `::1`.
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        });
+        let mut config = ClientTlsConfig::new().domain_name(server_name);
+        config = match &self.ca_cert {
+            Some(ca) => config.ca_certificate(Certificate::from_pem(
+                read(ca.clone(), "ca certificate").await?,
+            )),
+            None => config.with_native_roots(),
+        };
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(Identity::from_pem(
+                    read(cert.clone(), "certificate").await?,
+                    read(key.clone(), "key").await?,
+                ));
+            }
+            (None, None) => {}
+            _ => bail!("could not read certificate/key: give both --tlscert and --tlskey"),
+        }
+        Ok(config)
+    }
+}
+
+/// Connects to the daemon: h2c with prior knowledge, or TLS when `tls` has files. Fails at
+/// once when nothing listens.
+pub async fn connect(address: &Address, tls: &TlsFiles) -> anyhow::Result<Channel> {
     let connected = match address {
+        Address::Unix(_) if tls.enabled() => {
+            bail!("TLS is only supported with tcp:// daemon addresses")
+        }
         Address::Unix(path) => {
             // grpc-go names a unix target `localhost`; nothing routes on it.
             endpoint("http://localhost")?
@@ -118,11 +200,19 @@ pub async fn connect(address: &Address) -> anyhow::Result<Channel> {
                 .await
         }
         Address::Tcp { authority } => {
-            endpoint(&format!("http://{authority}"))?
+            let scheme = if tls.enabled() { "https" } else { "http" };
+            let mut endpoint = endpoint(&format!("{scheme}://{authority}"))?
                 .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .connect()
-                .await
+                .tcp_nodelay(true);
+            if tls.enabled() {
+                let host = authority
+                    .rsplit_once(':')
+                    .map_or(authority.as_str(), |(h, _)| h);
+                endpoint = endpoint
+                    .tls_config(tls.config(host).await?)
+                    .context("configuring TLS")?;
+            }
+            endpoint.connect().await
         }
     };
     // tonic wraps the cause in `transport error` layers that repeat it; the cause is what a
@@ -191,6 +281,44 @@ mod tests {
             Address::parse("unix:///tmp/bk.sock").unwrap().to_string(),
             "unix:///tmp/bk.sock"
         );
+    }
+
+    #[test]
+    fn tls_dir_as_buildctl_reads_it() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["ca.crt", "cert.pem", "tls.key"] {
+            std::fs::write(d.path().join(f), "x").unwrap();
+        }
+        let files = TlsFiles::from_dir(d.path(), Some("buildkitd".into())).unwrap();
+        assert_eq!(
+            files,
+            TlsFiles {
+                ca_cert: Some(d.path().join("ca.crt")),
+                cert: Some(d.path().join("cert.pem")),
+                key: Some(d.path().join("tls.key")),
+                server_name: Some("buildkitd".into()),
+            }
+        );
+        std::fs::remove_file(d.path().join("tls.key")).unwrap();
+        let err = TlsFiles::from_dir(d.path(), None).unwrap_err().to_string();
+        assert!(err.contains("key.pem or tls.key"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn tls_needs_tcp_and_both_halves_of_a_key_pair() {
+        let unix = Address::Unix("/nonexistent.sock".into());
+        let tls = TlsFiles {
+            ca_cert: Some("/nonexistent/ca.pem".into()),
+            ..TlsFiles::default()
+        };
+        let err = connect(&unix, &tls).await.unwrap_err().to_string();
+        assert!(err.contains("only supported with tcp://"), "{err}");
+        let half = TlsFiles {
+            cert: Some("/nonexistent/cert.pem".into()),
+            ..TlsFiles::default()
+        };
+        let err = format!("{:#}", half.config("h").await.unwrap_err());
+        assert!(err.contains("could not read certificate"), "{err}");
     }
 
     #[test]
