@@ -20,6 +20,7 @@ pub mod gateway;
 pub mod request;
 pub mod session;
 pub mod solve;
+pub mod source;
 pub mod status;
 
 use std::sync::Arc;
@@ -98,15 +99,24 @@ pub async fn build(args: BuildArgs, addr: &str) -> anyhow::Result<()> {
             "warning: no output specified; the result stays in the daemon's cache (use --output type=oci,dest=FILE, --output DIR or -t NAME --push)".into(),
         ));
     }
-    let result = tokio::select! {
-        r = solve::run(&channel, &ids, &request, headers, services.routes, &progress) => r,
+    let outcome = tokio::select! {
+        outcome = solve::run(&channel, &ids, &request, headers, services.routes, &progress) => outcome,
         // Dropping the build drops its calls, and the daemon cancels a build whose client
         // went away.
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = tokio::signal::ctrl_c() => solve::Outcome {
+            result: Err(anyhow::anyhow!("interrupted")),
+            failures: Vec::new(),
+        },
     };
     drop(progress);
     let _ = renderer.await;
-    let response = result.map_err(|e| lost_connection(e, &address))?;
+    if let Err(e) = &outcome.result {
+        print_failures(&outcome.failures);
+        for source in source::sources(e) {
+            eprint!("{}", source.render());
+        }
+    }
+    let response = outcome.result.map_err(|e| lost_connection(e, &address))?;
     for (k, v) in &response {
         tracing::debug!("exporter response: {k}={v}");
     }
@@ -114,6 +124,19 @@ pub async fn build(args: BuildArgs, addr: &str) -> anyhow::Result<()> {
         println!("{digest}");
     }
     Ok(())
+}
+
+/// What the failed steps printed last, above the one-line error, as buildctl (and a local
+/// build) show it.
+fn print_failures(failures: &[status::Failure]) {
+    for f in failures {
+        eprintln!("------");
+        eprintln!(" > {}:", f.name);
+        for line in &f.tail {
+            eprintln!("{line}");
+        }
+        eprintln!("------");
+    }
 }
 
 /// Fails early where buildctl would (it creates the file before the build): a file output

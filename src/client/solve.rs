@@ -26,7 +26,7 @@ use tonic::service::Routes;
 use tonic::transport::Channel;
 
 use crate::client::request::BuildRequest;
-use crate::client::status::StatusTracker;
+use crate::client::status::{Failure, StatusTracker};
 use crate::client::{connect, exporters, gateway, session};
 use crate::session::headers::SessionHeaders;
 
@@ -64,7 +64,16 @@ pub fn solve_request(ids: &Ids, request: &BuildRequest) -> SolveRequest {
     }
 }
 
-/// Runs the build and returns the exporters' response (`SolveResponse.ExporterResponse`).
+/// How a build ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The exporters' response (`SolveResponse.ExporterResponse`), or why there is none.
+    pub result: anyhow::Result<BTreeMap<String, String>>,
+    /// The vertices that failed, with their last output lines.
+    pub failures: Vec<Failure>,
+}
+
+/// Runs the build.
 pub async fn run(
     channel: &Channel,
     ids: &Ids,
@@ -72,6 +81,32 @@ pub async fn run(
     headers: SessionHeaders,
     routes: Routes,
     progress: &Progress,
+) -> Outcome {
+    let mut tracker = StatusTracker::new();
+    let result = build(
+        channel,
+        ids,
+        request,
+        headers,
+        routes,
+        progress,
+        &mut tracker,
+    )
+    .await;
+    Outcome {
+        result,
+        failures: tracker.failures(),
+    }
+}
+
+async fn build(
+    channel: &Channel,
+    ids: &Ids,
+    request: &BuildRequest,
+    headers: SessionHeaders,
+    routes: Routes,
+    progress: &Progress,
+    tracker: &mut StatusTracker,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let control = connect::control(channel);
     let solve_done = CancellationToken::new();
@@ -131,6 +166,7 @@ pub async fn run(
         ids.build_ref.clone(),
         solve_done.clone(),
         progress,
+        tracker,
     );
 
     let (session, solve, build_function, status) =
@@ -154,6 +190,7 @@ async fn status(
     build_ref: String,
     solve_done: CancellationToken,
     progress: &Progress,
+    tracker: &mut StatusTracker,
 ) -> anyhow::Result<()> {
     let mut stream = control
         .status(Request::new(StatusRequest { r#ref: build_ref }))
@@ -161,7 +198,6 @@ async fn status(
         .map_err(crate::client::remote)
         .context("failed to get status")?
         .into_inner();
-    let mut tracker = StatusTracker::new();
     let mut deadline: Option<Instant> = None;
     loop {
         let idle = async {

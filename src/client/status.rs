@@ -10,19 +10,30 @@
 //! merges such intervals into one entry, and so do we, unless the new run fails.
 //!
 //! `VertexStatus` (transfer progress such as `transferring context: 2.1MB`) has no
-//! counterpart among our events yet and is dropped; warnings become messages.
+//! counterpart among our events yet and is dropped; warnings become messages. The last
+//! [`TAIL_LINES`] lines each vertex logged are kept, so that a failed build can show what the
+//! failing step printed last, as buildctl does ([`StatusTracker::failures`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use memobuild_proto::control::{StatusResponse, Vertex, VertexLog, VertexWarning};
 use memobuild_worker::progress::{LogStream, ProgressEvent, VertexState};
 use prost_types::Timestamp;
 
+/// Log lines kept per vertex for [`StatusTracker::failures`] (BuildKit's `logsBufferSize`).
+pub const TAIL_LINES: usize = 10;
+
 /// What one vertex last reported.
 #[derive(Debug, Default)]
 struct Seen {
     name: String,
+    /// The error of its latest run (empty: none).
+    error: String,
+    /// Its last complete log lines, each prefixed with the seconds since its start.
+    tail: VecDeque<String>,
+    /// A log line not ended yet.
+    partial: Vec<u8>,
     /// `started` of the latest run, if any.
     started: Option<Timestamp>,
     /// Whether the latest run's end was seen.
@@ -35,6 +46,17 @@ struct Seen {
 #[derive(Debug, Default)]
 pub struct StatusTracker {
     vertices: HashMap<String, Seen>,
+    /// Digests in the order they first appeared.
+    order: Vec<String>,
+}
+
+/// A vertex that failed, with what it printed last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The vertex's name.
+    pub name: String,
+    /// Its last log lines, oldest first.
+    pub tail: Vec<String>,
 }
 
 impl StatusTracker {
@@ -51,6 +73,7 @@ impl StatusTracker {
             self.vertex(vertex, &mut events);
         }
         for log in response.logs {
+            self.keep_tail(&log);
             events.push(log_event(log));
         }
         for warning in response.warnings {
@@ -59,10 +82,66 @@ impl StatusTracker {
         events
     }
 
+    /// The vertices whose latest run failed (cancelled ones aside), in order of appearance.
+    pub fn failures(&self) -> Vec<Failure> {
+        self.order
+            .iter()
+            .filter_map(|d| self.vertices.get(d))
+            .filter(|v| !v.error.is_empty() && !v.error.ends_with("context canceled"))
+            .map(|v| {
+                let mut tail: Vec<String> = v.tail.iter().cloned().collect();
+                if !v.partial.is_empty() {
+                    tail.push(String::from_utf8_lossy(&v.partial).into_owned());
+                }
+                let skip = tail.len().saturating_sub(TAIL_LINES);
+                Failure {
+                    name: v.name.clone(),
+                    tail: tail.split_off(skip),
+                }
+            })
+            .collect()
+    }
+
+    fn seen(&mut self, digest: &str) -> &mut Seen {
+        if !self.vertices.contains_key(digest) {
+            self.order.push(digest.to_owned());
+        }
+        self.vertices.entry(digest.to_owned()).or_default()
+    }
+
+    fn keep_tail(&mut self, log: &VertexLog) {
+        let seen = self.seen(&log.vertex);
+        let since = match (&seen.started, &log.timestamp) {
+            (Some(started), Some(at)) => elapsed(started, at).unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
+        let sec = since.as_secs_f64();
+        // BuildKit's printer: three decimals under 10 s, two under 100 s, then one.
+        let prec = if sec < 10.0 {
+            3
+        } else if sec < 100.0 {
+            2
+        } else {
+            1
+        };
+        seen.partial.extend_from_slice(&log.msg);
+        while let Some(end) = seen.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = seen.partial.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+            if seen.tail.len() == TAIL_LINES {
+                seen.tail.pop_front();
+            }
+            seen.tail.push_back(format!("{sec:.prec$} {text}"));
+        }
+    }
+
     fn vertex(&mut self, v: Vertex, events: &mut Vec<ProgressEvent>) {
-        let seen = self.vertices.entry(v.digest.clone()).or_default();
+        let seen = self.seen(&v.digest);
         if !v.name.is_empty() {
             seen.name = v.name.clone();
+        }
+        if v.completed.is_some() {
+            seen.error = v.error.clone();
         }
         let name = seen.name.clone();
         let event = |state, duration, error| ProgressEvent::Vertex {
@@ -319,6 +398,46 @@ mod tests {
             ProgressEvent::Vertex { name, .. } => assert_eq!(name, "step n"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn failures_keep_the_last_lines_of_failed_vertices() {
+        let mut t = StatusTracker::new();
+        t.update(update(vec![
+            vertex("ok", ts(1, 0), None),
+            vertex("bad", ts(1, 0), None),
+        ]));
+        let log = |vertex: &str, at: i64, msg: &str| VertexLog {
+            vertex: vertex.into(),
+            timestamp: ts(at, 500_000_000),
+            stream: 1,
+            msg: msg.as_bytes().to_vec(),
+        };
+        let mut logs = vec![log("ok", 2, "fine\n")];
+        for i in 0..12 {
+            logs.push(log("bad", 1, &format!("line {i}\n")));
+        }
+        logs.push(log("bad", 12, "no newline"));
+        t.update(StatusResponse {
+            logs,
+            ..StatusResponse::default()
+        });
+        let mut bad = vertex("bad", ts(1, 0), ts(13, 0));
+        bad.error = "exit code: 3".into();
+        t.update(update(vec![vertex("ok", ts(1, 0), ts(3, 0)), bad]));
+        let failures = t.failures();
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].name, "step bad");
+        assert_eq!(failures[0].tail.len(), TAIL_LINES);
+        assert_eq!(failures[0].tail[0], "0.500 line 3");
+        assert_eq!(failures[0].tail[8], "0.500 line 11");
+        assert_eq!(failures[0].tail[9], "no newline");
+
+        let mut cancelled = vertex("c", ts(1, 0), ts(2, 0));
+        cancelled.error = "failed: context canceled".into();
+        let mut t = StatusTracker::new();
+        t.update(update(vec![cancelled]));
+        assert!(t.failures().is_empty());
     }
 
     #[test]
