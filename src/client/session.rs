@@ -162,7 +162,7 @@ where
 /// fails the calls in flight, and the build reports those.
 pub async fn run(
     mut control: ControlClient<Channel>,
-    headers: &SessionHeaders,
+    headers: SessionHeaders,
     routes: Routes,
     close: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -177,27 +177,33 @@ pub async fn run(
         .to_metadata()
         .context("encoding the session headers")?;
     // The daemon answers with headers at once (its HTTP/2 client writes its preface first),
-    // so waiting for them here cannot wait on us.
-    let incoming = control
-        .session(request)
-        .await
+    // so waiting for them here cannot wait on us; a daemon that never answers is given up
+    // like one that never ends the session.
+    let grace = async {
+        close.cancelled().await;
+        tokio::time::sleep(CLOSE_GRACE).await;
+    };
+    tokio::pin!(grace);
+    let opened = tokio::select! {
+        opened = control.session(request) => opened,
+        () = &mut grace => {
+            tracing::debug!("the daemon never answered the session; dropping it");
+            return Ok(());
+        }
+    };
+    let incoming = opened
         .map_err(crate::client::remote)
         .context("opening the session")?
         .into_inner()
         .map_ok(|m| m.data);
     let io = TunnelIo::new(incoming, tx);
-    let serve = transport::serve(io, routes);
-    let grace = async {
-        close.cancelled().await;
-        tokio::time::sleep(CLOSE_GRACE).await;
-    };
     tokio::select! {
-        result = serve => {
+        result = transport::serve(io, routes) => {
             if let Err(e) = result {
                 tracing::debug!("session connection ended: {e:#}");
             }
         }
-        () = grace => tracing::debug!("the daemon did not end the session; dropping it"),
+        () = &mut grace => tracing::debug!("the daemon did not end the session; dropping it"),
     }
     Ok(())
 }

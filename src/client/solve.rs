@@ -115,7 +115,7 @@ async fn build(
 
     let session = {
         let (control, close) = (control.clone(), session_close.clone());
-        async move { session::run(control, &headers, routes, close).await }
+        async move { session::run(control, headers, routes, close).await }
     };
 
     let solve = {

@@ -33,6 +33,7 @@ use tonic_prost::ProstCodec;
 
 use crate::client::exporters::Target;
 use crate::client::session::{Services, SessionConfig};
+use crate::session::headers::SessionHeaders;
 use crate::session::transport::{TunnelIo, connect, serve};
 
 /// Turns a hang into a test failure.
@@ -623,4 +624,82 @@ async fn ssh_forwards_a_read_only_agent() {
         bytes.extend(m.data);
     }
     assert_eq!(bytes, [0, 0, 0, 2, 5, 11, 0, 0, 0, 1, 5]);
+}
+
+/// A daemon's `Control/Session` as BuildKit runs it: reads the session headers, dials the
+/// client's services through the stream, checks their health, and reports what it saw.
+struct FakeDaemon {
+    seen: mpsc::Sender<(SessionHeaders, i32)>,
+}
+
+#[tonic::async_trait]
+impl memobuild_proto::control::control_server::Control for FakeDaemon {
+    async fn session(
+        &self,
+        request: Request<tonic::Streaming<memobuild_proto::control::BytesMessage>>,
+    ) -> Result<
+        tonic::Response<tonic::codegen::BoxStream<memobuild_proto::control::BytesMessage>>,
+        Status,
+    > {
+        let headers = SessionHeaders::from_metadata(request.metadata())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(8);
+        let incoming = request.into_inner().map(|m| m.map(|m| m.data));
+        let io = TunnelIo::new(incoming, tx);
+        let seen = self.seen.clone();
+        tokio::spawn(async move {
+            let channel = connect(io).await.unwrap();
+            let health = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            seen.send((headers, health)).await.unwrap();
+        });
+        let out = stream(rx).map(|data| Ok(memobuild_proto::control::BytesMessage { data }));
+        Ok(tonic::Response::new(out.boxed()))
+    }
+}
+
+#[tokio::test]
+async fn run_opens_the_session_with_its_headers_and_ends_on_close() {
+    let (seen_tx, mut seen) = mpsc::channel(1);
+    let incoming =
+        tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = incoming.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                memobuild_proto::control::control_server::ControlServer::new(FakeDaemon {
+                    seen: seen_tx,
+                }),
+            )
+            .serve_with_incoming(incoming),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let services = Services::new(config());
+    let headers = crate::client::session::headers("sess-1", "key-1", &services);
+    let close = CancellationToken::new();
+    let run = tokio::spawn(crate::client::session::run(
+        crate::client::connect::control(&channel),
+        headers.clone(),
+        services.routes,
+        close.clone(),
+    ));
+    let (got, health) = within("the daemon's health check", seen.recv())
+        .await
+        .unwrap();
+    assert_eq!(got, headers);
+    assert_eq!(
+        health,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    // The build is over: our half-close ends the daemon's side, and so the session.
+    close.cancel();
+    within("the session's end", run).await.unwrap().unwrap();
 }
