@@ -234,12 +234,12 @@ impl std::fmt::Display for RemoteError {
 impl std::error::Error for RemoteError {}
 
 /// Names the daemon when the connection to it broke, which otherwise reads as a bare
-/// transport error.
+/// transport error. Statuses the daemon sent (whatever their code) are its own words; only
+/// failures our side of the connection saw carry a transport cause.
 fn lost_connection(e: anyhow::Error, address: &Address) -> anyhow::Error {
     let broken = e.chain().any(|c| {
-        c.downcast_ref::<RemoteError>().is_some_and(|r| {
-            r.0.code() == tonic::Code::Unavailable || std::error::Error::source(&r.0).is_some()
-        })
+        c.downcast_ref::<RemoteError>()
+            .is_some_and(|r| r.transport_cause().is_some())
     });
     if broken {
         // What the build was doing when the connection broke does not help; where it broke does.
@@ -288,15 +288,21 @@ mod tests {
     #[test]
     fn a_broken_connection_names_the_daemon() {
         let address = Address::parse("unix:///tmp/bk.sock").unwrap();
-        let e = lost_connection(
-            remote(tonic::Status::unavailable("connection reset")).context("failed to solve"),
-            &address,
-        );
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset");
+        let transport = tonic::Status::from_error(Box::new(reset));
+        let e = lost_connection(remote(transport).context("failed to solve"), &address);
         assert_eq!(
             format!("{e:#}"),
             "lost the connection to the BuildKit daemon at unix:///tmp/bk.sock: connection reset"
         );
-        let e = lost_connection(remote(tonic::Status::unknown("exit code: 1")), &address);
-        assert_eq!(format!("{e:#}"), "exit code: 1");
+        // The daemon's own statuses stay as they are, Unavailable included.
+        for status in [
+            tonic::Status::unknown("exit code: 1"),
+            tonic::Status::unavailable("no active sessions"),
+        ] {
+            let message = status.message().to_owned();
+            let e = lost_connection(remote(status), &address);
+            assert_eq!(format!("{e:#}"), message);
+        }
     }
 }
