@@ -152,7 +152,7 @@ pub fn parse_dockerignore(text: &str) -> Vec<String> {
 
 /// `KEY=VALUE` pairs; a bare `KEY` takes its value from the environment (and is skipped when the
 /// environment has none), as `docker build` does.
-fn parse_build_args(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn parse_build_args(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for a in raw {
         let (k, v) = match a.split_once('=') {

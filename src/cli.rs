@@ -207,6 +207,35 @@ pub struct BuildArgs {
     /// several times.
     #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEY[,KEY]]")]
     pub ssh: Vec<String>,
+    /// Build on this BuildKit daemon (buildkitd or `memobuild daemon`) instead of locally:
+    /// `unix:///PATH` or `tcp://HOST:PORT`, as buildctl's `--addr`. The context and the
+    /// Dockerfile's directory are sent to it, outputs come back here; the local engine's flags
+    /// (`--containerd`, `--state-dir`, `--remote-cache`, `--max-parallelism`, `--explain`,
+    /// `--cache-max-size`) do not apply.
+    #[arg(long, value_name = "ADDR", env = "BUILDKIT_HOST")]
+    pub addr: Option<String>,
+    /// With `--addr`: allow a privileged entitlement (`network.host`, `security.insecure`,
+    /// `device`); the daemon must allow it too. May be given several times.
+    #[arg(long = "allow", value_name = "ENTITLEMENT", requires = "addr")]
+    pub allow: Vec<String>,
+    /// With `--addr tcp://`: CA certificate the daemon's certificate must chain to (TLS is
+    /// used when any TLS flag is given; default roots: the system's).
+    #[arg(long, value_name = "FILE", requires = "addr")]
+    pub tlscacert: Option<PathBuf>,
+    /// With `--addr tcp://`: client certificate for TLS.
+    #[arg(long, value_name = "FILE", requires = "addr")]
+    pub tlscert: Option<PathBuf>,
+    /// With `--addr tcp://`: client key for TLS.
+    #[arg(long, value_name = "FILE", requires = "addr")]
+    pub tlskey: Option<PathBuf>,
+    /// With `--addr tcp://`: the name the daemon's certificate must carry (default: the
+    /// address's host).
+    #[arg(long, value_name = "NAME", requires = "addr")]
+    pub tlsservername: Option<String>,
+    /// With `--addr tcp://`: a directory holding `ca.pem`, `cert.pem`, `key.pem` (or `ca.crt`,
+    /// `tls.crt`, `tls.key`), instead of the three flags.
+    #[arg(long, value_name = "DIR", requires = "addr", conflicts_with_all = ["tlscacert", "tlscert", "tlskey"])]
+    pub tlsdir: Option<PathBuf>,
 }
 
 impl BuildArgs {

@@ -5,6 +5,7 @@
 mod build;
 mod cache_cmd;
 mod cli;
+mod client;
 mod credentials;
 mod daemon;
 mod dump;
@@ -41,7 +42,10 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            cli::Command::Build(args) => build::build(args).await,
+            cli::Command::Build(args) => match args.addr.clone().filter(|a| !a.is_empty()) {
+                Some(addr) => client::build(args, &addr).await,
+                None => build::build(args).await,
+            },
             cli::Command::Lower(args) => build::lower(args).await,
             cli::Command::Why(args) => build::why(args),
             cli::Command::Server(args) => server::run(args).await,

@@ -82,8 +82,18 @@ fn split_csv(spec: &str) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-/// Parses one `--output` value.
+/// Parses one `--output` value and checks it against what this machine's exporters accept.
 pub fn parse(spec: &str) -> anyhow::Result<Output> {
+    let out = parse_fields(spec)?;
+    // Checked now, so a bad spec fails before anything is built.
+    out.spec(&["check:latest".into()])
+        .with_context(|| format!("invalid output `{spec}`"))?;
+    Ok(out)
+}
+
+/// Parses one `--output` value into type, attributes and `dest`, without judging them: a
+/// remote daemon (`build --addr`) has exporters and keys of its own.
+pub fn parse_fields(spec: &str) -> anyhow::Result<Output> {
     if !spec.contains('=') {
         if spec == "-" {
             bail!("invalid output `-`: writing to stdout is not supported; use type=oci,dest=FILE");
@@ -108,15 +118,11 @@ pub fn parse(spec: &str) -> anyhow::Result<Output> {
         .remove("dest")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from);
-    let out = Output {
+    Ok(Output {
         kind,
         attrs: fields,
         dest,
-    };
-    // Checked now, so a bad spec fails before anything is built.
-    out.spec(&["check:latest".into()])
-        .with_context(|| format!("invalid output `{spec}`"))?;
-    Ok(out)
+    })
 }
 
 /// `--push`: pushes the `type=image` outputs, or adds one pushing the `-t` names (buildx's

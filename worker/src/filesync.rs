@@ -39,7 +39,7 @@
 //!   transfer left in `dest` (a symlink to `/`, say) can make it write outside `dest`.
 //! * **Incremental.** A regular file whose type, size and mtime (ns) match the disk is not
 //!   requested; differing mode, owner or xattrs are fixed in place. Anything the listing does
-//!   not name is removed. New content lands in a temporary file renamed into place once
+//!   not name is removed, unless [`ReceiveOptions::merge`] keeps it. New content lands in a temporary file renamed into place once
 //!   complete, so a failed transfer leaves old or new files, never partial ones, and the next
 //!   transfer repairs the rest (stray temporary files included).
 //! * **Ownership.** With [`ReceiveOptions::chown`] entries get the STAT's uid/gid (and

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -362,7 +362,7 @@ impl AgentProxy {
                     Ok((conn, _)) => {
                         let agent = agent.clone();
                         conns.spawn(async move {
-                            if let Err(e) = relay(conn, &agent).await {
+                            if let Err(e) = relay_read_only(conn, &agent).await {
                                 tracing::debug!("ssh agent connection: {e}");
                             }
                         });
@@ -397,7 +397,13 @@ impl Drop for AgentProxy {
 
 /// Relays one client connection: each request the client may make is forwarded to the agent
 /// (connected on first use) and its reply returned; any other request gets a failure reply.
-async fn relay(mut client: UnixStream, agent: &Path) -> io::Result<()> {
+/// The client may be any byte stream: an exec's socket connection here, or a session's
+/// `SSH/ForwardAgent` call in `memobuild build --addr`, which serves the same read-only agent
+/// as buildctl.
+pub async fn relay_read_only<C>(mut client: C, agent: &Path) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let mut upstream: Option<UnixStream> = None;
     while let Some(request) = read_message(&mut client).await? {
         if !request
@@ -421,7 +427,7 @@ async fn relay(mut client: UnixStream, agent: &Path) -> io::Result<()> {
 }
 
 /// One agent protocol message (uint32 length, then that many bytes); `None` at a clean EOF.
-async fn read_message(s: &mut UnixStream) -> io::Result<Option<Vec<u8>>> {
+async fn read_message<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     match s.read_exact(&mut len).await {
         Ok(_) => {}
@@ -440,7 +446,7 @@ async fn read_message(s: &mut UnixStream) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(body))
 }
 
-async fn write_message(s: &mut UnixStream, body: &[u8]) -> io::Result<()> {
+async fn write_message<S: AsyncWrite + Unpin>(s: &mut S, body: &[u8]) -> io::Result<()> {
     let len = u32::try_from(body.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "agent message too long"))?;
     let mut buf = Vec::with_capacity(4 + body.len());

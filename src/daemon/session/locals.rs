@@ -157,6 +157,8 @@ impl SessionLocals {
                 // The client sends owners 0:0 (as buildctl and buildx do); the copy has them.
                 chown: true,
                 special_files: false,
+                // The copy mirrors the client's directory: what it no longer has goes.
+                merge: false,
                 filter: None,
                 progress: Some(report),
             },

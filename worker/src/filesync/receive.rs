@@ -41,6 +41,10 @@ pub struct ReceiveOptions {
     /// sockets, such entries are skipped: not created, counted in
     /// [`ReceiveStats::skipped`], and an old entry at their path is removed.
     pub special_files: bool,
+    /// Keep what the destination holds beyond the listing instead of removing it, as
+    /// fsutil's `ReceiveOpt.Merge` (BuildKit's client writes `type=local` exports this way
+    /// unless the output says `mode=delete`).
+    pub merge: bool,
     /// See [`StatFilter`].
     pub filter: Option<StatFilter>,
     /// See [`ProgressFn`].
@@ -52,6 +56,7 @@ impl fmt::Debug for ReceiveOptions {
         f.debug_struct("ReceiveOptions")
             .field("chown", &self.chown)
             .field("special_files", &self.special_files)
+            .field("merge", &self.merge)
             .field("filter", &self.filter.is_some())
             .field("progress", &self.progress.is_some())
             .finish()

@@ -272,7 +272,8 @@ impl DiskWriter {
         Ok(())
     }
 
-    /// Closes the innermost open directory, removing what the listing did not name in it.
+    /// Closes the innermost open directory, removing what the listing did not name in it
+    /// (unless merging).
     fn close_dir(&mut self) -> Result<(), FilesyncError> {
         let Some(closed) = self.dirs.pop() else {
             return Ok(());
@@ -280,6 +281,9 @@ impl DiskWriter {
         let Some(fd) = closed.fd else {
             return Ok(());
         };
+        if self.options.merge {
+            return Ok(());
+        }
         let names = disk::list_names(fd.as_fd()).map_err(self.apply.io("listing", &closed.path))?;
         for name in names {
             if closed.names.contains(&name) {

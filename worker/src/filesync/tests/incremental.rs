@@ -214,3 +214,31 @@ async fn receive_filter_sees_every_stat_and_can_keep_entries_out() {
         ["dir/local-only"]
     );
 }
+
+#[tokio::test]
+async fn merge_keeps_what_the_listing_does_not_name() {
+    let (src, dest) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(src.path(), "dir/new.txt", "new");
+    write(src.path(), "top.txt", "top");
+    write(dest.path(), "dir/old.txt", "old");
+    write(dest.path(), "top.txt", "stale");
+    write(dest.path(), "other/kept.txt", "kept");
+    let merge = ReceiveOptions {
+        merge: true,
+        ..keep_owners()
+    };
+    let (_, received) = transfer(src.path(), dest.path(), SendOptions::default(), merge).await;
+    assert_eq!(received.removed, 0);
+    for (rel, content) in [
+        ("dir/new.txt", "new"),
+        ("dir/old.txt", "old"),
+        ("top.txt", "top"),
+        ("other/kept.txt", "kept"),
+    ] {
+        assert_eq!(
+            fs::read_to_string(dest.path().join(rel)).unwrap(),
+            content,
+            "{rel}"
+        );
+    }
+}
