@@ -259,11 +259,16 @@ impl Applier {
                     ),
                     _ => (SFlag::S_IFIFO, 0),
                 };
-                match mknod(&target, flag, Mode::from_bits_truncate(mode & 0o777), dev) {
+                // Special files keep only their permission bits: a setuid device node is no
+                // one's business in an output directory.
+                let mode = mode & 0o777;
+                match mknod(&target, flag, Mode::from_bits_truncate(mode), dev) {
                     Ok(()) => self.set_meta(&target, mode, uid, gid, mtime, false)?,
-                    // Device nodes need root; without it they are left out, as rootless tools do.
-                    Err(nix::errno::Errno::EPERM) if !self.as_root => {
-                        tracing::warn!("skipping device node {}: not root", target.display());
+                    // Device nodes need the privilege to make them (root, outside a user
+                    // namespace, a filesystem that allows them); without it they are left out,
+                    // as rootless tools do.
+                    Err(nix::errno::Errno::EPERM) => {
+                        tracing::warn!("skipping device node {}: not permitted here", target.display());
                         return Ok(());
                     }
                     Err(e) => return Err(io::Error::from(e)),
@@ -347,9 +352,10 @@ impl Applier {
         if is_link {
             filetime::set_symlink_file_times(path, t, t)?;
         } else {
-            // After chown, which clears setuid/setgid.
+            // After chown, which clears setuid/setgid. Times are set by path without opening
+            // it: opening a FIFO would wait for a writer forever.
             fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-            filetime::set_file_times(path, t, t)?;
+            filetime::set_symlink_file_times(path, t, t)?;
         }
         Ok(())
     }
@@ -388,7 +394,7 @@ mod tests {
     use super::*;
     use crate::layer::{Entry, EntryKind, TarWriter};
     use std::io::Write;
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
     fn file(path: &str, data: &[u8], mode: u32) -> (Entry, Vec<u8>) {
         let mut e = Entry::new(path.as_bytes().to_vec(), EntryKind::File, mode);
@@ -422,6 +428,31 @@ mod tests {
             a.apply(io::Cursor::new(l))?;
         }
         a.finish()
+    }
+
+    // Verifies (issue 12 item 4): a FIFO in a layer is created, never opened (applying used to
+    // block forever waiting for a writer), and special files keep only their permission bits.
+    #[test]
+    fn fifos_are_made_not_opened_and_special_files_lose_setuid() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let mut fifo = Entry::new(b"run/pipe".to_vec(), EntryKind::Fifo, 0o4644);
+        fifo.mtime = 1000;
+        let l = layer(&[other("run", EntryKind::Dir), (fifo, Vec::new())], true);
+        // A hang is the failure: run it on a thread and give up after a while.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = root.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(apply(&r, &[l]).map_err(|e| e.to_string()));
+        });
+        let applied = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("applying a layer with a FIFO must not block");
+        applied.unwrap();
+        let md = fs::symlink_metadata(root.join("run/pipe")).unwrap();
+        assert!(md.file_type().is_fifo());
+        assert_eq!(md.mode() & 0o7777, 0o644);
+        assert_eq!(md.mtime(), 1000);
     }
 
     #[test]
