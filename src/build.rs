@@ -314,6 +314,8 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
         for w in &lowered.warnings {
             crate::pipeline::note(&progress, format!("warning: {w}"));
         }
+        crate::pipeline::check_entitlements(&lowered.definition, &args.allow, None)
+            .map_err(anyhow::Error::msg)?;
         let opts = SolveOptions {
             layer: Default::default(),
             max_parallel_exec: args.max_parallelism,

@@ -214,9 +214,9 @@ pub struct BuildArgs {
     /// `--cache-max-size`) do not apply.
     #[arg(long, value_name = "ADDR", env = "BUILDKIT_HOST")]
     pub addr: Option<String>,
-    /// With `--addr`: allow a privileged entitlement (`network.host`, `security.insecure`,
-    /// `device`); the daemon must allow it too. May be given several times.
-    #[arg(long = "allow", value_name = "ENTITLEMENT", requires = "addr")]
+    /// Allow a privileged entitlement: `network.host` (`RUN --network=host`),
+    /// `security.insecure`; with `--addr` the daemon must allow it too. Repeatable.
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
     pub allow: Vec<String>,
     /// With `--addr tcp://`: CA certificate the daemon's certificate must chain to (TLS is
     /// used when any TLS flag is given; default roots: the system's).

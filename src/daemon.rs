@@ -40,10 +40,6 @@ pub const DEFAULT_ADDR: &str = "unix:///run/memobuild/buildkitd.sock";
 /// How long a stopping daemon waits for cancelled builds to clean up.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
-/// Entitlements a client may ask for, and what they allow.
-const NETWORK_HOST: &str = "network.host";
-const SECURITY_INSECURE: &str = "security.insecure";
-
 /// Everything the services share.
 pub struct Daemon {
     /// The engine every build runs on.
@@ -90,35 +86,8 @@ impl Daemon {
     /// Refuses `def` if it needs an entitlement the client did not ask for or the daemon does
     /// not grant (host networking, privileged steps), as buildkitd does.
     pub fn check_entitlements(&self, def: &pb::Definition, asked: &[String]) -> Result<(), Status> {
-        use prost::Message;
-        for bytes in &def.def {
-            let Ok(op) = pb::Op::decode(bytes.as_slice()) else {
-                continue;
-            };
-            let Some(pb::op::Op::Exec(exec)) = &op.op else {
-                continue;
-            };
-            let mut needs = Vec::new();
-            if exec.network == pb::NetMode::Host as i32 {
-                needs.push(NETWORK_HOST);
-            }
-            if exec.security == pb::SecurityMode::Insecure as i32 {
-                needs.push(SECURITY_INSECURE);
-            }
-            for e in needs {
-                if !asked.iter().any(|a| a == e) {
-                    return Err(Status::permission_denied(format!(
-                        "entitlement `{e}` is not granted: the request did not ask for it (`--allow {e}`)"
-                    )));
-                }
-                if !self.allowed_entitlements.iter().any(|a| a == e) {
-                    return Err(Status::permission_denied(format!(
-                        "entitlement `{e}` is not allowed by the daemon (start it with `--allow-insecure-entitlement {e}`)"
-                    )));
-                }
-            }
-        }
-        Ok(())
+        crate::pipeline::check_entitlements(def, asked, Some(&self.allowed_entitlements))
+            .map_err(Status::permission_denied)
     }
 
     /// After a build: prunes the local cache as the GC rules say, in the background.

@@ -152,6 +152,51 @@ pub async fn export(
     Ok(responses)
 }
 
+/// An entitlement a step may need: host networking.
+pub const NETWORK_HOST: &str = "network.host";
+/// An entitlement a step may need: running privileged.
+pub const SECURITY_INSECURE: &str = "security.insecure";
+
+/// Refuses `def` if a step needs an entitlement (host networking, a privileged step) that the
+/// build did not ask for (`--allow`) or the builder does not grant, as BuildKit does.
+pub fn check_entitlements(
+    def: &pb::Definition,
+    asked: &[String],
+    granted: Option<&[String]>,
+) -> Result<(), String> {
+    use prost::Message;
+    for bytes in &def.def {
+        let Ok(op) = pb::Op::decode(bytes.as_slice()) else {
+            continue;
+        };
+        let Some(pb::op::Op::Exec(exec)) = &op.op else {
+            continue;
+        };
+        let mut needs = Vec::new();
+        if exec.network == pb::NetMode::Host as i32 {
+            needs.push(NETWORK_HOST);
+        }
+        if exec.security == pb::SecurityMode::Insecure as i32 {
+            needs.push(SECURITY_INSECURE);
+        }
+        for e in needs {
+            if !asked.iter().any(|a| a == e) {
+                return Err(format!(
+                    "entitlement `{e}` is not granted: the build did not ask for it (`--allow {e}`)"
+                ));
+            }
+            if let Some(granted) = granted
+                && !granted.iter().any(|a| a == e)
+            {
+                return Err(format!(
+                    "entitlement `{e}` is not allowed by the daemon (start it with `--allow-insecure-entitlement {e}`)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Sends a note about the build as a whole.
 pub fn note(progress: &Progress, message: impl Into<String>) {
     progress.send(ProgressEvent::Message(message.into()));

@@ -320,9 +320,10 @@ fn missing_required_secret_names_the_id() {
     assert!(line.contains("secret `envonly` is required"), "{line}");
 }
 
-// Verifies: `RUN --network=none` sees only the loopback interface, `--network=host` (and the
-// default) sees the host's interfaces; every RUN gets /etc/hosts with localhost, which is not
-// left in the image; and a tmpfs mount is writable and empty afterwards.
+// Verifies: `RUN --network=none` sees only the loopback interface, `--network=host` (with
+// `--allow network.host`) the host's interfaces, and the default a namespace of its own with
+// `tap0` (the sandbox); every RUN gets /etc/hosts with localhost, which is not left in the image;
+// and a tmpfs mount is writable and empty afterwards.
 #[test]
 fn network_modes_and_tmpfs() {
     let Some(env) = Env::get() else { return };
@@ -350,12 +351,73 @@ CMD cat /none.txt; echo; cat /host.txt; echo; cat /default.txt; echo; cat /hosts
             from(&env)
         ),
     );
-    let out = build_and_run(&sb, &env, &[], &[]);
+    let line = failing(&sb, &env, &[]);
+    assert!(
+        line.contains("entitlement `network.host`") && line.contains("--allow network.host"),
+        "{line}"
+    );
+    let out = build_and_run(&sb, &env, &["--allow", "network.host"], &[]);
     let want = format!("{} ", sorted.join(" "));
     assert_eq!(
         out,
-        format!("lo \n{want}\n{want}\n2\nx\n"),
+        format!("lo \n{want}\nlo tap0 \n2\nx\n"),
         "host interfaces: {host_ifaces:?}"
+    );
+}
+
+// Verifies (issue 12 item 9): a RUN in the default network cannot reach the loopback services
+// of the machine it builds on (the test registry, directly or through the sandbox's gateway),
+// but reaches other addresses of it (outbound access); with `--network=host` it reaches the
+// registry.
+#[test]
+fn the_default_network_keeps_steps_away_from_host_loopback() {
+    let Some(env) = Env::get() else { return };
+    let global = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .skip_while(|w| *w != "inet")
+                .nth(1)
+                .and_then(|a| a.split('/').next().map(str::to_owned))
+        });
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for c in listener.incoming().flatten() {
+            drop(c);
+        }
+    });
+    let registry_port = env
+        .registry
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let outbound = match &global {
+        Some(ip) => format!("nc -w 3 {ip} {port} </dev/null && echo reached || echo blocked"),
+        None => "echo reached".to_string(),
+    };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        &format!(
+            r#"{}
+RUN (nc -w 3 127.0.0.1 {registry_port} </dev/null && echo reached || echo blocked) > /loopback.txt
+RUN (nc -w 3 10.0.2.2 {registry_port} </dev/null && echo reached || echo blocked) > /gateway.txt
+RUN ({outbound}) > /outbound.txt
+RUN --network=host (nc -w 3 127.0.0.1 {registry_port} </dev/null && echo reached || echo blocked) > /host.txt
+CMD cat /loopback.txt /gateway.txt /outbound.txt /host.txt
+"#,
+            from(&env)
+        ),
+    );
+    let out = build_and_run(&sb, &env, &["--allow", "network.host"], &[]);
+    assert_eq!(
+        out, "blocked\nblocked\nreached\nreached\n",
+        "global address: {global:?}"
     );
 }
 

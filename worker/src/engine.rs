@@ -95,6 +95,13 @@ impl Engine {
     pub async fn open(cfg: EngineConfig) -> Result<Self, WorkerError> {
         let ctd = Containerd::connect(&cfg.containerd_socket, &cfg.namespace).await?;
         ctd.version().await?;
+        // Network namespaces of steps whose process was killed.
+        let swept = tokio::task::spawn_blocking(crate::netns::sweep)
+            .await
+            .unwrap_or(0);
+        if swept > 0 {
+            tracing::info!("removed {swept} network namespaces left by killed builds");
+        }
         let blobs = BlobStore::open(cfg.state_dir.blobs())?;
         let cache = ActionCache::open(cfg.state_dir.action_cache())?;
         let remote = match &cfg.remote_cache {

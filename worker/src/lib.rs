@@ -30,6 +30,7 @@ pub mod fsops;
 pub mod gitignore;
 pub mod image;
 pub mod layer;
+pub mod netns;
 mod ops;
 pub mod patterns;
 pub mod progress;

@@ -113,6 +113,15 @@ impl StateDir {
     }
 }
 
+/// Whether process `pid` exists (a process of another user counts).
+pub fn process_alive(pid: i32) -> bool {
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(nix::errno::Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,13 +38,15 @@ pub enum OutputStream {
 }
 
 /// Network of the container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum NetworkMode {
-    /// Share the host's network namespace (BuildKit's default for `RUN`).
+    /// Share the host's network namespace (`RUN --network=host`, an entitlement).
     #[default]
     Host,
     /// A private network namespace with only loopback (`RUN --network=none`).
     None,
+    /// An existing network namespace, by path (the default sandbox of [`crate::netns`]).
+    Path(std::path::PathBuf),
 }
 
 /// Credentials of the process.

@@ -151,6 +151,9 @@ pub(crate) struct Linux {
 pub(crate) struct Namespace {
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// Join this namespace instead of making a new one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -269,15 +272,16 @@ pub(crate) fn build(req: &RunRequest, id: &str, namespace: &str) -> Spec {
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(DEFAULT_PATH.to_owned());
     }
-    let mut namespaces = vec![
-        Namespace { kind: "pid" },
-        Namespace { kind: "ipc" },
-        Namespace { kind: "uts" },
-        Namespace { kind: "mount" },
-    ];
-    if req.network == NetworkMode::None {
+    let ns = |kind| Namespace { kind, path: None };
+    let mut namespaces = vec![ns("pid"), ns("ipc"), ns("uts"), ns("mount")];
+    match &req.network {
         // A fresh network namespace: runc brings up only the loopback interface.
-        namespaces.push(Namespace { kind: "network" });
+        NetworkMode::None => namespaces.push(ns("network")),
+        NetworkMode::Path(p) => namespaces.push(Namespace {
+            kind: "network",
+            path: Some(p.display().to_string()),
+        }),
+        NetworkMode::Host => {}
     }
     Spec {
         oci_version: "1.0.2",

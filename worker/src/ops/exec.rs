@@ -181,9 +181,18 @@ impl Solve {
             .map_err(|e| self.error(digest, e.to_string()))?;
         let user = prepared.map_err(|m| self.error(digest, m))?;
 
-        let network = match pb::NetMode::try_from(network) {
-            Ok(pb::NetMode::None) => NetworkMode::None,
-            _ => NetworkMode::Host,
+        // The sandbox (BuildKit's default) is a namespace of the step's own with outbound
+        // access, kept until the step is over.
+        let (network, _sandbox) = match pb::NetMode::try_from(network) {
+            Ok(pb::NetMode::None) => (NetworkMode::None, None),
+            Ok(pb::NetMode::Host) => (NetworkMode::Host, None),
+            _ => {
+                let sandbox = tokio::task::spawn_blocking(crate::netns::Sandbox::create)
+                    .await
+                    .map_err(|e| self.error(digest, format!("network setup failed: {e}")))?
+                    .map_err(|e| self.error(digest, e.to_string()))?;
+                (NetworkMode::Path(sandbox.path()), Some(sandbox))
+            }
         };
         let (tx, mut rx) = mpsc::channel::<(OutputStream, Vec<u8>)>(64);
         let progress = self.progress.clone();

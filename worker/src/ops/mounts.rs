@@ -114,7 +114,11 @@ impl Solve {
     ) -> Result<(), SolveError> {
         let err = |m: String| self.error(digest, m);
         let meta = exec.meta.clone().unwrap_or_default();
-        let (files, tmp) = network_files(&meta).map_err(&err)?;
+        let sandbox = !matches!(
+            pb::NetMode::try_from(exec.network),
+            Ok(pb::NetMode::Host | pb::NetMode::None)
+        );
+        let (files, tmp) = network_files(&meta, sandbox).map_err(&err)?;
         out.cleanups.push(Cleanup::Dir(tmp));
         out.extra.extend(files);
 
@@ -496,7 +500,10 @@ pub(crate) fn mount_input(inputs: &[Output], i: i64) -> Result<Output, String> {
 
 /// `/etc/hosts` (localhost, the build hostname, the op's extra hosts) and a copy of the host's
 /// `/etc/resolv.conf`, as read-only binds, as BuildKit gives every build container.
-fn network_files(meta: &pb::Meta) -> Result<(Vec<ExtraMount>, tempfile::TempDir), String> {
+fn network_files(
+    meta: &pb::Meta,
+    sandbox: bool,
+) -> Result<(Vec<ExtraMount>, tempfile::TempDir), String> {
     let tmp = tempfile::Builder::new()
         .prefix("memobuild-net-")
         .tempdir()
@@ -518,7 +525,14 @@ fn network_files(meta: &pb::Meta) -> Result<(Vec<ExtraMount>, tempfile::TempDir)
         destination: "/etc/hosts".into(),
         readonly: true,
     }];
-    if let Ok(resolv) = std::fs::read("/etc/resolv.conf") {
+    // In the sandbox, names are resolved by slirp4netns's forwarder (the host's servers may be
+    // loopback addresses the step cannot reach); elsewhere as on the host.
+    let resolv = if sandbox {
+        Ok(format!("nameserver {}\n", crate::netns::DNS).into_bytes())
+    } else {
+        std::fs::read("/etc/resolv.conf")
+    };
+    if let Ok(resolv) = resolv {
         let p = tmp.path().join("resolv.conf");
         std::fs::write(&p, resolv).map_err(|e| format!("writing /etc/resolv.conf: {e}"))?;
         mounts.push(ExtraMount::Bind {
