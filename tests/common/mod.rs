@@ -3,8 +3,10 @@
 //! for the `memobuild` binary.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod http;
 pub mod server;
+pub mod ssh;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
