@@ -624,3 +624,63 @@ CMD cat /one /two
     assert_ok(&run, "ctr run");
     assert_eq!(common::stdout(&run), "one\nthree\n");
 }
+
+// Verifies (issue 12 item 10): builds that share a state directory and run at the same time
+// execute a vertex once: the others wait for it and take its result from the cache, so every
+// build's image has the same stamp the one execution wrote.
+#[test]
+fn concurrent_builds_on_one_state_dir_run_each_vertex_once() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\n\
+         RUN cat /proc/sys/kernel/random/uuid > /stamp && sleep 2\n\
+         RUN cp /stamp /stamp-copy\n",
+    );
+    const BUILDS: usize = 4;
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..BUILDS)
+            .map(|i| {
+                let (sb, env) = (&sb, &env);
+                s.spawn(move || {
+                    let dest = sb.path(&format!("out-{i}"));
+                    let args = [
+                        "--build-arg".to_string(),
+                        format!("REGISTRY={}", env.registry),
+                        "--progress".into(),
+                        "json".into(),
+                        "--output".into(),
+                        format!("type=local,dest={}", dest.display()),
+                    ];
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    sb.build(env, &args)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("build thread"))
+            .collect()
+    });
+    for o in &outs {
+        assert_ok(o, "memobuild build");
+    }
+    let runs: usize = outs
+        .iter()
+        .map(|o| {
+            executed(o)
+                .iter()
+                .filter(|n| n.contains("random/uuid"))
+                .count()
+        })
+        .sum();
+    assert_eq!(
+        runs, 1,
+        "the stamping RUN executed {runs} times across {BUILDS} builds"
+    );
+    let stamps: BTreeSet<String> = (0..BUILDS)
+        .map(|i| std::fs::read_to_string(sb.path(&format!("out-{i}/stamp"))).expect("stamp"))
+        .collect();
+    assert_eq!(stamps.len(), 1, "{stamps:?}");
+}

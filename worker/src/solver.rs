@@ -212,24 +212,27 @@ impl Solve {
         let name = self.name(&digest);
         let started = Instant::now();
         let key = self.cache_key(&digest, &op, &inputs).await?;
+        // Held while this vertex executes: another build of the same state directory that
+        // reaches it meanwhile waits, then finds the result in the cache.
+        let mut _running = None;
         if let Some((key, _)) = &key
             && !self.opts.no_cache
-            && let Some(rec) = self.lookup(key).await
-            // A record with another number of outputs than the op has is not this op's.
-            && output_count(&op).is_none_or(|n| n == rec.output_count())
         {
-            self.report(&digest, &name, key, true, started.elapsed());
-            self.progress
-                .vertex(&digest, &name, VertexState::Cached, None, None);
-            let outs = rec
-                .outputs()
-                .map(|layers| {
-                    Output::Fs(FsRef {
-                        layers: layers.to_vec(),
-                    })
-                })
-                .collect();
-            return Ok(Arc::new(outs));
+            if let Some(outs) = self.cached(&digest, &name, key, &op, started).await {
+                return Ok(outs);
+            }
+            let path = self.build.engine.state().vertex_lock(key);
+            match crate::state::VertexLock::acquire(&path).await {
+                Ok((lock, waited)) => {
+                    if waited
+                        && let Some(outs) = self.cached(&digest, &name, key, &op, started).await
+                    {
+                        return Ok(outs);
+                    }
+                    _running = Some(lock);
+                }
+                Err(e) => tracing::warn!("cannot lock `{}`: {e}", path.display()),
+            }
         }
         self.progress
             .vertex(&digest, &name, VertexState::Started, None, None);
@@ -296,6 +299,34 @@ impl Solve {
                 Err(e)
             }
         }
+    }
+
+    /// The vertex's outputs from the cache, reported as cached, if a tier has its record.
+    async fn cached(
+        &self,
+        digest: &str,
+        name: &str,
+        key: &str,
+        op: &pb::Op,
+        started: Instant,
+    ) -> Option<Arc<Vec<Output>>> {
+        let rec = self.lookup(key).await?;
+        // A record with another number of outputs than the op has is not this op's.
+        if output_count(op).is_some_and(|n| n != rec.output_count()) {
+            return None;
+        }
+        self.report(digest, name, key, true, started.elapsed());
+        self.progress
+            .vertex(digest, name, VertexState::Cached, None, None);
+        let outs = rec
+            .outputs()
+            .map(|layers| {
+                Output::Fs(FsRef {
+                    layers: layers.to_vec(),
+                })
+            })
+            .collect();
+        Some(Arc::new(outs))
     }
 
     fn report(&self, digest: &str, name: &str, key: &str, cached: bool, took: Duration) {

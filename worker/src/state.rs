@@ -12,6 +12,7 @@
 //!   contexts/<hash of url>/            git URL contexts' work trees
 //!   locals/<hash of shared key>/       directories clients synced into the daemon (FileSync)
 //!   containerd/                        the embedded containerd's root, state and socket
+//!   locks/<2 hex>/<key>                held while a build executes that vertex
 //!   tmp/                               scratch space of running builds
 //! ```
 //!
@@ -20,6 +21,9 @@
 //! Prune) walk exactly what builds write.
 
 pub mod usage;
+mod vertex_lock;
+
+pub use vertex_lock::VertexLock;
 
 use std::path::{Path, PathBuf};
 
@@ -105,6 +109,14 @@ impl StateDir {
     /// The embedded containerd's directory (root, state, socket, config).
     pub fn embedded_containerd(&self) -> PathBuf {
         self.root.join("containerd")
+    }
+
+    /// The lock file of the vertex with MemoBuild key `key`: held while one build executes it,
+    /// so that another build of the same state directory (another process, or the daemon's
+    /// next job) waits for that result instead of running it again.
+    pub fn vertex_lock(&self, key: &str) -> PathBuf {
+        let shard = key.get(..2).unwrap_or("00");
+        self.root.join("locks").join(shard).join(key)
     }
 
     /// Scratch space of running builds (private agent sockets, filtered contexts, exports).
