@@ -182,13 +182,18 @@ impl Drop for Daemon {
                 let _ = child.wait();
             }
         }
+        let log = self.log();
         if std::thread::panicking() {
-            eprintln!("--- daemon log ({})\n{}", self.log.display(), self.log());
+            eprintln!("--- daemon log ({})\n{log}", self.log.display());
         }
         // A namespace of the test's own is emptied and removed, so that runs do not pile up
         // snapshots in the shared containerd.
         if let Some(ns) = &self.namespace {
             purge_namespace(&self.containerd, ns);
+        }
+        // Whatever the test checked, a daemon that panicked (in any task) is a failure.
+        if !std::thread::panicking() && log.contains("panicked at") {
+            panic!("the daemon panicked:\n{log}");
         }
     }
 }
