@@ -684,3 +684,41 @@ fn concurrent_builds_on_one_state_dir_run_each_vertex_once() {
         .collect();
     assert_eq!(stamps.len(), 1, "{stamps:?}");
 }
+
+// Verifies (issue 12 item 8): what a killed build leaves (a partial blob download, its scratch
+// directory, a partial export beside the output) is removed by the next build, and
+// `cache prune` removes it too; a live process's temporaries are kept.
+#[test]
+fn temporaries_of_killed_builds_are_removed() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write("Dockerfile", TWO_COPIES)
+        .write("a.txt", "a1\n")
+        .write("b.txt", "b1\n");
+    build(&sb, &env, &[]);
+    // A process id that no longer exists.
+    let mut child = std::process::Command::new("true").spawn().expect("true");
+    let dead = child.id();
+    child.wait().expect("wait");
+    let state = sb.state();
+    let partial_blob = state.join(format!("blobs/sha256/.tmp-{dead}-partial"));
+    std::fs::write(&partial_blob, vec![0u8; 4096]).expect("write");
+    let scratch = state.join(format!("tmp/{dead}/export-1"));
+    std::fs::create_dir_all(&scratch).expect("mkdir");
+    std::fs::write(scratch.join("layer"), b"junk").expect("write");
+    let partial_export = sb.path(&format!(".memobuild-export-{dead}-abc"));
+    std::fs::write(&partial_export, b"half a tar").expect("write");
+    let live = state.join(format!("blobs/sha256/.tmp-{}-mine", std::process::id()));
+    std::fs::write(&live, b"in use").expect("write");
+
+    build(&sb, &env, &[]);
+    assert!(!partial_blob.exists(), "partial blob left");
+    assert!(!state.join(format!("tmp/{dead}")).exists(), "scratch left");
+    assert!(!partial_export.exists(), "partial export left");
+    assert!(live.exists(), "a live process's temporary was removed");
+
+    std::fs::write(&partial_blob, b"again").expect("write");
+    let out = cache_cmd(&sb, &env, &["prune", "--keep-duration", "1000d"]);
+    assert_ok(&out, "cache prune");
+    assert!(!partial_blob.exists(), "prune left the partial blob");
+}

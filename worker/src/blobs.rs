@@ -108,7 +108,7 @@ impl BlobStore {
     pub fn temp(&self) -> Result<tempfile::NamedTempFile, BlobError> {
         let dir = self.root.join("sha256");
         tempfile::Builder::new()
-            .prefix(".tmp-")
+            .prefix(&crate::state::stale::temp_prefix(".tmp-"))
             .tempfile_in(&dir)
             .map_err(io_err(&dir))
     }

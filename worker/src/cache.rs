@@ -152,7 +152,7 @@ impl ActionCache {
         };
         fs::create_dir_all(&dir).map_err(err)?;
         let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
+            .prefix(&crate::state::stale::temp_prefix(".tmp-"))
             .tempfile_in(&dir)
             .map_err(err)?;
         let bytes = serde_json::to_vec_pretty(record).map_err(|e| err(io::Error::other(e)))?;

@@ -102,6 +102,18 @@ impl Engine {
         if swept > 0 {
             tracing::info!("removed {swept} network namespaces left by killed builds");
         }
+        // Temporaries of processes that were killed before they could remove them.
+        let state = cfg.state_dir.clone();
+        if let Ok(Ok(s)) =
+            tokio::task::spawn_blocking(move || crate::state::stale::sweep_state(&state)).await
+            && s.entries > 0
+        {
+            tracing::info!(
+                "removed {} temporary files ({} bytes) left by killed builds",
+                s.entries,
+                s.bytes
+            );
+        }
         let blobs = BlobStore::open(cfg.state_dir.blobs())?;
         let cache = ActionCache::open(cfg.state_dir.action_cache())?;
         let remote = match &cfg.remote_cache {

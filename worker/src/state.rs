@@ -13,13 +13,14 @@
 //!   locals/<hash of shared key>/       directories clients synced into the daemon (FileSync)
 //!   containerd/                        the embedded containerd's root, state and socket
 //!   locks/<2 hex>/<key>                held while a build executes that vertex
-//!   tmp/                               scratch space of running builds
+//!   tmp/<pid>/                         scratch space of a running process
 //! ```
 //!
 //! Every crate asks a [`StateDir`] for these paths instead of joining them by hand, so the
 //! layout is written down once, here, and `cache du`/`prune` (and the daemon's DiskUsage and
 //! Prune) walk exactly what builds write.
 
+pub mod stale;
 pub mod usage;
 mod vertex_lock;
 
@@ -119,8 +120,15 @@ impl StateDir {
         self.root.join("locks").join(shard).join(key)
     }
 
-    /// Scratch space of running builds (private agent sockets, filtered contexts, exports).
+    /// Scratch space of this process (private agent sockets, filtered contexts, exports):
+    /// `tmp/<pid>/`, so what a killed process left is known to be garbage
+    /// ([`stale::sweep_state`]).
     pub fn tmp(&self) -> PathBuf {
+        self.tmp_root().join(std::process::id().to_string())
+    }
+
+    /// The directory holding every process's scratch space.
+    pub fn tmp_root(&self) -> PathBuf {
         self.root.join("tmp")
     }
 }

@@ -520,7 +520,9 @@ impl Converter {
 fn write_memo(path: &Path, entry: &MemoEntry) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&crate::state::stale::temp_prefix(".tmp-"))
+        .tempfile_in(dir)?;
     serde_json::to_writer(&mut tmp, entry).map_err(io::Error::other)?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())

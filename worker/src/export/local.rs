@@ -268,7 +268,10 @@ impl Applier {
                     // namespace, a filesystem that allows them); without it they are left out,
                     // as rootless tools do.
                     Err(nix::errno::Errno::EPERM) => {
-                        tracing::warn!("skipping device node {}: not permitted here", target.display());
+                        tracing::warn!(
+                            "skipping device node {}: not permitted here",
+                            target.display()
+                        );
                         return Ok(());
                     }
                     Err(e) => return Err(io::Error::from(e)),

@@ -124,8 +124,10 @@ impl HostFile {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
+        // Partial exports of killed builds beside the same destination go first.
+        crate::state::stale::sweep_dir(dir, ".memobuild-export-");
         let tmp = tempfile::Builder::new()
-            .prefix(".memobuild-export-")
+            .prefix(&crate::state::stale::temp_prefix(".memobuild-export-"))
             .tempfile_in(dir)
             .map_err(|e| with_path(dest, e))?;
         let file = tmp.as_file().try_clone().map_err(|e| with_path(dest, e))?;
@@ -184,8 +186,9 @@ impl HostDir {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         fs::create_dir_all(parent).map_err(|e| with_path(dest, e))?;
+        crate::state::stale::sweep_dir(parent, ".memobuild-local-");
         let tmp = tempfile::Builder::new()
-            .prefix(".memobuild-local-")
+            .prefix(&crate::state::stale::temp_prefix(".memobuild-local-"))
             .tempdir_in(parent)
             .map_err(|e| with_path(dest, e))?;
         use std::os::unix::fs::PermissionsExt;

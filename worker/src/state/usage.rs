@@ -271,8 +271,15 @@ pub fn disk_usage(state: &StateDir) -> io::Result<DiskUsage> {
     Ok(usage)
 }
 
-/// Prunes the local cache of `state` as `policy` says.
+/// Prunes the local cache of `state` as `policy` says (and, unless dry, the temporaries killed
+/// processes left).
 pub fn prune(state: &StateDir, policy: &PrunePolicy) -> io::Result<Pruned> {
+    if !policy.dry_run {
+        let swept = super::stale::sweep_state(state)?;
+        if swept.entries > 0 {
+            tracing::info!("removed {} stale temporary files", swept.entries);
+        }
+    }
     let items = scan(state)?;
     let cutoff = policy.keep_duration.map(|d| {
         SystemTime::now()
