@@ -455,3 +455,41 @@ CMD stat -c '%n %a %u:%g' /app/sub /app/txt /app/txt/a.txt /app/txt/b.txt /app/d
          /app/heredoc.txt 644 0:0\nA\nB\nfrom a heredoc\na.txt b.txt\n"
     );
 }
+
+// Verifies (issue 12 item 5): a relative context (`cd ctx && memobuild build .`, and
+// `memobuild build ctx` from its parent) binds the context itself into a RUN, not the
+// runtime's bundle or a broken path.
+#[test]
+fn a_relative_context_binds_the_context() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        &format!(
+            "{}\nRUN --mount=type=bind,target=/ctx ls /ctx > /listing\n",
+            from(&env)
+        ),
+    )
+    .write("marker.txt", "here\n");
+    for (cwd, context) in [(sb.context(), "."), (sb.path(""), "context")] {
+        let dest = sb.path(&format!("out-{}", context.replace('.', "dot")));
+        let mut cmd = common::memobuild();
+        cmd.current_dir(&cwd)
+            .arg("build")
+            .arg("--containerd")
+            .arg(&env.containerd)
+            .arg("--state-dir")
+            .arg(sb.state())
+            .arg("--no-cache")
+            .arg("--output")
+            .arg(format!("type=local,dest={}", dest.display()))
+            .arg(context);
+        let out = common::run(cmd);
+        assert_ok(
+            &out,
+            &format!("memobuild build {context} in {}", cwd.display()),
+        );
+        let listing = std::fs::read_to_string(dest.join("listing")).expect("listing");
+        assert_eq!(listing, "Dockerfile\nmarker.txt\n", "context `{context}`");
+    }
+}
