@@ -21,15 +21,58 @@ mod session;
 
 use clap::Parser;
 
+/// Logs to stderr: colours only on a terminal; by default (warnings only) a warning reads as
+/// one plain line, `warning: …`; with `MEMOBUILD_LOG` set, the full format with times and
+/// targets, for debugging.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    match tracing_subscriber::EnvFilter::try_from_env("MEMOBUILD_LOG") {
+        Ok(filter) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .init(),
+        Err(_) => tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+            .with_ansi(ansi)
+            .without_time()
+            .with_target(false)
+            .with_level(false)
+            .event_format(WarningFormat)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
+}
+
+/// `warning: MESSAGE` (or `error: MESSAGE`), without times, levels in colour or targets.
+struct WarningFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for WarningFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = if *event.metadata().level() == tracing::Level::ERROR {
+            "error"
+        } else {
+            "warning"
+        };
+        write!(writer, "{level}: ")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MEMOBUILD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -95,6 +95,11 @@ pub fn parse(spec: &str) -> anyhow::Result<Output> {
 /// remote daemon (`build --addr`) has exporters and keys of its own.
 pub fn parse_fields(spec: &str) -> anyhow::Result<Output> {
     if !spec.contains('=') {
+        // As buildx: a bare value is a directory, but several comma-separated fields without
+        // `KEY=` are a mistake (`--output ',,,'` must not create a directory named `,,,`).
+        if spec.contains(',') || spec.trim().is_empty() {
+            bail!("invalid output `{spec}`: expected type=TYPE,dest=PATH or a directory path");
+        }
         if spec == "-" {
             bail!("invalid output `-`: writing to stdout is not supported; use type=oci,dest=FILE");
         }
@@ -229,6 +234,8 @@ mod tests {
             }
         );
         assert!(parse("-").is_err());
+        assert!(parse(",,,").is_err());
+        assert!(parse("").is_err());
         assert!(format!("{:#}", parse("type=local").unwrap_err()).contains("dest=DIR"));
         assert!(parse("type=docker").is_err());
         assert!(format!("{:#}", parse("type=tar").unwrap_err()).contains("dest=FILE"));

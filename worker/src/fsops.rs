@@ -126,26 +126,37 @@ pub fn copy(
     let sources = expand_sources(src_root, src, opts)?;
     let dest_is_dir_hint = dest.ends_with('/') || sources.len() > 1;
     for (rel, path) in sources {
-        let md = if opts.follow_symlink {
-            fs::metadata(&path)
-        } else {
-            fs::symlink_metadata(&path)
-        }
-        .map_err(|e| with_path(e, &format!("/{rel}")))?;
-        let src_path =
-            if opts.follow_symlink && fs::symlink_metadata(&path)?.file_type().is_symlink() {
-                let followed = resolve_in_root(src_root, &rel, true)?;
-                let followed_rel = followed
-                    .strip_prefix(src_root)
-                    .map(|p| p.to_string_lossy().into_owned())
+        let own = fs::symlink_metadata(&path).map_err(|e| with_path(e, &format!("/{rel}")))?;
+        // A symbolic link is followed inside the source root, as the container would see it:
+        // never to a file of the machine the build runs on.
+        let (src_path, md) = if opts.follow_symlink && own.file_type().is_symlink() {
+            let followed = resolve_in_root(src_root, &rel, true)?;
+            let md = fs::symlink_metadata(&followed).map_err(|e| {
+                let target = fs::read_link(&path)
+                    .map(|t| t.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                if context_ignores(opts, &followed, &followed_rel)? {
-                    return Err(not_found(&rel));
+                if e.kind() == io::ErrorKind::NotFound {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "\"/{rel}\" is a symbolic link to `{target}`, which does not exist in the source"
+                        ),
+                    )
+                } else {
+                    with_path(e, &format!("/{rel}"))
                 }
-                followed
-            } else {
-                path.clone()
-            };
+            })?;
+            let followed_rel = followed
+                .strip_prefix(src_root)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if context_ignores(opts, &followed, &followed_rel)? {
+                return Err(not_found(&rel));
+            }
+            (followed, md)
+        } else {
+            (path.clone(), own)
+        };
         if opts.unpack && md.is_file() && is_archive(&src_path)? {
             let dest_dir = resolve_in_root(dest_root, dest, true)?;
             if !dest_dir.is_dir() {
@@ -1073,6 +1084,8 @@ pub fn unpack_archive(
     for entry in ar.entries()? {
         let mut entry = entry?;
         let raw = entry.path()?.to_string_lossy().into_owned();
+        // Every failure names the archive member it is about.
+        let at = |e: io::Error| io::Error::new(e.kind(), format!("{raw:?}: {e}"));
         let rel = archive_rel(&raw)?;
         let kind = entry.header().entry_type();
         let target = if rel.is_empty() {
@@ -1099,28 +1112,28 @@ pub fn unpack_archive(
         if let Some(parent) = target.parent()
             && !parent.is_dir()
         {
-            mkdir_all(parent, 0o755, owner)?;
+            mkdir_all(parent, 0o755, owner).map_err(at)?;
         }
         if let Ok(existing) = fs::symlink_metadata(&target)
             && !(existing.is_dir() && kind.is_dir())
         {
-            remove_all(&target)?;
+            remove_all(&target).map_err(at)?;
         }
         match kind {
             tar::EntryType::Directory => {
                 if !target.is_dir() {
-                    fs::create_dir(&target)?;
+                    fs::create_dir(&target).map_err(at)?;
                 }
-                std::os::unix::fs::lchown(&target, Some(own.uid), Some(own.gid))?;
-                fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
+                std::os::unix::fs::lchown(&target, Some(own.uid), Some(own.gid)).map_err(at)?;
+                fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(at)?;
                 dirs.push((target, mtime));
                 continue;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                let mut f = fs::File::create(&target)?;
+                let mut f = fs::File::create(&target).map_err(at)?;
                 // A member cut short (a truncated archive) is an error, as in Go's tar reader,
                 // never a silently shorter file.
-                if io::copy(&mut entry, &mut f)? != entry.size() {
+                if io::copy(&mut entry, &mut f).map_err(at)? != entry.size() {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!("{raw:?}: unexpected end of archive"),
@@ -1143,7 +1156,7 @@ pub fn unpack_archive(
                         return Err(breakout(&format!("{raw} -> {link}")));
                     }
                 }
-                symlink(&link, &target)?;
+                symlink(&link, &target).map_err(at)?;
             }
             tar::EntryType::Link => {
                 let link = entry
@@ -1152,7 +1165,9 @@ pub fn unpack_archive(
                     .to_string_lossy()
                     .into_owned();
                 let from = in_dest(&archive_rel(&link)?)?;
-                fs::hard_link(&from, &target)?;
+                fs::hard_link(&from, &target).map_err(|e| {
+                    io::Error::new(e.kind(), format!("{raw:?}: hard link to {link:?}: {e}"))
+                })?;
                 continue;
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
@@ -1166,16 +1181,16 @@ pub fn unpack_archive(
                     u64::from(hdr.device_minor().ok().flatten().unwrap_or(0)),
                 );
                 mknod(&target, flag, Mode::from_bits_truncate(mode), dev)
-                    .map_err(io::Error::from)?;
+                    .map_err(|e| at(io::Error::from(e)))?;
             }
             _ => continue,
         }
-        std::os::unix::fs::lchown(&target, Some(own.uid), Some(own.gid))?;
+        std::os::unix::fs::lchown(&target, Some(own.uid), Some(own.gid)).map_err(at)?;
         if kind != tar::EntryType::Symlink {
-            fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
+            fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(at)?;
         }
         let t = filetime::FileTime::from_unix_time(mtime, 0);
-        filetime::set_symlink_file_times(&target, t, t)?;
+        filetime::set_symlink_file_times(&target, t, t).map_err(at)?;
     }
     // Directory times last: creating their entries changed them.
     for (d, mtime) in dirs.into_iter().rev() {
@@ -1570,6 +1585,26 @@ mod tests {
         h.set_size(data.len() as u64);
         h.set_cksum();
         b.append(&h, data).unwrap();
+    }
+
+    // Verifies (issue 12): a hard link to a member the archive does not have fails naming the
+    // member and its link target.
+    #[test]
+    fn a_bad_hard_link_names_its_member() {
+        let d = tempfile::tempdir().unwrap();
+        let archive = d.path().join("bad.tar");
+        let mut b = tar::Builder::new(fs::File::create(&archive).unwrap());
+        raw_member(&mut b, "pkg/", tar::EntryType::Directory, "", b"");
+        raw_member(&mut b, "pkg/hard", tar::EntryType::Link, "pkg/missing", b"");
+        b.into_inner().unwrap();
+        let root = d.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let e = unpack_archive(&archive, &root, &root, None).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("\"pkg/hard\"") && msg.contains("pkg/missing"),
+            "{msg}"
+        );
     }
 
     fn sample_tar_gz(path: &Path) {
