@@ -448,10 +448,28 @@ fn a_build_killed_midway_leaves_a_usable_cache() {
             break;
         }
     }
+    let killed = child.id();
+    let containers = |env: &Env| {
+        let filter = format!("labels.\"memobuild.pid\"=={killed}");
+        let out = common::run(common::ctr(
+            env,
+            "memobuild",
+            &["containers", "ls", "-q", &filter],
+        ));
+        assert_ok(&out, "ctr containers ls");
+        common::stdout(&out).lines().count()
+    };
+    // Killed once the step's container exists, which then outlives the build.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while containers(&env) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     child.kill().expect("kill -9");
     let _ = child.wait();
+    assert_eq!(containers(&env), 1, "the killed build's container");
 
-    // The next build of a shorter Dockerfile reuses the finished step and succeeds.
+    // The next build of a shorter Dockerfile reuses the finished step and succeeds, and removes
+    // what the killed one left (issue 12 item 8).
     sb.write(
         "Dockerfile",
         "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nRUN echo one > /one\nRUN true\n",
@@ -462,6 +480,7 @@ fn a_build_killed_midway_leaves_a_usable_cache() {
         "{:?}",
         cached(&out)
     );
+    assert_eq!(containers(&env), 0, "the killed build's container is left");
 }
 
 #[test]

@@ -102,6 +102,12 @@ impl Engine {
         if swept > 0 {
             tracing::info!("removed {swept} network namespaces left by killed builds");
         }
+        // Containers (and their tasks and shims) of builds that were killed.
+        match ctd.remove_stale_containers().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} containers left by killed builds"),
+            Err(e) => tracing::warn!("cannot look for containers of killed builds: {e}"),
+        }
         // Temporaries of processes that were killed before they could remove them.
         let state = cfg.state_dir.clone();
         if let Ok(Ok(s)) =

@@ -9,7 +9,7 @@ use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, KillRequest, StartRequest, WaitRequest,
+    DeleteTaskRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
 };
 use containerd_client::types::Mount;
 use tokio::io::AsyncReadExt;
@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use super::mount::overlay_upperdir;
 use super::spec::{self, SPEC_TYPE_URL};
 use super::{Containerd, Error, Result};
+
+/// Label naming the process that created a container.
+const PID_LABEL: &str = "memobuild.pid";
 
 const RUNTIME: &str = "io.containerd.runc.v2";
 /// How long to wait for the output FIFOs to drain after the process exited.
@@ -217,7 +220,12 @@ impl Containerd {
             .create(self.request(CreateContainerRequest {
                 container: Some(Container {
                     id: id.to_owned(),
-                    labels: HashMap::from([("memobuild.run".to_owned(), "1".to_owned())]),
+                    // The creating process, so that the containers of a killed build are known
+                    // for garbage at the next start ([`Containerd::remove_stale_containers`]).
+                    labels: HashMap::from([
+                        ("memobuild.run".to_owned(), "1".to_owned()),
+                        (PID_LABEL.to_owned(), std::process::id().to_string()),
+                    ]),
                     runtime: Some(Runtime {
                         name: RUNTIME.to_owned(),
                         options: None,
@@ -293,6 +301,32 @@ impl Containerd {
             Err(s) => Err(Error::rpc("container delete", id, s)),
         };
         task_result.and(container_result)
+    }
+
+    /// Kills and deletes the containers (and their tasks) that processes which are gone left in
+    /// this namespace: a build killed with SIGKILL cannot clean up after itself. Returns how
+    /// many were removed.
+    pub async fn remove_stale_containers(&self) -> Result<usize> {
+        let list = ContainersClient::new(self.channel())
+            .list(self.request(ListContainersRequest {
+                filters: vec!["labels.\"memobuild.run\"".to_owned()],
+            }))
+            .await
+            .map_err(|s| Error::rpc("container list", "", s))?
+            .into_inner()
+            .containers;
+        let mut removed = 0;
+        for c in list {
+            let Some(pid) = c.labels.get(PID_LABEL).and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == std::process::id() as i32 || crate::state::process_alive(pid) {
+                continue;
+            }
+            self.kill_and_delete(&c.id).await;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// Best-effort: SIGKILL every process of the task, wait briefly, delete task and container.
