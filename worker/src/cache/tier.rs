@@ -80,6 +80,10 @@ pub trait Tier: Send + Sync {
     fn flush(&self) -> BoxFuture<'_, ()> {
         futures::future::ready(()).boxed()
     }
+    /// Whether a tier behind this one failed and is skipped from now on ([`Detached`]).
+    fn gave_up(&self) -> bool {
+        false
+    }
 }
 
 /// Asks `front`, then `back`; a hit in `back` is copied into `front`. Writes go to both.
@@ -143,6 +147,10 @@ impl Tier for ReadThrough {
             self.back.flush().await;
         }
         .boxed()
+    }
+
+    fn gave_up(&self) -> bool {
+        self.front.gave_up() || self.back.gave_up()
     }
 }
 
@@ -244,6 +252,10 @@ impl Tier for Detached {
             self.inner.flush().await;
         }
         .boxed()
+    }
+
+    fn gave_up(&self) -> bool {
+        self.disabled.load(Ordering::SeqCst) || self.inner.gave_up()
     }
 }
 
@@ -654,6 +666,7 @@ mod tests {
             "skipped after the failure"
         );
         assert_eq!(fake.puts.load(Ordering::SeqCst), 1);
+        assert!(t.gave_up());
         let w = warnings.lock().unwrap();
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("fake failed, continuing without it: connection refused"));
@@ -671,8 +684,10 @@ mod tests {
             Arc::new(Detached::new(fake)),
         );
         // The build's own write succeeds: the remote one fails on its own time.
+        assert!(!t.gave_up());
         t.put(&record("k", &blobs, b"x"), &ctx).await.unwrap();
         t.flush().await;
+        assert!(t.gave_up(), "known through the decorators");
         assert_eq!(warnings.lock().unwrap().len(), 1);
         assert!(t.get("k", &ctx).await.unwrap().is_some(), "still in memory");
     }
