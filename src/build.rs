@@ -382,8 +382,11 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
             Err(e) => tracing::warn!("cache GC: {e:#}"),
         }
     }
+    // A server the remote cache gave up on (one warning said so) is not asked again: it would
+    // cost the build another timeout and a second warning.
     if let Some(base) = args.remote_cache.as_deref().filter(|b| !b.is_empty())
         && !args.no_build_report
+        && !build.remote_cache_failed()
     {
         // A git context is named after its repository, not after the checkout's directory.
         let repo_name = args

@@ -131,6 +131,8 @@ fn hostname() -> String {
 /// Sends `record` to the server at `base`; the error says what went wrong.
 pub async fn send(base: &str, token: Option<&str>, record: &BuildRecord) -> Result<(), String> {
     let url = format!("{}/api/builds", base.trim_end_matches('/'));
+    // A small JSON body after the build: a total limit is the right one (it bounds the first
+    // byte and any stall too), and a server that does not answer costs 5 s and a warning.
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))

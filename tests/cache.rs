@@ -420,6 +420,93 @@ fn a_corrupted_cached_layer_is_never_served_and_is_rebuilt() {
 }
 
 #[test]
+fn a_record_with_a_tampered_diff_id_is_refused_and_rebuilt() {
+    // Issue 12, item 1: one hex digit of a diff ID changed in the RUN step's action record
+    // under `<state>/cache/ac/` (the JSON still valid). The next build must not serve it: a
+    // warning names the step, the step runs again, and the exported image is the first build's
+    // (its config's diff IDs match its layers: `umoci unpack`, which checks them, unpacks it).
+    // Before the fix the step came out CACHED and the image had the edited diff ID.
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nRUN echo precious > /data\n",
+    );
+    let layout = sb.path("layout");
+    let layout_output = format!(
+        "type=oci,tar=false,dest={},name=tamper:v1",
+        layout.display()
+    );
+    let first = build(&sb, &env, &["--output", &layout_output]);
+
+    let mut tampered = 0;
+    for path in walk(&sb.state().join("cache/ac")) {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(mut record) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        if !record["name"]
+            .as_str()
+            .is_some_and(|n| n.contains("RUN echo precious"))
+        {
+            continue;
+        }
+        let Some(layer) = record["layers"].as_array_mut().and_then(|l| l.last_mut()) else {
+            continue;
+        };
+        let diff_id = layer["diff_id"].as_str().expect("diff_id").to_string();
+        let (head, last) = diff_id.split_at(diff_id.len() - 1);
+        layer["diff_id"] = format!("{head}{}", if last == "0" { "1" } else { "0" }).into();
+        std::fs::write(&path, serde_json::to_vec_pretty(&record).expect("json")).expect("write");
+        tampered += 1;
+    }
+    assert_eq!(tampered, 1, "the RUN step's record");
+
+    std::fs::remove_dir_all(&layout).expect("remove layout");
+    let second = build(&sb, &env, &["--output", &layout_output]);
+    let warnings: Vec<String> = progress_events(&second)
+        .iter()
+        .filter_map(|e| e["message"].as_str().map(str::to_string))
+        .filter(|m| m.contains("does not match its blobs"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", stderr(&second));
+    assert!(
+        warnings[0].starts_with("warning:") && warnings[0].contains("RUN echo precious"),
+        "{warnings:?}"
+    );
+    assert!(
+        executed(&second)
+            .iter()
+            .any(|n| n.contains("RUN echo precious")),
+        "{:?}",
+        executed(&second)
+    );
+    assert_eq!(digest(&second), digest(&first), "rebuilt to the same image");
+    let unpack = common::run({
+        let mut c = std::process::Command::new("umoci");
+        c.arg("unpack")
+            .arg("--image")
+            .arg(format!("{}:v1", layout.display()))
+            .arg(sb.path("bundle"));
+        c
+    });
+    assert_ok(&unpack, "umoci unpack");
+    let data = std::fs::read_to_string(sb.path("bundle/rootfs/data")).unwrap_or_default();
+    assert_eq!(data, "precious\n");
+
+    // The record was rewritten by the step: the next build serves it without a word.
+    let third = build(&sb, &env, &[]);
+    assert!(executed(&third).is_empty(), "{:?}", executed(&third));
+    assert!(
+        !stderr(&third).contains("does not match its blobs"),
+        "{}",
+        stderr(&third)
+    );
+}
+
+#[test]
 fn a_build_killed_midway_leaves_a_usable_cache() {
     let Some(env) = Env::get() else { return };
     let sb = Sandbox::new();

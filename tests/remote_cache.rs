@@ -133,6 +133,84 @@ fn a_damaged_blob_on_the_server_is_detected_and_rebuilt() {
 }
 
 #[test]
+fn a_record_edited_on_the_server_is_refused_and_replaced() {
+    // Issue 12, item 1 (the server's side): one hex digit of the RUN step's newest layer diff ID
+    // changed in the server's `/ac` object (same length, the JSON still valid). A fresh machine
+    // must not build an image from it: a warning names the remote cache and the step, the step
+    // runs again, and the image is the first machine's. Its upload replaces the bad record, so
+    // the next fresh machine builds nothing and hears nothing. Before the fix the second
+    // machine came out CACHED with an image whose config named the edited diff ID.
+    let Some(env) = Env::get() else { return };
+    let store = tempfile::tempdir().expect("store");
+    let server = Server::start(store.path(), &["--token", "t"]);
+    let first = Sandbox::new();
+    first
+        .write("Dockerfile", DOCKERFILE)
+        .write("app.txt", "edited\n");
+    let a = build(&first, &env, &server.url, "t");
+
+    let mut edited = 0;
+    for path in walk(store.path()) {
+        if !path.components().any(|c| c.as_os_str() == "ac") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        if !record["name"]
+            .as_str()
+            .is_some_and(|n| n.contains("RUN wc"))
+        {
+            continue;
+        }
+        let diff_id = record["layers"]
+            .as_array()
+            .and_then(|l| l.last())
+            .and_then(|l| l["diff_id"].as_str())
+            .expect("a layer")
+            .to_string();
+        let (head, last) = diff_id.split_at(diff_id.len() - 1);
+        let wrong = format!("{head}{}", if last == "0" { "1" } else { "0" });
+        std::fs::write(&path, text.replace(&diff_id, &wrong)).expect("write");
+        edited += 1;
+    }
+    assert_eq!(edited, 1, "the RUN step's record on the server");
+
+    let second = machine(&first);
+    let b = build(&second, &env, &server.url, "t");
+    let text = stderr(&b);
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("does not match its blobs"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(
+        warnings[0].contains(&format!("remote cache {}", server.url))
+            && warnings[0].contains("RUN wc"),
+        "{text}"
+    );
+    assert!(
+        executed(&b).iter().any(|n| n.contains("RUN wc")),
+        "ran: {:?}",
+        executed(&b)
+    );
+    assert_eq!(digest(&b), digest(&a), "the first machine's image");
+
+    let third = machine(&first);
+    let c = build(&third, &env, &server.url, "t");
+    assert!(executed(&c).is_empty(), "ran: {:?}", executed(&c));
+    assert!(
+        !stderr(&c).contains("does not match its blobs"),
+        "{}",
+        stderr(&c)
+    );
+    assert_eq!(digest(&c), digest(&a));
+}
+
+#[test]
 fn an_unreachable_server_is_only_a_warning() {
     let Some(env) = Env::get() else { return };
     let sb = Sandbox::new();

@@ -2,8 +2,10 @@
 //!
 //! Writes go to a temporary file in the same directory, are fsynced, and are renamed into place
 //! only once their digest is known, so a crash never leaves a partial blob under a digest name.
-//! Reads verify nothing here; callers that hand a blob to somebody else verify (the exporter
-//! re-hashes as it copies).
+//! Reads verify nothing here; callers that hand a blob to somebody else verify
+//! ([`BlobStore::verify`], once per blob, then a stamp), and the layers a cache record or an
+//! image names are checked against their diff IDs too ([`crate::layer::check`]), whose results
+//! the same stamp remembers.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -78,12 +80,9 @@ impl BlobStore {
             let _ = fs::remove_file(&path);
             return false;
         }
-        let stamp = stamp_of(&md);
-        let stamp_path = self
-            .root
-            .join("sha256/.verified")
-            .join(digest_hex(digest).unwrap_or_default());
-        if fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {
+        let stat = stamp_of(&md);
+        let old = self.read_stamp(digest);
+        if old.as_ref().is_some_and(|s| s.stat == stat) {
             return true;
         }
         let ok = File::open(&path)
@@ -94,14 +93,80 @@ impl BlobStore {
             })
             .is_ok_and(|d| d == digest);
         if ok {
-            let _ = fs::create_dir_all(self.root.join("sha256/.verified"));
-            let _ = fs::write(&stamp_path, stamp);
+            // The diff ID a stamp remembers belongs to the digest, not to the file: bytes that
+            // hash to `digest` again decompress to it again.
+            let diff_id = old.and_then(|s| s.diff_id);
+            self.write_stamp(digest, &Stamp { stat, diff_id });
         } else {
             tracing::warn!(%digest, "blob does not match its digest; removing it");
             let _ = fs::remove_file(&path);
-            let _ = fs::remove_file(&stamp_path);
+            if let Ok(p) = self.stamp_path(digest) {
+                let _ = fs::remove_file(p);
+            }
         }
         ok
+    }
+
+    /// The diff ID (sha256 of the uncompressed tar) remembered for layer blob `digest`, if one
+    /// was: by [`BlobStore::remember_diff_id`] when the layer was made or unpacked, or after a
+    /// check decompressed it. It says what the bytes of `digest` decompress to, so it holds
+    /// only while the blob [verifies](BlobStore::verify); callers check that first.
+    pub fn known_diff_id(&self, digest: &str) -> Option<String> {
+        self.read_stamp(digest)?.diff_id
+    }
+
+    /// Remembers that the bytes of `digest` decompress to a tar whose sha256 is `diff_id`, next
+    /// to the blob's verification stamp, so that checking a layer's diff ID again is a read of
+    /// that stamp. Only for a pair established from the bytes themselves (the layer was written
+    /// or decompressed and both hashes taken), never for one a record or a config claims.
+    /// Best effort: a stamp that cannot be written means the next check decompresses again.
+    pub fn remember_diff_id(&self, digest: &str, diff_id: &str) {
+        if digest_hex(diff_id).is_err() {
+            return;
+        }
+        // Without a stamp the file's stat is unknown to be good: `-` never matches one, so the
+        // next `verify` hashes the blob (and keeps the diff ID).
+        let stat = self
+            .read_stamp(digest)
+            .map_or_else(|| "-".to_string(), |s| s.stat);
+        self.write_stamp(
+            digest,
+            &Stamp {
+                stat,
+                diff_id: Some(diff_id.to_string()),
+            },
+        );
+    }
+
+    fn stamp_path(&self, digest: &str) -> Result<PathBuf, BlobError> {
+        let hex = digest_hex(digest)?;
+        Ok(self.root.join("sha256/.verified").join(hex))
+    }
+
+    fn read_stamp(&self, digest: &str) -> Option<Stamp> {
+        Stamp::parse(&fs::read_to_string(self.stamp_path(digest).ok()?).ok()?)
+    }
+
+    /// Replaces the stamp of `digest` by rename, so that a concurrent reader (another build on
+    /// the same state directory) never sees half of one: a torn stamp could pair a good stat
+    /// with a cut-off diff ID. Best effort: a stamp is only a shortcut.
+    fn write_stamp(&self, digest: &str, stamp: &Stamp) {
+        let Ok(path) = self.stamp_path(digest) else {
+            return;
+        };
+        let dir = self.root.join("sha256/.verified");
+        let _ = fs::create_dir_all(&dir);
+        let written = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(&dir)
+            .and_then(|mut tmp| {
+                tmp.write_all(stamp.render().as_bytes())?;
+                tmp.persist(&path).map_err(|e| e.error)?;
+                Ok(())
+            });
+        if let Err(e) = written {
+            tracing::debug!(%digest, "cannot write the blob's stamp: {e}");
+        }
     }
 
     /// A new temporary file inside the store, to be [`BlobStore::commit`]ted.
@@ -143,6 +208,37 @@ impl BlobStore {
     }
 }
 
+/// What `.verified/<hex>` holds: the blob file's `stat` when it last hashed to its digest and,
+/// for a layer whose tar was hashed, its diff ID (`<size> <inode> <mtime> <ctime>[ <diff ID>]`;
+/// stamps written before diff IDs were remembered have no fifth field).
+struct Stamp {
+    stat: String,
+    diff_id: Option<String>,
+}
+
+impl Stamp {
+    fn parse(text: &str) -> Option<Stamp> {
+        let text = text.trim_end();
+        match text.rsplit_once(' ') {
+            Some((stat, d)) if d.starts_with("sha256:") => Some(Stamp {
+                stat: stat.to_string(),
+                diff_id: digest_hex(d).is_ok().then(|| d.to_string()),
+            }),
+            _ => Some(Stamp {
+                stat: text.to_string(),
+                diff_id: None,
+            }),
+        }
+    }
+
+    fn render(&self) -> String {
+        match &self.diff_id {
+            Some(d) => format!("{} {d}", self.stat),
+            None => self.stat.clone(),
+        }
+    }
+}
+
 fn stamp_of(md: &fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
     format!(
@@ -168,6 +264,35 @@ pub fn digest_hex(digest: &str) -> Result<&str, BlobError> {
             Ok(h)
         }
         _ => Err(BlobError::BadDigest(digest.to_string())),
+    }
+}
+
+/// A reader that hashes (sha256) what is read through it.
+pub struct HashReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: io::Read> HashReader<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> Self {
+        HashReader {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// The `sha256:` digest of what was read.
+    pub fn finish(self) -> String {
+        format!("sha256:{}", hex::encode(self.hasher.finalize()))
+    }
+}
+
+impl<R: io::Read> io::Read for HashReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
 }
 
@@ -250,6 +375,44 @@ mod tests {
         fs::write(&p, b"anoth").unwrap();
         assert!(!store.verify(&d, Some(7)));
         assert!(!store.verify("sha256:zz", None));
+    }
+
+    // Verifies: a remembered diff ID lives in the blob's stamp and survives a re-hash (the file
+    // was touched, its content unchanged), and goes with the stamp when the blob is damaged;
+    // remembering one for a blob never checked does not make the blob count as verified.
+    #[test]
+    fn diff_ids_are_kept_in_the_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let d = store.put_bytes(b"layer").unwrap();
+        let diff = sha256_digest(b"tar");
+        store.remember_diff_id(&d, &diff);
+        assert_eq!(store.known_diff_id(&d), Some(diff.clone()));
+        let stamp = dir
+            .path()
+            .join("sha256/.verified")
+            .join(digest_hex(&d).unwrap());
+        assert!(fs::read_to_string(&stamp).unwrap().starts_with("- "));
+        assert!(store.verify(&d, Some(5)), "hashed, then stamped");
+        let text = fs::read_to_string(&stamp).unwrap();
+        assert!(!text.starts_with('-') && text.ends_with(&diff), "{text}");
+
+        // Same bytes, new inode: re-hashed, the diff ID kept.
+        let p = store.path(&d).unwrap();
+        fs::remove_file(&p).unwrap();
+        fs::write(&p, b"layer").unwrap();
+        assert!(store.verify(&d, Some(5)));
+        assert_eq!(store.known_diff_id(&d), Some(diff.clone()));
+        assert_ne!(fs::read_to_string(&stamp).unwrap(), text);
+
+        fs::write(&p, b"lay3r").unwrap();
+        assert!(!store.verify(&d, Some(5)));
+        assert_eq!(store.known_diff_id(&d), None);
+        // A stamp written before diff IDs were remembered still verifies.
+        let d = store.put_bytes(b"old").unwrap();
+        assert!(store.verify(&d, None));
+        assert_eq!(store.known_diff_id(&d), None);
+        assert!(store.verify(&d, None));
     }
 
     #[test]

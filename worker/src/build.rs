@@ -92,6 +92,12 @@ impl Build {
         self.tiers.flush().await;
     }
 
+    /// Whether the remote cache failed during this build (and was warned about and skipped
+    /// since): whoever meant to talk to the same server again need not wait for it too.
+    pub fn remote_cache_failed(&self) -> bool {
+        self.tiers.gave_up()
+    }
+
     /// Ends the build: saves the stat caches and releases the lease, after which whatever
     /// only this build referenced may be collected by containerd.
     pub async fn finish(self) {

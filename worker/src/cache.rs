@@ -7,7 +7,10 @@
 //! temporary file, fsynced and renamed, so a crash never leaves a torn record under a key), L3
 //! a remote server ([`remote`]). A record whose blobs are gone, or that does not parse, or whose
 //! key does not match its name, is a miss, never an error: the vertex just runs again and the
-//! record is rewritten.
+//! record is rewritten. A record that contradicts its blobs (a layer's diff ID or size is not the
+//! blob's: an edited record, or a bad write to a shared server) is a miss with a warning, and is
+//! deleted from the disk tier; otherwise it would put diff IDs that do not match the layers
+//! into every image built from it ([`crate::layer::check`]).
 
 pub mod explain;
 pub mod history;
@@ -28,6 +31,7 @@ use tier::{Tier, TierCtx, TierError};
 
 use crate::blobs::BlobStore;
 use crate::layer::LayerBlob;
+use crate::layer::check::{LayerFault, check_layers};
 
 /// What a vertex produced, under its MemoBuild key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,11 +74,53 @@ impl ActionRecord {
             .collect()
     }
 
-    /// Whether every blob the record names is in `blobs` and matches its digest.
-    fn verified(&self, blobs: &BlobStore) -> bool {
-        self.blobs()
-            .iter()
-            .all(|l| blobs.verify(&l.digest, Some(l.size)))
+    /// Whether the record can be served: every blob it names is in `blobs` and matches its
+    /// digest, and every layer's size and diff ID are its blob's. Blocking (a first check of a
+    /// blob decompresses it; later ones are a `stat`).
+    pub fn check(&self, blobs: &BlobStore) -> Result<(), LayerFault> {
+        check_layers(blobs, self.outputs().flatten())
+    }
+
+    /// The warning for a record `tier` refused because it contradicts its blobs.
+    pub(crate) fn refused(&self, tier: &str, fault: &LayerFault) -> String {
+        format!(
+            "warning: cache record of `{}` in {tier} does not match its blobs ({fault}); dropped, the step runs again",
+            self.name
+        )
+    }
+}
+
+/// What a tier found under a key.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// A record that can be served.
+    Hit(ActionRecord),
+    /// Nothing usable: no record, or one whose blobs are gone.
+    Miss,
+    /// A record that contradicts its blobs (deleted from the disk tier).
+    Refused(Box<ActionRecord>, LayerFault),
+}
+
+impl Lookup {
+    /// Judges `record` against `blobs`. Blocking.
+    pub(crate) fn of(record: ActionRecord, blobs: &BlobStore) -> Lookup {
+        match record.check(blobs) {
+            Ok(()) => Lookup::Hit(record),
+            Err(LayerFault::Missing { .. }) => Lookup::Miss,
+            Err(fault) => Lookup::Refused(Box::new(record), fault),
+        }
+    }
+
+    /// The record to serve; a refused one is reported through `warn`, naming `tier`.
+    pub(crate) fn into_hit(self, tier: &str, warn: &tier::Warn) -> Option<ActionRecord> {
+        match self {
+            Lookup::Hit(r) => Some(r),
+            Lookup::Miss => None,
+            Lookup::Refused(r, fault) => {
+                warn(r.refused(tier, &fault));
+                None
+            }
+        }
     }
 }
 
@@ -112,24 +158,48 @@ impl ActionCache {
         Some(self.dir.join(&key[..2]).join(format!("{key}.json")))
     }
 
-    /// Looks `key` up. Only records whose every layer blob (of every output) is in `blobs` and
-    /// matches its digest count as hits.
+    /// Looks `key` up. Only records whose every layer blob (of every output) is in `blobs`,
+    /// matches its digest and has the size and diff ID the record gives it count as hits.
     pub fn get(&self, key: &str, blobs: &BlobStore) -> Option<ActionRecord> {
-        let path = self.path(key)?;
-        let bytes = fs::read(&path).ok()?;
+        match self.lookup(key, blobs) {
+            Lookup::Hit(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// [`ActionCache::get`], telling a record that contradicts its blobs (deleted: it would
+    /// be refused again on every build) from a plain miss.
+    pub(crate) fn lookup(&self, key: &str, blobs: &BlobStore) -> Lookup {
+        let Some(path) = self.path(key) else {
+            return Lookup::Miss;
+        };
+        let Ok(bytes) = fs::read(&path) else {
+            return Lookup::Miss;
+        };
         let record: ActionRecord = match serde_json::from_slice(&bytes) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(path = %path.display(), "ignoring unreadable cache record: {e}");
-                return None;
+                return Lookup::Miss;
             }
         };
-        if record.key != key || !record.verified(blobs) {
-            return None;
+        if record.key != key {
+            return Lookup::Miss;
         }
-        // Mark the record used, for the least-recently-used GC (relatime mounts would not).
-        let _ = filetime::set_file_atime(&path, filetime::FileTime::now());
-        Some(record)
+        let found = Lookup::of(record, blobs);
+        match &found {
+            // Mark the record used, for the least-recently-used GC (relatime mounts would not).
+            Lookup::Hit(_) => {
+                let _ = filetime::set_file_atime(&path, filetime::FileTime::now());
+            }
+            Lookup::Refused(..) => {
+                if let Err(e) = fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), "cannot remove a refused cache record: {e}");
+                }
+            }
+            Lookup::Miss => {}
+        }
+        found
     }
 
     /// Reads a record without checking its blobs (for explanations, not for reuse).
@@ -191,9 +261,10 @@ impl Tier for ActionCache {
     ) -> BoxFuture<'a, Result<Option<ActionRecord>, TierError>> {
         let (cache, key, blobs) = (self.clone(), key.to_string(), ctx.blobs.clone());
         async move {
-            tokio::task::spawn_blocking(move || ActionCache::get(&cache, &key, &blobs))
+            let found = tokio::task::spawn_blocking(move || cache.lookup(&key, &blobs))
                 .await
-                .map_err(|e| self.tier_error(e.to_string()))
+                .map_err(|e| self.tier_error(e.to_string()))?;
+            Ok(found.into_hit(&self.describe(), &ctx.warn))
         }
         .boxed()
     }
@@ -216,6 +287,8 @@ impl Tier for ActionCache {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn layer(blob: &str, size: u64) -> LayerBlob {
@@ -275,6 +348,99 @@ mod tests {
         assert!(c2.get(&key, &blobs).is_none());
         // Keys that are not hex never touch the file system.
         assert!(c2.get("../../etc/passwd", &blobs).is_none());
+    }
+
+    /// A real gzip layer (one file) in `blobs`.
+    fn gzip_layer(blobs: &BlobStore, content: &str) -> LayerBlob {
+        let upper = tempfile::tempdir().unwrap();
+        fs::write(upper.path().join("f"), content).unwrap();
+        crate::layer::write_layer(upper.path(), blobs, crate::layer::LayerOptions::default())
+            .unwrap()
+    }
+
+    /// `hash` with its last hex digit changed.
+    fn flip_last_digit(hash: &str) -> String {
+        let (head, last) = hash.split_at(hash.len() - 1);
+        format!("{head}{}", if last == "0" { "1" } else { "0" })
+    }
+
+    // Verifies (issue 12, item 1): a record on disk whose layer names another diff ID than its
+    // blob's (one hex digit edited, the JSON still valid) is not served: the disk tier answers a
+    // miss, warns once naming the step, and deletes the record; the blob, which is fine, stays.
+    // Checked twice: against the diff ID remembered when the layer was written (a stamp read)
+    // and, with the stamps gone, by decompressing the blob.
+    #[tokio::test]
+    async fn a_record_whose_diff_id_is_not_its_blobs_is_refused_with_a_warning() {
+        for stamped in [true, false] {
+            let d = tempfile::tempdir().unwrap();
+            let blobs = BlobStore::open(d.path().join("blobs")).unwrap();
+            let good = gzip_layer(&blobs, "hello");
+            assert_ne!(good.digest, good.diff_id);
+            let key = "5a".repeat(32);
+            let mut r = record(&key, &good.digest);
+            r.layers = vec![good.clone()];
+            let c = ActionCache::open(d.path().join("ac")).unwrap();
+            c.put(&r).unwrap();
+            let warnings = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+            let w = warnings.clone();
+            let ctx = TierCtx {
+                blobs: blobs.clone(),
+                warn: Arc::new(move |m| w.lock().unwrap().push(m)),
+            };
+            assert_eq!(Tier::get(&c, &key, &ctx).await.unwrap(), Some(r.clone()));
+
+            let p = c.path(&key).unwrap();
+            let json = fs::read_to_string(&p).unwrap();
+            let tampered = json.replace(&good.diff_id, &flip_last_digit(&good.diff_id));
+            assert_ne!(json, tampered);
+            fs::write(&p, tampered).unwrap();
+            if !stamped {
+                fs::remove_dir_all(d.path().join("blobs/sha256/.verified")).unwrap();
+            }
+            assert_eq!(Tier::get(&c, &key, &ctx).await.unwrap(), None);
+            let w = warnings.lock().unwrap().clone();
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert!(
+                w[0].contains("`[1/1] RUN x`")
+                    && w[0].contains(&good.digest)
+                    && w[0].contains(&good.diff_id)
+                    && w[0].contains("runs again"),
+                "{w:?}"
+            );
+            assert!(!p.exists(), "the refused record is deleted");
+            assert!(
+                blobs.verify(&good.digest, Some(good.size)),
+                "the blob stays"
+            );
+            // The next lookup is a plain miss: nothing left to warn about.
+            assert_eq!(Tier::get(&c, &key, &ctx).await.unwrap(), None);
+            assert_eq!(warnings.lock().unwrap().len(), 1);
+            // The step's new record is served again.
+            c.put(&r).unwrap();
+            assert_eq!(Tier::get(&c, &key, &ctx).await.unwrap(), Some(r));
+        }
+    }
+
+    // Verifies: a record claiming another size for a blob is refused without removing the blob
+    // (it matches its digest; the record is what is wrong).
+    #[test]
+    fn a_record_with_a_wrong_size_is_refused_and_the_blob_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(d.path().join("blobs")).unwrap();
+        let good = gzip_layer(&blobs, "sized");
+        let key = "6b".repeat(32);
+        let mut r = record(&key, &good.digest);
+        r.layers = vec![LayerBlob {
+            size: good.size + 1,
+            ..good.clone()
+        }];
+        let c = ActionCache::open(d.path().join("ac")).unwrap();
+        c.put(&r).unwrap();
+        assert!(matches!(
+            c.lookup(&key, &blobs),
+            Lookup::Refused(_, LayerFault::Mismatch { what: "size", .. })
+        ));
+        assert!(blobs.verify(&good.digest, Some(good.size)));
     }
 
     // Verifies: a record with several outputs keeps every output's chain across the disk round

@@ -310,7 +310,7 @@ pub async fn unpack(
         };
         ensure_containerd_blob(ctd, blobs, what, &desc, &diff_ids[i]).await?;
         let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
-        unpack_layer(ctd, what, &desc, &diff_ids[i], &chain[i], parent).await?;
+        unpack_layer(ctd, blobs, what, &desc, &diff_ids[i], &chain[i], parent).await?;
     }
     Ok(chain.last().cloned())
 }
@@ -403,6 +403,7 @@ async fn ensure_containerd_blob(
 /// Unpacks one layer on top of `parent` and commits it as `chain_id`, unless that exists.
 async fn unpack_layer(
     ctd: &Containerd,
+    blobs: &BlobStore,
     reference: &str,
     desc: &Descriptor,
     diff_id: &str,
@@ -421,6 +422,14 @@ async fn unpack_layer(
     );
     let mounts = ctd.prepare(&key, parent, HashMap::new()).await?;
     let res = apply_and_commit(ctd, reference, desc, diff_id, chain_id, &key, &mounts).await;
+    if res.is_ok() {
+        // containerd hashed the tar of this very blob (its content store holds it by digest):
+        // remember the pair, so that checking a record or an image naming this layer need not
+        // decompress it again ([`crate::layer::check`]).
+        let (store, digest, diff_id) = (blobs.clone(), desc.digest.clone(), diff_id.to_owned());
+        let _ =
+            tokio::task::spawn_blocking(move || store.remember_diff_id(&digest, &diff_id)).await;
+    }
     if res.is_err() {
         // Committed keys no longer exist; only a failed unpack leaves the active snapshot behind.
         if let Err(e) = ctd.remove(&key).await {

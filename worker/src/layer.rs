@@ -10,6 +10,7 @@
 //! One pass produces both identities of a layer: the diff-id (sha256 of the tar) and the digest
 //! (sha256 of the gzip blob), compressing on all cores ([`pgzip`]) into standard gzip.
 
+pub mod check;
 pub mod pgzip;
 mod tarwriter;
 
@@ -113,6 +114,9 @@ pub fn write_layer(
     if !store.contains(&digest) {
         store.commit(tmp, &digest)?;
     }
+    // Both hashes were taken from the bytes just written: a later check of a record naming this
+    // layer need not decompress it ([`check`]).
+    store.remember_diff_id(&digest, &diff_id);
     Ok(LayerBlob {
         digest,
         diff_id,

@@ -39,6 +39,8 @@ pub mod secrets;
 pub mod solver;
 pub mod ssh;
 pub mod state;
+#[cfg(test)]
+mod testhttp;
 
 use memobuild_proto::pb;
 

@@ -38,6 +38,15 @@ const ACCEPTED_MANIFESTS: &[&str] = &[
     OCI_IMAGE_INDEX_MEDIA_TYPE,
     IMAGE_MANIFEST_LIST_MEDIA_TYPE,
 ];
+/// TCP (and TLS) connect: a registry that takes longer is down or filtered.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// From sending a request to its response headers, and then between two reads of its body.
+/// Registries answer API calls in well under a second; a download that delivers nothing for 30 s
+/// has stalled, whereas a slow one delivers something every few milliseconds. It bounds silence,
+/// never a transfer's total time, so a multi-gigabyte layer over a slow link never trips it, and
+/// a registry that accepts connections but never answers fails the pull in 30 s, naming the host
+/// ([`Error::NoAnswer`]), instead of hanging the build.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Re-authenticate a repository after this long (oci-client drops tokens after 60 s by default).
 const REAUTH_AFTER: Duration = Duration::from_secs(45);
 /// Nested indexes deeper than this are rejected.
@@ -64,6 +73,17 @@ pub enum Error {
         host: String,
         /// Innermost cause, e.g. `connection refused`.
         reason: String,
+    },
+    /// The registry accepted the connection but sent no response, or stopped sending one,
+    /// for [`READ_TIMEOUT`].
+    #[error("registry {host} did not answer within {}s ({what})", .after.as_secs())]
+    NoAnswer {
+        /// Registry host (`host:port`).
+        host: String,
+        /// What was asked for (`registry API`, `manifest`, a blob).
+        what: String,
+        /// How long it was waited for.
+        after: Duration,
     },
     /// Unknown tag, digest or repository (HTTP 404).
     #[error("`{reference}`: {what} not found on registry {host}")]
@@ -215,8 +235,11 @@ pub struct RegistryConfig {
     pub credentials: HashMap<String, Credentials>,
     /// Asked for hosts missing from `credentials` (once per host; the answer is kept).
     pub provider: Option<Arc<dyn CredentialProvider>>,
-    /// Connect timeout (10 s when `None`).
+    /// Connect timeout ([`CONNECT_TIMEOUT`] when `None`).
     pub connect_timeout: Option<Duration>,
+    /// How long a request may wait for the response's first byte, and a body stay silent
+    /// while it streams ([`READ_TIMEOUT`] when `None`).
+    pub read_timeout: Option<Duration>,
     /// Mirrors to try first, by registry host as in a reference (`docker.io`), each a
     /// `host[:port]` serving the same repositories (BuildKit's `[registry."docker.io"] mirrors`).
     pub mirrors: HashMap<String, Vec<String>>,
@@ -445,6 +468,10 @@ impl Registry {
                 .any(|h| h == host || host.rsplit_once(':').is_some_and(|(name, _)| name == h))
     }
 
+    fn read_timeout(&self) -> Duration {
+        self.config.read_timeout.unwrap_or(READ_TIMEOUT)
+    }
+
     fn host_client(&self, host: &str) -> Arc<HostClient> {
         let mut hosts = match self.hosts.lock() {
             Ok(g) => g,
@@ -461,11 +488,11 @@ impl Registry {
                 let client = Client::new(ClientConfig {
                     protocol,
                     platform_resolver: None,
-                    connect_timeout: Some(
-                        self.config
-                            .connect_timeout
-                            .unwrap_or(Duration::from_secs(10)),
-                    ),
+                    connect_timeout: Some(self.config.connect_timeout.unwrap_or(CONNECT_TIMEOUT)),
+                    // reqwest's read timeout runs from sending the request to the response
+                    // headers, then restarts at every read of the body: first byte and idle in
+                    // one (pulls send no bodies, so nothing else counts against it).
+                    read_timeout: Some(self.read_timeout()),
                     ..ClientConfig::default()
                 });
                 Arc::new(HostClient {
@@ -521,7 +548,7 @@ impl Registry {
             hc.client
                 .auth(reference, &auth, RegistryOperation::Pull)
                 .await
-                .map_err(|e| map_err(e, reference, "registry API"))?;
+                .map_err(|e| map_err(e, reference, "registry API", self.read_timeout()))?;
             authed.insert(reference.repository().to_owned(), Instant::now());
         }
         drop(authed);
@@ -589,7 +616,7 @@ impl Registry {
                 .client
                 .pull_manifest_raw(&current, &auth, ACCEPTED_MANIFESTS)
                 .await
-                .map_err(|e| map_err(e, &current, "manifest"))?;
+                .map_err(|e| map_err(e, &current, "manifest", self.read_timeout()))?;
             let invalid = |reason: String| Error::InvalidManifest {
                 reference: top.whole(),
                 digest: digest.clone(),
@@ -715,7 +742,12 @@ impl Registry {
                     digest: descriptor.digest.clone(),
                     source,
                 },
-                e => map_err(e, reference, &format!("blob `{}`", descriptor.digest)),
+                e => map_err(
+                    e,
+                    reference,
+                    &format!("blob `{}`", descriptor.digest),
+                    self.read_timeout(),
+                ),
             })?;
         verifying
             .inner
@@ -770,11 +802,24 @@ fn available_platforms(entries: &[Descriptor]) -> String {
     }
 }
 
-/// Maps an oci-client error about `what` of `reference` to ours.
-fn map_err(err: OciDistributionError, reference: &Reference, what: &str) -> Error {
+/// Maps an oci-client error about `what` of `reference` to ours (`read_timeout`: the client's,
+/// for the message of a request that timed out after connecting).
+fn map_err(
+    err: OciDistributionError,
+    reference: &Reference,
+    what: &str,
+    read_timeout: Duration,
+) -> Error {
     let host = reference.resolve_registry().to_owned();
     let reference_s = reference.whole();
     match err {
+        OciDistributionError::RequestError(e) if e.is_timeout() && !e.is_connect() => {
+            Error::NoAnswer {
+                host,
+                what: what.to_owned(),
+                after: read_timeout,
+            }
+        }
         OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
             Error::Unreachable {
                 host,
@@ -1061,6 +1106,87 @@ mod tests {
         assert!(Platform::parse("linux").is_err());
         assert_eq!(Platform::parse("linux/arm/v7")?.to_string(), "linux/arm/v7");
         Ok(())
+    }
+
+    // Verifies (issue 12, item 3): a registry that accepts connections and never answers fails
+    // a resolve once the read timeout passes, with an error naming the host, instead of hanging.
+    #[tokio::test]
+    async fn a_silent_registry_fails_naming_the_host() {
+        let peer = crate::testhttp::silent().await;
+        let reg = Registry::new(RegistryConfig {
+            read_timeout: Some(Duration::from_secs(1)),
+            ..RegistryConfig::default()
+        });
+        let (reference, platform) = (format!("{}/x/y:1", peer.addr), Platform::host());
+        let resolving = reg.resolve(&reference, &platform);
+        let err = tokio::time::timeout(Duration::from_secs(60), resolving)
+            .await
+            .expect("still waiting after 60 s")
+            .unwrap_err();
+        assert!(matches!(err, Error::NoAnswer { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("registry {} did not answer within 1s", peer.addr)),
+            "{err}"
+        );
+    }
+
+    // Verifies: the read timeout bounds silence, not a transfer: a blob sent in 10 pieces 300 ms
+    // apart (3 s in all, three times the limit) is fetched whole; one that stops half way fails
+    // once the limit passes, naming the registry and the blob.
+    #[tokio::test]
+    async fn slow_blobs_arrive_and_stalled_ones_fail() {
+        let blob: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let digest = crate::blobs::sha256_digest(&blob);
+        for stall in [None, Some(500)] {
+            let body = blob.clone();
+            let peer = crate::testhttp::serve(move |_, path| {
+                if path == "/v2/" {
+                    crate::testhttp::Reply::now(200, b"")
+                } else {
+                    crate::testhttp::Reply::Body {
+                        status: 200,
+                        body: body.clone(),
+                        piece: 100,
+                        gap: Duration::from_millis(300),
+                        stall_after: stall,
+                    }
+                }
+            })
+            .await;
+            let reg = Registry::new(RegistryConfig {
+                read_timeout: Some(Duration::from_secs(1)),
+                ..RegistryConfig::default()
+            });
+            let desc = Descriptor {
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                digest: digest.clone(),
+                size: blob.len() as u64,
+                annotations: BTreeMap::new(),
+                platform: None,
+            };
+            let mut out = Vec::new();
+            let reference = format!("{}/x/y:1", peer.addr);
+            let fetching = reg.fetch_blob(&reference, &desc, &mut out);
+            let got = tokio::time::timeout(Duration::from_secs(60), fetching)
+                .await
+                .expect("still waiting after 60 s");
+            match stall {
+                None => {
+                    got.unwrap();
+                    assert_eq!(out, blob);
+                }
+                Some(_) => {
+                    let err = got.unwrap_err();
+                    let text = err.to_string();
+                    assert!(
+                        text.contains(&format!("registry {} did not answer", peer.addr))
+                            && text.contains(&digest),
+                        "{text}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

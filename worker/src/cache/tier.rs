@@ -5,11 +5,14 @@
 //! ```
 //!
 //! [`Tier::get`] answers a record only when every blob it names (of every output) is in the
-//! local [`BlobStore`] and matches its digest; a tier that keeps blobs elsewhere (L3) fetches
-//! them into the store first. [`ReadThrough`] asks its front tier, then its back one, and
-//! backfills the front with what the back had; its `put` writes to both. [`Detached`] makes a
-//! tier that may be slow or unreachable harmless: its writes run in the background (awaited by
-//! [`Tier::flush`]), and its first failure becomes one warning, after which it is skipped.
+//! local [`BlobStore`] and matches its digest, and every layer's size and diff ID are its blob's
+//! ([`ActionRecord::check`], on a blocking thread); a tier that keeps blobs elsewhere (L3)
+//! fetches them into the store first. A record that contradicts its blobs is a miss, reported
+//! once through [`TierCtx::warn`] and dropped from that tier. [`ReadThrough`] asks its front
+//! tier, then its back one, and backfills the front with what the back had; its `put` writes to
+//! both. [`Detached`] makes a tier that may be slow or unreachable harmless: its writes run in
+//! the background (awaited by [`Tier::flush`]), and its first failure becomes one warning, after
+//! which it is skipped.
 //! [`MemoryTier`] is L1, an LRU bounded by bytes; L2 is [`ActionCache`](super::ActionCache);
 //! L3 is [`Remote`] over the Bazel HTTP protocol ([`super::remote`]).
 
@@ -20,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::ActionRecord;
 use super::remote::{RemoteError, RemoteTier};
+use super::{ActionRecord, Lookup};
 use crate::blobs::BlobStore;
 
 /// Where a tier reports what it cannot turn into an error: a tier that fails in the
@@ -59,8 +62,9 @@ pub struct TierError {
 pub trait Tier: Send + Sync {
     /// A short description for messages (`memory`, the directory, the URL).
     fn describe(&self) -> String;
-    /// The record stored under `key` whose every blob is now in `ctx.blobs`, verified; `Ok(None)`
-    /// for a miss (including a record whose blobs are gone or damaged).
+    /// The record stored under `key` whose every blob is now in `ctx.blobs`, verified, each
+    /// layer's diff ID its blob's; `Ok(None)` for a miss (including a record whose blobs are gone
+    /// or damaged, and one that contradicts its blobs, which is also reported to `ctx.warn`).
     fn get<'a>(
         &'a self,
         key: &'a str,
@@ -75,6 +79,10 @@ pub trait Tier: Send + Sync {
     /// Waits for writes still running in the background.
     fn flush(&self) -> BoxFuture<'_, ()> {
         futures::future::ready(()).boxed()
+    }
+    /// Whether a tier behind this one failed and is skipped from now on ([`Detached`]).
+    fn gave_up(&self) -> bool {
+        false
     }
 }
 
@@ -139,6 +147,10 @@ impl Tier for ReadThrough {
             self.back.flush().await;
         }
         .boxed()
+    }
+
+    fn gave_up(&self) -> bool {
+        self.front.gave_up() || self.back.gave_up()
     }
 }
 
@@ -240,6 +252,10 @@ impl Tier for Detached {
             self.inner.flush().await;
         }
         .boxed()
+    }
+
+    fn gave_up(&self) -> bool {
+        self.disabled.load(Ordering::SeqCst) || self.inner.gave_up()
     }
 }
 
@@ -350,18 +366,27 @@ impl Tier for MemoryTier {
         ctx: &'a TierCtx,
     ) -> BoxFuture<'a, Result<Option<ActionRecord>, TierError>> {
         let found = self.lru.lock().ok().and_then(|mut l| l.touch(key));
-        let result = match found {
-            Some(r) if r.verified(&ctx.blobs) => Some(r),
-            Some(_) => {
-                // Its blobs went away (GC, damage): forget it.
+        async move {
+            let Some(record) = found else {
+                return Ok(None);
+            };
+            // Stats, and hashing when a blob changed: not on the runtime's threads.
+            let blobs = ctx.blobs.clone();
+            let judged = tokio::task::spawn_blocking(move || Lookup::of(record, &blobs))
+                .await
+                .map_err(|e| TierError {
+                    tier: self.describe(),
+                    message: e.to_string(),
+                })?;
+            if !matches!(judged, Lookup::Hit(_)) {
+                // Its blobs went away (GC, damage) or contradict it: forget it.
                 if let Ok(mut l) = self.lru.lock() {
                     l.remove(key);
                 }
-                None
             }
-            None => None,
-        };
-        futures::future::ready(Ok(result)).boxed()
+            Ok(judged.into_hit(&self.describe(), &ctx.warn))
+        }
+        .boxed()
     }
 
     fn put<'a>(
@@ -412,21 +437,40 @@ impl Tier for Remote {
             if record.key != key {
                 return Ok(None);
             }
-            // A record is only usable whole: every output's blobs.
-            for l in record.blobs() {
-                if ctx.blobs.verify(&l.digest, Some(l.size)) {
-                    continue;
-                }
+            let blocking = |e: tokio::task::JoinError| TierError {
+                tier: self.describe(),
+                message: e.to_string(),
+            };
+            // A record is only usable whole: every output's blobs. Those not here (or damaged,
+            // hence removed) are downloaded; the sizes the record claims are only trusted below.
+            let digests: Vec<String> = record.blobs().iter().map(|l| l.digest.clone()).collect();
+            let blobs = ctx.blobs.clone();
+            let missing = tokio::task::spawn_blocking(move || {
+                digests
+                    .into_iter()
+                    .filter(|d| !blobs.verify(d, None))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(blocking)?;
+            for digest in &missing {
                 let fetched = self
                     .inner
-                    .fetch_blob(&l.digest, &ctx.blobs)
+                    .fetch_blob(digest, &ctx.blobs)
                     .await
                     .map_err(|e| self.err(e))?;
-                if !fetched || !ctx.blobs.verify(&l.digest, Some(l.size)) {
+                if !fetched {
                     return Ok(None);
                 }
             }
-            Ok(Some(record))
+            // A record is one PUT away from anybody who can write to the server: check it
+            // against the blobs before it is served (and backfilled into the local tiers). A bad
+            // one is a miss, not a failure of the tier; the step's new record replaces it.
+            let blobs = ctx.blobs.clone();
+            let judged = tokio::task::spawn_blocking(move || Lookup::of(record, &blobs))
+                .await
+                .map_err(blocking)?;
+            Ok(judged.into_hit(&format!("remote cache {}", self.describe()), &ctx.warn))
         }
         .boxed()
     }
@@ -622,6 +666,7 @@ mod tests {
             "skipped after the failure"
         );
         assert_eq!(fake.puts.load(Ordering::SeqCst), 1);
+        assert!(t.gave_up());
         let w = warnings.lock().unwrap();
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("fake failed, continuing without it: connection refused"));
@@ -639,8 +684,10 @@ mod tests {
             Arc::new(Detached::new(fake)),
         );
         // The build's own write succeeds: the remote one fails on its own time.
+        assert!(!t.gave_up());
         t.put(&record("k", &blobs, b"x"), &ctx).await.unwrap();
         t.flush().await;
+        assert!(t.gave_up(), "known through the decorators");
         assert_eq!(warnings.lock().unwrap().len(), 1);
         assert!(t.get("k", &ctx).await.unwrap().is_some(), "still in memory");
     }

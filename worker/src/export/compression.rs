@@ -468,6 +468,8 @@ impl Converter {
         if !self.store.contains(&digest) {
             self.store.commit(tmp, &digest)?;
         }
+        // Both hashes were just taken from the bytes written.
+        self.store.remember_diff_id(&digest, &diff_id);
         Ok(LayerBlob {
             digest,
             diff_id,

@@ -67,6 +67,9 @@ pub enum ExporterError {
     /// Importing into containerd failed.
     #[error(transparent)]
     Containerd(#[from] crate::export::containerd::ContainerdExportError),
+    /// A layer of the image does not match its blob (or is gone).
+    #[error("the image cannot be exported: {0}")]
+    Layer(#[from] crate::layer::check::LayerFault),
     /// A blocking task died.
     #[error("export task failed: {0}")]
     Task(String),
@@ -299,6 +302,12 @@ impl<'a> Exporter<'a> {
 
     /// The image with the requested layer compression and media types.
     async fn image_for(&self, opts: &ImageOptions) -> Result<ImageManifest, ExporterError> {
+        // The config lists the chain's diff IDs: one that is not its blob's makes an image that
+        // runtimes refuse ("diffid mismatch"). Cache records are checked before they are used;
+        // this covers the rest of the chain too (base layers whose snapshots existed). Stamped
+        // blobs make it a stat per layer.
+        let (store, layers) = (self.build.blobs().clone(), self.image.layers.clone());
+        blocking(move || Ok(crate::layer::check::check_layers(&store, &layers)?)).await?;
         let compression = opts.compression;
         let img = if compression.is_build_default() {
             self.image.clone()

@@ -188,6 +188,18 @@ where
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // git's http(s) transport (curl) has no read timeout by default: a server that accepts
+    // and then says nothing would hold the build forever. Less than 1 byte/s for 60 s (waiting
+    // for an answer counts) ends the transfer; a slow one that moves never trips it. The
+    // user's own setting, if any, wins.
+    for (k, v) in [
+        ("GIT_HTTP_LOW_SPEED_LIMIT", "1"),
+        ("GIT_HTTP_LOW_SPEED_TIME", "60"),
+    ] {
+        if std::env::var_os(k).is_none() {
+            cmd.env(k, v);
+        }
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -463,13 +475,18 @@ impl GitEnv {
 }
 
 /// The `GIT_SSH_COMMAND` that checks the server against a known_hosts file (git runs it with
-/// the shell).
+/// the shell). With no ssh config read, the timeouts are ours: 30 s to connect and exchange
+/// banners, and a server that leaves 4 keepalives in a row (15 s apart) unanswered is gone.
 fn ssh_command(known_hosts: &Path) -> String {
     format!(
-        "ssh -F /dev/null -o UserKnownHostsFile={}",
+        "ssh -F /dev/null {SSH_TIMEOUTS} -o UserKnownHostsFile={}",
         shell_quote(&known_hosts.to_string_lossy())
     )
 }
+
+/// ssh options bounding a connection to a server that stops answering (see [`ssh_command`]).
+const SSH_TIMEOUTS: &str =
+    "-o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4";
 
 /// `s` as one word for `sh`.
 fn shell_quote(s: &str) -> String {
@@ -639,7 +656,9 @@ mod tests {
         assert_eq!(k, "GIT_SSH_COMMAND");
         let cmd = cmd.to_str().unwrap().to_owned();
         let file = cmd
-            .strip_prefix("ssh -F /dev/null -o UserKnownHostsFile=")
+            .strip_prefix(&format!(
+                "ssh -F /dev/null {SSH_TIMEOUTS} -o UserKnownHostsFile="
+            ))
             .unwrap();
         assert_eq!(std::fs::read_to_string(file).unwrap(), format!("{line}\n"));
         drop(env);

@@ -26,7 +26,13 @@ const DEFAULT_PERM: u32 = 0o600;
 
 /// How long to wait for a connection, and for each read of the body: a server that stops
 /// answering fails the build instead of hanging it.
+/// TCP and TLS connect to the server of an `ADD https://…`.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// reqwest's read timeout: from the request to the response headers (first byte), then between
+/// two reads of the body (idle). Download servers can be slow to start a big file (a redirect,
+/// a CDN fetching it first), hence more than a registry's 30 s; silence only, never a total, so a
+/// slow download that keeps moving is never cut off, and a server that says nothing fails the
+/// step in two minutes with its URL.
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// What an http source op asks for.

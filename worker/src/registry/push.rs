@@ -43,9 +43,17 @@ pub struct PushOptions {
     pub parallel: usize,
     /// Retries of each operation.
     pub retry: RetryPolicy,
-    /// Longest silence on a connection before the request counts as timed out.
+    /// reqwest's read timeout: from sending a request to its response headers, then between
+    /// two reads of the response body. An upload's body is sent within that first span, so a
+    /// chunk (at most [`PushOptions::chunk_size`]) must go up within it: 16 MiB in 120 s is
+    /// 140 KB/s. Requests without a streamed body are bounded by [`ANSWER_TIMEOUT`] instead.
     pub read_timeout: Duration,
 }
+
+/// The whole of a request that sends no blob (existence checks, upload sessions, manifests,
+/// configs, tokens): registries answer those at once, so a registry that accepts connections and
+/// says nothing fails each try in 30 s rather than in the uploads' [`PushOptions::read_timeout`].
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for PushOptions {
     fn default() -> Self {
@@ -610,7 +618,15 @@ impl Pusher {
             if let Some(h) = self.auth_header(t, scopes, what).await? {
                 rb = rb.header(AUTHORIZATION, h);
             }
-            let resp = rb.send().await.map_err(|e| net_error(t, what, &e))?;
+            let mut req = rb.build().map_err(|e| net_error(t, what, &e))?;
+            if req.body().is_none_or(|b| b.as_bytes().is_some()) {
+                *req.timeout_mut() = Some(ANSWER_TIMEOUT);
+            }
+            let resp = self
+                .client
+                .execute(req)
+                .await
+                .map_err(|e| net_error(t, what, &e))?;
             match resp.status() {
                 StatusCode::UNAUTHORIZED if !answered => {
                     let challenge = resp
@@ -725,6 +741,7 @@ impl Pusher {
         let mut rb = self
             .client
             .get(realm)
+            .timeout(ANSWER_TIMEOUT)
             .query(&query)
             .header(ACCEPT, "application/json");
         let creds = self.credentials(t);

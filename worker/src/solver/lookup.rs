@@ -149,4 +149,75 @@ mod tests {
         assert_eq!(got.as_ref(), Some(&record));
         assert!(local.verify(&d1, Some(b1.len() as u64)));
     }
+
+    // Verifies (issue 12, item 1): a record on the remote whose layer names another diff ID than
+    // the blob's (an edited `/ac` object) is a miss with one warning naming the remote and the
+    // step, not a failure of the tier (so `Detached` keeps using it, and the step's new record
+    // replaces the bad one); the downloaded blob, which is fine, stays. A right record is served.
+    #[tokio::test]
+    async fn a_remote_record_whose_diff_id_is_not_its_blobs_is_a_miss_with_a_warning() {
+        let d = tempfile::tempdir().unwrap();
+        let local = BlobStore::open(d.path().join("local")).unwrap();
+        let scratch = BlobStore::open(d.path().join("scratch")).unwrap();
+        let upper = tempfile::tempdir().unwrap();
+        std::fs::write(upper.path().join("f"), "remote layer").unwrap();
+        let good = crate::layer::write_layer(
+            upper.path(),
+            &scratch,
+            crate::layer::LayerOptions::default(),
+        )
+        .unwrap();
+        let bytes = std::fs::read(scratch.path(&good.digest).unwrap()).unwrap();
+        let key = "cd".repeat(32);
+        let (head, last) = good.diff_id.split_at(good.diff_id.len() - 1);
+        let wrong = format!("{head}{}", if last == "0" { "1" } else { "0" });
+        let record = |diff_id: &str| ActionRecord {
+            key: key.clone(),
+            layers: vec![LayerBlob {
+                diff_id: diff_id.to_string(),
+                ..good.clone()
+            }],
+            extra_outputs: Vec::new(),
+            name: "[2/2] RUN make".into(),
+            duration_ms: 1,
+            components: BTreeMap::new(),
+        };
+        let remote = Arc::new(Fake::default());
+        remote.put_record(&record(&wrong)).await.unwrap();
+        remote
+            .blobs
+            .lock()
+            .unwrap()
+            .insert(good.digest.clone(), bytes);
+        let warnings = Arc::new(Mutex::new(Vec::<String>::new()));
+        let w = warnings.clone();
+        let ctx = TierCtx {
+            blobs: local.clone(),
+            warn: Arc::new(move |m| w.lock().unwrap().push(m)),
+        };
+        let tier = crate::cache::tier::Detached::new(Arc::new(Remote::new(remote.clone())));
+
+        assert_eq!(tier.get(&key, &ctx).await.unwrap(), None);
+        let seen = warnings.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            seen[0].contains("remote cache fake")
+                && seen[0].contains("`[2/2] RUN make`")
+                && seen[0].contains(&wrong),
+            "{seen:?}"
+        );
+        assert!(
+            local.verify(&good.digest, Some(good.size)),
+            "the blob stays"
+        );
+
+        // The step ran again and stored its record: served from then on.
+        remote.put_record(&record(&good.diff_id)).await.unwrap();
+        assert_eq!(
+            tier.get(&key, &ctx).await.unwrap(),
+            Some(record(&good.diff_id)),
+            "the tier is still in use"
+        );
+        assert_eq!(warnings.lock().unwrap().len(), 1);
+    }
 }
