@@ -157,7 +157,7 @@ impl BlobStore {
         let dir = self.root.join("sha256/.verified");
         let _ = fs::create_dir_all(&dir);
         let written = tempfile::Builder::new()
-            .prefix(".tmp-")
+            .prefix(&crate::state::stale::temp_prefix(".tmp-"))
             .tempfile_in(&dir)
             .and_then(|mut tmp| {
                 tmp.write_all(stamp.render().as_bytes())?;

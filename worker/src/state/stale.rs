@@ -157,6 +157,7 @@ pub fn sweep_state(state: &super::StateDir) -> io::Result<Swept> {
     let mut swept = Swept::default();
     swept.add(sweep_scratch(&state.tmp_root()));
     swept.add(sweep_dir(&state.sha256_blobs(), ".tmp-"));
+    swept.add(sweep_dir(&state.sha256_blobs().join(".verified"), ".tmp-"));
     if let Ok(shards) = fs::read_dir(state.action_cache()) {
         for s in shards.flatten() {
             swept.add(sweep_dir(&s.path(), ".tmp-"));
