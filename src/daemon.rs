@@ -22,12 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use memobuild_proto::pb;
 use memobuild_proto::worker_types::WorkerRecord;
 use memobuild_worker::{Engine, EngineConfig, StateDir};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
 use crate::cli::DaemonArgs;
 use crate::daemon::config::{Config, GcRule};
@@ -81,13 +79,6 @@ impl Daemon {
     pub fn running(&self) -> Running {
         self.running.send_modify(|n| *n += 1);
         Running(self.running.clone())
-    }
-
-    /// Refuses `def` if it needs an entitlement the client did not ask for or the daemon does
-    /// not grant (host networking, privileged steps), as buildkitd does.
-    pub fn check_entitlements(&self, def: &pb::Definition, asked: &[String]) -> Result<(), Status> {
-        crate::pipeline::check_entitlements(def, asked, Some(&self.allowed_entitlements))
-            .map_err(Status::permission_denied)
     }
 
     /// After a build: prunes the local cache as the GC rules say, in the background.

@@ -776,6 +776,47 @@ fn dockerfile_and_step_errors_reach_the_client() {
     );
 }
 
+// Verifies: host networking and privileged steps run only when the client asks for the
+// entitlement and the daemon grants it, in the daemon's own Dockerfile frontend too (a step
+// with `--network=host` never reaches the host's loopback unasked); asking for an entitlement
+// the daemon does not grant fails the request up front, as buildkitd does.
+#[test]
+fn entitlements_are_asked_for_and_granted() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        &format!("FROM {}\nRUN --network=host true\n", env.busybox()),
+    );
+    let strict = Daemon::start(&sb, &env, &[]);
+    let out = sb.build_remote(&strict, &["--progress", "plain"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = error_line(&out);
+    assert!(line.contains("entitlement `network.host`"), "{line}");
+    let out = sb.build_remote(&strict, &["--progress", "plain", "--allow", "network.host"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = error_line(&out);
+    assert!(
+        line.contains("granting entitlement network.host is not allowed"),
+        "{line}"
+    );
+    drop(strict);
+
+    let granting = Daemon::start(&sb, &env, &["--allow-insecure-entitlement", "network.host"]);
+    let out = sb.build_remote(&granting, &["--progress", "plain"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        error_line(&out).contains("--allow network.host"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sb.build_remote(
+        &granting,
+        &["--progress", "plain", "--allow", "network.host"],
+    );
+    assert_ok(&out, "a granted entitlement");
+}
+
 /// A definition whose terminal names an op the definition does not hold.
 fn dangling_definition() -> pb::Definition {
     DefinitionBuilder::new().finish(pb::Input::new(format!("sha256:{}", "0".repeat(64)), 0))

@@ -113,6 +113,15 @@ impl Control for ControlService {
             }
         }
 
+        // As buildkitd: asking for an entitlement the daemon does not grant fails the request,
+        // whether or not a step uses it.
+        for e in &req.entitlements {
+            if !self.daemon.allowed_entitlements.contains(e) {
+                return Err(Status::permission_denied(format!(
+                    "granting entitlement {e} is not allowed by build daemon configuration"
+                )));
+            }
+        }
         let job = self.daemon.jobs.get_or_create(&req.r#ref);
         if job.is_started() {
             return Err(Status::already_exists(format!(
@@ -134,7 +143,12 @@ impl Control for ControlService {
             .build(caller)
             .await
             .map_err(|e| Status::unavailable(format!("cannot start the build: {e}")))?;
-        let returned = job.start(build.clone(), &req.session, &req.entitlements);
+        let returned = job.start(
+            build.clone(),
+            &req.session,
+            &req.entitlements,
+            &self.daemon.allowed_entitlements,
+        );
         let _cancel = CancelOnDrop(job.cancel.clone());
         let (daemon, task_job) = (self.daemon.clone(), job.clone());
         let task = tokio::spawn(async move {
@@ -285,7 +299,6 @@ async fn run(
         .ok_or_else(|| Status::internal("the job has no build"))?;
     let (solved, metadata) = match (&req.definition, req.frontend.as_str()) {
         (Some(def), "") if !def.def.is_empty() => {
-            daemon.check_entitlements(def, &req.entitlements)?;
             let solved =
                 frontend::solve_definition(job, &build, def, daemon.max_parallelism, false)
                     .boxed()

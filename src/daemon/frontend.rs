@@ -144,6 +144,9 @@ pub async fn solve_definition(
     max_parallel_exec: usize,
     no_cache: bool,
 ) -> Result<SolvedRef, Status> {
+    // Every definition the job solves is checked, whoever made it (the client, or the
+    // daemon's own Dockerfile frontend).
+    job.check_entitlements(definition)?;
     let parsed = ParsedDefinition::try_from(definition.clone())
         .map_err(|e| Status::invalid_argument(format!("invalid definition: {e}")))?;
     job.status.add_definition(&parsed);

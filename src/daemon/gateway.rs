@@ -174,7 +174,6 @@ impl LlbBridge for GatewayService {
                 match (has_def, req.frontend.as_str()) {
                     (true, _) => {
                         let def = req.definition.clone().unwrap_or_default();
-                        daemon.check_entitlements(&def, &job.entitlements())?;
                         let solved = frontend::solve_definition(
                             &job,
                             &build,

@@ -85,6 +85,7 @@ struct State {
     returned: Option<oneshot::Sender<Returned>>,
     session: String,
     entitlements: Vec<String>,
+    granted: Vec<String>,
 }
 
 impl Job {
@@ -101,13 +102,15 @@ impl Job {
         })
     }
 
-    /// Starts the job with its build, for the client's session and with the entitlements
-    /// its Solve asked for; the receiver gets what the gateway client returns.
+    /// Starts the job with its build, for the client's session, with the entitlements its
+    /// Solve asked for and those the daemon grants; the receiver gets what the gateway client
+    /// returns.
     pub fn start(
         &self,
         build: Build,
         session: &str,
         entitlements: &[String],
+        granted: &[String],
     ) -> oneshot::Receiver<Returned> {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut s) = self.state.lock() {
@@ -115,6 +118,7 @@ impl Job {
             s.returned = Some(tx);
             s.session = session.to_owned();
             s.entitlements = entitlements.to_vec();
+            s.granted = granted.to_vec();
         }
         self.started.send_replace(true);
         rx
@@ -138,12 +142,16 @@ impl Job {
             .unwrap_or_default()
     }
 
-    /// The entitlements the job's Solve asked for.
-    pub fn entitlements(&self) -> Vec<String> {
-        self.state
+    /// Refuses `def` if a step needs an entitlement the job's Solve did not ask for or the
+    /// daemon does not grant.
+    pub fn check_entitlements(&self, def: &pb::Definition) -> Result<(), tonic::Status> {
+        let (asked, granted) = self
+            .state
             .lock()
-            .map(|s| s.entitlements.clone())
-            .unwrap_or_default()
+            .map(|s| (s.entitlements.clone(), s.granted.clone()))
+            .unwrap_or_default();
+        crate::pipeline::check_entitlements(def, &asked, Some(&granted))
+            .map_err(tonic::Status::permission_denied)
     }
 
     /// Keeps `solved` under a new id.

@@ -101,6 +101,8 @@ pub struct RunRequest {
     pub hostname: String,
     /// Network namespace choice.
     pub network: NetworkMode,
+    /// Every capability, /proc and /sys unmasked, any device (`--security=insecure`).
+    pub privileged: bool,
     /// Mounts added after the default ones (`/proc`, `/dev`, `/sys`, …).
     pub mounts: Vec<ExtraMount>,
     /// Receives output chunks as they arrive. Slow receivers slow the process down (back pressure).

@@ -32,6 +32,51 @@ const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+/// Every capability, for privileged steps (`RUN --security=insecure`, an entitlement).
+const ALL_CAPS: &[&str] = &[
+    "CAP_AUDIT_CONTROL",
+    "CAP_AUDIT_READ",
+    "CAP_AUDIT_WRITE",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_KILL",
+    "CAP_LEASE",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_MAC_ADMIN",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MKNOD",
+    "CAP_NET_ADMIN",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_RAW",
+    "CAP_PERFMON",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYSLOG",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_NICE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_WAKE_ALARM",
+];
+
 /// Docker's masked and read-only /proc and /sys paths (moby `oci/defaults.go`).
 const MASKED_PATHS: &[&str] = &[
     "/proc/asound",
@@ -267,7 +312,14 @@ pub(crate) fn spec_mounts(req: &RunRequest) -> Vec<SpecMount> {
 /// Builds the runtime spec for container `id` in containerd namespace `namespace`.
 pub(crate) fn build(req: &RunRequest, id: &str, namespace: &str) -> Spec {
     let nofile = nofile_limit();
-    let caps: Vec<String> = DEFAULT_CAPS.iter().map(|s| (*s).to_owned()).collect();
+    let caps: Vec<String> = if req.privileged {
+        ALL_CAPS
+    } else {
+        DEFAULT_CAPS
+    }
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
     let mut env = req.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(DEFAULT_PATH.to_owned());
@@ -323,12 +375,22 @@ pub(crate) fn build(req: &RunRequest, id: &str, namespace: &str) -> Spec {
         mounts: spec_mounts(req),
         linux: Linux {
             namespaces,
-            masked_paths: MASKED_PATHS.iter().map(|s| (*s).to_owned()).collect(),
-            readonly_paths: READONLY_PATHS.iter().map(|s| (*s).to_owned()).collect(),
+            // A privileged step sees /proc and /sys whole and may use any device, as
+            // BuildKit's insecure mode gives it.
+            masked_paths: if req.privileged {
+                Vec::new()
+            } else {
+                MASKED_PATHS.iter().map(|s| (*s).to_owned()).collect()
+            },
+            readonly_paths: if req.privileged {
+                Vec::new()
+            } else {
+                READONLY_PATHS.iter().map(|s| (*s).to_owned()).collect()
+            },
             resources: Resources {
                 // Deny all device access; runc adds its default devices (null, zero, …) back.
                 devices: vec![DeviceRule {
-                    allow: false,
+                    allow: req.privileged,
                     access: "rwm",
                 }],
             },
@@ -425,6 +487,7 @@ mod tests {
     fn network_none_adds_a_network_namespace() {
         let req = RunRequest {
             network: NetworkMode::None,
+            privileged: false,
             env: vec!["PATH=/bin".into()],
             ..request()
         };

@@ -56,7 +56,7 @@ impl Solve {
         }
         let extra = mounts.extra.clone();
         let result = match self
-            .run_exec(digest, exec.network, meta, &base, extra)
+            .run_exec(digest, (exec.network, exec.security), meta, &base, extra)
             .await
         {
             Ok(fs) => self.collect_outputs(digest, &root, fs, &mut mounts).await,
@@ -112,7 +112,7 @@ impl Solve {
     async fn run_exec(
         &self,
         digest: &str,
-        network: i32,
+        (network, security): (i32, i32),
         meta: pb::Meta,
         base: &FsRef,
         mounts: Vec<ExtraMount>,
@@ -131,7 +131,15 @@ impl Solve {
             .map_err(|e| self.error(digest, e.to_string()))?;
 
         let outcome = self
-            .exec_in_snapshot(digest, &key, &rootfs, network, meta, base, mounts)
+            .exec_in_snapshot(
+                digest,
+                &key,
+                &rootfs,
+                (network, security),
+                meta,
+                base,
+                mounts,
+            )
             .await;
         if outcome.is_err() {
             let _ = self.build.ctd.remove(&key).await;
@@ -145,7 +153,7 @@ impl Solve {
         digest: &str,
         key: &str,
         rootfs: &[crate::containerd::Mount],
-        network: i32,
+        (network, security): (i32, i32),
         meta: pb::Meta,
         base: &FsRef,
         mounts: Vec<ExtraMount>,
@@ -236,6 +244,7 @@ impl Solve {
                 meta.hostname.clone()
             },
             network,
+            privileged: security == pb::SecurityMode::Insecure as i32,
             mounts,
             output: Some(tx),
             cancel: None,
