@@ -103,8 +103,17 @@ pub async fn dockerfile(
                     Some("context-.dockerignore"),
                     &follow,
                 )
-                .await?;
-                Ok::<_, Status>(read_file(&dir, ".dockerignore")?.unwrap_or_default())
+                .await;
+                match dir {
+                    Ok(dir) => Ok(read_file(&dir, ".dockerignore")?.unwrap_or_default()),
+                    // A client that sends no context (a request that only reads the
+                    // Dockerfile, an outline) has no `.dockerignore` either; a build that
+                    // needs the context fails where it reads it, naming it.
+                    Err(e) => {
+                        tracing::debug!("no .dockerignore: {}", e.message());
+                        Ok::<_, Status>(Vec::new())
+                    }
+                }
             }
             .await;
             finish_step(progress, &step, &name, started, &read);
@@ -118,7 +127,7 @@ pub async fn dockerfile(
         .await
         .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
     for w in &lowered.warnings {
-        job.status.warn(&w.to_string());
+        job.status.warn_lint(w, &filename, dockerfile.as_bytes());
     }
     let mut metadata = BTreeMap::new();
     metadata.insert(META_IMAGE_CONFIG.to_string(), lowered.image_config.clone());
