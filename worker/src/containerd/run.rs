@@ -9,7 +9,8 @@ use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+    DeleteTaskRequest, ExecProcessRequest, KillRequest, ListContainersRequest, StartRequest,
+    WaitRequest,
 };
 use containerd_client::types::Mount;
 use tokio::io::AsyncReadExt;
@@ -103,6 +104,9 @@ pub struct RunRequest {
     pub network: NetworkMode,
     /// Every capability, /proc and /sys unmasked, any device (`--security=insecure`).
     pub privileged: bool,
+    /// `NAME=VALUE` pairs of secrets, added to the environment of the process but never to
+    /// the container's spec, which containerd keeps in its database.
+    pub secret_env: Vec<String>,
     /// Mounts added after the default ones (`/proc`, `/dev`, `/sys`, …).
     pub mounts: Vec<ExtraMount>,
     /// Receives output chunks as they arrive. Slow receivers slow the process down (back pressure).
@@ -243,38 +247,80 @@ impl Containerd {
             .map_err(|s| Error::rpc("container create", id, s))?;
 
         let mut tasks = TasksClient::new(self.channel());
+        // With secret env vars, the container's own process never starts: the step runs as a
+        // process executed in the created container, whose spec (with the secrets) goes to the
+        // shim and runc only, not into containerd's metadata database, which keeps container
+        // specs on disk (and in freed pages long after the container is gone).
+        let exec_id = if req.secret_env.is_empty() {
+            String::new()
+        } else {
+            "step".to_owned()
+        };
+        let (init_out, init_err) = if exec_id.is_empty() {
+            (stdout.display().to_string(), stderr.display().to_string())
+        } else {
+            (String::new(), String::new())
+        };
         tasks
             .create(self.request(CreateTaskRequest {
                 container_id: id.to_owned(),
                 rootfs: req.rootfs.clone(),
                 stdin: String::new(),
-                stdout: stdout.display().to_string(),
-                stderr: stderr.display().to_string(),
+                stdout: init_out,
+                stderr: init_err,
                 terminal: false,
                 ..Default::default()
             }))
             .await
             .map_err(|s| Error::rpc("task create", id, s))?;
+        if !exec_id.is_empty() {
+            let process = spec::process_json(req, id, self.namespace(), &req.secret_env).map_err(
+                |source| Error::Spec {
+                    id: id.to_owned(),
+                    source,
+                },
+            )?;
+            tasks
+                .exec(self.request(ExecProcessRequest {
+                    container_id: id.to_owned(),
+                    stdin: String::new(),
+                    stdout: stdout.display().to_string(),
+                    stderr: stderr.display().to_string(),
+                    terminal: false,
+                    spec: Some(prost_types::Any {
+                        type_url: spec::PROCESS_TYPE_URL.to_owned(),
+                        value: process,
+                    }),
+                    exec_id: exec_id.clone(),
+                }))
+                .await
+                .map_err(|s| Error::rpc("task exec", id, s))?;
+        }
         tasks
             .start(self.request(StartRequest {
                 container_id: id.to_owned(),
-                exec_id: String::new(),
+                exec_id: exec_id.clone(),
             }))
             .await
             .map_err(|s| Error::rpc("task start", id, s))?;
 
         let cancel = req.cancel.clone().unwrap_or_default();
         tokio::select! {
-            status = self.wait(id) => status.map(Some),
+            status = self.wait_process(id, &exec_id) => status.map(Some),
             () = cancel.cancelled() => Ok(None),
         }
     }
 
     async fn wait(&self, id: &str) -> Result<i32> {
+        self.wait_process(id, "").await
+    }
+
+    /// Waits for process `exec_id` of task `id` (`""`: the task's own process).
+    async fn wait_process(&self, id: &str, exec_id: &str) -> Result<i32> {
         let resp = TasksClient::new(self.channel())
             .wait(self.request(WaitRequest {
                 container_id: id.to_owned(),
-                exec_id: String::new(),
+                exec_id: exec_id.to_owned(),
             }))
             .await
             .map_err(|s| Error::rpc("task wait", id, s))?;

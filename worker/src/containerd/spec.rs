@@ -309,6 +309,28 @@ pub(crate) fn spec_mounts(req: &RunRequest) -> Vec<SpecMount> {
     mounts
 }
 
+/// Type URL of a process spec in containerd's `Tasks.Exec`.
+pub(crate) const PROCESS_TYPE_URL: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/Process";
+
+/// The process of `req`'s spec with `extra_env` added, as JSON for `Tasks.Exec`.
+pub(crate) fn process_json(
+    req: &RunRequest,
+    id: &str,
+    namespace: &str,
+    extra_env: &[String],
+) -> serde_json::Result<Vec<u8>> {
+    let mut process = build(req, id, namespace).process;
+    for kv in extra_env {
+        let name = kv.split('=').next().unwrap_or_default();
+        process
+            .env
+            .retain(|e| e.split('=').next().unwrap_or_default() != name);
+        process.env.push(kv.clone());
+    }
+    serde_json::to_vec(&process)
+}
+
 /// Builds the runtime spec for container `id` in containerd namespace `namespace`.
 pub(crate) fn build(req: &RunRequest, id: &str, namespace: &str) -> Spec {
     let nofile = nofile_limit();

@@ -26,7 +26,7 @@ impl Solve {
         exec: pb::ExecOp,
         inputs: Vec<Output>,
     ) -> Result<Vec<Output>, SolveError> {
-        let mut meta = exec
+        let meta = exec
             .meta
             .clone()
             .ok_or_else(|| self.error(digest, "exec op has no meta".into()))?;
@@ -47,16 +47,22 @@ impl Solve {
         };
 
         let mut mounts = self.prepare_mounts(digest, &exec, &inputs).await?;
-        // Secret env vars replace variables of the same name.
-        for kv in std::mem::take(&mut mounts.secret_env) {
-            let name = kv.split('=').next().unwrap_or_default();
-            meta.env
-                .retain(|e| e.split('=').next().unwrap_or_default() != name);
-            meta.env.push(kv);
-        }
+        // Secret env vars go to the process only (they replace variables of the same name
+        // there), never into the container's spec.
+        let secret_env = std::mem::take(&mut mounts.secret_env);
         let extra = mounts.extra.clone();
         let result = match self
-            .run_exec(digest, (exec.network, exec.security), meta, &base, extra)
+            .run_exec(
+                digest,
+                Isolation {
+                    network: exec.network,
+                    security: exec.security,
+                    secret_env,
+                },
+                meta,
+                &base,
+                extra,
+            )
             .await
         {
             Ok(fs) => self.collect_outputs(digest, &root, fs, &mut mounts).await,
@@ -112,7 +118,7 @@ impl Solve {
     async fn run_exec(
         &self,
         digest: &str,
-        (network, security): (i32, i32),
+        isolation: Isolation,
         meta: pb::Meta,
         base: &FsRef,
         mounts: Vec<ExtraMount>,
@@ -131,15 +137,7 @@ impl Solve {
             .map_err(|e| self.error(digest, e.to_string()))?;
 
         let outcome = self
-            .exec_in_snapshot(
-                digest,
-                &key,
-                &rootfs,
-                (network, security),
-                meta,
-                base,
-                mounts,
-            )
+            .exec_in_snapshot(digest, &key, &rootfs, isolation, meta, base, mounts)
             .await;
         if outcome.is_err() {
             let _ = self.build.ctd.remove(&key).await;
@@ -153,7 +151,7 @@ impl Solve {
         digest: &str,
         key: &str,
         rootfs: &[crate::containerd::Mount],
-        (network, security): (i32, i32),
+        isolation: Isolation,
         meta: pb::Meta,
         base: &FsRef,
         mounts: Vec<ExtraMount>,
@@ -191,6 +189,11 @@ impl Solve {
 
         // The sandbox (BuildKit's default) is a namespace of the step's own with outbound
         // access, kept until the step is over.
+        let Isolation {
+            network,
+            security,
+            secret_env,
+        } = isolation;
         let (network, _sandbox) = match pb::NetMode::try_from(network) {
             Ok(pb::NetMode::None) => (NetworkMode::None, None),
             Ok(pb::NetMode::Host) => (NetworkMode::Host, None),
@@ -245,6 +248,7 @@ impl Solve {
             },
             network,
             privileged: security == pb::SecurityMode::Insecure as i32,
+            secret_env,
             mounts,
             output: Some(tx),
             cancel: None,
@@ -273,4 +277,12 @@ impl Solve {
             .ok_or_else(|| self.error(digest, "snapshot has no upper directory".into()))?;
         self.snapshot_layer(digest, key, &upper, base).await
     }
+}
+
+/// How a step's process is set apart: its network and security modes (`pb::NetMode`,
+/// `pb::SecurityMode`) and the secrets it gets as environment variables.
+struct Isolation {
+    network: i32,
+    security: i32,
+    secret_env: Vec<String>,
 }
