@@ -473,9 +473,9 @@ pub struct ServerArgs {
     /// what it sent is removed.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = positive_duration)]
     pub body_idle_timeout: std::time::Duration,
-    /// Connections open at once. When all are taken, a new connection closes the oldest idle
-    /// one (no request running); when every one is busy, it waits. Default: half the open-file
-    /// limit less a reserve, at most 4096.
+    /// Connections open at once. When all are taken, a new connection closes idle ones (no
+    /// request running), those silent longest first; when every one is busy, it waits.
+    /// Default: half the open-file limit less a reserve, at most 4096.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: Option<u32>,
     /// Largest upload taken: one that declares more is refused (413) before any of it is read,

@@ -6,22 +6,26 @@
 //! - A request head must arrive within `header_read_timeout` (hyper's own timer). It runs
 //!   whenever the server waits for a head, so kept-alive connections idle that long close too.
 //! - At most `max_connections` are open. When all are taken, a new connection makes room by
-//!   closing the oldest *idle* one: no request running, so a client still sending its head or a
-//!   kept-alive one between requests. A flood of half-sent heads therefore only ever displaces
-//!   itself, and a new client (a health check, a build) gets in at once. Only when every
-//!   connection is running a request does the accept loop wait for one to end.
+//!   closing *idle* ones (no request running: a client still sending its head, or a kept-alive
+//!   one between requests), those that sent something and then nothing for longest first
+//!   (`ConnTable::evict_idle`). A flood of half-sent heads therefore only ever displaces
+//!   itself, while a new client (a health check, a build), whose request has just arrived, gets
+//!   in at once. Only when every connection is running a request does the accept loop wait for
+//!   one to end. The accept queue is deep (4096) so that a burst queues rather than drops.
 //! - Bodies that stall are cut off by the router ([`crate::server::router`]), not here.
 //! - A failed accept (out of descriptors) is logged and retried after a pause, not in a loop.
 //!
 //! Shutdown stops accepting, closes idle connections and lets running requests finish
 //! (hyper-util's graceful shutdown).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -32,7 +36,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt as _;
 
@@ -115,6 +120,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let table = Arc::new(ConnTable::default());
+    let clock = Clock::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
@@ -140,7 +146,7 @@ pub async fn serve(
             p = acquire(&slots, limits.max_connections, &table) => p,
             () = &mut shutdown => break,
         };
-        let conn = table.open();
+        let conn = table.open(&clock);
         let svc = hyper::service::service_fn({
             let router = router.clone();
             let conn = conn.clone();
@@ -159,7 +165,12 @@ pub async fn serve(
                 }
             }
         });
-        let served = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+        let io = TokioIo::new(Tracked {
+            stream,
+            conn: conn.clone(),
+            clock,
+        });
+        let served = graceful.watch(builder.serve_connection(io, svc));
         let table = table.clone();
         tokio::spawn(async move {
             tokio::pin!(served);
@@ -189,8 +200,8 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
-/// A connection slot: at once when one is free, else after closing the oldest idle connection,
-/// else when a running one ends.
+/// A connection slot: at once when one is free, else after closing idle connections, else when
+/// a running one ends.
 async fn acquire(slots: &Arc<Semaphore>, max: usize, table: &ConnTable) -> OwnedSemaphorePermit {
     loop {
         if let Ok(p) = slots.clone().try_acquire_owned() {
@@ -198,7 +209,7 @@ async fn acquire(slots: &Arc<Semaphore>, max: usize, table: &ConnTable) -> Owned
         }
         // Several at once: each eviction costs the accept loop a wait for the evicted task,
         // which under a flood of connects lets the kernel's queue overflow.
-        let evicted = table.evict_oldest_idle(evict_batch(max)) > 0;
+        let evicted = table.evict_idle(evict_batch(max)) > 0;
         // An evicted connection gives its slot back as soon as its task sees the notice; without
         // one, look again now and then, as connections fall idle without ending.
         let wait = if evicted {
@@ -218,12 +229,30 @@ fn evict_batch(max: usize) -> usize {
     (max / 64).max(1)
 }
 
+/// A monotonic clock in microseconds since the server started, cheap to store in an atomic.
+#[derive(Debug, Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn new() -> Clock {
+        Clock(Instant::now())
+    }
+
+    fn now(self) -> u64 {
+        u64::try_from(self.0.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
 /// One open connection, as the accept loop sees it.
 #[derive(Debug, Default)]
 struct Conn {
     id: u64,
     /// Requests running on it (0 or 1 for HTTP/1.1).
     busy: AtomicUsize,
+    /// When it was accepted ([`Clock`]).
+    accepted: u64,
+    /// When it last sent bytes ([`Clock`]), 0 until it has.
+    last_read: AtomicU64,
     /// Tells its task to close it.
     evict: Notify,
 }
@@ -244,7 +273,61 @@ impl Drop for Busy {
     }
 }
 
-/// The open connections, oldest first.
+/// A connection's socket that notes when the client last sent something.
+struct Tracked {
+    stream: TcpStream,
+    conn: Arc<Conn>,
+    clock: Clock,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.conn
+                .last_read
+                .store(self.clock.now().max(1), Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The open connections.
 #[derive(Debug, Default)]
 struct ConnTable {
     inner: Mutex<TableInner>,
@@ -253,7 +336,7 @@ struct ConnTable {
 #[derive(Debug, Default)]
 struct TableInner {
     next: u64,
-    open: BTreeMap<u64, Arc<Conn>>,
+    open: HashMap<u64, Arc<Conn>>,
 }
 
 impl ConnTable {
@@ -262,11 +345,12 @@ impl ConnTable {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn open(&self) -> Arc<Conn> {
+    fn open(&self, clock: &Clock) -> Arc<Conn> {
         let mut t = self.lock();
         t.next += 1;
         let conn = Arc::new(Conn {
             id: t.next,
+            accepted: clock.now(),
             ..Conn::default()
         });
         t.open.insert(conn.id, conn.clone());
@@ -277,18 +361,30 @@ impl ConnTable {
         self.lock().open.remove(&id);
     }
 
-    /// Tells the `n` oldest connections with no request running to close, and takes them out of
-    /// the table (so none is picked twice). How many there were.
-    fn evict_oldest_idle(&self, n: usize) -> usize {
+    /// Tells `n` connections with no request running to close, and takes them out of the table
+    /// (so none is picked twice); how many there were. First those that sent something and then
+    /// nothing for longest (a half-sent head, a kept-alive client between requests), then those
+    /// not read from yet, oldest first: under a burst a connection's task may not have read its
+    /// first bytes yet, and a complete request may be waiting in its socket.
+    fn evict_idle(&self, n: usize) -> usize {
         let mut t = self.lock();
-        let idle: Vec<u64> = t
+        let mut idle: Vec<((bool, u64), u64)> = t
             .open
             .values()
             .filter(|c| c.busy.load(Ordering::SeqCst) == 0)
-            .map(|c| c.id)
-            .take(n)
+            .map(|c| {
+                let key = match c.last_read.load(Ordering::Relaxed) {
+                    0 => (true, c.accepted),
+                    read => (false, read),
+                };
+                (key, c.id)
+            })
             .collect();
-        for id in &idle {
+        if idle.len() > n {
+            idle.select_nth_unstable(n);
+            idle.truncate(n);
+        }
+        for (_, id) in &idle {
             if let Some(conn) = t.open.remove(id) {
                 conn.evict.notify_one();
             }
@@ -310,23 +406,34 @@ mod tests {
         assert_eq!(evict_batch(32), 1);
     }
 
+    // Verifies: eviction takes the idle connections (no request running) that sent something and
+    // then nothing for longest, then those not read from yet (oldest first), never a busy one: a
+    // flood of half-sent heads displaces itself rather than a client whose request has just
+    // arrived.
     #[test]
-    fn eviction_picks_the_oldest_idle_connection() {
+    fn eviction_picks_the_longest_silent_idle_connections() {
         let t = ConnTable::default();
-        let a = t.open();
-        let b = t.open();
-        let c = t.open();
-        let d = t.open();
-        let _busy = Busy::new(&a);
-        assert_eq!(t.evict_oldest_idle(1), 1);
-        // `a` runs a request: `b` goes.
-        assert_eq!(
-            t.lock().open.keys().copied().collect::<Vec<_>>(),
-            [a.id, c.id, d.id]
-        );
-        let _busy_c = Busy::new(&c);
-        assert_eq!(t.evict_oldest_idle(5), 1, "only `d` is idle");
-        assert_eq!(t.evict_oldest_idle(5), 0, "every connection is busy");
-        drop(b);
+        let clock = Clock::new();
+        let conns: Vec<_> = (0..5).map(|_| t.open(&clock)).collect();
+        let read_at = |i: usize, v: u64| conns[i].last_read.store(v, Ordering::Relaxed);
+        // 0 and 4 have not been read from; of the others, 3 has been silent longest.
+        read_at(1, 200);
+        read_at(2, 300);
+        read_at(3, 100);
+        let _busy = Busy::new(&conns[1]);
+        let left = |t: &ConnTable| {
+            let mut ids: Vec<u64> = t.lock().open.keys().copied().collect();
+            ids.sort();
+            ids
+        };
+        let ids = |i: &[usize]| i.iter().map(|&i| conns[i].id).collect::<Vec<_>>();
+        assert_eq!(t.evict_idle(1), 1);
+        assert_eq!(left(&t), ids(&[0, 1, 2, 4]));
+        assert_eq!(t.evict_idle(1), 1);
+        assert_eq!(left(&t), ids(&[0, 1, 4]), "2 before the unread ones");
+        assert_eq!(t.evict_idle(1), 1);
+        assert_eq!(left(&t), ids(&[1, 4]), "then the oldest unread");
+        assert_eq!(t.evict_idle(5), 1, "only 4 is idle");
+        assert_eq!(t.evict_idle(5), 0, "every connection is busy");
     }
 }
