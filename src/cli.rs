@@ -449,8 +449,8 @@ pub struct ServerArgs {
     /// webhook deliveries (`webhooks/`); created if missing.
     #[arg(long, value_name = "DIR")]
     pub store: PathBuf,
-    /// Bearer token that uploads (PUT) must present. Without one, anyone who can reach the
-    /// server can write to it.
+    /// Bearer token that writes (uploads, build reports) must present. Without one the server
+    /// refuses writes (403) unless `--insecure-open-writes` is given.
     #[arg(
         long,
         value_name = "TOKEN",
@@ -461,6 +461,27 @@ pub struct ServerArgs {
     /// Require the token for reads (GET, HEAD) too.
     #[arg(long)]
     pub token_reads: bool,
+    /// Without `--token`, let anyone who can reach the server write to it (uploads, build
+    /// reports): one bad client can then poison every build's cache. Off by default.
+    #[arg(long)]
+    pub insecure_open_writes: bool,
+    /// Time a client has to send a request's head (request line and headers), counted from
+    /// when the server waits for one: a new connection, or a kept-alive one between requests.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    pub header_read_timeout: std::time::Duration,
+    /// An upload or build report whose body sends nothing for this long is aborted (408) and
+    /// what it sent is removed.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = positive_duration)]
+    pub body_idle_timeout: std::time::Duration,
+    /// Connections open at once. When all are taken, a new connection closes idle ones (no
+    /// request running), those silent longest first; when every one is busy, it waits.
+    /// Default: half the open-file limit less a reserve, at most 4096.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// Largest upload taken: one that declares more is refused (413) before any of it is read,
+    /// one that sends more is cut off. `8GiB`, `500MB`, …
+    #[arg(long, value_name = "BYTES", default_value = "8GiB", value_parser = crate::cache_cmd::parse_size)]
+    pub max_body_size: u64,
     /// Keep the store under this size by evicting the least recently used objects (down to
     /// 90 %): `500MB`, `10GiB`, … Default: unbounded.
     #[arg(long, value_name = "BYTES", value_parser = crate::cache_cmd::parse_size)]
@@ -495,6 +516,15 @@ pub struct ServerArgs {
     /// Time allowed for one delivery attempt.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub webhook_timeout: std::time::Duration,
+}
+
+/// A duration flag that must not be zero (a zero timeout would cut every client off).
+fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// `memobuild cache`. containerd snapshots are out of its scope: neither counted nor removed

@@ -3,10 +3,13 @@
 //! One axum router composed of sub-routers that share [`AppState`]: `cache` (the Bazel HTTP
 //! remote-cache protocol, `/ac` and `/cas`), `api` (build records and analytics, webhook
 //! deliveries, `/metrics`, the dashboard at `/`), plus `GET /healthz`. Build records live in
-//! `--store`'s `builds/` ([`builds`]), webhook deliveries in its `webhooks/` ([`webhooks`]). Objects live on disk under `--store` ([`store`]); an in-memory
-//! LRU index ([`lru`]) rebuilt on start drives size-bounded garbage collection ([`gc`]) after
-//! uploads, in the background. SIGTERM or SIGINT stops accepting connections and lets running
-//! requests finish.
+//! `--store`'s `builds/` ([`builds`]), webhook deliveries in its `webhooks/` ([`webhooks`]).
+//! Objects live on disk under `--store` ([`store`]); an in-memory LRU index ([`lru`]) rebuilt on
+//! start drives size-bounded garbage collection ([`gc`]) after uploads, in the background.
+//! Writes need `--token` ([`auth`]): without one they are refused unless
+//! `--insecure-open-writes`. Connections are accepted by [`serve`], which bounds them and the
+//! time a request head may take; the router bounds request bodies (size, idle time). SIGTERM or
+//! SIGINT stops accepting connections and lets running requests finish.
 
 pub mod api;
 pub mod auth;
@@ -17,6 +20,7 @@ pub mod error;
 pub mod gc;
 pub mod lru;
 pub mod metrics;
+pub mod serve;
 pub mod state;
 pub mod store;
 pub mod webhooks;
@@ -32,14 +36,16 @@ use axum::http::Uri;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::cli::ServerArgs;
-use crate::server::auth::Auth;
+use crate::server::auth::{Auth, Writes};
 use crate::server::builds::BuildLog;
 use crate::server::error::ApiError;
 use crate::server::lru::LruIndex;
 use crate::server::metrics::Metrics;
-use crate::server::state::AppState;
+use crate::server::serve::ConnLimits;
+use crate::server::state::{AppState, BodyLimits};
 use crate::server::store::Store;
 use crate::server::webhooks::{WebhookConfig, Webhooks};
 
@@ -48,6 +54,28 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let token = args.token.filter(|t| !t.is_empty());
     if args.token_reads && token.is_none() {
         bail!("`--token-reads` needs `--token` (or MEMOBUILD_SERVER_TOKEN)");
+    }
+    if args.insecure_open_writes && token.is_some() {
+        bail!(
+            "`--insecure-open-writes` and `--token` (or MEMOBUILD_SERVER_TOKEN) contradict each \
+             other: with a token, writes need it"
+        );
+    }
+    let fd_limit = serve::raise_fd_limit();
+    let conn_limits = ConnLimits {
+        header_read_timeout: args.header_read_timeout,
+        max_connections: args
+            .max_connections
+            .map(|n| n as usize)
+            .unwrap_or_else(|| serve::default_max_connections(fd_limit)),
+    };
+    if conn_limits.max_connections as u64 * 2 > fd_limit {
+        tracing::warn!(
+            max_connections = conn_limits.max_connections,
+            fd_limit,
+            "the connection bound is close to the open-file limit: the server may run out of \
+             descriptors before it reaches it"
+        );
     }
     let dir = args.store.clone();
     let (store, found) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
@@ -110,37 +138,59 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let state = AppState {
         store,
         index,
-        auth: Arc::new(Auth::new(token.as_deref(), args.token_reads)),
+        auth: Arc::new(Auth::new(
+            token.as_deref(),
+            args.token_reads,
+            args.insecure_open_writes,
+        )),
         gc,
         metrics: Arc::new(Metrics::default()),
         builds: Arc::new(builds),
         webhooks,
+        limits: BodyLimits {
+            idle_timeout: args.body_idle_timeout,
+            max_size: args.max_body_size,
+        },
     };
 
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listener = serve::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on `{}`", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    if !state.auth.enabled() && !addr.ip().is_loopback() {
-        tracing::warn!(
-            "no token configured: anyone who can reach {addr} can write to the cache (see --token)"
-        );
+    match state.auth.writes() {
+        Writes::Token(_) => {}
+        Writes::Refused => tracing::warn!(
+            "no token configured: writes (uploads, build reports) are refused; start the server \
+             with `--token TOKEN` (or MEMOBUILD_SERVER_TOKEN) and builds with \
+             `--remote-cache-token TOKEN`"
+        ),
+        Writes::Open => tracing::warn!(
+            "--insecure-open-writes: anyone who can reach {addr} can write to the cache, and \
+             one bad client can poison every build's cache"
+        ),
     }
+    tracing::info!(
+        max_connections = conn_limits.max_connections,
+        fd_limit,
+        header_read_timeout = ?conn_limits.header_read_timeout,
+        body_idle_timeout = ?state.limits.idle_timeout,
+        max_body_size = state.limits.max_size,
+        "limits"
+    );
     // The bound address, for scripts and tests that asked for port 0.
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on http://{addr}")?;
     stdout.flush()?;
     drop(stdout);
 
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    serve::serve(listener, router(state), conn_limits, shutdown_signal()).await;
     tracing::info!("server stopped");
     Ok(())
 }
 
 /// All routes: the sub-routers, `/healthz`, the fallback, and request logging around them.
+/// Every request body is cut off when it sends nothing for `--body-idle-timeout`, so a stalled
+/// upload does not hold its connection and temporary file for good.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -148,6 +198,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::router(state.clone()))
         .fallback(fallback)
         .layer(middleware::from_fn(log_request))
+        .layer(RequestBodyTimeoutLayer::new(state.limits.idle_timeout))
         .with_state(state)
 }
 

@@ -1,6 +1,7 @@
 //! The team cache: two state directories (two machines) sharing one real `memobuild server`.
 //! The second builds with zero executed vertices and the same image; a damaged blob on the
-//! server is detected and rebuilt; an unreachable server is a warning, not a failed build.
+//! server is detected, rebuilt and replaced; a server without a token takes no uploads; an
+//! unreachable server is a warning, not a failed build.
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::process::Output;
 
 use common::server::Server;
 use common::{Env, Sandbox, assert_ok, progress_events, stderr};
+use sha2::{Digest as _, Sha256};
 
 const DOCKERFILE: &str = "ARG REGISTRY
 FROM ${REGISTRY}/library/busybox:latest
@@ -96,8 +98,13 @@ fn a_second_machine_builds_nothing_and_gets_the_same_image() {
     assert_eq!(common::stdout(&run), "11 /app/app.txt\n");
 }
 
+// Verifies: blobs damaged on the server are not served (the server checks them and answers a
+// miss), the steps are rebuilt to the same image, and the cache heals: the rebuilding machine's
+// uploads replace the damaged blobs (HEAD no longer claims them), so every blob on the server
+// matches its name again and the next fresh machine builds nothing. Before, every later fresh
+// build met the same damaged blobs and rebuilt again.
 #[test]
-fn a_damaged_blob_on_the_server_is_detected_and_rebuilt() {
+fn a_damaged_blob_on_the_server_is_detected_rebuilt_and_replaced() {
     let Some(env) = Env::get() else { return };
     let store = tempfile::tempdir().expect("store");
     let server = Server::start(store.path(), &["--token", "t"]);
@@ -109,27 +116,69 @@ fn a_damaged_blob_on_the_server_is_detected_and_rebuilt() {
 
     // Flip the last byte of every blob the server holds.
     let mut flipped = 0;
-    for entry in walk(store.path()) {
-        if entry.components().any(|c| c.as_os_str() == "cas") {
-            let mut bytes = std::fs::read(&entry).expect("read");
-            if let Some(last) = bytes.last_mut() {
-                *last ^= 0xff;
-                std::fs::write(&entry, bytes).expect("write");
-                flipped += 1;
-            }
+    for entry in cas_objects(store.path()) {
+        let mut bytes = std::fs::read(&entry).expect("read");
+        if let Some(last) = bytes.last_mut() {
+            *last ^= 0xff;
+            std::fs::write(&entry, bytes).expect("write");
+            flipped += 1;
         }
     }
     assert!(flipped > 0, "the server stored blobs under cas/");
 
     let second = machine(&first);
     let b = build(&second, &env, &server.url, "t");
-    assert!(
-        stderr(&b).contains("does not match digest"),
-        "{}",
-        stderr(&b)
-    );
     assert!(!executed(&b).is_empty(), "rebuilt locally");
     assert_eq!(digest(&b), digest(&a), "rebuilt to the same image");
+
+    let objects = cas_objects(store.path());
+    assert!(!objects.is_empty());
+    for p in objects {
+        let bytes = std::fs::read(&p).expect("read");
+        let name = p.file_name().and_then(|n| n.to_str()).expect("name");
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            name,
+            "{} healed",
+            p.display()
+        );
+    }
+    let third = machine(&first);
+    let c = build(&third, &env, &server.url, "t");
+    assert!(
+        executed(&c).is_empty(),
+        "ran: {:?}\n{}",
+        executed(&c),
+        stderr(&c)
+    );
+    assert_eq!(digest(&c), digest(&a));
+}
+
+/// The files under the server store's `cas/`.
+fn cas_objects(store: &Path) -> Vec<std::path::PathBuf> {
+    walk(store)
+        .into_iter()
+        .filter(|p| p.starts_with(store.join("cas")))
+        .collect()
+}
+
+// Verifies: a server started without a token takes no writes, so a build against it still
+// succeeds, stores nothing there, and its warning carries the server's reason (how to configure a
+// token) rather than a bare status. Before, such a server took any client's uploads.
+#[test]
+fn a_server_without_a_token_refuses_uploads_and_says_why() {
+    let Some(env) = Env::get() else { return };
+    let store = tempfile::tempdir().expect("store");
+    let server = Server::start(store.path(), &[]);
+    let sb = Sandbox::new();
+    sb.write("Dockerfile", DOCKERFILE)
+        .write("app.txt", "no token\n");
+    let out = build(&sb, &env, &server.url, "a-guess");
+    let err = stderr(&out);
+    assert!(err.contains("warning: remote cache"), "{err}");
+    assert!(err.contains("403"), "{err}");
+    assert!(err.contains("--insecure-open-writes"), "{err}");
+    assert!(cas_objects(store.path()).is_empty(), "nothing stored");
 }
 
 #[test]

@@ -18,6 +18,9 @@ use common::http::{Resp, request};
 
 const BIN: &str = env!("CARGO_BIN_EXE_memobuild");
 
+/// The protocol tests write without a token, which a server only allows when told to.
+const OPEN: &str = "--insecure-open-writes";
+
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -113,7 +116,7 @@ fn ac_and_cas_round_trip() {
     // PUT, GET and HEAD on both namespaces, misses are 404, objects land in the sharded layout.
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("store");
-    let server = Server::start(&store, &[], &[]);
+    let server = Server::start(&store, &[OPEN], &[]);
 
     assert_eq!(server.get("/healthz").status, 200);
 
@@ -168,7 +171,7 @@ fn ac_and_cas_round_trip() {
 fn cas_refuses_content_that_does_not_match_its_digest() {
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("store");
-    let server = Server::start(&store, &[], &[]);
+    let server = Server::start(&store, &[OPEN], &[]);
     let claimed = sha256_hex(b"the real content");
     let r = server.put(&format!("/cas/{claimed}"), b"something else");
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
@@ -223,7 +226,7 @@ fn writes_need_the_token_and_reads_only_with_token_reads() {
 fn bad_names_and_path_traversal_are_refused() {
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("store");
-    let server = Server::start(&store, &[], &[]);
+    let server = Server::start(&store, &[OPEN], &[]);
     let hex = "ef".repeat(32);
     for path in [
         "/cas/../../etc/passwd".to_string(),
@@ -278,7 +281,7 @@ fn garbage_collection_evicts_the_least_recently_read() {
     let blobs: Vec<Vec<u8>> = (0..4u8).map(|n| vec![n; 300]).collect();
     let path = |b: &Vec<u8>| format!("/cas/{}", sha256_hex(b));
     {
-        let server = Server::start(&store, &["--max-size", "1000"], &[]);
+        let server = Server::start(&store, &[OPEN, "--max-size", "1000"], &[]);
         for b in &blobs[..3] {
             assert_eq!(server.put(&path(b), b).status, 200);
             std::thread::sleep(Duration::from_millis(30));
@@ -299,7 +302,7 @@ fn garbage_collection_evicts_the_least_recently_read() {
     }
     // A restart rebuilds the use order from the files and enforces a smaller bound at once:
     // 900 bytes → at most 540, so only the most recently read blob stays.
-    let server = Server::start(&store, &["--max-size", "600"], &[]);
+    let server = Server::start(&store, &[OPEN, "--max-size", "600"], &[]);
     for (n, b) in blobs.iter().enumerate() {
         let present = object_path(&store, "cas", &sha256_hex(b)).exists();
         assert_eq!(present, n == 3, "blob {n} after the restart");
@@ -310,13 +313,267 @@ fn garbage_collection_evicts_the_least_recently_read() {
 #[test]
 fn uploads_larger_than_the_store_are_refused() {
     let d = tempfile::tempdir().unwrap();
-    let server = Server::start(&d.path().join("store"), &["--max-size", "1KB"], &[]);
+    let server = Server::start(&d.path().join("store"), &[OPEN, "--max-size", "1KB"], &[]);
     let big = vec![1u8; 5000];
     assert_eq!(
         server
             .put(&format!("/cas/{}", sha256_hex(&big)), &big)
             .status,
         413
+    );
+}
+
+// Verifies: a server started without a token refuses every write (PUT /ac, PUT /cas, POST
+// /api/builds) with 403 and a message saying how to configure one, even to a client that sends
+// some bearer token, while reads stay open; the old open behaviour needs
+// `--insecure-open-writes`, and the server warns about it when it starts.
+#[test]
+fn writes_need_a_token_unless_open_writes_are_asked_for() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("a");
+    let server = Server::start(&store, &[], &[]);
+    let key = format!("/ac/{}", "cd".repeat(32));
+    let blob = b"a blob";
+    let cas = format!("/cas/{}", sha256_hex(blob));
+    for (path, body) in [(&key, &b"x"[..]), (&cas, &blob[..])] {
+        let r = server.put(path, body);
+        assert_eq!(r.status, 403, "PUT {path}: {}", r.text());
+        assert!(r.text().contains("--token"), "{}", r.text());
+        assert!(r.text().contains("--insecure-open-writes"), "{}", r.text());
+        let bearer = [("Authorization", "Bearer guess")];
+        assert_eq!(server.req("PUT", path, &bearer, body).status, 403);
+        assert_eq!(server.get(path).status, 404, "nothing stored, reads open");
+    }
+    let record =
+        r#"{"id":"b-1","started_at":"2026-11-24T10:00:00Z","duration_ms":1,"status":"succeeded"}"#;
+    let len = record.len().to_string();
+    let r = server.req(
+        "POST",
+        "/api/builds",
+        &[
+            ("Content-Type", "application/json"),
+            ("Content-Length", &len),
+        ],
+        record.as_bytes(),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(server.get("/api/builds/b-1").status, 404);
+    assert_eq!(server.get("/healthz").status, 200);
+    let objects: Vec<_> = walk(&store)
+        .into_iter()
+        .filter(|p| p.starts_with(store.join("ac")) || p.starts_with(store.join("cas")))
+        .collect();
+    assert!(objects.is_empty(), "{objects:?}");
+
+    let open = Server::start(&d.path().join("b"), &[OPEN], &[]);
+    assert_eq!(open.put(&key, b"x").status, 200);
+    assert_eq!(open.put(&cas, blob).status, 200);
+    let log = std::fs::read_to_string(&open.log).unwrap();
+    assert!(log.contains("anyone who can reach"), "{log}");
+}
+
+/// Flips one byte in the middle of a file, keeping its size.
+fn flip_a_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(path, bytes).unwrap();
+}
+
+// Verifies: the server checks a blob's sha256 before serving it (GET or HEAD) for the first time
+// since it was written or the server started, so a blob damaged on disk is a miss (404) rather
+// than served or claimed, it is removed, and a client's upload of the right bytes replaces it;
+// damage done while the server was down is caught after the restart.
+#[test]
+fn a_corrupt_blob_is_not_served_and_a_good_upload_replaces_it() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let blob: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let path = format!("/cas/{}", sha256_hex(&blob));
+    let file = object_path(&store, "cas", &sha256_hex(&blob));
+    {
+        let server = Server::start(&store, &[OPEN], &[]);
+        assert_eq!(server.put(&path, &blob).status, 200);
+        assert_eq!(server.get(&path).body, blob);
+        // What the server remembers as verified includes the file's mtime; let the clock move
+        // past the upload's last write so the damage gets a time of its own.
+        std::thread::sleep(Duration::from_millis(50));
+        flip_a_byte(&file);
+        assert_eq!(server.req("HEAD", &path, &[], b"").status, 404, "HEAD");
+        assert_eq!(server.get(&path).status, 404, "GET");
+        assert!(!file.exists(), "the damaged blob is removed");
+        let log = std::fs::read_to_string(&server.log).unwrap();
+        assert!(log.contains("does not match its name"), "{log}");
+
+        assert_eq!(server.put(&path, &blob).status, 200, "replacement taken");
+        assert_eq!(server.req("HEAD", &path, &[], b"").status, 200);
+        assert_eq!(server.get(&path).body, blob);
+    }
+    // Damaged while the server was down.
+    flip_a_byte(&file);
+    let server = Server::start(&store, &[OPEN], &[]);
+    assert_eq!(server.req("HEAD", &path, &[], b"").status, 404);
+    assert_eq!(server.get(&path).status, 404);
+    // An intact blob is served after a restart (checked once, on its first read).
+    assert_eq!(server.put(&path, &blob).status, 200);
+    drop(server);
+    let server = Server::start(&store, &[OPEN], &[]);
+    assert_eq!(server.req("HEAD", &path, &[], b"").status, 200);
+    assert_eq!(server.get(&path).body, blob);
+}
+
+/// Reads from `s` until the peer closes it or `limit` passes; returns what came and when the
+/// connection ended (`None`: still open at `limit`).
+fn read_until_closed(s: &mut std::net::TcpStream, limit: Duration) -> (Vec<u8>, Option<Duration>) {
+    use std::io::Read;
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return (got, None);
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return (got, Some(start.elapsed())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (got, None);
+            }
+            // Reset by the server: closed.
+            Err(_) => return (got, Some(start.elapsed())),
+        }
+    }
+}
+
+// Verifies: a connection that sends part of a request head and then nothing is closed once
+// `--header-read-timeout` has passed, instead of holding a descriptor for good.
+#[test]
+fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &d.path().join("store"),
+        &["--header-read-timeout", "1s"],
+        &[],
+    );
+    let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+    let closed = closed.expect("connection still open after 10 s");
+    assert!(closed < Duration::from_secs(5), "closed after {closed:?}");
+}
+
+// Verifies: an upload that declares 2 MB, sends 100 bytes and stalls is answered 408 and closed
+// once `--body-idle-timeout` passes without a byte, and its temporary file is removed.
+#[test]
+fn a_stalled_upload_is_cut_off_and_leaves_no_temporary_file() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let server = Server::start(&store, &[OPEN, "--body-idle-timeout", "1s"], &[]);
+    let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+    let hex = sha256_hex(b"never sent whole");
+    write!(
+        s,
+        "PUT /cas/{hex} HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n"
+    )
+    .unwrap();
+    s.write_all(&[7u8; 100]).unwrap();
+    wait_until("the upload's temporary file", || {
+        std::fs::read_dir(store.join("tmp")).unwrap().count() == 1
+    });
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+    let closed = closed.expect("stalled upload still open after 10 s");
+    assert!(closed < Duration::from_secs(5), "closed after {closed:?}");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    wait_until("the temporary file removed", || {
+        std::fs::read_dir(store.join("tmp")).unwrap().count() == 0
+    });
+    assert!(!object_path(&store, "cas", &hex).exists());
+}
+
+// Verifies: `--max-body-size` refuses an upload that declares more with 413 before reading any
+// of it, and cuts off one that sends more without declaring it (chunked).
+#[test]
+fn uploads_over_max_body_size_are_refused_before_they_are_read() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let server = Server::start(&store, &[OPEN, "--max-body-size", "1KB"], &[]);
+    let hex = sha256_hex(b"x");
+    let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+    write!(
+        s,
+        "PUT /cas/{hex} HTTP/1.1\r\nHost: x\r\nContent-Length: 2147483648\r\n\r\n"
+    )
+    .unwrap();
+    let (got, _) = read_until_closed(&mut s, Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+
+    let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+    write!(
+        s,
+        "PUT /cas/{hex} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n"
+    )
+    .unwrap();
+    s.write_all(&[1u8; 2000]).unwrap();
+    s.write_all(b"\r\n").unwrap();
+    let (got, _) = read_until_closed(&mut s, Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    // Under the bound is fine.
+    assert_eq!(server.put(&format!("/cas/{hex}"), b"x").status, 200);
+}
+
+/// Open descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+// Verifies: with `--max-connections 32`, 300 connections that never finish their headers hold at
+// most 32 of the server's descriptors, and `/healthz` still answers at once: an idle connection
+// (no request running) is closed to make room for a new one.
+#[test]
+fn idle_connections_over_the_limit_make_room_so_healthz_answers() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &d.path().join("store"),
+        &["--max-connections", "32", "--header-read-timeout", "60s"],
+        &[],
+    );
+    assert_eq!(server.get("/healthz").status, 200);
+    let before = open_fds(server.child.id());
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+        slow.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let during = open_fds(server.child.id());
+    assert!(
+        during <= before + 32 + 2,
+        "{during} descriptors open (before: {before})"
+    );
+    let start = Instant::now();
+    assert_eq!(server.get("/healthz").status, 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
     );
 }
 

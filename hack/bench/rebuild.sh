@@ -77,10 +77,13 @@ edit 2; bh_edit=$(timed bbuild)
 
 # Remote cache: machine A fills it, machine B (fresh state dir) builds from it.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$mb" server --listen "127.0.0.1:$port" --store "$work/l3" >/dev/null 2>&1 &
+# Writes need a token (a server without one refuses them).
+token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+MEMOBUILD_SERVER_TOKEN=$token "$mb" server --listen "127.0.0.1:$port" --store "$work/l3" >/dev/null 2>&1 &
 server_pid=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 edit 3
+export MEMOBUILD_REMOTE_CACHE_TOKEN=$token
 mbuild "$work/mb-a" --remote-cache "http://127.0.0.1:$port" >/dev/null 2>&1
 mb_l3=$(timed mbuild "$work/mb-b" --remote-cache "http://127.0.0.1:$port")
 mb_fresh=$(timed mbuild "$work/mb-c")

@@ -1,14 +1,14 @@
 //! The build routes: records, analytics, webhooks' delivery log, metrics and the dashboard.
 //!
-//! - `POST /api/builds`: a [`BuildRecord`] as `application/json` (the token is needed, as
-//!   for uploads); 201 when new, 200 when that id is recorded already. A new record is queued
-//!   for the webhooks as a `build.completed` event carrying its summary.
+//! - `POST /api/builds`: a [`BuildRecord`] as `application/json` (a write: the token is
+//!   needed, as for uploads); 201 when new, 200 when that id is recorded already. A new record
+//!   is queued for the webhooks as a `build.completed` event carrying its summary.
 //! - `GET /api/builds[?project=&status=&last=]`: summaries, newest first (50 unless `last`
 //!   says otherwise, at most 1000).
 //! - `GET /api/builds/{id}`: the record with its vertices and the derived counts.
 //! - `GET /api/stats[?project=&status=&last=]`: [`crate::server::builds::Stats`].
-//! - `GET /api/webhooks/deliveries[?last=]`: recent deliveries and their state (needs the
-//!   token when one is configured: hook URLs can hold secrets).
+//! - `GET /api/webhooks/deliveries[?last=]`: recent deliveries and their state (authorized
+//!   as a write: hook URLs can hold secrets).
 //! - `GET /metrics`: Prometheus text format. `GET /`: the dashboard (HTML).
 //!
 //! Reads need the token only with `--token-reads`, as the cache's do.
@@ -195,8 +195,8 @@ struct LastQuery {
     last: Option<usize>,
 }
 
-/// Webhook URLs can carry secrets in their paths (chat hooks do), so this list needs the
-/// token whenever one is configured, as writes do.
+/// Webhook URLs can carry secrets in their paths (chat hooks do), so this list is authorized as
+/// a write: the token, or nobody on a server without one unless `--insecure-open-writes`.
 async fn deliveries(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,

@@ -1,5 +1,5 @@
-//! Bearer-token checks: writes need the token when one is configured, reads only with
-//! `--token-reads`.
+//! Bearer-token checks. Writes need the token; a server without one refuses writes unless it
+//! was started with `--insecure-open-writes`. Reads are open unless `--token-reads`.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, header};
@@ -10,33 +10,49 @@ use sha2::{Digest as _, Sha256};
 use crate::server::error::ApiError;
 use crate::server::state::AppState;
 
+/// Who may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// Whoever presents the token whose SHA-256 this is.
+    Token([u8; 32]),
+    /// Nobody: no token was configured. The default, so that a server started without
+    /// thinking about it cannot have its cache poisoned by any client that reaches it.
+    Refused,
+    /// Anybody (`--insecure-open-writes`).
+    Open,
+}
+
 /// Who may do what.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Auth {
-    /// SHA-256 of the token, when one is configured.
-    token_hash: Option<[u8; 32]>,
+    writes: Writes,
     /// Whether reads need the token too.
     reads: bool,
 }
 
 impl Auth {
-    /// Writes need `token` when it is `Some`; reads too when `reads`.
-    pub fn new(token: Option<&str>, reads: bool) -> Auth {
-        Auth {
-            token_hash: token.map(hash),
-            reads,
-        }
+    /// Writes need `token` when it is `Some`; without one they are refused, or open to anyone
+    /// when `open_writes`. Reads need the token when `reads` (and there is one).
+    pub fn new(token: Option<&str>, reads: bool, open_writes: bool) -> Auth {
+        let writes = match token {
+            Some(t) => Writes::Token(hash(t)),
+            None if open_writes => Writes::Open,
+            None => Writes::Refused,
+        };
+        Auth { writes, reads }
     }
 
-    /// Whether a token is configured.
-    pub fn enabled(&self) -> bool {
-        self.token_hash.is_some()
+    /// The write rule.
+    pub fn writes(&self) -> Writes {
+        self.writes
     }
 
     /// Checks the `Authorization` header for a request that writes (`write`) or reads.
     pub fn check(&self, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
-        let Some(expected) = &self.token_hash else {
-            return Ok(());
+        let expected = match &self.writes {
+            Writes::Token(h) => h,
+            Writes::Refused if write => return Err(ApiError::WritesRefused),
+            Writes::Refused | Writes::Open => return Ok(()),
         };
         if !write && !self.reads {
             return Ok(());
@@ -89,17 +105,26 @@ mod tests {
 
     #[test]
     fn token_rules() {
-        let open = Auth::new(None, false);
+        let open = Auth::new(None, false, true);
         assert!(open.check(&HeaderMap::new(), true).is_ok());
+        assert!(open.check(&HeaderMap::new(), false).is_ok());
 
-        let auth = Auth::new(Some("s3cret"), false);
+        // No token and no `--insecure-open-writes`: reads only.
+        let closed = Auth::new(None, false, false);
+        assert!(matches!(
+            closed.check(&with("Bearer anything"), true),
+            Err(ApiError::WritesRefused)
+        ));
+        assert!(closed.check(&HeaderMap::new(), false).is_ok());
+
+        let auth = Auth::new(Some("s3cret"), false, false);
         assert!(auth.check(&HeaderMap::new(), false).is_ok());
         assert!(auth.check(&HeaderMap::new(), true).is_err());
         assert!(auth.check(&with("Bearer s3cret"), true).is_ok());
         assert!(auth.check(&with("Bearer s3cre"), true).is_err());
         assert!(auth.check(&with("Basic s3cret"), true).is_err());
 
-        let strict = Auth::new(Some("s3cret"), true);
+        let strict = Auth::new(Some("s3cret"), true, false);
         assert!(strict.check(&HeaderMap::new(), false).is_err());
         assert!(strict.check(&with("Bearer s3cret"), false).is_ok());
     }

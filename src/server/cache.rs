@@ -2,8 +2,12 @@
 //!
 //! `GET|HEAD|PUT /ac/<key>` stores action records as opaque bytes; `GET|HEAD|PUT /cas/<hex>`
 //! stores blobs under the SHA-256 of their bytes, which the server checks while the upload
-//! streams to disk. Names are exactly 64 lowercase hex digits (400 otherwise). A miss is 404.
-//! Bodies stream in both directions; nothing holds a whole object in memory.
+//! streams to disk, and again before it first serves a blob it has not checked since it started
+//! or since the file changed ([`Store::open_blob`]): a damaged blob is removed and is a miss, so
+//! the next client that builds it uploads a good copy. Names are exactly 64 lowercase hex digits
+//! (400 otherwise). A miss is 404. Bodies stream in both directions; nothing holds a whole
+//! object in memory. An upload larger than `--max-body-size` is refused (413) before it is read
+//! when it says its length, and cut off when it does not; one that stalls is abandoned (408).
 
 use axum::Router;
 use axum::body::Body;
@@ -20,7 +24,7 @@ use crate::server::auth::require_token;
 use crate::server::error::ApiError;
 use crate::server::metrics::Outcome;
 use crate::server::state::AppState;
-use crate::server::store::{Kind, ObjectId};
+use crate::server::store::{Blob, Kind, ObjectId};
 
 /// Buffer between the request body and the temporary file, and for reading files back.
 const IO_BUFFER: usize = 256 * 1024;
@@ -71,17 +75,43 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(&what, e))
 }
 
+/// Opens `id` for reading: a blob only once its content is known to match its name. `None`
+/// when it is not stored (or was damaged, which is logged and counted).
+async fn open(state: &AppState, id: &ObjectId) -> Result<Option<(std::fs::File, u64)>, ApiError> {
+    let store = state.store.clone();
+    let lookup = id.clone();
+    let found = match id.kind {
+        Kind::Ac => blocking(format!("reading {id}"), move || store.open_object(&lookup)).await?,
+        Kind::Cas => {
+            match blocking(format!("reading {id}"), move || store.open_blob(&lookup)).await? {
+                Blob::Found(f, len) => Some((f, len)),
+                Blob::Missing => None,
+                Blob::Damaged(actual) => {
+                    tracing::warn!(
+                        object = %id,
+                        actual = %actual,
+                        "stored blob does not match its name (sha256 {actual}): removed, \
+                         a client's upload will replace it"
+                    );
+                    state.metrics.request(Kind::Cas, Outcome::Damaged);
+                    None
+                }
+            }
+        }
+    };
+    if found.is_none() {
+        state.index.forget(id);
+    }
+    Ok(found)
+}
+
 async fn get_object(
     kind: Kind,
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse(kind, &name)?;
-    let store = state.store.clone();
-    let lookup = id.clone();
-    let opened = blocking(format!("reading {id}"), move || store.open_object(&lookup)).await?;
-    let Some((file, len)) = opened else {
-        state.index.forget(&id);
+    let Some((file, len)) = open(&state, &id).await? else {
         state.metrics.request(kind, Outcome::Miss);
         return Err(ApiError::NotFound);
     };
@@ -103,17 +133,27 @@ async fn get_object(
         .into_response())
 }
 
+/// HEAD answers for a blob only once it is known to be intact (as GET does): a HEAD that claimed
+/// a damaged blob would stop every client from uploading a good one.
 async fn head_object(
     kind: Kind,
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse(kind, &name)?;
-    let store = state.store.clone();
-    let lookup = id.clone();
-    let size = blocking(format!("reading {id}"), move || store.stat(&lookup)).await?;
+    let size = match kind {
+        Kind::Ac => {
+            let store = state.store.clone();
+            let lookup = id.clone();
+            let size = blocking(format!("reading {id}"), move || store.stat(&lookup)).await?;
+            if size.is_none() {
+                state.index.forget(&id);
+            }
+            size
+        }
+        Kind::Cas => open(&state, &id).await?.map(|(_, len)| len),
+    };
     let Some(len) = size else {
-        state.index.forget(&id);
         state.metrics.request(kind, Outcome::Miss);
         return Err(ApiError::NotFound);
     };
@@ -160,14 +200,22 @@ async fn store_upload(
 ) -> Result<u64, ApiError> {
     let id = parse(kind, name)?;
     let max = state.index.max_size();
+    let max_body = state.limits.max_size;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let (Some(max), Some(len)) = (max, declared)
-        && len > max
-    {
-        return Err(ApiError::TooLarge(max));
+    // Refused before a byte of the body is read: hyper then closes the connection rather than
+    // read the rest.
+    if let Some(len) = declared {
+        if len > max_body {
+            return Err(ApiError::BodyTooLarge(max_body));
+        }
+        if let Some(max) = max
+            && len > max
+        {
+            return Err(ApiError::TooLarge(max));
+        }
     }
 
     let store = state.store.clone();
@@ -181,9 +229,13 @@ async fn store_upload(
     let mut size = 0u64;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        // A body that breaks off is the client's failure; the temporary file goes away.
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+        // A body that breaks off or stalls is the client's failure; the temporary file goes
+        // away when `tmp` is dropped.
+        let chunk = chunk.map_err(body_error)?;
         size += chunk.len() as u64;
+        if size > max_body {
+            return Err(ApiError::BodyTooLarge(max_body));
+        }
         if let Some(m) = max
             && size > m
         {
@@ -212,10 +264,28 @@ async fn store_upload(
     }
     let store = state.store.clone();
     let target = id.clone();
-    blocking(format!("storing {id}"), move || store.commit(tmp, &target)).await?;
+    blocking(format!("storing {id}"), move || match target.kind {
+        // Its hash was just checked: served without hashing it again.
+        Kind::Cas => store.commit_checked(tmp, &target),
+        Kind::Ac => store.commit(tmp, &target),
+    })
+    .await?;
     state.index.touch(&id, size);
     if state.index.over_limit() {
         state.gc.wake();
     }
     Ok(size)
+}
+
+/// A request body that failed: stalled past `--body-idle-timeout` (408), or broken off.
+fn body_error(e: axum::Error) -> ApiError {
+    let inner = e.into_inner();
+    if inner
+        .downcast_ref::<tower_http::timeout::TimeoutError>()
+        .is_some()
+    {
+        tracing::debug!("upload abandoned: no data within the body idle timeout");
+        return ApiError::BodyTimeout;
+    }
+    ApiError::BadRequest(format!("reading the body: {inner}"))
 }

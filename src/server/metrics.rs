@@ -16,22 +16,26 @@ pub enum Outcome {
     Miss,
     /// An upload that was stored.
     Stored,
-    /// An upload that was refused (bad digest, too large, broken body).
+    /// An upload that was refused (bad digest, too large, broken or stalled body).
     Rejected,
+    /// A read that found a blob whose content does not match its name (removed; the read is
+    /// counted as a miss too).
+    Damaged,
 }
 
-const OUTCOMES: [(Outcome, &str); 4] = [
+const OUTCOMES: [(Outcome, &str); 5] = [
     (Outcome::Hit, "hit"),
     (Outcome::Miss, "miss"),
     (Outcome::Stored, "stored"),
     (Outcome::Rejected, "rejected"),
+    (Outcome::Damaged, "damaged"),
 ];
 
 /// Cache request counters since the server started.
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// `[kind][outcome]`: kind 0 = ac, 1 = cas.
-    requests: [[AtomicU64; 4]; 2],
+    requests: [[AtomicU64; 5]; 2],
     /// Bytes sent in GET bodies and received in stored uploads, per kind.
     bytes_out: [AtomicU64; 2],
     bytes_in: [AtomicU64; 2],
@@ -50,6 +54,7 @@ fn outcome_index(o: Outcome) -> usize {
         Outcome::Miss => 1,
         Outcome::Stored => 2,
         Outcome::Rejected => 3,
+        Outcome::Damaged => 4,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The state every route shares.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::server::auth::Auth;
 use crate::server::builds::BuildLog;
@@ -27,4 +28,16 @@ pub struct AppState {
     pub builds: Arc<BuildLog>,
     /// Webhook deliveries.
     pub webhooks: Arc<Webhooks>,
+    /// Bounds on one request's body.
+    pub limits: BodyLimits,
+}
+
+/// Bounds on one request's body, so that a client cannot hold a connection or fill the disk
+/// by sending slowly or endlessly.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// A body that sends nothing for this long is abandoned (`--body-idle-timeout`).
+    pub idle_timeout: Duration,
+    /// The largest upload taken (`--max-body-size`).
+    pub max_size: u64,
 }

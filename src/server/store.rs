@@ -4,12 +4,26 @@
 //! a crash or a dropped connection never leaves a partial object under a final name, and two
 //! uploads of the same object at once just rename twice. Every function here blocks: callers run
 //! them on tokio's blocking pool.
+//!
+//! A blob (`cas/`) is checked against its name before it is served or claimed for the first time
+//! since the server started or the file changed ([`Store::open_blob`]): a file damaged on disk
+//! would otherwise be handed to every client, and HEAD would keep telling them it is there, so
+//! none would ever upload a good copy. What was checked is remembered in memory by the file's
+//! identity (device, inode, size, mtime), so a blob is hashed once, not on every read; an upload
+//! is checked while it streams in and remembered as checked when it is committed. A damaged blob
+//! is removed and reported as missing. Action records (`ac/`) are opaque to the server and are
+//! not checked.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read as _, Seek as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
+
+use sha2::{Digest as _, Sha256};
 
 /// The two namespaces of the Bazel HTTP cache protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,10 +91,50 @@ pub struct Found {
 /// Temporary files older than this are leftovers of a crash and removed when the server starts.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 
+/// What a blob's file was when its content was last found to match its name. A write to the
+/// file moves its mtime (at the file system clock's granularity, a few milliseconds at worst);
+/// a replacement is another inode. Damage that leaves all four alone (bit rot under the file
+/// system, or a tamperer who restores the mtime) is caught at the next start, when nothing is
+/// trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(md: &fs::Metadata) -> Stamp {
+        Stamp {
+            dev: md.dev(),
+            ino: md.ino(),
+            len: md.len(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+        }
+    }
+}
+
+/// A blob looked up with [`Store::open_blob`].
+#[derive(Debug)]
+pub enum Blob {
+    /// Not stored.
+    Missing,
+    /// Stored and its content matches its name: the open file (at its start) and its size.
+    Found(File, u64),
+    /// The file did not match its name (it has been removed): the SHA-256 of what it held.
+    Damaged(String),
+}
+
+/// Buffer for hashing a blob.
+const HASH_BUFFER: usize = 256 * 1024;
+
 /// The directory tree holding the objects.
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
+    /// Blobs whose content was found to match their name, by file identity.
+    verified: Mutex<HashMap<[u8; 32], Stamp>>,
 }
 
 impl Store {
@@ -88,6 +142,7 @@ impl Store {
     pub fn open(root: &Path) -> io::Result<Store> {
         let store = Store {
             root: root.to_path_buf(),
+            verified: Mutex::default(),
         };
         for dir in [
             store.root.join("ac"),
@@ -132,12 +187,60 @@ impl Store {
             .tempfile_in(self.tmp_dir())
     }
 
+    fn verified(&self) -> MutexGuard<'_, HashMap<[u8; 32], Stamp>> {
+        // A stamp map half-updated by a panicking holder only costs a blob one more hash.
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Fsyncs `tmp` and renames it to the path of `id`, replacing any object already there.
     pub fn commit(&self, tmp: tempfile::NamedTempFile, id: &ObjectId) -> io::Result<()> {
         let dest = self.path(id);
         let shard = dest.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&shard)?;
+        self.verified().remove(&id.hash);
         persist_durably(tmp, &dest)
+    }
+
+    /// [`Store::commit`] for a blob whose content the caller has checked against its name (as
+    /// it streamed in), so that serving it does not hash it again.
+    pub fn commit_checked(&self, tmp: tempfile::NamedTempFile, id: &ObjectId) -> io::Result<()> {
+        // The rename keeps the inode and times, so the stamp taken now holds for the result.
+        let stamp = Stamp::of(&tmp.as_file().metadata()?);
+        self.commit(tmp, id)?;
+        if id.kind == Kind::Cas {
+            self.verified().insert(id.hash, stamp);
+        }
+        Ok(())
+    }
+
+    /// Opens blob `id` for reading (marking it used now) once its content is known to match its
+    /// name: checked now unless the same file was checked before. A damaged blob is removed.
+    pub fn open_blob(&self, id: &ObjectId) -> io::Result<Blob> {
+        debug_assert_eq!(id.kind, Kind::Cas);
+        let path = self.path(id);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Blob::Missing),
+            Err(e) => return Err(e),
+        };
+        let md = file.metadata()?;
+        let stamp = Stamp::of(&md);
+        if self.verified().get(&id.hash) != Some(&stamp) {
+            let actual = sha256_of(&mut file)?;
+            if actual != id.hash {
+                self.verified().remove(&id.hash);
+                // Only this file: an upload may have put a good one in its place meanwhile.
+                let same = fs::metadata(&path).is_ok_and(|now| Stamp::of(&now).ino == stamp.ino);
+                if same {
+                    self.remove(id)?;
+                }
+                return Ok(Blob::Damaged(hex::encode(actual)));
+            }
+            self.verified().insert(id.hash, stamp);
+            file.rewind()?;
+        }
+        touch(&path);
+        Ok(Blob::Found(file, md.len()))
     }
 
     /// Opens `id` for reading and marks it used now. `None` when it is not stored.
@@ -168,6 +271,9 @@ impl Store {
 
     /// Removes `id`; a missing object is not an error.
     pub fn remove(&self, id: &ObjectId) -> io::Result<()> {
+        if id.kind == Kind::Cas {
+            self.verified().remove(&id.hash);
+        }
         match fs::remove_file(self.path(id)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -210,6 +316,21 @@ impl Store {
     }
 }
 
+/// The SHA-256 of what `file` holds from its current position on.
+fn sha256_of(file: &mut File) -> io::Result<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; HASH_BUFFER];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hasher.finalize().into())
+}
+
 /// The later of a file's access and modification times.
 pub fn last_used(md: &fs::Metadata) -> SystemTime {
     let m = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
@@ -248,7 +369,7 @@ pub fn persist_durably(tmp: tempfile::NamedTempFile, dest: &Path) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::io::{Read, Write};
 
     #[test]
     fn names_must_be_64_lowercase_hex() {
@@ -260,6 +381,47 @@ mod tests {
         assert!(ObjectId::parse(Kind::Ac, "..").is_none());
         assert!(ObjectId::parse(Kind::Ac, &format!("../{}", &good[3..])).is_none());
         assert_eq!(ObjectId::parse(Kind::Ac, &good).unwrap().hex(), good);
+    }
+
+    // Verifies: a blob is hashed before it is first served; one whose bytes changed on disk is
+    // reported damaged and removed; a checked upload is not hashed again (the stamp holds), but
+    // any later write to the file (a new mtime) makes it checked again.
+    #[test]
+    fn blobs_are_checked_before_they_are_served() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let content = b"blob content";
+        let id = ObjectId {
+            kind: Kind::Cas,
+            hash: Sha256::digest(content).into(),
+        };
+        assert!(matches!(store.open_blob(&id).unwrap(), Blob::Missing));
+        let mut tmp = store.temp().unwrap();
+        tmp.write_all(content).unwrap();
+        store.commit_checked(tmp, &id).unwrap();
+        let Blob::Found(mut f, 12) = store.open_blob(&id).unwrap() else {
+            panic!("not found")
+        };
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).unwrap();
+        assert_eq!(got, content);
+
+        // Same size, another mtime: checked again, found damaged, removed.
+        let path = store.path(&id);
+        fs::write(&path, b"blob kontent").unwrap();
+        filetime::set_file_mtime(&path, filetime::FileTime::from_unix_time(1, 0)).unwrap();
+        let Blob::Damaged(actual) = store.open_blob(&id).unwrap() else {
+            panic!("damage not seen")
+        };
+        assert_eq!(actual, hex::encode(Sha256::digest(b"blob kontent")));
+        assert!(!path.exists());
+        assert!(matches!(store.open_blob(&id).unwrap(), Blob::Missing));
+
+        // A blob put in place behind the server's back (or found at start) is checked on its
+        // first read, then served from the stamp.
+        fs::write(&path, content).unwrap();
+        assert!(matches!(store.open_blob(&id).unwrap(), Blob::Found(_, 12)));
+        assert!(store.verified().contains_key(&id.hash));
     }
 
     #[test]

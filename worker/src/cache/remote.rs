@@ -5,7 +5,9 @@
 //! bazel-remote or any WebDAV store can serve it. Every blob fetched is verified against its
 //! digest before it enters the local store; a record is only used when all its blobs could be
 //! fetched and it matches them ([`crate::layer::check`]). Failures are errors of the tier; the
-//! caller turns them into warnings, never into a failed build.
+//! caller turns them into warnings, never into a failed build. A blob that arrives damaged is
+//! [`RemoteError::Corrupt`], which the tier above ([`super::tier::Remote`]) treats as a miss to
+//! rebuild and upload again, not as a failure.
 //!
 //! A remote cache is an optimisation, so it gets little patience: [`CONNECT_TIMEOUT`],
 //! [`FIRST_BYTE_TIMEOUT`] for each response, [`IDLE_TIMEOUT`] for a body that stops moving
@@ -66,8 +68,11 @@ pub trait RemoteTier: Send + Sync {
         digest: &'a str,
         store: &'a BlobStore,
     ) -> BoxFuture<'a, Result<bool, RemoteError>>;
-    /// Uploads blob `digest` from `store` unless the tier has it.
-    fn push_blob<'a>(
+    /// Whether the tier says it holds blob `digest` (without downloading it). A tier can be
+    /// wrong: [`RemoteTier::fetch_blob`] may still find the content damaged.
+    fn has_blob<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<bool, RemoteError>>;
+    /// Uploads blob `digest` from `store`, replacing whatever the tier holds under that name.
+    fn upload_blob<'a>(
         &'a self,
         digest: &'a str,
         store: &'a BlobStore,
@@ -247,10 +252,34 @@ impl HttpTier {
         }
     }
 
-    fn status_err(url: &str, r: &reqwest::Response) -> RemoteError {
+    /// A refused request, with the first line of the server's answer when it gave one
+    /// (`memobuild server` says there how to configure a token, for instance).
+    async fn status_err(url: &str, mut r: reqwest::Response) -> RemoteError {
+        let status = r.status();
+        // Only the start of the body: an error page can be anything.
+        let mut body = Vec::new();
+        while body.len() < 1024 {
+            match r.chunk().await {
+                Ok(Some(c)) => body.extend_from_slice(&c),
+                _ => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&body);
+        let reason: String = text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .chars()
+            .take(300)
+            .collect();
         RemoteError::Http {
             url: url.to_string(),
-            message: format!("HTTP {}", r.status()),
+            message: if reason.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status}: {reason}")
+            },
         }
     }
 }
@@ -273,7 +302,7 @@ impl RemoteTier for HttpTier {
                 return Ok(None);
             }
             if !r.status().is_success() {
-                return Err(Self::status_err(&url, &r));
+                return Err(Self::status_err(&url, r).await);
             }
             let bytes = r.bytes().await.map_err(|e| self.body_err(&url, &e))?;
             // A record that does not parse or is filed under another key is a miss.
@@ -297,7 +326,7 @@ impl RemoteTier for HttpTier {
                 })
                 .await?;
             if !r.status().is_success() {
-                return Err(Self::status_err(&url, &r));
+                return Err(Self::status_err(&url, r).await);
             }
             Ok(())
         }
@@ -320,7 +349,7 @@ impl RemoteTier for HttpTier {
                 return Ok(false);
             }
             if !r.status().is_success() {
-                return Err(Self::status_err(&url, &r));
+                return Err(Self::status_err(&url, r).await);
             }
             let local = |e: &dyn std::fmt::Display| RemoteError::Local(format!("{digest}: {e}"));
             let tmp = store.temp().map_err(|e| local(&e))?;
@@ -352,7 +381,19 @@ impl RemoteTier for HttpTier {
         .boxed()
     }
 
-    fn push_blob<'a>(
+    fn has_blob<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<bool, RemoteError>> {
+        async move {
+            let hex = digest_hex(digest).map_err(|e| RemoteError::Local(e.to_string()))?;
+            let url = self.url("cas", hex);
+            let head = self
+                .send(&url, || (self.client.head(&url), self.answer()))
+                .await?;
+            Ok(head.status().is_success())
+        }
+        .boxed()
+    }
+
+    fn upload_blob<'a>(
         &'a self,
         digest: &'a str,
         store: &'a BlobStore,
@@ -360,12 +401,6 @@ impl RemoteTier for HttpTier {
         async move {
             let hex = digest_hex(digest).map_err(|e| RemoteError::Local(e.to_string()))?;
             let url = self.url("cas", hex);
-            let head = self
-                .send(&url, || (self.client.head(&url), self.answer()))
-                .await?;
-            if head.status().is_success() {
-                return Ok(());
-            }
             let path = store
                 .path(digest)
                 .map_err(|e| RemoteError::Local(e.to_string()))?;
@@ -385,7 +420,7 @@ impl RemoteTier for HttpTier {
                 })
                 .await?;
             if !r.status().is_success() {
-                return Err(Self::status_err(&url, &r));
+                return Err(Self::status_err(&url, r).await);
             }
             Ok(())
         }
@@ -568,7 +603,7 @@ mod tests {
             let tier = HttpTier::with_timeouts(&format!("http://{}", peer.addr), None, quick())
                 .expect("client");
             let started = std::time::Instant::now();
-            let got = bounded(tier.push_blob(&digest, &store)).await;
+            let got = bounded(tier.upload_blob(&digest, &store)).await;
             if read {
                 got.unwrap();
                 assert!(

@@ -12,11 +12,12 @@
 //! tier, then its back one, and backfills the front with what the back had; its `put` writes to
 //! both. [`Detached`] makes a tier that may be slow or unreachable harmless: its writes run in
 //! the background (awaited by [`Tier::flush`]), and its first failure becomes one warning, after
-//! which it is skipped.
+//! which it is skipped. A damaged blob is not a failure of the tier: [`Remote`] makes it a miss
+//! and uploads the blob again once the step has been built here.
 //! [`MemoryTier`] is L1, an LRU bounded by bytes; L2 is [`ActionCache`](super::ActionCache);
 //! L3 is [`Remote`] over the Bazel HTTP protocol ([`super::remote`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -402,14 +403,25 @@ impl Tier for MemoryTier {
 /// L3 as a [`Tier`]: any [`RemoteTier`] (records under `/ac/`, blobs under `/cas/`). A record
 /// is answered only once every blob it names is downloaded into the local store and verified;
 /// a write uploads the blobs the remote lacks, then the record.
+///
+/// A blob that downloads damaged is a miss with a warning, not a failure of the tier: one bad
+/// object on a shared server must not switch the remote cache off for the rest of the build
+/// ([`Detached`] does that on errors). The step is then built here, and its blob is uploaded
+/// again even though the remote says (HEAD) it has it: that claim is what kept a damaged blob
+/// on the server for every later build.
 pub struct Remote {
     inner: Arc<dyn RemoteTier>,
+    /// Digests the remote served damaged; their next write does not trust its HEAD.
+    damaged: Mutex<HashSet<String>>,
 }
 
 impl Remote {
     /// Wraps a remote protocol client.
     pub fn new(inner: Arc<dyn RemoteTier>) -> Self {
-        Remote { inner }
+        Remote {
+            inner,
+            damaged: Mutex::default(),
+        }
     }
 
     fn err(&self, e: RemoteError) -> TierError {
@@ -417,6 +429,10 @@ impl Remote {
             tier: self.inner.describe(),
             message: e.to_string(),
         }
+    }
+
+    fn is_damaged(&self, digest: &str) -> bool {
+        self.damaged.lock().is_ok_and(|d| d.contains(digest))
     }
 }
 
@@ -454,11 +470,19 @@ impl Tier for Remote {
             .await
             .map_err(blocking)?;
             for digest in &missing {
-                let fetched = self
-                    .inner
-                    .fetch_blob(digest, &ctx.blobs)
-                    .await
-                    .map_err(|e| self.err(e))?;
+                let fetched = match self.inner.fetch_blob(digest, &ctx.blobs).await {
+                    Ok(f) => f,
+                    Err(e @ RemoteError::Corrupt { .. }) => {
+                        (ctx.warn)(format!(
+                            "warning: {e}; building the step here and uploading the blob again"
+                        ));
+                        if let Ok(mut d) = self.damaged.lock() {
+                            d.insert(digest.clone());
+                        }
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(self.err(e)),
+                };
                 if !fetched {
                     return Ok(None);
                 }
@@ -482,10 +506,23 @@ impl Tier for Remote {
     ) -> BoxFuture<'a, Result<(), TierError>> {
         async move {
             for l in record.blobs() {
+                let damaged = self.is_damaged(&l.digest);
+                let present = !damaged
+                    && self
+                        .inner
+                        .has_blob(&l.digest)
+                        .await
+                        .map_err(|e| self.err(e))?;
+                if present {
+                    continue;
+                }
                 self.inner
-                    .push_blob(&l.digest, &ctx.blobs)
+                    .upload_blob(&l.digest, &ctx.blobs)
                     .await
                     .map_err(|e| self.err(e))?;
+                if damaged && let Ok(mut d) = self.damaged.lock() {
+                    d.remove(&l.digest);
+                }
             }
             self.inner.put_record(record).await.map_err(|e| self.err(e))
         }
@@ -690,5 +727,133 @@ mod tests {
         assert!(t.gave_up(), "known through the decorators");
         assert_eq!(warnings.lock().unwrap().len(), 1);
         assert!(t.get("k", &ctx).await.unwrap().is_some(), "still in memory");
+    }
+
+    /// A remote in memory that serves its blobs as they are (damaged or not), as a server that
+    /// does not check them would, and records uploads.
+    #[derive(Default)]
+    struct FakeRemote {
+        records: Mutex<HashMap<String, ActionRecord>>,
+        blobs: Mutex<HashMap<String, Vec<u8>>>,
+        record_gets: AtomicUsize,
+        uploads: Mutex<Vec<String>>,
+    }
+
+    impl RemoteTier for FakeRemote {
+        fn describe(&self) -> String {
+            "http://fake".into()
+        }
+        fn get_record<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> BoxFuture<'a, Result<Option<ActionRecord>, RemoteError>> {
+            self.record_gets.fetch_add(1, Ordering::SeqCst);
+            let r = self.records.lock().unwrap().get(key).cloned();
+            futures::future::ready(Ok(r)).boxed()
+        }
+        fn put_record<'a>(
+            &'a self,
+            record: &'a ActionRecord,
+        ) -> BoxFuture<'a, Result<(), RemoteError>> {
+            self.records
+                .lock()
+                .unwrap()
+                .insert(record.key.clone(), record.clone());
+            futures::future::ready(Ok(())).boxed()
+        }
+        fn fetch_blob<'a>(
+            &'a self,
+            digest: &'a str,
+            store: &'a BlobStore,
+        ) -> BoxFuture<'a, Result<bool, RemoteError>> {
+            let r = match self.blobs.lock().unwrap().get(digest) {
+                None => Ok(false),
+                // As HttpTier: content that does not hash to its name never enters the store.
+                Some(b) if crate::blobs::sha256_digest(b) != digest => Err(RemoteError::Corrupt {
+                    url: format!("http://fake/cas/{digest}"),
+                    digest: digest.into(),
+                }),
+                Some(b) => store
+                    .put_bytes(b)
+                    .map(|_| true)
+                    .map_err(|e| RemoteError::Local(e.to_string())),
+            };
+            futures::future::ready(r).boxed()
+        }
+        fn has_blob<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<bool, RemoteError>> {
+            let has = self.blobs.lock().unwrap().contains_key(digest);
+            futures::future::ready(Ok(has)).boxed()
+        }
+        fn upload_blob<'a>(
+            &'a self,
+            digest: &'a str,
+            store: &'a BlobStore,
+        ) -> BoxFuture<'a, Result<(), RemoteError>> {
+            let bytes = std::fs::read(store.path(digest).unwrap()).unwrap();
+            self.blobs.lock().unwrap().insert(digest.into(), bytes);
+            self.uploads.lock().unwrap().push(digest.into());
+            futures::future::ready(Ok(())).boxed()
+        }
+    }
+
+    // Verifies: a blob the remote serves damaged is a miss with one warning, not a failure of the
+    // tier: the remote stays in use for the rest of the build (`Detached` does not switch it
+    // off), and when the rebuilt step is written back its blob is uploaded again although the
+    // remote claims (HEAD) to have it, which replaces the damaged copy. Before, the tier was
+    // skipped after the warning and nothing was uploaded.
+    #[tokio::test]
+    async fn a_damaged_remote_blob_is_a_miss_and_is_uploaded_again() {
+        let d = tempfile::tempdir().unwrap();
+        let local = BlobStore::open(d.path().join("local")).unwrap();
+        let elsewhere = BlobStore::open(d.path().join("elsewhere")).unwrap();
+        let (ctx, warnings) = ctx(&local);
+        let content = b"the layer".to_vec();
+        let r = record("k", &elsewhere, &content);
+        let digest = r.layers[0].digest.clone();
+        let remote = Arc::new(FakeRemote::default());
+        remote.records.lock().unwrap().insert("k".into(), r.clone());
+        remote
+            .blobs
+            .lock()
+            .unwrap()
+            .insert(digest.clone(), b"the layeR".to_vec());
+        let t = Detached::new(Arc::new(Remote::new(remote.clone())));
+
+        assert_eq!(t.get("k", &ctx).await.unwrap(), None, "a miss");
+        {
+            let w = warnings.lock().unwrap();
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert!(w[0].contains("does not match digest"), "{w:?}");
+            assert!(!w[0].contains("continuing without it"), "{w:?}");
+        }
+        assert!(!local.verify(&digest, None), "nothing damaged kept");
+
+        // The build runs the step, which makes the same blob here, and stores its record.
+        local.put_bytes(&content).unwrap();
+        t.put(&r, &ctx).await.unwrap();
+        t.flush().await;
+        assert_eq!(*remote.uploads.lock().unwrap(), vec![digest.clone()]);
+        assert_eq!(remote.blobs.lock().unwrap()[&digest], content, "replaced");
+
+        // Still in use: the next lookup asks the remote again.
+        let fresh = BlobStore::open(d.path().join("fresh")).unwrap();
+        let ctx2 = ctx_for(&fresh, &warnings);
+        assert_eq!(t.get("k", &ctx2).await.unwrap(), Some(r));
+        assert_eq!(remote.record_gets.load(Ordering::SeqCst), 2);
+        assert!(fresh.verify(&digest, Some(content.len() as u64)));
+        // A second write trusts the remote again: no upload.
+        t.put(&record("k", &local, &content), &ctx).await.unwrap();
+        t.flush().await;
+        assert_eq!(remote.uploads.lock().unwrap().len(), 1);
+        assert_eq!(warnings.lock().unwrap().len(), 1);
+    }
+
+    /// A context over `blobs` whose warnings go to `warnings`.
+    fn ctx_for(blobs: &BlobStore, warnings: &Arc<Mutex<Vec<String>>>) -> TierCtx {
+        let w = warnings.clone();
+        TierCtx {
+            blobs: blobs.clone(),
+            warn: Arc::new(move |m| w.lock().unwrap().push(m)),
+        }
     }
 }

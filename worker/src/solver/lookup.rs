@@ -96,7 +96,11 @@ mod tests {
             }
             .boxed()
         }
-        fn push_blob<'a>(
+        fn has_blob<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<bool, RemoteError>> {
+            let has = self.blobs.lock().unwrap().contains_key(digest);
+            async move { Ok(has) }.boxed()
+        }
+        fn upload_blob<'a>(
             &'a self,
             _digest: &'a str,
             _store: &'a BlobStore,
