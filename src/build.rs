@@ -275,15 +275,15 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
         ssh: Arc::new(ssh),
         credentials,
     };
-    // The given containerd, else the system's, else an embedded one (stopped at the end).
-    let containerd =
-        crate::embedded::Containerd::select(args.containerd.as_deref(), &state).await?;
+    // The given containerd, else the system's, else an embedded one (stopped at the end),
+    // picked when a step first needs containerd: a fully cached build never starts one.
+    let containerd = LazyContainerd::new(args.containerd.clone(), state.clone());
     let engine = Engine::open(EngineConfig {
         namespace: args.namespace.clone(),
         insecure_registries: args.frontend.insecure_registries.clone(),
         remote_cache: args.remote_cache.clone(),
         remote_cache_token: args.remote_cache_token.clone(),
-        ..EngineConfig::new(containerd.socket(), state.clone())
+        ..EngineConfig::with_containerd(containerd.source(), state.clone())
     })
     .await;
     let build = match engine {
@@ -436,6 +436,51 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
     let digest = result?;
     println!("{digest}");
     Ok(())
+}
+
+/// The containerd of a build, chosen (and an embedded one started) only when first needed.
+struct LazyContainerd {
+    addr: Option<String>,
+    state: StateDir,
+    selected: Arc<tokio::sync::Mutex<Option<crate::embedded::Containerd>>>,
+}
+
+impl LazyContainerd {
+    fn new(addr: Option<String>, state: StateDir) -> Self {
+        LazyContainerd {
+            addr,
+            state,
+            selected: Arc::default(),
+        }
+    }
+
+    /// The engine's way to it.
+    fn source(&self) -> memobuild_worker::engine::ContainerdSource {
+        let (addr, state, selected) =
+            (self.addr.clone(), self.state.clone(), self.selected.clone());
+        memobuild_worker::engine::ContainerdSource::Lazy(Arc::new(move || {
+            let (addr, state, selected) = (addr.clone(), state.clone(), selected.clone());
+            Box::pin(async move {
+                let mut slot = selected.lock().await;
+                if let Some(c) = slot.as_ref() {
+                    return Ok(c.socket().to_path_buf());
+                }
+                let c = crate::embedded::Containerd::select(addr.as_deref(), &state)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                let socket = c.socket().to_path_buf();
+                *slot = Some(c);
+                Ok(socket)
+            })
+        }))
+    }
+
+    /// Stops an embedded containerd this build started.
+    async fn release(&self) {
+        if let Some(c) = self.selected.lock().await.take() {
+            c.release().await;
+        }
+    }
 }
 
 /// The agents `--ssh` names: sockets as given, key files loaded into an `ssh-agent` of the

@@ -157,3 +157,38 @@ fn without_a_containerd_binary_the_error_says_so() {
     );
     assert_nothing_left(&sb);
 }
+
+// Verifies (issue 14): a build whose every step comes from the cache never starts the
+// embedded containerd: nothing needs one.
+#[test]
+fn a_cached_rebuild_starts_no_containerd() {
+    let Some(env) = Env::get() else { return };
+    let sb = sandbox();
+    let cmd = |out: &str| {
+        let mut cmd = common::memobuild();
+        cmd.arg("build")
+            .args(["--containerd", "embedded", "-t", "embedded:test"])
+            .arg("--state-dir")
+            .arg(sb.state())
+            .arg("--build-arg")
+            .arg(format!("REGISTRY={}", env.registry))
+            .arg("--output")
+            .arg(format!("type=oci,dest={}", sb.path(out).display()))
+            .arg(sb.context());
+        cmd
+    };
+    let first = common::run(cmd("a.tar"));
+    assert_runs(&env, &sb, &first, "a.tar");
+    let log = sb.state().join("containerd/containerd.log");
+    assert!(log.exists(), "the first build needed containerd");
+    std::fs::remove_file(&log).expect("rm log");
+    let second = common::run(cmd("b.tar"));
+    assert_ok(&second, "cached rebuild");
+    assert_eq!(
+        common::stdout(&first),
+        common::stdout(&second),
+        "same image"
+    );
+    assert!(!log.exists(), "a fully cached build started containerd");
+    assert_nothing_left(&sb);
+}

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use memobuild_proto::control::{StatusResponse, Vertex, VertexLog, VertexStatus, VertexWarning};
 use memobuild_worker::progress::{LogStream, Progress, ProgressEvent, VertexState};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 /// Responses buffered for a slow `Status` reader before it misses some (it then gets the
 /// whole history again, which clients merge without harm).
@@ -58,16 +58,11 @@ impl StatusHub {
         })
     }
 
-    /// A [`Progress`] whose events end up in this hub (a task converts them in order).
+    /// A [`Progress`] whose events end up in this hub, converted as they are sent: the hub
+    /// closes after the last of them, never before.
     pub fn progress(self: &Arc<Self>) -> Progress {
-        let (tx, mut rx) = mpsc::unbounded_channel();
         let hub = self.clone();
-        tokio::spawn(async move {
-            while let Some(ev) = rx.recv().await {
-                hub.apply(&ev);
-            }
-        });
-        Progress::new(tx)
+        Progress::from_fn(move |ev| hub.apply(&ev))
     }
 
     /// Remembers the inputs of each vertex of `def`, for the vertices' `inputs` field.

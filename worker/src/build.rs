@@ -24,9 +24,8 @@ use crate::solver::{self, FsRef, SolveError, SolveOptions, SolveResult};
 #[derive(Clone)]
 pub struct Build {
     pub(crate) engine: Engine,
-    /// containerd with this build's lease.
-    pub(crate) ctd: Containerd,
-    lease: Lease,
+    /// containerd with this build's lease, made when the build first needs containerd.
+    ctd: Arc<tokio::sync::OnceCell<(Containerd, Lease)>>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) caller: Caller,
     /// The cache tiers, composed for this build.
@@ -34,18 +33,11 @@ pub struct Build {
 }
 
 impl Build {
-    pub(crate) fn new(
-        engine: Engine,
-        ctd: Containerd,
-        lease: Lease,
-        registry: Arc<Registry>,
-        caller: Caller,
-    ) -> Self {
+    pub(crate) fn new(engine: Engine, registry: Arc<Registry>, caller: Caller) -> Self {
         let tiers = engine.tiers();
         Build {
             engine,
-            ctd,
-            lease,
+            ctd: Arc::default(),
             registry,
             caller,
             tiers,
@@ -57,9 +49,20 @@ impl Build {
         &self.engine
     }
 
-    /// containerd, with this build's lease.
-    pub fn containerd(&self) -> &Containerd {
-        &self.ctd
+    /// containerd, with this build's lease (connected, and the lease taken, on first use:
+    /// a build whose every step comes from the cache never needs containerd).
+    pub async fn containerd(&self) -> Result<&Containerd, WorkerError> {
+        self.ctd
+            .get_or_try_init(|| self.engine.leased())
+            .await
+            .map(|(c, _)| c)
+    }
+
+    /// Removes snapshot `key` (best effort; nothing to do when containerd was never used).
+    pub(crate) async fn remove_snapshot(&self, key: &str) {
+        if let Some((c, _)) = self.ctd.get() {
+            let _ = c.remove(key).await;
+        }
     }
 
     /// The registry client, with the caller's credentials.
@@ -105,7 +108,9 @@ impl Build {
         // goes, so nothing of this build outlives it.
         crate::cleanup::wait().await;
         self.engine.save_stat_caches();
-        if let Err(e) = self.ctd.without_lease().delete_lease(&self.lease).await {
+        if let Some((c, lease)) = self.ctd.get()
+            && let Err(e) = c.without_lease().delete_lease(lease).await
+        {
             tracing::warn!("releasing containerd lease: {e}");
         }
     }
@@ -132,7 +137,7 @@ impl Build {
         }
         let snap = self.ensure_snapshot("read a result", fs).await?;
         let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
-        let mounts = self.ctd.view(&key, &snap).await?;
+        let mounts = self.containerd().await?.view(&key, &snap).await?;
         let result = match crate::containerd::MountGuard::mount(&mounts) {
             Ok(guard) => tokio::task::spawn_blocking(move || {
                 let out = f(guard.path());
@@ -143,7 +148,7 @@ impl Build {
             .map_err(join),
             Err(e) => Err(WorkerError::Containerd(e)),
         };
-        let _ = self.ctd.remove(&key).await;
+        self.remove_snapshot(&key).await;
         result
     }
 
@@ -154,7 +159,7 @@ impl Build {
         platform: &pb::Platform,
     ) -> Result<FsRef, WorkerError> {
         let pulled = image::pull(
-            &self.ctd,
+            self.containerd().await?,
             &self.registry,
             self.blobs(),
             reference,
@@ -173,8 +178,10 @@ impl Build {
         what: &str,
         fs: &FsRef,
     ) -> Result<String, WorkerError> {
-        Ok(image::unpack(&self.ctd, self.blobs(), what, &fs.layers)
-            .await?
-            .unwrap_or_default())
+        Ok(
+            image::unpack(self.containerd().await?, self.blobs(), what, &fs.layers)
+                .await?
+                .unwrap_or_default(),
+        )
     }
 }

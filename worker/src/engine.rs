@@ -20,7 +20,7 @@ use crate::cache::ActionCache;
 use crate::cache::remote::HttpTier;
 use crate::cache::tier::{Detached, MemoryTier, ReadThrough, Remote, Tier};
 use crate::caller::Caller;
-use crate::containerd::Containerd;
+use crate::containerd::{Containerd, Lease};
 use crate::fingerprint::StatCache;
 use crate::registry::{Registry, RegistryConfig};
 use crate::state::StateDir;
@@ -35,11 +35,34 @@ const BUILD_LEASE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 /// containerd namespace MemoBuild works in unless told otherwise.
 pub const DEFAULT_NAMESPACE: &str = "memobuild";
 
+/// Finds containerd's socket when the engine first needs containerd (and may start one: the
+/// embedded containerd of `memobuild build`).
+pub type ConnectFn =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<PathBuf, String>> + Send + Sync>;
+
+/// Where an engine's containerd is.
+#[derive(Clone)]
+pub enum ContainerdSource {
+    /// This socket.
+    Socket(PathBuf),
+    /// Asked when first needed: a fully cached build never starts or reaches containerd.
+    Lazy(ConnectFn),
+}
+
+impl std::fmt::Debug for ContainerdSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContainerdSource::Socket(p) => write!(f, "Socket({})", p.display()),
+            ContainerdSource::Lazy(_) => f.write_str("Lazy"),
+        }
+    }
+}
+
 /// How an [`Engine`] is set up.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// containerd's socket.
-    pub containerd_socket: PathBuf,
+    /// containerd.
+    pub containerd: ContainerdSource,
     /// containerd namespace.
     pub namespace: String,
     /// MemoBuild's state directory.
@@ -57,8 +80,16 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// A configuration with defaults for everything but the socket and the state directory.
     pub fn new(containerd_socket: impl Into<PathBuf>, state_dir: StateDir) -> Self {
+        Self::with_containerd(
+            ContainerdSource::Socket(containerd_socket.into()),
+            state_dir,
+        )
+    }
+
+    /// A configuration with defaults for everything but containerd and the state directory.
+    pub fn with_containerd(containerd: ContainerdSource, state_dir: StateDir) -> Self {
         EngineConfig {
-            containerd_socket: containerd_socket.into(),
+            containerd,
             namespace: DEFAULT_NAMESPACE.to_string(),
             state_dir,
             insecure_registries: Vec::new(),
@@ -76,8 +107,10 @@ pub struct Engine {
 }
 
 struct Inner {
-    /// containerd, without a lease (each build adds its own).
-    ctd: Containerd,
+    /// containerd, without a lease (each build adds its own), connected when first needed.
+    ctd: tokio::sync::OnceCell<Containerd>,
+    containerd: ContainerdSource,
+    namespace: String,
     blobs: BlobStore,
     /// L2, also read directly for explanations.
     cache: ActionCache,
@@ -91,23 +124,9 @@ struct Inner {
 }
 
 impl Engine {
-    /// Connects to containerd and opens the state directory.
+    /// Opens the state directory. containerd is reached when something first needs it
+    /// ([`Engine::containerd`]).
     pub async fn open(cfg: EngineConfig) -> Result<Self, WorkerError> {
-        let ctd = Containerd::connect(&cfg.containerd_socket, &cfg.namespace).await?;
-        ctd.version().await?;
-        // Network namespaces of steps whose process was killed.
-        let swept = tokio::task::spawn_blocking(crate::netns::sweep)
-            .await
-            .unwrap_or(0);
-        if swept > 0 {
-            tracing::info!("removed {swept} network namespaces left by killed builds");
-        }
-        // Containers (and their tasks and shims) of builds that were killed.
-        match ctd.remove_stale_containers().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("removed {n} containers left by killed builds"),
-            Err(e) => tracing::warn!("cannot look for containers of killed builds: {e}"),
-        }
         // Temporaries of processes that were killed before they could remove them.
         let state = cfg.state_dir.clone();
         if let Ok(Ok(s)) =
@@ -129,9 +148,11 @@ impl Engine {
             )?)),
             _ => None,
         };
-        Ok(Engine {
+        let engine = Engine {
             inner: Arc::new(Inner {
-                ctd,
+                ctd: tokio::sync::OnceCell::new(),
+                containerd: cfg.containerd.clone(),
+                namespace: cfg.namespace.clone(),
                 blobs,
                 cache,
                 memory: Arc::new(MemoryTier::new(MEMORY_TIER_BYTES)),
@@ -144,22 +165,68 @@ impl Engine {
                     ..RegistryConfig::default()
                 },
             }),
-        })
+        };
+        // A socket given outright is checked now, so a wrong one fails early.
+        if matches!(cfg.containerd, ContainerdSource::Socket(_)) {
+            engine.containerd().await?;
+        }
+        Ok(engine)
     }
 
-    /// Starts a build for `caller`: takes a containerd lease that keeps what the build makes
-    /// alive until [`Build::finish`] (or the lease's expiry, should the process die).
+    /// containerd, without a lease: connected (and, for a lazy source, found or started) on
+    /// first use, when leftovers of killed builds (containers, network namespaces) are removed.
+    pub async fn containerd(&self) -> Result<&Containerd, WorkerError> {
+        self.inner
+            .ctd
+            .get_or_try_init(|| async {
+                let socket = match &self.inner.containerd {
+                    ContainerdSource::Socket(p) => p.clone(),
+                    ContainerdSource::Lazy(connect) => {
+                        connect().await.map_err(|context| WorkerError::Io {
+                            context,
+                            source: std::io::Error::other("containerd is not available"),
+                        })?
+                    }
+                };
+                let ctd = Containerd::connect(&socket, &self.inner.namespace).await?;
+                ctd.version().await?;
+                // Network namespaces of steps whose process was killed.
+                let swept = tokio::task::spawn_blocking(crate::netns::sweep)
+                    .await
+                    .unwrap_or(0);
+                if swept > 0 {
+                    tracing::info!("removed {swept} network namespaces left by killed builds");
+                }
+                // Containers (and their tasks and shims) of builds that were killed.
+                match ctd.remove_stale_containers().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("removed {n} containers left by killed builds"),
+                    Err(e) => tracing::warn!("cannot look for containers of killed builds: {e}"),
+                }
+                Ok::<_, WorkerError>(ctd)
+            })
+            .await
+    }
+
+    /// Starts a build for `caller`. Its containerd lease (which keeps what the build makes
+    /// alive until [`Build::finish`], or the lease's expiry should the process die) is taken
+    /// when the build first needs containerd.
     pub async fn build(&self, caller: Caller) -> Result<Build, WorkerError> {
-        let lease = self.inner.ctd.create_lease(BUILD_LEASE_EXPIRY).await?;
-        let ctd = match self.inner.ctd.with_lease(&lease) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = self.inner.ctd.delete_lease(&lease).await;
-                return Err(e.into());
-            }
-        };
         let registry = Arc::new(self.registry(Some(caller.credentials.clone())));
-        Ok(Build::new(self.clone(), ctd, lease, registry, caller))
+        Ok(Build::new(self.clone(), registry, caller))
+    }
+
+    /// A containerd client with a new lease for a build.
+    pub(crate) async fn leased(&self) -> Result<(Containerd, Lease), WorkerError> {
+        let base = self.containerd().await?;
+        let lease = base.create_lease(BUILD_LEASE_EXPIRY).await?;
+        match base.with_lease(&lease) {
+            Ok(c) => Ok((c, lease)),
+            Err(e) => {
+                let _ = base.delete_lease(&lease).await;
+                Err(e.into())
+            }
+        }
     }
 
     /// A registry client with the engine's settings (plain-HTTP hosts, mirrors) and
@@ -192,11 +259,6 @@ impl Engine {
             None => local,
         };
         Arc::new(ReadThrough::new(self.inner.memory.clone(), below_memory))
-    }
-
-    /// containerd, without a lease.
-    pub fn containerd(&self) -> &Containerd {
-        &self.inner.ctd
     }
 
     /// The local blob store.

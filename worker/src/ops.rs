@@ -41,14 +41,16 @@ impl Solve {
         let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
         let mounts = self
             .build
-            .ctd
+            .containerd()
+            .await
+            .map_err(|e| self.error(digest, e.to_string()))?
             .view(&key, &snap)
             .await
             .map_err(|e| self.error(digest, e.to_string()))?;
         match MountGuard::mount(&mounts) {
             Ok(g) => Ok((g, key)),
             Err(e) => {
-                let _ = self.build.ctd.remove(&key).await;
+                self.build.remove_snapshot(&key).await;
                 Err(self.error(digest, e.to_string()))
             }
         }

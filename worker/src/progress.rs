@@ -99,25 +99,53 @@ pub enum ProgressEvent {
 
 /// Sending half of a progress channel. Sending never fails the build: a renderer that went away
 /// only means nobody watches.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Progress {
     tx: Option<mpsc::UnboundedSender<ProgressEvent>>,
+    /// Called with each event in the sender's thread, in order (the daemon's status hub).
+    sink: Option<std::sync::Arc<dyn Fn(ProgressEvent) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress")
+            .field("channel", &self.tx.is_some())
+            .field("sink", &self.sink.is_some())
+            .finish()
+    }
 }
 
 impl Progress {
     /// A sink that forwards to `tx`.
     pub fn new(tx: mpsc::UnboundedSender<ProgressEvent>) -> Self {
-        Progress { tx: Some(tx) }
+        Progress {
+            tx: Some(tx),
+            sink: None,
+        }
+    }
+
+    /// A sink that calls `f` with each event as it is sent: nothing is queued, so whoever
+    /// ends the stream after the build has every event (no event can trail a close).
+    pub fn from_fn(f: impl Fn(ProgressEvent) + Send + Sync + 'static) -> Self {
+        Progress {
+            tx: None,
+            sink: Some(std::sync::Arc::new(f)),
+        }
     }
 
     /// A sink that drops everything.
     pub fn discard() -> Self {
-        Progress { tx: None }
+        Progress {
+            tx: None,
+            sink: None,
+        }
     }
 
     /// Sends an event.
     pub fn send(&self, ev: ProgressEvent) {
-        if let Some(tx) = &self.tx {
+        if let Some(f) = &self.sink {
+            f(ev);
+        } else if let Some(tx) = &self.tx {
             let _ = tx.send(ev);
         }
     }

@@ -35,6 +35,9 @@ const GC_REF_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot";
 /// Errors of the containerd exporter.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerdExportError {
+    /// containerd could not be reached (or started).
+    #[error("type=containerd: {0}")]
+    Unavailable(String),
     /// containerd refused a call.
     #[error("type=containerd: {0}")]
     Containerd(#[from] containerd::Error),
@@ -77,7 +80,11 @@ pub async fn import(
     names: &[String],
     unpack: bool,
 ) -> Result<Imported, ContainerdExportError> {
-    import_with(build.containerd(), build.blobs(), img, names, unpack).await
+    let ctd = build
+        .containerd()
+        .await
+        .map_err(|e| ContainerdExportError::Unavailable(e.to_string()))?;
+    import_with(ctd, build.blobs(), img, names, unpack).await
 }
 
 /// [`import`] with an explicit client (its namespace and lease are used) and blob store.

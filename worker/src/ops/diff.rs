@@ -47,7 +47,7 @@ impl Solve {
             .await;
         for (g, key) in views {
             let _ = g.unmount();
-            let _ = self.build.ctd.remove(&key).await;
+            self.build.remove_snapshot(&key).await;
         }
         drop(dirs);
         result.map(|fs| vec![Output::Fs(fs)])

@@ -104,7 +104,7 @@ impl Solve {
             match layer {
                 Ok(fs) => put(m.index, Output::Fs(fs)),
                 Err(e) => {
-                    let _ = self.build.ctd.remove(&m.key).await;
+                    self.build.remove_snapshot(&m.key).await;
                     return Err(e);
                 }
             }
@@ -131,7 +131,9 @@ impl Solve {
             .map_err(|e| self.error(digest, e.to_string()))?;
         let rootfs = self
             .build
-            .ctd
+            .containerd()
+            .await
+            .map_err(|e| self.error(digest, e.to_string()))?
             .prepare(&key, &parent, HashMap::new())
             .await
             .map_err(|e| self.error(digest, e.to_string()))?;
@@ -140,7 +142,7 @@ impl Solve {
             .exec_in_snapshot(digest, &key, &rootfs, isolation, meta, base, mounts)
             .await;
         if outcome.is_err() {
-            let _ = self.build.ctd.remove(&key).await;
+            self.build.remove_snapshot(&key).await;
         }
         outcome
     }
@@ -258,7 +260,12 @@ impl Solve {
             .acquire()
             .await
             .map_err(|e| self.error(digest, format!("exec slots closed: {e}")))?;
-        let code = self.build.ctd.run(req).await;
+        let ctd = self
+            .build
+            .containerd()
+            .await
+            .map_err(|e| self.error(digest, e.to_string()))?;
+        let code = ctd.run(req).await;
         drop(permit);
         let tail: Vec<String> = logger.await.map(Vec::from).unwrap_or_default();
         let code = code.map_err(|e| self.error(digest, e.to_string()))?;

@@ -167,11 +167,11 @@ impl FileState {
             if let Some(g) = c.guard {
                 let _ = g.unmount();
             }
-            let _ = solve.build.ctd.remove(&c.key).await;
+            solve.build.remove_snapshot(&c.key).await;
         }
         for (g, key) in self.views {
             let _ = g.unmount();
-            let _ = solve.build.ctd.remove(&key).await;
+            solve.build.remove_snapshot(&key).await;
         }
         drop(self.empty_dirs);
     }
@@ -272,7 +272,9 @@ impl Solve {
             .map_err(|e| self.error(digest, e.to_string()))?;
         let mounts = self
             .build
-            .ctd
+            .containerd()
+            .await
+            .map_err(|e| self.error(digest, e.to_string()))?
             .prepare(&key, &parent, HashMap::new())
             .await
             .map_err(|e| self.error(digest, e.to_string()))?;
@@ -284,7 +286,7 @@ impl Solve {
                 base,
             }),
             Err(e) => {
-                let _ = self.build.ctd.remove(&key).await;
+                self.build.remove_snapshot(&key).await;
                 Err(self.error(digest, e.to_string()))
             }
         }
@@ -303,7 +305,7 @@ impl Solve {
         }
         .await;
         if outcome.is_err() {
-            let _ = self.build.ctd.remove(&chain.key).await;
+            self.build.remove_snapshot(&chain.key).await;
         }
         outcome
     }
@@ -389,15 +391,18 @@ impl Solve {
         // Named by chain ID, like unpacked image layers: the next vertex that needs these files
         // (in this build or a later one) finds the snapshot instead of unpacking the layers.
         let name = crate::cache::key::fs_identity(&layers);
-        match self
+        let ctd = self
             .build
-            .ctd
+            .containerd()
+            .await
+            .map_err(|e| self.error(digest, e.to_string()))?;
+        match ctd
             .commit(&name, key, crate::containerd::snapshot_labels())
             .await
         {
             Ok(()) => {}
             Err(crate::containerd::Error::SnapshotExists { .. }) => {
-                let _ = self.build.ctd.remove(key).await;
+                self.build.remove_snapshot(key).await;
             }
             Err(e) => return Err(self.error(digest, e.to_string())),
         }

@@ -64,7 +64,7 @@ impl ExecMounts {
             {
                 tracing::warn!("unmounting an exec output mount: {e}");
             }
-            let _ = solve.build.ctd.remove(&o.key).await;
+            solve.build.remove_snapshot(&o.key).await;
         }
         while let Some(c) = self.cleanups.pop() {
             match c {
@@ -74,9 +74,7 @@ impl ExecMounts {
                     }
                 }
                 Cleanup::RemoveSnapshot(key) => {
-                    if let Err(e) = solve.build.ctd.remove(&key).await {
-                        tracing::warn!("removing snapshot `{key}`: {e}");
-                    }
+                    solve.build.remove_snapshot(&key).await;
                 }
                 Cleanup::Dir(d) => drop(d),
                 Cleanup::Cache(l) => drop(l),
@@ -221,7 +219,9 @@ impl Solve {
                 let key = format!("memobuild-active-{}", uuid::Uuid::new_v4());
                 let mounts = self
                     .build
-                    .ctd
+                    .containerd()
+                    .await
+                    .map_err(|e| err(e.to_string()))?
                     .prepare(&key, &snap, HashMap::new())
                     .await
                     .map_err(|e| err(e.to_string()))?;
@@ -229,7 +229,7 @@ impl Solve {
                 let guard = match MountGuard::mount(&mounts) {
                     Ok(g) => g,
                     Err(e) => {
-                        let _ = self.build.ctd.remove(&key).await;
+                        self.build.remove_snapshot(&key).await;
                         return Err(err(e.to_string()));
                     }
                 };
@@ -355,7 +355,7 @@ impl Solve {
         let lease = cachemount::acquire(dir, sharing, base).await;
         if let Some((guard, key)) = view {
             let _ = guard.unmount();
-            let _ = self.build.ctd.remove(&key).await;
+            self.build.remove_snapshot(&key).await;
         }
         let lease = lease.map_err(|e| err(format!("cache mount at `{}`: {e}", m.dest)))?;
         out.extra.push(ExtraMount::Bind {
