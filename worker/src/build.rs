@@ -152,18 +152,21 @@ impl Build {
         result
     }
 
-    /// Pulls an image into containerd and the blob store; returns its filesystem.
+    /// Pulls an image into containerd and the blob store, reporting each layer it downloads
+    /// to `progress`; returns its filesystem.
     pub(crate) async fn pull_image(
         &self,
         reference: &str,
         platform: &pb::Platform,
+        progress: image::PullProgress<'_>,
     ) -> Result<FsRef, WorkerError> {
-        let pulled = image::pull(
+        let pulled = image::pull_reporting(
             self.containerd().await?,
             &self.registry,
             self.blobs(),
             reference,
             &crate::to_platform(platform),
+            progress,
         )
         .await?;
         Ok(FsRef {

@@ -193,12 +193,27 @@ pub async fn pull(
     reference: &str,
     platform: &Platform,
 ) -> Result<PulledImage> {
+    pull_reporting(ctd, reg, blobs, reference, platform, None).await
+}
+
+/// Where a pull reports each layer it downloads: the progress of vertex `.1`.
+pub type PullProgress<'a> = Option<(&'a crate::progress::Progress, &'a str)>;
+
+/// [`pull`], reporting each layer it downloads as a status of a vertex.
+pub async fn pull_reporting(
+    ctd: &Containerd,
+    reg: &Registry,
+    blobs: &BlobStore,
+    reference: &str,
+    platform: &Platform,
+    progress: PullProgress<'_>,
+) -> Result<PulledImage> {
     if ctd.lease().is_some() {
-        return pull_leased(ctd, reg, blobs, reference, platform).await;
+        return pull_leased(ctd, reg, blobs, reference, platform, progress).await;
     }
     let lease = ctd.create_lease(PULL_LEASE_EXPIRY).await?;
     let res = match ctd.with_lease(&lease) {
-        Ok(leased) => pull_leased(&leased, reg, blobs, reference, platform).await,
+        Ok(leased) => pull_leased(&leased, reg, blobs, reference, platform, progress).await,
         Err(e) => Err(e.into()),
     };
     let deleted = ctd.delete_lease(&lease).await;
@@ -213,6 +228,7 @@ async fn pull_leased(
     blobs: &BlobStore,
     reference: &str,
     platform: &Platform,
+    progress: PullProgress<'_>,
 ) -> Result<PulledImage> {
     let resolved = reg.resolve(reference, platform).await?;
     let reference = resolved.reference.clone();
@@ -245,7 +261,7 @@ async fn pull_leased(
     // pull future fail "Send is not general enough" when callers box it.
     let mut downloads = Vec::with_capacity(resolved.layers.len());
     for desc in &resolved.layers {
-        downloads.push(ensure_local_blob(reg, blobs, &reference, desc));
+        downloads.push(ensure_local_blob(reg, blobs, &reference, desc, progress));
     }
     futures::stream::iter(downloads)
         .buffer_unordered(PARALLEL_DOWNLOADS)
@@ -320,6 +336,7 @@ async fn ensure_local_blob(
     blobs: &BlobStore,
     reference: &str,
     desc: &Descriptor,
+    progress: PullProgress<'_>,
 ) -> Result<()> {
     // Also validates the digest's form before it becomes a file name.
     let path = blobs.path(&desc.digest)?;
@@ -333,10 +350,24 @@ async fn ensure_local_blob(
         digest: desc.digest.clone(),
         source,
     };
+    // As BuildKit's pull progress: one status per layer, by digest, with its size.
+    let report = |current: u64, completed: bool| {
+        if let Some((p, vertex)) = progress {
+            p.send(crate::progress::ProgressEvent::Status {
+                digest: vertex.to_owned(),
+                id: desc.digest.clone(),
+                current,
+                total: Some(desc.size),
+                completed,
+            });
+        }
+    };
+    report(0, false);
     let tmp = blobs.temp()?;
     let file = tmp.as_file().try_clone().map_err(local_err)?;
     let mut file = tokio::fs::File::from_std(file);
     reg.fetch_blob(reference, desc, &mut file).await?;
+    report(desc.size, true);
     file.sync_all().await.map_err(local_err)?;
     drop(file);
     let store = blobs.clone();

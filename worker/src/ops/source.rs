@@ -18,7 +18,7 @@ impl Solve {
             let platform = platform.unwrap_or_else(|| self.opts.platform.clone());
             let fs = self
                 .build
-                .pull_image(reference, &platform)
+                .pull_image(reference, &platform, Some((&self.progress, digest)))
                 .await
                 .map_err(|e| self.error(digest, e.to_string()))?;
             return Ok(vec![Output::Fs(fs)]);
