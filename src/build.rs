@@ -172,12 +172,17 @@ pub(crate) fn parse_build_args(raw: &[String]) -> anyhow::Result<BTreeMap<String
 }
 
 /// The frontend options of a build from the command line.
-fn frontend_options(inputs: &Inputs, target: Option<String>) -> frontend::BuildOptions {
+fn frontend_options(inputs: &Inputs, args: &FrontendArgs) -> frontend::BuildOptions {
     frontend::BuildOptions {
         dockerfile_name: inputs.dockerfile_name.clone(),
-        target,
+        target: args.target.clone(),
         build_args: inputs.build_args.clone(),
         dockerignore: inputs.dockerignore.clone(),
+        image_resolve_mode: if args.pull {
+            frontend::ImageResolveMode::Pull
+        } else {
+            frontend::ImageResolveMode::Default
+        },
         ..frontend::BuildOptions::new(frontend::Platform::host())
     }
 }
@@ -230,7 +235,7 @@ pub async fn lower(args: LowerArgs) -> anyhow::Result<()> {
     let lowered = crate::pipeline::lower(
         &registry,
         &inputs.dockerfile,
-        frontend_options(&inputs, args.frontend.target.clone()),
+        frontend_options(&inputs, &args.frontend),
     )
     .await?;
     for w in &lowered.warnings {
@@ -308,7 +313,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
         let lowered = crate::pipeline::lower(
             build.registry(),
             &inputs.dockerfile,
-            frontend_options(&inputs, args.frontend.target.clone()),
+            frontend_options(&inputs, &args.frontend),
         )
         .await?;
         for w in &lowered.warnings {

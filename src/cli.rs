@@ -102,6 +102,10 @@ pub struct FrontendArgs {
     /// Build this stage instead of the last one.
     #[arg(long, value_name = "STAGE")]
     pub target: Option<String>,
+    /// Ask the registry what every base image's tag names, even when it answered within the
+    /// last minute (as `docker buildx build --pull`).
+    #[arg(long)]
+    pub pull: bool,
     /// Registries (`HOST:PORT`) to reach over plain HTTP; loopback registries always are.
     #[arg(
         long = "insecure-registry",

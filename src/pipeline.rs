@@ -17,7 +17,7 @@ use memobuild_worker::export::exporter::Exporter;
 use memobuild_worker::export::sink::ExportSink;
 use memobuild_worker::export::spec::ExporterSpec;
 use memobuild_worker::progress::{Progress, ProgressEvent};
-use memobuild_worker::registry::Registry;
+use memobuild_worker::registry::{Registry, ResolveMode};
 use memobuild_worker::solver::{FsRef, SolveOptions, SolveResult};
 
 /// Lets the frontend (which does no I/O) resolve base images through the worker's registry
@@ -25,6 +25,7 @@ use memobuild_worker::solver::{FsRef, SolveOptions, SolveResult};
 struct Resolver {
     registry: Arc<Registry>,
     handle: tokio::runtime::Handle,
+    mode: ResolveMode,
 }
 
 impl frontend::ImageResolver for Resolver {
@@ -40,6 +41,7 @@ impl frontend::ImageResolver for Resolver {
                 &self.registry,
                 reference,
                 &p,
+                self.mode,
             ))
             .map_err(|e| e.to_string())?;
         Ok(frontend::ResolvedImage { digest, config })
@@ -65,6 +67,12 @@ pub async fn lower(
     let resolver = Resolver {
         registry: registry.clone(),
         handle: tokio::runtime::Handle::current(),
+        // `--pull` asks the registry again for every base image; `local` takes what it knows.
+        mode: match opts.image_resolve_mode {
+            frontend::ImageResolveMode::Default => ResolveMode::Default,
+            frontend::ImageResolveMode::Pull => ResolveMode::Pull,
+            frontend::ImageResolveMode::Local => ResolveMode::Local,
+        },
     };
     let dockerfile = dockerfile.to_owned();
     let lowered =

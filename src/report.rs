@@ -133,7 +133,7 @@ pub async fn send(base: &str, token: Option<&str>, record: &BuildRecord) -> Resu
     let url = format!("{}/api/builds", base.trim_end_matches('/'));
     // A small JSON body after the build: a total limit is the right one (it bounds the first
     // byte and any stall too), and a server that does not answer costs 5 s and a warning.
-    let client = reqwest::Client::builder()
+    let client = memobuild_worker::tls::client_builder()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
         .build()

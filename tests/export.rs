@@ -868,3 +868,61 @@ fn a_registry_that_keeps_failing_gives_a_clear_error() {
     );
     assert!(proxy.count("HEAD 500") >= 3, "{:?}", proxy.log.lock());
 }
+
+#[test]
+fn a_moved_tag_is_seen_after_a_minute_or_at_once_with_pull() {
+    // A rebuild within a minute reuses what the base image's tag named (as BuildKit does, so a
+    // no-op asks the registry nothing); `--pull` asks the registry again and builds on the image
+    // the tag names now.
+    let Some(env) = Env::get() else { return };
+    let base = format!("{}/{}:latest", env.registry, unique("moving-base"));
+    let push_base = |version: &str| {
+        let sb = Sandbox::new();
+        sb.write(
+            "Dockerfile",
+            &format!(
+                "ARG REGISTRY\nFROM ${{REGISTRY}}/library/busybox:latest\nRUN echo {version} > /version\n"
+            ),
+        );
+        let out = build(
+            &sb,
+            &env,
+            &empty_docker_config(&sb),
+            None,
+            &["-t", &base, "--push"],
+        );
+        assert_ok(&out, &format!("pushing base {version}"));
+    };
+    let app = Sandbox::new();
+    app.write(
+        "Dockerfile",
+        &format!("FROM {base}\nRUN cat /version > /seen\n"),
+    );
+    let build_app = |dest: &str, extra: &[&str]| -> String {
+        let dest = app.path(dest);
+        let mut args = vec!["--output", dest.to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        let out = build(&app, &env, &empty_docker_config(&app), None, &args);
+        assert_ok(&out, "building on the base");
+        std::fs::read_to_string(dest.join("seen")).expect("/seen")
+    };
+
+    push_base("one");
+    assert_eq!(build_app("first", &[]), "one\n");
+    push_base("two");
+    assert_eq!(
+        build_app("again", &[]),
+        "one\n",
+        "a rebuild within a minute reuses the resolution"
+    );
+    assert_eq!(
+        build_app("pulled", &["--pull"]),
+        "two\n",
+        "--pull resolves again"
+    );
+    assert_eq!(
+        build_app("after", &[]),
+        "two\n",
+        "the refreshed resolution is the one reused"
+    );
+}

@@ -22,6 +22,7 @@ use memobuild_proto::gateway::{
     StatFileRequest, StatFileResponse, WarnRequest, WarnResponse,
 };
 use memobuild_proto::gateway::{Ref, Result as GatewayResult, result};
+use memobuild_worker::registry::ResolveMode;
 use tonic::{Request, Response, Status};
 
 use crate::daemon::Daemon;
@@ -366,8 +367,9 @@ impl LlbBridge for GatewayService {
             .build()
             .ok_or_else(|| Status::failed_precondition("the build is over"))?;
         let platform = req.platform.unwrap_or_else(convert::host_platform);
+        let mode = ResolveMode::from_name(&req.resolve_mode);
         let (digest, config) =
-            memobuild_worker::resolve_image_config(build.registry(), &req.r#ref, &platform)
+            memobuild_worker::resolve_image_config(build.registry(), &req.r#ref, &platform, mode)
                 .await
                 .map_err(|e| Status::unknown(e.to_string()))?;
         Ok(Response::new(ResolveImageConfigResponse {

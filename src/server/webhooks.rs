@@ -355,7 +355,7 @@ impl Webhooks {
             ),
             None => None,
         };
-        let client = reqwest::Client::builder()
+        let client = memobuild_worker::tls::client_builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .retry(reqwest::retry::never())

@@ -22,6 +22,7 @@ use crate::cache::tier::{Detached, MemoryTier, ReadThrough, Remote, Tier};
 use crate::caller::Caller;
 use crate::containerd::{Containerd, Lease};
 use crate::fingerprint::StatCache;
+use crate::registry::resolved::ResolvedCache;
 use crate::registry::{Registry, RegistryConfig};
 use crate::state::StateDir;
 
@@ -162,6 +163,9 @@ impl Engine {
                 registry: RegistryConfig {
                     insecure: cfg.insecure_registries.clone(),
                     mirrors: cfg.registry_mirrors.clone(),
+                    resolved: Some(Arc::new(ResolvedCache::on_disk(
+                        cfg.state_dir.resolved_images(),
+                    ))),
                     ..RegistryConfig::default()
                 },
             }),

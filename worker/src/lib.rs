@@ -41,6 +41,7 @@ pub mod ssh;
 pub mod state;
 #[cfg(test)]
 mod testhttp;
+pub mod tls;
 
 use memobuild_proto::pb;
 
@@ -90,8 +91,11 @@ pub async fn resolve_image_config(
     registry: &Registry,
     reference: &str,
     platform: &pb::Platform,
+    mode: registry::ResolveMode,
 ) -> Result<(String, Vec<u8>), WorkerError> {
-    let r = registry.resolve(reference, &to_platform(platform)).await?;
+    let r = registry
+        .resolve_with(reference, &to_platform(platform), mode)
+        .await?;
     Ok((
         r.index_digest.clone().unwrap_or(r.manifest_digest.clone()),
         r.config,

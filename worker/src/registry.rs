@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod push;
+pub mod resolved;
 pub mod retry;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,6 +28,8 @@ use oci_client::manifest::{
 };
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
+
+pub use self::resolved::ResolveMode;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -243,6 +246,8 @@ pub struct RegistryConfig {
     /// Mirrors to try first, by registry host as in a reference (`docker.io`), each a
     /// `host[:port]` serving the same repositories (BuildKit's `[registry."docker.io"] mirrors`).
     pub mirrors: HashMap<String, Vec<String>>,
+    /// Recent resolutions, shared by the clients of one engine; none kept when `None`.
+    pub resolved: Option<Arc<resolved::ResolvedCache>>,
 }
 
 /// Target platform of a pull.
@@ -493,6 +498,8 @@ impl Registry {
                     // headers, then restarts at every read of the body: first byte and idle in
                     // one (pulls send no bodies, so nothing else counts against it).
                     read_timeout: Some(self.read_timeout()),
+                    // The system's roots, read once per process rather than per client.
+                    tls_certs_only: crate::tls::oci_roots(),
                     ..ClientConfig::default()
                 });
                 Arc::new(HostClient {
@@ -583,9 +590,36 @@ impl Registry {
 
     /// Resolves `reference` to the image manifest for `platform` (selecting from an image index or
     /// Docker manifest list when needed), and fetches its config. The registry's mirrors are
-    /// tried first; the result names `reference` whichever answered.
+    /// tried first; the result names `reference` whichever answered. A recent answer is reused
+    /// ([`ResolveMode::Default`]).
     pub async fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage> {
+        self.resolve_with(reference, platform, ResolveMode::Default)
+            .await
+    }
+
+    /// [`Registry::resolve`], reusing an earlier answer as `mode` allows.
+    pub async fn resolve_with(
+        &self,
+        reference: &str,
+        platform: &Platform,
+        mode: ResolveMode,
+    ) -> Result<ResolvedImage> {
         let top = normalize_reference(reference)?;
+        let Some(cache) = &self.config.resolved else {
+            return self.resolve_remote(&top, platform).await;
+        };
+        let key = resolved::ResolvedCache::key(&top.whole(), platform);
+        if let Some(hit) = cache.get(&key, top.digest().is_some(), mode) {
+            return Ok(hit);
+        }
+        let image = self.resolve_remote(&top, platform).await?;
+        cache.put(&key, &image);
+        Ok(image)
+    }
+
+    async fn resolve_remote(&self, top: &Reference, platform: &Platform) -> Result<ResolvedImage> {
+        let reference = top.whole();
+        let top = top.clone();
         let candidates = self.candidates(&top);
         let last = candidates.len().saturating_sub(1);
         for (i, c) in candidates.into_iter().enumerate() {

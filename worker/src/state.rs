@@ -71,6 +71,11 @@ impl StateDir {
         self.root.join("cache").join("compression")
     }
 
+    /// Recently resolved image references (`registry::resolved`).
+    pub fn resolved_images(&self) -> PathBuf {
+        self.root.join("cache").join("resolved")
+    }
+
     /// Bare mirrors of git sources.
     pub fn git_mirrors(&self) -> PathBuf {
         self.root.join("cache").join("git")

@@ -150,12 +150,12 @@ impl HttpTier {
         };
         // The read timeout also runs while waiting for headers; `first_byte` (shorter) is
         // enforced around `send` and fires first.
-        let client = reqwest::Client::builder()
+        let client = crate::tls::client_builder()
             .connect_timeout(timeouts.connect)
             .read_timeout(timeouts.idle.max(timeouts.first_byte))
             .build()
             .map_err(err)?;
-        let uploads = reqwest::Client::builder()
+        let uploads = crate::tls::client_builder()
             .connect_timeout(timeouts.connect)
             .build()
             .map_err(err)?;

@@ -222,7 +222,7 @@ impl Solve {
         let spec = HttpSpec::from_op(src).map_err(|m| self.error(digest, m))?;
         let url = &spec.url;
         let fail = |m: String| self.error(digest, m);
-        let client = reqwest::Client::builder()
+        let client = crate::tls::client_builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .build()

@@ -174,7 +174,7 @@ impl std::fmt::Debug for Pusher {
 impl Pusher {
     /// A pusher with these registry settings (plain-HTTP hosts, credentials, connect timeout).
     pub fn new(config: RegistryConfig, options: PushOptions) -> Result<Self> {
-        let client = reqwest::Client::builder()
+        let client = crate::tls::client_builder()
             .connect_timeout(config.connect_timeout.unwrap_or(Duration::from_secs(10)))
             .read_timeout(options.read_timeout)
             .user_agent(concat!("memobuild/", env!("CARGO_PKG_VERSION")))
