@@ -721,6 +721,121 @@ fn push_lands_in_the_registry_under_every_tag() {
     }
 }
 
+// ----- buildx's flags -------------------------------------------------------------------------
+
+// Verifies: the frontend attributes buildx's own flags become reach the daemon's frontend and
+// do there what they do on buildkitd: `--build-context assets=DIR` is the local named context
+// `assets` (sent as `local:assets` with a shared key) whose own `.dockerignore` keeps a file
+// out (the daemon reads it, as `[context assets] load .dockerignore`); `--label` is in the
+// image config after the Dockerfile's LABEL; `--add-host` is in RUN's /etc/hosts;
+// `--network none` leaves RUN only the loopback interface; `--metadata-file` holds the
+// exporter response (`containerimage.digest` = the printed manifest digest,
+// `containerimage.config.digest`, the descriptor as JSON) and `--iidfile` the config digest.
+#[test]
+fn buildx_flags_reach_the_frontend() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        &format!(
+            "FROM {}\nLABEL from.dockerfile=1 overridden=dockerfile\nCOPY --from=assets . /assets/\nRUN grep myhost /etc/hosts > /hosts.txt && cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' ' > /ifaces.txt\n",
+            env.busybox()
+        ),
+    );
+    let assets = sb.path("assets");
+    std::fs::create_dir_all(&assets).expect("mkdir assets");
+    std::fs::write(assets.join("keep.txt"), "kept\n").expect("write");
+    std::fs::write(assets.join("drop.tmp"), "dropped\n").expect("write");
+    std::fs::write(assets.join(".dockerignore"), "*.tmp\n").expect("write");
+    let daemon = Daemon::start(&sb, &env, &[]);
+    let (oci, local) = (sb.path("oci.tar"), sb.path("fs"));
+    let (meta, iid) = (sb.path("meta.json"), sb.path("iid"));
+    let context = format!("assets={}", assets.display());
+    let flags = [
+        "--progress",
+        "plain",
+        "--build-context",
+        &context,
+        "--label",
+        "overridden=flag",
+        "--label",
+        "org.example.flag=yes",
+        "--add-host",
+        "myhost:10.1.2.3",
+        "--network",
+        "none",
+    ];
+    let (meta_arg, iid_arg) = (meta.display().to_string(), iid.display().to_string());
+    let oci_arg = format!("type=oci,dest={}", oci.display());
+    let mut image_args = flags.to_vec();
+    image_args.extend([
+        "--metadata-file",
+        &meta_arg,
+        "--iidfile",
+        &iid_arg,
+        "--output",
+        &oci_arg,
+    ]);
+    let out = sb.build_remote(&daemon, &image_args);
+    assert_ok(&out, "memobuild build --addr with buildx's flags");
+    assert!(
+        stderr(&out).contains("[context assets] load .dockerignore"),
+        "{}",
+        stderr(&out)
+    );
+    // The files, from the cache (an image ID file and a local output do not go together).
+    let local_arg = format!("type=local,dest={}", local.display());
+    let mut local_args = flags.to_vec();
+    local_args.extend(["--output", &local_arg]);
+    let files = sb.build_remote(&daemon, &local_args);
+    assert_ok(&files, "the same build, to a directory");
+    let listing: BTreeSet<String> = std::fs::read_dir(local.join("assets"))
+        .expect("assets")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        listing,
+        BTreeSet::from([".dockerignore".to_string(), "keep.txt".to_string()])
+    );
+    assert_eq!(
+        std::fs::read_to_string(local.join("hosts.txt")).expect("hosts.txt"),
+        "10.1.2.3\tmyhost\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(local.join("ifaces.txt")).expect("ifaces.txt"),
+        "lo\n"
+    );
+
+    let digest = stdout(&out).trim().to_string();
+    assert_eq!(oci_manifest_digest(&oci), digest);
+    let manifest = oci_blob_json(&oci, &digest);
+    let config_digest = manifest["config"]["digest"]
+        .as_str()
+        .expect("config digest");
+    let config = oci_blob_json(&oci, config_digest);
+    let labels = &config["config"]["Labels"];
+    assert_eq!(labels["from.dockerfile"], "1", "{config}");
+    assert_eq!(labels["overridden"], "flag", "{config}");
+    assert_eq!(labels["org.example.flag"], "yes", "{config}");
+
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta).expect("metadata file")).expect("json");
+    assert_eq!(meta["containerimage.digest"], digest.as_str(), "{meta}");
+    assert_eq!(
+        meta["containerimage.config.digest"], config_digest,
+        "{meta}"
+    );
+    assert_eq!(
+        meta["containerimage.descriptor"]["digest"],
+        digest.as_str(),
+        "{meta}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&iid).expect("iidfile"),
+        config_digest
+    );
+}
+
 // ----- errors -------------------------------------------------------------------------------
 
 // Verifies: a Dockerfile syntax error comes back as one line naming `Dockerfile:LINE`; a

@@ -176,10 +176,18 @@ async fn build(
         (Err(_), Err(e)) if cancel_solve.is_cancelled() => return Err(e),
         pair => pair,
     };
-    let response = response?;
-    build_function?;
+    let mut response = response?;
+    let metadata = build_function?;
     status?;
     session?;
+    // As buildx: a subrequest's result metadata joins the exporters' response (its
+    // `result.json` is read from there).
+    let subrequest = request.frontend_attrs.contains_key("requestid");
+    for (k, v) in metadata.into_iter().filter(|_| subrequest) {
+        response
+            .entry(k)
+            .or_insert_with(|| String::from_utf8_lossy(&v).into_owned());
+    }
     Ok(response)
 }
 

@@ -48,7 +48,7 @@ pub async fn dockerfile(
         .filter(|k| !k.is_empty())
         .map_or("dockerfile", String::as_str);
     let filename = options.dockerfile_name.clone();
-    let session = job.session();
+    options.session_id = Some(job.session());
 
     // [internal] load build definition from Dockerfile
     let step = step_id(&job.id, "definition");
@@ -65,8 +65,11 @@ pub async fn dockerfile(
             build,
             progress,
             &step,
-            dockerfile_local,
-            Some("dockerfile"),
+            LocalAt {
+                name: dockerfile_local,
+                session: options.session_for(dockerfile_local),
+                hint: dockerfile_local,
+            },
             &follow,
         )
         .await?;
@@ -99,8 +102,11 @@ pub async fn dockerfile(
                     build,
                     progress,
                     &step,
-                    &options.context_name,
-                    Some("context-.dockerignore"),
+                    LocalAt {
+                        name: &options.context_name,
+                        session: options.session_for(&options.context_name),
+                        hint: &format!("{}-.dockerignore", options.context_name),
+                    },
                     &follow,
                 )
                 .await;
@@ -121,7 +127,7 @@ pub async fn dockerfile(
         }
     };
     options.dockerignore = crate::build::parse_dockerignore(&String::from_utf8_lossy(&ignore));
-    options.session_id = Some(session);
+    named_local_excludes(job, build, &mut options).await?;
 
     let lowered = crate::pipeline::lower(build.registry(), &dockerfile, options)
         .await
@@ -180,22 +186,78 @@ pub async fn solve_definition(
     })
 }
 
-/// Syncs the client's local `name` (only `follow` paths) and returns the copy.
+/// Reads the `.dockerignore` of each `local:` named context from its directory (only that
+/// file is transferred, as BuildKit's `[context NAME] load .dockerignore`), for the frontend
+/// to exclude those paths from the context's transfer.
+async fn named_local_excludes(
+    job: &Job,
+    build: &Build,
+    options: &mut frontend::BuildOptions,
+) -> Result<(), Status> {
+    let locals: Vec<(String, String)> = options
+        .named_contexts
+        .iter()
+        .filter_map(|(key, nc)| match nc {
+            frontend::NamedContext::Local { name, .. } => Some((key.clone(), name.clone())),
+            _ => None,
+        })
+        .collect();
+    for (key, name) in locals {
+        let step = step_id(&job.id, &format!("context:{key}:dockerignore"));
+        let step_name = format!("[context {key}] load .dockerignore");
+        let started = std::time::Instant::now();
+        job.progress
+            .step(&step, &step_name, VertexState::Started, None, None);
+        let read = async {
+            let dir = sync_local(
+                build,
+                &job.progress,
+                &step,
+                LocalAt {
+                    name: &name,
+                    session: options.session_for(&name),
+                    hint: &format!("context:{key}-.dockerignore"),
+                },
+                &[".dockerignore".to_string()],
+            )
+            .await?;
+            Ok::<_, Status>(read_file(&dir, ".dockerignore")?.unwrap_or_default())
+        }
+        .await;
+        finish_step(&job.progress, &step, &step_name, started, &read);
+        let patterns = crate::build::parse_dockerignore(&String::from_utf8_lossy(&read?));
+        if let Some(frontend::NamedContext::Local { excludes, .. }) =
+            options.named_contexts.get_mut(&key)
+        {
+            *excludes = patterns;
+        }
+    }
+    Ok(())
+}
+
+/// A client directory: its name, the session serving it and the shared-key hint of the copy.
+struct LocalAt<'a> {
+    name: &'a str,
+    session: Option<&'a str>,
+    hint: &'a str,
+}
+
+/// Syncs the client's local `at` (only `follow` paths) and returns the copy.
 async fn sync_local(
     build: &Build,
     progress: &Progress,
     step: &str,
-    name: &str,
-    hint: Option<&str>,
+    at: LocalAt<'_>,
     follow: &[String],
 ) -> Result<PathBuf, Status> {
+    let name = at.name;
     build
         .caller()
         .locals
         .local(LocalRequest {
             name,
-            session: None,
-            shared_key_hint: hint,
+            session: at.session,
+            shared_key_hint: Some(at.hint),
             include_patterns: &[],
             exclude_patterns: &[],
             follow_paths: follow,
