@@ -256,6 +256,7 @@ pub async fn lower(args: LowerArgs) -> anyhow::Result<()> {
         &registry,
         &inputs.dockerfile,
         frontend_options(&inputs, args.frontend.target.clone(), &Default::default())?,
+        None,
     )
     .await?;
     for w in &lowered.warnings {
@@ -341,6 +342,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
             build.registry(),
             &inputs.dockerfile,
             frontend_options(&inputs, args.frontend.target.clone(), &extra)?,
+            None,
         )
         .await?;
         for w in &lowered.warnings {

@@ -16,7 +16,7 @@ use memobuild_worker::cache::history::History;
 use memobuild_worker::export::exporter::Exporter;
 use memobuild_worker::export::sink::ExportSink;
 use memobuild_worker::export::spec::ExporterSpec;
-use memobuild_worker::progress::{Progress, ProgressEvent};
+use memobuild_worker::progress::{Progress, ProgressEvent, VertexState};
 use memobuild_worker::registry::Registry;
 use memobuild_worker::solver::{FsRef, SolveOptions, SolveResult};
 
@@ -25,6 +25,9 @@ use memobuild_worker::solver::{FsRef, SolveOptions, SolveResult};
 struct Resolver {
     registry: Arc<Registry>,
     handle: tokio::runtime::Handle,
+    /// Where each look-up is shown as `[internal] load metadata for REF`, as BuildKit's
+    /// frontend shows its `ResolveImageConfig` calls (the daemon's builds).
+    progress: Option<Progress>,
 }
 
 impl frontend::ImageResolver for Resolver {
@@ -34,14 +37,31 @@ impl frontend::ImageResolver for Resolver {
         platform: &frontend::Platform,
     ) -> Result<frontend::ResolvedImage, String> {
         let p = pb_platform(platform);
-        let (digest, config) = self
+        let name = format!("[internal] load metadata for {reference}");
+        let step = format!(
+            "sha256:{}",
+            blake3::hash(format!("{name}\0{platform}").as_bytes()).to_hex()
+        );
+        let started = std::time::Instant::now();
+        if let Some(progress) = &self.progress {
+            progress.step(&step, &name, VertexState::Started, None, None);
+        }
+        let resolved = self
             .handle
             .block_on(memobuild_worker::resolve_image_config(
                 &self.registry,
                 reference,
                 &p,
             ))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string());
+        if let Some(progress) = &self.progress {
+            let (state, error) = match &resolved {
+                Ok(_) => (VertexState::Completed, None),
+                Err(e) => (VertexState::Error, Some(e.clone())),
+            };
+            progress.step(&step, &name, state, Some(started.elapsed()), error);
+        }
+        let (digest, config) = resolved?;
         Ok(frontend::ResolvedImage { digest, config })
     }
 }
@@ -56,15 +76,18 @@ pub fn pb_platform(p: &frontend::Platform) -> pb::Platform {
     }
 }
 
-/// Lowers `dockerfile` with `opts`, resolving base images through `registry`.
+/// Lowers `dockerfile` with `opts`, resolving base images through `registry`; each look-up
+/// is a step of `progress` when given.
 pub async fn lower(
     registry: &Arc<Registry>,
     dockerfile: &str,
     opts: frontend::BuildOptions,
+    progress: Option<&Progress>,
 ) -> anyhow::Result<frontend::Lowered> {
     let resolver = Resolver {
         registry: registry.clone(),
         handle: tokio::runtime::Handle::current(),
+        progress: progress.cloned(),
     };
     let dockerfile = dockerfile.to_owned();
     let lowered =

@@ -840,7 +840,8 @@ fn buildx_flags_reach_the_frontend() {
 
 // Verifies: a Dockerfile syntax error comes back as one line naming `Dockerfile:LINE`; a
 // failing RUN shows the step's last output lines (the tail, not all of it) above an error
-// naming the line and the exit code.
+// naming the line and the exit code. Both errors carry BuildKit's source detail, which the
+// client (as buildx) prints as the Dockerfile's lines with the failing one marked.
 #[test]
 fn dockerfile_and_step_errors_reach_the_client() {
     let Some(env) = Env::get() else { return };
@@ -859,6 +860,12 @@ fn dockerfile_and_step_errors_reach_the_client() {
         line.to_lowercase().contains("unknown instruction"),
         "{line}"
     );
+    assert!(
+        stderr(&out).contains("Dockerfile:3\n--------------------\n")
+            && stderr(&out).contains("   3 | >>> FORM x\n"),
+        "{}",
+        stderr(&out)
+    );
 
     sb.write(
         "Dockerfile",
@@ -873,6 +880,11 @@ fn dockerfile_and_step_errors_reach_the_client() {
     let line = error_line(&out);
     assert!(line.contains("Dockerfile:2"), "{line}");
     assert!(line.contains("exit code: 7"), "{line}");
+    assert!(
+        stderr(&out).contains("   2 | >>> RUN for i in"),
+        "{}",
+        stderr(&out)
+    );
     // The failure block above the error: the step's name, then its last lines.
     let text = stderr(&out);
     let block: Vec<&str> = text

@@ -129,9 +129,9 @@ pub async fn dockerfile(
     options.dockerignore = crate::build::parse_dockerignore(&String::from_utf8_lossy(&ignore));
     named_local_excludes(job, build, &mut options).await?;
 
-    let lowered = crate::pipeline::lower(build.registry(), &dockerfile, options)
+    let lowered = crate::pipeline::lower(build.registry(), &dockerfile, options, Some(progress))
         .await
-        .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        .map_err(|e| crate::daemon::convert::frontend_error(&e, dockerfile.as_bytes()))?;
     for w in &lowered.warnings {
         job.status.warn_lint(w, &filename, dockerfile.as_bytes());
     }
@@ -174,7 +174,7 @@ pub async fn solve_definition(
     let solved = build
         .solve(parsed, opts, job.progress.clone())
         .await
-        .map_err(|e| Status::unknown(e.to_string()))?;
+        .map_err(|e| crate::daemon::convert::solve_error(&e, definition))?;
     let output = match (solved.local, solved.fs.layers.is_empty()) {
         (Some(l), _) => Output::Local(l.path),
         (None, true) => Output::Scratch,
