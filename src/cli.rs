@@ -185,6 +185,14 @@ pub struct BuildArgs {
     /// `,format=json` for JSON. Needs `--addr`.
     #[arg(long, value_name = "METHOD")]
     pub call: Option<String>,
+    /// Export the build cache, as buildx (`type=registry,ref=REF`, `type=local,dest=DIR`, …):
+    /// sent to the daemon, which warns that MemoBuild keeps its own cache. Repeatable.
+    #[arg(long = "cache-to", value_name = "SPEC", requires = "addr")]
+    pub cache_to: Vec<String>,
+    /// Import a build cache, as buildx (`type=registry,ref=REF` or just `REF`): sent to the
+    /// daemon, which warns that MemoBuild keeps its own cache. Repeatable.
+    #[arg(long = "cache-from", value_name = "SPEC", requires = "addr")]
+    pub cache_from: Vec<String>,
     /// Shorthand for `--call=check`.
     #[arg(long, conflicts_with = "call")]
     pub check: bool,

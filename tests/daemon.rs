@@ -836,6 +836,76 @@ fn buildx_flags_reach_the_frontend() {
     );
 }
 
+// Verifies: a build asking for cache backends MemoBuild does not implement (`--cache-to
+// type=registry`, `--cache-from REF`) is not failed: it builds, and warnings say the request
+// was ignored and which cache is used instead. A step for a platform this machine cannot run
+// (`--platform linux/s390x`, a binary the kernel refuses) fails with an error naming the
+// platform, not only the bare "exec format error" exit.
+#[test]
+fn unsupported_cache_backends_warn_and_foreign_platforms_are_named() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        &format!("FROM {}\nRUN echo ok > /ok\n", env.busybox()),
+    );
+    let daemon = Daemon::start(&sb, &env, &[]);
+    let cache_ref = format!("{}/daemon-test/cache", env.registry);
+    let to = format!("type=registry,ref={cache_ref}");
+    let dest = format!("type=local,dest={}", sb.path("fs").display());
+    let out = sb.build_remote(
+        &daemon,
+        &[
+            "--progress",
+            "plain",
+            "--cache-to",
+            &to,
+            "--cache-from",
+            &cache_ref,
+            "--output",
+            &dest,
+        ],
+    );
+    assert_ok(&out, "a build with --cache-to/--cache-from");
+    let text = stderr(&out);
+    for w in [
+        "cache export `registry` is not supported by MemoBuild and was ignored",
+        "cache import `registry` is not supported by MemoBuild and was ignored",
+    ] {
+        assert!(text.contains(w), "no `{w}` in:\n{text}");
+    }
+    assert!(text.contains("remote-cache"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(sb.path("fs/ok")).expect("ok"),
+        "ok\n"
+    );
+
+    if std::path::Path::new("/proc/sys/fs/binfmt_misc/qemu-s390x").exists() {
+        eprintln!("SKIPPED the foreign-platform half: this machine runs s390x through qemu");
+        return;
+    }
+    // An ELF header for a machine no kernel runs (e_machine 0x4d42): exec fails with ENOEXEC.
+    let mut elf = b"\x7fELF\x02\x01\x01\x00".to_vec();
+    elf.extend([0u8; 8]);
+    elf.extend(2u16.to_le_bytes());
+    elf.extend(0x4d42u16.to_le_bytes());
+    elf.extend([0u8; 44]);
+    let fake = sb.context().join("sh");
+    std::fs::write(&fake, &elf).expect("write fake sh");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    sb.write("Dockerfile", "FROM scratch\nCOPY sh /bin/sh\nRUN true\n");
+    let out = sb.build_remote(
+        &daemon,
+        &["--progress", "plain", "--platform", "linux/s390x"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = error_line(&out);
+    assert!(
+        line.contains("the step is for platform linux/s390x, which this machine cannot run"),
+        "{line}"
+    );
+}
+
 // ----- errors -------------------------------------------------------------------------------
 
 // Verifies: a Dockerfile syntax error comes back as one line naming `Dockerfile:LINE`; a

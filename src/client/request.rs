@@ -35,6 +35,10 @@ pub struct BuildRequest {
     pub entitlements: Vec<String>,
     /// The session's shared key (see [`shared_key`]).
     pub shared_key: String,
+    /// `--cache-to` entries: (type, attrs).
+    pub cache_exports: Vec<(String, BTreeMap<String, String>)>,
+    /// `--cache-from` entries: (type, attrs).
+    pub cache_imports: Vec<(String, BTreeMap<String, String>)>,
 }
 
 impl BuildRequest {
@@ -95,6 +99,16 @@ impl BuildRequest {
             exports,
             entitlements,
             shared_key: shared_key(context),
+            cache_exports: args
+                .cache_to
+                .iter()
+                .map(|c| cache_entry(c))
+                .collect::<anyhow::Result<_>>()?,
+            cache_imports: args
+                .cache_from
+                .iter()
+                .map(|c| cache_entry(c))
+                .collect::<anyhow::Result<_>>()?,
         })
     }
 }
@@ -199,6 +213,28 @@ impl BuildxOptions {
         self.locals.insert(local, dir);
         Ok(())
     }
+}
+
+/// A `--cache-to`/`--cache-from` spec as buildx reads it: CSV `type=T,key=value…`, or a bare
+/// reference for `type=registry,ref=REF`.
+fn cache_entry(spec: &str) -> anyhow::Result<(String, BTreeMap<String, String>)> {
+    if !spec.contains('=') {
+        return Ok((
+            "registry".into(),
+            BTreeMap::from([("ref".to_owned(), spec.to_owned())]),
+        ));
+    }
+    let mut attrs = BTreeMap::new();
+    for field in spec.split(',') {
+        let (k, v) = field
+            .split_once('=')
+            .with_context(|| format!("invalid value {field} in cache spec `{spec}`"))?;
+        attrs.insert(k.to_owned(), v.to_owned());
+    }
+    let kind = attrs
+        .remove("type")
+        .with_context(|| format!("type required form cache spec `{spec}`"))?;
+    Ok((kind, attrs))
 }
 
 /// `--add-host`s as the `add-hosts` attribute: `host=ip` entries joined by commas, brackets
