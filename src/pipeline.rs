@@ -97,6 +97,31 @@ pub async fn lower(
     Ok(lowered)
 }
 
+/// Answers the frontend subrequest `request_id` (`frontend.outline`, `frontend.targets`,
+/// `frontend.lint`, …) for `dockerfile`: the result's metadata, or `None` for a request the
+/// frontend does not know. Image look-ups (a lint lowers every stage) are steps of
+/// `progress`.
+pub async fn subrequest(
+    registry: &Arc<Registry>,
+    request_id: &str,
+    dockerfile: &str,
+    opts: frontend::BuildOptions,
+    progress: Option<&Progress>,
+) -> anyhow::Result<Option<BTreeMap<String, Vec<u8>>>> {
+    let resolver = Resolver {
+        registry: registry.clone(),
+        handle: tokio::runtime::Handle::current(),
+        progress: progress.cloned(),
+    };
+    let (request_id, dockerfile) = (request_id.to_owned(), dockerfile.to_owned());
+    let answer = tokio::task::spawn_blocking(move || {
+        frontend::subrequests::handle(&request_id, &dockerfile, &opts, &resolver).transpose()
+    })
+    .await
+    .context("frontend task failed")??;
+    Ok(answer)
+}
+
 /// Solves `definition` on `build`. An empty definition (a target that is an empty filesystem)
 /// solves to scratch.
 pub async fn solve(

@@ -842,6 +842,93 @@ fn buildx_flags_reach_the_frontend() {
 // (`--platform linux/s390x`, a binary the kernel refuses) fails with an error naming the
 // platform, not only the bare "exec format error" exit.
 #[test]
+fn subrequests_answer_as_buildx_prints_them() {
+    // `--call=outline`, `--call=targets` and `--check` (buildx's subrequests) are answered from
+    // the Dockerfile with what buildx prints, and build nothing: no step of the Dockerfile runs.
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    let dockerfile = format!(
+        "# BASE the base image\nARG BASE={}\nfrom ${{BASE}} AS build\n# VERSION the version to stamp\nARG VERSION=1.0\nRUN --mount=type=secret,id=tok echo $VERSION > /v\n\n# release the shipped image\nFROM build AS release\nENV foo bar\n",
+        env.busybox()
+    );
+    sb.write("Dockerfile", &dockerfile);
+    let daemon = Daemon::start(&sb, &env, &[]);
+
+    let outline = sb.build_remote(&daemon, &["--call=outline"]);
+    assert_ok(&outline, "--call=outline");
+    let text = stdout(&outline);
+    assert!(text.contains("TARGET:      release"), "{text}");
+    assert!(text.contains("DESCRIPTION: the shipped image"), "{text}");
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| {
+            l.split("   ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert!(
+        rows.contains(&vec!["BASE", &env.busybox(), "the base image"]),
+        "{text}"
+    );
+    assert!(
+        rows.contains(&vec!["VERSION", "1.0", "the version to stamp"]),
+        "{text}"
+    );
+    assert!(rows.contains(&vec!["tok"]), "the secret is listed: {text}");
+
+    let targets = sb.build_remote(&daemon, &["--call=targets"]);
+    assert_ok(&targets, "--call=targets");
+    let text = stdout(&targets);
+    assert!(text.contains("build"), "{text}");
+    assert!(
+        text.contains("release (default) the shipped image"),
+        "{text}"
+    );
+
+    // Findings are printed with the lines they are about; buildx exits 1 when there are any.
+    let check = sb.build_remote(&daemon, &["--check"]);
+    assert_eq!(check.status.code(), Some(1), "{}", stderr(&check));
+    let text = format!("{}{}", stdout(&check), stderr(&check));
+    assert!(
+        text.contains(
+            "WARNING: FromAsCasing - https://docs.docker.com/go/dockerfile/rule/from-as-casing/"
+        ),
+        "{text}"
+    );
+    assert!(text.contains(" 3 | >>> from ${BASE} AS build"), "{text}");
+    assert!(text.contains("WARNING: LegacyKeyValueFormat"), "{text}");
+    for out in [&outline, &targets, &check] {
+        assert!(
+            !stderr(out).contains("[build ") && !stderr(out).contains("[release "),
+            "a subrequest runs no step: {}",
+            stderr(out)
+        );
+    }
+
+    // `# check=error=true` makes the findings an error naming the rules.
+    sb.write("Dockerfile", &format!("# check=error=true\n{dockerfile}"));
+    let strict = sb.build_remote(&daemon, &["--check"]);
+    assert_eq!(strict.status.code(), Some(1));
+    assert!(
+        stderr(&strict).contains("lint violation found for rules:"),
+        "{}",
+        stderr(&strict)
+    );
+
+    // A clean Dockerfile passes.
+    sb.write("Dockerfile", &format!("FROM {}\nRUN true\n", env.busybox()));
+    let clean = sb.build_remote(&daemon, &["--check"]);
+    assert_ok(&clean, "--check of a clean Dockerfile");
+    assert!(
+        stdout(&clean).contains("Check complete, no warnings found."),
+        "{}",
+        stdout(&clean)
+    );
+}
+
+#[test]
 fn unsupported_cache_backends_warn_and_foreign_platforms_are_named() {
     let Some(env) = Env::get() else { return };
     let sb = Sandbox::new();

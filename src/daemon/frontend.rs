@@ -24,6 +24,9 @@ use crate::daemon::jobs::{Job, Output, SolvedRef};
 /// `exptypes.ExporterImageConfigKey`).
 pub const META_IMAGE_CONFIG: &str = "containerimage.config";
 
+/// The frontend attribute naming a subrequest (`dockerui/requests.go`).
+const REQUEST_ID: &str = "requestid";
+
 /// What a frontend produced: the result and its metadata.
 pub struct FrontendResult {
     /// The solved filesystem and its definition.
@@ -88,6 +91,19 @@ pub async fn dockerfile(
     finish_step(progress, &step, &name, started, &read);
     let (dockerfile, specific_ignore) = read?;
 
+    // A subrequest (buildx's `--call`, `--check`) reads the Dockerfile only: the context is
+    // not asked for (an outline's client may not even offer it), except its `.dockerignore`
+    // for a lint (`CopyIgnoredFile`).
+    let request_id = attrs
+        .get(REQUEST_ID)
+        .filter(|r| !r.is_empty())
+        .map(String::as_str);
+    if let Some(id) = request_id
+        && id != frontend::subrequests::LINT
+    {
+        return subrequest(job, build, id, &dockerfile, options).await;
+    }
+
     // [internal] load .dockerignore
     let ignore = match specific_ignore {
         Some(i) => i,
@@ -127,6 +143,9 @@ pub async fn dockerfile(
         }
     };
     options.dockerignore = crate::build::parse_dockerignore(&String::from_utf8_lossy(&ignore));
+    if let Some(id) = request_id {
+        return subrequest(job, build, id, &dockerfile, options).await;
+    }
     named_local_excludes(job, build, &mut options).await?;
 
     let lowered = crate::pipeline::lower(build.registry(), &dockerfile, options, Some(progress))
@@ -149,6 +168,33 @@ pub async fn dockerfile(
     let solved =
         solve_definition(job, build, &lowered.definition, max_parallel_exec, false).await?;
     Ok(FrontendResult { solved, metadata })
+}
+
+/// Answers subrequest `id`: a result without a filesystem whose metadata is the answer.
+async fn subrequest(
+    job: &Job,
+    build: &Build,
+    id: &str,
+    dockerfile: &str,
+    options: frontend::BuildOptions,
+) -> Result<FrontendResult, Status> {
+    let answer = crate::pipeline::subrequest(
+        build.registry(),
+        id,
+        dockerfile,
+        options,
+        Some(&job.progress),
+    )
+    .await
+    .map_err(|e| crate::daemon::convert::frontend_error(&e, dockerfile.as_bytes()))?
+    .ok_or_else(|| Status::invalid_argument(format!("unsupported request {id}")))?;
+    Ok(FrontendResult {
+        solved: SolvedRef {
+            output: Output::Scratch,
+            definition: None,
+        },
+        metadata: answer,
+    })
 }
 
 /// Solves `definition` on the job's build.
