@@ -171,20 +171,40 @@ pub(crate) fn parse_build_args(raw: &[String]) -> anyhow::Result<BTreeMap<String
     Ok(out)
 }
 
-/// The frontend options of a build from the command line.
-fn frontend_options(inputs: &Inputs, args: &FrontendArgs) -> frontend::BuildOptions {
-    frontend::BuildOptions {
+/// The frontend options of a build from the command line; `extra` are buildx's flags
+/// (`--label`, `--build-context`, …) as the frontend attributes a daemon would get, read by
+/// the frontend crate as a daemon reads them.
+fn frontend_options(
+    inputs: &Inputs,
+    target: Option<String>,
+    extra: &crate::client::request::BuildxOptions,
+) -> anyhow::Result<frontend::BuildOptions> {
+    let parsed =
+        frontend::BuildOptions::from_frontend_attrs(&extra.attrs, frontend::Platform::host())?;
+    let mut o = frontend::BuildOptions {
         dockerfile_name: inputs.dockerfile_name.clone(),
-        target: args.target.clone(),
+        target,
         build_args: inputs.build_args.clone(),
         dockerignore: inputs.dockerignore.clone(),
-        image_resolve_mode: if args.pull {
-            frontend::ImageResolveMode::Pull
-        } else {
-            frontend::ImageResolveMode::Default
-        },
-        ..frontend::BuildOptions::new(frontend::Platform::host())
+        ..parsed.options
+    };
+    // A directory's own `.dockerignore` applies to it, as BuildKit reads it for a `local:`
+    // named context.
+    for nc in o.named_contexts.values_mut() {
+        if let frontend::NamedContext::Local { name, excludes, .. } = nc
+            && let Some(dir) = extra.locals.get(name.as_str())
+        {
+            *excludes = match std::fs::read_to_string(dir.join(".dockerignore")) {
+                Ok(text) => parse_dockerignore(&text),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("reading `{}/.dockerignore`", dir.display()));
+                }
+            };
+        }
     }
+    Ok(o)
 }
 
 /// The identity of a build target for `memobuild why`: context, Dockerfile and target.
@@ -235,7 +255,8 @@ pub async fn lower(args: LowerArgs) -> anyhow::Result<()> {
     let lowered = crate::pipeline::lower(
         &registry,
         &inputs.dockerfile,
-        frontend_options(&inputs, &args.frontend),
+        frontend_options(&inputs, args.frontend.target.clone(), &Default::default())?,
+        None,
     )
     .await?;
     for w in &lowered.warnings {
@@ -260,6 +281,10 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let state = StateDir::new(crate::cli::state_dir(args.state_dir.clone()));
     // Private agents (for `--ssh ID=KEYFILE`) live until the build is over.
+    if args.call.is_some() || args.check {
+        bail!("--call and --check ask a BuildKit daemon's frontend: use them with --addr");
+    }
+    let extra = crate::client::request::BuildxOptions::from_args(&args)?;
     let (ssh, _private_agents) = ssh_agents(&args, &state).await?;
     let inputs = read_inputs(&args.frontend, &state, ssh.get("default")).await?;
     let mut outputs = args
@@ -274,6 +299,9 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
     let credentials = Arc::new(crate::credentials::DockerCredentials::load());
     let mut locals = HostLocals::new();
     locals.insert("context", &inputs.context);
+    for (name, dir) in &extra.locals {
+        locals.insert(name, dir);
+    }
     let caller = Caller {
         locals: Arc::new(locals),
         secrets: Arc::new(args.secrets()?),
@@ -313,13 +341,15 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
         let lowered = crate::pipeline::lower(
             build.registry(),
             &inputs.dockerfile,
-            frontend_options(&inputs, &args.frontend),
+            frontend_options(&inputs, args.frontend.target.clone(), &extra)?,
+            None,
         )
         .await?;
         for w in &lowered.warnings {
             crate::pipeline::note(&progress, format!("warning: {w}"));
         }
-        crate::pipeline::check_entitlements(&lowered.definition, &args.allow, None)
+        let allowed: Vec<String> = args.allow.iter().chain(&extra.entitlements).cloned().collect();
+        crate::pipeline::check_entitlements(&lowered.definition, &allowed, None)
             .map_err(anyhow::Error::msg)?;
         let opts = SolveOptions {
             layer: Default::default(),
@@ -358,6 +388,15 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
             &progress,
         )
         .await?;
+        let mut merged = BTreeMap::new();
+        for r in &responses {
+            merged.extend(r.clone());
+        }
+        crate::client::result::write_files(
+            &merged,
+            args.metadata_file.as_deref(),
+            args.iidfile.as_deref(),
+        )?;
         // stdout: the digest of the first image an output wrote (its compression and media
         // types are part of it), else the image as built.
         let printed = responses

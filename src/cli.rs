@@ -158,6 +158,48 @@ pub struct BuildArgs {
     /// How to show progress (written to stderr).
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
+    /// Set a label on the image (`KEY=VALUE`), after the Dockerfile's LABELs; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// An additional build context, as buildx: `NAME=DIR` (a directory of this machine),
+    /// `NAME=docker-image://REF`, `NAME=https://…` or a git URL; a stage or an image named
+    /// `NAME` in the Dockerfile is replaced by it. Repeatable.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
+    /// An `/etc/hosts` entry for every RUN, as buildx: `HOST:IP` or `HOST=IP`; repeatable.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_hosts: Vec<String>,
+    /// The network of RUN steps without `--network`: `default`, `none` or `host` (which asks
+    /// for the `network.host` entitlement, as buildx does).
+    #[arg(long, value_name = "MODE")]
+    pub network: Option<String>,
+    /// The target platform (`os/arch[/variant]`); default: this machine's (the daemon's with
+    /// `--addr`).
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+    /// Write the build's result metadata (image digest, names, …) as JSON to this file, as
+    /// buildx's `--metadata-file`.
+    #[arg(long, value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// Write the image ID (the config digest, else the manifest's) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// Instead of building, ask the Dockerfile frontend: `outline` (build arguments, secrets
+    /// and ssh of the target), `targets` (the stages), `check` (the lint rules); append
+    /// `,format=json` for JSON. Needs `--addr`.
+    #[arg(long, value_name = "METHOD")]
+    pub call: Option<String>,
+    /// Export the build cache, as buildx (`type=registry,ref=REF`, `type=local,dest=DIR`, …):
+    /// sent to the daemon, which warns that MemoBuild keeps its own cache. Repeatable.
+    #[arg(long = "cache-to", value_name = "SPEC", requires = "addr")]
+    pub cache_to: Vec<String>,
+    /// Import a build cache, as buildx (`type=registry,ref=REF` or just `REF`): sent to the
+    /// daemon, which warns that MemoBuild keeps its own cache. Repeatable.
+    #[arg(long = "cache-from", value_name = "SPEC", requires = "addr")]
+    pub cache_from: Vec<String>,
+    /// Shorthand for `--call=check`.
+    #[arg(long, conflicts_with = "call")]
+    pub check: bool,
     /// Do not use cached results.
     #[arg(long)]
     pub no_cache: bool,

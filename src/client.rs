@@ -18,6 +18,7 @@ pub mod connect;
 pub mod exporters;
 pub mod gateway;
 pub mod request;
+pub mod result;
 pub mod session;
 pub mod solve;
 pub mod source;
@@ -94,7 +95,8 @@ pub async fn build(args: BuildArgs, addr: &str) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::unbounded_channel();
     let renderer = tokio::spawn(crate::progress::render(args.progress, rx));
     let progress = Progress::new(tx);
-    if request.exports.is_empty() {
+    let call = request::call_request(&args)?;
+    if request.exports.is_empty() && call.is_none() {
         progress.send(memobuild_worker::progress::ProgressEvent::Message(
             "warning: no output specified; the result stays in the daemon's cache (use --output type=oci,dest=FILE, --output DIR or -t NAME --push)".into(),
         ));
@@ -119,6 +121,14 @@ pub async fn build(args: BuildArgs, addr: &str) -> anyhow::Result<()> {
     let response = outcome.result.map_err(|e| lost_connection(e, &address))?;
     for (k, v) in &response {
         tracing::debug!("exporter response: {k}={v}");
+    }
+    result::write_files(
+        &response,
+        args.metadata_file.as_deref(),
+        args.iidfile.as_deref(),
+    )?;
+    if let Some(call) = &call {
+        return result::print_call(call, &response);
     }
     if let Some(digest) = response.get(IMAGE_DIGEST) {
         println!("{digest}");

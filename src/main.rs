@@ -99,6 +99,12 @@ fn main() -> std::process::ExitCode {
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<client::result::ExitStatus>().is_some() => {
+            let code = e
+                .downcast_ref::<client::result::ExitStatus>()
+                .map_or(1, |s| s.0);
+            std::process::ExitCode::from(code)
+        }
         Err(e) => {
             // One line a user can act on: the chain of causes, joined.
             eprintln!("error: {e:#}");

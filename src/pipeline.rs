@@ -16,7 +16,7 @@ use memobuild_worker::cache::history::History;
 use memobuild_worker::export::exporter::Exporter;
 use memobuild_worker::export::sink::ExportSink;
 use memobuild_worker::export::spec::ExporterSpec;
-use memobuild_worker::progress::{Progress, ProgressEvent};
+use memobuild_worker::progress::{Progress, ProgressEvent, VertexState};
 use memobuild_worker::registry::{Registry, ResolveMode};
 use memobuild_worker::solver::{FsRef, SolveOptions, SolveResult};
 
@@ -26,6 +26,9 @@ struct Resolver {
     registry: Arc<Registry>,
     handle: tokio::runtime::Handle,
     mode: ResolveMode,
+    /// Where each look-up is shown as `[internal] load metadata for REF`, as BuildKit's
+    /// frontend shows its `ResolveImageConfig` calls (the daemon's builds).
+    progress: Option<Progress>,
 }
 
 impl frontend::ImageResolver for Resolver {
@@ -35,7 +38,16 @@ impl frontend::ImageResolver for Resolver {
         platform: &frontend::Platform,
     ) -> Result<frontend::ResolvedImage, String> {
         let p = pb_platform(platform);
-        let (digest, config) = self
+        let name = format!("[internal] load metadata for {reference}");
+        let step = format!(
+            "sha256:{}",
+            blake3::hash(format!("{name}\0{platform}").as_bytes()).to_hex()
+        );
+        let started = std::time::Instant::now();
+        if let Some(progress) = &self.progress {
+            progress.step(&step, &name, VertexState::Started, None, None);
+        }
+        let resolved = self
             .handle
             .block_on(memobuild_worker::resolve_image_config(
                 &self.registry,
@@ -43,7 +55,15 @@ impl frontend::ImageResolver for Resolver {
                 &p,
                 self.mode,
             ))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string());
+        if let Some(progress) = &self.progress {
+            let (state, error) = match &resolved {
+                Ok(_) => (VertexState::Completed, None),
+                Err(e) => (VertexState::Error, Some(e.clone())),
+            };
+            progress.step(&step, &name, state, Some(started.elapsed()), error);
+        }
+        let (digest, config) = resolved?;
         Ok(frontend::ResolvedImage { digest, config })
     }
 }
@@ -58,21 +78,19 @@ pub fn pb_platform(p: &frontend::Platform) -> pb::Platform {
     }
 }
 
-/// Lowers `dockerfile` with `opts`, resolving base images through `registry`.
+/// Lowers `dockerfile` with `opts`, resolving base images through `registry`; each look-up
+/// is a step of `progress` when given.
 pub async fn lower(
     registry: &Arc<Registry>,
     dockerfile: &str,
     opts: frontend::BuildOptions,
+    progress: Option<&Progress>,
 ) -> anyhow::Result<frontend::Lowered> {
     let resolver = Resolver {
         registry: registry.clone(),
         handle: tokio::runtime::Handle::current(),
-        // `--pull` asks the registry again for every base image; `local` takes what it knows.
-        mode: match opts.image_resolve_mode {
-            frontend::ImageResolveMode::Default => ResolveMode::Default,
-            frontend::ImageResolveMode::Pull => ResolveMode::Pull,
-            frontend::ImageResolveMode::Local => ResolveMode::Local,
-        },
+        mode: resolve_mode(opts.image_resolve_mode),
+        progress: progress.cloned(),
     };
     let dockerfile = dockerfile.to_owned();
     let lowered =
@@ -80,6 +98,32 @@ pub async fn lower(
             .await
             .context("frontend task failed")??;
     Ok(lowered)
+}
+
+/// Answers the frontend subrequest `request_id` (`frontend.outline`, `frontend.targets`,
+/// `frontend.lint`, …) for `dockerfile`: the result's metadata, or `None` for a request the
+/// frontend does not know. Image look-ups (a lint lowers every stage) are steps of
+/// `progress`.
+pub async fn subrequest(
+    registry: &Arc<Registry>,
+    request_id: &str,
+    dockerfile: &str,
+    opts: frontend::BuildOptions,
+    progress: Option<&Progress>,
+) -> anyhow::Result<Option<BTreeMap<String, Vec<u8>>>> {
+    let resolver = Resolver {
+        registry: registry.clone(),
+        handle: tokio::runtime::Handle::current(),
+        mode: resolve_mode(opts.image_resolve_mode),
+        progress: progress.cloned(),
+    };
+    let (request_id, dockerfile) = (request_id.to_owned(), dockerfile.to_owned());
+    let answer = tokio::task::spawn_blocking(move || {
+        frontend::subrequests::handle(&request_id, &dockerfile, &opts, &resolver).transpose()
+    })
+    .await
+    .context("frontend task failed")??;
+    Ok(answer)
 }
 
 /// Solves `definition` on `build`. An empty definition (a target that is an empty filesystem)
@@ -208,4 +252,14 @@ pub fn check_entitlements(
 /// Sends a note about the build as a whole.
 pub fn note(progress: &Progress, message: impl Into<String>) {
     progress.send(ProgressEvent::Message(message.into()));
+}
+
+/// The registry's resolve mode for the frontend's: `--pull` asks the registry again for every
+/// base image; `local` takes what it knows.
+fn resolve_mode(mode: frontend::ImageResolveMode) -> ResolveMode {
+    match mode {
+        frontend::ImageResolveMode::Default => ResolveMode::Default,
+        frontend::ImageResolveMode::Pull => ResolveMode::Pull,
+        frontend::ImageResolveMode::Local => ResolveMode::Local,
+    }
 }

@@ -14,6 +14,7 @@
 //! | `label:K` | `labels[K]` |
 //! | `context:NAME` | `named_contexts[NAME]` ([`NamedContext::parse`]) |
 //! | `sharedkey:localdir:NAME` | the `shared_key` of the local named context `NAME` |
+//! | `local-sessionid:NAME` | `local_sessions[NAME]`: the session serving the local `NAME` |
 //! | `add-hosts` | `extra_hosts`: CSV of `host=ip` (buildx's `host:ip` too) |
 //! | `no-cache` | `no_cache`: empty = all stages, else a comma list of stage names |
 //! | `image-resolve-mode` | `image_resolve_mode`: `default`, `pull`, `local` |
@@ -25,7 +26,7 @@
 //! local directory `context` (`context_name`). Keys a caller typically handles itself and
 //! finds in `ignored`: `dockerfilekey` (the local holding the Dockerfile), `cache-imports`,
 //! `cache-from`, `attest:*`, `frontend.caps`; keys not supported yet: `shm-size`, `ulimit`,
-//! `cgroup-parent`, `hostname`, `multi-platform`, `local-sessionid:*`, `input:*`, resource
+//! `cgroup-parent`, `hostname`, `multi-platform`, `input:*`, resource
 //! limits (`memory`, `cpu*`).
 
 use std::collections::BTreeMap;
@@ -40,6 +41,7 @@ const BUILD_ARG_PREFIX: &str = "build-arg:";
 const LABEL_PREFIX: &str = "label:";
 const CONTEXT_PREFIX: &str = "context:";
 const SHARED_KEY_PREFIX: &str = "sharedkey:localdir:";
+const LOCAL_SESSION_PREFIX: &str = "local-sessionid:";
 
 /// [`BuildOptions`] read from frontend attributes, and the keys that were not used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +75,10 @@ impl BuildOptions {
                     cause,
                 })?;
                 o.named_contexts.insert(name.to_owned(), nc);
+            } else if let Some(name) = k.strip_prefix(LOCAL_SESSION_PREFIX) {
+                if !v.is_empty() {
+                    o.local_sessions.insert(name.to_owned(), v.clone());
+                }
             } else if let Some(name) = k.strip_prefix(SHARED_KEY_PREFIX) {
                 shared_keys.push((k, name, v));
             } else if k == context_key {
@@ -271,6 +277,22 @@ mod tests {
             err(&[("context:img", "oci-layout://s@sha256:aa")])
                 .starts_with("named context `img`: unsupported context source `oci-layout`")
         );
+    }
+
+    #[test]
+    fn local_session_ids() {
+        let o = opts(&[
+            ("local-sessionid:context", "s2"),
+            ("local-sessionid:empty", ""),
+        ]);
+        assert_eq!(o.local_sessions.len(), 1);
+        assert_eq!(o.session_for("context"), Some("s2"));
+        let o = BuildOptions {
+            session_id: Some("s1".into()),
+            ..o
+        };
+        assert_eq!(o.session_for("context"), Some("s2"));
+        assert_eq!(o.session_for("dockerfile"), Some("s1"));
     }
 
     #[test]

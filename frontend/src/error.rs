@@ -228,6 +228,21 @@ pub struct Warning {
     pub(crate) instruction_check: Option<String>,
 }
 
+impl Warning {
+    /// The rule's one-line description (BuildKit's linter's words).
+    pub fn description(&self) -> &'static str {
+        crate::lint::description(&self.rule)
+    }
+
+    /// The rule's documentation page.
+    pub fn url(&self) -> String {
+        format!(
+            "https://docs.docker.com/go/dockerfile/rule/{}/",
+            crate::lint::kebab(&self.rule)
+        )
+    }
+}
+
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.location {
@@ -240,6 +255,30 @@ impl fmt::Display for Warning {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rule_pages_are_kebab_case() {
+        let w = |rule: &str| Warning {
+            rule: rule.into(),
+            message: String::new(),
+            location: None,
+            instruction_check: None,
+        };
+        assert_eq!(
+            w("NoEmptyContinuation").url(),
+            "https://docs.docker.com/go/dockerfile/rule/no-empty-continuation/"
+        );
+        assert!(
+            w("JSONArgsRecommended")
+                .url()
+                .contains("/json-args-recommended/")
+        );
+        assert!(w("FromAsCasing").url().contains("/from-as-casing/"));
+        assert_eq!(
+            w("StageNameCasing").description(),
+            "Stage names should be lowercase"
+        );
+    }
 
     #[test]
     fn displays_one_line_with_position() {

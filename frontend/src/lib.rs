@@ -44,6 +44,7 @@ mod platform;
 mod reference;
 pub mod shell;
 mod stages;
+pub mod subrequests;
 
 use std::collections::BTreeMap;
 
@@ -103,7 +104,7 @@ pub fn parse(dockerfile: &str, name: &str) -> Result<(Dockerfile, Vec<Warning>),
 }
 
 /// `check_arg` is the `BUILDKIT_DOCKERFILE_CHECK` build argument, if given.
-fn parse_unfiltered(
+pub(crate) fn parse_unfiltered(
     dockerfile: &str,
     name: &str,
     check_arg: Option<&str>,
@@ -160,6 +161,28 @@ pub fn build(
         .get("BUILDKIT_DOCKERFILE_CHECK")
         .map(String::as_str);
     let (df, mut warnings, check) = parse_unfiltered(dockerfile, name, check_arg)?;
+    let resolver = lower::CachedResolver::new(resolver);
+    let out = lower_parsed(df, opts, &resolver, &mut warnings)?;
+    let warnings = check
+        .apply(warnings)
+        .map_err(|k| FrontendError::global(name, k))?;
+    let definition = out.graph.marshal(out.root, name, dockerfile);
+    Ok(Lowered {
+        definition,
+        image_config: out.image.to_json(),
+        warnings,
+    })
+}
+
+/// Lowers a parsed Dockerfile for `opts.target`, adding lint findings to `found` as they are
+/// made (so that those made before an error are kept).
+pub(crate) fn lower_parsed(
+    df: Dockerfile,
+    opts: &BuildOptions,
+    resolver: &dyn ImageResolver,
+    found: &mut Vec<Warning>,
+) -> Result<lower::LowerOutput, FrontendError> {
+    let name = opts.dockerfile_name.as_str();
     if let Some(bad) = opts.build_args.keys().find(|k| !valid_build_arg_name(k)) {
         return Err(FrontendError::global(
             name,
@@ -190,14 +213,13 @@ pub fn build(
         &lex,
     )
     .ok();
-    warnings.extend(lint::check_froms(
+    found.extend(lint::check_froms(
         &df,
         &lex,
         &global,
         defaults_only.as_ref(),
     ));
     let epoch = stages::source_date_epoch(&opts.build_args, &global);
-    let resolver = lower::CachedResolver::new(resolver);
     let mut df = df;
     let (graph, triggers) = lower::resolve_with_triggers(
         &mut df,
@@ -208,21 +230,13 @@ pub fn build(
             named: &opts.named_contexts,
             platform: &opts.platform,
         },
-        &resolver,
+        resolver,
     )
     .map_err(err)?;
-    let mut lowerer = Lowerer::new(opts, &resolver, lex, global, epoch);
+    let mut lowerer = Lowerer::new(opts, resolver, lex, global, epoch);
     lowerer.extra_hosts =
         extra_hosts(&opts.extra_hosts).map_err(|e| FrontendError::global(name, e.into()))?;
-    let out = lowerer.run(&df, &graph, &triggers).map_err(err)?;
-    warnings.extend(out.warnings);
-    let warnings = check
-        .apply(warnings)
-        .map_err(|k| FrontendError::global(name, k))?;
-    let definition = out.graph.marshal(out.root, name, dockerfile);
-    Ok(Lowered {
-        definition,
-        image_config: out.image.to_json(),
-        warnings,
-    })
+    let mut out = lowerer.run(&df, &graph, &triggers).map_err(err)?;
+    found.append(&mut out.warnings);
+    Ok(out)
 }

@@ -94,6 +94,80 @@ const ALL: &[Rule] = &[
     INVALID_BASE_IMAGE_PLATFORM,
 ];
 
+/// The rule's one-line description, as BuildKit's linter states it (`linter/ruleset.go`);
+/// empty for a name that is no rule.
+pub(crate) fn description(name: &str) -> &'static str {
+    match name {
+        "StageNameCasing" => "Stage names should be lowercase",
+        "FromAsCasing" => "The 'as' keyword should match the case of the 'from' keyword",
+        "NoEmptyContinuation" => "Empty continuation lines will become errors in a future release",
+        "ConsistentInstructionCasing" => {
+            "All commands within the Dockerfile should use the same casing (either upper or lower)"
+        }
+        "DuplicateStageName" => "Stage names should be unique",
+        "ReservedStageName" => "Reserved words should not be used as stage names",
+        "JSONArgsRecommended" => {
+            "JSON arguments recommended for ENTRYPOINT/CMD to prevent unintended behavior related to OS signals"
+        }
+        "MaintainerDeprecated" => {
+            "The MAINTAINER instruction is deprecated, use a label instead to define an image author"
+        }
+        "UndefinedArgInFrom" => "FROM command must use declared ARGs",
+        "WorkdirRelativePath" => {
+            "Relative workdir without an absolute workdir declared within the build can have unexpected results if the base image changes"
+        }
+        "UndefinedVar" => "Variables should be defined before their use",
+        "MultipleInstructionsDisallowed" => {
+            "Multiple instructions of the same type should not be used in the same stage"
+        }
+        "LegacyKeyValueFormat" => {
+            "Legacy key/value format with whitespace separator should not be used"
+        }
+        "InvalidBaseImagePlatform" => "Base image platform does not match expected target platform",
+        "RedundantTargetPlatform" => {
+            "Setting platform to predefined $TARGETPLATFORM in FROM is redundant as this is the default behavior"
+        }
+        "SecretsUsedInArgOrEnv" => "Sensitive data should not be used in the ARG or ENV commands",
+        "InvalidDefaultArgInFrom" => {
+            "Default value for global ARG results in an empty or invalid base image name"
+        }
+        "FromPlatformFlagConstDisallowed" => "FROM --platform flag should not use a constant value",
+        "CopyIgnoredFile" => "Attempting to Copy file that is excluded by .dockerignore",
+        "InvalidDefinitionDescription" => {
+            "Comment for build stage or argument should follow the format: `# <arg/stage name> <description>`. If this is not intended to be a description comment, add an empty line or comment between the instruction and the comment."
+        }
+        "ExposeProtoCasing" => "Protocol in EXPOSE instruction should be lowercase",
+        "ExposeInvalidFormat" => {
+            "IP address and host-port mapping should not be used in EXPOSE instruction. This will become an error in a future release"
+        }
+        _ => "",
+    }
+}
+
+/// `NoEmptyContinuation` → `no-empty-continuation`, the name of the rule's page.
+pub(crate) fn kebab(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_ascii_uppercase() {
+            let prev = i.checked_sub(1).map(|p| chars[p]);
+            let next = chars.get(i + 1);
+            // A word starts at an upper-case letter after a lower-case one, or at the last
+            // capital of an acronym followed by lower case (`JSONArgs` → `json-args`).
+            let starts = prev.is_some_and(|p| p.is_ascii_lowercase())
+                || (prev.is_some_and(|p| p.is_ascii_uppercase())
+                    && next.is_some_and(|n| n.is_ascii_lowercase()));
+            if starts {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A finding of `rule` at `location`.
 pub(crate) fn warning(rule: Rule, message: String, location: Option<Location>) -> Warning {
     Warning {
@@ -211,6 +285,26 @@ impl CheckConfig {
     /// file order, without repeats; with `error=true` any finding becomes an error naming the
     /// rules.
     pub(crate) fn apply(&self, warnings: Vec<Warning>) -> Result<Vec<Warning>, ErrorKind> {
+        let out = self.filter(warnings);
+        match self.violation(&out) {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// With `error=true` and findings: the error naming their rules.
+    pub(crate) fn violation(&self, found: &[Warning]) -> Option<ErrorKind> {
+        if !self.error || found.is_empty() {
+            return None;
+        }
+        let rules: BTreeSet<&str> = found.iter().map(|w| w.rule.as_str()).collect();
+        Some(ErrorKind::LintViolation(
+            rules.into_iter().collect::<Vec<_>>().join(", "),
+        ))
+    }
+
+    /// The findings of enabled rules, in file order, without repeats (see [`Self::apply`]).
+    pub(crate) fn filter(&self, warnings: Vec<Warning>) -> Vec<Warning> {
         let mut seen = BTreeSet::new();
         let enabled = |w: &Warning| match w
             .instruction_check
@@ -226,13 +320,7 @@ impl CheckConfig {
             .filter(|w| seen.insert((w.location, w.rule.clone(), w.message.clone())))
             .collect();
         out.sort_by_key(|w| w.location.map(|l| l.line).unwrap_or(0));
-        if self.error && !out.is_empty() {
-            let rules: BTreeSet<&str> = out.iter().map(|w| w.rule.as_str()).collect();
-            return Err(ErrorKind::LintViolation(
-                rules.into_iter().collect::<Vec<_>>().join(", "),
-            ));
-        }
-        Ok(out)
+        out
     }
 }
 

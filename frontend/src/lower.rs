@@ -15,9 +15,9 @@ mod paths;
 mod source;
 mod state;
 
-pub(crate) use dispatch::Lowerer;
+pub(crate) use dispatch::{LowerOutput, Lowerer};
 pub(crate) use git::parse_git_ref;
-pub(crate) use mounts::{csv_fields, mount_from};
+pub(crate) use mounts::{csv_fields, mount_from, parse_mount};
 pub use naming::go_quote;
 pub(crate) use onbuild::{CachedResolver, resolve_with_triggers};
 pub(crate) use paths::clean as clean_path;

@@ -26,6 +26,9 @@ pub struct BuildOptions {
     pub context_name: String,
     /// Session that serves the context, if any (`local.session`).
     pub session_id: Option<String>,
+    /// Sessions serving particular locals instead of [`BuildOptions::session_id`], by local
+    /// name (`local-sessionid:NAME` attrs: a client whose directories live in another session).
+    pub local_sessions: BTreeMap<String, String>,
     /// `.dockerignore` exclude patterns, already read by the caller.
     pub dockerignore: Vec<String>,
     /// Labels added to the target image's `config.Labels` after the Dockerfile's `LABEL`s,
@@ -59,6 +62,7 @@ impl BuildOptions {
             platform,
             context_name: "context".into(),
             session_id: None,
+            local_sessions: BTreeMap::new(),
             dockerignore: Vec::new(),
             labels: BTreeMap::new(),
             named_contexts: BTreeMap::new(),
@@ -67,6 +71,16 @@ impl BuildOptions {
             image_resolve_mode: ImageResolveMode::Default,
             network_mode: NetworkMode::Sandbox,
         }
+    }
+}
+
+impl BuildOptions {
+    /// The session serving the local `name`: its `local-sessionid:` entry, else the build's.
+    pub fn session_for(&self, name: &str) -> Option<&str> {
+        self.local_sessions
+            .get(name)
+            .or(self.session_id.as_ref())
+            .map(String::as_str)
     }
 }
 

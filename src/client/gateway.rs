@@ -77,12 +77,13 @@ fn tagged<T>(message: T, build_ref: &str) -> anyhow::Result<Request<T>> {
 
 /// Runs the build function: Ping, Solve with the Dockerfile frontend and `frontend_opt`,
 /// Return. A failed Solve is returned to the daemon (which fails the `Control/Solve` with
-/// it) and also returned here.
+/// it) and also returned here. The answer is the Solve's result metadata (what a subrequest
+/// such as `frontend.outline` answers in, `result.json` and friends).
 pub async fn run(
     mut client: LlbBridgeClient<Channel>,
     build_ref: &str,
     frontend_opt: BTreeMap<String, String>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
     let pong = tokio::time::timeout(
         PING_TIMEOUT,
         client.ping(tagged(PingRequest {}, build_ref)?),
@@ -117,11 +118,15 @@ pub async fn run(
         },
     };
     let returned = client.r#return(tagged(ret, build_ref)?).await;
-    solved.map_err(crate::client::remote)?;
+    let solved = solved.map_err(crate::client::remote)?;
     returned
         .map_err(crate::client::remote)
         .context("returning the result to the daemon")?;
-    Ok(())
+    Ok(solved
+        .into_inner()
+        .result
+        .map(|r| r.metadata)
+        .unwrap_or_default())
 }
 
 /// The `Return` of what `Solve` answered, as Go's client rebuilds it: refs with an empty id

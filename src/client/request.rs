@@ -35,6 +35,10 @@ pub struct BuildRequest {
     pub entitlements: Vec<String>,
     /// The session's shared key (see [`shared_key`]).
     pub shared_key: String,
+    /// `--cache-to` entries: (type, attrs).
+    pub cache_exports: Vec<(String, BTreeMap<String, String>)>,
+    /// `--cache-from` entries: (type, attrs).
+    pub cache_imports: Vec<(String, BTreeMap<String, String>)>,
 }
 
 impl BuildRequest {
@@ -62,26 +66,256 @@ impl BuildRequest {
         }
         let (dockerfile_dir, filename) = split_dockerfile(&dockerfile)?;
         let build_args = crate::build::parse_build_args(&frontend.build_args)?;
-        for allow in &args.allow {
+        let extra = BuildxOptions::from_args(args)?;
+        let mut entitlements = args.allow.clone();
+        for e in &extra.entitlements {
+            if !entitlements.contains(e) {
+                entitlements.push(e.clone());
+            }
+        }
+        for allow in &entitlements {
             validate_entitlement(allow)?;
         }
+        let exports = exporters::exports(&args.outputs, args.push, &args.tags)?;
+        if args.iidfile.is_some() && exports.iter().any(|e| e.kind == "local" || e.kind == "tar") {
+            bail!("local and tar exporters are incompatible with image ID file");
+        }
+        let mut locals = BTreeMap::from([
+            (LOCAL_CONTEXT.to_owned(), context.clone()),
+            (LOCAL_DOCKERFILE.to_owned(), dockerfile_dir),
+        ]);
+        locals.extend(extra.locals);
+        let mut frontend_attrs = frontend_attrs(
+            &filename,
+            frontend.target.as_deref(),
+            &build_args,
+            args.no_cache,
+            std::env::var("SOURCE_DATE_EPOCH").ok(),
+        );
+        frontend_attrs.extend(extra.attrs);
         Ok(BuildRequest {
-            locals: BTreeMap::from([
-                (LOCAL_CONTEXT.to_owned(), context.clone()),
-                (LOCAL_DOCKERFILE.to_owned(), dockerfile_dir),
-            ]),
-            frontend_attrs: frontend_attrs(
-                &filename,
-                frontend.target.as_deref(),
-                &build_args,
-                args.no_cache,
-                std::env::var("SOURCE_DATE_EPOCH").ok(),
-            ),
-            exports: exporters::exports(&args.outputs, args.push, &args.tags)?,
-            entitlements: args.allow.clone(),
+            locals,
+            frontend_attrs,
+            exports,
+            entitlements,
             shared_key: shared_key(context),
+            cache_exports: args
+                .cache_to
+                .iter()
+                .map(|c| cache_entry(c))
+                .collect::<anyhow::Result<_>>()?,
+            cache_imports: args
+                .cache_from
+                .iter()
+                .map(|c| cache_entry(c))
+                .collect::<anyhow::Result<_>>()?,
         })
     }
+}
+
+/// What buildx's own flags add to a request: `--label`, `--build-context`, `--add-host`,
+/// `--network`, `--platform`, `--call`/`--check`, converted as buildx converts them
+/// (`build/opt.go`, `build/utils.go` `toBuildkitExtraHosts`, `build/build.go`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuildxOptions {
+    /// Frontend attributes.
+    pub attrs: BTreeMap<String, String>,
+    /// Directories of `--build-context NAME=DIR`, by local name.
+    pub locals: BTreeMap<String, PathBuf>,
+    /// Entitlements the flags imply (`--network=host`).
+    pub entitlements: Vec<String>,
+}
+
+impl BuildxOptions {
+    /// Reads the flags.
+    pub fn from_args(args: &BuildArgs) -> anyhow::Result<BuildxOptions> {
+        let mut o = BuildxOptions::default();
+        for l in &args.labels {
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            if k.is_empty() {
+                bail!("invalid label `{l}`: expected KEY=VALUE");
+            }
+            o.attrs.insert(format!("label:{k}"), v.to_owned());
+        }
+        for c in &args.build_contexts {
+            o.build_context(c)?;
+        }
+        if !args.add_hosts.is_empty() {
+            o.attrs
+                .insert("add-hosts".into(), extra_hosts(&args.add_hosts)?);
+        }
+        match args.network.as_deref() {
+            None | Some("" | "default") => {}
+            Some("host") => {
+                o.attrs.insert("force-network-mode".into(), "host".into());
+                o.entitlements.push("network.host".into());
+            }
+            Some("none") => {
+                o.attrs.insert("force-network-mode".into(), "none".into());
+            }
+            Some(other) => bail!(
+                "network mode {other:?} not supported by buildkit (expected default, none or host)"
+            ),
+        }
+        if args.frontend.pull {
+            // buildx's `--pull`: ask the registry again what every base image's tag names.
+            o.attrs.insert("image-resolve-mode".into(), "pull".into());
+        }
+        if let Some(p) = args.platform.as_deref().filter(|p| !p.is_empty()) {
+            o.attrs.insert("platform".into(), p.to_owned());
+        }
+        if let Some(call) = call_request(args)? {
+            o.attrs.insert("requestid".into(), call.request_id());
+            o.attrs.insert(
+                "frontend.caps".into(),
+                "moby.buildkit.frontend.subrequests+forward".into(),
+            );
+        }
+        Ok(o)
+    }
+
+    /// One `--build-context NAME=VALUE`: images, URLs and `target:` go as they are; a
+    /// directory becomes the local `NAME` (`_NAME` for `context` and `dockerfile`) with its
+    /// base name as the shared key, as buildx sends it.
+    fn build_context(&mut self, spec: &str) -> anyhow::Result<()> {
+        let Some((name, value)) = spec
+            .split_once('=')
+            .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+        else {
+            bail!("invalid --build-context `{spec}`: expected NAME=VALUE");
+        };
+        let remote = [
+            "docker-image://",
+            "target:",
+            "http://",
+            "https://",
+            "git://",
+            "git@",
+        ];
+        if remote.iter().any(|p| value.starts_with(p)) {
+            self.attrs
+                .insert(format!("context:{name}"), value.to_owned());
+            return Ok(());
+        }
+        let dir = PathBuf::from(value);
+        if !dir.is_dir() {
+            bail!("failed to get build context {name}: `{value}` is not a directory");
+        }
+        let local = match name {
+            LOCAL_CONTEXT | LOCAL_DOCKERFILE => format!("_{name}"),
+            _ => name.to_owned(),
+        };
+        let abs = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
+        let base = abs
+            .file_name()
+            .map(|b| b.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.attrs
+            .insert(format!("context:{name}"), format!("local:{local}"));
+        self.attrs
+            .insert(format!("sharedkey:localdir:{name}"), base);
+        self.locals.insert(local, dir);
+        Ok(())
+    }
+}
+
+/// A `--cache-to`/`--cache-from` spec as buildx reads it: CSV `type=T,key=value…`, or a bare
+/// reference for `type=registry,ref=REF`.
+fn cache_entry(spec: &str) -> anyhow::Result<(String, BTreeMap<String, String>)> {
+    if !spec.contains('=') {
+        return Ok((
+            "registry".into(),
+            BTreeMap::from([("ref".to_owned(), spec.to_owned())]),
+        ));
+    }
+    let mut attrs = BTreeMap::new();
+    for field in spec.split(',') {
+        let (k, v) = field
+            .split_once('=')
+            .with_context(|| format!("invalid value {field} in cache spec `{spec}`"))?;
+        attrs.insert(k.to_owned(), v.to_owned());
+    }
+    let kind = attrs
+        .remove("type")
+        .with_context(|| format!("type required form cache spec `{spec}`"))?;
+    Ok((kind, attrs))
+}
+
+/// `--add-host`s as the `add-hosts` attribute: `host=ip` entries joined by commas, brackets
+/// around an IPv6 address dropped, several IPs (`host=ip1,ip2`) one entry each.
+fn extra_hosts(hosts: &[String]) -> anyhow::Result<String> {
+    let mut out = Vec::new();
+    for h in hosts {
+        let (host, ips) = h
+            .split_once('=')
+            .or_else(|| h.split_once(':'))
+            .filter(|(host, ip)| !host.is_empty() && !ip.is_empty())
+            .with_context(|| format!("invalid host {h}"))?;
+        for ip in ips.split(',') {
+            let bare = ip
+                .strip_prefix('[')
+                .and_then(|i| i.strip_suffix(']'))
+                .unwrap_or(ip);
+            if bare.parse::<std::net::IpAddr>().is_err() {
+                bail!("invalid host {h}");
+            }
+            out.push(format!("{host}={bare}"));
+        }
+    }
+    Ok(out.join(","))
+}
+
+/// A `--call` (or `--check`): which frontend subrequest, and how to print its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRequest {
+    /// `outline`, `targets`, `lint` (`check` is its alias) or `subrequests.describe`.
+    pub name: String,
+    /// `format=json`: print `result.json` as it is.
+    pub json: bool,
+    /// `ignorestatus=true`: exit 0 whatever `result.statuscode` says.
+    pub ignore_status: bool,
+}
+
+impl CallRequest {
+    /// The `requestid` frontend attribute.
+    pub fn request_id(&self) -> String {
+        format!("frontend.{}", self.name)
+    }
+}
+
+/// `--call METHOD[,format=json][,ignorestatus=true]` or `--check`, parsed as buildx parses
+/// it; `None` for a build (`build`, or neither flag).
+pub fn call_request(args: &BuildArgs) -> anyhow::Result<Option<CallRequest>> {
+    let spec = match (&args.call, args.check) {
+        (Some(c), _) => c.clone(),
+        (None, true) => "check".to_owned(),
+        (None, false) => return Ok(None),
+    };
+    let mut call = CallRequest {
+        name: String::new(),
+        json: false,
+        ignore_status: false,
+    };
+    for field in spec.split(',').filter(|f| !f.is_empty()) {
+        match field.split_once('=') {
+            Some(("format", f)) => call.json = f == "json",
+            Some(("ignorestatus", v)) => {
+                call.ignore_status = v
+                    .parse()
+                    .with_context(|| format!("invalid ignorestatus print value: {v}"))?
+            }
+            Some(_) => bail!("invalid print field: {field}"),
+            None if call.name.is_empty() => call.name = field.to_owned(),
+            None => bail!("invalid print value: {spec}"),
+        }
+    }
+    if call.name == "check" {
+        call.name = "lint".into();
+    }
+    Ok(match call.name.as_str() {
+        "" | "build" => None,
+        _ => Some(call),
+    })
 }
 
 /// The directory holding the Dockerfile (the `dockerfile` local) and its file name (the
@@ -199,6 +433,87 @@ mod tests {
         let flag = BTreeMap::from([("SOURCE_DATE_EPOCH".to_owned(), "9".to_owned())]);
         let attrs = frontend_attrs("Dockerfile", None, &flag, false, Some("7".into()));
         assert_eq!(attrs["build-arg:SOURCE_DATE_EPOCH"], "9");
+    }
+
+    fn buildx(flags: &[&str]) -> anyhow::Result<BuildxOptions> {
+        use clap::Parser;
+        let mut argv = vec!["memobuild", "build"];
+        argv.extend(flags);
+        argv.push(".");
+        let cli = crate::cli::Cli::try_parse_from(argv)?;
+        let crate::cli::Command::Build(args) = cli.command else {
+            unreachable!("a build")
+        };
+        BuildxOptions::from_args(&args)
+    }
+
+    #[test]
+    fn buildx_flags_become_buildx_attrs() {
+        let dir = tempfile::tempdir().unwrap();
+        let assets = dir.path().join("assets");
+        std::fs::create_dir(&assets).unwrap();
+        let o = buildx(&[
+            "--label",
+            "a=b=c",
+            "--add-host",
+            "db:10.0.0.1",
+            "--add-host",
+            "v6=[::1],10.0.0.2",
+            "--network",
+            "host",
+            "--platform",
+            "linux/arm64",
+            "--build-context",
+            "base=docker-image://alpine:3.20",
+            "--build-context",
+            &format!("assets={}", assets.display()),
+            "--build-context",
+            &format!("context={}", assets.display()),
+            "--check",
+        ])
+        .unwrap();
+        let attrs: Vec<(&str, &str)> = o
+            .attrs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            attrs,
+            vec![
+                ("add-hosts", "db=10.0.0.1,v6=::1,v6=10.0.0.2"),
+                ("context:assets", "local:assets"),
+                ("context:base", "docker-image://alpine:3.20"),
+                ("context:context", "local:_context"),
+                ("force-network-mode", "host"),
+                (
+                    "frontend.caps",
+                    "moby.buildkit.frontend.subrequests+forward"
+                ),
+                ("label:a", "b=c"),
+                ("platform", "linux/arm64"),
+                ("requestid", "frontend.lint"),
+                ("sharedkey:localdir:assets", "assets"),
+                ("sharedkey:localdir:context", "assets"),
+            ]
+        );
+        assert_eq!(o.entitlements, vec!["network.host"]);
+        assert_eq!(
+            o.locals.keys().collect::<Vec<_>>(),
+            vec!["_context", "assets"]
+        );
+        for bad in [
+            &["--add-host", "db"][..],
+            &["--add-host", "db:10.0.0"],
+            &["--network", "bridge"],
+            &["--build-context", "x=/does/not/exist"],
+            &["--build-context", "noequals"],
+            &["--call", "outline,colour=red"],
+        ] {
+            assert!(buildx(bad).is_err(), "{bad:?}");
+        }
+        assert!(buildx(&["--call", "build"]).unwrap().attrs.is_empty());
+        let o = buildx(&["--call", "targets,format=json"]).unwrap();
+        assert_eq!(o.attrs["requestid"], "frontend.targets");
     }
 
     #[test]

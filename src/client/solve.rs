@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use memobuild_proto::control::{CacheOptions, SolveRequest, StatusRequest};
+use memobuild_proto::control::{CacheOptions, CacheOptionsEntry, SolveRequest, StatusRequest};
 use memobuild_worker::progress::Progress;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -58,10 +58,24 @@ pub fn solve_request(ids: &Ids, request: &BuildRequest) -> SolveRequest {
         exporter_deprecated,
         exporter_attrs_deprecated,
         // Always present, as BuildKit's older (gogo) daemons expected.
-        cache: Some(CacheOptions::default()),
+        cache: Some(CacheOptions {
+            exports: cache_entries(&request.cache_exports),
+            imports: cache_entries(&request.cache_imports),
+            ..CacheOptions::default()
+        }),
         entitlements: request.entitlements.clone(),
         ..SolveRequest::default()
     }
+}
+
+fn cache_entries(entries: &[(String, BTreeMap<String, String>)]) -> Vec<CacheOptionsEntry> {
+    entries
+        .iter()
+        .map(|(t, attrs)| CacheOptionsEntry {
+            r#type: t.clone(),
+            attrs: attrs.clone(),
+        })
+        .collect()
 }
 
 /// How a build ended.
@@ -176,10 +190,18 @@ async fn build(
         (Err(_), Err(e)) if cancel_solve.is_cancelled() => return Err(e),
         pair => pair,
     };
-    let response = response?;
-    build_function?;
+    let mut response = response?;
+    let metadata = build_function?;
     status?;
     session?;
+    // As buildx: a subrequest's result metadata joins the exporters' response (its
+    // `result.json` is read from there).
+    let subrequest = request.frontend_attrs.contains_key("requestid");
+    for (k, v) in metadata.into_iter().filter(|_| subrequest) {
+        response
+            .entry(k)
+            .or_insert_with(|| String::from_utf8_lossy(&v).into_owned());
+    }
     Ok(response)
 }
 
@@ -250,6 +272,11 @@ mod tests {
             }],
             entitlements: vec!["network.host".into()],
             shared_key: "k".into(),
+            cache_exports: vec![(
+                "registry".into(),
+                BTreeMap::from([("ref".into(), "r/c".into())]),
+            )],
+            cache_imports: Vec::new(),
         };
         let r = solve_request(&ids, &request);
         assert_eq!(
@@ -261,7 +288,11 @@ mod tests {
         assert_eq!(r.exporters.len(), 1);
         assert_eq!(r.exporter_deprecated, "oci");
         assert_eq!(r.exporter_attrs_deprecated, r.exporters[0].attrs);
-        assert_eq!(r.cache, Some(CacheOptions::default()));
+        let cache = r.cache.expect("cache options are always sent");
+        assert_eq!(cache.exports.len(), 1);
+        assert_eq!(cache.exports[0].r#type, "registry");
+        assert_eq!(cache.exports[0].attrs["ref"], "r/c");
+        assert!(cache.imports.is_empty());
         assert_eq!(r.entitlements, vec!["network.host"]);
         assert!(!r.internal);
     }

@@ -104,11 +104,11 @@ impl Control for ControlService {
             let imports = cache.imports.iter().map(|e| e.r#type.as_str());
             for t in exports.chain((!cache.export_ref_deprecated.is_empty()).then_some("registry"))
             {
-                warnings.push(format!("cache export `{t}` is not supported: MemoBuild keeps its own cache (local, and the remote cache the daemon is configured with); ignored"));
+                warnings.push(format!("cache export `{t}` is not supported by MemoBuild and was ignored: the build uses MemoBuild's own cache tiers (the daemon's local cache, and the remote cache set by `--remote-cache` or `remote-cache` under `[memobuild]` in its config)"));
             }
             for t in imports.chain(cache.import_refs_deprecated.iter().map(|_| "registry")) {
                 warnings.push(format!(
-                    "cache import `{t}` is not supported: MemoBuild keeps its own cache; ignored"
+                    "cache import `{t}` is not supported by MemoBuild and was ignored: the build uses MemoBuild's own cache tiers (the daemon's local cache, and the remote cache set by `--remote-cache` or `remote-cache` under `[memobuild]` in its config)"
                 ));
             }
         }

@@ -156,3 +156,109 @@ pub fn usage_record(e: &Entry) -> UsageRecord {
         ..Default::default()
     }
 }
+
+/// The type URL BuildKit gives a source location attached to an error (`errdefs.Source`,
+/// registered with `typeurl` as JSON).
+const SOURCE_DETAIL: &str = "github.com/moby/buildkit/errdefs.Source+json";
+
+/// A failed solve as the status a client gets: the error's words, and, when the failed vertex
+/// has a location in `definition`'s source map, BuildKit's `errdefs.Source` detail, from which
+/// buildx and buildctl print the Dockerfile lines above the error.
+pub fn solve_error(
+    e: &memobuild_worker::solver::SolveError,
+    definition: &pb::Definition,
+) -> tonic::Status {
+    let detail =
+        vertex_source(&e.vertex, definition).and_then(|(info, ranges)| source_detail(info, ranges));
+    with_source(tonic::Code::Unknown, e.to_string(), detail)
+}
+
+/// A Dockerfile the frontend refused (syntax, arguments, lowering), with the lines it names
+/// as an `errdefs.Source` detail when it names some; code Unknown, as buildkitd answers.
+pub fn frontend_error(e: &anyhow::Error, dockerfile: &[u8]) -> tonic::Status {
+    let detail = e
+        .downcast_ref::<memobuild_frontend::FrontendError>()
+        .and_then(|fe| {
+            let loc = fe.location.as_ref()?;
+            let info = pb::SourceInfo {
+                filename: fe.file.clone(),
+                data: dockerfile.to_vec(),
+                definition: None,
+                language: "Dockerfile".into(),
+            };
+            let line = |l: usize| i32::try_from(l).unwrap_or(i32::MAX);
+            let range = pb::Range {
+                start: Some(pb::Position {
+                    line: line(loc.line),
+                    character: 0,
+                }),
+                end: Some(pb::Position {
+                    line: line(loc.end_line.max(loc.line)),
+                    character: 0,
+                }),
+            };
+            source_detail(&info, &[range])
+        });
+    with_source(tonic::Code::Unknown, format!("{e:#}"), detail)
+}
+
+fn with_source(code: tonic::Code, message: String, detail: Option<Vec<u8>>) -> tonic::Status {
+    let Some(detail) = detail else {
+        return tonic::Status::new(code, message);
+    };
+    let status = memobuild_proto::rpc::Status {
+        code: code as i32,
+        message: message.clone(),
+        details: vec![prost_types::Any {
+            type_url: SOURCE_DETAIL.to_owned(),
+            value: detail,
+        }],
+    };
+    tonic::Status::with_details(code, message, prost::Message::encode_to_vec(&status).into())
+}
+
+/// The source file and ranges of the first location of `vertex` in the source map.
+fn vertex_source<'a>(
+    vertex: &str,
+    definition: &'a pb::Definition,
+) -> Option<(&'a pb::SourceInfo, &'a [pb::Range])> {
+    let source = definition.source.as_ref()?;
+    let location = source.locations.get(vertex)?.locations.first()?;
+    let info = source
+        .infos
+        .get(usize::try_from(location.source_index).ok()?)?;
+    Some((info, &location.ranges))
+}
+
+/// `errdefs.Source` as JSON (Go's encoding: `data` in base64).
+fn source_detail(info: &pb::SourceInfo, ranges: &[pb::Range]) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let position = |p: &Option<pb::Position>| {
+        let p = p.unwrap_or_default();
+        serde_json::json!({"line": p.line, "character": p.character})
+    };
+    let ranges: Vec<serde_json::Value> = ranges
+        .iter()
+        .map(|r| serde_json::json!({"start": position(&r.start), "end": position(&r.end)}))
+        .collect();
+    let json = serde_json::json!({
+        "info": {
+            "filename": info.filename,
+            "data": base64::engine::general_purpose::STANDARD.encode(&info.data),
+            "language": info.language,
+        },
+        "ranges": ranges,
+    });
+    serde_json::to_vec(&json).ok()
+}
+
+/// The error a client's build function returned, as the status its Solve fails with: code,
+/// message and typed details (a source location among them) as the client sent them.
+pub fn returned_error(e: memobuild_proto::rpc::Status) -> tonic::Status {
+    let code = tonic::Code::from_i32(e.code);
+    let message = e.message.clone();
+    if e.details.is_empty() {
+        return tonic::Status::new(code, message);
+    }
+    tonic::Status::with_details(code, message, prost::Message::encode_to_vec(&e).into())
+}

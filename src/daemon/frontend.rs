@@ -24,6 +24,9 @@ use crate::daemon::jobs::{Job, Output, SolvedRef};
 /// `exptypes.ExporterImageConfigKey`).
 pub const META_IMAGE_CONFIG: &str = "containerimage.config";
 
+/// The frontend attribute naming a subrequest (`dockerui/requests.go`).
+const REQUEST_ID: &str = "requestid";
+
 /// What a frontend produced: the result and its metadata.
 pub struct FrontendResult {
     /// The solved filesystem and its definition.
@@ -48,7 +51,7 @@ pub async fn dockerfile(
         .filter(|k| !k.is_empty())
         .map_or("dockerfile", String::as_str);
     let filename = options.dockerfile_name.clone();
-    let session = job.session();
+    options.session_id = Some(job.session());
 
     // [internal] load build definition from Dockerfile
     let step = step_id(&job.id, "definition");
@@ -65,8 +68,11 @@ pub async fn dockerfile(
             build,
             progress,
             &step,
-            dockerfile_local,
-            Some("dockerfile"),
+            LocalAt {
+                name: dockerfile_local,
+                session: options.session_for(dockerfile_local),
+                hint: dockerfile_local,
+            },
             &follow,
         )
         .await?;
@@ -85,6 +91,19 @@ pub async fn dockerfile(
     finish_step(progress, &step, &name, started, &read);
     let (dockerfile, specific_ignore) = read?;
 
+    // A subrequest (buildx's `--call`, `--check`) reads the Dockerfile only: the context is
+    // not asked for (an outline's client may not even offer it), except its `.dockerignore`
+    // for a lint (`CopyIgnoredFile`).
+    let request_id = attrs
+        .get(REQUEST_ID)
+        .filter(|r| !r.is_empty())
+        .map(String::as_str);
+    if let Some(id) = request_id
+        && id != frontend::subrequests::LINT
+    {
+        return subrequest(job, build, id, &dockerfile, options).await;
+    }
+
     // [internal] load .dockerignore
     let ignore = match specific_ignore {
         Some(i) => i,
@@ -99,8 +118,11 @@ pub async fn dockerfile(
                     build,
                     progress,
                     &step,
-                    &options.context_name,
-                    Some("context-.dockerignore"),
+                    LocalAt {
+                        name: &options.context_name,
+                        session: options.session_for(&options.context_name),
+                        hint: &format!("{}-.dockerignore", options.context_name),
+                    },
                     &follow,
                 )
                 .await;
@@ -121,11 +143,14 @@ pub async fn dockerfile(
         }
     };
     options.dockerignore = crate::build::parse_dockerignore(&String::from_utf8_lossy(&ignore));
-    options.session_id = Some(session);
+    if let Some(id) = request_id {
+        return subrequest(job, build, id, &dockerfile, options).await;
+    }
+    named_local_excludes(job, build, &mut options).await?;
 
-    let lowered = crate::pipeline::lower(build.registry(), &dockerfile, options)
+    let lowered = crate::pipeline::lower(build.registry(), &dockerfile, options, Some(progress))
         .await
-        .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        .map_err(|e| crate::daemon::convert::frontend_error(&e, dockerfile.as_bytes()))?;
     for w in &lowered.warnings {
         job.status.warn_lint(w, &filename, dockerfile.as_bytes());
     }
@@ -143,6 +168,33 @@ pub async fn dockerfile(
     let solved =
         solve_definition(job, build, &lowered.definition, max_parallel_exec, false).await?;
     Ok(FrontendResult { solved, metadata })
+}
+
+/// Answers subrequest `id`: a result without a filesystem whose metadata is the answer.
+async fn subrequest(
+    job: &Job,
+    build: &Build,
+    id: &str,
+    dockerfile: &str,
+    options: frontend::BuildOptions,
+) -> Result<FrontendResult, Status> {
+    let answer = crate::pipeline::subrequest(
+        build.registry(),
+        id,
+        dockerfile,
+        options,
+        Some(&job.progress),
+    )
+    .await
+    .map_err(|e| crate::daemon::convert::frontend_error(&e, dockerfile.as_bytes()))?
+    .ok_or_else(|| Status::invalid_argument(format!("unsupported request {id}")))?;
+    Ok(FrontendResult {
+        solved: SolvedRef {
+            output: Output::Scratch,
+            definition: None,
+        },
+        metadata: answer,
+    })
 }
 
 /// Solves `definition` on the job's build.
@@ -168,7 +220,7 @@ pub async fn solve_definition(
     let solved = build
         .solve(parsed, opts, job.progress.clone())
         .await
-        .map_err(|e| Status::unknown(e.to_string()))?;
+        .map_err(|e| crate::daemon::convert::solve_error(&e, definition))?;
     let output = match (solved.local, solved.fs.layers.is_empty()) {
         (Some(l), _) => Output::Local(l.path),
         (None, true) => Output::Scratch,
@@ -180,22 +232,78 @@ pub async fn solve_definition(
     })
 }
 
-/// Syncs the client's local `name` (only `follow` paths) and returns the copy.
+/// Reads the `.dockerignore` of each `local:` named context from its directory (only that
+/// file is transferred, as BuildKit's `[context NAME] load .dockerignore`), for the frontend
+/// to exclude those paths from the context's transfer.
+async fn named_local_excludes(
+    job: &Job,
+    build: &Build,
+    options: &mut frontend::BuildOptions,
+) -> Result<(), Status> {
+    let locals: Vec<(String, String)> = options
+        .named_contexts
+        .iter()
+        .filter_map(|(key, nc)| match nc {
+            frontend::NamedContext::Local { name, .. } => Some((key.clone(), name.clone())),
+            _ => None,
+        })
+        .collect();
+    for (key, name) in locals {
+        let step = step_id(&job.id, &format!("context:{key}:dockerignore"));
+        let step_name = format!("[context {key}] load .dockerignore");
+        let started = std::time::Instant::now();
+        job.progress
+            .step(&step, &step_name, VertexState::Started, None, None);
+        let read = async {
+            let dir = sync_local(
+                build,
+                &job.progress,
+                &step,
+                LocalAt {
+                    name: &name,
+                    session: options.session_for(&name),
+                    hint: &format!("context:{key}-.dockerignore"),
+                },
+                &[".dockerignore".to_string()],
+            )
+            .await?;
+            Ok::<_, Status>(read_file(&dir, ".dockerignore")?.unwrap_or_default())
+        }
+        .await;
+        finish_step(&job.progress, &step, &step_name, started, &read);
+        let patterns = crate::build::parse_dockerignore(&String::from_utf8_lossy(&read?));
+        if let Some(frontend::NamedContext::Local { excludes, .. }) =
+            options.named_contexts.get_mut(&key)
+        {
+            *excludes = patterns;
+        }
+    }
+    Ok(())
+}
+
+/// A client directory: its name, the session serving it and the shared-key hint of the copy.
+struct LocalAt<'a> {
+    name: &'a str,
+    session: Option<&'a str>,
+    hint: &'a str,
+}
+
+/// Syncs the client's local `at` (only `follow` paths) and returns the copy.
 async fn sync_local(
     build: &Build,
     progress: &Progress,
     step: &str,
-    name: &str,
-    hint: Option<&str>,
+    at: LocalAt<'_>,
     follow: &[String],
 ) -> Result<PathBuf, Status> {
+    let name = at.name;
     build
         .caller()
         .locals
         .local(LocalRequest {
             name,
-            session: None,
-            shared_key_hint: hint,
+            session: at.session,
+            shared_key_hint: Some(at.hint),
             include_patterns: &[],
             exclude_patterns: &[],
             follow_paths: follow,

@@ -233,9 +233,7 @@ impl LlbBridge for GatewayService {
         let job = self.job(&request).await?;
         let req = request.into_inner();
         let returned = match (req.error, req.result) {
-            (Some(e), _) if e.code != 0 => {
-                Returned::Error(Status::new(tonic::Code::from_i32(e.code), e.message))
-            }
+            (Some(e), _) if e.code != 0 => Returned::Error(convert::returned_error(e)),
             (_, Some(r)) => {
                 let id = match r.result {
                     Some(result::Result::Ref(Ref { id, .. })) => id,

@@ -114,9 +114,10 @@ impl StatusHub {
     /// (`Lint Rule 'NAME': MESSAGE (line N)`, the rule's documentation URL, the Dockerfile and
     /// the range it is about), which buildx and buildctl print with the source lines.
     pub fn warn_lint(&self, w: &memobuild_frontend::Warning, filename: &str, dockerfile: &[u8]) {
+        // As BuildKit's `linter.LintFormatShort`; the detail is the rule's description.
         let short = match w.location {
-            Some(l) => format!("Lint Rule '{}': {} (line {})", w.rule, w.message, l.line),
-            None => format!("Lint Rule '{}': {}", w.rule, w.message),
+            Some(l) => format!("{}: {} (line {})", w.rule, w.message, l.line),
+            None => format!("{}: {}", w.rule, w.message),
         };
         let ranges = w
             .location
@@ -138,11 +139,8 @@ impl StatusHub {
             warnings: vec![VertexWarning {
                 level: 1,
                 short: short.into_bytes(),
-                detail: vec![w.message.clone().into_bytes()],
-                url: format!(
-                    "https://docs.docker.com/go/dockerfile/rule/{}/",
-                    kebab(&w.rule)
-                ),
+                detail: vec![w.description().as_bytes().to_vec()],
+                url: w.url(),
                 info: Some(memobuild_proto::pb::SourceInfo {
                     filename: filename.to_owned(),
                     data: dockerfile.to_vec(),
@@ -294,30 +292,6 @@ impl StatusHub {
     }
 }
 
-/// `NoEmptyContinuation` → `no-empty-continuation`, the rule's page name.
-fn kebab(name: &str) -> String {
-    let chars: Vec<char> = name.chars().collect();
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, &c) in chars.iter().enumerate() {
-        if c.is_ascii_uppercase() {
-            let prev = i.checked_sub(1).map(|p| chars[p]);
-            let next = chars.get(i + 1);
-            // A word starts at an upper-case letter after a lower-case one, or at the last
-            // capital of an acronym followed by lower case (`JSONArgs` → `json-args`).
-            let starts = prev.is_some_and(|p| p.is_ascii_lowercase())
-                || (prev.is_some_and(|p| p.is_ascii_uppercase())
-                    && next.is_some_and(|n| n.is_ascii_lowercase()));
-            if starts {
-                out.push('-');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// A protobuf timestamp of `t`.
 pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -360,13 +334,6 @@ mod tests {
         hub.close();
         assert!(late.live.as_mut().unwrap().recv().await.is_err());
         assert!(hub.subscribe().live.is_none());
-    }
-
-    #[test]
-    fn rule_pages_are_kebab_case() {
-        assert_eq!(kebab("NoEmptyContinuation"), "no-empty-continuation");
-        assert_eq!(kebab("JSONArgsRecommended"), "json-args-recommended");
-        assert_eq!(kebab("FromAsCasing"), "from-as-casing");
     }
 
     #[test]

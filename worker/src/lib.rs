@@ -21,6 +21,7 @@ pub mod cache;
 pub mod caller;
 pub mod cleanup;
 pub mod containerd;
+pub mod emulation;
 pub mod engine;
 pub mod export;
 pub mod filesync;

@@ -237,6 +237,10 @@ impl Solve {
         self.progress
             .vertex(&digest, &name, VertexState::Started, None, None);
         let platform = op.platform.clone();
+        let exec_platform = match &op.op {
+            Some(pb::op::Op::Exec(_)) => op.platform.clone(),
+            _ => None,
+        };
         // Boxing each op's future here checks `Send` with concrete lifetimes; left to the outer
         // `boxed()`, rustc cannot prove it for the higher-ranked ones (rust-lang/rust#110338).
         let fut: BoxFuture<'_, Result<Vec<Output>, SolveError>> = match op.op {
@@ -253,7 +257,12 @@ impl Solve {
             }
             None => unsupported(self.error(&digest, "op has no operation".into())),
         };
-        let result = fut.await;
+        let mut result = fut.await;
+        if let (Err(e), Some(p)) = (&mut result, &exec_platform)
+            && let Some(note) = crate::emulation::exec_format_note(p, &e.output_tail)
+        {
+            e.message = format!("{}: {note}", e.message);
+        }
         match result {
             Ok(outs) => {
                 // Recorded when every output is a filesystem (all of an exec's or file op's are).

@@ -160,7 +160,7 @@ impl Lowerer<'_> {
                 .unwrap_or_default();
             let (op, md) = local_op(&LocalSource {
                 name: &l.name,
-                session: self.opts.session_id.as_deref(),
+                session: self.opts.session_for(&l.name),
                 excludes: &l.excludes,
                 follow_paths: &follow,
                 shared_key_hint: &format!("context:{}-{}", l.key, l.shared_key),

@@ -195,7 +195,7 @@ impl<'a> Lowerer<'a> {
             let follow = follow_paths(&self.ctx_paths);
             let (op, md) = local_op(&LocalSource {
                 name: &self.opts.context_name,
-                session: self.opts.session_id.as_deref(),
+                session: self.opts.session_for(&self.opts.context_name),
                 excludes: &self.opts.dockerignore,
                 follow_paths: &follow,
                 shared_key_hint: &self.opts.context_name,

@@ -140,7 +140,7 @@ impl SessionLocals {
                 progress.send(ProgressEvent::Status {
                     digest: vertex.clone(),
                     id: status.clone(),
-                    current: s.bytes_received,
+                    current: s.wire_bytes,
                     total: None,
                     completed: false,
                 });
@@ -170,7 +170,7 @@ impl SessionLocals {
         req.progress.send(ProgressEvent::Status {
             digest: vertex,
             id: status,
-            current: stats.bytes_received,
+            current: stats.wire_bytes,
             total: None,
             completed: true,
         });

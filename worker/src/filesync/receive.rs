@@ -8,9 +8,11 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use memobuild_proto::fsutil::Packet;
+use prost::Message as _;
 use tokio::sync::mpsc;
 
 use crate::filesync::transport::{self, Message};
@@ -72,6 +74,8 @@ pub struct ReceiveStats {
     pub files_requested: u64,
     /// Content bytes received.
     pub bytes_received: u64,
+    /// Bytes of every packet received, encoded (what BuildKit shows as `transferring NAME:`).
+    pub wire_bytes: u64,
     /// Entries removed from the destination because the listing no longer has them.
     pub removed: u64,
     /// Special files not created (see [`ReceiveOptions::special_files`]).
@@ -85,17 +89,26 @@ pub struct ReceiveStats {
 pub async fn receive<S, E>(
     dest: &Path,
     options: ReceiveOptions,
-    mut incoming: S,
+    incoming: S,
     outgoing: mpsc::Sender<Packet>,
 ) -> Result<ReceiveStats, FilesyncError>
 where
     S: Stream<Item = Result<Packet, E>> + Unpin,
     E: Into<Box<dyn StdError + Send + Sync>>,
 {
+    let wire = Arc::new(AtomicU64::new(0));
+    let mut incoming = incoming.inspect({
+        let wire = wire.clone();
+        move |p| {
+            if let Ok(p) = p {
+                wire.fetch_add(p.encoded_len() as u64, Ordering::Relaxed);
+            }
+        }
+    });
     let (events, queued) = mpsc::channel(EVENTS_QUEUED);
     let mut writer = tokio::task::spawn_blocking({
-        let (dest, outgoing) = (dest.to_path_buf(), outgoing.clone());
-        move || write(&dest, options, queued, outgoing)
+        let (dest, outgoing, wire) = (dest.to_path_buf(), outgoing.clone(), wire.clone());
+        move || write(&dest, options, queued, outgoing, wire)
     });
     let mut events = Some(events);
 
@@ -138,7 +151,10 @@ where
         }
     };
     let result = match outcome {
-        Ok(Ok(stats)) => finish(&mut incoming, &outgoing).await.map(|()| stats),
+        Ok(Ok(mut stats)) => finish(&mut incoming, &outgoing).await.map(|()| {
+            stats.wire_bytes = wire.load(Ordering::Relaxed);
+            stats
+        }),
         Ok(Err(e)) => Err(e),
         Err(e) => {
             // Let the disk side remove its temporary files before we return.
@@ -159,8 +175,9 @@ fn write(
     options: ReceiveOptions,
     mut queued: mpsc::Receiver<Event>,
     outgoing: mpsc::Sender<Packet>,
+    wire: Arc<AtomicU64>,
 ) -> Result<ReceiveStats, FilesyncError> {
-    let mut writer = DiskWriter::open(dest, options, outgoing)?;
+    let mut writer = DiskWriter::open(dest, options, outgoing)?.counting_wire(wire);
     while !writer.is_complete() {
         let step = match queued.blocking_recv() {
             Some(event) => writer.handle(event),

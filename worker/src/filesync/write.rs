@@ -13,6 +13,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use memobuild_proto::fsutil::Packet;
 use nix::sys::stat::FileStat;
@@ -73,6 +74,8 @@ pub(crate) struct DiskWriter {
     dir_meta: Vec<(String, u32, i64)>,
     listing_done: bool,
     stats: ReceiveStats,
+    /// Bytes received on the wire so far, counted by the protocol side.
+    wire: Option<Arc<AtomicU64>>,
 }
 
 impl DiskWriter {
@@ -110,7 +113,14 @@ impl DiskWriter {
             dir_meta: Vec::new(),
             listing_done: false,
             stats: ReceiveStats::default(),
+            wire: None,
         })
+    }
+
+    /// Reports `wire` (bytes received, counted by the protocol side) in the progress.
+    pub(crate) fn counting_wire(mut self, wire: Arc<AtomicU64>) -> Self {
+        self.wire = Some(wire);
+        self
     }
 
     /// Whether every file has been received: the transfer can end.
@@ -132,6 +142,9 @@ impl DiskWriter {
         }
         self.request_more()?;
         if let Some(progress) = &self.options.progress {
+            if let Some(wire) = &self.wire {
+                self.stats.wire_bytes = wire.load(Ordering::Relaxed);
+            }
             progress(&self.stats);
         }
         Ok(())
