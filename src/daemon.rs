@@ -8,6 +8,7 @@
 //! progress in [`status`], the Dockerfile frontend in [`frontend`], conversions to wire types in
 //! [`convert`], the config file in [`config`] and the listeners in [`serve`].
 
+pub mod build_history;
 pub mod config;
 pub mod control;
 pub mod convert;
@@ -46,6 +47,8 @@ pub struct Daemon {
     pub sessions: Arc<Sessions>,
     /// Running (and just finished) jobs.
     pub jobs: Arc<Jobs>,
+    /// Records of the builds clients ran (`docker buildx history`).
+    pub history: build_history::BuildHistory,
     /// RUN steps at once, per build.
     pub max_parallelism: usize,
     /// Entitlements the daemon grants when a client asks.
@@ -181,6 +184,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         engine,
         sessions: Sessions::new(),
         jobs: Jobs::new(),
+        history: build_history::BuildHistory::open(&state),
         max_parallelism: args
             .max_parallelism
             .or(config.max_parallelism())

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use common::daemon::{Daemon, wait_timeout};
 use common::{Env, Sandbox, assert_ok, error_line, progress_events, stderr, stdout, unique};
 use memobuild_proto::control::{
-    DiskUsageRequest, Exporter, PruneRequest, SolveRequest as ControlSolve,
+    BuildHistoryEventType, BuildHistoryRequest, DiskUsageRequest, Exporter, PruneRequest,
+    SolveRequest as ControlSolve, UpdateBuildHistoryRequest,
 };
 use memobuild_proto::gateway::{
     PingRequest, ReadFileRequest, Ref, ReturnRequest, SolveRequest as GatewaySolve, result,
@@ -1489,6 +1490,118 @@ fn two_clients_build_at_once() {
 // Verifies: Control/DiskUsage lists records after a build; Control/Prune{all} streams the
 // records it removed, after which DiskUsage lists none; a build after the prune works and
 // really runs its RUN again (its cache is gone).
+// Verifies: the daemon keeps a record of each build a client ran (`docker buildx history`):
+// a listener sees it start and complete; a listing has the builds newest first with their
+// errors, step counts and exporter response; buildx's probe of the API ends at once; a record
+// can be deleted.
+#[test]
+fn build_history_lists_the_builds_clients_ran() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    let ok_dockerfile = format!("FROM {}\nRUN echo {} > /x\n", env.busybox(), unique("hist"));
+    sb.write("Dockerfile", &ok_dockerfile);
+    let daemon = Daemon::start(&sb, &env, &[]);
+    let oci = format!("type=oci,dest={}", sb.path("out.tar").display());
+
+    block_on(async {
+        let mut control = daemon.control().await;
+        // buildx's probe: only active builds, a ref no build has, end at once.
+        let mut probe = control
+            .listen_build_history(BuildHistoryRequest {
+                active_only: true,
+                r#ref: "buildx-test-history-api-feature".into(),
+                early_exit: true,
+                ..Default::default()
+            })
+            .await
+            .expect("the history probe")
+            .into_inner();
+        assert!(probe.message().await.expect("probe stream").is_none());
+
+        let mut live = control
+            .listen_build_history(BuildHistoryRequest::default())
+            .await
+            .expect("ListenBuildHistory")
+            .into_inner();
+        let out = sb.build_remote(&daemon, &["--output", &oci]);
+        assert_ok(&out, "memobuild build --addr");
+        let digest = stdout(&out).trim().to_owned();
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let event = tokio::time::timeout(Duration::from_secs(30), live.message())
+                .await
+                .expect("a history event within 30 s")
+                .expect("history stream")
+                .expect("an event");
+            seen.push(event.r#type);
+        }
+        assert_eq!(
+            seen,
+            [
+                BuildHistoryEventType::Started as i32,
+                BuildHistoryEventType::Complete as i32
+            ]
+        );
+
+        sb.write("Dockerfile", &format!("{ok_dockerfile}RUN false\n"));
+        let failed = sb.build_remote(&daemon, &["--output", &oci]);
+        assert!(!failed.status.success());
+
+        let mut listing = control
+            .listen_build_history(BuildHistoryRequest {
+                early_exit: true,
+                ..Default::default()
+            })
+            .await
+            .expect("ListenBuildHistory")
+            .into_inner();
+        let mut records = Vec::new();
+        while let Some(e) = listing.message().await.expect("listing") {
+            assert_eq!(e.r#type, BuildHistoryEventType::Complete as i32);
+            records.push(e.record.expect("record"));
+        }
+        assert_eq!(records.len(), 2, "{records:?}");
+        let (bad, good) = (&records[0], &records[1]);
+        let error = bad.error.as_ref().expect("the failed build's error");
+        assert!(error.message.contains("RUN false"), "{}", error.message);
+        assert!(bad.num_completed_steps < bad.num_total_steps, "{bad:?}");
+        assert!(good.error.is_none());
+        assert_eq!(
+            good.frontend_attrs.get("filename").map(String::as_str),
+            Some("Dockerfile")
+        );
+        assert_eq!(good.exporters[0].r#type, "oci");
+        assert_eq!(good.exporter_response["containerimage.digest"], digest);
+        assert!(good.num_total_steps >= 2, "{good:?}");
+        assert_eq!(good.num_completed_steps, good.num_total_steps);
+        assert!(good.completed_at.is_some() && good.created_at.is_some());
+        // The failed build's FROM and RUN echo came from the cache.
+        assert!(bad.num_cached_steps >= 2, "{bad:?}");
+
+        control
+            .update_build_history(UpdateBuildHistoryRequest {
+                r#ref: good.r#ref.clone(),
+                delete: true,
+                ..Default::default()
+            })
+            .await
+            .expect("delete a record");
+        let mut after = control
+            .listen_build_history(BuildHistoryRequest {
+                early_exit: true,
+                ..Default::default()
+            })
+            .await
+            .expect("ListenBuildHistory")
+            .into_inner();
+        let mut left = Vec::new();
+        while let Some(e) = after.message().await.expect("listing") {
+            left.push(e.record.expect("record").r#ref);
+        }
+        assert_eq!(left, [bad.r#ref.clone()]);
+    });
+}
+
 #[test]
 fn disk_usage_and_prune_over_grpc() {
     let Some(env) = Env::get() else { return };

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use futures::{FutureExt, StreamExt};
 use memobuild_proto::control::control_server::Control;
 use memobuild_proto::control::{
-    BuildHistoryEvent, BuildHistoryRequest, BytesMessage, DiskUsageRequest, DiskUsageResponse,
-    InfoRequest, InfoResponse, ListWorkersRequest, ListWorkersResponse, PruneRequest, SolveRequest,
-    SolveResponse, StatusRequest, StatusResponse, UsageRecord,
+    BuildHistoryEvent, BuildHistoryRecord, BuildHistoryRequest, BytesMessage, DiskUsageRequest,
+    DiskUsageResponse, Exporter, InfoRequest, InfoResponse, ListWorkersRequest,
+    ListWorkersResponse, PruneRequest, SolveRequest, SolveResponse, StatusRequest, StatusResponse,
+    UpdateBuildHistoryRequest, UpdateBuildHistoryResponse, UsageRecord,
 };
 use memobuild_worker::export::spec::ExporterSpec;
 use memobuild_worker::state::usage::{self, PrunePolicy};
@@ -150,6 +151,11 @@ impl Control for ControlService {
             &self.daemon.allowed_entitlements,
         );
         let _cancel = CancelOnDrop(job.cancel.clone());
+        // Builds a client marks internal (buildx's probes) are not recorded, as in buildkitd.
+        let recorded = !req.internal;
+        if recorded {
+            self.daemon.history.started(history_record(&req));
+        }
         let (daemon, task_job) = (self.daemon.clone(), job.clone());
         let task = tokio::spawn(async move {
             let _running = daemon.running();
@@ -166,6 +172,17 @@ impl Control for ControlService {
                 build.finish().await;
             }
             daemon.after_build();
+            if recorded {
+                let no_response = Default::default();
+                daemon.history.completed(
+                    &task_job.id,
+                    result.as_ref().err(),
+                    result
+                        .as_ref()
+                        .map_or(&no_response, |r| &r.exporter_response),
+                    task_job.status.step_counts(),
+                );
+            }
             task_job.finish();
             daemon.jobs.remove_later(&task_job.id);
             result
@@ -279,10 +296,87 @@ impl Control for ControlService {
 
     async fn listen_build_history(
         &self,
-        _request: Request<BuildHistoryRequest>,
+        request: Request<BuildHistoryRequest>,
     ) -> Result<Response<BoxStream<BuildHistoryEvent>>, Status> {
-        // No build history is kept yet: an empty stream tells clients so without an error.
-        Ok(Response::new(futures::stream::empty().boxed()))
+        let req = request.into_inner();
+        // Subscribed before the records are listed, so that nothing falls between the two.
+        let live = self.daemon.history.subscribe();
+        let existing =
+            futures::stream::iter(self.daemon.history.existing(&req).into_iter().map(Ok));
+        let stream = if req.early_exit {
+            existing.boxed()
+        } else {
+            let shutdown = self.daemon.shutdown.clone();
+            let live = tokio_stream::wrappers::BroadcastStream::new(live)
+                .filter_map(move |e| {
+                    // Every later event of the builds asked for, the end of an active one too.
+                    let wanted = e.ok().filter(|e| {
+                        e.record
+                            .as_ref()
+                            .is_some_and(|r| req.r#ref.is_empty() || req.r#ref == r.r#ref)
+                    });
+                    futures::future::ready(wanted.map(Ok))
+                })
+                .take_until(async move { shutdown.cancelled().await });
+            existing.chain(live).boxed()
+        };
+        let mut response = Response::new(stream);
+        // `docker buildx history ls` shows a running build's duration against the daemon's clock.
+        let now = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+        if let Ok(v) = now.parse() {
+            response
+                .metadata_mut()
+                .insert("buildkit-current-timestamp", v);
+        }
+        Ok(response)
+    }
+
+    async fn update_build_history(
+        &self,
+        request: Request<UpdateBuildHistoryRequest>,
+    ) -> Result<Response<UpdateBuildHistoryResponse>, Status> {
+        let req = request.into_inner();
+        let found = if req.delete {
+            self.daemon.history.delete(&req.r#ref)
+        } else if req.finalize {
+            // Traces and logs are not kept in records, so there is nothing to flush.
+            self.daemon
+                .history
+                .existing(&BuildHistoryRequest {
+                    r#ref: req.r#ref.clone(),
+                    ..Default::default()
+                })
+                .iter()
+                .any(|e| e.record.is_some())
+        } else {
+            self.daemon.history.pin(&req.r#ref, req.pinned)
+        };
+        if found {
+            Ok(Response::new(UpdateBuildHistoryResponse {}))
+        } else {
+            Err(Status::not_found(format!(
+                "no build record `{}`",
+                req.r#ref
+            )))
+        }
+    }
+}
+
+/// The history record of a build as it starts: what the client asked for. Exporters keep
+/// their attributes (a destination stays with the client and is not among them).
+fn history_record(req: &SolveRequest) -> BuildHistoryRecord {
+    BuildHistoryRecord {
+        r#ref: req.r#ref.clone(),
+        frontend: req.frontend.clone(),
+        frontend_attrs: req.frontend_attrs.clone(),
+        exporters: exporter_requests(req)
+            .into_iter()
+            .map(|(r#type, attrs)| Exporter {
+                r#type,
+                attrs: attrs.into_iter().collect(),
+            })
+            .collect(),
+        ..Default::default()
     }
 }
 

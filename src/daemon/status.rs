@@ -91,6 +91,30 @@ impl StatusHub {
         }
     }
 
+    /// The job's steps so far, for its history record: every vertex shown, those finished,
+    /// those from the cache, and the warnings.
+    pub fn step_counts(&self) -> crate::daemon::build_history::StepCounts {
+        let Ok(inner) = self.inner.lock() else {
+            return Default::default();
+        };
+        let count = |f: &dyn Fn(&Vertex) -> bool| {
+            i32::try_from(inner.vertices.values().filter(|v| f(v)).count()).unwrap_or(i32::MAX)
+        };
+        crate::daemon::build_history::StepCounts {
+            total: count(&|_| true),
+            completed: count(&|v| v.completed.is_some() && v.error.is_empty()),
+            cached: count(&|v| v.cached),
+            warnings: i32::try_from(
+                inner
+                    .history
+                    .iter()
+                    .map(|r| r.warnings.len())
+                    .sum::<usize>(),
+            )
+            .unwrap_or(i32::MAX),
+        }
+    }
+
     /// Ends every stream: the job is over.
     pub fn close(&self) {
         if let Ok(mut inner) = self.inner.lock() {

@@ -99,6 +99,11 @@ impl StateDir {
         self.root.join("contexts").join(url_hash)
     }
 
+    /// The daemon's records of its clients' builds (BuildKit's build history), one file each.
+    pub fn build_records(&self) -> PathBuf {
+        self.root.join("builds")
+    }
+
     /// Directories clients synced into the daemon, one per shared key.
     pub fn locals(&self) -> PathBuf {
         self.root.join("locals")
