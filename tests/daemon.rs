@@ -1598,7 +1598,7 @@ fn build_history_lists_the_builds_clients_ran() {
         while let Some(e) = after.message().await.expect("listing") {
             left.push(e.record.expect("record").r#ref);
         }
-        assert_eq!(left, [bad.r#ref.clone()]);
+        assert_eq!(left, std::slice::from_ref(&bad.r#ref));
     });
 }
 
