@@ -88,6 +88,7 @@ pub async fn build(args: BuildArgs, addr: &str) -> anyhow::Result<()> {
         secrets,
         ssh,
         credentials: Arc::new(crate::credentials::DockerCredentials::load()),
+        upload: request.upload.clone(),
     });
     let headers = session::headers(&ids.session, &request.shared_key, &services);
     tracing::debug!(build_ref = %ids.build_ref, session = %ids.session, %address, "remote build");

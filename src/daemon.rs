@@ -15,6 +15,7 @@ pub mod convert;
 pub mod frontend;
 pub mod gateway;
 pub mod jobs;
+pub mod remote_context;
 pub mod serve;
 pub mod session;
 pub mod status;

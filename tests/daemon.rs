@@ -1602,6 +1602,113 @@ fn build_history_lists_the_builds_clients_ran() {
     });
 }
 
+// Verifies: contexts buildx sends other than a directory: a tar archive on standard input
+// (pulled by the daemon through the session's Upload service, `-f` a path inside), a Dockerfile alone on standard input, and a git URL the daemon fetches itself
+// (`#ref:subdir`, `.git` left out); a rebuild of the same git context runs nothing.
+#[test]
+fn contexts_from_stdin_and_git_urls() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    let daemon = Daemon::start(&sb, &env, &[]);
+    let remote = |args: &[&str], stdin: Option<Vec<u8>>| -> Output {
+        let mut cmd = common::daemon::remote_command_with_context(&daemon, args);
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("memobuild build --addr");
+        if let Some(data) = stdin {
+            let mut input = child.stdin.take().expect("stdin");
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = input.write_all(&data);
+            });
+        }
+        child.wait_with_output().expect("wait")
+    };
+
+    // A tar archive on stdin is the context.
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8], uid: u64| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(uid);
+        h.set_gid(uid);
+        h.set_cksum();
+        archive.append_data(&mut h, path, data).expect("append");
+    };
+    add(
+        "build/Dockerfile.ctx",
+        format!("FROM {}\nCOPY . /ctx/\n", env.busybox()).as_bytes(),
+        0,
+    );
+    add("data/owned.txt", b"from the archive\n", 1000);
+    let archive = archive.into_inner().expect("tar");
+    let out_tar = sb.path("from-tar.tar");
+    let tar_arg = format!("type=tar,dest={}", out_tar.display());
+    let out = remote(
+        &["-f", "build/Dockerfile.ctx", "--output", &tar_arg, "-"],
+        Some(archive),
+    );
+    assert_ok(&out, "a tar context on stdin");
+    let entries = tar_entries(&out_tar);
+    let (_, uid, _, data) = &entries["ctx/data/owned.txt"];
+    assert_eq!(data, b"from the archive\n");
+    // As a directory context's files are (BuildKit keeps the archive's owners here).
+    assert_eq!(*uid, 0);
+
+    // A Dockerfile alone on stdin, with an empty context.
+    let out_df = sb.path("from-dockerfile");
+    let df_arg = format!("type=local,dest={}", out_df.display());
+    let out = remote(
+        &["--output", &df_arg, "-"],
+        Some(format!("FROM {}\nRUN echo alone > /alone\n", env.busybox()).into_bytes()),
+    );
+    assert_ok(&out, "a Dockerfile on stdin");
+    assert_eq!(
+        std::fs::read_to_string(out_df.join("alone")).expect("alone"),
+        "alone\n"
+    );
+
+    // A git URL, fetched by the daemon.
+    let repo = common::git::GitServer::start();
+    common::git::commit(
+        &repo.work(),
+        &[(
+            "sub/Dockerfile",
+            &format!(
+                "FROM {}\nCOPY . /src/\nRUN ls -a /src > /listing\n",
+                env.busybox()
+            ),
+        )],
+        "dockerfile",
+    );
+    common::git::git(&repo.work(), &["push", "-q", "../srv/repo.git", "main"]);
+    let url = format!("{}#main:sub", repo.url());
+    let out_git = sb.path("from-git");
+    let git_arg = format!("type=local,dest={}", out_git.display());
+    let args = ["--progress", "json", "--output", &git_arg, &url];
+    let first = remote(&args, None);
+    assert_ok(&first, "a git context");
+    assert_eq!(
+        std::fs::read_to_string(out_git.join("src/b.txt")).expect("b.txt"),
+        "b2\n"
+    );
+    let listing = std::fs::read_to_string(out_git.join("listing")).expect("listing");
+    assert!(!listing.contains(".git"), "{listing}");
+    let again = remote(&args, None);
+    assert_ok(&again, "the git context again");
+    assert!(
+        steps_in_state(&again, "started").is_empty(),
+        "{:?}",
+        steps_in_state(&again, "started")
+    );
+}
+
 #[test]
 fn disk_usage_and_prune_over_grpc() {
     let Some(env) = Env::get() else { return };

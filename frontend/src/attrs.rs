@@ -83,10 +83,13 @@ impl BuildOptions {
                 shared_keys.push((k, name, v));
             } else if k == context_key {
                 if !v.is_empty() {
-                    return Err(OptionsError::RemoteContext {
-                        key: k.clone(),
-                        value: v.clone(),
-                    });
+                    if !is_context_url(v) {
+                        return Err(OptionsError::RemoteContext {
+                            key: k.clone(),
+                            value: v.clone(),
+                        });
+                    }
+                    o.context_url = Some(v.clone());
                 }
             } else {
                 match k.as_str() {
@@ -124,6 +127,18 @@ impl BuildOptions {
             ignored,
         })
     }
+}
+
+/// Whether `v` is a context URL the caller can fetch: a git repository or an `http(s)://`
+/// download (BuildKit's `dockerui` also takes `input:` contexts, which come from another
+/// frontend's result).
+fn is_context_url(v: &str) -> bool {
+    v.starts_with("http://")
+        || v.starts_with("https://")
+        || v.starts_with("git://")
+        || v.starts_with("git@")
+        || v.starts_with("ssh://")
+        || v.starts_with("github.com/")
 }
 
 /// One platform; BuildKit's list form (`linux/amd64,linux/arm64`) is a multi-platform build.
@@ -375,10 +390,17 @@ mod tests {
         let o = opts(&[("contextkey", "src"), ("context", "")]);
         assert_eq!(o.context_name, "context");
         assert_eq!(
-            err(&[("context", "https://github.com/moby/buildkit.git")]),
-            "remote build contexts are not supported yet: `context=https://github.com/moby/buildkit.git`; send the context as the local directory `context`"
+            opts(&[("context", "https://github.com/moby/buildkit.git")]).context_url,
+            Some("https://github.com/moby/buildkit.git".to_owned())
         );
-        assert!(err(&[("contextkey", "src"), ("src", "git://h/r")]).contains("`src=git://h/r`"));
+        assert_eq!(
+            opts(&[("contextkey", "src"), ("src", "git://h/r")]).context_url,
+            Some("git://h/r".to_owned())
+        );
+        assert_eq!(
+            err(&[("context", "input:other")]),
+            "remote build contexts are not supported yet: `context=input:other`; send the context as the local directory `context`"
+        );
         // With another contextkey, `context` itself is just an unknown key.
         let p = parse(&[("contextkey", "src"), ("context", "x")]).expect("parses");
         assert_eq!(p.ignored, vec!["context"]);

@@ -26,6 +26,10 @@ pub struct BuildOptions {
     pub context_name: String,
     /// Session that serves the context, if any (`local.session`).
     pub session_id: Option<String>,
+    /// The main context as a URL (the `context` attribute, or the one `contextkey` names): a
+    /// git repository, an `http(s)://` download, or buildx's stdin upload. The caller fetches
+    /// it and serves it as the local [`BuildOptions::context_name`]; lowering is unchanged.
+    pub context_url: Option<String>,
     /// Sessions serving particular locals instead of [`BuildOptions::session_id`], by local
     /// name (`local-sessionid:NAME` attrs: a client whose directories live in another session).
     pub local_sessions: BTreeMap<String, String>,
@@ -62,6 +66,7 @@ impl BuildOptions {
             platform,
             context_name: "context".into(),
             session_id: None,
+            context_url: None,
             local_sessions: BTreeMap::new(),
             dockerignore: Vec::new(),
             labels: BTreeMap::new(),

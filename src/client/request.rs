@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cli::BuildArgs;
 use crate::client::exporters::{self, Export};
+use crate::client::session::upload::Offered;
 
 /// The session's directory names, as the Dockerfile frontend asks for them (`dir-name`).
 pub const LOCAL_CONTEXT: &str = "context";
@@ -39,6 +40,50 @@ pub struct BuildRequest {
     pub cache_exports: Vec<(String, BTreeMap<String, String>)>,
     /// `--cache-from` entries: (type, attrs).
     pub cache_imports: Vec<(String, BTreeMap<String, String>)>,
+    /// The context read from standard input (`-`), offered through the session's Upload
+    /// service as `http://buildkit-session/<id>`.
+    pub upload: Option<Offered>,
+}
+
+/// Where the build context comes from.
+enum ContextSource {
+    /// A local directory, sent with FileSync.
+    Dir(PathBuf),
+    /// A URL the daemon fetches (a git repository), as buildx sends it.
+    Url(String),
+    /// Standard input (`-`): a tar archive that is the context, or a Dockerfile alone.
+    Stdin,
+}
+
+impl ContextSource {
+    fn of(arg: &Path) -> anyhow::Result<ContextSource> {
+        if arg.as_os_str() == "-" {
+            return Ok(ContextSource::Stdin);
+        }
+        if arg.is_dir() {
+            return Ok(ContextSource::Dir(arg.to_path_buf()));
+        }
+        match arg
+            .to_str()
+            .filter(|s| crate::gitctx::GitContext::parse(s).is_some())
+        {
+            Some(url) => Ok(ContextSource::Url(url.to_owned())),
+            None => bail!(
+                "context `{}` is not a directory, a git URL or `-` (standard input)",
+                arg.display()
+            ),
+        }
+    }
+}
+
+/// Reads standard input into a temporary file, offered under a fresh path.
+fn read_stdin() -> anyhow::Result<Offered> {
+    let mut file = tempfile::NamedTempFile::new().context("creating a file for standard input")?;
+    std::io::copy(&mut std::io::stdin().lock(), &mut file).context("reading standard input")?;
+    Ok(Offered {
+        path: format!("/{}", crate::client::new_id()),
+        file: std::sync::Arc::new(file.into_temp_path()),
+    })
 }
 
 impl BuildRequest {
@@ -50,21 +95,37 @@ impl BuildRequest {
                 "--use-gitignore is not supported with --addr (the daemon applies .dockerignore only)"
             );
         }
-        let context = &frontend.context;
-        if !context.is_dir() {
-            bail!(
-                "context `{}` is not a directory (with --addr the context must be a local directory)",
-                context.display()
-            );
-        }
-        let dockerfile = frontend
-            .file
-            .clone()
-            .unwrap_or_else(|| context.join("Dockerfile"));
-        if !dockerfile.is_file() {
-            bail!("cannot read Dockerfile `{}`", dockerfile.display());
-        }
-        let (dockerfile_dir, filename) = split_dockerfile(&dockerfile)?;
+        let context = ContextSource::of(&frontend.context)?;
+        let mut locals = BTreeMap::new();
+        let mut upload = None;
+        // The context as the frontend's `context` attribute, when the daemon fetches it.
+        let mut context_url = None;
+        let filename = match &context {
+            ContextSource::Dir(dir) => {
+                let dockerfile = frontend
+                    .file
+                    .clone()
+                    .unwrap_or_else(|| dir.join("Dockerfile"));
+                if !dockerfile.is_file() {
+                    bail!("cannot read Dockerfile `{}`", dockerfile.display());
+                }
+                let (dockerfile_dir, filename) = split_dockerfile(&dockerfile)?;
+                locals.insert(LOCAL_CONTEXT.to_owned(), dir.clone());
+                locals.insert(LOCAL_DOCKERFILE.to_owned(), dockerfile_dir);
+                filename
+            }
+            // `-f` is a path inside a context the daemon fetches, as with buildx.
+            ContextSource::Url(url) => {
+                context_url = Some(url.clone());
+                dockerfile_in_context(frontend.file.as_deref())
+            }
+            ContextSource::Stdin => {
+                let offered = read_stdin()?;
+                context_url = Some(format!("http://buildkit-session{}", offered.path));
+                upload = Some(offered);
+                dockerfile_in_context(frontend.file.as_deref())
+            }
+        };
         let build_args = crate::build::parse_build_args(&frontend.build_args)?;
         let extra = BuildxOptions::from_args(args)?;
         let mut entitlements = args.allow.clone();
@@ -80,10 +141,6 @@ impl BuildRequest {
         if args.iidfile.is_some() && exports.iter().any(|e| e.kind == "local" || e.kind == "tar") {
             bail!("local and tar exporters are incompatible with image ID file");
         }
-        let mut locals = BTreeMap::from([
-            (LOCAL_CONTEXT.to_owned(), context.clone()),
-            (LOCAL_DOCKERFILE.to_owned(), dockerfile_dir),
-        ]);
         locals.extend(extra.locals);
         let mut frontend_attrs = frontend_attrs(
             &filename,
@@ -93,12 +150,21 @@ impl BuildRequest {
             std::env::var("SOURCE_DATE_EPOCH").ok(),
         );
         frontend_attrs.extend(extra.attrs);
+        if let Some(url) = context_url {
+            frontend_attrs.insert("context".to_owned(), url);
+        }
+        let shared_key = match &context {
+            ContextSource::Dir(dir) => shared_key(dir),
+            ContextSource::Url(url) => shared_key(Path::new(url)),
+            ContextSource::Stdin => shared_key(Path::new("-")),
+        };
         Ok(BuildRequest {
             locals,
             frontend_attrs,
             exports,
             entitlements,
-            shared_key: shared_key(context),
+            shared_key,
+            upload,
             cache_exports: args
                 .cache_to
                 .iter()
@@ -332,6 +398,14 @@ fn split_dockerfile(file: &Path) -> anyhow::Result<(PathBuf, String)> {
         _ => PathBuf::from("."),
     };
     Ok((dir, name.to_owned()))
+}
+
+/// The Dockerfile's path inside a context the daemon fetches: `-f` as given, or `Dockerfile`.
+fn dockerfile_in_context(file: Option<&Path>) -> String {
+    file.map_or_else(
+        || "Dockerfile".to_owned(),
+        |f| f.to_string_lossy().into_owned(),
+    )
 }
 
 /// The frontend options. An explicit `--build-arg SOURCE_DATE_EPOCH=…` wins over the

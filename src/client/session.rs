@@ -13,6 +13,7 @@ pub mod filesend;
 pub mod filesync;
 pub mod secrets;
 pub mod ssh;
+pub mod upload;
 
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ use memobuild_proto::filesync::auth_server::AuthServer;
 use memobuild_proto::filesync::file_sync_server::FileSyncServer;
 use memobuild_proto::secrets::secrets_server::SecretsServer;
 use memobuild_proto::sshforward::ssh_server::SshServer;
+use memobuild_proto::upload::upload_server::UploadServer;
 use memobuild_worker::registry::CredentialProvider;
 use memobuild_worker::secrets::Secrets;
 use memobuild_worker::ssh::SshAgents;
@@ -61,6 +63,8 @@ pub struct SessionConfig {
     pub ssh: Option<SshAgents>,
     /// Registry credentials.
     pub credentials: Arc<dyn CredentialProvider>,
+    /// A context read from standard input, offered as an upload.
+    pub upload: Option<upload::Offered>,
 }
 
 /// The session's services and the method paths they serve.
@@ -119,6 +123,10 @@ impl Services {
         if let Some(secrets) = config.secrets {
             builder.add_service(SecretsServer::new(secrets::SecretsService::new(secrets)));
             methods.extend(SECRETS_METHODS);
+        }
+        if let Some(offered) = config.upload {
+            builder.add_service(UploadServer::new(upload::UploadService::new(offered)));
+            methods.push(upload::PULL);
         }
         if let Some(agents) = config.ssh {
             builder.add_service(SshServer::new(ssh::SshService::new(agents)));

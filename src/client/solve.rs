@@ -272,6 +272,7 @@ mod tests {
             }],
             entitlements: vec!["network.host".into()],
             shared_key: "k".into(),
+            upload: None,
             cache_exports: vec![(
                 "registry".into(),
                 BTreeMap::from([("ref".into(), "r/c".into())]),

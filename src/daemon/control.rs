@@ -137,6 +137,7 @@ impl Control for ControlService {
             &self.daemon.sessions,
             &req.session,
             self.daemon.engine.state(),
+            job.provided.clone(),
         );
         let build = self
             .daemon
@@ -171,6 +172,7 @@ impl Control for ControlService {
                 build.flush_uploads().await;
                 build.finish().await;
             }
+            task_job.provided.release();
             daemon.after_build();
             if recorded {
                 let no_response = Default::default();
@@ -405,9 +407,15 @@ async fn run(
             ));
         }
         (_, "dockerfile.v0") => {
-            let r = frontend::dockerfile(job, &build, &req.frontend_attrs, daemon.max_parallelism)
-                .boxed()
-                .await?;
+            let r = frontend::dockerfile(
+                job,
+                &build,
+                &daemon.sessions,
+                &req.frontend_attrs,
+                daemon.max_parallelism,
+            )
+            .boxed()
+            .await?;
             (Some(r.solved), r.metadata)
         }
         (_, "") => match returned.await {
@@ -442,6 +450,7 @@ async fn run(
         sessions: daemon.sessions.clone(),
         session_id: req.session.clone(),
         state: daemon.engine.state().clone(),
+        provided: job.provided.clone(),
     }));
     let responses = crate::pipeline::export(
         &build,

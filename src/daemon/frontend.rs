@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memobuild_frontend as frontend;
 use memobuild_proto::ParsedDefinition;
@@ -19,6 +20,8 @@ use memobuild_worker::solver::SolveOptions;
 use tonic::Status;
 
 use crate::daemon::jobs::{Job, Output, SolvedRef};
+use crate::daemon::remote_context;
+use crate::daemon::session::Sessions;
 
 /// The image config a frontend returns beside its result (BuildKit's
 /// `exptypes.ExporterImageConfigKey`).
@@ -39,6 +42,7 @@ pub struct FrontendResult {
 pub async fn dockerfile(
     job: &Job,
     build: &Build,
+    sessions: &Arc<Sessions>,
     attrs: &BTreeMap<String, String>,
     max_parallel_exec: usize,
 ) -> Result<FrontendResult, Status> {
@@ -50,8 +54,32 @@ pub async fn dockerfile(
         .get("dockerfilekey")
         .filter(|k| !k.is_empty())
         .map_or("dockerfile", String::as_str);
-    let filename = options.dockerfile_name.clone();
     options.session_id = Some(job.session());
+
+    // [internal] load remote build context: a context given as a URL is fetched here and then
+    // read as the client's `context` and `dockerfile` directories would be.
+    let mut git_root = false;
+    if let Some(url) = options.context_url.clone() {
+        let step = step_id(&job.id, "remote context");
+        let name = "[internal] load remote build context".to_string();
+        let started = std::time::Instant::now();
+        progress.step(&step, &name, VertexState::Started, None, None);
+        let fetched = remote_context::fetch(
+            &url,
+            sessions,
+            &job.session(),
+            build.engine().state(),
+            &job.provided,
+        )
+        .await;
+        finish_step(progress, &step, &name, started, &fetched);
+        let fetched = fetched?;
+        if let Some(n) = fetched.dockerfile_name {
+            options.dockerfile_name = n;
+        }
+        git_root = fetched.git_root;
+    }
+    let filename = options.dockerfile_name.clone();
 
     // [internal] load build definition from Dockerfile
     let step = step_id(&job.id, "definition");
@@ -143,6 +171,10 @@ pub async fn dockerfile(
         }
     };
     options.dockerignore = crate::build::parse_dockerignore(&String::from_utf8_lossy(&ignore));
+    // A repository's `.git` is no part of its context (BuildKit drops it too).
+    if git_root {
+        options.dockerignore.push("/.git".to_owned());
+    }
     if let Some(id) = request_id {
         return subrequest(job, build, id, &dockerfile, options).await;
     }

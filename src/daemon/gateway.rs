@@ -190,6 +190,7 @@ impl LlbBridge for GatewayService {
                         let r = frontend::dockerfile(
                             &job,
                             &build,
+                            &daemon.sessions,
                             &req.frontend_opt,
                             daemon.max_parallelism,
                         )

@@ -73,6 +73,8 @@ pub struct Job {
     /// Work the gateway client started (its solves), which the job waits for before its
     /// build ends.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Directories the daemon serves for this build's local names (a context given as a URL).
+    pub provided: Arc<crate::daemon::remote_context::ProvidedLocals>,
     started: watch::Sender<bool>,
     state: Mutex<State>,
 }
@@ -97,6 +99,7 @@ impl Job {
             status,
             cancel: CancellationToken::new(),
             tasks: tokio_util::task::TaskTracker::new(),
+            provided: Arc::default(),
             started: watch::channel(false).0,
             state: Mutex::default(),
         })

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use crate::daemon::remote_context::ProvidedLocals;
 use crate::session::headers::SessionHeaders;
 use crate::session::transport::{self, TunnelIo};
 
@@ -166,11 +167,17 @@ impl Sessions {
 
 /// What a build of a session's client reads through: the session's services. `session_id` is
 /// the Solve's session, used where a source names none.
-pub fn caller(sessions: &Arc<Sessions>, session_id: &str, state: &StateDir) -> Caller {
+pub fn caller(
+    sessions: &Arc<Sessions>,
+    session_id: &str,
+    state: &StateDir,
+    provided: Arc<ProvidedLocals>,
+) -> Caller {
     let scope = Arc::new(Scope {
         sessions: sessions.clone(),
         session_id: session_id.to_owned(),
         state: state.clone(),
+        provided,
     });
     Caller {
         locals: Arc::new(locals::SessionLocals::new(scope.clone())),
@@ -189,6 +196,8 @@ pub struct Scope {
     pub session_id: String,
     /// The daemon's state directory.
     pub state: StateDir,
+    /// Locals the daemon serves itself, in place of the client's.
+    pub provided: Arc<ProvidedLocals>,
 }
 
 impl Scope {

@@ -202,13 +202,8 @@ impl Sandbox {
     /// `memobuild build --addr DAEMON ARGS… CONTEXT`, not yet started (for tests that kill it
     /// or run several at once).
     pub fn remote_command(&self, daemon: &Daemon, args: &[&str]) -> Command {
-        let mut cmd = memobuild();
-        cmd.arg("build")
-            .arg("--addr")
-            .arg(daemon.addr())
-            .args(args)
-            .arg(self.context())
-            .stdin(Stdio::null());
+        let mut cmd = remote_command_with_context(daemon, args);
+        cmd.arg(self.context());
         cmd
     }
 
@@ -314,4 +309,15 @@ impl tonic::codegen::Service<Uri> for UnixConnector {
         let path = self.0.clone();
         Box::pin(async move { Ok(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) })
     }
+}
+
+/// `memobuild build --addr DAEMON ARGS…`, the context among `ARGS` (a URL, `-`).
+pub fn remote_command_with_context(daemon: &Daemon, args: &[&str]) -> Command {
+    let mut cmd = memobuild();
+    cmd.arg("build")
+        .arg("--addr")
+        .arg(daemon.addr())
+        .args(args)
+        .stdin(Stdio::null());
+    cmd
 }

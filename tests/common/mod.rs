@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod git;
 pub mod http;
 pub mod server;
 pub mod ssh;

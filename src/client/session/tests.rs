@@ -72,6 +72,7 @@ fn config() -> SessionConfig {
         secrets: None,
         ssh: None,
         credentials: Arc::new(Anonymous),
+        upload: None,
     }
 }
 

@@ -75,6 +75,12 @@ impl SessionLocals {
     }
 
     async fn sync(&self, req: LocalRequest<'_>) -> Result<PathBuf, String> {
+        // A context the daemon fetched (a URL) is read where it was put.
+        if req.session.is_none_or(|s| s == self.scope.session_id)
+            && let Some(dir) = self.scope.provided.get(req.name)
+        {
+            return Ok(dir);
+        }
         // `local.session` may be `prefix:id`: the id after the colon, and the client knows the
         // directory as `prefix-name`.
         let (session_id, dir_name) = match req.session.and_then(|s| s.split_once(':')) {
