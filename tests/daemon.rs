@@ -1603,7 +1603,8 @@ fn build_history_lists_the_builds_clients_ran() {
 }
 
 // Verifies: contexts buildx sends other than a directory: a tar archive on standard input
-// (pulled by the daemon through the session's Upload service, `-f` a path inside), a Dockerfile alone on standard input, and a git URL the daemon fetches itself
+// (pulled by the daemon through the session's Upload service; members' owners kept, `-f` a
+// path inside), a Dockerfile alone on standard input, and a git URL the daemon fetches itself
 // (`#ref:subdir`, `.git` left out); a rebuild of the same git context runs nothing.
 #[test]
 fn contexts_from_stdin_and_git_urls() {
@@ -1658,8 +1659,10 @@ fn contexts_from_stdin_and_git_urls() {
     let entries = tar_entries(&out_tar);
     let (_, uid, _, data) = &entries["ctx/data/owned.txt"];
     assert_eq!(data, b"from the archive\n");
-    // As a directory context's files are (BuildKit keeps the archive's owners here).
-    assert_eq!(*uid, 0);
+    assert_eq!(
+        *uid, 1000,
+        "the archive's owner is kept, as BuildKit keeps it"
+    );
 
     // A Dockerfile alone on stdin, with an empty context.
     let out_df = sb.path("from-dockerfile");

@@ -343,6 +343,7 @@ async fn sync_local(
             progress,
         })
         .await
+        .map(|d| d.path)
         .map_err(|e| Status::failed_precondition(format!("local `{name}`: {e}")))
 }
 

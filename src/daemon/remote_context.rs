@@ -8,14 +8,13 @@
 //! - any other `http(s)://` URL: downloaded.
 //!
 //! A download that is a tar archive (plain, gzip, bzip2, xz or zstd) is unpacked (members
-//! kept inside) and is the context, read as a client's directory is: its files are root's
-//! (BuildKit keeps the archive's owners, a difference kept for now); anything else is the Dockerfile
+//! kept inside, owners as archived, which a COPY keeps as BuildKit's does) and is the context; anything else is the Dockerfile
 //! itself, with an empty context. The result is served under the local names `context` and
 //! `dockerfile` by [`ProvidedLocals`], so the rest of the frontend and the solver read it as
 //! they read a client's directory.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use futures::StreamExt;
 use memobuild_proto::upload::BytesMessage;
 use memobuild_proto::upload::upload_client::UploadClient;
 use memobuild_worker::StateDir;
+use memobuild_worker::caller::LocalDir;
 use tokio::io::AsyncWriteExt;
 use tonic::Status;
 
@@ -40,7 +40,7 @@ const SESSION_WAIT: Duration = Duration::from_secs(10);
 /// Directories the daemon provides for a build's local names in place of the client's.
 #[derive(Default)]
 pub struct ProvidedLocals {
-    dirs: Mutex<HashMap<String, PathBuf>>,
+    dirs: Mutex<HashMap<String, LocalDir>>,
     /// What keeps those directories valid (a git work tree's lock, a temporary directory).
     held: Mutex<Vec<Box<dyn Send>>>,
 }
@@ -56,14 +56,14 @@ impl std::fmt::Debug for ProvidedLocals {
 
 impl ProvidedLocals {
     /// The directory provided for `name`, if any.
-    pub fn get(&self, name: &str) -> Option<PathBuf> {
+    pub fn get(&self, name: &str) -> Option<LocalDir> {
         self.dirs.lock().ok()?.get(name).cloned()
     }
 
-    fn provide(&self, names: &[&str], dir: &Path, hold: Box<dyn Send>) {
+    fn provide(&self, names: &[&str], dir: LocalDir, hold: Box<dyn Send>) {
         if let Ok(mut dirs) = self.dirs.lock() {
             for n in names {
-                dirs.insert((*n).to_owned(), dir.to_path_buf());
+                dirs.insert((*n).to_owned(), dir.clone());
             }
         }
         if let Ok(mut held) = self.held.lock() {
@@ -109,7 +109,9 @@ pub async fn fetch(
                 .map_err(|e| Status::internal(format!("the git checkout task failed: {e}")))?
                 .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
         let git_root = checkout.at_root;
-        provided.provide(&NAMES, &checkout.dir.clone(), Box::new(checkout));
+        // A checkout's files are root's, as a git source's are.
+        let dir = LocalDir::root_owned(checkout.dir.clone());
+        provided.provide(&NAMES, dir, Box::new(checkout));
         return Ok(Fetched {
             dockerfile_name: None,
             git_root,
@@ -156,7 +158,12 @@ pub async fn fetch(
             .map_err(|e| Status::internal(format!("`{}`: {e}", dir.display())))?;
         Some("context".to_owned())
     };
-    provided.provide(&NAMES, &dir, Box::new(scratch));
+    // An archive's members keep their owners, as BuildKit unpacks them.
+    let dir = LocalDir {
+        path: dir,
+        keeps_owners: unpacked,
+    };
+    provided.provide(&NAMES, dir, Box::new(scratch));
     Ok(Fetched {
         dockerfile_name,
         git_root: false,

@@ -48,12 +48,33 @@ pub struct LocalRequest<'a> {
     pub progress: &'a Progress,
 }
 
+/// A directory a local source reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalDir {
+    /// Where it is on this machine.
+    pub path: PathBuf,
+    /// Whether its files' owners are part of its content (an unpacked archive), rather than
+    /// whoever wrote the directory: a client's directory reads as root's, as BuildKit's
+    /// transfer resets owners.
+    pub keeps_owners: bool,
+}
+
+impl LocalDir {
+    /// A client's directory at `path`: its files read as root's.
+    pub fn root_owned(path: PathBuf) -> Self {
+        LocalDir {
+            path,
+            keeps_owners: false,
+        }
+    }
+}
+
 /// Local directories by name.
 pub trait LocalSource: Send + Sync {
     /// A directory on this machine holding (at least) what `req` selects; for a remote
     /// caller, a copy kept up to date by transferring what changed. The solver applies the
     /// request's patterns to it again, so a directory holding more is fine.
-    fn local<'a>(&'a self, req: LocalRequest<'a>) -> SourceFuture<'a, PathBuf>;
+    fn local<'a>(&'a self, req: LocalRequest<'a>) -> SourceFuture<'a, LocalDir>;
 }
 
 /// Secret values by id.
@@ -122,13 +143,18 @@ impl HostLocals {
 }
 
 impl LocalSource for HostLocals {
-    fn local<'a>(&'a self, req: LocalRequest<'a>) -> SourceFuture<'a, PathBuf> {
-        let found = self.dirs.get(req.name).cloned().ok_or_else(|| {
-            SourceError(format!(
-                "no local directory named `{}` was given to the build",
-                req.name
-            ))
-        });
+    fn local<'a>(&'a self, req: LocalRequest<'a>) -> SourceFuture<'a, LocalDir> {
+        let found = self
+            .dirs
+            .get(req.name)
+            .cloned()
+            .map(LocalDir::root_owned)
+            .ok_or_else(|| {
+                SourceError(format!(
+                    "no local directory named `{}` was given to the build",
+                    req.name
+                ))
+            });
         futures::future::ready(found).boxed()
     }
 }

@@ -47,6 +47,9 @@ pub struct LocalRef {
     pub exclude: Option<PatternMatcher>,
     /// If set, only these paths are visible (`local.includepattern(s)`).
     pub include: Option<PatternMatcher>,
+    /// Whether the files' owners are content (see [`crate::caller::LocalDir`]); if not,
+    /// they read as root's.
+    pub keeps_owners: bool,
 }
 
 /// One output of a vertex.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use memobuild_proto::filesync::file_sync_client::FileSyncClient;
-use memobuild_worker::caller::{LocalRequest, LocalSource, SourceError, SourceFuture};
+use memobuild_worker::caller::{LocalDir, LocalRequest, LocalSource, SourceError, SourceFuture};
 use memobuild_worker::filesync::{self, Packet, ReceiveOptions, ReceiveStats};
 use memobuild_worker::progress::ProgressEvent;
 use tokio::sync::mpsc;
@@ -74,7 +74,7 @@ impl SessionLocals {
         }
     }
 
-    async fn sync(&self, req: LocalRequest<'_>) -> Result<PathBuf, String> {
+    async fn sync(&self, req: LocalRequest<'_>) -> Result<LocalDir, String> {
         // A context the daemon fetched (a URL) is read where it was put.
         if req.session.is_none_or(|s| s == self.scope.session_id)
             && let Some(dir) = self.scope.provided.get(req.name)
@@ -188,12 +188,12 @@ impl SessionLocals {
             stats.bytes_received,
             stats.removed
         );
-        Ok(dir)
+        Ok(LocalDir::root_owned(dir))
     }
 }
 
 impl LocalSource for SessionLocals {
-    fn local<'a>(&'a self, req: LocalRequest<'a>) -> SourceFuture<'a, PathBuf> {
+    fn local<'a>(&'a self, req: LocalRequest<'a>) -> SourceFuture<'a, LocalDir> {
         async move { self.sync(req).await.map_err(SourceError) }.boxed()
     }
 }

@@ -330,7 +330,7 @@ impl Solve {
                             path: l.path.clone(),
                             exclude: l.exclude.clone(),
                             include: l.include.clone(),
-                            root_owned: true,
+                            root_owned: !l.keeps_owners,
                         };
                         st.sources.insert(r, Some(dir.clone()));
                         return Ok(Some(dir));

@@ -30,7 +30,7 @@ impl Solve {
                 list(attr::ATTR_LOCAL_EXCLUDEPATTERNS)?,
                 list(attr::ATTR_LOCAL_FOLLOWPATHS)?,
             );
-            let path = self
+            let dir = self
                 .build
                 .caller
                 .locals
@@ -51,11 +51,12 @@ impl Solve {
                 .map_err(|e| self.error(digest, format!("local `{name}`: {e}")))?;
             let exclude = compile(&exclude).map_err(|m| self.error(digest, m))?;
             let include =
-                local_include(&path, include, &follow).map_err(|m| self.error(digest, m))?;
+                local_include(&dir.path, include, &follow).map_err(|m| self.error(digest, m))?;
             return Ok(vec![Output::Local(LocalRef {
-                path,
+                path: dir.path,
                 exclude,
                 include,
+                keeps_owners: dir.keeps_owners,
             })]);
         }
         if crate::ops::http::is_http(&src.identifier) {

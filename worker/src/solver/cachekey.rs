@@ -240,7 +240,9 @@ fn copy_jobs(f: &pb::FileOp, inputs: &[Output]) -> Vec<(String, LocalRef, Select
                 follow_symlink: c.follow_symlink,
                 copy_excludes: c.exclude_patterns.clone(),
                 copy_includes: c.include_patterns.clone(),
-                owners: false,
+                // A copy gives root's ownership to a client's files; an archive's own
+                // owners are copied as they are.
+                owners: local.keeps_owners,
             },
         ));
     }
@@ -274,7 +276,8 @@ fn mount_jobs(e: &pb::ExecOp, inputs: &[Output]) -> Vec<(String, LocalRef, Selec
                 follow_symlink: true,
                 copy_excludes: Vec::new(),
                 copy_includes: Vec::new(),
-                owners: m.readonly && local.exclude.is_none() && local.include.is_none(),
+                owners: local.keeps_owners
+                    || (m.readonly && local.exclude.is_none() && local.include.is_none()),
             },
         ));
     }
