@@ -279,6 +279,20 @@ impl Config {
 mod tests {
     use super::*;
 
+    // Verifies: the example the README points at (hack/daemon/memobuild.toml) loads.
+    #[test]
+    fn the_shipped_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/daemon/memobuild.toml");
+        let c = Config::load(&path).expect("hack/daemon/memobuild.toml loads");
+        assert_eq!(
+            c.grpc.address,
+            vec!["unix:///run/memobuild/buildkitd.sock".to_string()]
+        );
+        assert_eq!(c.max_parallelism(), Some(4));
+        assert_eq!(c.gc_rules().len(), 1);
+        assert_eq!(c.memobuild.containerd.as_deref(), Some("embedded"));
+    }
+
     // Verifies: a buildkitd.toml (with keys that mean nothing here) loads, and the parts that
     // mean the same are read with their units.
     #[test]
