@@ -351,24 +351,25 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
         let allowed: Vec<String> = args.allow.iter().chain(&extra.entitlements).cloned().collect();
         crate::pipeline::check_entitlements(&lowered.definition, &allowed, None)
             .map_err(anyhow::Error::msg)?;
+        let target_id = build_id(
+            &args.frontend.context,
+            args.frontend.file.as_deref(),
+            args.frontend.target.as_deref(),
+        );
         let opts = SolveOptions {
             layer: Default::default(),
             max_parallel_exec: args.max_parallelism,
             platform: crate::pipeline::pb_platform(&frontend::Platform::host()),
             no_cache: args.no_cache,
+            // `--explain`: each step that runs also says why as it starts.
+            explain_against: args
+                .explain
+                .then(|| Arc::new(crate::pipeline::last_build(&build, &target_id))),
         };
         let solved = crate::pipeline::solve(&build, &lowered.definition, opts, &progress).await?;
         vertices = solved.vertices.clone();
-        let history = crate::pipeline::record_history(
-            &build,
-            &build_id(
-                &args.frontend.context,
-                args.frontend.file.as_deref(),
-                args.frontend.target.as_deref(),
-            ),
-            &solved,
-            args.no_cache,
-        );
+        let history =
+            crate::pipeline::record_history(&build, &target_id, &solved, args.no_cache);
         if args.explain {
             crate::pipeline::note(&progress, crate::pipeline::render_explanations(&history));
         }

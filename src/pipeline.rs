@@ -151,6 +151,11 @@ pub async fn solve(
     Ok(solved)
 }
 
+/// The history the last build of target `build_id` left (empty when there was none).
+pub fn last_build(build: &Build, build_id: &str) -> History {
+    History::load(&build.engine().state().history(build_id))
+}
+
 /// Records the build of target `build_id` in the state directory's history and returns it:
 /// which vertices ran, and why, compared with the last build of the same target.
 pub fn record_history(

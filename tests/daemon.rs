@@ -1712,6 +1712,68 @@ fn contexts_from_stdin_and_git_urls() {
     );
 }
 
+// Verifies: through the daemon, each step that runs says why in the progress (the file, the
+// build argument, or what it builds on), a step from the cache says nothing, and the exporter
+// response (`--metadata-file`) counts the steps that ran and those from the cache.
+#[test]
+fn each_step_that_runs_says_why() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        &format!(
+            "FROM {}\nARG V=1\nCOPY a.txt /a\nRUN echo $V > /v\nCOPY b.txt /b\n",
+            env.busybox()
+        ),
+    )
+    .write("a.txt", &unique("a"))
+    .write("b.txt", "b\n");
+    let daemon = Daemon::start(&sb, &env, &[]);
+    let meta = sb.path("meta.json");
+    let meta_arg = meta.display().to_string();
+    let oci = format!("type=oci,dest={}", sb.path("out.tar").display());
+    let build = |extra: &[&str]| {
+        let mut args = vec![
+            "--progress",
+            "plain",
+            "--metadata-file",
+            &meta_arg,
+            "--output",
+            &oci,
+        ];
+        args.extend_from_slice(extra);
+        let out = sb.build_remote(&daemon, &args);
+        assert_ok(&out, "memobuild build --addr");
+        let counts: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&meta).expect("metadata")).expect("json");
+        (
+            stderr(&out),
+            counts["memobuild.steps.executed"]
+                .as_str()
+                .map(str::to_owned),
+            counts["memobuild.steps.cached"].as_str().map(str::to_owned),
+        )
+    };
+    build(&[]);
+    sb.write("b.txt", "b2\n");
+    let (log, executed, cached) = build(&[]);
+    assert!(
+        log.contains("[memobuild] runs because file `b.txt` changed"),
+        "{log}"
+    );
+    assert_eq!(log.matches("[memobuild] runs because").count(), 1, "{log}");
+    assert_eq!(
+        (executed.as_deref(), cached.as_deref()),
+        (Some("1"), Some("3"))
+    );
+    let (log, executed, _) = build(&["--build-arg", "V=2"]);
+    assert!(
+        log.contains("[memobuild] runs because V changed from `1` to `2`"),
+        "{log}"
+    );
+    assert_eq!(executed.as_deref(), Some("2"));
+}
+
 #[test]
 fn disk_usage_and_prune_over_grpc() {
     let Some(env) = Env::get() else { return };

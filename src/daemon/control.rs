@@ -396,7 +396,7 @@ async fn run(
     let (solved, metadata) = match (&req.definition, req.frontend.as_str()) {
         (Some(def), "") if !def.def.is_empty() => {
             let solved =
-                frontend::solve_definition(job, &build, def, daemon.max_parallelism, false)
+                frontend::solve_definition(job, &build, def, daemon.max_parallelism, false, None)
                     .boxed()
                     .await?;
             (Some(solved), BTreeMap::new())
@@ -468,5 +468,10 @@ async fn run(
     for r in responses {
         exporter_response.extend(r);
     }
+    // MemoBuild's own: how many of the build's cacheable steps ran and how many came from the
+    // cache (buildx writes them to `--metadata-file`).
+    let (executed, cached) = job.step_counts();
+    exporter_response.insert("memobuild.steps.executed".into(), executed.to_string());
+    exporter_response.insert("memobuild.steps.cached".into(), cached.to_string());
     Ok(SolveResponse { exporter_response })
 }

@@ -180,6 +180,7 @@ pub async fn dockerfile(
     }
     named_local_excludes(job, build, &mut options).await?;
 
+    let target_id = target_id(sessions, job, &options).await;
     let lowered = crate::pipeline::lower(build.registry(), &dockerfile, options, Some(progress))
         .await
         .map_err(|e| crate::daemon::convert::frontend_error(&e, dockerfile.as_bytes()))?;
@@ -197,9 +198,40 @@ pub async fn dockerfile(
             metadata,
         });
     }
-    let solved =
-        solve_definition(job, build, &lowered.definition, max_parallel_exec, false).await?;
+    let solved = solve_definition(
+        job,
+        build,
+        &lowered.definition,
+        max_parallel_exec,
+        false,
+        Some(&target_id),
+    )
+    .await?;
     Ok(FrontendResult { solved, metadata })
+}
+
+/// What identifies this build's target across builds, for its explanations: the client's
+/// context (the session's shared key, which buildx and `memobuild build --addr` derive from
+/// the directory, or the context's URL), the Dockerfile and the target stage.
+async fn target_id(
+    sessions: &Arc<Sessions>,
+    job: &Job,
+    options: &frontend::BuildOptions,
+) -> String {
+    let context = match &options.context_url {
+        Some(url) => url.clone(),
+        None => sessions
+            .get(&job.session(), std::time::Duration::ZERO)
+            .await
+            .map(|s| s.headers.shared_key.clone())
+            .unwrap_or_default(),
+    };
+    format!(
+        "daemon\0{context}\0{}\0{}\0{}",
+        options.context_name,
+        options.dockerfile_name,
+        options.target.as_deref().unwrap_or_default()
+    )
 }
 
 /// Answers subrequest `id`: a result without a filesystem whose metadata is the answer.
@@ -229,13 +261,16 @@ async fn subrequest(
     })
 }
 
-/// Solves `definition` on the job's build.
+/// Solves `definition` on the job's build. With `target_id` (what identifies the build's
+/// target across builds: context, Dockerfile, target), each step that runs says why in the
+/// progress, against the last build of that target, and this build becomes the last one.
 pub async fn solve_definition(
     job: &Job,
     build: &Build,
     definition: &memobuild_proto::pb::Definition,
     max_parallel_exec: usize,
     no_cache: bool,
+    target_id: Option<&str>,
 ) -> Result<SolvedRef, Status> {
     // Every definition the job solves is checked, whoever made it (the client, or the
     // daemon's own Dockerfile frontend).
@@ -248,11 +283,16 @@ pub async fn solve_definition(
         max_parallel_exec,
         platform: crate::pipeline::pb_platform(&frontend::Platform::host()),
         no_cache,
+        explain_against: target_id.map(|id| Arc::new(crate::pipeline::last_build(build, id))),
     };
     let solved = build
         .solve(parsed, opts, job.progress.clone())
         .await
         .map_err(|e| crate::daemon::convert::solve_error(&e, definition))?;
+    job.count_steps(&solved.vertices);
+    if let Some(id) = target_id {
+        crate::pipeline::record_history(build, id, &solved, no_cache);
+    }
     let output = match (solved.local, solved.fs.layers.is_empty()) {
         (Some(l), _) => Output::Local(l.path),
         (None, true) => Output::Scratch,

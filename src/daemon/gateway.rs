@@ -181,6 +181,7 @@ impl LlbBridge for GatewayService {
                             &def,
                             daemon.max_parallelism,
                             false,
+                            None,
                         )
                         .boxed()
                         .await?;

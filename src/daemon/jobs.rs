@@ -75,6 +75,8 @@ pub struct Job {
     pub tasks: tokio_util::task::TaskTracker,
     /// Directories the daemon serves for this build's local names (a context given as a URL).
     pub provided: Arc<crate::daemon::remote_context::ProvidedLocals>,
+    /// Cacheable steps the job's solves executed and took from the cache.
+    steps: Mutex<(u64, u64)>,
     started: watch::Sender<bool>,
     state: Mutex<State>,
 }
@@ -100,6 +102,7 @@ impl Job {
             cancel: CancellationToken::new(),
             tasks: tokio_util::task::TaskTracker::new(),
             provided: Arc::default(),
+            steps: Mutex::default(),
             started: watch::channel(false).0,
             state: Mutex::default(),
         })
@@ -125,6 +128,20 @@ impl Job {
         }
         self.started.send_replace(true);
         rx
+    }
+
+    /// Adds the cacheable steps of one solve to the job's counts.
+    pub fn count_steps(&self, vertices: &[memobuild_worker::cache::history::VertexReport]) {
+        let cached = vertices.iter().filter(|v| v.cached).count() as u64;
+        if let Ok(mut s) = self.steps.lock() {
+            s.0 += vertices.len() as u64 - cached;
+            s.1 += cached;
+        }
+    }
+
+    /// Cacheable steps executed and taken from the cache, over the job's solves.
+    pub fn step_counts(&self) -> (u64, u64) {
+        self.steps.lock().map(|s| *s).unwrap_or_default()
     }
 
     /// Whether a Solve has started this job.

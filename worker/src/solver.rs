@@ -25,7 +25,7 @@ use crate::cache::ActionRecord;
 use crate::cache::history::VertexReport;
 use crate::layer::{LayerBlob, LayerOptions};
 use crate::patterns::PatternMatcher;
-use crate::progress::{Progress, VertexState};
+use crate::progress::{Progress, ProgressEvent, VertexState};
 
 /// A filesystem produced by a vertex: the layers that make it, bottom first (none: scratch).
 ///
@@ -72,6 +72,9 @@ pub struct SolveOptions {
     pub platform: pb::Platform,
     /// Execute every vertex even when the cache has its result (results are still recorded).
     pub no_cache: bool,
+    /// The last build of the same target: when set, each vertex that executes says why in
+    /// its progress (a log line `[memobuild] runs because …`).
+    pub explain_against: Option<Arc<crate::cache::history::History>>,
 }
 
 /// A failed vertex, with what a user needs to find it: its name and, when the definition has
@@ -239,6 +242,20 @@ impl Solve {
         }
         self.progress
             .vertex(&digest, &name, VertexState::Started, None, None);
+        if let (Some(previous), Some((key, components))) = (&self.opts.explain_against, &key) {
+            let reasons = previous.reasons(
+                &name,
+                key,
+                Some(components),
+                self.build.engine.cache(),
+                self.opts.no_cache,
+            );
+            self.progress.send(ProgressEvent::Log {
+                digest: digest.clone(),
+                stream: crate::progress::LogStream::Stdout,
+                data: format!("[memobuild] runs because {}\n", reasons.join("; ")).into_bytes(),
+            });
+        }
         let platform = op.platform.clone();
         let exec_platform = match &op.op {
             Some(pb::op::Op::Exec(_)) => op.platform.clone(),

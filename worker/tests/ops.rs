@@ -167,6 +167,7 @@ impl Llb {
             max_parallel_exec: 2,
             platform: platform(),
             no_cache: false,
+            explain_against: None,
         };
         worker
             .solve(def, opts, Progress::discard())

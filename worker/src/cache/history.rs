@@ -84,30 +84,44 @@ impl History {
             if r.cached {
                 continue;
             }
-            let reasons = match self.keys.get(&pos) {
-                _ if no_cache => vec!["--no-cache was given".to_string()],
-                None => vec!["no earlier build of this step".to_string()],
-                Some(prev) if *prev == r.key => {
-                    vec!["its cached result was missing or damaged".to_string()]
-                }
-                Some(prev) => match (cache.peek(prev), cache.peek(&r.key)) {
-                    (Some(old), Some(new)) => {
-                        let why = explain(&old.components, &new.components);
-                        if why.is_empty() {
-                            vec!["its key changed".to_string()]
-                        } else {
-                            why
-                        }
-                    }
-                    _ => vec!["its previous result is no longer in the cache".to_string()],
-                },
-            };
+            let components = cache.peek(&r.key).map(|rec| rec.components);
+            let reasons = self.reasons(&r.name, &r.key, components.as_ref(), cache, no_cache);
             out.explanations.push(Explanation {
                 name: r.name.clone(),
                 reasons,
             });
         }
         out
+    }
+
+    /// Why the vertex `name` runs with `key` (made of `components`, when known), against this
+    /// (previous) history: most specific reason first.
+    pub fn reasons(
+        &self,
+        name: &str,
+        key: &str,
+        components: Option<&BTreeMap<String, String>>,
+        cache: &ActionCache,
+        no_cache: bool,
+    ) -> Vec<String> {
+        match self.keys.get(&position(name)) {
+            _ if no_cache => vec!["--no-cache was given".to_string()],
+            None => vec!["no earlier build of this step".to_string()],
+            Some(prev) if prev == key => {
+                vec!["its cached result was missing or damaged".to_string()]
+            }
+            Some(prev) => match (cache.peek(prev), components) {
+                (Some(old), Some(new)) => {
+                    let why = explain(&old.components, new);
+                    if why.is_empty() {
+                        vec!["its key changed".to_string()]
+                    } else {
+                        why
+                    }
+                }
+                _ => vec!["its previous result is no longer in the cache".to_string()],
+            },
+        }
     }
 
     /// Writes the history to `path` (temp file + rename).
