@@ -1490,6 +1490,27 @@ fn two_clients_build_at_once() {
 // Verifies: Control/DiskUsage lists records after a build; Control/Prune{all} streams the
 // records it removed, after which DiskUsage lists none; a build after the prune works and
 // really runs its RUN again (its cache is gone).
+/// Every history record the daemon has, as a listing that ends (`EarlyExit`) gives them.
+async fn listed(
+    control: &mut memobuild_proto::control::control_client::ControlClient<
+        tonic::transport::Channel,
+    >,
+) -> Vec<memobuild_proto::control::BuildHistoryEvent> {
+    let mut listing = control
+        .listen_build_history(BuildHistoryRequest {
+            early_exit: true,
+            ..Default::default()
+        })
+        .await
+        .expect("ListenBuildHistory")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(e) = listing.message().await.expect("listing") {
+        events.push(e);
+    }
+    events
+}
+
 // Verifies: the daemon keeps a record of each build a client ran (`docker buildx history`):
 // a listener sees it start and complete; a listing has the builds newest first with their
 // errors, step counts and exporter response; buildx's probe of the API ends at once; a record
@@ -1547,16 +1568,8 @@ fn build_history_lists_the_builds_clients_ran() {
         let failed = sb.build_remote(&daemon, &["--output", &oci]);
         assert!(!failed.status.success());
 
-        let mut listing = control
-            .listen_build_history(BuildHistoryRequest {
-                early_exit: true,
-                ..Default::default()
-            })
-            .await
-            .expect("ListenBuildHistory")
-            .into_inner();
         let mut records = Vec::new();
-        while let Some(e) = listing.message().await.expect("listing") {
+        for e in listed(&mut control).await {
             assert_eq!(e.r#type, BuildHistoryEventType::Complete as i32);
             records.push(e.record.expect("record"));
         }
@@ -1586,18 +1599,11 @@ fn build_history_lists_the_builds_clients_ran() {
             })
             .await
             .expect("delete a record");
-        let mut after = control
-            .listen_build_history(BuildHistoryRequest {
-                early_exit: true,
-                ..Default::default()
-            })
+        let left: Vec<String> = listed(&mut control)
             .await
-            .expect("ListenBuildHistory")
-            .into_inner();
-        let mut left = Vec::new();
-        while let Some(e) = after.message().await.expect("listing") {
-            left.push(e.record.expect("record").r#ref);
-        }
+            .into_iter()
+            .map(|e| e.record.expect("record").r#ref)
+            .collect();
         assert_eq!(left, std::slice::from_ref(&bad.r#ref));
     });
 }

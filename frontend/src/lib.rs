@@ -103,6 +103,19 @@ pub fn parse(dockerfile: &str, name: &str) -> Result<(Dockerfile, Vec<Warning>),
     Ok((df, warnings))
 }
 
+/// The name of the stage a build of `target` ends at: `target`, or the last stage's name
+/// (empty when it has none).
+pub(crate) fn target_name(df: &Dockerfile, target: Option<&str>) -> String {
+    match target {
+        Some(t) => t.to_owned(),
+        None => df
+            .stages
+            .last()
+            .and_then(|s| s.from.name.clone())
+            .unwrap_or_default(),
+    }
+}
+
 /// `check_arg` is the `BUILDKIT_DOCKERFILE_CHECK` build argument, if given.
 pub(crate) fn parse_unfiltered(
     dockerfile: &str,
@@ -195,14 +208,7 @@ pub(crate) fn lower_parsed(
         kind: Box::new(kind),
     };
     let lex = Lexer::new(df.escape);
-    let target_name = match &opts.target {
-        Some(t) => t.clone(),
-        None => df
-            .stages
-            .last()
-            .and_then(|s| s.from.name.clone())
-            .unwrap_or_default(),
-    };
+    let target_name = target_name(&df, opts.target.as_deref());
     let defaults = stages::default_args(&opts.platform, &opts.build_args, &target_name);
     let global = stages::apply_meta_args(defaults, &df.meta_args, &opts.build_args, &lex)
         .map_err(|(l, k)| FrontendError::at(name, l, k))?;

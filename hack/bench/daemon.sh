@@ -12,6 +12,8 @@
 # (a buildkitd you started, which reaches this script's registry over plain HTTP: pass
 # REGISTRY=host:port of a registry holding library/busybox:latest and mark it `http = true` in
 # its buildkitd.toml), the same scenarios run on it with buildctl and the ratios are printed.
+# With BUILDX=1 instead of BUILDCTL, the client is `docker buildx build` (the buildx plugin of
+# the docker CLI), with a temporary remote builder for each daemon.
 # This script never builds BuildKit.
 set -eu -o pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -24,6 +26,10 @@ bash hack/setup.sh
 ensure_cargo
 work=$(mktemp -d /tmp/mb-bench-daemon.XXXXXX)
 cleanup() {
+    if [ -n "${BUILDX:-}" ]; then
+        docker buildx rm "mbbench-mb-$$" >/dev/null 2>&1 || true
+        docker buildx rm "mbbench-bk-$$" >/dev/null 2>&1 || true
+    fi
     [ -n "${daemon_pid:-}" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
     bash hack/services.sh stop "$work/svc" >/dev/null 2>&1 || true
     rm -rf "$work"
@@ -71,9 +77,21 @@ timed() { local t0; t0=$(now); "$@" >/dev/null 2>"$work/last.log" || { cat "$wor
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 edit() { echo "<h1>v$1</h1>" > "$ctx/static/index.html"; }
 
+if [ -n "${BUILDX:-}" ]; then
+    docker buildx create --name "mbbench-mb-$$" --driver remote "unix://$sock" >/dev/null
+    if [ -n "${BUILDKIT_ADDR:-}" ]; then
+        docker buildx create --name "mbbench-bk-$$" --driver remote "$BUILDKIT_ADDR" >/dev/null
+    fi
+fi
+
 # build ADDR: one build of the context on the daemon at ADDR, exported as an OCI tar.
 build() {
-    if [ -n "${BUILDCTL:-}" ]; then
+    if [ -n "${BUILDX:-}" ]; then
+        local builder="mbbench-bk-$$"
+        [ "$1" = "unix://$sock" ] && builder="mbbench-mb-$$"
+        docker buildx build --builder "$builder" --progress plain \
+            --build-arg "REGISTRY=$registry" --output "type=oci,dest=$work/out.tar" "$ctx"
+    elif [ -n "${BUILDCTL:-}" ]; then
         "$BUILDCTL" --addr "$1" build --frontend dockerfile.v0 --local "context=$ctx" \
             --local "dockerfile=$ctx" --opt "build-arg:REGISTRY=$registry" \
             --output "type=oci,dest=$work/out.tar"
@@ -95,8 +113,9 @@ scenario() {
 
 read -r mb_cold mb_noop mb_edit <<<"$(scenario "unix://$sock")"
 client=${BUILDCTL:+buildctl}
+[ -n "${BUILDX:-}" ] && client="docker buildx build"
 printf 'context: %s files; client: %s; medians of %s runs\n' "$files" "${client:-memobuild build --addr}" "$runs"
-if [ -n "${BUILDKIT_ADDR:-}" ] && [ -n "${BUILDCTL:-}" ]; then
+if [ -n "${BUILDKIT_ADDR:-}" ] && [ -n "${BUILDCTL:-}${BUILDX:-}" ]; then
     read -r bk_cold bk_noop bk_edit <<<"$(scenario "$BUILDKIT_ADDR")"
     ratio() { echo "scale=2; $1 / $2" | bc; }
     printf '%-28s %10s %10s %8s\n' "" memobuild buildkitd "mb/bk"

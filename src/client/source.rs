@@ -90,47 +90,7 @@ impl Source {
     /// The lines of the ranges with some context, marked with `>>>`, in BuildKit's layout;
     /// empty when the ranges name no line of the text.
     pub fn render(&self) -> String {
-        let lines: Vec<&str> = self.text.split('\n').collect();
-        let Some(mut start) = self.ranges.iter().map(|r| r.0).min() else {
-            return String::new();
-        };
-        let mut end = self
-            .ranges
-            .iter()
-            .map(|r| r.0.max(r.1))
-            .max()
-            .unwrap_or(start);
-        let count = lines.len() as i64;
-        if start > count || start < 1 {
-            return String::new();
-        }
-        end = end.min(count);
-        // Up to two lines of context (four for a single line), split around the range as
-        // BuildKit's loop splits them.
-        let pad = if end == start { 4 } else { 2 };
-        let first = start;
-        let mut p = 0;
-        while p < pad {
-            if start > 1 {
-                start -= 1;
-                p += 1;
-            }
-            if end != count {
-                end += 1;
-                p += 1;
-            }
-            p += 1;
-        }
-        let marked = |l: i64| self.ranges.iter().any(|r| r.0 <= l && r.0.max(r.1) >= l);
-        let mut out = format!("{}:{first}\n--------------------\n", self.filename);
-        for l in start..=end {
-            let prefix = if marked(l) { ">>>" } else { "   " };
-            // `l` is within 1..=count here.
-            let text = lines.get((l - 1) as usize).copied().unwrap_or_default();
-            out.push_str(&format!(" {l:>3} | {prefix} {text}\n"));
-        }
-        out.push_str("--------------------\n");
-        out
+        memobuild_frontend::subrequests::render_source(&self.filename, &self.text, &self.ranges)
     }
 }
 

@@ -45,14 +45,7 @@ pub(crate) fn outline(dockerfile: &str, opts: &BuildOptions) -> Result<Metadata,
         kind: Box::new(kind),
     };
     let lex = Lexer::new(df.escape);
-    let target_name = match &opts.target {
-        Some(t) => t.clone(),
-        None => df
-            .stages
-            .last()
-            .and_then(|s| s.from.name.clone())
-            .unwrap_or_default(),
-    };
+    let target_name = crate::target_name(&df, opts.target.as_deref());
     let mut env = stages::default_args(&opts.platform, &opts.build_args, &target_name);
     let mut meta: BTreeMap<String, Meta> = BTreeMap::new();
     for ins in &df.meta_args {
