@@ -1,20 +1,34 @@
 #!/usr/bin/env bash
-# Rebuild benchmark: MemoBuild against buildah --layers (Debian's) on the same Dockerfile and
-# context: a cold build, a no-op rebuild, a rebuild after editing one file that only the last
-# COPY reads, and (MemoBuild only) a fresh state directory against a warm remote cache.
-#   bash hack/bench/rebuild.sh [FILES]     (default 2000 source files)
-# Prints wall times in seconds and the ratios. Needs root (containerd, buildah).
+# Rebuild benchmark (issue 14): MemoBuild, as `memobuild build` on a running containerd and
+# through `memobuild daemon`, against buildkitd when one is given and buildah --layers
+# (Debian's) otherwise, on the same Dockerfile and generated contexts.
+#
+#   bash hack/bench/rebuild.sh [SIZE...]     SIZE: files in the context; default "3 2000"
+#                                            (2,000 files are 16 MB; 100000 gives 100,000 / 1 GB)
+#   RUNS=N                                   runs per rebuild scenario (default 3; medians)
+#
+# Against BuildKit: BUILDCTL=/path/to/buildctl BUILDKIT_ADDR=unix:///path/buildkitd.sock and
+# REGISTRY=host:port, a registry holding library/busybox:latest that the buildkitd reaches over
+# plain HTTP (`http = true` in its buildkitd.toml). buildctl is then also the client of
+# `memobuild daemon`, so both daemons are driven alike. This script never builds BuildKit.
+#
+# Scenarios: a cold build, a no-op rebuild, an edit of one file only the last COPY reads, and
+# an edit of one file under `COPY src/` (that COPY and the RUN after it run again). Every build
+# writes an OCI archive. The floor of a no-op is a bare parallel walk that lstats every entry
+# of the context (worker/examples/fingerprint.rs --floor): what a no-op cannot go below.
 set -eu -o pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 # shellcheck source=hack/lib.sh
 . hack/lib.sh
-files=${1:-2000}
+sizes=("$@")
+[ ${#sizes[@]} -eq 0 ] && sizes=(3 2000)
+runs=${RUNS:-3}
 
-bash hack/setup.sh
+bash hack/setup.sh >&2
 ensure_cargo
 work=$(mktemp -d /tmp/mb-bench.XXXXXX)
 cleanup() {
-    [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null || true
+    [ -n "${daemon_pid:-}" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
     buildah --root "$work/buildah" --runroot "$work/buildah-run" rm -a >/dev/null 2>&1 || true
     bash hack/services.sh stop "$work/svc" >/dev/null 2>&1 || true
     umount -R "$work/buildah" 2>/dev/null || true
@@ -25,73 +39,131 @@ bash hack/services.sh start "$work/svc" >&2
 bash hack/base-image.sh "$work/svc" >&2
 # shellcheck disable=SC1091
 . "$work/svc/env"
+registry=${REGISTRY:-$MEMOBUILD_TEST_REGISTRY}
 cargo build --release --locked -q
+cargo build --release --locked -q -p memobuild-worker --example fingerprint
 mb="$PWD/target/release/memobuild"
+fp="$PWD/target/release/examples/fingerprint"
 
-ctx="$work/ctx"
-mkdir -p "$ctx/src" "$ctx/static"
-python3 - "$ctx" "$files" <<'PY'
+bk=""
+if [ -n "${BUILDCTL:-}" ] && [ -n "${BUILDKIT_ADDR:-}" ]; then bk=buildkitd; fi
+other=${bk:-buildah}
+
+sock="$work/mb.sock"
+"$mb" daemon --addr "unix://$sock" --state-dir "$work/daemon-state" \
+    --containerd "$MEMOBUILD_TEST_CONTAINERD" >"$work/daemon.log" 2>&1 &
+daemon_pid=$!
+for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+
+now() { date +%s.%N; }
+timed() {
+    local t0
+    t0=$(now)
+    "$@" >/dev/null 2>"$work/last.log" || { cat "$work/last.log" >&2; return 1; }
+    echo "$(now) - $t0" | bc
+}
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# make_context DIR FILES: FILES source files (8 KiB each up to 10,000 files, 10 KiB above),
+# plus static/index.html and the Dockerfile.
+make_context() {
+    mkdir -p "$1/src" "$1/static"
+    python3 - "$1" "$2" <<'PY'
 import os, sys
 root, n = sys.argv[1], int(sys.argv[2])
+n = max(1, n - 2) if n <= 3 else n
+size = 8192 if n <= 10000 else 10240
+block = os.urandom(1 << 20)
 for i in range(n):
-    d = os.path.join(root, "src", f"pkg{i % 50}")
+    d = os.path.join(root, "src", f"pkg{i % 100}", f"sub{(i // 100) % 100}")
     os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"mod{i}.txt"), "w") as f:
-        f.write(f"module {i}\n" * 200)
+    off = (i * 7919) % (len(block) - size)
+    with open(os.path.join(d, f"mod{i}.txt"), "wb") as f:
+        f.write(block[off:off + size])
 with open(os.path.join(root, "static", "index.html"), "w") as f:
-    f.write("<h1>v1</h1>\n")
+    f.write("<h1>v0</h1>\n")
 PY
-cat > "$ctx/Dockerfile" <<'EOF'
+    cat >"$1/Dockerfile" <<'EOF'
 ARG REGISTRY
 FROM ${REGISTRY}/library/busybox:latest
 WORKDIR /app
 COPY src/ /app/src/
-RUN find /app/src -type f | sort | xargs md5sum > /app/sums && sleep 1
-RUN tar -cf /app/src.tar -C /app src
+RUN find /app/src -type f | wc -l > /app/count
 COPY static/ /app/static/
 CMD ["cat", "/app/static/index.html"]
 EOF
-
-now() { date +%s.%N; }
-timed() { local t0; t0=$(now); "$@" >/dev/null 2>&1; echo "$(now) - $t0" | bc; }
-
-mbuild() {
-    "$mb" build --containerd "$MEMOBUILD_TEST_CONTAINERD" --state-dir "$1" \
-        --build-arg "REGISTRY=$MEMOBUILD_TEST_REGISTRY" --progress plain \
-        --output "type=oci,dest=$work/mb.tar" "${@:2}" "$ctx"
 }
-bbuild() {
-    buildah --root "$work/buildah" --runroot "$work/buildah-run" --storage-driver overlay \
-        bud --layers --tls-verify=false --build-arg "REGISTRY=$MEMOBUILD_TEST_REGISTRY" \
-        -t bench:latest -f "$ctx/Dockerfile" "$ctx"
+
+# The builders: NAME CONTEXT.
+build_mb() {
+    "$mb" build --containerd "$MEMOBUILD_TEST_CONTAINERD" --state-dir "$work/mb-state" \
+        --build-arg "REGISTRY=$registry" --progress plain --output "type=oci,dest=$work/out.tar" "$1"
 }
-edit() { echo "<h1>v$1</h1>" > "$ctx/static/index.html"; }
+buildctl_on() {
+    "$BUILDCTL" --addr "$1" build --frontend dockerfile.v0 --local "context=$2" \
+        --local "dockerfile=$2" --opt "build-arg:REGISTRY=$registry" \
+        --output "type=oci,dest=$work/out.tar"
+}
+build_daemon() {
+    if [ -n "$bk" ]; then
+        buildctl_on "unix://$sock" "$1"
+    else
+        "$mb" build --addr "unix://$sock" --build-arg "REGISTRY=$registry" --progress plain \
+            --output "type=oci,dest=$work/out.tar" "$1"
+    fi
+}
+build_other() {
+    if [ -n "$bk" ]; then
+        buildctl_on "$BUILDKIT_ADDR" "$1"
+    else
+        buildah --root "$work/buildah" --runroot "$work/buildah-run" --storage-driver overlay \
+            bud --layers --tls-verify=false --build-arg "REGISTRY=$registry" \
+            -t bench:latest -f "$1/Dockerfile" "$1"
+    fi
+}
 
-edit 1; mb_cold=$(timed mbuild "$work/mb-state")
-mb_noop=$(timed mbuild "$work/mb-state")
-edit 2; mb_edit=$(timed mbuild "$work/mb-state")
+# scenarios BUILDER CONTEXT: "cold noop edit-last edit-src" medians.
+scenarios() {
+    local b=$1 ctx=$2 cold noop=() last=() src=() i
+    cold=$(timed "$b" "$ctx")
+    for i in $(seq "$runs"); do noop+=("$(timed "$b" "$ctx")"); done
+    for i in $(seq "$runs"); do
+        echo "<h1>$b $i</h1>" >"$ctx/static/index.html"
+        last+=("$(timed "$b" "$ctx")")
+    done
+    local victim
+    victim=$(find "$ctx/src" -type f | sort | head -1)
+    for i in $(seq "$runs"); do
+        echo "$b $i" >>"$victim"
+        src+=("$(timed "$b" "$ctx")")
+    done
+    echo "$cold $(printf '%s\n' "${noop[@]}" | median) $(printf '%s\n' "${last[@]}" | median) $(printf '%s\n' "${src[@]}" | median)"
+}
 
-edit 1; bh_cold=$(timed bbuild)
-bh_noop=$(timed bbuild)
-edit 2; bh_edit=$(timed bbuild)
-
-# Remote cache: machine A fills it, machine B (fresh state dir) builds from it.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-# Writes need a token (a server without one refuses them).
-token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-MEMOBUILD_SERVER_TOKEN=$token "$mb" server --listen "127.0.0.1:$port" --store "$work/l3" >/dev/null 2>&1 &
-server_pid=$!
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-edit 3
-export MEMOBUILD_REMOTE_CACHE_TOKEN=$token
-mbuild "$work/mb-a" --remote-cache "http://127.0.0.1:$port" >/dev/null 2>&1
-mb_l3=$(timed mbuild "$work/mb-b" --remote-cache "http://127.0.0.1:$port")
-mb_fresh=$(timed mbuild "$work/mb-c")
-
-ratio() { echo "scale=1; $1 / $2" | bc; }
-printf '%-34s %10s %10s %8s\n' "" memobuild buildah "ratio"
-printf '%-34s %10.2f %10.2f %7sx\n' "cold build" "$mb_cold" "$bh_cold" "$(ratio "$bh_cold" "$mb_cold")"
-printf '%-34s %10.2f %10.2f %7sx\n' "no-op rebuild" "$mb_noop" "$bh_noop" "$(ratio "$bh_noop" "$mb_noop")"
-printf '%-34s %10.2f %10.2f %7sx\n' "one-file edit (last COPY)" "$mb_edit" "$bh_edit" "$(ratio "$bh_edit" "$mb_edit")"
-printf '%-34s %10.2f\n' "fresh state dir, warm remote cache" "$mb_l3"
-printf '%-34s %10.2f\n' "fresh state dir, no remote cache" "$mb_fresh"
+ratio() { echo "scale=2; $1 / $2" | bc | sed 's/^\./0./'; }
+client=$([ -n "$bk" ] && echo buildctl || echo "memobuild build --addr")
+printf 'medians of %s runs; daemon client: %s; against: %s\n' "$runs" "$client" "$other"
+printf '%-16s %-26s %9s %9s %9s %7s %7s\n' context scenario memobuild daemon "$other" mb/x daemon/x
+for n in "${sizes[@]}"; do
+    ctx="$work/ctx-$n"
+    # Each builder gets its own copy: edits of one run do not reach another's cache.
+    make_context "$ctx-mb" "$n"
+    cp -a "$ctx-mb" "$ctx-daemon"
+    cp -a "$ctx-mb" "$ctx-other"
+    read -r m0 m1 m2 m3 <<<"$(scenarios build_mb "$ctx-mb")"
+    read -r d0 d1 d2 d3 <<<"$(scenarios build_daemon "$ctx-daemon")"
+    read -r o0 o1 o2 o3 <<<"$(scenarios build_other "$ctx-other")"
+    floor=$("$fp" --floor "$ctx-mb" | sed 's/.*seconds=//')
+    label="$n files"
+    for row in "cold:$m0:$d0:$o0" "no-op:$m1:$d1:$o1" "edit read by the last COPY:$m2:$d2:$o2" \
+        "edit under COPY src/:$m3:$d3:$o3"; do
+        IFS=: read -r name m d o <<<"$row"
+        printf '%-16s %-26s %9.3f %9.3f %9.3f %7s %7s\n' "$label" "$name" "$m" "$d" "$o" \
+            "$(ratio "$m" "$o")" "$(ratio "$d" "$o")"
+        label=""
+    done
+    times="n/a"
+    if [ "$(echo "$floor > 0" | bc)" = 1 ]; then times="$(echo "scale=1; $m1 / $floor" | bc)x"; fi
+    printf '%-16s %-26s %9.3f   (memobuild no-op: %s the floor)\n' "" "floor: parallel lstat walk" \
+        "$floor" "$times"
+done
