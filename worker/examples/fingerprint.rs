@@ -18,7 +18,11 @@ fn stat_walk(dir: &std::path::Path) -> std::io::Result<usize> {
         .par_iter()
         .map(|e| {
             let meta = std::fs::symlink_metadata(e.path())?;
-            Ok(1 + if meta.is_dir() { stat_walk(&e.path())? } else { 0 })
+            Ok(1 + if meta.is_dir() {
+                stat_walk(&e.path())?
+            } else {
+                0
+            })
         })
         .sum()
 }

@@ -85,7 +85,7 @@ pub fn copy_sources(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let mut entries: Vec<(String, PathBuf)> = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
     for (rel, path) in tops {
         let path = if sel.follow_symlink {
             fsops::resolve_in_root(root, &rel, true)?
@@ -97,11 +97,19 @@ pub fn copy_sources(
     }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     entries.dedup_by(|a, b| a.0 == b.0);
+    // The walk's `lstat` is the one the stat cache checks: an unchanged file costs one.
     entries
         .into_par_iter()
-        .map(|(rel, path)| stat_cache.fingerprint(&rel, &path).map(|h| (rel, h)))
+        .map(|(rel, path, md)| {
+            stat_cache
+                .fingerprint_stat(&rel, &path, &md)
+                .map(|h| (rel, h))
+        })
         .collect()
 }
+
+/// A walked entry: its path relative to the root, its path on disk, its `lstat`.
+type Entry = (String, PathBuf, fs::Metadata);
 
 /// The entries at and below `path` that `sel` keeps; `ctx_rel` is `path` relative to the
 /// directory's root, `src_rel` relative to the source path copied (`""` at its top).
@@ -112,7 +120,7 @@ fn collect(
     ctx_rel: &str,
     src_rel: &str,
     sel: &CopySelection<'_>,
-) -> io::Result<Vec<(String, PathBuf)>> {
+) -> io::Result<Vec<Entry>> {
     let md = match fs::symlink_metadata(path) {
         Ok(md) => md,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -123,17 +131,17 @@ fn collect(
         if excluded || !sel.included(ctx_rel, src_rel) {
             return Ok(Vec::new());
         }
-        return Ok(vec![(ctx_rel.to_string(), path.to_path_buf())]);
+        return Ok(vec![(ctx_rel.to_string(), path.to_path_buf(), md)]);
     }
     if excluded && !sel.may_reinclude() {
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
     if !excluded {
-        out.push((ctx_rel.to_string(), path.to_path_buf()));
+        out.push((ctx_rel.to_string(), path.to_path_buf(), md));
     }
     let children: Vec<fs::DirEntry> = fs::read_dir(path)?.collect::<Result<_, _>>()?;
-    let lists: Vec<Vec<(String, PathBuf)>> = children
+    let lists: Vec<Vec<Entry>> = children
         .par_iter()
         .map(|e| {
             let name = e.file_name();
@@ -231,8 +239,17 @@ impl StatCache {
 
     /// The fingerprint of `path` (known as `rel`), from the cache when its stat is unchanged.
     pub fn fingerprint(&self, rel: &str, path: &Path) -> io::Result<String> {
-        let md = fs::symlink_metadata(path)?;
-        let stamp = Stamp::of(&md);
+        self.fingerprint_stat(rel, path, &fs::symlink_metadata(path)?)
+    }
+
+    /// [`StatCache::fingerprint`] with the file's `lstat` already taken (by a walk).
+    pub fn fingerprint_stat(
+        &self,
+        rel: &str,
+        path: &Path,
+        md: &fs::Metadata,
+    ) -> io::Result<String> {
+        let stamp = Stamp::of(md);
         if let Ok(m) = self.entries.lock()
             && let Some((s, h)) = m.get(rel)
             && *s == stamp

@@ -124,12 +124,17 @@ impl History {
         }
     }
 
-    /// Writes the history to `path` (temp file + rename).
+    /// Writes the history to `path` (temp file + rename), unless the file already holds it (a
+    /// no-op rebuild writes nothing).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        if fs::read(path).is_ok_and(|old| old == bytes) {
+            return Ok(());
+        }
         let dir = path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        tmp.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        tmp.write_all(&bytes)?;
         tmp.persist(path).map_err(|e| e.error)?;
         Ok(())
     }
@@ -144,5 +149,22 @@ mod tests {
         assert_eq!(position("[stage-0 3/5] RUN make"), "[stage-0 3/5]");
         assert_eq!(position("[internal] load build context"), "[internal]");
         assert_eq!(position("copy"), "copy");
+    }
+
+    #[test]
+    fn saving_the_same_history_again_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("h.json");
+        let mut h = History::default();
+        h.keys.insert("[1/2]".into(), "k1".into());
+        h.save(&path).expect("save");
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).expect("stat"));
+        let first = inode(&path);
+        h.save(&path).expect("save again");
+        assert_eq!(inode(&path), first, "an unchanged history is not rewritten");
+        h.keys.insert("[2/2]".into(), "k2".into());
+        h.save(&path).expect("save a change");
+        assert_ne!(inode(&path), first);
+        assert_eq!(History::load(&path).keys.len(), 2);
     }
 }
