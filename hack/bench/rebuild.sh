@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Rebuild benchmark (issue 14): MemoBuild, as `memobuild build` on a running containerd and
-# through `memobuild daemon`, against buildkitd when one is given and buildah --layers
-# (Debian's) otherwise, on the same Dockerfile and generated contexts.
+# Rebuild benchmark (issue 14): MemoBuild, as `memobuild build` on a running containerd, as
+# `memobuild build` with its embedded containerd (the default where none runs), and through
+# `memobuild daemon`, against buildkitd when one is given and buildah --layers (Debian's)
+# otherwise, on the same Dockerfile and generated contexts.
 #
 #   bash hack/bench/rebuild.sh [SIZE...]     SIZE: files in the context; default "3 2000"
 #                                            (2,000 files are 16 MB; 100000 gives 100,000 / 1 GB)
@@ -104,6 +105,10 @@ buildctl_on() {
         --local "dockerfile=$2" --opt "build-arg:REGISTRY=$registry" \
         --output "type=oci,dest=$work/out.tar"
 }
+build_embedded() {
+    "$mb" build --containerd embedded --state-dir "$work/mbe-state" \
+        --build-arg "REGISTRY=$registry" --progress plain --output "type=oci,dest=$work/out.tar" "$1"
+}
 build_daemon() {
     if [ -n "$bk" ]; then
         buildctl_on "unix://$sock" "$1"
@@ -143,23 +148,26 @@ scenarios() {
 ratio() { echo "scale=2; $1 / $2" | bc | sed 's/^\./0./'; }
 client=$([ -n "$bk" ] && echo buildctl || echo "memobuild build --addr")
 printf 'medians of %s runs; daemon client: %s; against: %s\n' "$runs" "$client" "$other"
-printf '%-16s %-26s %9s %9s %9s %7s %7s\n' context scenario memobuild daemon "$other" mb/x daemon/x
+printf '%-16s %-26s %9s %9s %9s %9s %6s %6s %6s\n' context scenario memobuild embedded daemon \
+    "$other" mb/x emb/x dmn/x
 for n in "${sizes[@]}"; do
     ctx="$work/ctx-$n"
     # Each builder gets its own copy: edits of one run do not reach another's cache.
     make_context "$ctx-mb" "$n"
+    cp -a "$ctx-mb" "$ctx-emb"
     cp -a "$ctx-mb" "$ctx-daemon"
     cp -a "$ctx-mb" "$ctx-other"
     read -r m0 m1 m2 m3 <<<"$(scenarios build_mb "$ctx-mb")"
+    read -r e0 e1 e2 e3 <<<"$(scenarios build_embedded "$ctx-emb")"
     read -r d0 d1 d2 d3 <<<"$(scenarios build_daemon "$ctx-daemon")"
     read -r o0 o1 o2 o3 <<<"$(scenarios build_other "$ctx-other")"
     floor=$("$fp" --floor "$ctx-mb" | sed 's/.*seconds=//')
     label="$n files"
-    for row in "cold:$m0:$d0:$o0" "no-op:$m1:$d1:$o1" "edit read by the last COPY:$m2:$d2:$o2" \
-        "edit under COPY src/:$m3:$d3:$o3"; do
-        IFS=: read -r name m d o <<<"$row"
-        printf '%-16s %-26s %9.3f %9.3f %9.3f %7s %7s\n' "$label" "$name" "$m" "$d" "$o" \
-            "$(ratio "$m" "$o")" "$(ratio "$d" "$o")"
+    for row in "cold:$m0:$e0:$d0:$o0" "no-op:$m1:$e1:$d1:$o1" \
+        "edit read by the last COPY:$m2:$e2:$d2:$o2" "edit under COPY src/:$m3:$e3:$d3:$o3"; do
+        IFS=: read -r name m e d o <<<"$row"
+        printf '%-16s %-26s %9.3f %9.3f %9.3f %9.3f %6s %6s %6s\n' "$label" "$name" "$m" "$e" \
+            "$d" "$o" "$(ratio "$m" "$o")" "$(ratio "$e" "$o")" "$(ratio "$d" "$o")"
         label=""
     done
     times="n/a"

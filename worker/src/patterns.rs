@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use regex::Regex;
+use regex::bytes::Regex;
 
 /// One compiled pattern, or a run of consecutive literal ones.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ enum Kind {
 impl Pattern {
     fn is_match(&self, path: &str) -> bool {
         match &self.kind {
-            Kind::Re(re) => re.is_match(path),
+            Kind::Re(re) => re.is_match(path.as_bytes()),
             Kind::Literals(set) => set.contains(path),
         }
     }
@@ -179,6 +179,10 @@ pub fn clean_path(p: &str) -> String {
     }
 }
 
+/// The regex of `pattern`, over the path's UTF-8 bytes. `*` and `**` become byte classes:
+/// no byte of a multi-byte character is `/` or a newline, so they match what the character
+/// classes would, and a byte class compiles in microseconds where a Unicode `[^/]` takes
+/// milliseconds (which every build paid for every pattern). `?` stays one character.
 fn compile(pattern: &str) -> Result<Regex, String> {
     let mut re = String::from("^");
     let chars: Vec<char> = pattern.chars().collect();
@@ -192,12 +196,12 @@ fn compile(pattern: &str) -> Result<Regex, String> {
                     // Swallow a following '/' so "**/x" matches "x" too.
                     if chars.get(i + 1) == Some(&'/') {
                         i += 1;
-                        re.push_str("(.*/)?");
+                        re.push_str("(?-u:.*/)?");
                     } else {
-                        re.push_str(".*");
+                        re.push_str("(?-u:.*)");
                     }
                 } else {
-                    re.push_str("[^/]*");
+                    re.push_str("(?-u:[^/]*)");
                 }
             }
             '?' => re.push_str("[^/]"),
@@ -266,6 +270,16 @@ mod tests {
         assert!(!m(&["*.txt"], "dir/a.txt"));
         assert!(m(&["*/a.txt"], "dir/a.txt"));
         assert!(m(&["di?/a.txt"], "dir/a.txt"));
+    }
+
+    #[test]
+    fn wildcards_match_characters_beyond_ascii() {
+        assert!(m(&["*.txt"], "héllo.txt"));
+        assert!(m(&["?.txt"], "é.txt"));
+        assert!(!m(&["?.txt"], "éé.txt"));
+        assert!(m(&["**/ü/*"], "a/b/ü/ö"));
+        assert!(m(&["[é]x"], "éx"));
+        assert!(!m(&["é*"], "a/é"), "anchored at the root");
     }
 
     #[test]
