@@ -1780,6 +1780,36 @@ fn each_step_that_runs_says_why() {
     assert_eq!(executed.as_deref(), Some("2"));
 }
 
+// Verifies: `no-cache` (buildx's and buildctl's `--no-cache`) makes the daemon run the steps
+// again instead of taking them from the cache; without it the next build is cached.
+#[test]
+fn no_cache_runs_the_steps_again() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        &format!(
+            "FROM {}\nRUN cat /proc/sys/kernel/random/uuid > /u\n",
+            env.busybox()
+        ),
+    );
+    let daemon = Daemon::start(&sb, &env, &[]);
+    let build = |name: &str, extra: &[&str]| {
+        let dest = sb.path(name);
+        let out_arg = format!("type=local,dest={}", dest.display());
+        let mut args = vec!["--output", &out_arg];
+        args.extend_from_slice(extra);
+        let out = sb.build_remote(&daemon, &args);
+        assert_ok(&out, "memobuild build --addr");
+        std::fs::read_to_string(dest.join("u")).expect("/u")
+    };
+    let first = build("first", &[]);
+    assert_eq!(build("cached", &[]), first, "a rebuild is cached");
+    let again = build("again", &["--no-cache"]);
+    assert_ne!(again, first, "--no-cache runs the RUN again");
+    assert_eq!(build("after", &[]), again, "and its result is the one kept");
+}
+
 #[test]
 fn disk_usage_and_prune_over_grpc() {
     let Some(env) = Env::get() else { return };

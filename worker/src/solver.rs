@@ -218,11 +218,16 @@ impl Solve {
         let name = self.name(&digest);
         let started = Instant::now();
         let key = self.cache_key(&digest, &op, &inputs).await?;
+        // `--no-cache` for the whole solve, or for this vertex (`OpMetadata.ignore_cache`, which
+        // the Dockerfile frontend sets for the stages `no-cache` names): it runs, and its result
+        // is recorded for later builds.
+        let ignore_cache =
+            self.opts.no_cache || self.def.metadata(&digest).is_some_and(|m| m.ignore_cache);
         // Held while this vertex executes: another build of the same state directory that
         // reaches it meanwhile waits, then finds the result in the cache.
         let mut _running = None;
         if let Some((key, _)) = &key
-            && !self.opts.no_cache
+            && !ignore_cache
         {
             if let Some(outs) = self.cached(&digest, &name, key, &op, started).await {
                 return Ok(outs);
@@ -248,7 +253,7 @@ impl Solve {
                 key,
                 Some(components),
                 self.build.engine.cache(),
-                self.opts.no_cache,
+                ignore_cache,
             );
             self.progress.send(ProgressEvent::Log {
                 digest: digest.clone(),
