@@ -1,4 +1,5 @@
-//! End to end: COPY/ADD behaviours compared against BuildKit v0.11.6 on the same LLB — ADD
+//! End to end: COPY/ADD behaviours compared against BuildKit (v0.11.6 at first, v0.32.2 for the
+//! destination of a directory copy) on the same LLB — ADD
 //! unpacks local tar archives (and refuses hostile ones), symbolic `--chmod`, `--exclude`
 //! relative to the copied source, and `.dockerignore` hiding even explicitly named files.
 
@@ -245,7 +246,45 @@ fn symbolic_chmod_applies_like_chmod() {
     assert_ok(&out, "memobuild build");
     assert_eq!(mode(&dest.join("f.txt")).0, 0o744);
     assert_eq!(mode(&dest.join("d/g.txt")).0, 0o444);
-    assert_eq!(mode(&dest.join("d")).0, 0o555);
+    // The destination directory is made as `mkdir -p` makes it (BuildKit v0.32.2).
+    assert_eq!(mode(&dest.join("d")).0, 0o755);
+}
+
+#[test]
+fn a_copied_directory_s_destination_is_made_as_mkdir_p_makes_it() {
+    // As BuildKit v0.32.2: COPY of a directory copies what it holds; its destination is made
+    // 0755 (or a numeric `--chmod`), owned by the `--chown` user or root, or left as it is when
+    // it exists. What is below keeps its modes and owners.
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        &format!(
+            "FROM {base} AS b\nRUN mkdir -m 700 /src && mkdir -m 750 /src/sub && echo x > /src/sub/f && chown -R 1000:1000 /src && mkdir -m 711 /exists && chown 5:5 /exists\nFROM b\nCOPY --from=b /src /d1\nCOPY --from=b /src /exists\nCOPY --chmod=0600 --from=b /src /d2\nCOPY --chown=7:7 --from=b /src /d3\nCOPY --from=b /src /a/b/c\n",
+            base = env.busybox()
+        ),
+    );
+    let (out, dest) = build_local(&env, &sb);
+    assert_ok(&out, "memobuild build");
+    let perm = |p: &str| mode(&dest.join(p)).0;
+    assert_eq!(
+        (perm("d1"), owner(&sb, "d1")),
+        (0o755, (0, 0)),
+        "a missing destination"
+    );
+    assert_eq!(
+        (perm("d1/sub"), owner(&sb, "d1/sub")),
+        (0o750, (1000, 1000)),
+        "what is below keeps its own"
+    );
+    assert_eq!(
+        (perm("exists"), owner(&sb, "exists")),
+        (0o711, (5, 5)),
+        "an existing destination is left as it is"
+    );
+    assert_eq!(perm("d2"), 0o600, "a numeric --chmod");
+    assert_eq!((perm("d3"), owner(&sb, "d3")), (0o755, (7, 7)), "--chown");
+    assert_eq!((perm("a/b"), perm("a/b/c")), (0o755, 0o755));
 }
 
 #[test]

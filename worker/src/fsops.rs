@@ -195,7 +195,21 @@ pub fn copy(
         } else {
             rel.clone()
         };
-        if md.is_dir() {
+        if md.is_dir() && opts.dir_copy_contents {
+            // As BuildKit (fsutil's copy): the destination of a directory's contents is made
+            // like `mkdir -p` when missing (mode 0755, or a numeric `--chmod`; owner the
+            // `--chown` one, else root) and left as it is when present; the source directory's
+            // own mode and owner are not copied, those of everything below it are.
+            if !target.exists() {
+                let mode = match (&opts.mode_str, opts.mode) {
+                    (None, Some(m)) => m,
+                    _ => 0o755,
+                };
+                // Without `--chown` the worker's own user (root) owns it.
+                mkdir_all(&target, mode, opts.owner)?;
+            }
+            copy_dir_contents(&src_path, &rel_root, "", &target, opts)?;
+        } else if md.is_dir() {
             if !target.exists() {
                 mkdir_all(&target, 0o755, None)?;
             }
@@ -1377,9 +1391,10 @@ mod tests {
         o.mode_str = Some(SymbolicMode::parse("a=rX").unwrap());
         copy(src.path(), "d", dst.path(), "/out", &o).unwrap();
         let mode = |p: &str| fs::metadata(dst.path().join(p)).unwrap().mode() & 0o7777;
+        // The destination directory itself is made as `mkdir -p` makes it (BuildKit).
         assert_eq!(
             (mode("out"), mode("out/f"), mode("out/run")),
-            (0o555, 0o444, 0o555)
+            (0o755, 0o444, 0o555)
         );
         o.mode_str = Some(SymbolicMode::parse("u+x,go-w").unwrap());
         copy(src.path(), "d/f", dst.path(), "/f2", &o).unwrap();

@@ -1,7 +1,7 @@
 //! The MemoBuild key: BLAKE3 over a vertex's named key components.
 //!
 //! ```text
-//! key(v) = BLAKE3("memobuild/v2" ∥ for each (name, value) in name order: len ∥ name ∥ len ∥ value)
+//! key(v) = BLAKE3("memobuild/v3" ∥ for each (name, value) in name order: len ∥ name ∥ len ∥ value)
 //! ```
 //!
 //! Components: `op` (the op with its input digests and cosmetic or per-session source attrs
@@ -25,7 +25,9 @@ use crate::layer::LayerBlob;
 /// v2: ADD extracts bzip2/xz/zstd archives; copy sources use Go's `filepath.Match`; symbolic
 /// `--chmod`, copy excludes relative to the source and explicitly named ignored files fixed;
 /// local sources honour `local.followpaths`.
-const KEY_VERSION: &[u8] = b"memobuild/v2";
+/// v3: the destination of a directory copy is made 0755 (owner: `--chown` or root), not given
+/// the source directory's mode and owner; tar contexts keep their owners.
+const KEY_VERSION: &[u8] = b"memobuild/v3";
 
 /// Source attrs that do not change what a source produces.
 const COSMETIC_SOURCE_ATTRS: &[&str] = &[
