@@ -1524,7 +1524,7 @@ fn build_history_lists_the_builds_clients_ran() {
     let daemon = Daemon::start(&sb, &env, &[]);
     let oci = format!("type=oci,dest={}", sb.path("out.tar").display());
 
-    block_on(async {
+    let bad_ref = block_on(async {
         let mut control = daemon.control().await;
         // buildx's probe: only active builds, a ref no build has, end at once.
         let mut probe = control
@@ -1605,6 +1605,38 @@ fn build_history_lists_the_builds_clients_ran() {
             .map(|e| e.record.expect("record").r#ref)
             .collect();
         assert_eq!(left, std::slice::from_ref(&bad.r#ref));
+        bad.r#ref.clone()
+    });
+
+    // After a restart the record is still there, and `Status` of the finished build replays
+    // its progress (`docker buildx history logs`), the failed step among it.
+    drop(daemon);
+    let daemon = Daemon::start(&sb, &env, &[]);
+    block_on(async {
+        let mut control = daemon.control().await;
+        let left: Vec<String> = listed(&mut control)
+            .await
+            .into_iter()
+            .map(|e| e.record.expect("record").r#ref)
+            .collect();
+        assert_eq!(left, std::slice::from_ref(&bad_ref));
+        let mut status = control
+            .status(memobuild_proto::control::StatusRequest {
+                r#ref: bad_ref.clone(),
+            })
+            .await
+            .expect("Status of a finished build")
+            .into_inner();
+        let mut failed = Vec::new();
+        while let Some(r) = status.message().await.expect("status stream") {
+            failed.extend(
+                r.vertexes
+                    .into_iter()
+                    .filter(|v| !v.error.is_empty())
+                    .map(|v| v.name),
+            );
+        }
+        assert!(failed.iter().any(|n| n.contains("RUN false")), "{failed:?}");
     });
 }
 

@@ -6,7 +6,8 @@
 //! Records are kept on disk under [`StateDir::build_records`], one protobuf file per build
 //! named by a hash of its ref (a client chooses the ref), written whole and renamed into
 //! place; the newest [`MAX_RECORDS`] unpinned ones are kept, as buildkitd's default
-//! `history.maxEntries`. Builds a client marks `Internal` (buildx's probes) are not recorded.
+//! `history.maxEntries`. Beside each record, its build's progress (every `StatusResponse`, in
+//! order) is kept, so `Status` of a finished build replays it (`docker buildx history logs`). Builds a client marks `Internal` (buildx's probes) are not recorded.
 //! A record a stopped daemon never completed is completed on the next start, with an error
 //! saying so. Filters are not applied here: buildx applies them itself when a daemon does not.
 
@@ -17,6 +18,7 @@ use std::time::SystemTime;
 
 use memobuild_proto::control::{
     BuildHistoryEvent, BuildHistoryEventType, BuildHistoryRecord, BuildHistoryRequest,
+    StatusResponse,
 };
 use memobuild_worker::state::StateDir;
 use prost::Message as _;
@@ -29,6 +31,9 @@ pub const MAX_RECORDS: usize = 50;
 
 /// Events buffered for a slow listener before it misses some.
 const EVENTS_BUFFERED: usize = 256;
+
+/// A build's progress is kept only up to this size (a build that printed more keeps none).
+const MAX_STATUS_BYTES: usize = 64 << 20;
 
 /// What the history knows about one build's steps, when it ends.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,12 +61,20 @@ impl BuildHistory {
         let dir = state.build_records();
         let mut records = HashMap::new();
         if let Ok(entries) = std::fs::read_dir(&dir) {
+            let mut logs = Vec::new();
             for entry in entries.flatten() {
                 let path = entry.path();
-                if path.extension().is_none_or(|e| e != "pb") {
-                    // A temporary file of a write that did not finish.
-                    let _ = std::fs::remove_file(&path);
-                    continue;
+                match path.extension().and_then(|e| e.to_str()) {
+                    Some("pb") => {}
+                    Some("status") => {
+                        logs.push(path);
+                        continue;
+                    }
+                    _ => {
+                        // A temporary file of a write that did not finish.
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
                 }
                 match std::fs::read(&path)
                     .ok()
@@ -87,6 +100,12 @@ impl BuildHistory {
                         );
                         let _ = std::fs::remove_file(&path);
                     }
+                }
+            }
+            // Progress whose record is gone.
+            for log in logs {
+                if !log.with_extension("pb").exists() {
+                    let _ = std::fs::remove_file(&log);
                 }
             }
         }
@@ -173,6 +192,43 @@ impl BuildHistory {
         true
     }
 
+    /// Keeps the progress of the build `r#ref` (its record must exist), for [`Self::status`].
+    pub fn save_status(&self, r#ref: &str, responses: &[StatusResponse]) {
+        let Some(dir) = &self.dir else { return };
+        if !self.lock().contains_key(r#ref) {
+            return;
+        }
+        let mut bytes = Vec::new();
+        for r in responses {
+            if r.encode_length_delimited(&mut bytes).is_err() || bytes.len() > MAX_STATUS_BYTES {
+                tracing::debug!("the progress of build `{}` is too large to keep", r#ref);
+                return;
+            }
+        }
+        let path = record_file(dir, r#ref).with_extension("status");
+        let tmp = path.with_extension("status.tmp");
+        let written = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!("cannot keep the progress of build `{}`: {e}", r#ref);
+        }
+    }
+
+    /// The kept progress of the finished build `r#ref`; `None` when there is none.
+    pub fn status(&self, r#ref: &str) -> Option<Vec<StatusResponse>> {
+        let dir = self.dir.as_ref()?;
+        if !self.lock().contains_key(r#ref) {
+            return None;
+        }
+        let bytes = std::fs::read(record_file(dir, r#ref).with_extension("status")).ok()?;
+        let mut buf = bytes.as_slice();
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            out.push(StatusResponse::decode_length_delimited(&mut buf).ok()?);
+        }
+        Some(out)
+    }
+
     /// Removes `r#ref`; false if there is no such record.
     pub fn delete(&self, r#ref: &str) -> bool {
         let Some(record) = self.lock().remove(r#ref) else {
@@ -180,6 +236,7 @@ impl BuildHistory {
         };
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_file(record_file(dir, r#ref));
+            let _ = std::fs::remove_file(record_file(dir, r#ref).with_extension("status"));
         }
         self.publish(BuildHistoryEventType::Deleted, record);
         true
@@ -353,6 +410,43 @@ mod tests {
                 .expect("dir")
                 .count(),
             2
+        );
+    }
+
+    #[test]
+    fn a_finished_build_s_progress_is_kept_with_its_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::new(dir.path().to_path_buf());
+        let history = BuildHistory::open(&state);
+        let progress = vec![
+            StatusResponse {
+                vertexes: vec![memobuild_proto::control::Vertex {
+                    name: "[1/2] RUN make".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            StatusResponse::default(),
+        ];
+        history.save_status("nobody", &progress);
+        assert!(
+            history.status("nobody").is_none(),
+            "no record, nothing kept"
+        );
+        history.started(record("b1"));
+        history.completed("b1", None, &Default::default(), StepCounts::default());
+        history.save_status("b1", &progress);
+        assert_eq!(history.status("b1"), Some(progress.clone()));
+        drop(history);
+        let again = BuildHistory::open(&state);
+        assert_eq!(again.status("b1"), Some(progress));
+        assert!(again.delete("b1"));
+        assert_eq!(
+            std::fs::read_dir(state.build_records())
+                .expect("dir")
+                .count(),
+            0,
+            "the progress goes with its record"
         );
     }
 

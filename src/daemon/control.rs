@@ -184,6 +184,9 @@ impl Control for ControlService {
                         .map_or(&no_response, |r| &r.exporter_response),
                     task_job.status.step_counts(),
                 );
+                daemon
+                    .history
+                    .save_status(&task_job.id, &task_job.status.subscribe().history);
             }
             task_job.finish();
             daemon.jobs.remove_later(&task_job.id);
@@ -200,6 +203,20 @@ impl Control for ControlService {
         request: Request<StatusRequest>,
     ) -> Result<Response<BoxStream<StatusResponse>>, Status> {
         let id = request.into_inner().r#ref;
+        // A build that ended a while ago replays its kept progress (`buildx history logs`).
+        if self
+            .daemon
+            .jobs
+            .started(&id, std::time::Duration::ZERO)
+            .await
+            .is_none()
+            && let Some(kept) = self.daemon.history.status(&id)
+        {
+            self.daemon.jobs.remove_if_unstarted(&id);
+            return Ok(Response::new(
+                futures::stream::iter(kept.into_iter().map(Ok)).boxed(),
+            ));
+        }
         let Some(job) = self.daemon.jobs.started(&id, STATUS_WAIT).await else {
             self.daemon.jobs.remove_if_unstarted(&id);
             return Err(Status::not_found(format!("no such job `{id}`")));
