@@ -344,7 +344,17 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
             frontend_options(&inputs, args.frontend.target.clone(), &extra)?,
             None,
         )
-        .await?;
+        .await
+        .inspect_err(|e| {
+            // `# check=error=true`: the findings first, then the error naming their rules.
+            if let Some(fe) = e.downcast_ref::<frontend::FrontendError>()
+                && let frontend::ErrorKind::LintViolation { found, .. } = fe.kind.as_ref()
+            {
+                for w in found {
+                    crate::pipeline::note(&progress, format!("warning: {w}"));
+                }
+            }
+        })?;
         for w in &lowered.warnings {
             crate::pipeline::note(&progress, format!("warning: {w}"));
         }

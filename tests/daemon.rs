@@ -926,6 +926,18 @@ fn subrequests_answer_as_buildx_prints_them() {
         "{}",
         stderr(&strict)
     );
+    // A build of it fails the same way, the findings shown with their lines as BuildKit shows
+    // them.
+    let failed = sb.build_remote(&daemon, &[]);
+    assert_eq!(failed.status.code(), Some(1));
+    let text = stderr(&failed);
+    assert!(text.contains("lint violation found for rules:"), "{text}");
+    assert!(
+        text.contains(
+            "warning: FromAsCasing: 'AS' and 'from' keywords' casing do not match (line 4)"
+        ),
+        "{text}"
+    );
 
     // A clean Dockerfile passes.
     sb.write("Dockerfile", &format!("FROM {}\nRUN true\n", env.busybox()));

@@ -160,8 +160,13 @@ pub enum ErrorKind {
     #[error("{0}")]
     Unsupported(String),
     /// `# check=error=true` and lint rules fired.
-    #[error("lint violation found for rules: {0}")]
-    LintViolation(String),
+    #[error("lint violation found for rules: {rules}")]
+    LintViolation {
+        /// The rules, by name, comma-separated.
+        rules: String,
+        /// The findings, which a caller shows beside the error as BuildKit does.
+        found: Vec<Warning>,
+    },
 }
 
 /// An error with the Dockerfile name and, when it comes from an instruction, its position.

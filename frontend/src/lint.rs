@@ -298,9 +298,10 @@ impl CheckConfig {
             return None;
         }
         let rules: BTreeSet<&str> = found.iter().map(|w| w.rule.as_str()).collect();
-        Some(ErrorKind::LintViolation(
-            rules.into_iter().collect::<Vec<_>>().join(", "),
-        ))
+        Some(ErrorKind::LintViolation {
+            rules: rules.into_iter().collect::<Vec<_>>().join(", "),
+            found: found.to_vec(),
+        })
     }
 
     /// The findings of enabled rules, in file order, without repeats (see [`Self::apply`]).

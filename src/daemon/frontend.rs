@@ -183,7 +183,18 @@ pub async fn dockerfile(
     let target_id = target_id(sessions, job, &options).await;
     let lowered = crate::pipeline::lower(build.registry(), &dockerfile, options, Some(progress))
         .await
-        .map_err(|e| crate::daemon::convert::frontend_error(&e, dockerfile.as_bytes()))?;
+        .map_err(|e| {
+            // `# check=error=true`: the findings are shown as warnings (with their lines), as
+            // BuildKit shows them, beside the error naming their rules.
+            if let Some(fe) = e.downcast_ref::<frontend::FrontendError>()
+                && let frontend::ErrorKind::LintViolation { found, .. } = fe.kind.as_ref()
+            {
+                for w in found {
+                    job.status.warn_lint(w, &filename, dockerfile.as_bytes());
+                }
+            }
+            crate::daemon::convert::frontend_error(&e, dockerfile.as_bytes())
+        })?;
     for w in &lowered.warnings {
         job.status.warn_lint(w, &filename, dockerfile.as_bytes());
     }
