@@ -356,7 +356,9 @@ impl Control for ControlService {
     ) -> Result<Response<UpdateBuildHistoryResponse>, Status> {
         let req = request.into_inner();
         let found = if req.delete {
-            self.daemon.history.delete(&req.r#ref)
+            // Deleting what is already gone succeeds, as in buildkitd.
+            self.daemon.history.delete(&req.r#ref);
+            true
         } else if req.finalize {
             // Traces and logs are not kept in records, so there is nothing to flush.
             self.daemon

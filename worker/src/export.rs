@@ -133,7 +133,7 @@ pub fn write_layout_tar(
         .map_err(err)?;
     tw.append_bytes(
         &file_entry("index.json"),
-        &index_for(&img.manifest_desc, names),
+        &index_for(&img.manifest_desc, names, &img.config),
     )
     .map_err(err)?;
     for (name, bytes) in extra {
@@ -183,7 +183,7 @@ pub fn write_oci_dir(
     fs::write(dest.join("oci-layout"), OCI_LAYOUT).map_err(err)?;
     let idx = dest.join("index.json");
     let tmp = dest.join(".index.json.tmp");
-    fs::write(&tmp, index_for(&img.manifest_desc, names)).map_err(err)?;
+    fs::write(&tmp, index_for(&img.manifest_desc, names, &img.config)).map_err(err)?;
     fs::rename(&tmp, &idx).map_err(err)?;
     Ok(())
 }

@@ -188,8 +188,8 @@ fn normalize_history(mut history: Vec<Value>, layers: usize) -> Vec<Value> {
 }
 
 /// The image index listing one manifest, with the names containerd and OCI tools read.
-pub fn index_for(manifest: &Descriptor, names: &[String]) -> Vec<u8> {
-    let manifests: Vec<Value> = if names.is_empty() {
+pub fn index_for(manifest: &Descriptor, names: &[String], config: &[u8]) -> Vec<u8> {
+    let mut manifests: Vec<Value> = if names.is_empty() {
         vec![serde_json::to_value(manifest).unwrap_or(Value::Null)]
     } else {
         names
@@ -204,11 +204,35 @@ pub fn index_for(manifest: &Descriptor, names: &[String]) -> Vec<u8> {
             })
             .collect()
     };
+    // The image's platform, from its config, as BuildKit puts it on the descriptor.
+    if let Some(platform) = platform_of(config) {
+        for m in &mut manifests {
+            if let Value::Object(o) = m {
+                o.insert("platform".into(), platform.clone());
+            }
+        }
+    }
     let mut idx = Map::new();
     idx.insert("schemaVersion".into(), json!(2));
     idx.insert("mediaType".into(), json!(MEDIA_TYPE_INDEX));
     idx.insert("manifests".into(), Value::Array(manifests));
     serde_json::to_vec(&Value::Object(idx)).unwrap_or_default()
+}
+
+/// `{"architecture", "os"[, "variant"]}` of an image config; `None` when it names neither.
+fn platform_of(config: &[u8]) -> Option<Value> {
+    let cfg: Value = serde_json::from_slice(config).ok()?;
+    let mut p = Map::new();
+    for key in ["architecture", "os", "variant"] {
+        if let Some(v) = cfg
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+        {
+            p.insert(key.into(), json!(v));
+        }
+    }
+    (p.contains_key("architecture") && p.contains_key("os")).then_some(Value::Object(p))
 }
 
 /// The tag (or digest) part of a full reference, as `org.opencontainers.image.ref.name` wants.
@@ -295,14 +319,22 @@ mod tests {
             size: 1,
             annotations: Default::default(),
         };
-        let v: Value =
-            serde_json::from_slice(&index_for(&d, &["docker.io/library/app:v1".into()])).unwrap();
+        let v: Value = serde_json::from_slice(&index_for(
+            &d,
+            &["docker.io/library/app:v1".into()],
+            br#"{"architecture":"amd64","os":"linux"}"#,
+        ))
+        .unwrap();
         let ann = &v["manifests"][0]["annotations"];
         assert_eq!(
             ann["io.containerd.image.name"],
             json!("docker.io/library/app:v1")
         );
         assert_eq!(ann["org.opencontainers.image.ref.name"], json!("v1"));
+        assert_eq!(
+            v["manifests"][0]["platform"],
+            json!({"architecture": "amd64", "os": "linux"})
+        );
         assert_eq!(ref_name("127.0.0.1:5000/x"), "latest");
     }
 
