@@ -97,7 +97,7 @@ EOF
 
 # The builders: NAME CONTEXT.
 build_mb() {
-    "$mb" build --containerd "$MEMOBUILD_TEST_CONTAINERD" --state-dir "$work/mb-state" \
+    "$mb" build --containerd "$MEMOBUILD_TEST_CONTAINERD" --state-dir "$work/mb-state-$size" \
         --build-arg "REGISTRY=$registry" --progress plain --output "type=oci,dest=$work/out.tar" "$1"
 }
 buildctl_on() {
@@ -106,7 +106,7 @@ buildctl_on() {
         --output "type=oci,dest=$work/out.tar"
 }
 build_embedded() {
-    "$mb" build --containerd embedded --state-dir "$work/mbe-state" \
+    "$mb" build --containerd embedded --state-dir "$work/mbe-state-$size" \
         --build-arg "REGISTRY=$registry" --progress plain --output "type=oci,dest=$work/out.tar" "$1"
 }
 build_daemon() {
@@ -130,6 +130,10 @@ build_other() {
 # scenarios BUILDER CONTEXT: "cold noop edit-last edit-src" medians.
 scenarios() {
     local b=$1 ctx=$2 cold noop=() last=() src=() i
+    # Cold means cold: buildkitd's cache is emptied first (MemoBuild's state dirs are new).
+    if [ "$b" = build_other ] && [ -n "$bk" ]; then
+        "$BUILDCTL" --addr "$BUILDKIT_ADDR" prune --all >/dev/null
+    fi
     cold=$(timed "$b" "$ctx")
     for i in $(seq "$runs"); do noop+=("$(timed "$b" "$ctx")"); done
     for i in $(seq "$runs"); do
@@ -151,6 +155,7 @@ printf 'medians of %s runs; daemon client: %s; against: %s\n' "$runs" "$client" 
 printf '%-16s %-26s %9s %9s %9s %9s %6s %6s %6s\n' context scenario memobuild embedded daemon \
     "$other" mb/x emb/x dmn/x
 for n in "${sizes[@]}"; do
+    size=$n
     ctx="$work/ctx-$n"
     # Each builder gets its own copy: edits of one run do not reach another's cache.
     make_context "$ctx-mb" "$n"
