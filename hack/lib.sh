@@ -73,3 +73,47 @@ goarch() {
 	*) die "unknown dpkg architecture $arch" ;;
 	esac
 }
+
+# ----- benchmarks (hack/bench/*.sh) -----
+
+now() { date +%s.%N; }
+# timed CMD...: CMD's wall time in seconds; its output is dropped (stderr shown if it fails).
+timed() {
+    local t0 log
+    log=$(mktemp)
+    t0=$(now)
+    "$@" >/dev/null 2>"$log" || { cat "$log" >&2; rm -f "$log"; return 1; }
+    echo "$(now) - $t0" | bc
+    rm -f "$log"
+}
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# bench_context DIR FILES (the benchmarks' context, issue 14's shape): FILES source files (8 KiB each up to 10,000 files, 10 KiB above),
+# plus static/index.html and the Dockerfile.
+bench_context() {
+    mkdir -p "$1/src" "$1/static"
+    python3 - "$1" "$2" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+n = max(1, n - 2) if n <= 3 else n
+size = 8192 if n <= 10000 else 10240
+block = os.urandom(1 << 20)
+for i in range(n):
+    d = os.path.join(root, "src", f"pkg{i % 100}", f"sub{(i // 100) % 100}")
+    os.makedirs(d, exist_ok=True)
+    off = (i * 7919) % (len(block) - size)
+    with open(os.path.join(d, f"mod{i}.txt"), "wb") as f:
+        f.write(block[off:off + size])
+with open(os.path.join(root, "static", "index.html"), "w") as f:
+    f.write("<h1>v0</h1>\n")
+PY
+    cat >"$1/Dockerfile" <<'EOF'
+ARG REGISTRY
+FROM ${REGISTRY}/library/busybox:latest
+WORKDIR /app
+COPY src/ /app/src/
+RUN find /app/src -type f | wc -l > /app/count
+COPY static/ /app/static/
+CMD ["cat", "/app/static/index.html"]
+EOF
+}

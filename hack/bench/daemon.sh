@@ -50,31 +50,8 @@ daemon_pid=$!
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
 
 ctx="$work/ctx"
-mkdir -p "$ctx/src" "$ctx/static"
-python3 - "$ctx" "$files" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, "src", f"pkg{i % 50}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"mod{i}.txt"), "w") as f:
-        f.write(f"module {i}\n" * 200)
-with open(os.path.join(root, "static", "index.html"), "w") as f:
-    f.write("<h1>v1</h1>\n")
-PY
-cat > "$ctx/Dockerfile" <<'EOF'
-ARG REGISTRY
-FROM ${REGISTRY}/library/busybox:latest
-WORKDIR /app
-COPY src/ /app/src/
-RUN find /app/src -type f | wc -l > /app/count
-COPY static/ /app/static/
-CMD ["cat", "/app/static/index.html"]
-EOF
+bench_context "$ctx" "$files"
 
-now() { date +%s.%N; }
-timed() { local t0; t0=$(now); "$@" >/dev/null 2>"$work/last.log" || { cat "$work/last.log" >&2; return 1; }; echo "$(now) - $t0" | bc; }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 edit() { echo "<h1>v$1</h1>" > "$ctx/static/index.html"; }
 
 if [ -n "${BUILDX:-}" ]; then

@@ -26,18 +26,8 @@ cargo build --release --locked -q
 mb="$PWD/target/release/memobuild"
 
 ctx="$work/ctx"
-mkdir -p "$ctx/src" "$ctx/static"
-python3 - "$ctx" "$files" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, "src", f"pkg{i % 50}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"mod{i}.txt"), "w") as f:
-        f.write(f"module {i}\n" * 200)
-with open(os.path.join(root, "static", "index.html"), "w") as f:
-    f.write("<h1>v1</h1>\n")
-PY
+bench_context "$ctx" "$files"
+# Steps that cost something to run, which the team cache saves.
 cat > "$ctx/Dockerfile" <<'EOF'
 ARG REGISTRY
 FROM ${REGISTRY}/library/busybox:latest
@@ -48,9 +38,6 @@ RUN tar -cf /app/src.tar -C /app src
 COPY static/ /app/static/
 CMD ["cat", "/app/static/index.html"]
 EOF
-
-now() { date +%s.%N; }
-timed() { local t0; t0=$(now); "$@" >/dev/null 2>&1; echo "$(now) - $t0" | bc; }
 
 mbuild() {
     "$mb" build --containerd "$MEMOBUILD_TEST_CONTAINERD" --state-dir "$1" \
