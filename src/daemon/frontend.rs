@@ -83,6 +83,7 @@ pub async fn dockerfile(
 
     // [internal] load build definition from Dockerfile
     let step = step_id(&job.id, "definition");
+    let definition_step = step.clone();
     let name = format!("[internal] load build definition from {filename}");
     let started = std::time::Instant::now();
     progress.step(&step, &name, VertexState::Started, None, None);
@@ -190,13 +191,15 @@ pub async fn dockerfile(
                 && let frontend::ErrorKind::LintViolation { found, .. } = fe.kind.as_ref()
             {
                 for w in found {
-                    job.status.warn_lint(w, &filename, dockerfile.as_bytes());
+                    job.status
+                        .warn_lint(&definition_step, w, &filename, dockerfile.as_bytes());
                 }
             }
             crate::daemon::convert::frontend_error(&e, dockerfile.as_bytes())
         })?;
     for w in &lowered.warnings {
-        job.status.warn_lint(w, &filename, dockerfile.as_bytes());
+        job.status
+            .warn_lint(&definition_step, w, &filename, dockerfile.as_bytes());
     }
     let mut metadata = BTreeMap::new();
     metadata.insert(META_IMAGE_CONFIG.to_string(), lowered.image_config.clone());

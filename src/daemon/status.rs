@@ -136,8 +136,16 @@ impl StatusHub {
 
     /// A lint finding of the Dockerfile frontend, shaped as BuildKit's linter reports it
     /// (`Lint Rule 'NAME': MESSAGE (line N)`, the rule's documentation URL, the Dockerfile and
-    /// the range it is about), which buildx and buildctl print with the source lines.
-    pub fn warn_lint(&self, w: &memobuild_frontend::Warning, filename: &str, dockerfile: &[u8]) {
+    /// the range it is about), which buildx and buildctl print with the source lines. `vertex`
+    /// is the step that read the Dockerfile: clients show the warning under it
+    /// (`#1 WARN: …`), as with BuildKit.
+    pub fn warn_lint(
+        &self,
+        vertex: &str,
+        w: &memobuild_frontend::Warning,
+        filename: &str,
+        dockerfile: &[u8],
+    ) {
         // As BuildKit's `linter.LintFormatShort`; the detail is the rule's description.
         let short = match w.location {
             Some(l) => format!("{}: {} (line {})", w.rule, w.message, l.line),
@@ -161,6 +169,7 @@ impl StatusHub {
             .unwrap_or_default();
         self.publish(StatusResponse {
             warnings: vec![VertexWarning {
+                vertex: vertex.to_owned(),
                 level: 1,
                 short: short.into_bytes(),
                 detail: vec![w.description().as_bytes().to_vec()],
