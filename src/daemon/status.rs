@@ -181,7 +181,6 @@ impl StatusHub {
                     language: "Dockerfile".into(),
                 }),
                 ranges,
-                ..Default::default()
             }],
             ..Default::default()
         });
