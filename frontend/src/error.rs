@@ -39,9 +39,15 @@ pub enum ErrorKind {
     /// An instruction other than `ARG` before the first `FROM`.
     #[error("no build stage in current context: expected `FROM` before `{0}`")]
     MissingFrom(String),
-    /// A keyword that is not an instruction.
-    #[error("unknown instruction: {0}")]
-    UnknownInstruction(String),
+    /// A keyword that is not an instruction, with the instruction it is closest to (as
+    /// BuildKit suggests one: fewer than three edits away).
+    #[error("unknown instruction: {keyword}{}", suggestion.as_ref().map(|s| format!(" (did you mean {s}?)")).unwrap_or_default())]
+    UnknownInstruction {
+        /// The keyword as written.
+        keyword: String,
+        /// The closest instruction, in the keyword's case.
+        suggestion: Option<String>,
+    },
     /// A `--flag` the instruction does not know.
     #[error("unknown flag: {flag} (`{instruction}` accepts {expected})")]
     UnknownFlag {
@@ -290,9 +296,15 @@ mod tests {
         let e = FrontendError::at(
             "Dockerfile",
             Location::new(3, 1, 3),
-            ErrorKind::UnknownInstruction("FORM".into()),
+            ErrorKind::UnknownInstruction {
+                keyword: "FORM".into(),
+                suggestion: Some("FROM".into()),
+            },
         );
-        assert_eq!(e.to_string(), "Dockerfile:3:1: unknown instruction: FORM");
+        assert_eq!(
+            e.to_string(),
+            "Dockerfile:3:1: unknown instruction: FORM (did you mean FROM?)"
+        );
         let g = FrontendError::global("Dockerfile", ErrorKind::Empty);
         assert_eq!(g.to_string(), "Dockerfile: file with no instructions");
     }

@@ -51,6 +51,47 @@ pub fn parse_dockerfile(
     })
 }
 
+/// The instructions, for suggestions.
+const INSTRUCTIONS: [&str; 18] = [
+    "add",
+    "arg",
+    "cmd",
+    "copy",
+    "entrypoint",
+    "env",
+    "expose",
+    "from",
+    "healthcheck",
+    "label",
+    "maintainer",
+    "onbuild",
+    "run",
+    "shell",
+    "stopsignal",
+    "user",
+    "volume",
+    "workdir",
+];
+
+/// The instruction closest to `keyword`, fewer than three edits away, written in the keyword's
+/// case when that is all upper or all lower case (BuildKit's `suggest.Search`).
+fn suggest_instruction(keyword: &str) -> Option<String> {
+    let lower = keyword.to_lowercase();
+    let mut best: Option<(usize, &str)> = None;
+    for name in INSTRUCTIONS {
+        let d = strsim::levenshtein(&lower, name);
+        if d < 3 && best.is_none_or(|(bd, _)| d < bd) {
+            best = Some((d, name));
+        }
+    }
+    let (_, name) = best?;
+    Some(if keyword == keyword.to_uppercase() {
+        name.to_uppercase()
+    } else {
+        name.to_owned()
+    })
+}
+
 fn at_least_one(kw: &str) -> ErrorKind {
     ErrorKind::BadArguments(format!("`{kw}` requires at least one argument"))
 }
@@ -342,7 +383,12 @@ fn parse_node(node: &Node, escape: char, warnings: &mut Vec<Warning>) -> Res<Ins
             }
             Command::Onbuild(expr)
         }
-        _ => return Err(ErrorKind::UnknownInstruction(node.keyword.clone())),
+        _ => {
+            return Err(ErrorKind::UnknownInstruction {
+                keyword: node.keyword.clone(),
+                suggestion: suggest_instruction(&node.keyword),
+            });
+        }
     };
     Ok(Instruction {
         keyword: node.keyword.clone(),
@@ -654,7 +700,16 @@ mod tests {
     #[test]
     fn errors() {
         let e = parse("FORM a\n").expect_err("unknown");
-        assert_eq!(e.1, ErrorKind::UnknownInstruction("FORM".into()));
+        assert_eq!(
+            e.1,
+            ErrorKind::UnknownInstruction {
+                keyword: "FORM".into(),
+                suggestion: Some("FROM".into())
+            }
+        );
+        assert_eq!(suggest_instruction("coppy").as_deref(), Some("copy"));
+        assert_eq!(suggest_instruction("Coppy").as_deref(), Some("copy"));
+        assert_eq!(suggest_instruction("XYZZY"), None);
         let e = parse("RUN a\n").expect_err("no from");
         assert_eq!(e.1, ErrorKind::MissingFrom("RUN".into()));
         assert!(parse("FROM a b\n").is_err());
