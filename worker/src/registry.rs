@@ -604,14 +604,18 @@ impl Registry {
         platform: &Platform,
         mode: ResolveMode,
     ) -> Result<ResolvedImage> {
-        let top = normalize_reference(reference)?;
         let Some(cache) = &self.config.resolved else {
-            return self.resolve_remote(&top, platform).await;
+            return self
+                .resolve_remote(&normalize_reference(reference)?, platform)
+                .await;
         };
-        let key = resolved::ResolvedCache::key(&top.whole(), platform);
-        if let Some(hit) = cache.get(&key, top.digest().is_some(), mode) {
+        // Keyed by the reference as written: a hit never parses it (the reference grammar's
+        // regex costs more to compile than the rest of a small no-op rebuild).
+        let key = resolved::ResolvedCache::key(reference, platform);
+        if let Some(hit) = cache.get(&key, reference.contains('@'), mode) {
             return Ok(hit);
         }
+        let top = normalize_reference(reference)?;
         let image = self.resolve_remote(&top, platform).await?;
         cache.put(&key, &image);
         Ok(image)

@@ -126,8 +126,11 @@ impl HostFile {
             .unwrap_or(Path::new("."));
         // Partial exports of killed builds beside the same destination go first.
         crate::state::stale::sweep_dir(dir, ".memobuild-export-");
+        // 0666 less the umask, as any file a program writes (tempfile's default is 0600).
+        use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::Builder::new()
             .prefix(&crate::state::stale::temp_prefix(".memobuild-export-"))
+            .permissions(std::fs::Permissions::from_mode(0o666))
             .tempfile_in(dir)
             .map_err(|e| with_path(dest, e))?;
         let file = tmp.as_file().try_clone().map_err(|e| with_path(dest, e))?;

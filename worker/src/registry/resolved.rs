@@ -92,7 +92,7 @@ impl ResolvedCache {
         }
     }
 
-    /// The key of `reference` (normalised) for `platform`.
+    /// The key of `reference` (as written) for `platform`.
     pub fn key(reference: &str, platform: &Platform) -> String {
         format!("{reference} {platform}")
     }
