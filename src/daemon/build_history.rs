@@ -192,10 +192,15 @@ impl BuildHistory {
         true
     }
 
+    /// Whether there is a record of `r#ref`.
+    pub fn contains(&self, r#ref: &str) -> bool {
+        self.lock().contains_key(r#ref)
+    }
+
     /// Keeps the progress of the build `r#ref` (its record must exist), for [`Self::status`].
     pub fn save_status(&self, r#ref: &str, responses: &[StatusResponse]) {
         let Some(dir) = &self.dir else { return };
-        if !self.lock().contains_key(r#ref) {
+        if !self.contains(r#ref) {
             return;
         }
         let mut bytes = Vec::new();
@@ -217,7 +222,7 @@ impl BuildHistory {
     /// The kept progress of the finished build `r#ref`; `None` when there is none.
     pub fn status(&self, r#ref: &str) -> Option<Vec<StatusResponse>> {
         let dir = self.dir.as_ref()?;
-        if !self.lock().contains_key(r#ref) {
+        if !self.contains(r#ref) {
             return None;
         }
         let bytes = std::fs::read(record_file(dir, r#ref).with_extension("status")).ok()?;

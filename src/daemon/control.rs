@@ -361,14 +361,7 @@ impl Control for ControlService {
             true
         } else if req.finalize {
             // Traces and logs are not kept in records, so there is nothing to flush.
-            self.daemon
-                .history
-                .existing(&BuildHistoryRequest {
-                    r#ref: req.r#ref.clone(),
-                    ..Default::default()
-                })
-                .iter()
-                .any(|e| e.record.is_some())
+            self.daemon.history.contains(&req.r#ref)
         } else {
             self.daemon.history.pin(&req.r#ref, req.pinned)
         };

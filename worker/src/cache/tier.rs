@@ -530,8 +530,91 @@ impl Tier for Remote {
     }
 }
 
+/// A remote tier in memory, for the tests of the tiers and of what uses them.
+#[cfg(test)]
+pub(crate) mod memory_remote {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::FutureExt;
+    use futures::future::BoxFuture;
+
+    use crate::blobs::BlobStore;
+    use crate::cache::ActionRecord;
+    use crate::cache::remote::{RemoteError, RemoteTier};
+
+    /// A remote in memory that serves its blobs as they are (damaged or not), as a server that
+    /// does not check them would, and records uploads.
+    #[derive(Default)]
+    pub(crate) struct FakeRemote {
+        pub(crate) records: Mutex<HashMap<String, ActionRecord>>,
+        pub(crate) blobs: Mutex<HashMap<String, Vec<u8>>>,
+        pub(crate) record_gets: AtomicUsize,
+        pub(crate) uploads: Mutex<Vec<String>>,
+    }
+
+    impl RemoteTier for FakeRemote {
+        fn describe(&self) -> String {
+            "http://fake".into()
+        }
+        fn get_record<'a>(
+            &'a self,
+            key: &'a str,
+        ) -> BoxFuture<'a, Result<Option<ActionRecord>, RemoteError>> {
+            self.record_gets.fetch_add(1, Ordering::SeqCst);
+            let r = self.records.lock().unwrap().get(key).cloned();
+            futures::future::ready(Ok(r)).boxed()
+        }
+        fn put_record<'a>(
+            &'a self,
+            record: &'a ActionRecord,
+        ) -> BoxFuture<'a, Result<(), RemoteError>> {
+            self.records
+                .lock()
+                .unwrap()
+                .insert(record.key.clone(), record.clone());
+            futures::future::ready(Ok(())).boxed()
+        }
+        fn fetch_blob<'a>(
+            &'a self,
+            digest: &'a str,
+            store: &'a BlobStore,
+        ) -> BoxFuture<'a, Result<bool, RemoteError>> {
+            let r = match self.blobs.lock().unwrap().get(digest) {
+                None => Ok(false),
+                // As HttpTier: content that does not hash to its name never enters the store.
+                Some(b) if crate::blobs::sha256_digest(b) != digest => Err(RemoteError::Corrupt {
+                    url: format!("http://fake/cas/{digest}"),
+                    digest: digest.into(),
+                }),
+                Some(b) => store
+                    .put_bytes(b)
+                    .map(|_| true)
+                    .map_err(|e| RemoteError::Local(e.to_string())),
+            };
+            futures::future::ready(r).boxed()
+        }
+        fn has_blob<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<bool, RemoteError>> {
+            let has = self.blobs.lock().unwrap().contains_key(digest);
+            futures::future::ready(Ok(has)).boxed()
+        }
+        fn upload_blob<'a>(
+            &'a self,
+            digest: &'a str,
+            store: &'a BlobStore,
+        ) -> BoxFuture<'a, Result<(), RemoteError>> {
+            let bytes = std::fs::read(store.path(digest).unwrap()).unwrap();
+            self.blobs.lock().unwrap().insert(digest.into(), bytes);
+            self.uploads.lock().unwrap().push(digest.into());
+            futures::future::ready(Ok(())).boxed()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::memory_remote::FakeRemote;
     use super::*;
     use crate::layer::LayerBlob;
     use std::sync::atomic::AtomicUsize;
@@ -727,73 +810,6 @@ mod tests {
         assert!(t.gave_up(), "known through the decorators");
         assert_eq!(warnings.lock().unwrap().len(), 1);
         assert!(t.get("k", &ctx).await.unwrap().is_some(), "still in memory");
-    }
-
-    /// A remote in memory that serves its blobs as they are (damaged or not), as a server that
-    /// does not check them would, and records uploads.
-    #[derive(Default)]
-    struct FakeRemote {
-        records: Mutex<HashMap<String, ActionRecord>>,
-        blobs: Mutex<HashMap<String, Vec<u8>>>,
-        record_gets: AtomicUsize,
-        uploads: Mutex<Vec<String>>,
-    }
-
-    impl RemoteTier for FakeRemote {
-        fn describe(&self) -> String {
-            "http://fake".into()
-        }
-        fn get_record<'a>(
-            &'a self,
-            key: &'a str,
-        ) -> BoxFuture<'a, Result<Option<ActionRecord>, RemoteError>> {
-            self.record_gets.fetch_add(1, Ordering::SeqCst);
-            let r = self.records.lock().unwrap().get(key).cloned();
-            futures::future::ready(Ok(r)).boxed()
-        }
-        fn put_record<'a>(
-            &'a self,
-            record: &'a ActionRecord,
-        ) -> BoxFuture<'a, Result<(), RemoteError>> {
-            self.records
-                .lock()
-                .unwrap()
-                .insert(record.key.clone(), record.clone());
-            futures::future::ready(Ok(())).boxed()
-        }
-        fn fetch_blob<'a>(
-            &'a self,
-            digest: &'a str,
-            store: &'a BlobStore,
-        ) -> BoxFuture<'a, Result<bool, RemoteError>> {
-            let r = match self.blobs.lock().unwrap().get(digest) {
-                None => Ok(false),
-                // As HttpTier: content that does not hash to its name never enters the store.
-                Some(b) if crate::blobs::sha256_digest(b) != digest => Err(RemoteError::Corrupt {
-                    url: format!("http://fake/cas/{digest}"),
-                    digest: digest.into(),
-                }),
-                Some(b) => store
-                    .put_bytes(b)
-                    .map(|_| true)
-                    .map_err(|e| RemoteError::Local(e.to_string())),
-            };
-            futures::future::ready(r).boxed()
-        }
-        fn has_blob<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<bool, RemoteError>> {
-            let has = self.blobs.lock().unwrap().contains_key(digest);
-            futures::future::ready(Ok(has)).boxed()
-        }
-        fn upload_blob<'a>(
-            &'a self,
-            digest: &'a str,
-            store: &'a BlobStore,
-        ) -> BoxFuture<'a, Result<(), RemoteError>> {
-            let bytes = std::fs::read(store.path(digest).unwrap()).unwrap();
-            self.blobs.lock().unwrap().insert(digest.into(), bytes);
-            self.uploads.lock().unwrap().push(digest.into());
-            futures::future::ready(Ok(())).boxed()
-        }
     }
 
     // Verifies: a blob the remote serves damaged is a miss with one warning, not a failure of the

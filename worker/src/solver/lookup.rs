@@ -39,75 +39,15 @@ impl Solve {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::BTreeMap;
     use std::sync::Mutex;
-
-    use futures::FutureExt;
-    use futures::future::BoxFuture;
 
     use super::*;
     use crate::blobs::BlobStore;
-    use crate::cache::remote::{RemoteError, RemoteTier};
+    use crate::cache::remote::RemoteTier;
+    use crate::cache::tier::memory_remote::FakeRemote;
     use crate::cache::tier::{Remote, Tier};
     use crate::layer::LayerBlob;
-
-    /// A remote tier in memory.
-    #[derive(Default)]
-    struct Fake {
-        records: Mutex<HashMap<String, ActionRecord>>,
-        blobs: Mutex<HashMap<String, Vec<u8>>>,
-    }
-
-    impl RemoteTier for Fake {
-        fn describe(&self) -> String {
-            "fake".into()
-        }
-        fn get_record<'a>(
-            &'a self,
-            key: &'a str,
-        ) -> BoxFuture<'a, Result<Option<ActionRecord>, RemoteError>> {
-            let r = self.records.lock().unwrap().get(key).cloned();
-            async move { Ok(r) }.boxed()
-        }
-        fn put_record<'a>(
-            &'a self,
-            record: &'a ActionRecord,
-        ) -> BoxFuture<'a, Result<(), RemoteError>> {
-            self.records
-                .lock()
-                .unwrap()
-                .insert(record.key.clone(), record.clone());
-            async { Ok(()) }.boxed()
-        }
-        fn fetch_blob<'a>(
-            &'a self,
-            digest: &'a str,
-            store: &'a BlobStore,
-        ) -> BoxFuture<'a, Result<bool, RemoteError>> {
-            let b = self.blobs.lock().unwrap().get(digest).cloned();
-            async move {
-                match b {
-                    Some(b) => store
-                        .put_bytes(&b)
-                        .map(|_| true)
-                        .map_err(|e| RemoteError::Local(e.to_string())),
-                    None => Ok(false),
-                }
-            }
-            .boxed()
-        }
-        fn has_blob<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<bool, RemoteError>> {
-            let has = self.blobs.lock().unwrap().contains_key(digest);
-            async move { Ok(has) }.boxed()
-        }
-        fn upload_blob<'a>(
-            &'a self,
-            _digest: &'a str,
-            _store: &'a BlobStore,
-        ) -> BoxFuture<'a, Result<(), RemoteError>> {
-            async { Ok(()) }.boxed()
-        }
-    }
 
     fn layer(digest: &str, size: usize) -> LayerBlob {
         LayerBlob {
@@ -138,7 +78,7 @@ mod tests {
             duration_ms: 1,
             components: BTreeMap::new(),
         };
-        let remote = Arc::new(Fake::default());
+        let remote = Arc::new(FakeRemote::default());
         remote.put_record(&record).await.unwrap();
         let tier = Remote::new(remote.clone());
         let ctx = TierCtx {
@@ -186,7 +126,7 @@ mod tests {
             duration_ms: 1,
             components: BTreeMap::new(),
         };
-        let remote = Arc::new(Fake::default());
+        let remote = Arc::new(FakeRemote::default());
         remote.put_record(&record(&wrong)).await.unwrap();
         remote
             .blobs
@@ -205,7 +145,7 @@ mod tests {
         let seen = warnings.lock().unwrap().clone();
         assert_eq!(seen.len(), 1, "{seen:?}");
         assert!(
-            seen[0].contains("remote cache fake")
+            seen[0].contains("remote cache http://fake")
                 && seen[0].contains("`[2/2] RUN make`")
                 && seen[0].contains(&wrong),
             "{seen:?}"
