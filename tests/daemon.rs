@@ -1370,6 +1370,156 @@ fn raw_llb_from_memobuild_lower_solves_over_the_gateway_and_control() {
     });
 }
 
+/// `memobuild lower` of `dockerfile` (a Dockerfile that reads no context).
+fn lower_text(dockerfile: &str) -> pb::Definition {
+    let sb = Sandbox::new();
+    sb.write("Dockerfile", dockerfile);
+    lower(&sb)
+}
+
+// Verifies: buildx's frontend inputs (bake's `target:` contexts, remote bake definitions) work
+// over LLBBridge: a `context:base=input:base` stage is the client's definition of `base`, with
+// the env and working directory of its `input-metadata:base` config (not of the Dockerfile it
+// came from); the `dockerfile` and `context` inputs stand for the Dockerfile's directory and
+// the main context, so the build needs no session at all; the result's files and config are
+// as a user would check them, and an input the request does not carry is named in the error.
+#[test]
+fn frontend_inputs_stand_for_targets_the_client_built() {
+    use base64::Engine as _;
+    let Some(env) = Env::get() else { return };
+    let marker = unique("input");
+    let base = lower_text(&format!(
+        "FROM {}\nENV BASEVAR=from-the-dockerfile\nWORKDIR /srv\nRUN echo {marker} > /srv/marker\n",
+        env.busybox()
+    ));
+    let dockerfile = lower_text(
+        "FROM scratch\nCOPY <<'EOF' /Dockerfile\nFROM base\nCOPY ctx.txt /srv/ctx.txt\nRUN echo \"$BASEVAR $(pwd)\" > env.txt\nEOF\n",
+    );
+    let context = lower_text("FROM scratch\nCOPY <<'EOF' /ctx.txt\nfrom the context input\nEOF\n");
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "BASEVAR=from-metadata"],
+            "WorkingDir": "/srv"
+        },
+        "rootfs": {"type": "layers", "diff_ids": []}
+    });
+    let metadata = serde_json::json!({
+        "containerimage.config": base64::engine::general_purpose::STANDARD
+            .encode(config.to_string()),
+    });
+    let sb = Sandbox::new();
+    let daemon = Daemon::start(&sb, &env, &[]);
+    block_on(async {
+        let control = daemon.control().await;
+        let build_ref = unique("inputs");
+        let solve = tokio::spawn({
+            let mut control = control.clone();
+            let req = control_solve(&build_ref);
+            async move { control.solve(req).await }
+        });
+        let mut gateway = daemon.gateway().await;
+        let request = |opts: &[(&str, String)]| GatewaySolve {
+            frontend: "dockerfile.v0".into(),
+            frontend_opt: opts
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+            frontend_inputs: [
+                ("base".to_owned(), base.clone()),
+                ("dockerfile".to_owned(), dockerfile.clone()),
+                ("context".to_owned(), context.clone()),
+            ]
+            .into(),
+            allow_result_return: true,
+            ..Default::default()
+        };
+        let solved = gateway
+            .solve(tagged(
+                request(&[
+                    ("context:base", "input:base".into()),
+                    ("input-metadata:base", metadata.to_string()),
+                ]),
+                &build_ref,
+            ))
+            .await
+            .expect("LLBBridge/Solve with frontend inputs")
+            .into_inner()
+            .result
+            .expect("a result");
+        let image: serde_json::Value = serde_json::from_slice(
+            solved
+                .metadata
+                .get("containerimage.config")
+                .expect("the image config"),
+        )
+        .expect("config JSON");
+        assert_eq!(image["config"]["WorkingDir"], "/srv", "{image}");
+        assert!(
+            image["config"]["Env"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|v| v == "BASEVAR=from-metadata")),
+            "{image}"
+        );
+        let reference = match solved.result {
+            Some(result::Result::Ref(r)) => r,
+            other => panic!("no reference: {other:?}"),
+        };
+        for (path, want) in [
+            ("/srv/marker", format!("{marker}\n")),
+            ("/srv/env.txt", "from-metadata /srv\n".to_owned()),
+            ("/srv/ctx.txt", "from the context input\n".to_owned()),
+        ] {
+            let data = gateway
+                .read_file(tagged(
+                    ReadFileRequest {
+                        r#ref: reference.id.clone(),
+                        file_path: path.into(),
+                        ..Default::default()
+                    },
+                    &build_ref,
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("ReadFile {path}: {e}"))
+                .into_inner()
+                .data;
+            assert_eq!(String::from_utf8_lossy(&data), want, "{path}");
+        }
+
+        let missing = gateway
+            .solve(tagged(
+                request(&[("context:base", "input:nope".into())]),
+                &build_ref,
+            ))
+            .await
+            .expect_err("an input the request lacks");
+        assert!(
+            missing.message().contains("invalid input `nope`")
+                && missing.message().contains("base"),
+            "{missing:?}"
+        );
+        gateway
+            .r#return(tagged(
+                ReturnRequest {
+                    result: Some(memobuild_proto::gateway::Result {
+                        result: Some(result::Result::Ref(reference)),
+                        ..Default::default()
+                    }),
+                    error: None,
+                },
+                &build_ref,
+            ))
+            .await
+            .expect("return");
+        tokio::time::timeout(Duration::from_secs(30), solve)
+            .await
+            .expect("the Control/Solve ends after Return")
+            .expect("task")
+            .expect("the Control/Solve succeeds");
+    });
+}
+
 // ----- lifecycle ----------------------------------------------------------------------------
 
 /// A Dockerfile whose RUN prints `ready-2` (its name shows `ready-$((1+1))`) and then sleeps.

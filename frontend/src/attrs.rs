@@ -13,6 +13,7 @@
 //! | `build-arg:K` | `build_args[K]` |
 //! | `label:K` | `labels[K]` |
 //! | `context:NAME` | `named_contexts[NAME]` ([`NamedContext::parse`]) |
+//! | `input-metadata:NAME` | `input_configs[NAME]`: the `containerimage.config` of the JSON map |
 //! | `sharedkey:localdir:NAME` | the `shared_key` of the local named context `NAME` |
 //! | `local-sessionid:NAME` | `local_sessions[NAME]`: the session serving the local `NAME` |
 //! | `add-hosts` | `extra_hosts`: CSV of `host=ip` (buildx's `host:ip` too) |
@@ -26,12 +27,14 @@
 //! local directory `context` (`context_name`). Keys a caller typically handles itself and
 //! finds in `ignored`: `dockerfilekey` (the local holding the Dockerfile), `cache-imports`,
 //! `cache-from`, `attest:*`, `frontend.caps`; keys not supported yet: `shm-size`, `ulimit`,
-//! `cgroup-parent`, `hostname`, `multi-platform`, `input:*`, resource
+//! `cgroup-parent`, `hostname`, `multi-platform`, `input:*` (buildx's notes on where an input
+//! came from), resource
 //! limits (`memory`, `cpu*`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use crate::config::ImageConfig;
 use crate::lower::csv_fields;
 use crate::named_context::NamedContext;
 use crate::options::{BuildOptions, ImageResolveMode, NetworkMode, NoCache, OptionsError};
@@ -42,9 +45,10 @@ const LABEL_PREFIX: &str = "label:";
 const CONTEXT_PREFIX: &str = "context:";
 const SHARED_KEY_PREFIX: &str = "sharedkey:localdir:";
 const LOCAL_SESSION_PREFIX: &str = "local-sessionid:";
+const INPUT_METADATA_PREFIX: &str = "input-metadata:";
 
 /// [`BuildOptions`] read from frontend attributes, and the keys that were not used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ParsedAttrs {
     /// The options.
     pub options: BuildOptions,
@@ -75,6 +79,10 @@ impl BuildOptions {
                     cause,
                 })?;
                 o.named_contexts.insert(name.to_owned(), nc);
+            } else if let Some(name) = k.strip_prefix(INPUT_METADATA_PREFIX) {
+                if let Some(config) = parse_input_metadata(name, v)? {
+                    o.input_configs.insert(name.to_owned(), config);
+                }
             } else if let Some(name) = k.strip_prefix(LOCAL_SESSION_PREFIX) {
                 if !v.is_empty() {
                     o.local_sessions.insert(name.to_owned(), v.clone());
@@ -127,6 +135,29 @@ impl BuildOptions {
             ignored,
         })
     }
+}
+
+/// The image config in an `input-metadata:NAME` value: a JSON object whose values are base64
+/// (Go's `map[string][]byte`), of which `containerimage.config` is read.
+fn parse_input_metadata(name: &str, v: &str) -> Result<Option<ImageConfig>, OptionsError> {
+    use base64::Engine as _;
+    let bad = |reason: String| OptionsError::BadInputMetadata {
+        name: name.to_owned(),
+        reason,
+    };
+    let m: BTreeMap<String, String> =
+        serde_json::from_str(v).map_err(|e| bad(format!("not a JSON object of strings: {e}")))?;
+    let Some(encoded) = m.get("containerimage.config") else {
+        return Ok(None);
+    };
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| bad(format!("`containerimage.config` is not base64: {e}")))?;
+    serde_json::from_slice(&raw).map(Some).map_err(|e| {
+        bad(format!(
+            "`containerimage.config` is not an image config: {e}"
+        ))
+    })
 }
 
 /// Whether `v` is a context URL the caller can fetch: a git repository or an `http(s)://`
@@ -418,6 +449,38 @@ mod tests {
         assert_eq!(
             p.ignored,
             vec!["attest:provenance", "dockerfilekey", "shm-size"]
+        );
+    }
+
+    #[test]
+    fn input_metadata_gives_the_input_image_config() {
+        use base64::Engine as _;
+        let config = br#"{"architecture":"amd64","os":"linux","config":{"Env":["A=1"],"WorkingDir":"/w"},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(config);
+        let md =
+            format!(r#"{{"containerimage.config":"{encoded}","containerimage.buildinfo":"e30="}}"#);
+        let p =
+            parse(&[("context:base", "input:base"), ("input-metadata:base", &md)]).expect("parses");
+        let c = &p.options.input_configs["base"];
+        assert_eq!(c.config.env, vec!["A=1".to_string()]);
+        assert_eq!(c.config.working_dir, "/w");
+        assert_eq!(
+            p.options.named_contexts["base"],
+            NamedContext::Input {
+                name: "base".into()
+            }
+        );
+        // Metadata without a config is no config.
+        let p = parse(&[("input-metadata:x", r#"{"containerimage.buildinfo":"e30="}"#)])
+            .expect("parses");
+        assert!(p.options.input_configs.is_empty());
+        assert!(
+            err(&[("input-metadata:x", "[1]")])
+                .starts_with("invalid `input-metadata:x`: not a JSON object")
+        );
+        assert!(
+            err(&[("input-metadata:x", r#"{"containerimage.config":"!!"}"#)])
+                .contains("is not base64")
         );
     }
 }

@@ -47,6 +47,13 @@ pub enum NamedContext {
         /// The URL.
         url: String,
     },
+    /// `input:NAME`: the frontend input `NAME`, a definition the client solved before
+    /// ([`crate::BuildOptions::inputs`]; buildx bake's `target:` contexts). Its image config is
+    /// the `containerimage.config` of the `input-metadata:NAME` attr, when there is one.
+    Input {
+        /// The input's name.
+        name: String,
+    },
 }
 
 /// Why a named context's value cannot be used.
@@ -72,7 +79,7 @@ pub enum ContextError {
 
 impl NamedContext {
     /// Parses a `context:NAME` value: `docker-image://REF`, `local:NAME`, `git://…`, `git@…`,
-    /// `http(s)://…`. `oci-layout://`, `input:` and `target:` are refused with a reason.
+    /// `http(s)://…`, `input:NAME`. `oci-layout://` and `target:` are refused with a reason.
     pub fn parse(value: &str) -> Result<Self, ContextError> {
         let invalid = |reason: &str| ContextError::Invalid {
             value: value.to_owned(),
@@ -131,10 +138,14 @@ impl NamedContext {
                 scheme: scheme.to_owned(),
                 reason: "OCI layout stores on the client are out of scope for now; push the image to a registry and use `docker-image://REF`".into(),
             }),
-            "input" => Err(ContextError::Unsupported {
-                scheme: scheme.to_owned(),
-                reason: "frontend inputs (buildx's `target:` contexts, bake) are not supported yet; use `docker-image://`, `local:`, git or http contexts".into(),
-            }),
+            "input" => {
+                if rest.is_empty() {
+                    return Err(invalid("empty input name"));
+                }
+                Ok(Self::Input {
+                    name: rest.to_owned(),
+                })
+            }
             other => Err(ContextError::Unsupported {
                 scheme: other.to_owned(),
                 reason: "expected docker-image://, local:, git or http(s):// (`target:` is resolved by buildx bake, not by the frontend)".into(),
@@ -230,6 +241,12 @@ mod tests {
                 url: "https://example.com/ctx.tar".into()
             }
         );
+        assert_eq!(
+            p("input:base").expect("input"),
+            NamedContext::Input {
+                name: "base".into()
+            }
+        );
     }
 
     #[test]
@@ -242,7 +259,8 @@ mod tests {
             "{}",
             msg("oci-layout://store@sha256:abc")
         );
-        assert!(msg("input:ctx").contains("`input`"));
+        assert!(msg("input:").contains("empty input name"));
+        assert!(msg("target:base").contains("resolved by buildx bake"));
         assert!(msg("target:base").contains("`target`"));
         assert!(msg("alpine").starts_with("invalid context `alpine`: expected SCHEME:VALUE"));
         assert_eq!(

@@ -8,11 +8,12 @@ use std::collections::BTreeMap;
 
 use memobuild_proto::{attr, pb};
 
+use crate::config::ImageConfig;
 use crate::named_context::{ContextError, NamedContext};
 use crate::platform::Platform;
 
 /// What a build needs besides the Dockerfile.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BuildOptions {
     /// The Dockerfile's name, used in error messages and the source map (e.g. `Dockerfile`).
     pub dockerfile_name: String,
@@ -53,6 +54,14 @@ pub struct BuildOptions {
     pub image_resolve_mode: ImageResolveMode,
     /// Network of `RUN`s without `--network=none|host` (`force-network-mode`, `--network`).
     pub network_mode: NetworkMode,
+    /// Frontend inputs: definitions the client solved before and hands to this build
+    /// (`SolveRequest.FrontendInputs`), which `input:NAME` named contexts use. The caller
+    /// fills them in; attributes never carry them.
+    pub inputs: BTreeMap<String, pb::Definition>,
+    /// The image configs of frontend inputs, by input name: `containerimage.config` of the
+    /// `input-metadata:NAME` attrs (buildx sends the config of the target an input was built
+    /// from).
+    pub input_configs: BTreeMap<String, ImageConfig>,
 }
 
 impl BuildOptions {
@@ -75,6 +84,8 @@ impl BuildOptions {
             no_cache: NoCache::Off,
             image_resolve_mode: ImageResolveMode::Default,
             network_mode: NetworkMode::Sandbox,
+            inputs: BTreeMap::new(),
+            input_configs: BTreeMap::new(),
         }
     }
 }
@@ -219,6 +230,15 @@ pub enum OptionsError {
         name: String,
         /// What is wrong with its value.
         cause: ContextError,
+    },
+    /// An `input-metadata:NAME` attr that is not a JSON object of base64 values, or whose
+    /// `containerimage.config` is no image config.
+    #[error("invalid `input-metadata:{name}`: {reason}")]
+    BadInputMetadata {
+        /// The input's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The main context is a git repository, URL or frontend input, not the local `context`.
     #[error(

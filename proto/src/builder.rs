@@ -56,6 +56,17 @@ impl DefinitionBuilder {
         digest
     }
 
+    /// Appends an op already encoded elsewhere (an op of another definition, kept byte for
+    /// byte so that its digest is unchanged) unless present, and returns its digest.
+    pub fn add_encoded(&mut self, bytes: &[u8]) -> String {
+        let digest = crate::digest_of(bytes);
+        if !self.positions.contains_key(&digest) {
+            self.positions.insert(digest.clone(), self.def.len());
+            self.def.push(bytes.to_vec());
+        }
+        digest
+    }
+
     /// [`add_op`](Self::add_op) followed by [`merge_metadata`](Self::merge_metadata).
     pub fn add_op_with_metadata(&mut self, op: &pb::Op, metadata: pb::OpMetadata) -> String {
         let digest = self.add_op(op);
@@ -161,6 +172,18 @@ mod tests {
         assert_eq!(def.def.len(), 3);
         assert_eq!(digest_of(&def.def[0]), a);
         assert_eq!(digest_of(&def.def[1]), c);
+    }
+
+    #[test]
+    fn encoded_ops_keep_their_bytes_and_are_deduplicated() {
+        let mut b = DefinitionBuilder::new();
+        let d = b.add_op(&source("local://a"));
+        let bytes = b.op_bytes(&d).map(<[u8]>::to_vec).unwrap_or_default();
+        assert_eq!(b.add_encoded(&bytes), d);
+        assert_eq!(b.len(), 1);
+        let other = source("local://b").encode_to_vec();
+        assert_eq!(b.add_encoded(&other), digest_of(&other));
+        assert_eq!(b.len(), 2);
     }
 
     #[test]

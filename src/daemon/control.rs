@@ -424,6 +424,7 @@ async fn run(
                 &build,
                 &daemon.sessions,
                 &req.frontend_attrs,
+                &req.frontend_inputs,
                 daemon.max_parallelism,
             )
             .boxed()

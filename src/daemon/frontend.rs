@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memobuild_frontend as frontend;
-use memobuild_proto::ParsedDefinition;
+use memobuild_proto::{ParsedDefinition, pb};
 use memobuild_worker::Build;
 use memobuild_worker::caller::LocalRequest;
 use memobuild_worker::progress::{Progress, VertexState};
@@ -44,12 +44,14 @@ pub async fn dockerfile(
     build: &Build,
     sessions: &Arc<Sessions>,
     attrs: &BTreeMap<String, String>,
+    inputs: &BTreeMap<String, pb::Definition>,
     max_parallel_exec: usize,
 ) -> Result<FrontendResult, Status> {
     let progress = &job.progress;
     let parsed = frontend::BuildOptions::from_frontend_attrs(attrs, frontend::Platform::host())
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let mut options = parsed.options;
+    options.inputs = inputs.clone();
     let dockerfile_local = attrs
         .get("dockerfilekey")
         .filter(|k| !k.is_empty())
@@ -87,25 +89,41 @@ pub async fn dockerfile(
     let name = format!("[internal] load build definition from {filename}");
     let started = std::time::Instant::now();
     progress.step(&step, &name, VertexState::Started, None, None);
+    // A `dockerfile` frontend input (buildx's remote bake definitions) holds the Dockerfile
+    // unless `dockerfilekey` names a local, as in BuildKit's `dockerui`.
+    let dockerfile_input = inputs
+        .get(INPUT_DOCKERFILE)
+        .filter(|_| !attrs.contains_key("dockerfilekey"));
     let read = async {
-        let follow = vec![
-            filename.clone(),
-            format!("{filename}.dockerignore"),
-            "dockerfile".to_string(),
-        ];
-        let dir = sync_local(
-            build,
-            progress,
-            &step,
-            LocalAt {
-                name: dockerfile_local,
-                session: options.session_for(dockerfile_local),
-                hint: dockerfile_local,
-            },
-            &follow,
-        )
-        .await?;
-        let text = read_file(&dir, &filename)?.ok_or_else(|| {
+        let names = vec![filename.clone(), format!("{filename}.dockerignore")];
+        let mut files = match dockerfile_input {
+            Some(def) => read_input(job, build, def, names, max_parallel_exec).await?,
+            None => {
+                let follow = vec![
+                    filename.clone(),
+                    format!("{filename}.dockerignore"),
+                    "dockerfile".to_string(),
+                ];
+                let dir = sync_local(
+                    build,
+                    progress,
+                    &step,
+                    LocalAt {
+                        name: dockerfile_local,
+                        session: options.session_for(dockerfile_local),
+                        hint: dockerfile_local,
+                    },
+                    &follow,
+                )
+                .await?;
+                names
+                    .iter()
+                    .map(|n| read_file(&dir, n))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        let specific = files.pop().flatten();
+        let text = files.pop().flatten().ok_or_else(|| {
             Status::not_found(format!(
                 "failed to read dockerfile: open {filename}: no such file or directory"
             ))
@@ -113,7 +131,6 @@ pub async fn dockerfile(
         let text = String::from_utf8(text).map_err(|_| {
             Status::invalid_argument(format!("the Dockerfile `{filename}` is not UTF-8 text"))
         })?;
-        let specific = read_file(&dir, &format!("{filename}.dockerignore"))?;
         Ok::<_, Status>((text, specific))
     }
     .await;
@@ -142,6 +159,11 @@ pub async fn dockerfile(
             let started = std::time::Instant::now();
             progress.step(&step, &name, VertexState::Started, None, None);
             let read = async {
+                if let Some(def) = inputs.get(INPUT_CONTEXT) {
+                    let names = vec![".dockerignore".to_string()];
+                    let read = read_input(job, build, def, names, max_parallel_exec).await?;
+                    return Ok(read.into_iter().flatten().next().unwrap_or_default());
+                }
                 let follow = vec![".dockerignore".to_string()];
                 let dir = sync_local(
                     build,
@@ -316,6 +338,36 @@ pub async fn solve_definition(
         output,
         definition: Some(definition.clone()),
     })
+}
+
+/// The frontend inputs that stand for the Dockerfile's directory and the main context, as
+/// BuildKit's `dockerui` names them.
+const INPUT_DOCKERFILE: &str = "dockerfile";
+const INPUT_CONTEXT: &str = "context";
+
+/// Solves the frontend input `def` and reads `names` from its result (`None` for a file it
+/// does not hold).
+async fn read_input(
+    job: &Job,
+    build: &Build,
+    def: &pb::Definition,
+    names: Vec<String>,
+    max_parallel_exec: usize,
+) -> Result<Vec<Option<Vec<u8>>>, Status> {
+    let solved = Box::pin(solve_definition(
+        job,
+        build,
+        def,
+        max_parallel_exec,
+        false,
+        None,
+    ))
+    .await?;
+    solved
+        .with_files(build, move |root| {
+            names.iter().map(|n| read_file(root, n)).collect()
+        })
+        .await
 }
 
 /// Reads the `.dockerignore` of each `local:` named context from its directory (only that

@@ -82,24 +82,10 @@ impl GatewayService {
         solved: SolvedRef,
         f: impl FnOnce(&Path) -> Result<R, Status> + Send + 'static,
     ) -> Result<R, Status> {
-        match solved.output {
-            Output::Local(dir) => tokio::task::spawn_blocking(move || f(&dir))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?,
-            Output::Scratch => {
-                let dir = tempfile::tempdir().map_err(|e| Status::internal(e.to_string()))?;
-                f(dir.path())
-            }
-            Output::Fs(fs) => {
-                let build = job
-                    .build()
-                    .ok_or_else(|| Status::failed_precondition("the build is over"))?;
-                build
-                    .with_mounted(&fs, f)
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?
-            }
-        }
+        let build = job
+            .build()
+            .ok_or_else(|| Status::failed_precondition("the build is over"))?;
+        solved.with_files(&build, f).await
     }
 }
 
@@ -193,6 +179,7 @@ impl LlbBridge for GatewayService {
                             &build,
                             &daemon.sessions,
                             &req.frontend_opt,
+                            &req.frontend_inputs,
                             daemon.max_parallelism,
                         )
                         .boxed()

@@ -46,6 +46,31 @@ pub struct SolvedRef {
     pub definition: Option<pb::Definition>,
 }
 
+impl SolvedRef {
+    /// Runs `f` on the directory holding the result's files (an empty one for scratch; a
+    /// layer chain is mounted for the call).
+    pub async fn with_files<R: Send + 'static>(
+        self,
+        build: &Build,
+        f: impl FnOnce(&std::path::Path) -> Result<R, tonic::Status> + Send + 'static,
+    ) -> Result<R, tonic::Status> {
+        use tonic::Status;
+        match self.output {
+            Output::Local(dir) => tokio::task::spawn_blocking(move || f(&dir))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?,
+            Output::Scratch => {
+                let dir = tempfile::tempdir().map_err(|e| Status::internal(e.to_string()))?;
+                f(dir.path())
+            }
+            Output::Fs(fs) => build
+                .with_mounted(&fs, f)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?,
+        }
+    }
+}
+
 /// What the gateway client returned: a result (a reference and metadata) or its error.
 #[derive(Debug, Clone)]
 pub enum Returned {

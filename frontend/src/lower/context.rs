@@ -8,7 +8,9 @@
 //! resolver gives, as our FROMs are; BuildKit leaves a tag unpinned there) without a resolve
 //! mode; `local://` sources named `[context NAME] load from client` with the shared-key hint
 //! `context:NAME-<shared key>` and the paths the build reads as followpaths; git sources as
-//! `ADD` makes them; http downloads saved as `context`. None has a source location.
+//! `ADD` makes them; http downloads saved as `context`; frontend inputs (`input:NAME`) copied
+//! into the definition as they came, with the image config of `input-metadata:NAME` if any.
+//! None has a source location.
 
 use std::collections::BTreeMap;
 
@@ -131,6 +133,19 @@ impl Lowerer<'_> {
                 );
                 let node = self.graph.add(op, Vec::new(), md, None);
                 (Some(Out { node, index: 0 }), None)
+            }
+            NamedContext::Input { name } => {
+                let def = self.opts.inputs.get(&name).ok_or_else(|| {
+                    wrap(ErrorKind::BadArguments(format!(
+                        "invalid input `{name}`: the request carries no frontend input of that name"
+                    )))
+                })?;
+                let root = self.graph.add_definition(def).map_err(|e| {
+                    wrap(ErrorKind::BadArguments(format!(
+                        "frontend input `{name}`: {e}"
+                    )))
+                })?;
+                (root, self.opts.input_configs.get(&name).cloned())
             }
         };
         let mut st = if replaces_stage {

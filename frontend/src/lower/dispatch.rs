@@ -23,6 +23,9 @@ use crate::{BuildOptions, ImageResolver};
 pub(crate) type LowerError = (Option<Location>, ErrorKind);
 pub(crate) type Res<T> = Result<T, LowerError>;
 
+/// The frontend input that replaces the main context, as BuildKit's `dockerui` names it.
+const INPUT_CONTEXT: &str = "context";
+
 pub(crate) struct Lowerer<'a> {
     pub(crate) opts: &'a BuildOptions,
     pub(crate) resolver: &'a dyn ImageResolver,
@@ -32,6 +35,9 @@ pub(crate) struct Lowerer<'a> {
     pub(crate) epoch: Option<i64>,
     pub(crate) warnings: Vec<Warning>,
     context: Option<NodeId>,
+    /// The main context when it is the frontend input `context` (buildx's remote bake
+    /// definitions): its root, `None` for an empty one, once imported.
+    context_input: Option<Option<Out>>,
     /// Context paths read by COPY/ADD (for `local.followpaths`).
     pub(crate) ctx_paths: BTreeSet<String>,
     pub(crate) states: Vec<Option<StageState>>,
@@ -76,6 +82,7 @@ impl<'a> Lowerer<'a> {
             epoch,
             warnings: Vec::new(),
             context: None,
+            context_input: None,
             ctx_paths: BTreeSet::new(),
             states: Vec::new(),
             proxy: proxy_env(&opts.build_args),
@@ -100,8 +107,23 @@ impl<'a> Lowerer<'a> {
         self.paths.entry(first).or_default().insert(path);
     }
 
-    /// The build context source (created on first use, completed in [`Self::finish`]).
-    pub(crate) fn context(&mut self) -> Out {
+    /// The build context: the frontend input `context` when the request carries one, else the
+    /// local source (created on first use, completed in [`Self::finish`]). `None` is an empty
+    /// input.
+    pub(crate) fn context(&mut self) -> Res<Option<Out>> {
+        if let Some(root) = self.context_input {
+            return Ok(root);
+        }
+        if let Some(def) = self.opts.inputs.get(INPUT_CONTEXT) {
+            let root = self.graph.add_definition(def).map_err(|e| {
+                (
+                    self.current,
+                    ErrorKind::BadArguments(format!("frontend input `{INPUT_CONTEXT}`: {e}")),
+                )
+            })?;
+            self.context_input = Some(root);
+            return Ok(root);
+        }
         let id = match self.context {
             Some(id) => id,
             None => {
@@ -115,7 +137,7 @@ impl<'a> Lowerer<'a> {
                 id
             }
         };
-        Out { node: id, index: 0 }
+        Ok(Some(Out { node: id, index: 0 }))
     }
 
     pub(crate) fn run(

@@ -408,7 +408,7 @@ impl Lowerer<'_> {
                         ));
                     }
                     self.ctx_paths.insert(join("/", src));
-                    Some(self.context())
+                    self.context()?
                 }
                 Some(fs) => fs,
             };

@@ -24,6 +24,33 @@ struct Node {
     inputs: Vec<Out>,
     metadata: pb::OpMetadata,
     location: Option<Location>,
+    /// For a vertex standing for another definition's result: that definition's ops, copied
+    /// into ours byte for byte (`op` and `inputs` are unused).
+    imported: Option<Imported>,
+}
+
+/// The ops of another definition (a frontend input) and the output its terminal op selects.
+#[derive(Debug, Clone)]
+struct Imported {
+    /// Encoded ops without the terminal op, inputs before the ops that read them.
+    ops: Vec<Vec<u8>>,
+    metadata: BTreeMap<String, pb::OpMetadata>,
+    /// The digest of the op whose output the definition selects.
+    output: String,
+}
+
+/// Why a definition cannot be imported.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ImportError {
+    /// An op does not decode.
+    #[error("op {index} does not decode: {reason}")]
+    Decode { index: usize, reason: String },
+    /// The last op is not a terminal op selecting one output.
+    #[error("the last op does not select the definition's output")]
+    NoTerminal,
+    /// An op reads an op the definition does not hold before it.
+    #[error("op {digest} reads {input}, which the definition does not hold before it")]
+    MissingInput { digest: String, input: String },
 }
 
 /// The graph under construction.
@@ -46,8 +73,74 @@ impl Graph {
             inputs,
             metadata,
             location,
+            imported: None,
         });
         self.nodes.len() - 1
+    }
+
+    /// Adds the result of another definition (a frontend input): its ops become ours, byte for
+    /// byte, so its vertices keep their digests and cache keys. `None` for an empty definition
+    /// (scratch).
+    pub(crate) fn add_definition(
+        &mut self,
+        def: &pb::Definition,
+    ) -> Result<Option<Out>, ImportError> {
+        use prost::Message as _;
+        let Some((last, ops)) = def.def.split_last() else {
+            return Ok(None);
+        };
+        let decode = |index: usize, bytes: &[u8]| {
+            pb::Op::decode(bytes).map_err(|e| ImportError::Decode {
+                index,
+                reason: e.to_string(),
+            })
+        };
+        let terminal = decode(ops.len(), last)?;
+        let output = match (&terminal.op, terminal.inputs.as_slice()) {
+            (None, [output]) => output.clone(),
+            _ => return Err(ImportError::NoTerminal),
+        };
+        // Every input must name an op before it, so that the copy is a valid definition.
+        let mut seen = std::collections::HashSet::new();
+        for (index, bytes) in ops.iter().enumerate() {
+            let digest = memobuild_proto::digest_of(bytes);
+            for input in decode(index, bytes)?.inputs {
+                if !seen.contains(&input.digest) {
+                    return Err(ImportError::MissingInput {
+                        digest,
+                        input: input.digest,
+                    });
+                }
+            }
+            seen.insert(digest);
+        }
+        if !seen.contains(&output.digest) {
+            return Err(ImportError::MissingInput {
+                digest: memobuild_proto::digest_of(last),
+                input: output.digest,
+            });
+        }
+        let metadata = def
+            .metadata
+            .iter()
+            .filter(|(d, _)| seen.contains(*d))
+            .map(|(d, m)| (d.clone(), m.clone()))
+            .collect();
+        self.nodes.push(Node {
+            op: pb::Op::default(),
+            inputs: Vec::new(),
+            metadata: pb::OpMetadata::default(),
+            location: None,
+            imported: Some(Imported {
+                ops: ops.to_vec(),
+                metadata,
+                output: output.digest,
+            }),
+        });
+        Ok(Some(Out {
+            node: self.nodes.len() - 1,
+            index: output.index,
+        }))
     }
 
     /// Replaces the op and metadata of `id` (used to complete the context source).
@@ -94,6 +187,16 @@ impl Graph {
             return;
         }
         let node = &self.nodes[id];
+        if let Some(imported) = &node.imported {
+            for bytes in &imported.ops {
+                let digest = b.add_encoded(bytes);
+                if let Some(md) = imported.metadata.get(&digest) {
+                    b.merge_metadata(&digest, md.clone());
+                }
+            }
+            digests.insert(id, imported.output.clone());
+            return;
+        }
         for inp in &node.inputs {
             self.visit(inp.node, b, digests, locations);
         }

@@ -331,7 +331,7 @@ impl Lowerer<'_> {
                 (None, "cache") => None,
                 (None, _) => {
                     self.ctx_paths.insert(join("/", &m.source));
-                    Some(self.context())
+                    self.context()?
                 }
                 (Some(from), _) => match sources.get(i).copied().flatten() {
                     Some(fs) => {
