@@ -10,6 +10,7 @@ mod credentials;
 mod daemon;
 mod dump;
 mod embedded;
+mod frontend_request;
 mod gitctx;
 mod k8s;
 mod output;

@@ -25,9 +25,10 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use crate::daemon::Daemon;
-use crate::daemon::frontend::{self, META_IMAGE_CONFIG};
+use crate::daemon::frontend;
 use crate::daemon::jobs::{Job, Output, Returned};
 use crate::daemon::session::outputs::SessionSink;
+use crate::frontend_request::META_IMAGE_CONFIG;
 use crate::session::headers::SessionHeaders;
 
 /// How long `Status` waits for the Solve of its job to start (BuildKit waits about 6 s).

@@ -1,11 +1,7 @@
-//! The daemon's `dockerfile.v0` frontend: a frontend request (BuildKit's frontend attributes)
-//! turned into a solved result with the image config beside it.
-//!
-//! As BuildKit's builtin frontend does: the Dockerfile is read from the client's `dockerfile`
-//! local (only the file and its `.dockerignore` are transferred), the context's
-//! `.dockerignore` from the `context` local (only that file), then the Dockerfile is lowered
-//! with those patterns and the session id in its local sources, and the Definition solved on
-//! the job's build. The context itself is transferred when the solve reaches its local source.
+//! The daemon's `dockerfile.v0` frontend: [`crate::frontend_request`] run in process over
+//! [`DaemonBridge`], the job's side of the request (its session's locals, the engine's
+//! registry client, the job's build), and [`solve_definition`], which every definition a job
+//! solves goes through.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,23 +18,20 @@ use tonic::Status;
 use crate::daemon::jobs::{Job, Output, SolvedRef};
 use crate::daemon::remote_context;
 use crate::daemon::session::Sessions;
+use crate::frontend_request::{self, FrontendBridge, FrontendResult, LocalFiles, RemoteContext};
 
-/// The image config a frontend returns beside its result (BuildKit's
-/// `exptypes.ExporterImageConfigKey`).
-pub const META_IMAGE_CONFIG: &str = "containerimage.config";
-
-/// The frontend attribute naming a subrequest (`dockerui/requests.go`).
-const REQUEST_ID: &str = "requestid";
-
-/// What a frontend produced: the result and its metadata.
-pub struct FrontendResult {
-    /// The solved filesystem and its definition.
-    pub solved: SolvedRef,
-    /// `containerimage.config` and friends.
-    pub metadata: BTreeMap<String, Vec<u8>>,
+/// The daemon's side of a frontend request, in process: locals synced over the job's session,
+/// images resolved by the engine's registry client, definitions solved on the job's build.
+pub struct DaemonBridge<'a> {
+    pub job: &'a Job,
+    pub build: &'a Build,
+    pub sessions: &'a Arc<Sessions>,
+    pub inputs: &'a BTreeMap<String, pb::Definition>,
+    pub max_parallel_exec: usize,
 }
 
-/// Runs the Dockerfile frontend with BuildKit's attributes `attrs` for `job`.
+/// Runs the Dockerfile frontend with BuildKit's attributes `attrs` (and frontend `inputs`)
+/// for `job`.
 pub async fn dockerfile(
     job: &Job,
     build: &Build,
@@ -46,204 +39,182 @@ pub async fn dockerfile(
     attrs: &BTreeMap<String, String>,
     inputs: &BTreeMap<String, pb::Definition>,
     max_parallel_exec: usize,
-) -> Result<FrontendResult, Status> {
-    let progress = &job.progress;
-    let parsed = frontend::BuildOptions::from_frontend_attrs(attrs, frontend::Platform::host())
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let mut options = parsed.options;
-    options.inputs = inputs.clone();
-    let dockerfile_local = attrs
-        .get("dockerfilekey")
-        .filter(|k| !k.is_empty())
-        .map_or("dockerfile", String::as_str);
-    options.session_id = Some(job.session());
-
-    // [internal] load remote build context: a context given as a URL is fetched here and then
-    // read as the client's `context` and `dockerfile` directories would be.
-    let mut git_root = false;
-    if let Some(url) = options.context_url.clone() {
-        let step = step_id(&job.id, "remote context");
-        let name = "[internal] load remote build context".to_string();
-        let started = std::time::Instant::now();
-        progress.step(&step, &name, VertexState::Started, None, None);
-        let fetched = remote_context::fetch(
-            &url,
-            sessions,
-            &job.session(),
-            build.engine().state(),
-            &job.provided,
-        )
-        .await;
-        finish_step(progress, &step, &name, started, &fetched);
-        let fetched = fetched?;
-        if let Some(n) = fetched.dockerfile_name {
-            options.dockerfile_name = n;
-        }
-        git_root = fetched.git_root;
-    }
-    let filename = options.dockerfile_name.clone();
-
-    // [internal] load build definition from Dockerfile
-    let step = step_id(&job.id, "definition");
-    let definition_step = step.clone();
-    let name = format!("[internal] load build definition from {filename}");
-    let started = std::time::Instant::now();
-    progress.step(&step, &name, VertexState::Started, None, None);
-    // A `dockerfile` frontend input (buildx's remote bake definitions) holds the Dockerfile
-    // unless `dockerfilekey` names a local, as in BuildKit's `dockerui`.
-    let dockerfile_input = inputs
-        .get(INPUT_DOCKERFILE)
-        .filter(|_| !attrs.contains_key("dockerfilekey"));
-    let read = async {
-        let names = vec![filename.clone(), format!("{filename}.dockerignore")];
-        let mut files = match dockerfile_input {
-            Some(def) => read_input(job, build, def, names, max_parallel_exec).await?,
-            None => {
-                let follow = vec![
-                    filename.clone(),
-                    format!("{filename}.dockerignore"),
-                    "dockerfile".to_string(),
-                ];
-                let dir = sync_local(
-                    build,
-                    progress,
-                    &step,
-                    LocalAt {
-                        name: dockerfile_local,
-                        session: options.session_for(dockerfile_local),
-                        hint: dockerfile_local,
-                    },
-                    &follow,
-                )
-                .await?;
-                names
-                    .iter()
-                    .map(|n| read_file(&dir, n))
-                    .collect::<Result<Vec<_>, _>>()?
-            }
-        };
-        let specific = files.pop().flatten();
-        let text = files.pop().flatten().ok_or_else(|| {
-            Status::not_found(format!(
-                "failed to read dockerfile: open {filename}: no such file or directory"
-            ))
-        })?;
-        let text = String::from_utf8(text).map_err(|_| {
-            Status::invalid_argument(format!("the Dockerfile `{filename}` is not UTF-8 text"))
-        })?;
-        Ok::<_, Status>((text, specific))
-    }
-    .await;
-    finish_step(progress, &step, &name, started, &read);
-    let (dockerfile, specific_ignore) = read?;
-
-    // A subrequest (buildx's `--call`, `--check`) reads the Dockerfile only: the context is
-    // not asked for (an outline's client may not even offer it), except its `.dockerignore`
-    // for a lint (`CopyIgnoredFile`).
-    let request_id = attrs
-        .get(REQUEST_ID)
-        .filter(|r| !r.is_empty())
-        .map(String::as_str);
-    if let Some(id) = request_id
-        && id != frontend::subrequests::LINT
-    {
-        return subrequest(job, build, id, &dockerfile, options).await;
-    }
-
-    // [internal] load .dockerignore
-    let ignore = match specific_ignore {
-        Some(i) => i,
-        None => {
-            let step = step_id(&job.id, "dockerignore");
-            let name = "[internal] load .dockerignore".to_string();
-            let started = std::time::Instant::now();
-            progress.step(&step, &name, VertexState::Started, None, None);
-            let read = async {
-                if let Some(def) = inputs.get(INPUT_CONTEXT) {
-                    let names = vec![".dockerignore".to_string()];
-                    let read = read_input(job, build, def, names, max_parallel_exec).await?;
-                    return Ok(read.into_iter().flatten().next().unwrap_or_default());
-                }
-                let follow = vec![".dockerignore".to_string()];
-                let dir = sync_local(
-                    build,
-                    progress,
-                    &step,
-                    LocalAt {
-                        name: &options.context_name,
-                        session: options.session_for(&options.context_name),
-                        hint: &format!("{}-.dockerignore", options.context_name),
-                    },
-                    &follow,
-                )
-                .await;
-                match dir {
-                    Ok(dir) => Ok(read_file(&dir, ".dockerignore")?.unwrap_or_default()),
-                    // A client that sends no context (a request that only reads the
-                    // Dockerfile, an outline) has no `.dockerignore` either; a build that
-                    // needs the context fails where it reads it, naming it.
-                    Err(e) => {
-                        tracing::debug!("no .dockerignore: {}", e.message());
-                        Ok::<_, Status>(Vec::new())
-                    }
-                }
-            }
-            .await;
-            finish_step(progress, &step, &name, started, &read);
-            read?
-        }
-    };
-    options.dockerignore = crate::build::parse_dockerignore(&String::from_utf8_lossy(&ignore));
-    // A repository's `.git` is no part of its context (BuildKit drops it too).
-    if git_root {
-        options.dockerignore.push("/.git".to_owned());
-    }
-    if let Some(id) = request_id {
-        return subrequest(job, build, id, &dockerfile, options).await;
-    }
-    named_local_excludes(job, build, &mut options).await?;
-
-    let target_id = target_id(sessions, job, &options).await;
-    let lowered = crate::pipeline::lower(build.registry(), &dockerfile, options, Some(progress))
-        .await
-        .map_err(|e| {
-            // `# check=error=true`: the findings are shown as warnings (with their lines), as
-            // BuildKit shows them, beside the error naming their rules.
-            if let Some(fe) = e.downcast_ref::<frontend::FrontendError>()
-                && let frontend::ErrorKind::LintViolation { found, .. } = fe.kind.as_ref()
-            {
-                for w in found {
-                    job.status
-                        .warn_lint(&definition_step, w, &filename, dockerfile.as_bytes());
-                }
-            }
-            crate::daemon::convert::frontend_error(&e, dockerfile.as_bytes())
-        })?;
-    for w in &lowered.warnings {
-        job.status
-            .warn_lint(&definition_step, w, &filename, dockerfile.as_bytes());
-    }
-    let mut metadata = BTreeMap::new();
-    metadata.insert(META_IMAGE_CONFIG.to_string(), lowered.image_config.clone());
-    if lowered.definition.def.is_empty() {
-        return Ok(FrontendResult {
-            solved: SolvedRef {
-                output: Output::Scratch,
-                definition: None,
-            },
-            metadata,
-        });
-    }
-    let solved = solve_definition(
+) -> Result<FrontendResult<SolvedRef>, Status> {
+    let bridge = DaemonBridge {
         job,
         build,
-        &lowered.definition,
+        sessions,
+        inputs,
         max_parallel_exec,
-        false,
-        Some(&target_id),
-    )
-    .await?;
-    Ok(FrontendResult { solved, metadata })
+    };
+    frontend_request::run(&bridge, attrs).await
+}
+
+/// Runs `f` as the progress step `name` (started now, then done or failed).
+async fn as_step<T>(
+    progress: &Progress,
+    step: &str,
+    name: &str,
+    f: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let started = std::time::Instant::now();
+    progress.step(step, name, VertexState::Started, None, None);
+    let r = f.await;
+    finish_step(progress, step, name, started, &r);
+    r
+}
+
+#[tonic::async_trait]
+impl FrontendBridge for DaemonBridge<'_> {
+    type Solved = SolvedRef;
+
+    fn session_id(&self) -> Option<String> {
+        Some(self.job.session())
+    }
+
+    async fn inputs(&self) -> Result<BTreeMap<String, pb::Definition>, Status> {
+        Ok(self.inputs.clone())
+    }
+
+    async fn read_local(&self, at: LocalFiles<'_>) -> Result<Vec<Option<Vec<u8>>>, Status> {
+        let step = step_id(&self.job.id, at.step_name);
+        let mut follow = at.files.to_vec();
+        if at.name == "dockerfile" {
+            follow.push("dockerfile".into());
+        }
+        let read = async {
+            let dir = sync_local(
+                self.build,
+                &self.job.progress,
+                &step,
+                LocalAt {
+                    name: at.name,
+                    session: at.session,
+                    hint: at.shared_key_hint,
+                },
+                &follow,
+            )
+            .await;
+            match dir {
+                Ok(dir) => at.files.iter().map(|n| read_file(&dir, n)).collect(),
+                Err(e) if at.optional => {
+                    tracing::debug!("no {:?}: {}", at.files, e.message());
+                    Ok(vec![None; at.files.len()])
+                }
+                Err(e) => Err(e),
+            }
+        };
+        as_step(&self.job.progress, &step, at.step_name, read).await
+    }
+
+    async fn read_definition(
+        &self,
+        def: &pb::Definition,
+        files: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, Status> {
+        let solved = Box::pin(solve_definition(
+            self.job,
+            self.build,
+            def,
+            self.max_parallel_exec,
+            false,
+            None,
+        ))
+        .await?;
+        let names = files.to_vec();
+        solved
+            .with_files(self.build, move |root| {
+                names.iter().map(|n| read_file(root, n)).collect()
+            })
+            .await
+    }
+
+    async fn fetch_remote_context(&self, url: &str) -> Result<RemoteContext, Status> {
+        let step = step_id(&self.job.id, "remote context");
+        let fetched = as_step(
+            &self.job.progress,
+            &step,
+            "[internal] load remote build context",
+            remote_context::fetch(
+                url,
+                self.sessions,
+                &self.job.session(),
+                self.build.engine().state(),
+                &self.job.provided,
+            ),
+        )
+        .await?;
+        Ok(RemoteContext {
+            dockerfile_name: fetched.dockerfile_name,
+            git_root: fetched.git_root,
+        })
+    }
+
+    async fn lower(
+        &self,
+        dockerfile: &str,
+        opts: frontend::BuildOptions,
+    ) -> anyhow::Result<frontend::Lowered> {
+        crate::pipeline::lower(
+            self.build.registry(),
+            dockerfile,
+            opts,
+            Some(&self.job.progress),
+        )
+        .await
+    }
+
+    async fn subrequest(
+        &self,
+        id: &str,
+        dockerfile: &str,
+        opts: frontend::BuildOptions,
+    ) -> anyhow::Result<Option<BTreeMap<String, Vec<u8>>>> {
+        crate::pipeline::subrequest(
+            self.build.registry(),
+            id,
+            dockerfile,
+            opts,
+            Some(&self.job.progress),
+        )
+        .await
+    }
+
+    async fn warn(&self, found: &[frontend::Warning], filename: &str, dockerfile: &str) {
+        let step = step_id(
+            &self.job.id,
+            &format!("[internal] load build definition from {filename}"),
+        );
+        for w in found {
+            self.job
+                .status
+                .warn_lint(&step, w, filename, dockerfile.as_bytes());
+        }
+    }
+
+    async fn solve(
+        &self,
+        def: &pb::Definition,
+        options: &frontend::BuildOptions,
+    ) -> Result<SolvedRef, Status> {
+        let target_id = target_id(self.sessions, self.job, options).await;
+        solve_definition(
+            self.job,
+            self.build,
+            def,
+            self.max_parallel_exec,
+            false,
+            Some(&target_id),
+        )
+        .await
+    }
+
+    fn scratch(&self) -> SolvedRef {
+        SolvedRef {
+            output: Output::Scratch,
+            definition: None,
+        }
+    }
 }
 
 /// What identifies this build's target across builds, for its explanations: the client's
@@ -268,33 +239,6 @@ async fn target_id(
         options.dockerfile_name,
         options.target.as_deref().unwrap_or_default()
     )
-}
-
-/// Answers subrequest `id`: a result without a filesystem whose metadata is the answer.
-async fn subrequest(
-    job: &Job,
-    build: &Build,
-    id: &str,
-    dockerfile: &str,
-    options: frontend::BuildOptions,
-) -> Result<FrontendResult, Status> {
-    let answer = crate::pipeline::subrequest(
-        build.registry(),
-        id,
-        dockerfile,
-        options,
-        Some(&job.progress),
-    )
-    .await
-    .map_err(|e| crate::daemon::convert::frontend_error(&e, dockerfile.as_bytes()))?
-    .ok_or_else(|| Status::invalid_argument(format!("unsupported request {id}")))?;
-    Ok(FrontendResult {
-        solved: SolvedRef {
-            output: Output::Scratch,
-            definition: None,
-        },
-        metadata: answer,
-    })
 }
 
 /// Solves `definition` on the job's build. With `target_id` (what identifies the build's
@@ -338,85 +282,6 @@ pub async fn solve_definition(
         output,
         definition: Some(definition.clone()),
     })
-}
-
-/// The frontend inputs that stand for the Dockerfile's directory and the main context, as
-/// BuildKit's `dockerui` names them.
-const INPUT_DOCKERFILE: &str = "dockerfile";
-const INPUT_CONTEXT: &str = "context";
-
-/// Solves the frontend input `def` and reads `names` from its result (`None` for a file it
-/// does not hold).
-async fn read_input(
-    job: &Job,
-    build: &Build,
-    def: &pb::Definition,
-    names: Vec<String>,
-    max_parallel_exec: usize,
-) -> Result<Vec<Option<Vec<u8>>>, Status> {
-    let solved = Box::pin(solve_definition(
-        job,
-        build,
-        def,
-        max_parallel_exec,
-        false,
-        None,
-    ))
-    .await?;
-    solved
-        .with_files(build, move |root| {
-            names.iter().map(|n| read_file(root, n)).collect()
-        })
-        .await
-}
-
-/// Reads the `.dockerignore` of each `local:` named context from its directory (only that
-/// file is transferred, as BuildKit's `[context NAME] load .dockerignore`), for the frontend
-/// to exclude those paths from the context's transfer.
-async fn named_local_excludes(
-    job: &Job,
-    build: &Build,
-    options: &mut frontend::BuildOptions,
-) -> Result<(), Status> {
-    let locals: Vec<(String, String)> = options
-        .named_contexts
-        .iter()
-        .filter_map(|(key, nc)| match nc {
-            frontend::NamedContext::Local { name, .. } => Some((key.clone(), name.clone())),
-            _ => None,
-        })
-        .collect();
-    for (key, name) in locals {
-        let step = step_id(&job.id, &format!("context:{key}:dockerignore"));
-        let step_name = format!("[context {key}] load .dockerignore");
-        let started = std::time::Instant::now();
-        job.progress
-            .step(&step, &step_name, VertexState::Started, None, None);
-        let read = async {
-            let dir = sync_local(
-                build,
-                &job.progress,
-                &step,
-                LocalAt {
-                    name: &name,
-                    session: options.session_for(&name),
-                    hint: &format!("context:{key}-.dockerignore"),
-                },
-                &[".dockerignore".to_string()],
-            )
-            .await?;
-            Ok::<_, Status>(read_file(&dir, ".dockerignore")?.unwrap_or_default())
-        }
-        .await;
-        finish_step(&job.progress, &step, &step_name, started, &read);
-        let patterns = crate::build::parse_dockerignore(&String::from_utf8_lossy(&read?));
-        if let Some(frontend::NamedContext::Local { excludes, .. }) =
-            options.named_contexts.get_mut(&key)
-        {
-            *excludes = patterns;
-        }
-    }
-    Ok(())
 }
 
 /// A client directory: its name, the session serving it and the shared-key hint of the copy.
