@@ -37,6 +37,10 @@ pub enum Command {
     K8s(crate::k8s::K8sArgs),
     /// Serve BuildKit's API (`buildctl`, `docker buildx --driver remote`) on MemoBuild's engine.
     Daemon(DaemonArgs),
+    /// Run as a BuildKit gateway frontend (the entrypoint of MemoBuild's `# syntax=` image):
+    /// LLBBridge over stdin/stdout, options from `BUILDKIT_FRONTEND_OPT_n`, the session from
+    /// `BUILDKIT_SESSION_ID`. Started by a BuildKit daemon, not by hand.
+    Frontend,
 }
 
 /// `memobuild daemon`.
@@ -260,6 +264,11 @@ pub struct BuildArgs {
     /// `--cache-max-size`) do not apply.
     #[arg(long, value_name = "ADDR", env = "BUILDKIT_HOST")]
     pub addr: Option<String>,
+    /// With `--addr`: run MemoBuild's Dockerfile frontend here, as a client of the daemon's
+    /// LLBBridge (what a `# syntax=` frontend image does), instead of asking the daemon for
+    /// its own `dockerfile.v0`. Works against any BuildKit.
+    #[arg(long = "client-frontend", requires = "addr")]
+    pub client_frontend: bool,
     /// Allow a privileged entitlement: `network.host` (`RUN --network=host`),
     /// `security.insecure`; with `--addr` the daemon must allow it too. Repeatable.
     #[arg(long = "allow", value_name = "ENTITLEMENT")]

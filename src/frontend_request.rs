@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 
 use memobuild_frontend as frontend;
+use memobuild_proto::gateway::WarnRequest;
 use memobuild_proto::pb;
 use tonic::Status;
 
@@ -108,6 +109,51 @@ pub trait FrontendBridge: Send + Sync {
 
     /// The result of a request that has no filesystem (a subrequest, an empty target).
     fn scratch(&self) -> Self::Solved;
+}
+
+/// A lint finding as BuildKit's frontend reports it through `Warn` (`linter.LintFormatShort`:
+/// `RULE: MESSAGE (line N)`; the detail is the rule's description), about the Dockerfile
+/// `filename` with text `dockerfile`, under the vertex `digest`.
+pub fn warn_request(
+    digest: &str,
+    w: &frontend::Warning,
+    filename: &str,
+    dockerfile: &str,
+) -> WarnRequest {
+    let short = match w.location {
+        Some(l) => format!("{}: {} (line {})", w.rule, w.message, l.line),
+        None => format!("{}: {}", w.rule, w.message),
+    };
+    let line = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    let ranges = w
+        .location
+        .map(|l| {
+            vec![pb::Range {
+                start: Some(pb::Position {
+                    line: line(l.line),
+                    character: 0,
+                }),
+                end: Some(pb::Position {
+                    line: line(l.end_line.max(l.line)),
+                    character: 0,
+                }),
+            }]
+        })
+        .unwrap_or_default();
+    WarnRequest {
+        digest: digest.to_owned(),
+        level: 1,
+        short: short.into_bytes(),
+        detail: vec![w.description().as_bytes().to_vec()],
+        url: w.url(),
+        info: Some(pb::SourceInfo {
+            filename: filename.to_owned(),
+            data: dockerfile.as_bytes().to_vec(),
+            definition: None,
+            language: "Dockerfile".into(),
+        }),
+        ranges,
+    }
 }
 
 /// What a frontend request produced: the result and its metadata.

@@ -11,6 +11,7 @@ mod daemon;
 mod dump;
 mod embedded;
 mod frontend_request;
+mod gateway_client;
 mod gitctx;
 mod k8s;
 mod output;
@@ -96,6 +97,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Cache(args) => cache_cmd::run(args).await,
             cli::Command::K8s(args) => k8s::run(args),
             cli::Command::Daemon(args) => daemon::run(args).await,
+            cli::Command::Frontend => gateway_client::serve_stdio().await,
         }
     });
     match result {

@@ -92,6 +92,16 @@ pub async fn lower(
         mode: resolve_mode(opts.image_resolve_mode),
         progress: progress.cloned(),
     };
+    lower_with(resolver, dockerfile, opts).await
+}
+
+/// Lowers `dockerfile` with `opts`, resolving base images through `resolver` (called on a
+/// blocking thread, where it may block on the runtime).
+pub async fn lower_with<R: frontend::ImageResolver + Send + 'static>(
+    resolver: R,
+    dockerfile: &str,
+    opts: frontend::BuildOptions,
+) -> anyhow::Result<frontend::Lowered> {
     let dockerfile = dockerfile.to_owned();
     let lowered =
         tokio::task::spawn_blocking(move || frontend::build(&dockerfile, &opts, &resolver))
@@ -117,6 +127,16 @@ pub async fn subrequest(
         mode: resolve_mode(opts.image_resolve_mode),
         progress: progress.cloned(),
     };
+    subrequest_with(resolver, request_id, dockerfile, opts).await
+}
+
+/// [`subrequest`] resolving base images through `resolver`.
+pub async fn subrequest_with<R: frontend::ImageResolver + Send + 'static>(
+    resolver: R,
+    request_id: &str,
+    dockerfile: &str,
+    opts: frontend::BuildOptions,
+) -> anyhow::Result<Option<BTreeMap<String, Vec<u8>>>> {
     let (request_id, dockerfile) = (request_id.to_owned(), dockerfile.to_owned());
     let answer = tokio::task::spawn_blocking(move || {
         frontend::subrequests::handle(&request_id, &dockerfile, &opts, &resolver).transpose()

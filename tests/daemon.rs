@@ -1520,6 +1520,84 @@ fn frontend_inputs_stand_for_targets_the_client_built() {
     });
 }
 
+// Verifies: MemoBuild's frontend run as a gateway client (`--client-frontend`: the Dockerfile
+// read through a solved local source and ReadFile, base images through ResolveImageConfig, the
+// final definition solved and returned with its config over LLBBridge, as a `# syntax=` image
+// runs) builds the same image, byte for byte, as the daemon's own `dockerfile.v0`; progress
+// shows the same steps; lint findings arrive through `Warn` with their lines; subrequests
+// answer the same; a Dockerfile error names its line.
+#[test]
+fn the_frontend_as_a_gateway_client_builds_what_the_daemons_frontend_builds() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    let marker = unique("gw");
+    sb.write(
+        "Dockerfile",
+        &format!(
+            "FROM {} as base\nWORKDIR /app\nCOPY a.txt ./\nRUN echo {marker} > run.txt\nENV MODE prod\nCMD [\"cat\", \"/app/a.txt\"]\n",
+            env.busybox()
+        ),
+    )
+    .write("a.txt", "from the context\n")
+    .write(".dockerignore", "ignored.txt\n")
+    .write("ignored.txt", "never sent\n");
+    let daemon = Daemon::start(&sb, &env, &[]);
+    let daemons = sb.path("daemons.tar");
+    let clients = sb.path("clients.tar");
+    let built = sb.build_remote(
+        &daemon,
+        &["--output", &format!("type=oci,dest={}", daemons.display())],
+    );
+    assert_ok(&built, "build with the daemon's frontend");
+    let client = sb.build_remote(
+        &daemon,
+        &[
+            "--client-frontend",
+            "--output",
+            &format!("type=oci,dest={}", clients.display()),
+        ],
+    );
+    assert_ok(&client, "build with the frontend as a gateway client");
+    assert_eq!(oci_manifest_digest(&clients), oci_manifest_digest(&daemons));
+    let text = stderr(&client);
+    for step in [
+        "[internal] load build definition from Dockerfile",
+        "[internal] load .dockerignore",
+        &format!("[internal] load metadata for {}", env.busybox()),
+        "[internal] load build context",
+        "[4/4] RUN echo",
+    ] {
+        assert!(text.contains(step), "`{step}` is shown: {text}");
+    }
+    // The lint finding (FromAsCasing, LegacyKeyValueFormat) came through `Warn`.
+    assert!(
+        text.contains("FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 1)"),
+        "{text}"
+    );
+    assert!(text.contains("LegacyKeyValueFormat"), "{text}");
+
+    let outline = |extra: &[&str]| {
+        let mut args = vec!["--call=outline"];
+        args.extend_from_slice(extra);
+        let out = sb.build_remote(&daemon, &args);
+        assert_ok(&out, "--call=outline");
+        stdout(&out)
+    };
+    assert_eq!(outline(&["--client-frontend"]), outline(&[]));
+
+    sb.write(
+        "Dockerfile",
+        &format!("FROM {}\nRUN true\nCOPY\n", env.busybox()),
+    );
+    let failed = sb.build_remote(&daemon, &["--client-frontend"]);
+    assert_eq!(failed.status.code(), Some(1));
+    let text = stderr(&failed);
+    assert!(
+        text.contains("Dockerfile:3"),
+        "the failing line is named: {text}"
+    );
+}
+
 // ----- lifecycle ----------------------------------------------------------------------------
 
 /// A Dockerfile whose RUN prints `ready-2` (its name shows `ready-$((1+1))`) and then sleeps.

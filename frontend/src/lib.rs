@@ -246,3 +246,26 @@ pub(crate) fn lower_parsed(
     found.append(&mut out.warnings);
     Ok(out)
 }
+
+/// The definition of a client directory read by the frontend itself, as BuildKit's `dockerui`
+/// reads the Dockerfile and `.dockerignore`: the local source `name` of `session`, only
+/// `follow_paths` transferred, shown as `custom_name`.
+pub fn local_files_definition(
+    name: &str,
+    session: Option<&str>,
+    follow_paths: &[String],
+    shared_key_hint: &str,
+    custom_name: &str,
+) -> pb::Definition {
+    let (op, md) = lower::source::local_op(&lower::source::LocalSource {
+        name,
+        session,
+        excludes: &[],
+        follow_paths,
+        shared_key_hint,
+        custom_name,
+    });
+    let mut b = memobuild_proto::DefinitionBuilder::new();
+    let digest = b.add_op_with_metadata(&op, md);
+    b.finish(pb::Input::new(digest, 0))
+}

@@ -12,7 +12,7 @@ mod mounts;
 mod naming;
 mod onbuild;
 mod paths;
-mod source;
+pub(crate) mod source;
 mod state;
 
 pub(crate) use dispatch::{LowerOutput, Lowerer};

@@ -75,14 +75,26 @@ fn tagged<T>(message: T, build_ref: &str) -> anyhow::Result<Request<T>> {
     Ok(request)
 }
 
-/// Runs the build function: Ping, Solve with the Dockerfile frontend and `frontend_opt`,
-/// Return. A failed Solve is returned to the daemon (which fails the `Control/Solve` with
-/// it) and also returned here. The answer is the Solve's result metadata (what a subrequest
-/// such as `frontend.outline` answers in, `result.json` and friends).
+/// Where the Dockerfile frontend runs.
+pub enum FrontendPlace {
+    /// On the daemon: `Solve{Frontend: "dockerfile.v0"}`.
+    Daemon,
+    /// In this process, over LLBBridge ([`crate::gateway_client`]), with the build's session.
+    Client {
+        /// The session id of the build.
+        session: String,
+    },
+}
+
+/// Runs the build function: Ping, the Dockerfile frontend with `frontend_opt` (on the daemon
+/// or here, per `place`), Return. A failed frontend is returned to the daemon (which fails
+/// the `Control/Solve` with it) and also returned here. The answer is the result's metadata
+/// (what a subrequest such as `frontend.outline` answers in, `result.json` and friends).
 pub async fn run(
     mut client: LlbBridgeClient<Channel>,
     build_ref: &str,
     frontend_opt: BTreeMap<String, String>,
+    place: FrontendPlace,
 ) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
     let pong = tokio::time::timeout(
         PING_TIMEOUT,
@@ -98,6 +110,23 @@ pub async fn run(
     // a protocol of BuildKit before v0.6 that is not worth carrying.
     caps.supports(CAP_RETURN)?;
     let ref_array = caps.supports(CAP_PROTO_REF_ARRAY).is_ok();
+
+    if let FrontendPlace::Client { session } = place {
+        let bridge = crate::gateway_client::GatewayBridge::new(
+            client.clone(),
+            Some(build_ref.to_owned()),
+            Some(session),
+            caps,
+        );
+        let ran = crate::frontend_request::run(&bridge, &frontend_opt).await;
+        let ret = crate::gateway_client::return_request(&ran);
+        let returned = client.r#return(tagged(ret, build_ref)?).await;
+        let ran = ran.map_err(crate::client::remote)?;
+        returned
+            .map_err(crate::client::remote)
+            .context("returning the result to the daemon")?;
+        return Ok(ran.metadata);
+    }
 
     let request = SolveRequest {
         frontend: DOCKERFILE_FRONTEND.to_owned(),

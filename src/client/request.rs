@@ -43,6 +43,9 @@ pub struct BuildRequest {
     /// The context read from standard input (`-`), offered through the session's Upload
     /// service as `http://buildkit-session/<id>`.
     pub upload: Option<Offered>,
+    /// Whether the Dockerfile frontend runs in this process (`--client-frontend`), over the
+    /// daemon's LLBBridge, instead of on the daemon.
+    pub client_frontend: bool,
 }
 
 /// Where the build context comes from.
@@ -165,6 +168,7 @@ impl BuildRequest {
             entitlements,
             shared_key,
             upload,
+            client_frontend: args.client_frontend,
             cache_exports: args
                 .cache_to
                 .iter()

@@ -161,8 +161,15 @@ async fn build(
         let client = connect::gateway(channel);
         let (solve_done, cancel_solve) = (solve_done.clone(), cancel_solve.clone());
         let (build_ref, opts) = (ids.build_ref.clone(), request.frontend_attrs.clone());
+        let place = if request.client_frontend {
+            gateway::FrontendPlace::Client {
+                session: ids.session.clone(),
+            }
+        } else {
+            gateway::FrontendPlace::Daemon
+        };
         async move {
-            let result = gateway::run(client, &build_ref, opts)
+            let result = gateway::run(client, &build_ref, opts, place)
                 .await
                 .context("failed to run Build function");
             if result.is_err() {
@@ -273,6 +280,7 @@ mod tests {
             entitlements: vec!["network.host".into()],
             shared_key: "k".into(),
             upload: None,
+            client_frontend: false,
             cache_exports: vec![(
                 "registry".into(),
                 BTreeMap::from([("ref".into(), "r/c".into())]),

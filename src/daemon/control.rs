@@ -146,6 +146,7 @@ impl Control for ControlService {
             .build(caller)
             .await
             .map_err(|e| Status::unavailable(format!("cannot start the build: {e}")))?;
+        job.set_inputs(req.frontend_inputs.clone());
         let returned = job.start(
             build.clone(),
             &req.session,

@@ -186,9 +186,9 @@ impl FrontendBridge for DaemonBridge<'_> {
             &format!("[internal] load build definition from {filename}"),
         );
         for w in found {
-            self.job
-                .status
-                .warn_lint(&step, w, filename, dockerfile.as_bytes());
+            self.job.status.warning(frontend_request::warn_request(
+                &step, w, filename, dockerfile,
+            ));
         }
     }
 

@@ -22,6 +22,7 @@ use memobuild_proto::gateway::{
     StatFileRequest, StatFileResponse, WarnRequest, WarnResponse,
 };
 use memobuild_proto::gateway::{Ref, Result as GatewayResult, result};
+use memobuild_worker::progress::VertexState;
 use memobuild_worker::registry::ResolveMode;
 use tonic::{Request, Response, Status};
 
@@ -355,10 +356,30 @@ impl LlbBridge for GatewayService {
             .ok_or_else(|| Status::failed_precondition("the build is over"))?;
         let platform = req.platform.unwrap_or_else(convert::host_platform);
         let mode = ResolveMode::from_name(&req.resolve_mode);
-        let (digest, config) =
+        // A named look-up (`LogName`, the frontend's `[internal] load metadata for …`) is a
+        // step of the build's progress, as buildkitd shows it.
+        let step = (!req.log_name.is_empty()).then(|| {
+            let id = format!(
+                "sha256:{}",
+                blake3::hash(format!("{}\0{}", job.id, req.log_name).as_bytes()).to_hex()
+            );
+            job.progress
+                .step(&id, &req.log_name, VertexState::Started, None, None);
+            (id, std::time::Instant::now())
+        });
+        let resolved =
             memobuild_worker::resolve_image_config(build.registry(), &req.r#ref, &platform, mode)
                 .await
-                .map_err(|e| Status::unknown(e.to_string()))?;
+                .map_err(|e| Status::unknown(e.to_string()));
+        if let Some((id, started)) = step {
+            let (state, error) = match &resolved {
+                Ok(_) => (VertexState::Completed, None),
+                Err(e) => (VertexState::Error, Some(e.message().to_owned())),
+            };
+            job.progress
+                .step(&id, &req.log_name, state, Some(started.elapsed()), error);
+        }
+        let (digest, config) = resolved?;
         Ok(Response::new(ResolveImageConfigResponse {
             digest,
             config,
@@ -378,17 +399,17 @@ impl LlbBridge for GatewayService {
 
     async fn inputs(
         &self,
-        _request: Request<InputsRequest>,
+        request: Request<InputsRequest>,
     ) -> Result<Response<InputsResponse>, Status> {
+        let job = self.job(&request).await?;
         Ok(Response::new(InputsResponse {
-            definitions: BTreeMap::new(),
+            definitions: job.inputs(),
         }))
     }
 
     async fn warn(&self, request: Request<WarnRequest>) -> Result<Response<WarnResponse>, Status> {
         let job = self.job(&request).await?;
-        let w = request.into_inner();
-        job.status.warn(&String::from_utf8_lossy(&w.short));
+        job.status.warning(request.into_inner());
         Ok(Response::new(WarnResponse {}))
     }
 }

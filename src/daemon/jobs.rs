@@ -6,7 +6,7 @@
 //! Solve to start it ([`Jobs::started`]). The job holds the build, the results the gateway
 //! client asked for (by id), and the channel its `Return` answers the Solve through.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -115,6 +115,8 @@ struct State {
     session: String,
     entitlements: Vec<String>,
     granted: Vec<String>,
+    /// The Solve's frontend inputs, which a client-side frontend asks for (`Inputs`).
+    inputs: BTreeMap<String, pb::Definition>,
 }
 
 impl Job {
@@ -153,6 +155,21 @@ impl Job {
         }
         self.started.send_replace(true);
         rx
+    }
+
+    /// Sets the frontend inputs the job's Solve carried.
+    pub fn set_inputs(&self, inputs: BTreeMap<String, pb::Definition>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.inputs = inputs;
+        }
+    }
+
+    /// The frontend inputs the job's Solve carried.
+    pub fn inputs(&self) -> BTreeMap<String, pb::Definition> {
+        self.state
+            .lock()
+            .map(|s| s.inputs.clone())
+            .unwrap_or_default()
     }
 
     /// Adds the cacheable steps of one solve to the job's counts.

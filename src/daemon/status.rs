@@ -134,53 +134,19 @@ impl StatusHub {
         });
     }
 
-    /// A lint finding of the Dockerfile frontend, shaped as BuildKit's linter reports it
-    /// (`Lint Rule 'NAME': MESSAGE (line N)`, the rule's documentation URL, the Dockerfile and
-    /// the range it is about), which buildx and buildctl print with the source lines. `vertex`
-    /// is the step that read the Dockerfile: clients show the warning under it
-    /// (`#1 WARN: …`), as with BuildKit.
-    pub fn warn_lint(
-        &self,
-        vertex: &str,
-        w: &memobuild_frontend::Warning,
-        filename: &str,
-        dockerfile: &[u8],
-    ) {
-        // As BuildKit's `linter.LintFormatShort`; the detail is the rule's description.
-        let short = match w.location {
-            Some(l) => format!("{}: {} (line {})", w.rule, w.message, l.line),
-            None => format!("{}: {}", w.rule, w.message),
-        };
-        let ranges = w
-            .location
-            .map(|l| {
-                let line = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
-                vec![memobuild_proto::pb::Range {
-                    start: Some(memobuild_proto::pb::Position {
-                        line: line(l.line),
-                        character: 0,
-                    }),
-                    end: Some(memobuild_proto::pb::Position {
-                        line: line(l.end_line.max(l.line)),
-                        character: 0,
-                    }),
-                }]
-            })
-            .unwrap_or_default();
+    /// A warning a frontend reported (LLBBridge `Warn`, or the daemon's own frontend): a lint
+    /// finding with its rule's URL, the Dockerfile and the range it is about, which buildx and
+    /// buildctl print with the source lines under the vertex `w.digest` (`#1 WARN: …`).
+    pub fn warning(&self, w: memobuild_proto::gateway::WarnRequest) {
         self.publish(StatusResponse {
             warnings: vec![VertexWarning {
-                vertex: vertex.to_owned(),
-                level: 1,
-                short: short.into_bytes(),
-                detail: vec![w.description().as_bytes().to_vec()],
-                url: w.url(),
-                info: Some(memobuild_proto::pb::SourceInfo {
-                    filename: filename.to_owned(),
-                    data: dockerfile.to_vec(),
-                    definition: None,
-                    language: "Dockerfile".into(),
-                }),
-                ranges,
+                vertex: w.digest,
+                level: w.level,
+                short: w.short,
+                detail: w.detail,
+                url: w.url,
+                info: w.info,
+                ranges: w.ranges,
             }],
             ..Default::default()
         });
