@@ -139,33 +139,6 @@ fn tagged<T>(message: T, build_ref: Option<&str>) -> Result<Request<T>, Status> 
     Ok(request)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frontend_opts_are_read_in_order_until_the_first_gap() {
-        let env: BTreeMap<String, String> = [
-            ("BUILDKIT_FRONTEND_OPT_0", "filename=Dockerfile.app"),
-            ("BUILDKIT_FRONTEND_OPT_1", "build-arg:A=x=y"),
-            ("BUILDKIT_FRONTEND_OPT_2", "no-cache"),
-            ("BUILDKIT_FRONTEND_OPT_4", "target=skipped"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        let opts = frontend_opts_from_env(|k| env.get(k).cloned());
-        assert_eq!(
-            opts,
-            BTreeMap::from([
-                ("filename".to_owned(), "Dockerfile.app".to_owned()),
-                ("build-arg:A".to_owned(), "x=y".to_owned()),
-                ("no-cache".to_owned(), String::new()),
-            ])
-        );
-    }
-}
-
 #[tonic::async_trait]
 impl FrontendBridge for GatewayBridge {
     type Solved = Ref;
@@ -418,5 +391,32 @@ impl frontend::ImageResolver for GatewayResolver {
             digest: response.digest,
             config: response.config,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frontend_opts_are_read_in_order_until_the_first_gap() {
+        let env: BTreeMap<String, String> = [
+            ("BUILDKIT_FRONTEND_OPT_0", "filename=Dockerfile.app"),
+            ("BUILDKIT_FRONTEND_OPT_1", "build-arg:A=x=y"),
+            ("BUILDKIT_FRONTEND_OPT_2", "no-cache"),
+            ("BUILDKIT_FRONTEND_OPT_4", "target=skipped"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let opts = frontend_opts_from_env(|k| env.get(k).cloned());
+        assert_eq!(
+            opts,
+            BTreeMap::from([
+                ("filename".to_owned(), "Dockerfile.app".to_owned()),
+                ("build-arg:A".to_owned(), "x=y".to_owned()),
+                ("no-cache".to_owned(), String::new()),
+            ])
+        );
     }
 }
