@@ -16,6 +16,22 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bin memobuild \
  && cp target/release/memobuild /usr/local/bin/memobuild
 
+# MemoBuild's Dockerfile frontend as a `# syntax=` image (`docker buildx build --target frontend`):
+# a static `memobuild` on scratch that BuildKit runs as `memobuild frontend`, LLBBridge over its
+# stdin/stdout. hack/frontend-image.sh builds the same stage from a binary built on the host.
+FROM build AS frontend-build
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --bin memobuild \
+      --target "$(rustc -vV | sed -n 's/^host: //p')" \
+ && cp target/*/release/memobuild /memobuild-static
+
+FROM scratch AS frontend
+COPY --from=frontend-build /memobuild-static /bin/memobuild
+LABEL moby.buildkit.frontend.network.none="true"
+LABEL moby.buildkit.frontend.caps="moby.buildkit.frontend.inputs,moby.buildkit.frontend.subrequests,moby.buildkit.frontend.contexts"
+ENTRYPOINT ["/bin/memobuild", "frontend"]
+
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates containerd runc git openssh-client \

@@ -76,6 +76,12 @@ pub struct DaemonArgs {
     /// Grant this entitlement when a client asks for it: `network.host`, `security.insecure`.
     #[arg(long, value_name = "NAME")]
     pub allow_insecure_entitlement: Vec<String>,
+    /// Run `# syntax=docker/dockerfile:…` (Docker's official frontend image) as buildkitd
+    /// does, pulled and run as a container, instead of serving those Dockerfiles with
+    /// MemoBuild's own frontend (the default, which needs no pull). Other `# syntax=` images
+    /// always run.
+    #[arg(long = "official-frontend-images")]
+    pub official_frontend_images: bool,
     /// RUN steps at once, per build (default: the number of CPUs).
     #[arg(long, value_name = "N")]
     pub max_parallelism: Option<usize>,

@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod convert;
 pub mod frontend;
+pub mod frontend_image;
 pub mod gateway;
 pub mod jobs;
 pub mod remote_context;
@@ -56,6 +57,9 @@ pub struct Daemon {
     pub allowed_entitlements: Vec<String>,
     /// GC rules applied after builds.
     pub gc: Vec<GcRule>,
+    /// Whether `# syntax=docker/dockerfile:…` runs that image (`--official-frontend-images`)
+    /// instead of being served by MemoBuild's frontend.
+    pub run_official_frontend_images: bool,
     /// Cancelled when the daemon stops.
     pub shutdown: CancellationToken,
     worker_id: String,
@@ -195,6 +199,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
                     .unwrap_or(2)
             }),
         allowed_entitlements: args.allow_insecure_entitlement.clone(),
+        run_official_frontend_images: args.official_frontend_images,
         gc: config.gc_rules(),
         shutdown: CancellationToken::new(),
         worker_id,

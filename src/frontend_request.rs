@@ -109,6 +109,42 @@ pub trait FrontendBridge: Send + Sync {
 
     /// The result of a request that has no filesystem (a subrequest, an empty target).
     fn scratch(&self) -> Self::Solved;
+
+    /// Runs the frontend image `opts["source"]` (`gateway.v0`) with `opts` and `inputs`, for a
+    /// Dockerfile whose `# syntax=` names another frontend.
+    async fn forward(
+        &self,
+        opts: BTreeMap<String, String>,
+        inputs: &BTreeMap<String, pb::Definition>,
+    ) -> Result<FrontendResult<Self::Solved>, Status>;
+
+    /// Whether `# syntax=docker/dockerfile:…` (the official frontend) runs that image; when
+    /// not, MemoBuild's frontend serves those Dockerfiles itself, without a pull.
+    fn runs_official_frontend_images(&self) -> bool {
+        false
+    }
+
+    /// Says something about the request in the build's progress.
+    async fn notice(&self, message: &str);
+}
+
+/// The build arg that names a frontend image instead of a `# syntax=` line.
+const SYNTAX_ARG: &str = "build-arg:BUILDKIT_SYNTAX";
+
+/// Whether `reference` is Docker's official Dockerfile frontend (`docker/dockerfile`, or its
+/// `-upstream` builds), which MemoBuild's frontend stands in for.
+pub fn is_official_dockerfile_frontend(reference: &str) -> bool {
+    frontend::normalize_image_ref(reference).is_ok_and(|r| {
+        let repo = r.split(['@']).next().unwrap_or_default();
+        let repo = match repo.rsplit_once(':') {
+            Some((name, tag)) if !tag.contains('/') => name,
+            _ => repo,
+        };
+        matches!(
+            repo,
+            "docker.io/docker/dockerfile" | "docker.io/docker/dockerfile-upstream"
+        )
+    })
 }
 
 /// A lint finding as BuildKit's frontend reports it through `Warn` (`linter.LintFormatShort`:
@@ -222,6 +258,34 @@ pub async fn run<B: FrontendBridge>(
     let dockerfile = String::from_utf8(dockerfile).map_err(|_| {
         Status::invalid_argument(format!("the Dockerfile `{filename}` is not UTF-8 text"))
     })?;
+
+    // `# syntax=REF` (or the BUILDKIT_SYNTAX build arg) hands the request to the frontend
+    // image REF, unless this request was itself forwarded (`cmdline` set), as in BuildKit.
+    if !attrs.contains_key("cmdline") {
+        let syntax = match attrs.get(SYNTAX_ARG).filter(|v| !v.trim().is_empty()) {
+            Some(v) => v
+                .split_whitespace()
+                .next()
+                .map(|r| (r.to_owned(), v.trim().to_owned())),
+            None => frontend::detect_syntax(&dockerfile),
+        };
+        if let Some((reference, cmdline)) = syntax {
+            if is_official_dockerfile_frontend(&reference)
+                && !bridge.runs_official_frontend_images()
+            {
+                bridge
+                    .notice(&format!(
+                        "[memobuild] # syntax={reference}: served by MemoBuild's Dockerfile frontend (no pull)"
+                    ))
+                    .await;
+            } else {
+                let mut opts = attrs.clone();
+                opts.insert("source".into(), reference);
+                opts.insert("cmdline".into(), cmdline);
+                return bridge.forward(opts, &options.inputs).await;
+            }
+        }
+    }
 
     // A subrequest (buildx's `--call`, `--check`) reads the Dockerfile only: the context is
     // not asked for (an outline's client may not even offer it), except its `.dockerignore`
@@ -358,4 +422,27 @@ async fn named_local_excludes<B: FrontendBridge>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_official_frontend_is_recognised_by_its_repository() {
+        for r in [
+            "docker/dockerfile:1",
+            "docker/dockerfile",
+            "docker.io/docker/dockerfile:1.7-labs",
+            "docker/dockerfile-upstream:master",
+            "docker/dockerfile@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ] {
+            assert!(super::is_official_dockerfile_frontend(r), "{r}");
+        }
+        for r in [
+            "127.0.0.1:5000/memobuild/dockerfile:latest",
+            "example.com/docker/dockerfile:1",
+            "tonistiigi/dockerfile",
+        ] {
+            assert!(!super::is_official_dockerfile_frontend(r), "{r}");
+        }
+    }
 }

@@ -257,6 +257,47 @@ impl FrontendBridge for GatewayBridge {
     fn scratch(&self) -> Ref {
         Ref::default()
     }
+
+    async fn forward(
+        &self,
+        opts: BTreeMap<String, String>,
+        inputs: &BTreeMap<String, pb::Definition>,
+    ) -> Result<FrontendResult<Ref>, Status> {
+        let response = self
+            .client
+            .clone()
+            .solve(self.request(SolveRequest {
+                frontend: "gateway.v0".into(),
+                frontend_opt: opts,
+                frontend_inputs: inputs.clone(),
+                allow_result_return: true,
+                ..Default::default()
+            })?)
+            .await?
+            .into_inner();
+        let result = response.result.unwrap_or_default();
+        let solved = match result.result {
+            Some(ResultKind::Ref(r)) => r,
+            Some(ResultKind::RefDeprecated(id)) => Ref { id, def: None },
+            Some(_) => {
+                return Err(Status::unimplemented(
+                    "the frontend image returned several results (multi-platform)",
+                ));
+            }
+            None => Ref {
+                id: response.r#ref,
+                def: None,
+            },
+        };
+        Ok(FrontendResult {
+            solved,
+            metadata: result.metadata,
+        })
+    }
+
+    async fn notice(&self, message: &str) {
+        tracing::info!("{message}");
+    }
 }
 
 /// The frontend options a BuildKit daemon gives a frontend process: `BUILDKIT_FRONTEND_OPT_n`

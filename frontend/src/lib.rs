@@ -269,3 +269,53 @@ pub fn local_files_definition(
     let digest = b.add_op_with_metadata(&op, md);
     b.finish(pb::Input::new(digest, 0))
 }
+
+/// The `# syntax=REF [ARGS]` directive of a Dockerfile, as BuildKit's `DetectSyntax` reads it
+/// (after a byte-order mark and a `#!` line): the frontend image `REF` and the whole value
+/// (the `cmdline` option of the forwarded request).
+pub fn detect_syntax(dockerfile: &str) -> Option<(String, String)> {
+    let text = dockerfile.strip_prefix('\u{feff}').unwrap_or(dockerfile);
+    let mut lines = text.lines().peekable();
+    if lines.peek().is_some_and(|l| l.starts_with("#!")) {
+        lines.next();
+    }
+    let mut parser = parser::DirectiveParser::default();
+    for line in lines {
+        match parser.parse_line(line) {
+            Ok(Some(d)) if d.name == "syntax" => {
+                let cmdline = d.value.trim().to_owned();
+                let reference = cmdline.split_whitespace().next()?.to_owned();
+                return Some((reference, cmdline));
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return None,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod syntax_tests {
+    #[test]
+    fn the_syntax_directive_names_the_frontend() {
+        let d = super::detect_syntax;
+        assert_eq!(
+            d("# syntax=127.0.0.1:5000/memobuild/dockerfile:latest\nFROM a\n"),
+            Some((
+                "127.0.0.1:5000/memobuild/dockerfile:latest".into(),
+                "127.0.0.1:5000/memobuild/dockerfile:latest".into()
+            ))
+        );
+        assert_eq!(
+            d(
+                "#!/usr/bin/env x\n# check=skip=all\n#  syntax = docker/dockerfile:1 --flag\nFROM a\n"
+            ),
+            Some((
+                "docker/dockerfile:1".into(),
+                "docker/dockerfile:1 --flag".into()
+            ))
+        );
+        assert_eq!(d("FROM a\n# syntax=x\n"), None);
+        assert_eq!(d("# a comment\n# syntax=x\n"), None);
+    }
+}

@@ -398,7 +398,7 @@ fn history_record(req: &SolveRequest) -> BuildHistoryRecord {
 
 /// Runs the job of `req` and exports its result.
 async fn run(
-    daemon: &Daemon,
+    daemon: &Arc<Daemon>,
     job: &Arc<Job>,
     req: &SolveRequest,
     specs: Vec<ExporterSpec>,
@@ -422,12 +422,23 @@ async fn run(
         }
         (_, "dockerfile.v0") => {
             let r = frontend::dockerfile(
+                daemon,
                 job,
                 &build,
-                &daemon.sessions,
                 &req.frontend_attrs,
                 &req.frontend_inputs,
-                daemon.max_parallelism,
+            )
+            .boxed()
+            .await?;
+            (Some(r.solved), r.metadata)
+        }
+        (_, "gateway.v0") => {
+            let r = crate::daemon::frontend_image::run(
+                daemon,
+                job,
+                &build,
+                &req.frontend_attrs,
+                &req.frontend_inputs,
             )
             .boxed()
             .await?;
@@ -440,7 +451,7 @@ async fn run(
         },
         (_, other) => {
             return Err(Status::invalid_argument(format!(
-                "frontend `{other}` is not supported (supported: dockerfile.v0, or a client-side frontend over LLBBridge)"
+                "frontend `{other}` is not supported (supported: dockerfile.v0, gateway.v0, or a client-side frontend over LLBBridge)"
             )));
         }
     };

@@ -15,6 +15,7 @@ use memobuild_worker::progress::{Progress, VertexState};
 use memobuild_worker::solver::SolveOptions;
 use tonic::Status;
 
+use crate::daemon::Daemon;
 use crate::daemon::jobs::{Job, Output, SolvedRef};
 use crate::daemon::remote_context;
 use crate::daemon::session::Sessions;
@@ -23,7 +24,8 @@ use crate::frontend_request::{self, FrontendBridge, FrontendResult, LocalFiles, 
 /// The daemon's side of a frontend request, in process: locals synced over the job's session,
 /// images resolved by the engine's registry client, definitions solved on the job's build.
 pub struct DaemonBridge<'a> {
-    pub job: &'a Job,
+    pub daemon: &'a Arc<Daemon>,
+    pub job: &'a Arc<Job>,
     pub build: &'a Build,
     pub sessions: &'a Arc<Sessions>,
     pub inputs: &'a BTreeMap<String, pb::Definition>,
@@ -33,19 +35,19 @@ pub struct DaemonBridge<'a> {
 /// Runs the Dockerfile frontend with BuildKit's attributes `attrs` (and frontend `inputs`)
 /// for `job`.
 pub async fn dockerfile(
-    job: &Job,
+    daemon: &Arc<Daemon>,
+    job: &Arc<Job>,
     build: &Build,
-    sessions: &Arc<Sessions>,
     attrs: &BTreeMap<String, String>,
     inputs: &BTreeMap<String, pb::Definition>,
-    max_parallel_exec: usize,
 ) -> Result<FrontendResult<SolvedRef>, Status> {
     let bridge = DaemonBridge {
+        daemon,
         job,
         build,
-        sessions,
+        sessions: &daemon.sessions,
         inputs,
-        max_parallel_exec,
+        max_parallel_exec: daemon.max_parallelism,
     };
     frontend_request::run(&bridge, attrs).await
 }
@@ -214,6 +216,39 @@ impl FrontendBridge for DaemonBridge<'_> {
             output: Output::Scratch,
             definition: None,
         }
+    }
+
+    async fn forward(
+        &self,
+        opts: BTreeMap<String, String>,
+        inputs: &BTreeMap<String, pb::Definition>,
+    ) -> Result<FrontendResult<SolvedRef>, Status> {
+        Box::pin(crate::daemon::frontend_image::run(
+            self.daemon,
+            self.job,
+            self.build,
+            &opts,
+            inputs,
+        ))
+        .await
+    }
+
+    fn runs_official_frontend_images(&self) -> bool {
+        self.daemon.run_official_frontend_images
+    }
+
+    async fn notice(&self, message: &str) {
+        let step = step_id(&self.job.id, message);
+        self.job
+            .progress
+            .step(&step, message, VertexState::Started, None, None);
+        self.job.progress.step(
+            &step,
+            message,
+            VertexState::Completed,
+            Some(std::time::Duration::ZERO),
+            None,
+        );
     }
 }
 

@@ -37,16 +37,51 @@ pub const BUILD_ID: &str = "buildkit-controlapi-buildid";
 /// The LLBBridge service over a daemon.
 pub struct GatewayService {
     daemon: Arc<Daemon>,
+    /// For a frontend process's own connection (a `gateway.v0` image): the job every call
+    /// works in, and where its `Return` goes.
+    bound: Option<Bound>,
+}
+
+/// A connection that belongs to one frontend process of a job.
+struct Bound {
+    job: Arc<Job>,
+    /// The frontend inputs of the request that started the process.
+    inputs: BTreeMap<String, memobuild_proto::pb::Definition>,
+    returned: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Returned>>>,
 }
 
 impl GatewayService {
-    /// The service for `daemon`.
+    /// The service for `daemon`, its calls routed by `buildkit-controlapi-buildid`.
     pub fn new(daemon: Arc<Daemon>) -> Self {
-        GatewayService { daemon }
+        GatewayService {
+            daemon,
+            bound: None,
+        }
+    }
+
+    /// The service of a frontend process's connection: every call works in `job`, without
+    /// metadata, and its `Return` is sent to `returned`.
+    pub fn for_frontend(
+        daemon: Arc<Daemon>,
+        job: Arc<Job>,
+        inputs: BTreeMap<String, memobuild_proto::pb::Definition>,
+        returned: tokio::sync::oneshot::Sender<Returned>,
+    ) -> Self {
+        GatewayService {
+            daemon,
+            bound: Some(Bound {
+                job,
+                inputs,
+                returned: std::sync::Mutex::new(Some(returned)),
+            }),
+        }
     }
 
     /// The job a call works in.
     async fn job<T>(&self, request: &Request<T>) -> Result<Arc<Job>, Status> {
+        if let Some(b) = &self.bound {
+            return Ok(b.job.clone());
+        }
         let id = request
             .metadata()
             .get(BUILD_ID)
@@ -176,12 +211,23 @@ impl LlbBridge for GatewayService {
                     }
                     (false, "dockerfile.v0") => {
                         let r = frontend::dockerfile(
+                            &daemon,
                             &job,
                             &build,
-                            &daemon.sessions,
                             &req.frontend_opt,
                             &req.frontend_inputs,
-                            daemon.max_parallelism,
+                        )
+                        .boxed()
+                        .await?;
+                        Ok((Some(r.solved), r.metadata))
+                    }
+                    (false, "gateway.v0") => {
+                        let r = crate::daemon::frontend_image::run(
+                            &daemon,
+                            &job,
+                            &build,
+                            &req.frontend_opt,
+                            &req.frontend_inputs,
                         )
                         .boxed()
                         .await?;
@@ -189,7 +235,7 @@ impl LlbBridge for GatewayService {
                     }
                     (false, "") => Ok((None, BTreeMap::new())),
                     (false, other) => Err(Status::invalid_argument(format!(
-                        "frontend `{other}` is not supported (supported: dockerfile.v0)"
+                        "frontend `{other}` is not supported (supported: dockerfile.v0, gateway.v0)"
                     ))),
                 }
             })
@@ -252,7 +298,16 @@ impl LlbBridge for GatewayService {
                 metadata: BTreeMap::new(),
             },
         };
-        if !job.give_return(returned) {
+        let given = match &self.bound {
+            Some(b) => b
+                .returned
+                .lock()
+                .ok()
+                .and_then(|mut r| r.take())
+                .is_some_and(|tx| tx.send(returned).is_ok()),
+            None => job.give_return(returned),
+        };
+        if !given {
             return Err(Status::failed_precondition(
                 "this build already returned, or its Solve does not wait for a result",
             ));
@@ -401,6 +456,11 @@ impl LlbBridge for GatewayService {
         &self,
         request: Request<InputsRequest>,
     ) -> Result<Response<InputsResponse>, Status> {
+        if let Some(b) = &self.bound {
+            return Ok(Response::new(InputsResponse {
+                definitions: b.inputs.clone(),
+            }));
+        }
         let job = self.job(&request).await?;
         Ok(Response::new(InputsResponse {
             definitions: job.inputs(),

@@ -152,6 +152,25 @@ impl Build {
         result
     }
 
+    /// Runs a process on a writable copy of `fs` (thrown away afterwards): `req` without its
+    /// `rootfs`, which is filled in here. Returns the exit code. A gateway frontend image runs
+    /// this way, its stdin and stdout carrying LLBBridge ([`RunRequest::stdio`]).
+    pub async fn run_process(
+        &self,
+        fs: &FsRef,
+        mut req: crate::containerd::RunRequest,
+    ) -> Result<i32, WorkerError> {
+        let parent = self.ensure_snapshot("run a process", fs).await?;
+        let key = format!("memobuild-process-{}", uuid::Uuid::new_v4());
+        let ctd = self.containerd().await?;
+        req.rootfs = ctd
+            .prepare(&key, &parent, std::collections::HashMap::new())
+            .await?;
+        let ran = ctd.run(req).await;
+        self.remove_snapshot(&key).await;
+        Ok(ran?)
+    }
+
     /// Pulls an image into containerd and the blob store, reporting each layer it downloads
     /// to `progress`; returns its filesystem.
     pub(crate) async fn pull_image(

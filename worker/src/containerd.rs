@@ -43,7 +43,7 @@ pub use containerd_client::services::v1::snapshots::Info as SnapshotInfo;
 pub use containerd_client::types::{Descriptor, Mount};
 pub use diff::descriptor;
 pub use mount::{MountGuard, overlay_lowerdirs, overlay_upperdir};
-pub use run::{ExtraMount, NetworkMode, OutputStream, RunRequest, User};
+pub use run::{ExtraMount, NetworkMode, OutputStream, RunRequest, StdioPipe, User};
 
 /// The snapshotter MemoBuild uses unless told otherwise.
 pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";

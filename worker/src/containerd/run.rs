@@ -113,6 +113,26 @@ pub struct RunRequest {
     pub output: Option<mpsc::Sender<(OutputStream, Vec<u8>)>>,
     /// Cancelling kills the process, cleans up and makes `run` return [`Error::Cancelled`].
     pub cancel: Option<CancellationToken>,
+    /// The process's stdin and stdout as one byte stream (a gateway frontend speaks gRPC over
+    /// them): what is written to it reaches stdin, stdout comes out of it (not through
+    /// `output`; stderr still does).
+    pub stdio: Option<StdioPipe>,
+}
+
+/// One end of a stream that becomes a process's stdin and stdout ([`RunRequest::stdio`]);
+/// taken by the first run that uses it.
+#[derive(Debug, Clone)]
+pub struct StdioPipe(std::sync::Arc<std::sync::Mutex<Option<tokio::io::DuplexStream>>>);
+
+impl StdioPipe {
+    /// A pipe whose process side is `io`.
+    pub fn new(io: tokio::io::DuplexStream) -> Self {
+        StdioPipe(std::sync::Arc::new(std::sync::Mutex::new(Some(io))))
+    }
+
+    fn take(&self) -> Option<tokio::io::DuplexStream> {
+        self.0.lock().ok().and_then(|mut io| io.take())
+    }
 }
 
 impl Containerd {
@@ -133,7 +153,16 @@ impl Containerd {
             .map_err(|e| Error::io(format!("container `{id}`: creating the FIFO directory"), e))?;
         let stdout_path = io_dir.path().join("stdout");
         let stderr_path = io_dir.path().join("stderr");
+        let stdin_path = io_dir.path().join("stdin");
         let mut readers = Vec::with_capacity(2);
+        let (mut stdio_out, stdin) = match req.stdio.as_ref().and_then(StdioPipe::take) {
+            Some(io) => {
+                let (from_caller, to_caller) = tokio::io::split(io);
+                let stdin = connect_stdin(&id, &stdin_path, from_caller)?;
+                (Some(to_caller), Some(stdin))
+            }
+            None => (None, None),
+        };
         for (path, stream) in [
             (&stdout_path, OutputStream::Stdout),
             (&stderr_path, OutputStream::Stderr),
@@ -159,12 +188,26 @@ impl Containerd {
                         e,
                     )
                 })?;
-            readers.push(AbortOnDrop(tokio::spawn(pump(
-                rx,
-                stream,
-                req.output.clone(),
-            ))));
+            let task = match (stream, stdio_out.take()) {
+                (OutputStream::Stdout, Some(to_caller)) => tokio::spawn(async move {
+                    let (mut rx, mut to_caller) = (rx, to_caller);
+                    if let Err(e) = tokio::io::copy(&mut rx, &mut to_caller).await {
+                        tracing::debug!(error = %e, "copying a process's stdout ended");
+                    }
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut to_caller).await;
+                }),
+                _ => tokio::spawn(pump(rx, stream, req.output.clone())),
+            };
+            readers.push(AbortOnDrop(task));
         }
+        // Not drained with the output: the caller's side may stay open after the process exits.
+        let (stdin_path, _stdin_feed) = match stdin {
+            Some(feed) => (
+                Some(stdin_path.display().to_string()),
+                Some(AbortOnDrop(feed)),
+            ),
+            None => (None, None),
+        };
 
         let created_mountpoints = MountpointCleanup::before(&req);
 
@@ -182,7 +225,16 @@ impl Containerd {
             armed: true,
         };
         let outcome = self
-            .start_and_wait(&id, &req, spec_json, &stdout_path, &stderr_path)
+            .start_and_wait(
+                &id,
+                &req,
+                spec_json,
+                Stdio {
+                    stdin: stdin_path.unwrap_or_default(),
+                    stdout: &stdout_path,
+                    stderr: &stderr_path,
+                },
+            )
             .await;
         guard.armed = false;
         let exit = match outcome {
@@ -219,9 +271,13 @@ impl Containerd {
         id: &str,
         req: &RunRequest,
         spec_json: Vec<u8>,
-        stdout: &Path,
-        stderr: &Path,
+        stdio: Stdio<'_>,
     ) -> Result<Option<i32>> {
+        let Stdio {
+            stdin,
+            stdout,
+            stderr,
+        } = stdio;
         ContainersClient::new(self.channel())
             .create(self.request(CreateContainerRequest {
                 container: Some(Container {
@@ -256,16 +312,20 @@ impl Containerd {
         } else {
             "step".to_owned()
         };
-        let (init_out, init_err) = if exec_id.is_empty() {
-            (stdout.display().to_string(), stderr.display().to_string())
+        let (init_in, init_out, init_err) = if exec_id.is_empty() {
+            (
+                stdin.clone(),
+                stdout.display().to_string(),
+                stderr.display().to_string(),
+            )
         } else {
-            (String::new(), String::new())
+            (String::new(), String::new(), String::new())
         };
         tasks
             .create(self.request(CreateTaskRequest {
                 container_id: id.to_owned(),
                 rootfs: req.rootfs.clone(),
-                stdin: String::new(),
+                stdin: init_in,
                 stdout: init_out,
                 stderr: init_err,
                 terminal: false,
@@ -283,7 +343,7 @@ impl Containerd {
             tasks
                 .exec(self.request(ExecProcessRequest {
                     container_id: id.to_owned(),
-                    stdin: String::new(),
+                    stdin: stdin.clone(),
                     stdout: stdout.display().to_string(),
                     stderr: stderr.display().to_string(),
                     terminal: false,
@@ -421,6 +481,44 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// The FIFO paths of a process's standard streams (`stdin` empty: none).
+struct Stdio<'a> {
+    stdin: String,
+    stdout: &'a Path,
+    stderr: &'a Path,
+}
+
+/// Makes the FIFO `path` the process's stdin, fed from `from_caller` until it ends. The FIFO is
+/// opened read-write so that opening does not wait for the shim; dropping the writer (when
+/// the caller's side ends) gives the process EOF.
+fn connect_stdin(
+    id: &str,
+    path: &Path,
+    from_caller: tokio::io::ReadHalf<tokio::io::DuplexStream>,
+) -> Result<JoinHandle<()>> {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(|e| {
+        Error::io(
+            format!("container `{id}`: creating FIFO `{}`", path.display()),
+            e.into(),
+        )
+    })?;
+    let mut tx = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(path)
+        .map_err(|e| {
+            Error::io(
+                format!("container `{id}`: opening FIFO `{}`", path.display()),
+                e,
+            )
+        })?;
+    Ok(tokio::spawn(async move {
+        let mut from_caller = from_caller;
+        if let Err(e) = tokio::io::copy(&mut from_caller, &mut tx).await {
+            tracing::debug!(error = %e, "copying to a process's stdin ended");
+        }
+    }))
 }
 
 async fn pump(

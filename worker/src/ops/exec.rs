@@ -254,6 +254,7 @@ impl Solve {
             mounts,
             output: Some(tx),
             cancel: None,
+            stdio: None,
         };
         let permit = self
             .exec_slots
