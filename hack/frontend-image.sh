@@ -8,7 +8,8 @@
 # The binary is built here (static glibc, `-C target-feature=+crt-static`), then `memobuild
 # build --tag REF` packs it (the embedded engine; a registry on loopback is spoken to over plain
 # HTTP). The top-level Dockerfile's `frontend` target builds the same image where rust:1 can be
-# pulled. Env: MEMOBUILD (a memobuild to build with; default: this checkout's release build).
+# pulled. Env: MEMOBUILD (a memobuild to build with; default: this checkout's release build),
+# STATIC_MEMOBUILD (an already built static memobuild to pack instead of building one).
 set -eu -o pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -17,11 +18,14 @@ REF="$1"
 ensure_cargo
 cd "$REPO_ROOT"
 
-host=$(rustc -vV | sed -n 's/^host: //p')
-log "building a static memobuild for $host"
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --bin memobuild --target "$host"
-static="target/$host/release/memobuild"
-file "$static" | grep -q "statically linked" || die "$static is not statically linked"
+static="${STATIC_MEMOBUILD:-}"
+if [[ -z "$static" ]]; then
+	host=$(rustc -vV | sed -n 's/^host: //p')
+	log "building a static memobuild for $host"
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --bin memobuild --target "$host"
+	static="target/$host/release/memobuild"
+fi
+if ldd "$static" 2>&1 | grep -q "=>"; then die "$static is not statically linked"; fi
 mb="${MEMOBUILD:-}"
 if [[ -z "$mb" ]]; then
 	cargo build --release --locked --bin memobuild
@@ -36,5 +40,5 @@ sed -n '/^FROM scratch AS frontend$/,/^ENTRYPOINT/p' Dockerfile \
 	| sed 's|^COPY --from=frontend-build /memobuild-static /bin/memobuild$|COPY memobuild /bin/memobuild|' \
 	>"$ctx/Dockerfile"
 grep -q '^COPY memobuild /bin/memobuild$' "$ctx/Dockerfile" || die "the Dockerfile's frontend stage changed shape"
-"$mb" build --tag "$REF" "$ctx"
+"$mb" build --tag "$REF" --push "$ctx"
 log "pushed $REF"

@@ -85,6 +85,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // A frontend process reads stdin on a blocking thread that never returns while the daemon
+    // keeps stdin open (until the process exits): it must not wait for that thread.
+    let is_frontend = matches!(cli.command, cli::Command::Frontend);
     let result = runtime.block_on(async {
         match cli.command {
             cli::Command::Build(args) => match args.addr.clone().filter(|a| !a.is_empty()) {
@@ -100,6 +103,9 @@ fn main() -> std::process::ExitCode {
             cli::Command::Frontend => gateway_client::serve_stdio().await,
         }
     });
+    if is_frontend {
+        runtime.shutdown_background();
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<client::result::ExitStatus>().is_some() => {

@@ -1598,6 +1598,89 @@ fn the_frontend_as_a_gateway_client_builds_what_the_daemons_frontend_builds() {
     );
 }
 
+// Verifies: `# syntax=IMAGE` makes the daemon run that frontend image (`gateway.v0`) as a
+// container whose stdin/stdout carry LLBBridge, as buildkitd does; with MemoBuild's own
+// frontend image it builds the same image, byte for byte, as the daemon's in-process frontend
+// (the syntax line aside, which changes only the Dockerfile text, not the definition);
+// `--call=outline` works through it; `# syntax=docker/dockerfile:1` is served in process
+// without a pull and says so; an image that is no frontend fails with its output.
+#[test]
+fn syntax_images_run_as_gateway_frontends() {
+    let Some(env) = Env::get() else { return };
+    let image = common::daemon::frontend_image(&env);
+    let sb = Sandbox::new();
+    let marker = unique("syntax");
+    let body = format!(
+        "FROM {}\nARG GREETING=hello\nWORKDIR /srv\nCOPY a.txt ./\nRUN echo {marker} $GREETING > run.txt\nUSER 1000\nCMD [\"cat\", \"/srv/run.txt\"]\n",
+        env.busybox()
+    );
+    sb.write("a.txt", "context file\n");
+    let daemon = Daemon::start(&sb, &env, &[]);
+    let build = |dockerfile: &str, name: &str, extra: &[&str]| {
+        sb.write("Dockerfile", dockerfile);
+        let dest = sb.path(name);
+        let mut args = vec![
+            "--output".to_owned(),
+            format!("type=oci,dest={}", dest.display()),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = sb.build_remote(&daemon, &args);
+        assert_ok(&out, name);
+        (dest, stderr(&out))
+    };
+    let (plain, _) = build(&body, "plain.tar", &[]);
+    let (through_image, progress) = build(
+        &format!("# syntax={image}\n{body}"),
+        "image.tar",
+        &["--build-arg", "GREETING=hi"],
+    );
+    assert!(
+        progress.contains(&format!("resolve image config for docker-image://{image}")),
+        "{progress}"
+    );
+    let (plain_hi, _) = build(&body, "plain-hi.tar", &["--build-arg", "GREETING=hi"]);
+    assert_ne!(oci_manifest_digest(&plain), oci_manifest_digest(&plain_hi));
+    assert_eq!(
+        oci_manifest_digest(&through_image),
+        oci_manifest_digest(&plain_hi),
+        "the frontend image builds what the daemon's frontend builds"
+    );
+
+    sb.write("Dockerfile", &format!("# syntax={image}\n{body}"));
+    let outline = sb.build_remote(&daemon, &["--call=outline"]);
+    assert_ok(&outline, "--call=outline through the frontend image");
+    assert!(
+        stdout(&outline).contains("GREETING"),
+        "{}",
+        stdout(&outline)
+    );
+
+    let (official, progress) = build(
+        &format!("# syntax=docker/dockerfile:1\n{body}"),
+        "official.tar",
+        &["--build-arg", "GREETING=hi"],
+    );
+    assert!(
+        progress
+            .contains("# syntax=docker/dockerfile:1: served by MemoBuild's Dockerfile frontend"),
+        "{progress}"
+    );
+    assert_eq!(
+        oci_manifest_digest(&official),
+        oci_manifest_digest(&plain_hi)
+    );
+
+    sb.write("Dockerfile", &format!("# syntax={}\n{body}", env.busybox()));
+    let failed = sb.build_remote(&daemon, &[]);
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    assert!(
+        stderr(&failed).contains("without returning a result"),
+        "{}",
+        stderr(&failed)
+    );
+}
+
 // ----- lifecycle ----------------------------------------------------------------------------
 
 /// A Dockerfile whose RUN prints `ready-2` (its name shows `ready-$((1+1))`) and then sleeps.

@@ -115,8 +115,12 @@ pub async fn run(
     let server = {
         let stop = stop_server.clone();
         tokio::spawn(async move {
-            let incoming =
-                futures::stream::once(async move { Ok::<_, std::io::Error>(Pipe(ours)) });
+            // One connection; the stream must not end, or tonic shuts the server (and the
+            // connection, with GOAWAY) down at once.
+            let incoming = futures::StreamExt::chain(
+                futures::stream::once(async move { Ok::<_, std::io::Error>(Pipe(ours)) }),
+                futures::stream::pending(),
+            );
             tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, stop.cancelled())

@@ -321,3 +321,63 @@ pub fn remote_command_with_context(daemon: &Daemon, args: &[&str]) -> Command {
         .stdin(Stdio::null());
     cmd
 }
+
+/// MemoBuild's frontend as a `# syntax=` image in the test registry: this build of `memobuild`
+/// (stripped, with the shared libraries it links, on scratch; the hack/frontend-image.sh image
+/// is the same stage with a static binary), built and pushed with `memobuild build --tag`
+/// once per test process. Returns its reference.
+pub fn frontend_image(env: &Env) -> String {
+    static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let reference = format!(
+                "{}/memobuild/dockerfile:test-{}",
+                env.registry,
+                std::process::id()
+            );
+            let sb = Sandbox::new();
+            let ctx = sb.context();
+            let bin = ctx.join("memobuild");
+            std::fs::copy(env!("CARGO_BIN_EXE_memobuild"), &bin).expect("copy memobuild");
+            let strip = run({
+                let mut c = Command::new("strip");
+                c.arg(&bin);
+                c
+            });
+            assert!(strip.status.success(), "strip: {strip:?}");
+            // The dynamic loader and the libraries `ldd` names, at the same paths.
+            let ldd = run({
+                let mut c = Command::new("ldd");
+                c.arg(&bin);
+                c
+            });
+            let mut libs = Vec::new();
+            for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+                let path = match line.split_once("=>") {
+                    Some((_, rest)) => rest.split_whitespace().next(),
+                    None => line.split_whitespace().next(),
+                };
+                if let Some(p) = path.filter(|p| p.starts_with('/')) {
+                    libs.push(p.to_owned());
+                }
+            }
+            assert!(!libs.is_empty(), "ldd found no libraries: {ldd:?}");
+            for lib in &libs {
+                let dest = ctx.join("rootfs").join(lib.trim_start_matches('/'));
+                std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+                std::fs::copy(lib, &dest).unwrap_or_else(|e| panic!("copy {lib}: {e}"));
+            }
+            std::fs::write(
+                ctx.join("Dockerfile"),
+                "FROM scratch\nCOPY rootfs/ /\nCOPY memobuild /bin/memobuild\n\
+                 LABEL moby.buildkit.frontend.network.none=\"true\"\n\
+                 LABEL moby.buildkit.frontend.caps=\"moby.buildkit.frontend.inputs,moby.buildkit.frontend.subrequests,moby.buildkit.frontend.contexts\"\n\
+                 ENTRYPOINT [\"/bin/memobuild\", \"frontend\"]\n",
+            )
+            .expect("write Dockerfile");
+            let out = sb.build(env, &["--tag", &reference, "--push"]);
+            super::assert_ok(&out, "building the frontend image");
+            reference
+        })
+        .clone()
+}
