@@ -926,3 +926,46 @@ fn a_moved_tag_is_seen_after_a_minute_or_at_once_with_pull() {
         "the refreshed resolution is the one reused"
     );
 }
+
+#[test]
+fn an_unchanged_archive_is_not_written_again() {
+    // A no-op rebuild whose OCI or docker archive is already at its destination, untouched since
+    // the last build wrote it, leaves the file alone (same inode, same bytes); a file changed or
+    // replaced since, or a different image, is written again.
+    let Some(env) = Env::get() else { return };
+    let sb = skeleton_sandbox();
+    let cfg = empty_docker_config(&sb);
+    for (kind, name) in [("oci", "out.tar"), ("docker", "docker.tar")] {
+        let dest = sb.path(name);
+        let output = format!("type={kind},dest={},name=e2e/app:1", dest.display());
+        let run = |what: &str| {
+            let out = build(&sb, &env, &cfg, None, &["--output", &output]);
+            assert_ok(&out, what);
+            stderr(&out)
+        };
+        run("first build");
+        let bytes = std::fs::read(&dest).expect("archive");
+        let ino = std::fs::metadata(&dest).expect("stat").ino();
+        let again = run("no-op rebuild");
+        assert!(again.contains("(already there, unchanged)"), "{again}");
+        assert_eq!(std::fs::metadata(&dest).expect("stat").ino(), ino);
+        assert_eq!(std::fs::read(&dest).expect("archive"), bytes);
+
+        // Changed by someone else: written again, with the same bytes as before.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&dest)
+            .and_then(|mut f| f.write_all(b"junk"))
+            .expect("append");
+        let rewritten = run("rebuild after the archive changed");
+        assert!(!rewritten.contains("already there"), "{rewritten}");
+        assert_eq!(std::fs::read(&dest).expect("archive"), bytes);
+
+        // Another image: written.
+        sb.write("message.txt", &format!("{kind} changed\n"));
+        let changed = run("rebuild of another image");
+        assert!(!changed.contains("already there"), "{changed}");
+        assert_ne!(std::fs::read(&dest).expect("archive"), bytes);
+        sb.write("message.txt", "message from the context\n");
+    }
+}

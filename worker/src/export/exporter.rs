@@ -185,6 +185,22 @@ impl<'a> Exporter<'a> {
                 let names = normalize_names(&image.names)?;
                 let img = self.image_for(image).await?;
                 let response = response(&img, &names);
+                // The archive's bytes are a function of these: an unchanged file that holds
+                // it already is not written again (a no-op rebuild of a big image).
+                let identity = format!(
+                    "{}\0{}\0{}",
+                    if docker { "docker" } else { "oci" },
+                    img.manifest_desc.digest,
+                    names.join("\0")
+                );
+                if sink.holds(index, &identity) {
+                    self.message(format!(
+                        "exported {} to {} (already there, unchanged)",
+                        img.manifest_desc.digest,
+                        sink.describe(index)
+                    ));
+                    return Ok(response);
+                }
                 let mut target = sink
                     .file(index, &response)
                     .await
@@ -200,6 +216,7 @@ impl<'a> Exporter<'a> {
                 })
                 .await?;
                 target.commit().await.map_err(ExporterError::Sink)?;
+                sink.mark(index, &identity);
                 self.message(format!(
                     "exported {} to {}{}",
                     img.manifest_desc.digest,

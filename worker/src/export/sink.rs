@@ -51,6 +51,32 @@ pub trait ExportSink: Send + Sync {
 
     /// Where exporter `index` writes, for messages (`out.tar`, `the client`).
     fn describe(&self, index: usize) -> String;
+
+    /// Whether exporter `index`'s destination still holds the archive named `identity` (what
+    /// makes its bytes: format, manifest digest, names), as [`ExportSink::mark`] recorded it
+    /// after writing it and unchanged since, so that writing it again can be skipped.
+    fn holds(&self, _index: usize, _identity: &str) -> bool {
+        false
+    }
+
+    /// Records that exporter `index`'s destination now holds the archive `identity`.
+    fn mark(&self, _index: usize, _identity: &str) {}
+}
+
+/// The extended attribute recording which archive an export left in a file, with the file's
+/// inode, size and modification time then: any later change of the file makes it stale.
+const EXPORT_XATTR: &str = "user.memobuild.export";
+
+/// What [`EXPORT_XATTR`] holds for `identity` in a file with metadata `md`.
+fn export_record(identity: &str, md: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "v1\0{identity}\0{}\0{}\0{}.{}",
+        md.ino(),
+        md.size(),
+        md.mtime(),
+        md.mtime_nsec()
+    )
 }
 
 /// Outputs on this machine: exporter `index` writes to `dests[index]`.
@@ -81,6 +107,27 @@ impl HostSink {
 }
 
 impl ExportSink for HostSink {
+    fn holds(&self, index: usize, identity: &str) -> bool {
+        let Ok(dest) = self.dest(index) else {
+            return false;
+        };
+        let (Ok(md), Ok(Some(recorded))) = (fs::metadata(&dest), xattr::get(&dest, EXPORT_XATTR))
+        else {
+            return false;
+        };
+        md.is_file() && recorded == export_record(identity, &md).as_bytes()
+    }
+
+    fn mark(&self, index: usize, identity: &str) {
+        let Ok(dest) = self.dest(index) else { return };
+        // Where extended attributes are not supported the archive is simply written each time.
+        if let Ok(md) = fs::metadata(&dest)
+            && let Err(e) = xattr::set(&dest, EXPORT_XATTR, export_record(identity, &md).as_bytes())
+        {
+            tracing::debug!(dest = %dest.display(), error = %e, "cannot record the export");
+        }
+    }
+
     fn describe(&self, index: usize) -> String {
         self.dests
             .get(&index)
@@ -260,4 +307,43 @@ fn place(from: &Path, dest: &Path) -> io::Result<()> {
 
 fn with_path(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("`{}`: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marked_export_is_held_until_the_file_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("out.tar");
+        let mut sink = HostSink::new();
+        sink.insert(0, &dest);
+        assert!(!sink.holds(0, "oci\0sha256:a"), "nothing written yet");
+
+        let mut f = HostFile::create(&dest).expect("create");
+        f.write_all(b"archive").expect("write");
+        f.commit_blocking().expect("commit");
+        assert!(!sink.holds(0, "oci\0sha256:a"), "written but not marked");
+        sink.mark(0, "oci\0sha256:a");
+        assert!(sink.holds(0, "oci\0sha256:a"));
+        assert!(!sink.holds(0, "oci\0sha256:b"), "another archive");
+        assert!(!sink.holds(1, "oci\0sha256:a"), "another output");
+
+        // Any change to the file (here: appended bytes) makes the record stale.
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(&dest)
+            .expect("open");
+        f.write_all(b"!").expect("append");
+        assert!(!sink.holds(0, "oci\0sha256:a"));
+
+        // A file written anew is a new file, whatever it holds.
+        sink.mark(0, "oci\0sha256:a");
+        assert!(sink.holds(0, "oci\0sha256:a"));
+        let mut f = HostFile::create(&dest).expect("create");
+        f.write_all(b"archive").expect("write");
+        f.commit_blocking().expect("commit");
+        assert!(!sink.holds(0, "oci\0sha256:a"));
+    }
 }
