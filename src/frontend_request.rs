@@ -23,6 +23,22 @@ use tonic::Status;
 /// `exptypes.ExporterImageConfigKey`).
 pub const META_IMAGE_CONFIG: &str = "containerimage.config";
 
+/// The platforms of a result, for the exporters (BuildKit's `exptypes.ExporterPlatformsKey`).
+pub const META_PLATFORMS: &str = "refs.platforms";
+
+/// `refs.platforms` of a single-platform result: `{"Platforms":[{"ID":…,"Platform":{…}}]}`.
+pub fn platforms_metadata(p: &frontend::Platform) -> Vec<u8> {
+    let mut platform = serde_json::Map::new();
+    platform.insert("architecture".into(), p.architecture.clone().into());
+    platform.insert("os".into(), p.os.clone().into());
+    if let Some(v) = &p.variant {
+        platform.insert("variant".into(), v.clone().into());
+    }
+    serde_json::json!({"Platforms": [{"ID": p.to_string(), "Platform": platform}]})
+        .to_string()
+        .into_bytes()
+}
+
 /// The frontend attribute naming a subrequest (`dockerui/requests.go`).
 pub const REQUEST_ID: &str = "requestid";
 
@@ -64,6 +80,11 @@ pub trait FrontendBridge: Send + Sync {
 
     /// The session the request came with (`local.session` of local sources).
     fn session_id(&self) -> Option<String>;
+
+    /// The platform to build for when the request names none: the daemon's worker's.
+    fn default_platform(&self) -> frontend::Platform {
+        frontend::Platform::host()
+    }
 
     /// The request's frontend inputs (`SolveRequest.FrontendInputs`).
     async fn inputs(&self) -> Result<BTreeMap<String, pb::Definition>, Status>;
@@ -205,7 +226,7 @@ pub async fn run<B: FrontendBridge>(
     bridge: &B,
     attrs: &BTreeMap<String, String>,
 ) -> Result<FrontendResult<B::Solved>, Status> {
-    let parsed = frontend::BuildOptions::from_frontend_attrs(attrs, frontend::Platform::host())
+    let parsed = frontend::BuildOptions::from_frontend_attrs(attrs, bridge.default_platform())
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let mut options = parsed.options;
     options.inputs = bridge.inputs().await?;
@@ -361,6 +382,10 @@ pub async fn run<B: FrontendBridge>(
     bridge.warn(&lowered.warnings, &filename, &dockerfile).await;
     let mut metadata = BTreeMap::new();
     metadata.insert(META_IMAGE_CONFIG.to_string(), lowered.image_config.clone());
+    metadata.insert(
+        META_PLATFORMS.to_string(),
+        platforms_metadata(&options.platform),
+    );
     let solved = if lowered.definition.def.is_empty() {
         bridge.scratch()
     } else {

@@ -43,6 +43,8 @@ pub struct GatewayBridge {
     build_ref: Option<String>,
     session_id: Option<String>,
     caps: Caps,
+    /// The daemon's platform (its first worker's first), when it said.
+    platform: Option<frontend::Platform>,
     /// The vertex that read the Dockerfile (lint warnings are shown under it).
     definition_vertex: Mutex<String>,
 }
@@ -60,8 +62,15 @@ impl GatewayBridge {
             build_ref,
             session_id,
             caps,
+            platform: None,
             definition_vertex: Mutex::new(String::new()),
         }
+    }
+
+    /// The bridge building for `platform` when a request names none.
+    pub fn with_platform(mut self, platform: Option<frontend::Platform>) -> Self {
+        self.platform = platform;
+        self
     }
 
     /// `message` as a request of this build.
@@ -145,6 +154,12 @@ impl FrontendBridge for GatewayBridge {
 
     fn session_id(&self) -> Option<String> {
         self.session_id.clone()
+    }
+
+    fn default_platform(&self) -> frontend::Platform {
+        self.platform
+            .clone()
+            .unwrap_or_else(frontend::Platform::host)
     }
 
     async fn inputs(&self) -> Result<BTreeMap<String, pb::Definition>, Status> {
@@ -348,12 +363,18 @@ pub async fn serve_stdio() -> anyhow::Result<()> {
         .map_err(crate::client::remote)
         .context("pinging the daemon's LLBBridge")?
         .into_inner();
+    // The workers from the environment, as BuildKit passes them, else from Ping.
+    let platform = std::env::var("BUILDKIT_WORKERS")
+        .ok()
+        .and_then(|w| worker_platform_json(&w))
+        .or_else(|| worker_platform(&pong.workers));
     let bridge = GatewayBridge::new(
         client.clone(),
         None,
         session,
         Caps::new(pong.frontend_api_caps),
-    );
+    )
+    .with_platform(platform);
     let ran = crate::frontend_request::run(&bridge, &opts).await;
     client
         .r#return(return_request(&ran))
@@ -361,6 +382,33 @@ pub async fn serve_stdio() -> anyhow::Result<()> {
         .map_err(crate::client::remote)
         .context("returning the result to the daemon")?;
     ran.map(|_| ()).map_err(crate::client::remote)
+}
+
+/// The first platform of the first worker in `BUILDKIT_WORKERS` (a JSON list of
+/// `{"id", "labels", "platforms": [{"os", "architecture", "variant"}]}`).
+pub fn worker_platform_json(workers: &str) -> Option<frontend::Platform> {
+    let v: serde_json::Value = serde_json::from_str(workers).ok()?;
+    let p = v.get(0)?.get("platforms")?.get(0)?;
+    let (os, arch) = (p.get("os")?.as_str()?, p.get("architecture")?.as_str()?);
+    let variant = p
+        .get("variant")
+        .and_then(|v| v.as_str())
+        .filter(|v| !v.is_empty());
+    (!os.is_empty() && !arch.is_empty()).then(|| frontend::Platform::new(os, arch, variant))
+}
+
+/// The first platform of the first worker a daemon listed in `Pong`.
+pub fn worker_platform(
+    workers: &[memobuild_proto::worker_types::WorkerRecord],
+) -> Option<frontend::Platform> {
+    let p = workers.first()?.platforms.first()?;
+    (!p.os.is_empty() && !p.architecture.is_empty()).then(|| {
+        frontend::Platform::new(
+            &p.os,
+            &p.architecture,
+            Some(p.variant.as_str()).filter(|v| !v.is_empty()),
+        )
+    })
 }
 
 /// The `Return` of a frontend request's outcome: its reference and metadata, or its error.
@@ -438,6 +486,19 @@ impl frontend::ImageResolver for GatewayResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_workers_name_the_default_platform() {
+        let p = worker_platform_json(
+            r#"[{"id":"w1","labels":{},"platforms":[{"os":"linux","architecture":"arm64","variant":"v8"},{"os":"linux","architecture":"amd64"}]}]"#,
+        );
+        assert_eq!(
+            p,
+            Some(frontend::Platform::new("linux", "arm64", Some("v8")))
+        );
+        assert_eq!(worker_platform_json("[]"), None);
+        assert_eq!(worker_platform_json("not json"), None);
+    }
 
     #[test]
     fn frontend_opts_are_read_in_order_until_the_first_gap() {

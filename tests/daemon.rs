@@ -1671,6 +1671,23 @@ fn syntax_images_run_as_gateway_frontends() {
         oci_manifest_digest(&plain_hi)
     );
 
+    // With `--official-frontend-images` that line runs Docker's image, as buildkitd does
+    // (here it cannot be pulled: the error names it).
+    let sb2 = Sandbox::new();
+    sb2.write("a.txt", "context file\n").write(
+        "Dockerfile",
+        &format!("# syntax=docker/dockerfile:1\n{body}"),
+    );
+    let strict = Daemon::start(&sb2, &env, &["--official-frontend-images"]);
+    let pulled = sb2.build_remote(&strict, &[]);
+    assert_eq!(pulled.status.code(), Some(1), "{}", stderr(&pulled));
+    assert!(
+        stderr(&pulled).contains("docker.io/docker/dockerfile:1"),
+        "{}",
+        stderr(&pulled)
+    );
+    drop(strict);
+
     sb.write("Dockerfile", &format!("# syntax={}\n{body}", env.busybox()));
     let failed = sb.build_remote(&daemon, &[]);
     assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));

@@ -117,7 +117,8 @@ pub async fn run(
             Some(build_ref.to_owned()),
             Some(session),
             caps,
-        );
+        )
+        .with_platform(crate::gateway_client::worker_platform(&pong.workers));
         let ran = crate::frontend_request::run(&bridge, &frontend_opt).await;
         let ret = crate::gateway_client::return_request(&ran);
         let returned = client.r#return(tagged(ret, build_ref)?).await;
