@@ -79,6 +79,13 @@ fn export_record(identity: &str, md: &fs::Metadata) -> String {
     )
 }
 
+/// The directory `dest` is in (`.` for a bare file name).
+fn parent_dir(dest: &Path) -> &Path {
+    dest.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Outputs on this machine: exporter `index` writes to `dests[index]`.
 #[derive(Debug, Clone, Default)]
 pub struct HostSink {
@@ -111,6 +118,9 @@ impl ExportSink for HostSink {
         let Ok(dest) = self.dest(index) else {
             return false;
         };
+        // The archive may not be written again: partial exports of killed builds beside it
+        // go now, as writing it would have removed them.
+        crate::state::stale::sweep_dir(parent_dir(&dest), ".memobuild-export-");
         let (Ok(md), Ok(Some(recorded))) = (fs::metadata(&dest), xattr::get(&dest, EXPORT_XATTR))
         else {
             return false;
@@ -167,10 +177,7 @@ pub struct HostFile {
 impl HostFile {
     /// Starts writing `dest`.
     pub fn create(dest: &Path) -> io::Result<Self> {
-        let dir = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let dir = parent_dir(dest);
         // Partial exports of killed builds beside the same destination go first.
         crate::state::stale::sweep_dir(dir, ".memobuild-export-");
         // 0666 less the umask, as any file a program writes (tempfile's default is 0600).
