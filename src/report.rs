@@ -128,7 +128,9 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Sends `record` to the server at `base`; the error says what went wrong.
+/// Sends `record` to the server at `base`; the error says what went wrong. A remote cache that
+/// is not `memobuild server` (bazel-remote, a WebDAV store) has no `/api/builds`: its 404, 405
+/// or 501 means "keeps no build reports", which is no reason for a warning on every build.
 pub async fn send(base: &str, token: Option<&str>, record: &BuildRecord) -> Result<(), String> {
     let url = format!("{}/api/builds", base.trim_end_matches('/'));
     // A small JSON body after the build: a total limit is the right one (it bounds the first
@@ -145,6 +147,10 @@ pub async fn send(base: &str, token: Option<&str>, record: &BuildRecord) -> Resu
     let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
     let status = resp.status();
     if status.is_success() {
+        return Ok(());
+    }
+    if matches!(status.as_u16(), 404 | 405 | 501) {
+        tracing::debug!(%url, %status, "the remote cache keeps no build reports");
         return Ok(());
     }
     let body = resp.text().await.unwrap_or_default();

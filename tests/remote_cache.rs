@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Output;
 
+use common::nginx::Nginx;
 use common::server::Server;
 use common::{Env, Sandbox, assert_ok, progress_events, stderr};
 use sha2::{Digest as _, Sha256};
@@ -286,4 +287,50 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+// Verifies (issue 16): any Bazel HTTP cache serves as L3, here Debian's nginx with WebDAV `PUT`
+// and nothing of MemoBuild's: the first machine stores its records and layers there (`ac/`,
+// `cas/`), a fresh state directory then builds with no step executed and the same image, and
+// neither build warns (nginx keeps no build reports, which is not worth a warning).
+#[test]
+fn an_nginx_webdav_store_is_a_team_cache() {
+    let Some(env) = Env::get() else { return };
+    let nginx = Nginx::start();
+    let first = Sandbox::new();
+    first
+        .write("Dockerfile", DOCKERFILE)
+        .write("app.txt", "hello nginx\n");
+    let a = build(&first, &env, &nginx.url, "");
+    assert_eq!(executed(&a).len(), 4, "{:?}", executed(&a));
+    assert_quiet(&a);
+    let stored = walk(&nginx.root());
+    let under = |d: &str| {
+        stored
+            .iter()
+            .filter(|p| p.starts_with(nginx.root().join(d)))
+            .count()
+    };
+    assert!(under("ac") >= 3, "records stored in nginx: {stored:?}");
+    assert!(under("cas") >= 2, "layers stored in nginx: {stored:?}");
+
+    let second = machine(&first);
+    let b = build(&second, &env, &nginx.url, "");
+    assert!(
+        executed(&b).is_empty(),
+        "ran: {:?}\n{}",
+        executed(&b),
+        stderr(&b)
+    );
+    assert_quiet(&b);
+    assert_eq!(digest(&b), digest(&a));
+}
+
+/// No warning about the remote cache or the build report (the Dockerfile's lint warning about
+/// `FROM ${REGISTRY}` is expected).
+fn assert_quiet(out: &Output) {
+    let err = stderr(out);
+    for w in ["warning: remote cache", "build report"] {
+        assert!(!err.contains(w), "{err}");
+    }
 }

@@ -6,6 +6,7 @@
 pub mod daemon;
 pub mod git;
 pub mod http;
+pub mod nginx;
 pub mod server;
 pub mod ssh;
 
