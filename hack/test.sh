@@ -2,7 +2,8 @@
 # The one command that runs every check, for people and CI alike (Debian 12, as root): installs
 # what is missing, starts a private containerd + registry under a per-run state dir, pushes the
 # base image, then runs hack/lint.sh and `cargo test`. Tests find the services through
-# MEMOBUILD_TEST_CONTAINERD, MEMOBUILD_TEST_REGISTRY and MEMOBUILD_TEST_STATE.
+# MEMOBUILD_TEST_CONTAINERD, MEMOBUILD_TEST_REGISTRY and MEMOBUILD_TEST_STATE, and the Python
+# tools (hack/pytools.sh) through MEMOBUILD_TEST_PYTOOLS.
 # Set MEMOBUILD_TEST_STATE_DIR to use (and keep) a given state dir; extra arguments go to
 # `cargo test` (e.g. `hack/test.sh -- --nocapture`).
 set -eu -o pipefail
@@ -18,6 +19,9 @@ bash "$HACK_DIR/services.sh" start "$STATE_DIR"
 bash "$HACK_DIR/base-image.sh" "$STATE_DIR"
 # shellcheck source=/dev/null
 . "$STATE_DIR/env"
+# Python tools the tests call (kubernetes-validate), kept under target/ between runs.
+MEMOBUILD_TEST_PYTOOLS="$(bash "$HACK_DIR/pytools.sh" "$REPO_ROOT/target/pytools")"
+export MEMOBUILD_TEST_PYTOOLS
 
 # Run the tests even when lint fails, so one CI run reports both.
 lint=0
