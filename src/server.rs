@@ -20,6 +20,7 @@ pub mod error;
 pub mod gc;
 pub mod lru;
 pub mod metrics;
+pub mod openapi;
 pub mod serve;
 pub mod state;
 pub mod store;

@@ -357,3 +357,89 @@ fn records_are_checked_kept_and_optional() {
         "{text}"
     );
 }
+
+// Verifies (issue 16): the server serves an OpenAPI document of its `/api/*` routes, and
+// schemathesis (PyPI), generating requests from it against a server holding real-looking
+// records, finds no server error, no response that breaks the document's schemas, content
+// types or status codes.
+#[test]
+fn the_api_keeps_to_its_openapi_document() {
+    let Some(schemathesis) = common::pytool("schemathesis") else {
+        return;
+    };
+    let store = tempfile::tempdir().expect("store");
+    let server = Server::start(store.path(), &["--token", TOKEN]);
+    let auth = format!("Bearer {TOKEN}");
+    for (i, status) in ["succeeded", "failed"].iter().enumerate() {
+        let record = serde_json::json!({
+            "id": format!("seed-{i}"),
+            "project": "shop",
+            "started_at": "2026-12-07T10:00:00Z",
+            "duration_ms": 1200 + i,
+            "status": status,
+            "error": (i == 1).then_some("RUN make: exit code 2"),
+            "vertices": [
+                {"name": "[1/2] FROM busybox", "digest": "sha256:aa", "cached": true, "duration_ms": 3},
+                {"name": "[2/2] RUN make", "digest": "sha256:bb", "cached": false, "duration_ms": 900}
+            ],
+        });
+        let r = request(
+            &server.addr,
+            "POST",
+            "/api/builds",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            record.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let doc = get(&server, "/api/openapi.json");
+    let paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for p in [
+        "/api/builds",
+        "/api/builds/{id}",
+        "/api/stats",
+        "/api/webhooks/deliveries",
+    ] {
+        assert!(paths.contains(&p), "{p} missing from {paths:?}");
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+
+    let out = std::process::Command::new(&schemathesis)
+        .arg("run")
+        .arg(format!("http://{}/api/openapi.json", server.addr))
+        .args(["-H", &format!("Authorization: {auth}")])
+        .args([
+            "--checks",
+            "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance",
+            "--max-examples",
+            "30",
+            "--seed",
+            "16",
+            "--workers",
+            "2",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run schemathesis");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "schemathesis found failures:\n{report}"
+    );
+    assert!(report.contains("passed"), "{report}");
+}

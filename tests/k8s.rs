@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_memobuild");
 const CONTEXT: &str = "https://example.invalid/repo.git#main:app";
 
@@ -195,21 +197,6 @@ fn yaml_manifest_matches_json() {
     assert_eq!(parsed, m);
 }
 
-/// `kubernetes-validate` from the venv `hack/pytools.sh` makes (`MEMOBUILD_TEST_PYTOOLS`, set by
-/// `hack/test.sh`); `None` (a loud skip) outside CI without it.
-fn kubernetes_validate() -> Option<std::path::PathBuf> {
-    match std::env::var_os("MEMOBUILD_TEST_PYTOOLS") {
-        Some(dir) => Some(std::path::Path::new(&dir).join("kubernetes-validate")),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("MEMOBUILD_TEST_PYTOOLS not set under CI: run the tests through hack/test.sh")
-        }
-        None => {
-            eprintln!("SKIPPED: MEMOBUILD_TEST_PYTOOLS not set (hack/test.sh sets it)");
-            None
-        }
-    }
-}
-
 /// The Kubernetes versions the Job is checked against: from the oldest still served by the
 /// main managed offerings to the newest `kubernetes-validate` knows.
 const KUBERNETES_VERSIONS: &[&str] = &[
@@ -246,7 +233,7 @@ fn schema_failures(tool: &std::path::Path, manifest: &str) -> Vec<String> {
 // refused.
 #[test]
 fn manifests_pass_the_kubernetes_schemas() {
-    let Some(tool) = kubernetes_validate() else {
+    let Some(tool) = common::pytool("kubernetes-validate") else {
         return;
     };
     let cases: Vec<Vec<&str>> = vec![

@@ -10,6 +10,9 @@
 //! - `GET /api/webhooks/deliveries[?last=]`: recent deliveries and their state (authorized
 //!   as a write: hook URLs can hold secrets).
 //! - `GET /metrics`: Prometheus text format. `GET /`: the dashboard (HTML).
+//! - `GET /api/openapi.json`: the OpenAPI 3.1 document of the `/api/*` routes
+//!   ([`crate::server::openapi`]), built from the handlers' annotations and the types they
+//!   answer with, so it cannot drift from them; readable without a token.
 //!
 //! Reads need the token only with `--token-reads`, as the cache's do.
 
@@ -20,14 +23,17 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::server::auth::require_token;
-use crate::server::builds::{Added, BuildRecord, BuildStatus, Filter, stats};
+use crate::server::builds::{Added, BuildRecord, BuildStatus, BuildSummary, Filter, stats};
 use crate::server::dashboard;
 use crate::server::error::ApiError;
 use crate::server::metrics;
+use crate::server::openapi;
 use crate::server::state::AppState;
+use crate::server::webhooks::Delivery;
 
 /// Builds a list shows unless asked for more, and the most it shows.
 const DEFAULT_LIST: usize = 50;
@@ -43,13 +49,65 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/metrics", get(get_metrics))
         .route("/", get(get_dashboard))
         .route_layer(middleware::from_fn_with_state(state, require_token))
+        .route("/api/openapi.json", get(openapi::document))
 }
 
 /// `?project=&status=&last=`.
-#[derive(Debug, Default, Deserialize)]
-struct ListQuery {
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only this project (empty: all).
     project: Option<String>,
+    /// Only builds that ended so.
     status: Option<BuildStatus>,
+    /// Only the newest this many.
+    #[param(minimum = 0)]
+    last: Option<usize>,
+}
+
+/// `GET /api/builds`: summaries, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BuildList {
+    /// The builds.
+    builds: Vec<BuildSummary>,
+}
+
+/// `POST /api/builds`: where the record can be read.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Recorded {
+    /// The record's id.
+    id: String,
+    /// `/api/builds/{id}`.
+    url: String,
+}
+
+/// `GET /api/builds/{id}`: the record and the counts derived from it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BuildDetail {
+    /// The record as reported.
+    #[serde(flatten)]
+    record: BuildRecord,
+    /// Vertices that executed.
+    executed: usize,
+    /// Vertices restored from the cache.
+    cached: usize,
+    /// `cached / vertices`; null without vertices.
+    cache_hit_rate: Option<f64>,
+}
+
+/// `GET /api/webhooks/deliveries`: newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryList {
+    /// The deliveries.
+    deliveries: Vec<Delivery>,
+}
+
+/// `?last=`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LastQuery {
+    /// Only the newest this many.
+    #[param(minimum = 0)]
     last: Option<usize>,
 }
 
@@ -63,7 +121,24 @@ impl ListQuery {
     }
 }
 
-async fn post_build(
+/// Records a build (a write: the token is needed).
+#[utoipa::path(
+    post,
+    path = "/api/builds",
+    tag = "builds",
+    request_body(content = BuildRecord, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Recorded", body = Recorded),
+        (status = 200, description = "That id is recorded already", body = Recorded),
+        (status = 400, description = "Not a valid build record", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or wrong bearer token", body = String, content_type = "text/plain"),
+        (status = 403, description = "The server takes no writes (no token configured)", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is too large", body = String, content_type = "text/plain"),
+        (status = 415, description = "Not `application/json`", body = String, content_type = "text/plain"),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn post_build(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
@@ -106,9 +181,13 @@ async fn post_build(
 async fn record_build(state: AppState, record: BuildRecord) -> Result<Response, ApiError> {
     let id = record.id.clone();
     let created = |status: StatusCode| {
+        let url = format!("/api/builds/{id}");
         (
             status,
-            axum::Json(serde_json::json!({ "id": id, "url": format!("/api/builds/{id}") })),
+            axum::Json(Recorded {
+                id: id.clone(),
+                url,
+            }),
         )
             .into_response()
     };
@@ -144,35 +223,72 @@ async fn record_build(state: AppState, record: BuildRecord) -> Result<Response, 
     })
 }
 
-async fn list_builds(
+/// Recent builds, newest first (50 unless `last` says otherwise, at most 1000).
+#[utoipa::path(
+    get,
+    path = "/api/builds",
+    tag = "builds",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Summaries, newest first", body = BuildList),
+        (status = 400, description = "A malformed query", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or wrong bearer token (`--token-reads`)", body = String, content_type = "text/plain"),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn list_builds(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
-) -> axum::Json<serde_json::Value> {
-    let builds: Vec<_> = state
+) -> axum::Json<BuildList> {
+    let builds = state
         .builds
         .query(&q.filter(Some(DEFAULT_LIST)))
         .iter()
         .map(|r| r.summary())
         .collect();
-    axum::Json(serde_json::json!({ "builds": builds }))
+    axum::Json(BuildList { builds })
 }
 
-async fn get_build(
+/// One build: the record with its vertices and the derived counts.
+#[utoipa::path(
+    get,
+    path = "/api/builds/{id}",
+    tag = "builds",
+    params(("id" = String, Path, description = "The record's id")),
+    responses(
+        (status = 200, description = "The record", body = BuildDetail),
+        (status = 401, description = "Missing or wrong bearer token (`--token-reads`)", body = String, content_type = "text/plain"),
+        (status = 404, description = "No such build", body = String, content_type = "text/plain"),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn get_build(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<BuildDetail>, ApiError> {
     let record = state.builds.get(&id).ok_or(ApiError::NotFound)?;
-    let mut value = serde_json::to_value(record.as_ref())
-        .map_err(|e| ApiError::internal("encoding the build", e))?;
-    if let Some(obj) = value.as_object_mut() {
-        obj.insert("executed".into(), record.executed().into());
-        obj.insert("cached".into(), record.cached().into());
-        obj.insert("cache_hit_rate".into(), record.hit_rate().into());
-    }
-    Ok(axum::Json(value))
+    Ok(axum::Json(BuildDetail {
+        executed: record.executed(),
+        cached: record.cached(),
+        cache_hit_rate: record.hit_rate(),
+        record: record.as_ref().clone(),
+    }))
 }
 
-async fn get_stats(
+/// Aggregates over the builds held (all of them unless `last` narrows them).
+#[utoipa::path(
+    get,
+    path = "/api/stats",
+    tag = "builds",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Aggregates", body = crate::server::builds::Stats),
+        (status = 400, description = "A malformed query", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or wrong bearer token (`--token-reads`)", body = String, content_type = "text/plain"),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn get_stats(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<axum::Json<crate::server::builds::Stats>, ApiError> {
@@ -190,23 +306,32 @@ async fn get_stats(
     Ok(axum::Json(computed))
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct LastQuery {
-    last: Option<usize>,
-}
-
-/// Webhook URLs can carry secrets in their paths (chat hooks do), so this list is authorized as
-/// a write: the token, or nobody on a server without one unless `--insecure-open-writes`.
-async fn deliveries(
+/// Recent webhook deliveries and their state. Webhook URLs can carry secrets in their paths
+/// (chat hooks do), so this list is authorized as a write: the token, or nobody on a server
+/// without one unless `--insecure-open-writes`.
+#[utoipa::path(
+    get,
+    path = "/api/webhooks/deliveries",
+    tag = "webhooks",
+    params(LastQuery),
+    responses(
+        (status = 200, description = "Deliveries, newest first", body = DeliveryList),
+        (status = 400, description = "A malformed query", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or wrong bearer token", body = String, content_type = "text/plain"),
+        (status = 403, description = "The server takes no writes (no token configured)", body = String, content_type = "text/plain"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn deliveries(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
     Query(q): Query<LastQuery>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<DeliveryList>, ApiError> {
     state.auth.check(&headers, true)?;
     let last = q.last.unwrap_or(DEFAULT_LIST).min(MAX_LIST);
-    Ok(axum::Json(
-        serde_json::json!({ "deliveries": state.webhooks.recent(last) }),
-    ))
+    Ok(axum::Json(DeliveryList {
+        deliveries: state.webhooks.recent(last),
+    }))
 }
 
 async fn get_metrics(State(state): State<AppState>) -> Response {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 /// How a build ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BuildStatus {
     /// The build produced its image.
@@ -37,7 +37,7 @@ impl BuildStatus {
 }
 
 /// One cacheable step of a build, as the client's solver saw it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VertexTiming {
     /// Progress name (`[stage 2/4] RUN make`).
     pub name: String,
@@ -52,9 +52,10 @@ pub struct VertexTiming {
 }
 
 /// What a client reports about one build (`POST /api/builds`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BuildRecord {
     /// Chosen by the client (a UUID); posting the same id again changes nothing.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$", min_length = 1, max_length = 128)]
     pub id: String,
     /// What the build is of, for grouping: the context directory's name unless the client
     /// named it.
@@ -69,7 +70,8 @@ pub struct BuildRecord {
     /// The machine that built.
     #[serde(default)]
     pub host: String,
-    /// When the build started, RFC 3339.
+    /// When the build started, RFC 3339 in UTC.
+    #[schema(pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?Z$")]
     pub started_at: String,
     /// Wall time of the whole build.
     pub duration_ms: u64,
@@ -203,7 +205,7 @@ impl BuildRecord {
 }
 
 /// A build as lists, stats and webhooks show it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BuildSummary {
     /// See [`BuildRecord`].
     pub id: String,
@@ -253,7 +255,7 @@ pub struct Filter {
 }
 
 /// Aggregates over a set of builds (`GET /api/stats`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Stats {
     /// Builds counted.
     pub builds: usize,
@@ -278,7 +280,7 @@ pub struct Stats {
 }
 
 /// Wall-time figures of a set of builds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Durations {
     /// Arithmetic mean.
     pub mean: Option<u64>,
@@ -291,7 +293,7 @@ pub struct Durations {
 }
 
 /// Where executed time went, per step name.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StepStats {
     /// Progress name.
     pub name: String,
@@ -306,7 +308,7 @@ pub struct StepStats {
 }
 
 /// One project's figures.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ProjectStats {
     /// Project name.
     pub project: String,

@@ -150,7 +150,7 @@ impl fmt::Debug for WebhookConfig {
 }
 
 /// Where a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryState {
     /// Not delivered yet; more attempts will be made.
@@ -163,7 +163,7 @@ pub enum DeliveryState {
 }
 
 /// One delivery's state, as `GET /api/webhooks/deliveries` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Delivery {
     /// uuid v4, also sent as `X-MemoBuild-Delivery`.
     pub id: String,

@@ -54,6 +54,21 @@ impl Env {
     }
 }
 
+/// The Python tool `name` from the venv `hack/pytools.sh` makes (`MEMOBUILD_TEST_PYTOOLS`, set
+/// by `hack/test.sh`): `None`, a loud skip, outside CI without it; a failure under CI.
+pub fn pytool(name: &str) -> Option<PathBuf> {
+    match std::env::var_os("MEMOBUILD_TEST_PYTOOLS") {
+        Some(dir) => Some(Path::new(&dir).join(name)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("MEMOBUILD_TEST_PYTOOLS not set under CI: run the tests through hack/test.sh")
+        }
+        None => {
+            eprintln!("SKIPPED: MEMOBUILD_TEST_PYTOOLS not set (hack/test.sh sets it)");
+            None
+        }
+    }
+}
+
 /// A per-test scratch directory holding a build context and a state directory.
 pub struct Sandbox {
     dir: tempfile::TempDir,
