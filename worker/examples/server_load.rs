@@ -171,7 +171,7 @@ async fn client(
             sent,
         )
         .await;
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             call(
                 &mut tally,
                 "GET /api/stats",
