@@ -547,9 +547,13 @@ pub struct ServerArgs {
     /// 90 %): `500MB`, `10GiB`, … Default: unbounded.
     #[arg(long, value_name = "BYTES", value_parser = crate::cache_cmd::parse_size)]
     pub max_size: Option<u64>,
-    /// Build records to keep (the newest; older ones are dropped from the API and the log).
+    /// Build records to keep (the newest; older ones are deleted from the database).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub keep_builds: usize,
+    /// Delete build records received longer ago than this (`30d`, `12h`). Default: kept
+    /// until `--keep-builds` pushes them out.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub keep_builds_for: Option<std::time::Duration>,
     /// POST every finished build (`build.completed`) to this URL; repeat for several.
     #[arg(
         long = "webhook",

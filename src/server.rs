@@ -21,6 +21,7 @@ pub mod gc;
 pub mod lru;
 pub mod metrics;
 pub mod openapi;
+pub mod records;
 pub mod serve;
 pub mod state;
 pub mod store;
@@ -41,7 +42,6 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::cli::ServerArgs;
 use crate::server::auth::{Auth, Writes};
-use crate::server::builds::BuildLog;
 use crate::server::error::ApiError;
 use crate::server::lru::LruIndex;
 use crate::server::metrics::Metrics;
@@ -107,17 +107,24 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     gc::collect(&store, &index).await;
     let gc = gc::spawn(store.clone(), index.clone());
     let builds_dir = store.root().join("builds");
-    let keep = args.keep_builds;
-    let builds = tokio::task::spawn_blocking(move || BuildLog::open(&builds_dir, keep))
-        .await
-        .context("opening the build log")?
-        .with_context(|| {
-            format!(
-                "cannot open the build log in `{}`",
-                store.root().join("builds").display()
-            )
-        })?;
-    tracing::info!(records = builds.len(), "build log opened");
+    let retention = records::Retention {
+        keep: args.keep_builds,
+        max_age: args.keep_builds_for,
+    };
+    let (builds, held) = tokio::task::spawn_blocking(move || {
+        let builds = records::open(&builds_dir, retention)?;
+        let held = builds.len()?;
+        Ok::<_, std::io::Error>((builds, held))
+    })
+    .await
+    .context("opening the build records")?
+    .with_context(|| {
+        format!(
+            "cannot open the build records in `{}`",
+            store.root().join("builds").display()
+        )
+    })?;
+    tracing::info!(records = held, "build records opened");
     let urls = args
         .webhooks
         .iter()
@@ -146,7 +153,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         )),
         gc,
         metrics: Arc::new(Metrics::default()),
-        builds: Arc::new(builds),
+        builds,
         webhooks,
         limits: BodyLimits {
             idle_timeout: args.body_idle_timeout,

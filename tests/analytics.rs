@@ -443,3 +443,76 @@ fn the_api_keeps_to_its_openapi_document() {
     );
     assert!(report.contains("passed"), "{report}");
 }
+
+// Verifies (issue 16): a server started on a store that still holds the JSON-lines log of an
+// earlier version shows the same builds and figures: records posted to one server (its lists,
+// one record, stats over all and per project) are written out as that log in a fresh store; a
+// server started there imports it and answers exactly the same, and again after a restart
+// (imported once, not twice).
+#[test]
+fn a_jsonl_store_is_imported_with_the_same_builds_and_figures() {
+    let first_store = tempfile::tempdir().expect("store");
+    let auth = format!("Bearer {TOKEN}");
+    let mut first = Server::start(first_store.path(), &["--token", TOKEN]);
+    let mut lines = String::new();
+    for i in 0..12 {
+        let failed = i % 5 == 4;
+        let project = ["shop", "api", "web"][i % 3];
+        let record = serde_json::json!({
+            "id": format!("old-{i}"),
+            "project": project,
+            "target": (i % 2 == 0).then_some("prod"),
+            "started_at": format!("2026-11-{:02}T10:00:00Z", i + 1),
+            "duration_ms": 1000 + 250 * i,
+            "status": if failed { "failed" } else { "succeeded" },
+            "error": failed.then_some("RUN make: exit code 2"),
+            "vertices": [
+                {"name": "[1/3] FROM busybox", "digest": "sha256:aa", "cached": true, "duration_ms": 2},
+                {"name": "[2/3] COPY . /src", "digest": "sha256:bb", "cached": i % 2 == 1, "duration_ms": 40 + i},
+                {"name": "[3/3] RUN make", "digest": "sha256:cc", "cached": false, "duration_ms": 700 + 10 * i}
+            ],
+        });
+        let r = request(
+            &first.addr,
+            "POST",
+            "/api/builds",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            record.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        // The record as stored (with the time the server received it), as the old log held it.
+        let mut stored = get(&first, &format!("/api/builds/old-{i}"));
+        for derived in ["executed", "cached", "cache_hit_rate"] {
+            stored.as_object_mut().expect("object").remove(derived);
+        }
+        lines.push_str(&format!("{stored}\n"));
+    }
+    let views = [
+        "/api/builds",
+        "/api/builds?project=shop",
+        "/api/builds?status=failed",
+        "/api/builds?last=3",
+        "/api/builds/old-7",
+        "/api/stats",
+        "/api/stats?project=api",
+    ];
+    let before: Vec<Value> = views.iter().map(|v| get(&first, v)).collect();
+    first.kill();
+
+    let old_store = tempfile::tempdir().expect("store");
+    let builds = old_store.path().join("builds");
+    std::fs::create_dir_all(&builds).expect("mkdir");
+    std::fs::write(builds.join("builds.jsonl"), lines).expect("write the old log");
+    for round in ["imported", "after a restart"] {
+        let server = Server::start(old_store.path(), &["--token", TOKEN]);
+        for (view, want) in views.iter().zip(&before) {
+            assert_eq!(&get(&server, view), want, "{view} {round}");
+        }
+        assert!(!builds.join("builds.jsonl").exists());
+        assert!(builds.join("builds.jsonl.imported").exists());
+        assert!(builds.join("builds.db").exists());
+    }
+}

@@ -27,11 +27,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::server::auth::require_token;
-use crate::server::builds::{Added, BuildRecord, BuildStatus, BuildSummary, Filter, stats};
+use crate::server::builds::{BuildRecord, BuildStatus, BuildSummary, Filter, stats};
 use crate::server::dashboard;
 use crate::server::error::ApiError;
 use crate::server::metrics;
 use crate::server::openapi;
+use crate::server::records::Added;
 use crate::server::state::AppState;
 use crate::server::webhooks::Delivery;
 
@@ -191,7 +192,13 @@ async fn record_build(state: AppState, record: BuildRecord) -> Result<Response, 
         )
             .into_response()
     };
-    if state.builds.get(&record.id).is_some() {
+    let builds = state.builds.clone();
+    let held_id = record.id.clone();
+    let held = tokio::task::spawn_blocking(move || builds.get(&held_id))
+        .await
+        .map_err(|e| ApiError::internal("reading the build records", e))?
+        .map_err(|e| ApiError::internal("reading the build records", e))?;
+    if held.is_some() {
         return Ok(created(StatusCode::OK));
     }
     let summary = record.summary();
@@ -202,10 +209,7 @@ async fn record_build(state: AppState, record: BuildRecord) -> Result<Response, 
         .await
         .map_err(|e| ApiError::internal("queueing webhooks", format!("{e:#}")))?;
     let builds = state.builds.clone();
-    let added = tokio::task::spawn_blocking(move || builds.add(record))
-        .await
-        .map_err(|e| ApiError::internal("recording the build", e))?
-        .map_err(|e| ApiError::internal("recording the build", e))?;
+    let added = blocking("recording the build", move || builds.add(record)).await?;
     Ok(match added {
         Added::New => {
             tracing::info!(
@@ -239,14 +243,26 @@ async fn record_build(state: AppState, record: BuildRecord) -> Result<Response, 
 pub async fn list_builds(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
-) -> axum::Json<BuildList> {
-    let builds = state
-        .builds
-        .query(&q.filter(Some(DEFAULT_LIST)))
-        .iter()
-        .map(|r| r.summary())
-        .collect();
-    axum::Json(BuildList { builds })
+) -> Result<axum::Json<BuildList>, ApiError> {
+    let filter = q.filter(Some(DEFAULT_LIST));
+    let records = blocking("reading the build records", move || {
+        state.builds.query(&filter)
+    })
+    .await?;
+    let builds = records.iter().map(|r| r.summary()).collect();
+    Ok(axum::Json(BuildList { builds }))
+}
+
+/// Runs `f` (which reads or writes the records, on disk) on the blocking pool; its failure,
+/// or a panic, is a 500 saying what was being done.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(what, e))?
+        .map_err(|e| ApiError::internal(what, e))
 }
 
 /// One build: the record with its vertices and the derived counts.
@@ -266,7 +282,9 @@ pub async fn get_build(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<BuildDetail>, ApiError> {
-    let record = state.builds.get(&id).ok_or(ApiError::NotFound)?;
+    let record = blocking("reading the build records", move || state.builds.get(&id))
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(axum::Json(BuildDetail {
         executed: record.executed(),
         cached: record.cached(),
@@ -298,11 +316,12 @@ pub async fn get_stats(
         status: q.status,
         last: q.last,
     };
-    let records = state.builds.query(&filter);
     // Over thousands of records this is real work: not on the async workers.
-    let computed = tokio::task::spawn_blocking(move || stats(records.iter().map(|r| r.as_ref())))
-        .await
-        .map_err(|e| ApiError::internal("computing stats", e))?;
+    let computed = blocking("computing stats", move || {
+        let records = state.builds.query(&filter)?;
+        Ok(stats(records.iter().map(|r| r.as_ref())))
+    })
+    .await?;
     Ok(axum::Json(computed))
 }
 
@@ -334,29 +353,29 @@ pub async fn deliveries(
     }))
 }
 
-async fn get_metrics(State(state): State<AppState>) -> Response {
+async fn get_metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let builds = state.builds.clone();
+    let builds_held = blocking("counting the build records", move || builds.len()).await?;
     let text = metrics::render(&metrics::Snapshot {
         metrics: &state.metrics,
         objects: state.index.len(),
         bytes: state.index.total(),
         max_bytes: state.index.max_size(),
         builds: state.builds.counters(),
-        builds_held: state.builds.len(),
+        builds_held,
         webhooks: state.webhooks.counters(),
     });
-    (
+    Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         text,
     )
-        .into_response()
+        .into_response())
 }
 
 async fn get_dashboard(State(state): State<AppState>) -> Result<Html<String>, ApiError> {
-    let page = tokio::task::spawn_blocking(move || dashboard::render(&state))
-        .await
-        .map_err(|e| ApiError::internal("rendering the dashboard", e))?;
+    let page = blocking("rendering the dashboard", move || dashboard::render(&state)).await?;
     Ok(Html(page))
 }

@@ -48,12 +48,12 @@ fn short_digest(d: &str) -> String {
     hex.chars().take(12).collect()
 }
 
-/// The page.
-pub fn render(state: &AppState) -> String {
+/// The page (blocks: it reads the records).
+pub fn render(state: &AppState) -> std::io::Result<String> {
     let recent = state.builds.query(&Filter {
         last: Some(WINDOW),
         ..Filter::default()
-    });
+    })?;
     let s = stats(recent.iter().map(|r| r.as_ref()));
     let m = &state.metrics;
     let reads = |k: Kind| (m.count(k, Outcome::Hit), m.count(k, Outcome::Miss));
@@ -190,7 +190,7 @@ pub fn render(state: &AppState) -> String {
          <a href=\"/api/webhooks/deliveries\">/api/webhooks/deliveries</a> · <a href=\"/metrics\">/metrics</a></p>\
          </body></html>\n",
     );
-    h
+    Ok(h)
 }
 
 /// `scheme://host[:port]` of a URL: paths of hook URLs can be secrets, and the dashboard is

@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::server::auth::Auth;
-use crate::server::builds::BuildLog;
 use crate::server::gc::GcHandle;
 use crate::server::lru::LruIndex;
 use crate::server::metrics::Metrics;
+use crate::server::records::BuildStore;
 use crate::server::store::Store;
 use crate::server::webhooks::Webhooks;
 
@@ -25,7 +25,7 @@ pub struct AppState {
     /// Cache request counters.
     pub metrics: Arc<Metrics>,
     /// Build records.
-    pub builds: Arc<BuildLog>,
+    pub builds: Arc<dyn BuildStore>,
     /// Webhook deliveries.
     pub webhooks: Arc<Webhooks>,
     /// Bounds on one request's body.

@@ -1,0 +1,271 @@
+//! Build records in SQLite: a table of records (the whole record as JSON beside the columns
+//! queries filter and order by), write-ahead logged, `synchronous=FULL` (a record the client was
+//! told is stored survives a power cut), schema versions in `PRAGMA user_version` applied in
+//! order by [`MIGRATIONS`].
+//!
+//! One writer connection behind a mutex; readers take a read-only connection from a small pool,
+//! so a query over thousands of records never waits for an append, nor an append for it.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::{Added, BuildStore, Retention};
+use crate::server::builds::{BuildCounters, BuildRecord, BuildStatus, Filter};
+
+/// Schema changes, in order; the database's `user_version` is how many have been applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: the records. `seq` orders them (newest last, as received); `at_ms` is when the
+    // server received it (or, for imported records without that, when the build started).
+    "CREATE TABLE builds (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        project TEXT NOT NULL,
+        status TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX builds_by_project ON builds (project, seq);
+    CREATE INDEX builds_by_status ON builds (status, seq);
+    CREATE INDEX builds_by_age ON builds (at_ms);",
+];
+
+/// Readers kept open for reuse.
+const READERS: usize = 4;
+
+/// The SQLite backend.
+pub struct SqliteStore {
+    path: PathBuf,
+    retention: Retention,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    counters: Mutex<BuildCounters>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An SQLite error as an I/O error naming the database.
+fn db_err(path: &Path, what: &str, e: rusqlite::Error) -> io::Error {
+    io::Error::other(format!("{}: {what}: {e}", path.display()))
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time; 0 for one that does not parse (the
+/// record was validated when received, so only a hand-edited import can get here).
+fn epoch_ms(rfc3339: &str) -> i64 {
+    humantime::parse_rfc3339_weak(rfc3339)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl SqliteStore {
+    /// Opens (creating) the database at `path` and brings its schema up to date. Blocks.
+    pub fn open(path: &Path, retention: Retention) -> io::Result<SqliteStore> {
+        let err = |what: &str| {
+            let what = what.to_owned();
+            move |e| db_err(path, &what, e)
+        };
+        let mut conn = Connection::open(path).map_err(err("opening"))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(err("setting the busy timeout"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err("enabling the write-ahead log"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err("setting synchronous"))?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err("reading the schema version"))?;
+        let version = usize::try_from(version).unwrap_or(usize::MAX);
+        if version > MIGRATIONS.len() {
+            return Err(io::Error::other(format!(
+                "{}: schema version {version} is newer than this server knows ({}): a newer MemoBuild wrote it",
+                path.display(),
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction().map_err(err("starting a migration"))?;
+            tx.execute_batch(sql).map_err(err("migrating the schema"))?;
+            tx.pragma_update(
+                None,
+                "user_version",
+                i64::try_from(i + 1).unwrap_or(i64::MAX),
+            )
+            .map_err(err("recording the schema version"))?;
+            tx.commit().map_err(err("committing a migration"))?;
+            tracing::info!(db = %path.display(), version = i + 1, "build records: schema migrated");
+        }
+        let store = SqliteStore {
+            path: path.to_owned(),
+            retention: Retention {
+                keep: retention.keep.max(1),
+                ..retention
+            },
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            counters: Mutex::new(BuildCounters::default()),
+        };
+        {
+            let conn = store.writer();
+            store.retain(&conn)?;
+        }
+        Ok(store)
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A connection is usable after a panic elsewhere: SQLite rolls back what was open.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on a read-only connection from the pool (opening one if none is free).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> io::Result<T> {
+        let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(|e| db_err(&self.path, "opening a reader", e))?;
+                c.busy_timeout(Duration::from_secs(5))
+                    .map_err(|e| db_err(&self.path, "setting the busy timeout", e))?;
+                c
+            }
+        };
+        let result = f(&conn).map_err(|e| db_err(&self.path, "reading", e));
+        let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < READERS {
+            pool.push(conn);
+        }
+        result
+    }
+
+    /// Deletes what the retention no longer keeps.
+    fn retain(&self, conn: &Connection) -> io::Result<()> {
+        let keep = i64::try_from(self.retention.keep).unwrap_or(i64::MAX);
+        conn.execute(
+            "DELETE FROM builds WHERE seq <= (SELECT seq FROM builds ORDER BY seq DESC LIMIT 1 OFFSET ?1)",
+            params![keep],
+        )
+        .map_err(|e| db_err(&self.path, "applying the retention", e))?;
+        if let Some(age) = self.retention.max_age {
+            let cutoff = SystemTime::now()
+                .checked_sub(age)
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            conn.execute("DELETE FROM builds WHERE at_ms < ?1", params![cutoff])
+                .map_err(|e| db_err(&self.path, "applying the retention", e))?;
+        }
+        Ok(())
+    }
+
+    /// Inserts records in one transaction (an import), skipping ids held already; how many
+    /// were new. The retention is applied once, at the end.
+    pub fn insert_all(&self, records: &[BuildRecord]) -> io::Result<usize> {
+        let mut conn = self.writer();
+        let err = |e| db_err(&self.path, "importing records", e);
+        let tx = conn.transaction().map_err(err)?;
+        let mut new = 0;
+        for r in records {
+            new += insert(&tx, r).map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        self.retain(&conn)?;
+        Ok(new)
+    }
+}
+
+/// `INSERT OR IGNORE`s one record; 1 when it was new.
+fn insert(conn: &Connection, r: &BuildRecord) -> rusqlite::Result<usize> {
+    let json =
+        serde_json::to_string(r).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+    let at = epoch_ms(r.received_at.as_deref().unwrap_or(&r.started_at));
+    conn.execute(
+        "INSERT OR IGNORE INTO builds (id, project, status, at_ms, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![r.id, r.project, r.status.as_str(), at, json],
+    )
+}
+
+/// A record column back into a record.
+fn decode(json: String) -> rusqlite::Result<Arc<BuildRecord>> {
+    serde_json::from_str(&json).map(Arc::new).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+impl BuildStore for SqliteStore {
+    fn add(&self, record: BuildRecord) -> io::Result<Added> {
+        let conn = self.writer();
+        let new = insert(&conn, &record).map_err(|e| db_err(&self.path, "storing a record", e))?;
+        if new == 0 {
+            return Ok(Added::Duplicate);
+        }
+        if let Err(e) = self.retain(&conn) {
+            // The record is stored; older ones stay a little longer.
+            tracing::warn!("{e}");
+        }
+        drop(conn);
+        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        match record.status {
+            BuildStatus::Succeeded => c.succeeded += 1,
+            BuildStatus::Failed => c.failed += 1,
+        }
+        c.cached_vertices += record.cached() as u64;
+        c.executed_vertices += record.executed() as u64;
+        c.duration_ms_sum = c.duration_ms_sum.saturating_add(record.duration_ms);
+        Ok(Added::New)
+    }
+
+    fn get(&self, id: &str) -> io::Result<Option<Arc<BuildRecord>>> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT record FROM builds WHERE id = ?1",
+                params![id],
+                |row| decode(row.get(0)?),
+            )
+            .optional()
+        })
+    }
+
+    fn query(&self, filter: &Filter) -> io::Result<Vec<Arc<BuildRecord>>> {
+        let limit = filter
+            .last
+            .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT record FROM builds
+                 WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR status = ?2)
+                 ORDER BY seq DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    filter.project.as_deref(),
+                    filter.status.map(BuildStatus::as_str),
+                    limit
+                ],
+                |row| decode(row.get(0)?),
+            )?;
+            rows.collect()
+        })
+    }
+
+    fn len(&self) -> io::Result<usize> {
+        self.read(|c| c.query_row("SELECT COUNT(*) FROM builds", [], |r| r.get::<_, i64>(0)))
+            .map(|n| usize::try_from(n).unwrap_or(0))
+    }
+
+    fn counters(&self) -> BuildCounters {
+        *self.counters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
