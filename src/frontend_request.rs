@@ -315,8 +315,13 @@ pub async fn run<B: FrontendBridge>(
         .get(REQUEST_ID)
         .filter(|r| !r.is_empty())
         .map(String::as_str);
+    // An outline converts the target as a build would (BuildKit's `Dockerfile2Outline`): it
+    // reads the `.dockerignore`, resolves the base images and reports the lint findings.
+    let converts = |id: &str| {
+        id == frontend::subrequests::LINT || id == frontend::subrequests::OUTLINE
+    };
     if let Some(id) = request_id
-        && id != frontend::subrequests::LINT
+        && !converts(id)
     {
         return subrequest(bridge, id, &dockerfile, options).await;
     }
@@ -350,6 +355,12 @@ pub async fn run<B: FrontendBridge>(
         options.dockerignore.push("/.git".to_owned());
     }
     if let Some(id) = request_id {
+        if id == frontend::subrequests::OUTLINE
+            && let Ok(lowered) = bridge.lower(&dockerfile, options.clone()).await
+        {
+            // A Dockerfile that does not convert is the outline's own error to report.
+            bridge.warn(&lowered.warnings, &filename, &dockerfile).await;
+        }
         return subrequest(bridge, id, &dockerfile, options).await;
     }
     named_local_excludes(bridge, &mut options).await?;
