@@ -887,6 +887,13 @@ fn subrequests_answer_as_buildx_prints_them() {
         "{text}"
     );
     assert!(rows.contains(&vec!["tok"]), "the secret is listed: {text}");
+    // As with BuildKit's frontend, an outline converts the target, so its lint findings are
+    // reported.
+    assert!(
+        stderr(&outline).contains("FromAsCasing"),
+        "{}",
+        stderr(&outline)
+    );
 
     let targets = sb.build_remote(&daemon, &["--call=targets"]);
     assert_ok(&targets, "--call=targets");
