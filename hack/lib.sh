@@ -43,6 +43,7 @@ make_state_dir() {
 cleanup_state_dir() {
 	local rc=$?
 	set +e
+	bash "$HACK_DIR/postgres.sh" stop "$STATE_DIR"
 	bash "$HACK_DIR/services.sh" stop "$STATE_DIR"
 	if [[ "$STATE_DIR_OWNED" == 1 ]]; then
 		rm -rf --one-file-system "$STATE_DIR"

@@ -554,6 +554,15 @@ pub struct ServerArgs {
     /// until `--keep-builds` pushes them out.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub keep_builds_for: Option<std::time::Duration>,
+    /// Keep build records in this PostgreSQL database (`postgres://USER:PASSWORD@HOST:PORT/DB`),
+    /// shared by several server replicas, instead of SQLite in the store.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "MEMOBUILD_DATABASE",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
     /// POST every finished build (`build.completed`) to this URL; repeat for several.
     #[arg(
         long = "webhook",

@@ -317,9 +317,8 @@ pub async fn run<B: FrontendBridge>(
         .map(String::as_str);
     // An outline converts the target as a build would (BuildKit's `Dockerfile2Outline`): it
     // reads the `.dockerignore`, resolves the base images and reports the lint findings.
-    let converts = |id: &str| {
-        id == frontend::subrequests::LINT || id == frontend::subrequests::OUTLINE
-    };
+    let converts =
+        |id: &str| id == frontend::subrequests::LINT || id == frontend::subrequests::OUTLINE;
     if let Some(id) = request_id
         && !converts(id)
     {

@@ -111,8 +111,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         keep: args.keep_builds,
         max_age: args.keep_builds_for,
     };
+    let database = args.database.clone();
     let (builds, held) = tokio::task::spawn_blocking(move || {
-        let builds = records::open(&builds_dir, retention)?;
+        let builds = records::open(&builds_dir, database.as_deref(), retention)?;
         let held = builds.len()?;
         Ok::<_, std::io::Error>((builds, held))
     })

@@ -516,3 +516,74 @@ fn a_jsonl_store_is_imported_with_the_same_builds_and_figures() {
         assert!(builds.join("builds.db").exists());
     }
 }
+
+// Verifies (issue 16): two `memobuild server` replicas over one PostgreSQL database
+// (`--database`, the server `hack/test.sh` starts): a build reported to one is listed, read
+// and counted by the other at once, and reporting it to both stores it once.
+#[test]
+fn replicas_share_their_build_records_through_postgres() {
+    let base = match std::env::var("MEMOBUILD_TEST_POSTGRES") {
+        Ok(b) => b,
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("MEMOBUILD_TEST_POSTGRES not set under CI: run the tests through hack/test.sh")
+        }
+        Err(_) => {
+            eprintln!("SKIPPED: MEMOBUILD_TEST_POSTGRES not set");
+            return;
+        }
+    };
+    // A database of this test's own.
+    let name = format!("e2e_{}", std::process::id());
+    let psql = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .args([base.as_str(), "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    psql(&format!("DROP DATABASE IF EXISTS {name}"));
+    psql(&format!("CREATE DATABASE {name}"));
+    let url = format!(
+        "{}/{name}",
+        base.rsplit_once('/').expect("a database URL").0
+    );
+    let (s1, s2) = (
+        tempfile::tempdir().expect("store"),
+        tempfile::tempdir().expect("store"),
+    );
+    let one = Server::start(s1.path(), &["--token", TOKEN, "--database", &url]);
+    let two = Server::start(s2.path(), &["--token", TOKEN, "--database", &url]);
+    let auth = format!("Bearer {TOKEN}");
+    let record = serde_json::json!({
+        "id": "replicated-1",
+        "project": "shop",
+        "started_at": "2026-12-07T10:00:00Z",
+        "duration_ms": 4200,
+        "status": "succeeded",
+        "vertices": [{"name": "[1/1] RUN make", "digest": "sha256:cc", "cached": false, "duration_ms": 4000}],
+    });
+    let post = |server: &Server| {
+        request(
+            &server.addr,
+            "POST",
+            "/api/builds",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            record.to_string().as_bytes(),
+        )
+        .status
+    };
+    assert_eq!(post(&one), 201);
+    assert_eq!(post(&two), 200, "the other replica has it already");
+    let listed = get(&two, "/api/builds");
+    assert_eq!(listed["builds"][0]["id"], "replicated-1", "{listed}");
+    assert_eq!(get(&two, "/api/builds/replicated-1")["duration_ms"], 4200);
+    assert_eq!(get(&two, "/api/stats")["builds"], 1);
+    assert_eq!(get(&one, "/api/stats"), get(&two, "/api/stats"));
+}

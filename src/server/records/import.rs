@@ -12,7 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::Path;
 
-use super::sqlite::SqliteStore;
+use super::BuildStore;
 use crate::server::builds::BuildRecord;
 
 /// The old log's name in the build directory.
@@ -21,7 +21,7 @@ pub const JSONL: &str = "builds.jsonl";
 pub const IMPORTED: &str = "builds.jsonl.imported";
 
 /// Imports `dir/builds.jsonl` into `store` if it is there; how many records were new.
-pub fn import_jsonl(dir: &Path, store: &SqliteStore, keep: usize) -> io::Result<usize> {
+pub fn import_jsonl(dir: &Path, store: &dyn BuildStore, keep: usize) -> io::Result<usize> {
     let path = dir.join(JSONL);
     let f = match File::open(&path) {
         Ok(f) => f,

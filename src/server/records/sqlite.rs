@@ -169,21 +169,6 @@ impl SqliteStore {
         }
         Ok(())
     }
-
-    /// Inserts records in one transaction (an import), skipping ids held already; how many
-    /// were new. The retention is applied once, at the end.
-    pub fn insert_all(&self, records: &[BuildRecord]) -> io::Result<usize> {
-        let mut conn = self.writer();
-        let err = |e| db_err(&self.path, "importing records", e);
-        let tx = conn.transaction().map_err(err)?;
-        let mut new = 0;
-        for r in records {
-            new += insert(&tx, r).map_err(err)?;
-        }
-        tx.commit().map_err(err)?;
-        self.retain(&conn)?;
-        Ok(new)
-    }
 }
 
 /// `INSERT OR IGNORE`s one record; 1 when it was new.
@@ -225,6 +210,19 @@ impl BuildStore for SqliteStore {
         c.executed_vertices += record.executed() as u64;
         c.duration_ms_sum = c.duration_ms_sum.saturating_add(record.duration_ms);
         Ok(Added::New)
+    }
+
+    fn insert_all(&self, records: &[BuildRecord]) -> io::Result<usize> {
+        let mut conn = self.writer();
+        let err = |e| db_err(&self.path, "importing records", e);
+        let tx = conn.transaction().map_err(err)?;
+        let mut new = 0;
+        for r in records {
+            new += insert(&tx, r).map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        self.retain(&conn)?;
+        Ok(new)
     }
 
     fn get(&self, id: &str) -> io::Result<Option<Arc<BuildRecord>>> {

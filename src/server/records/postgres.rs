@@ -1,0 +1,258 @@
+//! Build records in PostgreSQL, for teams that run several server replicas over one database
+//! (`memobuild server --database postgres://…`). The same table as SQLite's (`memobuild_builds`:
+//! the record as JSON beside the columns queries use), the same retention; ids are unique in
+//! the database, so a record posted to two replicas is stored once.
+//!
+//! Schema versions live in `memobuild_schema`; replicas starting together migrate one at a
+//! time, under a transaction-scoped advisory lock. Connections are kept in a small pool and
+//! replaced when the server closed them.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use postgres::{Client, NoTls};
+
+use super::{Added, BuildStore, Retention};
+use crate::server::builds::{BuildCounters, BuildRecord, BuildStatus, Filter};
+
+/// Schema changes, in order; `memobuild_schema.version` is how many have been applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: the records (see `sqlite.rs`).
+    "CREATE TABLE memobuild_builds (
+        seq BIGSERIAL PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        project TEXT NOT NULL,
+        status TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX memobuild_builds_by_project ON memobuild_builds (project, seq);
+    CREATE INDEX memobuild_builds_by_status ON memobuild_builds (status, seq);
+    CREATE INDEX memobuild_builds_by_age ON memobuild_builds (at_ms);",
+];
+
+/// Serializes migrations across replicas (`pg_advisory_xact_lock`): "memobld" in ASCII.
+const MIGRATION_LOCK: i64 = 0x006d_656d_6f62_6c64;
+
+/// Connections kept open for reuse.
+const POOL: usize = 4;
+
+/// The PostgreSQL backend.
+pub struct PostgresStore {
+    config: postgres::Config,
+    /// The URL without its password, for messages.
+    shown: String,
+    retention: Retention,
+    pool: Mutex<Vec<Client>>,
+    counters: Mutex<BuildCounters>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("database", &self.shown)
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time (see `sqlite.rs`).
+fn epoch_ms(rfc3339: &str) -> i64 {
+    humantime::parse_rfc3339_weak(rfc3339)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl PostgresStore {
+    /// Connects to `url` and brings the schema up to date. Blocks.
+    pub fn connect(url: &str, retention: Retention) -> io::Result<PostgresStore> {
+        let shown = redact(url);
+        let config: postgres::Config = url
+            .parse()
+            .map_err(|e| io::Error::other(format!("--database `{shown}`: {e}")))?;
+        let store = PostgresStore {
+            config,
+            shown,
+            retention: Retention {
+                keep: retention.keep.max(1),
+                ..retention
+            },
+            pool: Mutex::new(Vec::new()),
+            counters: Mutex::new(BuildCounters::default()),
+        };
+        store.with(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS memobuild_schema (version INTEGER NOT NULL)",
+            )?;
+            let version: i32 = match tx.query_opt("SELECT version FROM memobuild_schema", &[])? {
+                Some(row) => row.get(0),
+                None => {
+                    tx.execute("INSERT INTO memobuild_schema (version) VALUES (0)", &[])?;
+                    0
+                }
+            };
+            let version = usize::try_from(version).unwrap_or(0);
+            if version > MIGRATIONS.len() {
+                return Ok(Err(version));
+            }
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+                tx.batch_execute(sql)?;
+                let v = i32::try_from(i + 1).unwrap_or(i32::MAX);
+                tx.execute("UPDATE memobuild_schema SET version = $1", &[&v])?;
+                tracing::info!(version = i + 1, "build records: schema migrated");
+            }
+            tx.commit()?;
+            Ok(Ok(()))
+        })?
+        .map_err(|version| {
+            io::Error::other(format!(
+                "{}: schema version {version} is newer than this server knows ({}): a newer MemoBuild wrote it",
+                store.shown,
+                MIGRATIONS.len()
+            ))
+        })?;
+        store.with(|c| store.retain(c))?;
+        Ok(store)
+    }
+
+    /// Runs `f` on a pooled connection (connecting if none is free); a connection the server
+    /// closed is dropped, not pooled again.
+    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> io::Result<T> {
+        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut client = match pooled {
+            Some(c) if !c.is_closed() => c,
+            _ => self
+                .config
+                .connect(NoTls)
+                .map_err(|e| io::Error::other(format!("{}: cannot connect: {e}", self.shown)))?,
+        };
+        let result = f(&mut client).map_err(|e| io::Error::other(format!("{}: {e}", self.shown)));
+        if !client.is_closed() {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < POOL {
+                pool.push(client);
+            }
+        }
+        result
+    }
+
+    /// Deletes what the retention no longer keeps.
+    fn retain(&self, c: &mut Client) -> Result<(), postgres::Error> {
+        let keep = i64::try_from(self.retention.keep).unwrap_or(i64::MAX);
+        c.execute(
+            "DELETE FROM memobuild_builds WHERE seq <= \
+             (SELECT seq FROM memobuild_builds ORDER BY seq DESC OFFSET $1 LIMIT 1)",
+            &[&keep],
+        )?;
+        if let Some(age) = self.retention.max_age {
+            let cutoff = SystemTime::now()
+                .checked_sub(age)
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            c.execute("DELETE FROM memobuild_builds WHERE at_ms < $1", &[&cutoff])?;
+        }
+        Ok(())
+    }
+}
+
+/// Inserts one record unless its id is held; 1 when it was new.
+fn insert(c: &mut impl postgres::GenericClient, r: &BuildRecord) -> Result<u64, postgres::Error> {
+    // Serializing a record of strings and numbers cannot fail.
+    let json = serde_json::to_string(r).unwrap_or_default();
+    let at = epoch_ms(r.received_at.as_deref().unwrap_or(&r.started_at));
+    c.execute(
+        "INSERT INTO memobuild_builds (id, project, status, at_ms, record) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+        &[&r.id, &r.project, &r.status.as_str(), &at, &json],
+    )
+}
+
+/// A `record` column back into a record.
+fn decode(json: &str) -> io::Result<Arc<BuildRecord>> {
+    serde_json::from_str(json)
+        .map(Arc::new)
+        .map_err(|e| io::Error::other(format!("a stored build record does not parse: {e}")))
+}
+
+impl BuildStore for PostgresStore {
+    fn add(&self, record: BuildRecord) -> io::Result<Added> {
+        let new = self.with(|c| insert(c, &record))?;
+        if new == 0 {
+            return Ok(Added::Duplicate);
+        }
+        if let Err(e) = self.with(|c| self.retain(c)) {
+            tracing::warn!("{e}");
+        }
+        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        match record.status {
+            BuildStatus::Succeeded => c.succeeded += 1,
+            BuildStatus::Failed => c.failed += 1,
+        }
+        c.cached_vertices += record.cached() as u64;
+        c.executed_vertices += record.executed() as u64;
+        c.duration_ms_sum = c.duration_ms_sum.saturating_add(record.duration_ms);
+        Ok(Added::New)
+    }
+
+    fn insert_all(&self, records: &[BuildRecord]) -> io::Result<usize> {
+        let new = self.with(|c| {
+            let mut tx = c.transaction()?;
+            let mut new = 0;
+            for r in records {
+                new += insert(&mut tx, r)?;
+            }
+            tx.commit()?;
+            Ok(new)
+        })?;
+        self.with(|c| self.retain(c))?;
+        Ok(usize::try_from(new).unwrap_or(usize::MAX))
+    }
+
+    fn get(&self, id: &str) -> io::Result<Option<Arc<BuildRecord>>> {
+        let row = self
+            .with(|c| c.query_opt("SELECT record FROM memobuild_builds WHERE id = $1", &[&id]))?;
+        row.map(|r| decode(r.get(0))).transpose()
+    }
+
+    fn query(&self, filter: &Filter) -> io::Result<Vec<Arc<BuildRecord>>> {
+        let limit = filter.last.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        let project = filter.project.as_deref();
+        let status = filter.status.map(BuildStatus::as_str);
+        let rows = self.with(|c| {
+            c.query(
+                "SELECT record FROM memobuild_builds \
+                 WHERE ($1::TEXT IS NULL OR project = $1) AND ($2::TEXT IS NULL OR status = $2) \
+                 ORDER BY seq DESC LIMIT $3",
+                &[&project, &status, &limit],
+            )
+        })?;
+        rows.iter().map(|r| decode(r.get(0))).collect()
+    }
+
+    fn len(&self) -> io::Result<usize> {
+        let n: i64 = self.with(|c| {
+            c.query_one("SELECT COUNT(*) FROM memobuild_builds", &[])
+                .map(|r| r.get(0))
+        })?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    fn counters(&self) -> BuildCounters {
+        *self.counters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
