@@ -337,6 +337,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
 
     // Every cacheable vertex of the solve, for the build report.
     let mut vertices = Vec::new();
+    let mut reasons = std::collections::BTreeMap::new();
     let result = async {
         let lowered = crate::pipeline::lower(
             build.registry(),
@@ -380,6 +381,11 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
         vertices = solved.vertices.clone();
         let history =
             crate::pipeline::record_history(&build, &target_id, &solved, args.no_cache);
+        reasons = history
+            .explanations
+            .iter()
+            .map(|e| (e.name.clone(), e.reasons.join("; ")))
+            .collect();
         if args.explain {
             crate::pipeline::note(&progress, crate::pipeline::render_explanations(&history));
         }
@@ -458,6 +464,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
             target: args.frontend.target.as_deref(),
             tags: &args.tags,
             masked: inputs.build_args.values().map(String::as_str).collect(),
+            reasons: &reasons,
         };
         // A failed solve still tells which steps had finished, and how.
         if let Err(e) = &result

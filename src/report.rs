@@ -32,6 +32,8 @@ pub struct Subject<'a> {
     pub tags: &'a [String],
     /// `--build-arg` values, masked wherever they appear.
     pub masked: Vec<&'a str>,
+    /// Why each step that ran did (MemoBuild's explain), by progress name.
+    pub reasons: &'a std::collections::BTreeMap<String, String>,
 }
 
 /// Shortest value masked: shorter ones are no secret, and masking `1` would garble numbers.
@@ -116,6 +118,10 @@ pub fn record(
                 digest: v.digest.clone(),
                 cached: v.cached,
                 duration_ms: v.duration_ms,
+                reason: (!v.cached)
+                    .then(|| subject.reasons.get(&v.name))
+                    .flatten()
+                    .map(|r| mask(r, &subject.masked)),
             })
             .collect(),
         received_at: None,
@@ -179,6 +185,10 @@ mod tests {
         let df = ctx.join("docker/Dockerfile.prod");
         std::fs::write(&df, "FROM x\n").unwrap();
         let tags = vec!["shop:1".to_owned()];
+        let reasons = std::collections::BTreeMap::from([(
+            "[2/2] COPY . /src".to_owned(),
+            "file `app.conf` changed; build arg `TOKEN` is now `s3cr3t-token`".to_owned(),
+        )]);
         let subject = Subject {
             project: None,
             context: &ctx,
@@ -186,14 +196,24 @@ mod tests {
             target: Some("prod"),
             tags: &tags,
             masked: vec!["s3cr3t-token", "1"],
+            reasons: &reasons,
         };
-        let v = [VertexReport {
-            digest: "sha256:d".into(),
-            name: "[1/2] RUN make TOKEN=s3cr3t-token JOBS=1".into(),
-            key: "k".into(),
-            cached: true,
-            duration_ms: 3,
-        }];
+        let v = [
+            VertexReport {
+                digest: "sha256:d".into(),
+                name: "[1/2] RUN make TOKEN=s3cr3t-token JOBS=1".into(),
+                key: "k".into(),
+                cached: true,
+                duration_ms: 3,
+            },
+            VertexReport {
+                digest: "sha256:e".into(),
+                name: "[2/2] COPY . /src".into(),
+                key: "k2".into(),
+                cached: false,
+                duration_ms: 5,
+            },
+        ];
         let r = record(
             &subject,
             SystemTime::UNIX_EPOCH,
@@ -209,6 +229,12 @@ mod tests {
         assert_eq!(r.status, BuildStatus::Succeeded);
         assert_eq!(r.image.as_deref(), Some("sha256:img"));
         assert_eq!(r.vertices[0].name, "[1/2] RUN make TOKEN=*** JOBS=1");
+        assert_eq!(r.vertices[0].reason, None, "a cached step did not run");
+        // Why a step ran is reported, with build-arg values masked.
+        assert_eq!(
+            r.vertices[1].reason.as_deref(),
+            Some("file `app.conf` changed; build arg `TOKEN` is now `***`")
+        );
         assert!(r.validate().is_ok(), "{:?}", r.validate());
 
         let long = format!("s3cr3t-token {}", "é".repeat(3000));

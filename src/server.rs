@@ -144,6 +144,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting webhook deliveries")?;
+    let (events, _) = tokio::sync::broadcast::channel(64);
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let state = AppState {
         store,
         index,
@@ -156,6 +158,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         metrics: Arc::new(Metrics::default()),
         builds,
         webhooks,
+        events,
+        closing,
         limits: BodyLimits {
             idle_timeout: args.body_idle_timeout,
             max_size: args.max_body_size,
@@ -192,7 +196,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     stdout.flush()?;
     drop(stdout);
 
-    serve::serve(listener, router(state), conn_limits, shutdown_signal()).await;
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = closing_tx.send(true);
+    };
+    serve::serve(listener, router(state), conn_limits, shutdown).await;
     tracing::info!("server stopped");
     Ok(())
 }

@@ -9,7 +9,9 @@
 //! - `GET /api/stats[?project=&status=&last=]`: [`crate::server::builds::Stats`].
 //! - `GET /api/webhooks/deliveries[?last=]`: recent deliveries and their state (authorized
 //!   as a write: hook URLs can hold secrets).
-//! - `GET /metrics`: Prometheus text format. `GET /`: the dashboard (HTML).
+//! - `GET /metrics`: Prometheus text format. `GET /`: the dashboard (HTML). `GET /events`:
+//!   server-sent events, one `build` event (the summary) per build recorded, which the
+//!   dashboard listens to so that it updates without a reload.
 //! - `GET /api/openapi.json`: the OpenAPI 3.1 document of the `/api/*` routes
 //!   ([`crate::server::openapi`]), built from the handlers' annotations and the types they
 //!   answer with, so it cannot drift from them; readable without a token.
@@ -49,6 +51,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/api/webhooks/deliveries", get(deliveries))
         .route("/metrics", get(get_metrics))
         .route("/", get(get_dashboard))
+        .route("/events", get(events))
         .route_layer(middleware::from_fn_with_state(state, require_token))
         .route("/api/openapi.json", get(openapi::document))
 }
@@ -212,6 +215,10 @@ async fn record_build(state: AppState, record: BuildRecord) -> Result<Response, 
     let added = blocking("recording the build", move || builds.add(record)).await?;
     Ok(match added {
         Added::New => {
+            if let Ok(json) = serde_json::to_string(&summary) {
+                // No dashboard open is no error.
+                let _ = state.events.send(json);
+            }
             tracing::info!(
                 id = %summary.id,
                 project = %summary.project,
@@ -378,4 +385,41 @@ async fn get_metrics(State(state): State<AppState>) -> Result<Response, ApiError
 async fn get_dashboard(State(state): State<AppState>) -> Result<Html<String>, ApiError> {
     let page = blocking("rendering the dashboard", move || dashboard::render(&state)).await?;
     Ok(Html(page))
+}
+
+/// `GET /events`: a `build` event per build recorded (its summary), until the client goes or
+/// the server shuts down; a comment every 15 s keeps proxies from closing an idle stream. A
+/// client too slow to keep up skips events (it is told with a `lagged` event).
+async fn events(
+    State(state): State<AppState>,
+) -> axum::response::sse::Sse<
+    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let rx = state.events.subscribe();
+    let closing = state.closing.clone();
+    let stream = futures::stream::unfold((rx, closing), |(mut rx, mut closing)| async move {
+        loop {
+            if *closing.borrow() {
+                return None;
+            }
+            tokio::select! {
+                got = rx.recv() => {
+                    let event = match got {
+                        Ok(json) => Event::default().event("build").data(json),
+                        Err(RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
+                        Err(RecvError::Closed) => return None,
+                    };
+                    return Some((Ok(event), (rx, closing)));
+                }
+                changed = closing.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
 }

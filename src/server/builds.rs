@@ -38,6 +38,9 @@ pub struct VertexTiming {
     /// Milliseconds to restore or execute it.
     #[serde(default)]
     pub duration_ms: u64,
+    /// Why it ran, for an executed vertex (what changed: a file, a build arg, a base image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What a client reports about one build (`POST /api/builds`).
@@ -131,13 +134,13 @@ impl BuildRecord {
                 "`tags`: at most {MAX_TAGS} of at most {MAX_TEXT} bytes each"
             ));
         }
-        if let Some(i) = self
-            .vertices
-            .iter()
-            .position(|v| v.name.len() > MAX_TEXT || v.digest.len() > MAX_DIGEST)
-        {
+        if let Some(i) = self.vertices.iter().position(|v| {
+            v.name.len() > MAX_TEXT
+                || v.digest.len() > MAX_DIGEST
+                || v.reason.as_ref().is_some_and(|r| r.len() > MAX_TEXT)
+        }) {
             return Err(format!(
-                "`vertices[{i}]`: a name is at most {MAX_TEXT} bytes, a digest {MAX_DIGEST}"
+                "`vertices[{i}]`: a name or reason is at most {MAX_TEXT} bytes, a digest {MAX_DIGEST}"
             ));
         }
         if self.vertices.len() > MAX_VERTICES {
@@ -266,6 +269,8 @@ pub struct Stats {
     pub slowest_steps: Vec<StepStats>,
     /// The same per project, the busiest first.
     pub projects: Vec<ProjectStats>,
+    /// Builds and hit rate per day, oldest first.
+    pub days: Vec<DayStats>,
 }
 
 /// Wall-time figures of a set of builds.
@@ -294,6 +299,28 @@ pub struct StepStats {
     pub total_ms: u64,
     /// Mean milliseconds per execution.
     pub mean_ms: u64,
+    /// Why it ran, the most frequent reasons first (at most three).
+    pub reasons: Vec<ReasonCount>,
+}
+
+/// A reason a step ran, and how often.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ReasonCount {
+    /// What changed (`file `src/main.c` changed`).
+    pub reason: String,
+    /// Executions it explained.
+    pub count: usize,
+}
+
+/// The builds of one day (UTC, by start time).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct DayStats {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    /// Builds that started that day.
+    pub builds: usize,
+    /// `cached / vertices` over them; null without vertices.
+    pub cache_hit_rate: Option<f64>,
 }
 
 /// One project's figures.
@@ -345,6 +372,7 @@ pub fn stats<'a>(records: impl IntoIterator<Item = &'a BuildRecord>) -> Stats {
     let cached: usize = records.iter().map(|r| r.cached()).sum();
 
     let mut steps: HashMap<&str, StepStats> = HashMap::new();
+    let mut reasons: HashMap<&str, HashMap<&str, usize>> = HashMap::new();
     for v in records.iter().flat_map(|r| &r.vertices) {
         let s = steps.entry(&v.name).or_insert_with(|| StepStats {
             name: v.name.clone(),
@@ -352,12 +380,16 @@ pub fn stats<'a>(records: impl IntoIterator<Item = &'a BuildRecord>) -> Stats {
             cached: 0,
             total_ms: 0,
             mean_ms: 0,
+            reasons: Vec::new(),
         });
         if v.cached {
             s.cached += 1;
         } else {
             s.executed += 1;
             s.total_ms = s.total_ms.saturating_add(v.duration_ms);
+            if let Some(r) = &v.reason {
+                *reasons.entry(&v.name).or_default().entry(r).or_default() += 1;
+            }
         }
     }
     let mut slowest: Vec<StepStats> = steps
@@ -365,6 +397,18 @@ pub fn stats<'a>(records: impl IntoIterator<Item = &'a BuildRecord>) -> Stats {
         .filter(|s| s.executed > 0)
         .map(|mut s| {
             s.mean_ms = s.total_ms / s.executed as u64;
+            let mut why: Vec<ReasonCount> = reasons
+                .remove(s.name.as_str())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(reason, count)| ReasonCount {
+                    reason: reason.to_owned(),
+                    count,
+                })
+                .collect();
+            why.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
+            why.truncate(3);
+            s.reasons = why;
             s
         })
         .collect();
@@ -394,6 +438,24 @@ pub fn stats<'a>(records: impl IntoIterator<Item = &'a BuildRecord>) -> Stats {
         .collect();
     projects.sort_by(|a, b| b.builds.cmp(&a.builds).then(a.project.cmp(&b.project)));
 
+    let mut by_day: std::collections::BTreeMap<&str, (usize, usize, usize)> =
+        std::collections::BTreeMap::new();
+    for r in &records {
+        let day = r.started_at.get(..10).unwrap_or(&r.started_at);
+        let d = by_day.entry(day).or_default();
+        d.0 += 1;
+        d.1 += r.vertices.len();
+        d.2 += r.cached();
+    }
+    let days = by_day
+        .into_iter()
+        .map(|(day, (builds, v, c))| DayStats {
+            day: day.to_owned(),
+            builds,
+            cache_hit_rate: rate(c, v),
+        })
+        .collect();
+
     let failed = records
         .iter()
         .filter(|r| r.status == BuildStatus::Failed)
@@ -409,6 +471,7 @@ pub fn stats<'a>(records: impl IntoIterator<Item = &'a BuildRecord>) -> Stats {
         cache_hit_rate: rate(cached, vertices),
         slowest_steps: slowest,
         projects,
+        days,
     }
 }
 
@@ -457,6 +520,7 @@ mod tests {
                     digest: String::new(),
                     cached: *c,
                     duration_ms: *d,
+                    reason: (!*c).then(|| format!("file `{n}.c` changed")),
                 })
                 .collect(),
             received_at: None,
@@ -529,6 +593,16 @@ mod tests {
         assert_eq!(s.slowest_steps[0].executed, 2);
         assert_eq!(s.slowest_steps[0].cached, 1);
         assert_eq!(s.slowest_steps[0].mean_ms, 400);
+        assert_eq!(
+            s.slowest_steps[0].reasons,
+            [ReasonCount {
+                reason: "file `RUN make.c` changed".into(),
+                count: 2
+            }]
+        );
+        assert_eq!(s.days.len(), 1);
+        assert_eq!(s.days[0].day, "2026-11-24");
+        assert_eq!(s.days[0].builds, s.builds);
         assert_eq!(s.projects[0].project, "app");
         assert_eq!(s.projects[0].cache_hit_rate, Some(0.5));
         assert_eq!(s.projects[1].failed, 1);

@@ -1,5 +1,8 @@
-//! `GET /`: one HTML page, rendered on the server (no scripts): the cache, the builds'
-//! figures, where executed time goes, the latest builds and webhook deliveries.
+//! `GET /`: one HTML page, rendered on the server: the cache, the builds' figures, the hit rate
+//! per day, where executed time goes and why those steps ran, the latest builds and webhook
+//! deliveries. One small script listens to `GET /events` and, when a build is recorded,
+//! fetches the page again and swaps its content in place: no reload, no client-side
+//! rendering to keep in step with this one. Without scripts the page refreshes every 30 s.
 
 use std::fmt::Write as _;
 
@@ -13,6 +16,8 @@ use crate::server::store::Kind;
 const WINDOW: usize = 500;
 /// Builds listed.
 const LISTED: usize = 30;
+/// Builds the hit rate per day is computed over.
+const HISTORY: usize = 5000;
 
 /// `s` safe inside HTML text and attribute values.
 pub fn escape(s: &str) -> String {
@@ -55,6 +60,13 @@ pub fn render(state: &AppState) -> std::io::Result<String> {
         ..Filter::default()
     })?;
     let s = stats(recent.iter().map(|r| r.as_ref()));
+    // The hit rate over time looks further back than the other figures.
+    let history = state.builds.query(&Filter {
+        last: Some(HISTORY),
+        ..Filter::default()
+    })?;
+    let days = stats(history.iter().map(|r| r.as_ref())).days;
+    drop(history);
     let m = &state.metrics;
     let reads = |k: Kind| (m.count(k, Outcome::Hit), m.count(k, Outcome::Miss));
     let (ac_hit, ac_miss) = reads(Kind::Ac);
@@ -66,12 +78,13 @@ pub fn render(state: &AppState) -> std::io::Result<String> {
     let _ = write!(
         h,
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>MemoBuild server</title>\
-         <meta http-equiv=\"refresh\" content=\"30\">\
+         <noscript><meta http-equiv=\"refresh\" content=\"30\"></noscript>\
          <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}\
          table{{border-collapse:collapse;margin-bottom:2em}}td,th{{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:left}}\
          .ok{{color:#18794e}}.bad{{color:#c4320a}}.num{{text-align:right}}code{{font-size:90%}}\
-         .cards div{{display:inline-block;margin:0 2em 1em 0}}.cards b{{display:block;font-size:1.6em}}</style>\
-         </head><body><h1>MemoBuild server</h1>"
+         .cards div{{display:inline-block;margin:0 2em 1em 0}}.cards b{{display:block;font-size:1.6em}}\
+         .why{{color:#555;font-size:90%}}#hit-rate rect{{fill:#3b82c4}}#hit-rate text{{font-size:10px;fill:#555}}</style>\
+         </head><body><h1>MemoBuild server</h1><main id=\"live\">"
     );
     let _ = write!(
         h,
@@ -123,28 +136,37 @@ pub fn render(state: &AppState) -> std::io::Result<String> {
         h.push_str("</table>");
     }
 
+    hit_rate_chart(&mut h, &days);
+
     if !s.slowest_steps.is_empty() {
         h.push_str(
-            "<h2>Where executed time goes</h2><table><tr><th>step</th><th class=\"num\">executed</th>\
-             <th class=\"num\">cached</th><th class=\"num\">total</th><th class=\"num\">mean</th></tr>",
+            "<h2>Where executed time goes</h2><table id=\"slowest\"><tr><th>step</th>\
+             <th class=\"num\">executed</th><th class=\"num\">cached</th><th class=\"num\">total</th>\
+             <th class=\"num\">mean</th><th>why it ran</th></tr>",
         );
         for st in &s.slowest_steps {
+            let why: Vec<String> = st
+                .reasons
+                .iter()
+                .map(|r| format!("{} ({}×)", escape(&r.reason), r.count))
+                .collect();
             let _ = write!(
                 h,
                 "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
-                 <td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                 <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"why\">{}</td></tr>",
                 escape(&st.name),
                 st.executed,
                 st.cached,
                 ms(Some(st.total_ms)),
-                ms(Some(st.mean_ms))
+                ms(Some(st.mean_ms)),
+                why.join("<br>")
             );
         }
         h.push_str("</table>");
     }
 
     h.push_str(
-        "<h2>Latest builds</h2><table><tr><th>started</th><th>project</th><th>target</th>\
+        "<h2>Latest builds</h2><table id=\"latest\"><tr><th>started</th><th>project</th><th>target</th>\
          <th>status</th><th class=\"num\">time</th><th class=\"num\">executed</th>\
          <th class=\"num\">cached</th><th>image</th><th>host</th></tr>",
     );
@@ -188,9 +210,73 @@ pub fn render(state: &AppState) -> std::io::Result<String> {
     h.push_str(
         "<p>JSON: <a href=\"/api/builds\">/api/builds</a> · <a href=\"/api/stats\">/api/stats</a> · \
          <a href=\"/api/webhooks/deliveries\">/api/webhooks/deliveries</a> · <a href=\"/metrics\">/metrics</a></p>\
-         </body></html>\n",
+         </main>",
     );
+    h.push_str(LIVE_SCRIPT);
+    h.push_str("</body></html>\n");
     Ok(h)
+}
+
+/// Listens to `/events`; on a recorded build, fetches the page and swaps `#live` in place (one
+/// fetch at a time, another after it if builds came meanwhile).
+const LIVE_SCRIPT: &str = "<script>(function(){\
+if(!window.EventSource||!window.fetch)return;\
+var busy=false,again=false;\
+function refresh(){if(busy){again=true;return;}busy=true;\
+fetch(location.pathname,{credentials:'same-origin'})\
+.then(function(r){return r.ok?r.text():Promise.reject(r.status);})\
+.then(function(html){var fresh=new DOMParser().parseFromString(html,'text/html').getElementById('live');\
+var cur=document.getElementById('live');if(fresh&&cur)cur.replaceWith(fresh);})\
+.catch(function(){}).finally(function(){busy=false;if(again){again=false;refresh();}});}\
+var es=new EventSource('/events');es.addEventListener('build',refresh);es.addEventListener('lagged',refresh);\
+})();</script>";
+
+/// Days shown in the hit-rate chart (the newest).
+const DAYS: usize = 30;
+
+/// The hit rate per day as an SVG bar chart, each bar labelled for screen readers and tooltips.
+fn hit_rate_chart(h: &mut String, days: &[crate::server::builds::DayStats]) {
+    let days = &days[days.len().saturating_sub(DAYS)..];
+    if days.is_empty() {
+        return;
+    }
+    let (bar, gap, height) = (18, 4, 100);
+    // Wide enough for the first and last day's labels even with a few bars.
+    let width = (days.len() * (bar + gap)).max(200);
+    let _ = write!(
+        h,
+        "<h2>Cache hit rate per day</h2><svg id=\"hit-rate\" role=\"img\" width=\"{width}\" height=\"{}\" \
+         aria-label=\"share of steps restored from the cache, per day\">",
+        height + 16
+    );
+    for (i, d) in days.iter().enumerate() {
+        let rate = d.cache_hit_rate.unwrap_or(0.0);
+        let bar_h = ((rate * height as f64).round() as usize).max(1);
+        let label = format!(
+            "{}: {} of steps cached ({} builds)",
+            d.day,
+            pct(d.cache_hit_rate),
+            d.builds
+        );
+        let _ = write!(
+            h,
+            "<rect x=\"{}\" y=\"{}\" width=\"{bar}\" height=\"{bar_h}\" aria-label=\"{}\"><title>{}</title></rect>",
+            i * (bar + gap),
+            height - bar_h,
+            escape(&label),
+            escape(&label)
+        );
+    }
+    let first = days.first().map(|d| d.day.as_str()).unwrap_or_default();
+    let last = days.last().map(|d| d.day.as_str()).unwrap_or_default();
+    let _ = write!(
+        h,
+        "<text x=\"0\" y=\"{}\">{}</text><text x=\"{width}\" y=\"{}\" text-anchor=\"end\">{}</text></svg>",
+        height + 12,
+        escape(first),
+        height + 12,
+        escape(last)
+    );
 }
 
 /// `scheme://host[:port]` of a URL: paths of hook URLs can be secrets, and the dashboard is

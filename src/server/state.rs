@@ -28,6 +28,11 @@ pub struct AppState {
     pub builds: Arc<dyn BuildStore>,
     /// Webhook deliveries.
     pub webhooks: Arc<Webhooks>,
+    /// Tells open dashboards (`GET /events`) that a build was recorded: its summary as JSON.
+    pub events: tokio::sync::broadcast::Sender<String>,
+    /// Becomes `true` when the server shuts down, so that event streams end (a graceful
+    /// shutdown waits for every open response).
+    pub closing: tokio::sync::watch::Receiver<bool>,
     /// Bounds on one request's body.
     pub limits: BodyLimits,
 }

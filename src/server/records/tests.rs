@@ -27,6 +27,7 @@ fn record(id: &str, project: &str, status: BuildStatus, received_at: &str) -> Bu
             digest: String::new(),
             cached: false,
             duration_ms: 10,
+            reason: None,
         }],
         received_at: Some(received_at.into()),
     }
