@@ -154,6 +154,8 @@ fn builds_are_recorded_and_announced() {
         .unwrap_or_else(|| panic!("no RUN step in {full:#}"));
     assert_eq!(run["cached"], false);
     assert!(run["duration_ms"].as_u64() > Some(0), "{run:#}");
+    // Why it ran, as MemoBuild's explain says it: the first build of this step.
+    assert_eq!(run["reason"], "no earlier build of this step", "{run:#}");
     let missing = request(&server.addr, "GET", "/api/builds/no-such-build", &[], b"");
     assert_eq!(missing.status, 404);
 
