@@ -10,7 +10,6 @@ use std::io::Write as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::http::request;
 use common::server::Server;
 use fantoccini::{ClientBuilder, Locator};
 
@@ -181,17 +180,7 @@ async fn the_dashboard_shows_builds_and_updates_live_in_chromium() {
         "status": "succeeded",
         "vertices": [{"name": "[1/1] RUN go build", "digest": "sha256:dd", "cached": false, "duration_ms": 1200}],
     });
-    let auth = format!("Bearer {TOKEN}");
-    let r = request(
-        &server.addr,
-        "POST",
-        "/api/builds",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        fresh.to_string().as_bytes(),
-    );
+    let r = server.post_build(TOKEN, &fresh);
     assert_eq!(r.status, 201, "{}", r.text());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -54,6 +54,49 @@ pub trait BuildStore: Send + Sync + std::fmt::Debug {
     fn counters(&self) -> BuildCounters;
 }
 
+/// Milliseconds since the epoch of an RFC 3339 time; 0 for one that does not parse (records
+/// are validated when received, so only a hand-edited import can get here).
+fn epoch_ms(rfc3339: &str) -> i64 {
+    humantime::parse_rfc3339_weak(rfc3339)
+        .ok()
+        .map_or(0, millis_since_epoch)
+}
+
+/// `t` in milliseconds since the epoch (0 before it).
+fn millis_since_epoch(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// When a record was received (or, for an imported one without that, when it started), in
+/// milliseconds since the epoch: what the age retention compares.
+fn received_ms(r: &BuildRecord) -> i64 {
+    epoch_ms(r.received_at.as_deref().unwrap_or(&r.started_at))
+}
+
+impl Retention {
+    /// Records received before this (milliseconds since the epoch) are too old to keep.
+    fn cutoff_ms(&self) -> Option<i64> {
+        self.max_age.map(|age| {
+            std::time::SystemTime::now()
+                .checked_sub(age)
+                .map_or(0, millis_since_epoch)
+        })
+    }
+}
+
+/// Adds a newly stored record to the totals since start.
+fn count(counters: &std::sync::Mutex<BuildCounters>, record: &BuildRecord) {
+    let mut c = counters.lock().unwrap_or_else(|e| e.into_inner());
+    match record.status {
+        crate::server::builds::BuildStatus::Succeeded => c.succeeded += 1,
+        crate::server::builds::BuildStatus::Failed => c.failed += 1,
+    }
+    c.cached_vertices += record.cached() as u64;
+    c.executed_vertices += record.executed() as u64;
+    c.duration_ms_sum = c.duration_ms_sum.saturating_add(record.duration_ms);
+}
+
 /// Opens the records: in `database` (a `postgres://` URL) when given, else in SQLite in the
 /// store's build directory `dir` (created); a JSON-lines log of an earlier version found in
 /// `dir` is imported either way. Blocks.

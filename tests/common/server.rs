@@ -47,6 +47,21 @@ impl Server {
         }
     }
 
+    /// Reports a build record (`POST /api/builds`) with the bearer `token`; the response.
+    pub fn post_build(&self, token: &str, record: &serde_json::Value) -> super::http::Resp {
+        let auth = format!("Bearer {token}");
+        super::http::request(
+            &self.addr,
+            "POST",
+            "/api/builds",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            record.to_string().as_bytes(),
+        )
+    }
+
     /// Stops it (SIGKILL) and waits.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -9,7 +9,6 @@
 
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use postgres::{Client, NoTls};
 
@@ -66,14 +65,6 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
-}
-
-/// Milliseconds since the epoch of an RFC 3339 time (see `sqlite.rs`).
-fn epoch_ms(rfc3339: &str) -> i64 {
-    humantime::parse_rfc3339_weak(rfc3339)
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl PostgresStore {
@@ -159,11 +150,7 @@ impl PostgresStore {
              (SELECT seq FROM memobuild_builds ORDER BY seq DESC OFFSET $1 LIMIT 1)",
             &[&keep],
         )?;
-        if let Some(age) = self.retention.max_age {
-            let cutoff = SystemTime::now()
-                .checked_sub(age)
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        if let Some(cutoff) = self.retention.cutoff_ms() {
             c.execute("DELETE FROM memobuild_builds WHERE at_ms < $1", &[&cutoff])?;
         }
         Ok(())
@@ -174,7 +161,7 @@ impl PostgresStore {
 fn insert(c: &mut impl postgres::GenericClient, r: &BuildRecord) -> Result<u64, postgres::Error> {
     // Serializing a record of strings and numbers cannot fail.
     let json = serde_json::to_string(r).unwrap_or_default();
-    let at = epoch_ms(r.received_at.as_deref().unwrap_or(&r.started_at));
+    let at = super::received_ms(r);
     c.execute(
         "INSERT INTO memobuild_builds (id, project, status, at_ms, record) \
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
@@ -198,14 +185,7 @@ impl BuildStore for PostgresStore {
         if let Err(e) = self.with(|c| self.retain(c)) {
             tracing::warn!("{e}");
         }
-        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        match record.status {
-            BuildStatus::Succeeded => c.succeeded += 1,
-            BuildStatus::Failed => c.failed += 1,
-        }
-        c.cached_vertices += record.cached() as u64;
-        c.executed_vertices += record.executed() as u64;
-        c.duration_ms_sum = c.duration_ms_sum.saturating_add(record.duration_ms);
+        super::count(&self.counters, &record);
         Ok(Added::New)
     }
 

@@ -9,7 +9,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
@@ -57,15 +57,6 @@ impl std::fmt::Debug for SqliteStore {
 /// An SQLite error as an I/O error naming the database.
 fn db_err(path: &Path, what: &str, e: rusqlite::Error) -> io::Error {
     io::Error::other(format!("{}: {what}: {e}", path.display()))
-}
-
-/// Milliseconds since the epoch of an RFC 3339 time; 0 for one that does not parse (the
-/// record was validated when received, so only a hand-edited import can get here).
-fn epoch_ms(rfc3339: &str) -> i64 {
-    humantime::parse_rfc3339_weak(rfc3339)
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl SqliteStore {
@@ -159,11 +150,7 @@ impl SqliteStore {
             params![keep],
         )
         .map_err(|e| db_err(&self.path, "applying the retention", e))?;
-        if let Some(age) = self.retention.max_age {
-            let cutoff = SystemTime::now()
-                .checked_sub(age)
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        if let Some(cutoff) = self.retention.cutoff_ms() {
             conn.execute("DELETE FROM builds WHERE at_ms < ?1", params![cutoff])
                 .map_err(|e| db_err(&self.path, "applying the retention", e))?;
         }
@@ -175,7 +162,7 @@ impl SqliteStore {
 fn insert(conn: &Connection, r: &BuildRecord) -> rusqlite::Result<usize> {
     let json =
         serde_json::to_string(r).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
-    let at = epoch_ms(r.received_at.as_deref().unwrap_or(&r.started_at));
+    let at = super::received_ms(r);
     conn.execute(
         "INSERT OR IGNORE INTO builds (id, project, status, at_ms, record) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![r.id, r.project, r.status.as_str(), at, json],
@@ -201,14 +188,7 @@ impl BuildStore for SqliteStore {
             tracing::warn!("{e}");
         }
         drop(conn);
-        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        match record.status {
-            BuildStatus::Succeeded => c.succeeded += 1,
-            BuildStatus::Failed => c.failed += 1,
-        }
-        c.cached_vertices += record.cached() as u64;
-        c.executed_vertices += record.executed() as u64;
-        c.duration_ms_sum = c.duration_ms_sum.saturating_add(record.duration_ms);
+        super::count(&self.counters, &record);
         Ok(Added::New)
     }
 
