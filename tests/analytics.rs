@@ -500,8 +500,21 @@ fn a_jsonl_store_is_imported_with_the_same_builds_and_figures() {
         "/api/builds/old-7",
         "/api/stats",
         "/api/stats?project=api",
+        "/api/stats?project=shop&target=prod",
+        "/api/builds?since=3650d&target=prod",
     ];
     let before: Vec<Value> = views.iter().map(|v| get(&first, v)).collect();
+    // Per-target figures, and a window that names no duration is refused.
+    let per_target = &before[7]["targets"];
+    assert!(
+        per_target.as_array().is_some_and(|t| t
+            .iter()
+            .any(|t| t["project"] == "shop" && t["target"] == "prod")),
+        "{per_target}"
+    );
+    let bad = request(&first.addr, "GET", "/api/stats?since=soon", &[], b"");
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("`since`"), "{}", bad.text());
     first.kill();
 
     let old_store = tempfile::tempdir().expect("store");

@@ -3,10 +3,11 @@
 //! - `POST /api/builds`: a [`BuildRecord`] as `application/json` (a write: the token is
 //!   needed, as for uploads); 201 when new, 200 when that id is recorded already. A new record
 //!   is queued for the webhooks as a `build.completed` event carrying its summary.
-//! - `GET /api/builds[?project=&status=&last=]`: summaries, newest first (50 unless `last`
-//!   says otherwise, at most 1000).
+//! - `GET /api/builds[?project=&target=&status=&since=&last=]`: summaries, newest first (50
+//!   unless `last` says otherwise, at most 1000; `since=24h`: received in the last day).
 //! - `GET /api/builds/{id}`: the record with its vertices and the derived counts.
-//! - `GET /api/stats[?project=&status=&last=]`: [`crate::server::builds::Stats`].
+//! - `GET /api/stats[?project=&target=&status=&since=&last=]`:
+//!   [`crate::server::builds::Stats`] (percentiles over the window `since` names).
 //! - `GET /api/webhooks/deliveries[?last=]`: recent deliveries and their state (authorized
 //!   as a write: hook URLs can hold secrets).
 //! - `GET /metrics`: Prometheus text format. `GET /`: the dashboard (HTML). `GET /events`:
@@ -62,8 +63,13 @@ pub fn router(state: AppState) -> Router<AppState> {
 pub struct ListQuery {
     /// Only this project (empty: all).
     project: Option<String>,
+    /// Only this `--target` (empty: all).
+    target: Option<String>,
     /// Only builds that ended so.
     status: Option<BuildStatus>,
+    /// Only builds received within this long before now: `24h`, `7d`, `30m`.
+    #[param(example = "24h")]
+    since: Option<String>,
     /// Only the newest this many.
     #[param(minimum = 0)]
     last: Option<usize>,
@@ -116,12 +122,34 @@ pub struct LastQuery {
 }
 
 impl ListQuery {
-    fn filter(self, default_last: Option<usize>) -> Filter {
-        Filter {
+    /// The filter: `last` defaulting to `default_last` and capped at `cap`.
+    fn filter(self, default_last: Option<usize>, cap: Option<usize>) -> Result<Filter, ApiError> {
+        let since_ms = match self.since.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => {
+                let ago = humantime::parse_duration(s).map_err(|e| {
+                    ApiError::BadRequest(format!(
+                        "`since`: expected a duration such as `24h` or `7d`, got {s:?} ({e})"
+                    ))
+                })?;
+                let at = std::time::SystemTime::now()
+                    .checked_sub(ago)
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                Some(at)
+            }
+        };
+        let last = self.last.or(default_last);
+        Ok(Filter {
             project: self.project.filter(|p| !p.is_empty()),
+            target: self.target.filter(|t| !t.is_empty()),
             status: self.status,
-            last: self.last.or(default_last).map(|n| n.min(MAX_LIST)),
-        }
+            since_ms,
+            last: match cap {
+                Some(cap) => last.map(|n| n.min(cap)),
+                None => last,
+            },
+        })
     }
 }
 
@@ -251,7 +279,7 @@ pub async fn list_builds(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<axum::Json<BuildList>, ApiError> {
-    let filter = q.filter(Some(DEFAULT_LIST));
+    let filter = q.filter(Some(DEFAULT_LIST), Some(MAX_LIST))?;
     let records = blocking("reading the build records", move || {
         state.builds.query(&filter)
     })
@@ -317,12 +345,8 @@ pub async fn get_stats(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<axum::Json<crate::server::builds::Stats>, ApiError> {
-    // All records held unless `last` narrows them (not capped: stats are over the whole log).
-    let filter = Filter {
-        project: q.project.filter(|p| !p.is_empty()),
-        status: q.status,
-        last: q.last,
-    };
+    // All records held unless `last` or `since` narrow them (not capped: stats are over all).
+    let filter = q.filter(None, None)?;
     // Over thousands of records this is real work: not on the async workers.
     let computed = blocking("computing stats", move || {
         let records = state.builds.query(&filter)?;

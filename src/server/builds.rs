@@ -240,8 +240,12 @@ pub struct BuildSummary {
 pub struct Filter {
     /// Only this project.
     pub project: Option<String>,
+    /// Only this `--target`.
+    pub target: Option<String>,
     /// Only builds that ended so.
     pub status: Option<BuildStatus>,
+    /// Only builds received at or after this, in milliseconds since the epoch.
+    pub since_ms: Option<i64>,
     /// Only the newest this many (after the other filters).
     pub last: Option<usize>,
 }
@@ -269,8 +273,27 @@ pub struct Stats {
     pub slowest_steps: Vec<StepStats>,
     /// The same per project, the busiest first.
     pub projects: Vec<ProjectStats>,
+    /// Figures per project and `--target`, the busiest first.
+    pub targets: Vec<TargetStats>,
     /// Builds and hit rate per day, oldest first.
     pub days: Vec<DayStats>,
+}
+
+/// One project's builds of one target (no target: the Dockerfile's last stage).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct TargetStats {
+    /// Project name.
+    pub project: String,
+    /// The `--target`, null for none.
+    pub target: Option<String>,
+    /// Builds counted.
+    pub builds: usize,
+    /// Of which failed.
+    pub failed: usize,
+    /// Wall times.
+    pub duration_ms: Durations,
+    /// `cached / vertices` over its builds.
+    pub cache_hit_rate: Option<f64>,
 }
 
 /// Wall-time figures of a set of builds.
@@ -438,6 +461,38 @@ pub fn stats<'a>(records: impl IntoIterator<Item = &'a BuildRecord>) -> Stats {
         .collect();
     projects.sort_by(|a, b| b.builds.cmp(&a.builds).then(a.project.cmp(&b.project)));
 
+    let mut by_target: HashMap<(&str, Option<&str>), Vec<&BuildRecord>> = HashMap::new();
+    for r in &records {
+        by_target
+            .entry((&r.project, r.target.as_deref()))
+            .or_default()
+            .push(r);
+    }
+    let mut targets: Vec<TargetStats> = by_target
+        .into_iter()
+        .map(|((project, target), rs)| {
+            let v: usize = rs.iter().map(|r| r.vertices.len()).sum();
+            let c: usize = rs.iter().map(|r| r.cached()).sum();
+            TargetStats {
+                project: project.to_owned(),
+                target: target.map(str::to_owned),
+                builds: rs.len(),
+                failed: rs
+                    .iter()
+                    .filter(|r| r.status == BuildStatus::Failed)
+                    .count(),
+                duration_ms: durations(rs.iter().map(|r| r.duration_ms).collect()),
+                cache_hit_rate: rate(c, v),
+            }
+        })
+        .collect();
+    targets.sort_by(|a, b| {
+        b.builds
+            .cmp(&a.builds)
+            .then(a.project.cmp(&b.project))
+            .then(a.target.cmp(&b.target))
+    });
+
     let mut by_day: std::collections::BTreeMap<&str, (usize, usize, usize)> =
         std::collections::BTreeMap::new();
     for r in &records {
@@ -471,6 +526,7 @@ pub fn stats<'a>(records: impl IntoIterator<Item = &'a BuildRecord>) -> Stats {
         cache_hit_rate: rate(cached, vertices),
         slowest_steps: slowest,
         projects,
+        targets,
         days,
     }
 }
@@ -599,6 +655,11 @@ mod tests {
                 reason: "file `RUN make.c` changed".into(),
                 count: 2
             }]
+        );
+        assert_eq!(
+            s.targets.iter().map(|t| t.builds).sum::<usize>(),
+            s.builds,
+            "every build is under one project and target"
         );
         assert_eq!(s.days.len(), 1);
         assert_eq!(s.days[0].day, "2026-11-24");

@@ -16,7 +16,7 @@ use super::{Added, BuildStore, Retention};
 use crate::server::builds::{BuildCounters, BuildRecord, BuildStatus, Filter};
 
 /// Schema changes, in order; `memobuild_schema.version` is how many have been applied.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: the records (see `sqlite.rs`).
     "CREATE TABLE memobuild_builds (
         seq BIGSERIAL PRIMARY KEY,
@@ -29,6 +29,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX memobuild_builds_by_project ON memobuild_builds (project, seq);
     CREATE INDEX memobuild_builds_by_status ON memobuild_builds (status, seq);
     CREATE INDEX memobuild_builds_by_age ON memobuild_builds (at_ms);",
+    // 2: the target, for per-target queries, filled in from the records already held.
+    "ALTER TABLE memobuild_builds ADD COLUMN target TEXT;
+    UPDATE memobuild_builds SET target = record::jsonb ->> 'target';
+    CREATE INDEX memobuild_builds_by_target ON memobuild_builds (project, target, seq);",
 ];
 
 /// Serializes migrations across replicas (`pg_advisory_xact_lock`): "memobld" in ASCII.
@@ -163,9 +167,9 @@ fn insert(c: &mut impl postgres::GenericClient, r: &BuildRecord) -> Result<u64, 
     let json = serde_json::to_string(r).unwrap_or_default();
     let at = super::received_ms(r);
     c.execute(
-        "INSERT INTO memobuild_builds (id, project, status, at_ms, record) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
-        &[&r.id, &r.project, &r.status.as_str(), &at, &json],
+        "INSERT INTO memobuild_builds (id, project, target, status, at_ms, record) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+        &[&r.id, &r.project, &r.target, &r.status.as_str(), &at, &json],
     )
 }
 
@@ -213,12 +217,14 @@ impl BuildStore for PostgresStore {
         let limit = filter.last.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
         let project = filter.project.as_deref();
         let status = filter.status.map(BuildStatus::as_str);
+        let target = filter.target.as_deref();
         let rows = self.with(|c| {
             c.query(
                 "SELECT record FROM memobuild_builds \
                  WHERE ($1::TEXT IS NULL OR project = $1) AND ($2::TEXT IS NULL OR status = $2) \
+                   AND ($4::TEXT IS NULL OR target = $4) AND ($5::BIGINT IS NULL OR at_ms >= $5) \
                  ORDER BY seq DESC LIMIT $3",
-                &[&project, &status, &limit],
+                &[&project, &status, &limit, &target, &filter.since_ms],
             )
         })?;
         rows.iter().map(|r| decode(r.get(0))).collect()

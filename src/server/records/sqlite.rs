@@ -17,7 +17,7 @@ use super::{Added, BuildStore, Retention};
 use crate::server::builds::{BuildCounters, BuildRecord, BuildStatus, Filter};
 
 /// Schema changes, in order; the database's `user_version` is how many have been applied.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: the records. `seq` orders them (newest last, as received); `at_ms` is when the
     // server received it (or, for imported records without that, when the build started).
     "CREATE TABLE builds (
@@ -31,6 +31,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX builds_by_project ON builds (project, seq);
     CREATE INDEX builds_by_status ON builds (status, seq);
     CREATE INDEX builds_by_age ON builds (at_ms);",
+    // 2: the target, for per-target queries, filled in from the records already held.
+    "ALTER TABLE builds ADD COLUMN target TEXT;
+    UPDATE builds SET target = json_extract(record, '$.target');
+    CREATE INDEX builds_by_target ON builds (project, target, seq);",
 ];
 
 /// Readers kept open for reuse.
@@ -164,8 +168,8 @@ fn insert(conn: &Connection, r: &BuildRecord) -> rusqlite::Result<usize> {
         serde_json::to_string(r).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
     let at = super::received_ms(r);
     conn.execute(
-        "INSERT OR IGNORE INTO builds (id, project, status, at_ms, record) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![r.id, r.project, r.status.as_str(), at, json],
+        "INSERT OR IGNORE INTO builds (id, project, target, status, at_ms, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![r.id, r.project, r.target, r.status.as_str(), at, json],
     )
 }
 
@@ -224,13 +228,16 @@ impl BuildStore for SqliteStore {
             let mut stmt = c.prepare_cached(
                 "SELECT record FROM builds
                  WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR status = ?2)
+                   AND (?4 IS NULL OR target = ?4) AND (?5 IS NULL OR at_ms >= ?5)
                  ORDER BY seq DESC LIMIT ?3",
             )?;
             let rows = stmt.query_map(
                 params![
                     filter.project.as_deref(),
                     filter.status.map(BuildStatus::as_str),
-                    limit
+                    limit,
+                    filter.target.as_deref(),
+                    filter.since_ms
                 ],
                 |row| decode(row.get(0)?),
             )?;

@@ -271,3 +271,60 @@ fn a_bad_database_url_is_refused() {
         "{err}"
     );
 }
+
+// Verifies: `target` and `since` filters are served by the database; a database made by the
+// first schema version (records without the target column) is migrated, the targets of its
+// records filled in from the records themselves.
+#[test]
+fn targets_and_windows_filter_and_old_schemas_migrate() {
+    for b in backends() {
+        // The first schema, with one record of target `prod`, as an earlier server left it.
+        let mut old = record("v1", "p", BuildStatus::Succeeded, &now());
+        old.target = Some("prod".into());
+        let json = serde_json::to_string(&old).unwrap();
+        match &b.database {
+            None => {
+                let conn = rusqlite::Connection::open(b.dir.path().join("builds.db")).unwrap();
+                conn.execute_batch(sqlite::MIGRATIONS[0]).unwrap();
+                conn.pragma_update(None, "user_version", 1).unwrap();
+                conn.execute(
+                    "INSERT INTO builds (id, project, status, at_ms, record) VALUES ('v1', 'p', 'succeeded', ?1, ?2)",
+                    rusqlite::params![super::received_ms(&old), json],
+                )
+                .unwrap();
+            }
+            Some(url) => {
+                let mut c = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+                c.batch_execute(postgres::MIGRATIONS[0]).unwrap();
+                c.batch_execute(
+                    "CREATE TABLE memobuild_schema (version INTEGER NOT NULL);
+                     INSERT INTO memobuild_schema (version) VALUES (1);",
+                )
+                .unwrap();
+                c.execute(
+                    "INSERT INTO memobuild_builds (id, project, status, at_ms, record) VALUES ('v1', 'p', 'succeeded', $1, $2)",
+                    &[&super::received_ms(&old), &json],
+                )
+                .unwrap();
+            }
+        }
+        let store = b.open(KEEP3).unwrap();
+        let mut dev = record("dev", "p", BuildStatus::Succeeded, &now());
+        dev.target = Some("dev".into());
+        store.add(dev).unwrap();
+        let stale = record("stale", "p", BuildStatus::Succeeded, "2020-01-01T00:00:00Z");
+        store.add(stale).unwrap();
+        let prod = Filter {
+            target: Some("prod".into()),
+            ..Filter::default()
+        };
+        assert_eq!(ids(store.as_ref(), &prod), ["v1"], "{}", b.name);
+        let day = Filter {
+            since_ms: Some(super::millis_since_epoch(
+                std::time::SystemTime::now() - Duration::from_secs(86_400),
+            )),
+            ..Filter::default()
+        };
+        assert_eq!(ids(store.as_ref(), &day), ["dev", "v1"], "{}", b.name);
+    }
+}
