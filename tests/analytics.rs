@@ -385,16 +385,7 @@ fn the_api_keeps_to_its_openapi_document() {
                 {"name": "[2/2] RUN make", "digest": "sha256:bb", "cached": false, "duration_ms": 900}
             ],
         });
-        let r = request(
-            &server.addr,
-            "POST",
-            "/api/builds",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            record.to_string().as_bytes(),
-        );
+        let r = server.post_build(TOKEN, &record);
         assert_eq!(r.status, 201, "{}", r.text());
     }
     let doc = get(&server, "/api/openapi.json");
@@ -454,7 +445,6 @@ fn the_api_keeps_to_its_openapi_document() {
 #[test]
 fn a_jsonl_store_is_imported_with_the_same_builds_and_figures() {
     let first_store = tempfile::tempdir().expect("store");
-    let auth = format!("Bearer {TOKEN}");
     let mut first = Server::start(first_store.path(), &["--token", TOKEN]);
     let mut lines = String::new();
     for i in 0..12 {
@@ -474,16 +464,7 @@ fn a_jsonl_store_is_imported_with_the_same_builds_and_figures() {
                 {"name": "[3/3] RUN make", "digest": "sha256:cc", "cached": false, "duration_ms": 700 + 10 * i}
             ],
         });
-        let r = request(
-            &first.addr,
-            "POST",
-            "/api/builds",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            record.to_string().as_bytes(),
-        );
+        let r = first.post_build(TOKEN, &record);
         assert_eq!(r.status, 201, "{}", r.text());
         // The record as stored (with the time the server received it), as the old log held it.
         let mut stored = get(&first, &format!("/api/builds/old-{i}"));
@@ -572,7 +553,6 @@ fn replicas_share_their_build_records_through_postgres() {
     );
     let one = Server::start(s1.path(), &["--token", TOKEN, "--database", &url]);
     let two = Server::start(s2.path(), &["--token", TOKEN, "--database", &url]);
-    let auth = format!("Bearer {TOKEN}");
     let record = serde_json::json!({
         "id": "replicated-1",
         "project": "shop",
@@ -581,21 +561,12 @@ fn replicas_share_their_build_records_through_postgres() {
         "status": "succeeded",
         "vertices": [{"name": "[1/1] RUN make", "digest": "sha256:cc", "cached": false, "duration_ms": 4000}],
     });
-    let post = |server: &Server| {
-        request(
-            &server.addr,
-            "POST",
-            "/api/builds",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            record.to_string().as_bytes(),
-        )
-        .status
-    };
-    assert_eq!(post(&one), 201);
-    assert_eq!(post(&two), 200, "the other replica has it already");
+    assert_eq!(one.post_build(TOKEN, &record).status, 201);
+    assert_eq!(
+        two.post_build(TOKEN, &record).status,
+        200,
+        "the other replica has it already"
+    );
     let listed = get(&two, "/api/builds");
     assert_eq!(listed["builds"][0]["id"], "replicated-1", "{listed}");
     assert_eq!(get(&two, "/api/builds/replicated-1")["duration_ms"], 4200);
