@@ -118,14 +118,17 @@ impl ExportSink for HostSink {
         let Ok(dest) = self.dest(index) else {
             return false;
         };
-        // The archive may not be written again: partial exports of killed builds beside it
-        // go now, as writing it would have removed them.
-        crate::state::stale::sweep_dir(parent_dir(&dest), ".memobuild-export-");
         let (Ok(md), Ok(Some(recorded))) = (fs::metadata(&dest), xattr::get(&dest, EXPORT_XATTR))
         else {
             return false;
         };
-        md.is_file() && recorded == export_record(identity, &md).as_bytes()
+        let held = md.is_file() && recorded == export_record(identity, &md).as_bytes();
+        if held {
+            // The archive is not written again: partial exports of killed builds beside it go
+            // now, as writing it ([`HostFile::create`]) would have removed them.
+            crate::state::stale::sweep_dir(parent_dir(&dest), ".memobuild-export-");
+        }
+        held
     }
 
     fn mark(&self, index: usize, identity: &str) {
