@@ -132,11 +132,7 @@ impl ListQuery {
                         "`since`: expected a duration such as `24h` or `7d`, got {s:?} ({e})"
                     ))
                 })?;
-                let at = std::time::SystemTime::now()
-                    .checked_sub(ago)
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-                Some(at)
+                Some(crate::server::records::ago_ms(ago))
             }
         };
         let last = self.last.or(default_last);
@@ -223,12 +219,8 @@ async fn record_build(state: AppState, record: BuildRecord) -> Result<Response, 
         )
             .into_response()
     };
-    let builds = state.builds.clone();
-    let held_id = record.id.clone();
-    let held = tokio::task::spawn_blocking(move || builds.get(&held_id))
-        .await
-        .map_err(|e| ApiError::internal("reading the build records", e))?
-        .map_err(|e| ApiError::internal("reading the build records", e))?;
+    let (builds, held_id) = (state.builds.clone(), record.id.clone());
+    let held = blocking("reading the build records", move || builds.get(&held_id)).await?;
     if held.is_some() {
         return Ok(created(StatusCode::OK));
     }

@@ -388,6 +388,65 @@ fn rate(part: usize, whole: usize) -> Option<f64> {
     (whole > 0).then(|| part as f64 / whole as f64)
 }
 
+/// The figures of one group of builds.
+struct Group {
+    builds: usize,
+    failed: usize,
+    duration_ms: Durations,
+    cache_hit_rate: Option<f64>,
+}
+
+/// `records` grouped by `key`, each group's figures, the busiest group first (then by key).
+fn grouped<'a, K: Ord + std::hash::Hash + Copy>(
+    records: &[&'a BuildRecord],
+    key: impl Fn(&'a BuildRecord) -> K,
+) -> Vec<(K, Group)> {
+    let mut groups: HashMap<K, Vec<&BuildRecord>> = HashMap::new();
+    for r in records {
+        groups.entry(key(r)).or_default().push(r);
+    }
+    let mut out: Vec<(K, Group)> = groups
+        .into_iter()
+        .map(|(k, rs)| {
+            let v: usize = rs.iter().map(|r| r.vertices.len()).sum();
+            let c: usize = rs.iter().map(|r| r.cached()).sum();
+            let group = Group {
+                builds: rs.len(),
+                failed: rs
+                    .iter()
+                    .filter(|r| r.status == BuildStatus::Failed)
+                    .count(),
+                duration_ms: durations(rs.iter().map(|r| r.duration_ms).collect()),
+                cache_hit_rate: rate(c, v),
+            };
+            (k, group)
+        })
+        .collect();
+    out.sort_by(|(ka, a), (kb, b)| b.builds.cmp(&a.builds).then(ka.cmp(kb)));
+    out
+}
+
+/// Builds and hit rate per day (UTC, by start time), oldest first.
+pub fn days<'a>(records: impl IntoIterator<Item = &'a BuildRecord>) -> Vec<DayStats> {
+    let mut by_day: std::collections::BTreeMap<&str, (usize, usize, usize)> =
+        std::collections::BTreeMap::new();
+    for r in records {
+        let day = r.started_at.get(..10).unwrap_or(&r.started_at);
+        let d = by_day.entry(day).or_default();
+        d.0 += 1;
+        d.1 += r.vertices.len();
+        d.2 += r.cached();
+    }
+    by_day
+        .into_iter()
+        .map(|(day, (builds, v, c))| DayStats {
+            day: day.to_owned(),
+            builds,
+            cache_hit_rate: rate(c, v),
+        })
+        .collect()
+}
+
 /// Computes [`Stats`] over `records` (any order).
 pub fn stats<'a>(records: impl IntoIterator<Item = &'a BuildRecord>) -> Stats {
     let records: Vec<&BuildRecord> = records.into_iter().collect();
@@ -438,78 +497,30 @@ pub fn stats<'a>(records: impl IntoIterator<Item = &'a BuildRecord>) -> Stats {
     slowest.sort_by(|a, b| b.total_ms.cmp(&a.total_ms).then(a.name.cmp(&b.name)));
     slowest.truncate(10);
 
-    let mut by_project: HashMap<&str, Vec<&BuildRecord>> = HashMap::new();
-    for r in &records {
-        by_project.entry(&r.project).or_default().push(r);
-    }
-    let mut projects: Vec<ProjectStats> = by_project
+    let projects: Vec<ProjectStats> = grouped(&records, |r| r.project.as_str())
         .into_iter()
-        .map(|(name, rs)| {
-            let v: usize = rs.iter().map(|r| r.vertices.len()).sum();
-            let c: usize = rs.iter().map(|r| r.cached()).sum();
-            ProjectStats {
-                project: name.to_owned(),
-                builds: rs.len(),
-                failed: rs
-                    .iter()
-                    .filter(|r| r.status == BuildStatus::Failed)
-                    .count(),
-                mean_duration_ms: durations(rs.iter().map(|r| r.duration_ms).collect()).mean,
-                cache_hit_rate: rate(c, v),
-            }
+        .map(|(name, g)| ProjectStats {
+            project: name.to_owned(),
+            builds: g.builds,
+            failed: g.failed,
+            mean_duration_ms: g.duration_ms.mean,
+            cache_hit_rate: g.cache_hit_rate,
         })
         .collect();
-    projects.sort_by(|a, b| b.builds.cmp(&a.builds).then(a.project.cmp(&b.project)));
-
-    let mut by_target: HashMap<(&str, Option<&str>), Vec<&BuildRecord>> = HashMap::new();
-    for r in &records {
-        by_target
-            .entry((&r.project, r.target.as_deref()))
-            .or_default()
-            .push(r);
-    }
-    let mut targets: Vec<TargetStats> = by_target
-        .into_iter()
-        .map(|((project, target), rs)| {
-            let v: usize = rs.iter().map(|r| r.vertices.len()).sum();
-            let c: usize = rs.iter().map(|r| r.cached()).sum();
-            TargetStats {
+    let targets: Vec<TargetStats> =
+        grouped(&records, |r| (r.project.as_str(), r.target.as_deref()))
+            .into_iter()
+            .map(|((project, target), g)| TargetStats {
                 project: project.to_owned(),
                 target: target.map(str::to_owned),
-                builds: rs.len(),
-                failed: rs
-                    .iter()
-                    .filter(|r| r.status == BuildStatus::Failed)
-                    .count(),
-                duration_ms: durations(rs.iter().map(|r| r.duration_ms).collect()),
-                cache_hit_rate: rate(c, v),
-            }
-        })
-        .collect();
-    targets.sort_by(|a, b| {
-        b.builds
-            .cmp(&a.builds)
-            .then(a.project.cmp(&b.project))
-            .then(a.target.cmp(&b.target))
-    });
+                builds: g.builds,
+                failed: g.failed,
+                duration_ms: g.duration_ms,
+                cache_hit_rate: g.cache_hit_rate,
+            })
+            .collect();
 
-    let mut by_day: std::collections::BTreeMap<&str, (usize, usize, usize)> =
-        std::collections::BTreeMap::new();
-    for r in &records {
-        let day = r.started_at.get(..10).unwrap_or(&r.started_at);
-        let d = by_day.entry(day).or_default();
-        d.0 += 1;
-        d.1 += r.vertices.len();
-        d.2 += r.cached();
-    }
-    let days = by_day
-        .into_iter()
-        .map(|(day, (builds, v, c))| DayStats {
-            day: day.to_owned(),
-            builds,
-            cache_hit_rate: rate(c, v),
-        })
-        .collect();
+    let days = days(records.iter().copied());
 
     let failed = records
         .iter()
@@ -544,6 +555,19 @@ pub struct BuildCounters {
     pub executed_vertices: u64,
     /// Wall time of accepted builds, summed, in milliseconds.
     pub duration_ms_sum: u64,
+}
+
+impl BuildCounters {
+    /// Counts a newly stored record.
+    pub fn count(&mut self, record: &BuildRecord) {
+        match record.status {
+            BuildStatus::Succeeded => self.succeeded += 1,
+            BuildStatus::Failed => self.failed += 1,
+        }
+        self.cached_vertices += record.cached() as u64;
+        self.executed_vertices += record.executed() as u64;
+        self.duration_ms_sum = self.duration_ms_sum.saturating_add(record.duration_ms);
+    }
 }
 
 #[cfg(test)]

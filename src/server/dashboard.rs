@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use crate::cache_cmd::human_size;
-use crate::server::builds::{BuildRecord, BuildStatus, Filter, stats};
+use crate::server::builds::{BuildRecord, BuildStatus, Filter, days, stats};
 use crate::server::metrics::Outcome;
 use crate::server::state::AppState;
 use crate::server::store::Kind;
@@ -55,18 +55,15 @@ fn short_digest(d: &str) -> String {
 
 /// The page (blocks: it reads the records).
 pub fn render(state: &AppState) -> std::io::Result<String> {
-    let recent = state.builds.query(&Filter {
-        last: Some(WINDOW),
-        ..Filter::default()
-    })?;
-    let s = stats(recent.iter().map(|r| r.as_ref()));
-    // The hit rate over time looks further back than the other figures.
+    // The hit rate over time looks further back than the other figures, which are over the
+    // newest `WINDOW` of the same query.
     let history = state.builds.query(&Filter {
         last: Some(HISTORY),
         ..Filter::default()
     })?;
-    let days = stats(history.iter().map(|r| r.as_ref())).days;
-    drop(history);
+    let recent = &history[..history.len().min(WINDOW)];
+    let s = stats(recent.iter().map(|r| r.as_ref()));
+    let days = days(history.iter().map(|r| r.as_ref()));
     let m = &state.metrics;
     let reads = |k: Kind| (m.count(k, Outcome::Hit), m.count(k, Outcome::Miss));
     let (ac_hit, ac_miss) = reads(Kind::Ac);

@@ -68,33 +68,55 @@ fn millis_since_epoch(t: std::time::SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// When a record was received (or, for an imported one without that, when it started), in
-/// milliseconds since the epoch: what the age retention compares.
-fn received_ms(r: &BuildRecord) -> i64 {
-    epoch_ms(r.received_at.as_deref().unwrap_or(&r.started_at))
+/// Milliseconds since the epoch of the time `ago` before now (0 before the epoch).
+pub fn ago_ms(ago: Duration) -> i64 {
+    std::time::SystemTime::now()
+        .checked_sub(ago)
+        .map_or(0, millis_since_epoch)
 }
 
 impl Retention {
     /// Records received before this (milliseconds since the epoch) are too old to keep.
     fn cutoff_ms(&self) -> Option<i64> {
-        self.max_age.map(|age| {
-            std::time::SystemTime::now()
-                .checked_sub(age)
-                .map_or(0, millis_since_epoch)
+        self.max_age.map(ago_ms)
+    }
+}
+
+/// A record as both backends store it: the columns queries filter and order by, and the whole
+/// record as JSON.
+struct Row<'a> {
+    record: &'a BuildRecord,
+    /// When it was received (or, for an imported one without that, when it started): what
+    /// the age retention and `since` compare.
+    at_ms: i64,
+    json: String,
+}
+
+impl<'a> Row<'a> {
+    fn of(record: &'a BuildRecord) -> io::Result<Row<'a>> {
+        Ok(Row {
+            record,
+            at_ms: epoch_ms(record.received_at.as_deref().unwrap_or(&record.started_at)),
+            json: serde_json::to_string(record).map_err(io::Error::other)?,
         })
     }
 }
 
-/// Adds a newly stored record to the totals since start.
-fn count(counters: &std::sync::Mutex<BuildCounters>, record: &BuildRecord) {
-    let mut c = counters.lock().unwrap_or_else(|e| e.into_inner());
-    match record.status {
-        crate::server::builds::BuildStatus::Succeeded => c.succeeded += 1,
-        crate::server::builds::BuildStatus::Failed => c.failed += 1,
+/// A stored `record` column back into a record.
+fn decode(json: &str) -> io::Result<Arc<BuildRecord>> {
+    serde_json::from_str(json)
+        .map(Arc::new)
+        .map_err(|e| io::Error::other(format!("a stored build record does not parse: {e}")))
+}
+
+/// Refuses a schema version newer than the `known` migrations of database `shown`.
+fn check_schema(shown: &dyn std::fmt::Display, version: usize, known: usize) -> io::Result<()> {
+    if version > known {
+        return Err(io::Error::other(format!(
+            "{shown}: schema version {version} is newer than this server knows ({known}): a newer MemoBuild wrote it"
+        )));
     }
-    c.cached_vertices += record.cached() as u64;
-    c.executed_vertices += record.executed() as u64;
-    c.duration_ms_sum = c.duration_ms_sum.saturating_add(record.duration_ms);
+    Ok(())
 }
 
 /// Opens the records: in `database` (a `postgres://` URL) when given, else in SQLite in the
@@ -106,6 +128,10 @@ pub fn open(
     retention: Retention,
 ) -> io::Result<Arc<dyn BuildStore>> {
     std::fs::create_dir_all(dir)?;
+    let retention = Retention {
+        keep: retention.keep.max(1),
+        ..retention
+    };
     let store: Arc<dyn BuildStore> = match database {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             Arc::new(postgres::PostgresStore::connect(url, retention)?)
@@ -115,7 +141,7 @@ pub fn open(
                 io::ErrorKind::InvalidInput,
                 format!(
                     "--database `{}`: expected a postgres://USER@HOST:PORT/DB URL (without it, records are kept in SQLite in the store)",
-                    postgres::redact(other)
+                    crate::gitctx::redact(other)
                 ),
             ));
         }

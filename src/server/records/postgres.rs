@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use postgres::{Client, NoTls};
 
-use super::{Added, BuildStore, Retention};
+use super::{Added, BuildStore, Retention, Row, decode};
 use crate::server::builds::{BuildCounters, BuildRecord, BuildStatus, Filter};
 
 /// Schema changes, in order; `memobuild_schema.version` is how many have been applied.
@@ -60,31 +60,17 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-/// `url` with any password replaced by `***`.
-pub fn redact(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
-}
-
 impl PostgresStore {
     /// Connects to `url` and brings the schema up to date. Blocks.
     pub fn connect(url: &str, retention: Retention) -> io::Result<PostgresStore> {
-        let shown = redact(url);
+        let shown = crate::gitctx::redact(url);
         let config: postgres::Config = url
             .parse()
             .map_err(|e| io::Error::other(format!("--database `{shown}`: {e}")))?;
         let store = PostgresStore {
             config,
             shown,
-            retention: Retention {
-                keep: retention.keep.max(1),
-                ..retention
-            },
+            retention,
             pool: Mutex::new(Vec::new()),
             counters: Mutex::new(BuildCounters::default()),
         };
@@ -102,8 +88,8 @@ impl PostgresStore {
                 }
             };
             let version = usize::try_from(version).unwrap_or(0);
-            if version > MIGRATIONS.len() {
-                return Ok(Err(version));
+            if let Err(e) = super::check_schema(&store.shown, version, MIGRATIONS.len()) {
+                return Ok(Err(e));
             }
             for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
                 tx.batch_execute(sql)?;
@@ -113,14 +99,7 @@ impl PostgresStore {
             }
             tx.commit()?;
             Ok(Ok(()))
-        })?
-        .map_err(|version| {
-            io::Error::other(format!(
-                "{}: schema version {version} is newer than this server knows ({}): a newer MemoBuild wrote it",
-                store.shown,
-                MIGRATIONS.len()
-            ))
-        })?;
+        })??;
         store.with(|c| store.retain(c))?;
         Ok(store)
     }
@@ -162,43 +141,49 @@ impl PostgresStore {
 }
 
 /// Inserts one record unless its id is held; 1 when it was new.
-fn insert(c: &mut impl postgres::GenericClient, r: &BuildRecord) -> Result<u64, postgres::Error> {
-    // Serializing a record of strings and numbers cannot fail.
-    let json = serde_json::to_string(r).unwrap_or_default();
-    let at = super::received_ms(r);
+fn insert(c: &mut impl postgres::GenericClient, row: &Row<'_>) -> Result<u64, postgres::Error> {
+    let r = row.record;
     c.execute(
         "INSERT INTO memobuild_builds (id, project, target, status, at_ms, record) \
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-        &[&r.id, &r.project, &r.target, &r.status.as_str(), &at, &json],
+        &[
+            &r.id,
+            &r.project,
+            &r.target,
+            &r.status.as_str(),
+            &row.at_ms,
+            &row.json,
+        ],
     )
-}
-
-/// A `record` column back into a record.
-fn decode(json: &str) -> io::Result<Arc<BuildRecord>> {
-    serde_json::from_str(json)
-        .map(Arc::new)
-        .map_err(|e| io::Error::other(format!("a stored build record does not parse: {e}")))
 }
 
 impl BuildStore for PostgresStore {
     fn add(&self, record: BuildRecord) -> io::Result<Added> {
-        let new = self.with(|c| insert(c, &record))?;
+        let row = Row::of(&record)?;
+        let new = self.with(|c| insert(c, &row))?;
         if new == 0 {
             return Ok(Added::Duplicate);
         }
         if let Err(e) = self.with(|c| self.retain(c)) {
             tracing::warn!("{e}");
         }
-        super::count(&self.counters, &record);
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .count(&record);
         Ok(Added::New)
     }
 
     fn insert_all(&self, records: &[BuildRecord]) -> io::Result<usize> {
+        let rows = records
+            .iter()
+            .map(Row::of)
+            .collect::<io::Result<Vec<_>>>()?;
         let new = self.with(|c| {
             let mut tx = c.transaction()?;
             let mut new = 0;
-            for r in records {
-                new += insert(&mut tx, r)?;
+            for row in &rows {
+                new += insert(&mut tx, row)?;
             }
             tx.commit()?;
             Ok(new)

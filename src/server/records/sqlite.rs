@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{Added, BuildStore, Retention};
+use super::{Added, BuildStore, Retention, Row, decode};
 use crate::server::builds::{BuildCounters, BuildRecord, BuildStatus, Filter};
 
 /// Schema changes, in order; the database's `user_version` is how many have been applied.
@@ -81,13 +81,7 @@ impl SqliteStore {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(err("reading the schema version"))?;
         let version = usize::try_from(version).unwrap_or(usize::MAX);
-        if version > MIGRATIONS.len() {
-            return Err(io::Error::other(format!(
-                "{}: schema version {version} is newer than this server knows ({}): a newer MemoBuild wrote it",
-                path.display(),
-                MIGRATIONS.len()
-            )));
-        }
+        super::check_schema(&path.display(), version, MIGRATIONS.len())?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             let tx = conn.transaction().map_err(err("starting a migration"))?;
             tx.execute_batch(sql).map_err(err("migrating the schema"))?;
@@ -102,10 +96,7 @@ impl SqliteStore {
         }
         let store = SqliteStore {
             path: path.to_owned(),
-            retention: Retention {
-                keep: retention.keep.max(1),
-                ..retention
-            },
+            retention,
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             counters: Mutex::new(BuildCounters::default()),
@@ -163,27 +154,19 @@ impl SqliteStore {
 }
 
 /// `INSERT OR IGNORE`s one record; 1 when it was new.
-fn insert(conn: &Connection, r: &BuildRecord) -> rusqlite::Result<usize> {
-    let json =
-        serde_json::to_string(r).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
-    let at = super::received_ms(r);
+fn insert(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<usize> {
+    let r = row.record;
     conn.execute(
         "INSERT OR IGNORE INTO builds (id, project, target, status, at_ms, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![r.id, r.project, r.target, r.status.as_str(), at, json],
+        params![r.id, r.project, r.target, r.status.as_str(), row.at_ms, row.json],
     )
-}
-
-/// A record column back into a record.
-fn decode(json: String) -> rusqlite::Result<Arc<BuildRecord>> {
-    serde_json::from_str(&json).map(Arc::new).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-    })
 }
 
 impl BuildStore for SqliteStore {
     fn add(&self, record: BuildRecord) -> io::Result<Added> {
+        let row = Row::of(&record)?;
         let conn = self.writer();
-        let new = insert(&conn, &record).map_err(|e| db_err(&self.path, "storing a record", e))?;
+        let new = insert(&conn, &row).map_err(|e| db_err(&self.path, "storing a record", e))?;
         if new == 0 {
             return Ok(Added::Duplicate);
         }
@@ -192,17 +175,24 @@ impl BuildStore for SqliteStore {
             tracing::warn!("{e}");
         }
         drop(conn);
-        super::count(&self.counters, &record);
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .count(&record);
         Ok(Added::New)
     }
 
     fn insert_all(&self, records: &[BuildRecord]) -> io::Result<usize> {
+        let rows = records
+            .iter()
+            .map(Row::of)
+            .collect::<io::Result<Vec<_>>>()?;
         let mut conn = self.writer();
         let err = |e| db_err(&self.path, "importing records", e);
         let tx = conn.transaction().map_err(err)?;
         let mut new = 0;
-        for r in records {
-            new += insert(&tx, r).map_err(err)?;
+        for row in &rows {
+            new += insert(&tx, row).map_err(err)?;
         }
         tx.commit().map_err(err)?;
         self.retain(&conn)?;
@@ -210,21 +200,22 @@ impl BuildStore for SqliteStore {
     }
 
     fn get(&self, id: &str) -> io::Result<Option<Arc<BuildRecord>>> {
-        self.read(|c| {
+        let json: Option<String> = self.read(|c| {
             c.query_row(
                 "SELECT record FROM builds WHERE id = ?1",
                 params![id],
-                |row| decode(row.get(0)?),
+                |row| row.get(0),
             )
             .optional()
-        })
+        })?;
+        json.as_deref().map(decode).transpose()
     }
 
     fn query(&self, filter: &Filter) -> io::Result<Vec<Arc<BuildRecord>>> {
         let limit = filter
             .last
             .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
-        self.read(|c| {
+        let rows: Vec<String> = self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT record FROM builds
                  WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR status = ?2)
@@ -239,10 +230,11 @@ impl BuildStore for SqliteStore {
                     filter.target.as_deref(),
                     filter.since_ms
                 ],
-                |row| decode(row.get(0)?),
+                |row| row.get(0),
             )?;
             rows.collect()
-        })
+        })?;
+        rows.iter().map(|json| decode(json)).collect()
     }
 
     fn len(&self) -> io::Result<usize> {

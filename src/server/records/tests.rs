@@ -281,7 +281,8 @@ fn targets_and_windows_filter_and_old_schemas_migrate() {
         // The first schema, with one record of target `prod`, as an earlier server left it.
         let mut old = record("v1", "p", BuildStatus::Succeeded, &now());
         old.target = Some("prod".into());
-        let json = serde_json::to_string(&old).unwrap();
+        let row = Row::of(&old).unwrap();
+        let (at, json) = (row.at_ms, &row.json);
         match &b.database {
             None => {
                 let conn = rusqlite::Connection::open(b.dir.path().join("builds.db")).unwrap();
@@ -289,7 +290,7 @@ fn targets_and_windows_filter_and_old_schemas_migrate() {
                 conn.pragma_update(None, "user_version", 1).unwrap();
                 conn.execute(
                     "INSERT INTO builds (id, project, status, at_ms, record) VALUES ('v1', 'p', 'succeeded', ?1, ?2)",
-                    rusqlite::params![super::received_ms(&old), json],
+                    rusqlite::params![at, json],
                 )
                 .unwrap();
             }
@@ -303,7 +304,7 @@ fn targets_and_windows_filter_and_old_schemas_migrate() {
                 .unwrap();
                 c.execute(
                     "INSERT INTO memobuild_builds (id, project, status, at_ms, record) VALUES ('v1', 'p', 'succeeded', $1, $2)",
-                    &[&super::received_ms(&old), &json],
+                    &[&at, json],
                 )
                 .unwrap();
             }
@@ -320,9 +321,7 @@ fn targets_and_windows_filter_and_old_schemas_migrate() {
         };
         assert_eq!(ids(store.as_ref(), &prod), ["v1"], "{}", b.name);
         let day = Filter {
-            since_ms: Some(super::millis_since_epoch(
-                std::time::SystemTime::now() - Duration::from_secs(86_400),
-            )),
+            since_ms: Some(ago_ms(Duration::from_secs(86_400))),
             ..Filter::default()
         };
         assert_eq!(ids(store.as_ref(), &day), ["dev", "v1"], "{}", b.name);
