@@ -1,6 +1,7 @@
 # Builds MemoBuild itself: a build stage with the Rust toolchain and protoc (containerd-client's
 # build needs it), and a slim runtime stage with the binary plus the containerd and runc it drives
-# and git (with ssh) for git contexts and sources; `memobuild k8s job` runs this image.
+# and git (with ssh) for git contexts and sources, ip and slirp4netns for RUN's default network;
+# `memobuild k8s job` runs this image.
 FROM rust:1-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends protobuf-compiler \
@@ -35,6 +36,7 @@ ENTRYPOINT ["/bin/memobuild", "frontend"]
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates containerd runc git openssh-client \
+      iproute2 slirp4netns \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/memobuild /usr/local/bin/memobuild
 ENTRYPOINT ["/usr/local/bin/memobuild"]

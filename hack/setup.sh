@@ -4,7 +4,7 @@
 set -eu -o pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-PACKAGES=(ca-certificates containerd runc docker-registry busybox-static skopeo umoci buildah docker.io protobuf-compiler jq curl iproute2 apache2-utils git openssh-client xz-utils bzip2 zstd slirp4netns nginx postgresql chromium chromium-driver)
+PACKAGES=(ca-certificates containerd runc docker-registry busybox-static skopeo umoci buildah docker.io protobuf-compiler jq curl iproute2 apache2-utils git openssh-client xz-utils bzip2 zstd slirp4netns nginx postgresql chromium chromium-driver debootstrap)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

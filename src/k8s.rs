@@ -68,8 +68,8 @@ pub enum ManifestFormat {
 /// `memobuild build --containerd embedded --state-dir /var/lib/memobuild … CONTEXT`.
 #[derive(Debug, Args)]
 pub struct JobArgs {
-    /// Image the build runs in: `memobuild`, `containerd`, `runc` and `git` on PATH (and `ssh`,
-    /// `ssh-agent` for `--ssh-secret`).
+    /// Image the build runs in: `memobuild`, `containerd`, `runc`, `git`, `ip` and `slirp4netns`
+    /// on PATH (and `ssh`, `ssh-agent` for `--ssh-secret`), as the top-level Dockerfile makes it.
     #[arg(long, value_name = "IMAGE")]
     pub image: String,
     /// Name of the Job (a DNS-1123 label: lowercase letters, digits, `-`; at most 63). A fixed
