@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::server::auth::require_token;
-use crate::server::builds::{BuildRecord, BuildStatus, BuildSummary, Filter, stats};
+use crate::server::builds::{BuildRecord, BuildStatus, BuildSummary, Filter};
 use crate::server::dashboard;
 use crate::server::error::ApiError;
 use crate::server::metrics;
@@ -339,12 +339,8 @@ pub async fn get_stats(
 ) -> Result<axum::Json<crate::server::builds::Stats>, ApiError> {
     // All records held unless `last` or `since` narrow them (not capped: stats are over all).
     let filter = q.filter(None, None)?;
-    // Over thousands of records this is real work: not on the async workers.
-    let computed = blocking("computing stats", move || {
-        let records = state.builds.query(&filter)?;
-        Ok(stats(records.iter().map(|r| r.as_ref())))
-    })
-    .await?;
+    // The database aggregates (records::aggregate); it blocks, so not on the async workers.
+    let computed = blocking("computing stats", move || state.builds.stats(&filter)).await?;
     Ok(axum::Json(computed))
 }
 

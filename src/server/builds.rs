@@ -1,6 +1,7 @@
 //! Build records: what `memobuild build` reports to the server when it is done, and the
 //! analytics computed from them. Where they are kept is [`crate::server::records`].
 
+#[cfg(test)]
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
@@ -361,15 +362,19 @@ pub struct ProjectStats {
     pub cache_hit_rate: Option<f64>,
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
-    if sorted.is_empty() {
+#[cfg(test)]
+/// Nearest-rank percentile of sorted values, `pct` in percent: the value at rank
+/// `ceil(pct·n/100)`, in integers so that the database's figures (`records::aggregate`) agree.
+fn percentile(sorted: &[u64], pct: usize) -> Option<u64> {
+    let n = sorted.len();
+    if n == 0 {
         return None;
     }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+    let rank = (pct * n).div_ceil(100);
+    sorted.get(rank.clamp(1, n) - 1).copied()
 }
 
+#[cfg(test)]
 fn durations(mut ms: Vec<u64>) -> Durations {
     if ms.is_empty() {
         return Durations::default();
@@ -378,16 +383,18 @@ fn durations(mut ms: Vec<u64>) -> Durations {
     let sum: u128 = ms.iter().map(|&m| u128::from(m)).sum();
     Durations {
         mean: u64::try_from(sum / ms.len() as u128).ok(),
-        p50: percentile(&ms, 0.50),
-        p95: percentile(&ms, 0.95),
+        p50: percentile(&ms, 50),
+        p95: percentile(&ms, 95),
         max: ms.last().copied(),
     }
 }
 
+#[cfg(test)]
 fn rate(part: usize, whole: usize) -> Option<f64> {
     (whole > 0).then(|| part as f64 / whole as f64)
 }
 
+#[cfg(test)]
 /// The figures of one group of builds.
 struct Group {
     builds: usize,
@@ -396,6 +403,7 @@ struct Group {
     cache_hit_rate: Option<f64>,
 }
 
+#[cfg(test)]
 /// `records` grouped by `key`, each group's figures, the busiest group first (then by key).
 fn grouped<'a, K: Ord + std::hash::Hash + Copy>(
     records: &[&'a BuildRecord],
@@ -426,6 +434,7 @@ fn grouped<'a, K: Ord + std::hash::Hash + Copy>(
     out
 }
 
+#[cfg(test)]
 /// Builds and hit rate per day (UTC, by start time), oldest first.
 pub fn days<'a>(records: impl IntoIterator<Item = &'a BuildRecord>) -> Vec<DayStats> {
     let mut by_day: std::collections::BTreeMap<&str, (usize, usize, usize)> =
@@ -447,7 +456,9 @@ pub fn days<'a>(records: impl IntoIterator<Item = &'a BuildRecord>) -> Vec<DaySt
         .collect()
 }
 
-/// Computes [`Stats`] over `records` (any order).
+#[cfg(test)]
+/// Computes [`Stats`] over `records` (any order): the reference the database's aggregates
+/// (`records::aggregate`) are tested against.
 pub fn stats<'a>(records: impl IntoIterator<Item = &'a BuildRecord>) -> Stats {
     let records: Vec<&BuildRecord> = records.into_iter().collect();
     let vertices: usize = records.iter().map(|r| r.vertices.len()).sum();
@@ -699,8 +710,8 @@ mod tests {
     #[test]
     fn percentiles_are_nearest_rank() {
         let v: Vec<u64> = (1..=20).collect();
-        assert_eq!(percentile(&v, 0.5), Some(10));
-        assert_eq!(percentile(&v, 0.95), Some(19));
-        assert_eq!(percentile(&[7], 0.95), Some(7));
+        assert_eq!(percentile(&v, 50), Some(10));
+        assert_eq!(percentile(&v, 95), Some(19));
+        assert_eq!(percentile(&[7], 95), Some(7));
     }
 }

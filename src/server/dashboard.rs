@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use crate::cache_cmd::human_size;
-use crate::server::builds::{BuildRecord, BuildStatus, Filter, days, stats};
+use crate::server::builds::{BuildRecord, BuildStatus, Filter};
 use crate::server::metrics::Outcome;
 use crate::server::state::AppState;
 use crate::server::store::Kind;
@@ -55,15 +55,23 @@ fn short_digest(d: &str) -> String {
 
 /// The page (blocks: it reads the records).
 pub fn render(state: &AppState) -> std::io::Result<String> {
-    // The hit rate over time looks further back than the other figures, which are over the
-    // newest `WINDOW` of the same query.
-    let history = state.builds.query(&Filter {
-        last: Some(HISTORY),
+    // The database aggregates; the hit rate over time looks further back than the other
+    // figures, which are over the newest `WINDOW`. Only the listed records are read.
+    let s = state.builds.stats(&Filter {
+        last: Some(WINDOW),
         ..Filter::default()
     })?;
-    let recent = &history[..history.len().min(WINDOW)];
-    let s = stats(recent.iter().map(|r| r.as_ref()));
-    let days = days(history.iter().map(|r| r.as_ref()));
+    let days = state
+        .builds
+        .stats(&Filter {
+            last: Some(HISTORY),
+            ..Filter::default()
+        })?
+        .days;
+    let recent = state.builds.query(&Filter {
+        last: Some(LISTED),
+        ..Filter::default()
+    })?;
     let m = &state.metrics;
     let reads = |k: Kind| (m.count(k, Outcome::Hit), m.count(k, Outcome::Miss));
     let (ac_hit, ac_miss) = reads(Kind::Ac);

@@ -8,6 +8,7 @@
 //! Servers before this kept records in a JSON-lines file (`STORE/builds/builds.jsonl`): a store
 //! that still holds one imports it once ([`import`]), then renames it `builds.jsonl.imported`.
 
+mod aggregate;
 pub mod import;
 pub mod postgres;
 pub mod sqlite;
@@ -17,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::server::builds::{BuildCounters, BuildRecord, Filter};
+use crate::server::builds::{BuildCounters, BuildRecord, Filter, Stats};
 
 /// Which records are kept: the newest `keep`, and none received longer than `max_age` ago.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,8 @@ pub trait BuildStore: Send + Sync + std::fmt::Debug {
     fn get(&self, id: &str) -> io::Result<Option<Arc<BuildRecord>>>;
     /// Records matching `filter`, newest first.
     fn query(&self, filter: &Filter) -> io::Result<Vec<Arc<BuildRecord>>>;
+    /// Aggregates over the records matching `filter`, computed by the database.
+    fn stats(&self, filter: &Filter) -> io::Result<Stats>;
     /// Records held.
     fn len(&self) -> io::Result<usize>;
     /// Totals of the records accepted since the server started, for `/metrics`.
@@ -90,6 +93,11 @@ struct Row<'a> {
     /// the age retention and `since` compare.
     at_ms: i64,
     json: String,
+    /// `started_at`'s date, what per-day figures group by.
+    day: &'a str,
+    duration_ms: i64,
+    vertices: i64,
+    cached: i64,
 }
 
 impl<'a> Row<'a> {
@@ -98,6 +106,10 @@ impl<'a> Row<'a> {
             record,
             at_ms: epoch_ms(record.received_at.as_deref().unwrap_or(&record.started_at)),
             json: serde_json::to_string(record).map_err(io::Error::other)?,
+            day: record.started_at.get(..10).unwrap_or(&record.started_at),
+            duration_ms: i64::try_from(record.duration_ms).unwrap_or(i64::MAX),
+            vertices: i64::try_from(record.vertices.len()).unwrap_or(i64::MAX),
+            cached: i64::try_from(record.cached()).unwrap_or(i64::MAX),
         })
     }
 }

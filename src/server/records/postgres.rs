@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use postgres::{Client, NoTls};
 
+use super::aggregate::{self, DayRow, GroupRow, Queries, ReasonRow, Rows, StepRow};
 use super::{Added, BuildStore, Retention, Row, decode};
-use crate::server::builds::{BuildCounters, BuildRecord, BuildStatus, Filter};
+use crate::server::builds::{BuildCounters, BuildRecord, BuildStatus, Filter, Stats};
 
 /// Schema changes, in order; `memobuild_schema.version` is how many have been applied.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -33,6 +34,31 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE memobuild_builds ADD COLUMN target TEXT;
     UPDATE memobuild_builds SET target = record::jsonb ->> 'target';
     CREATE INDEX memobuild_builds_by_target ON memobuild_builds (project, target, seq);",
+    // 3: what `/api/stats` aggregates in SQL (see `sqlite.rs`).
+    "ALTER TABLE memobuild_builds
+        ADD COLUMN duration_ms BIGINT NOT NULL DEFAULT 0,
+        ADD COLUMN vertices BIGINT NOT NULL DEFAULT 0,
+        ADD COLUMN cached BIGINT NOT NULL DEFAULT 0,
+        ADD COLUMN day TEXT NOT NULL DEFAULT '';
+    CREATE TABLE memobuild_steps (
+        build_seq BIGINT NOT NULL REFERENCES memobuild_builds (seq) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        cached BIGINT NOT NULL,
+        duration_ms BIGINT NOT NULL,
+        reason TEXT
+    );
+    CREATE INDEX memobuild_steps_by_build ON memobuild_steps (build_seq);
+    INSERT INTO memobuild_steps (build_seq, name, cached, duration_ms, reason)
+        SELECT b.seq, COALESCE(v ->> 'name', ''),
+            CASE WHEN (v ->> 'cached')::BOOLEAN THEN 1 ELSE 0 END,
+            COALESCE((v ->> 'duration_ms')::BIGINT, 0), v ->> 'reason'
+        FROM memobuild_builds b,
+            jsonb_array_elements(COALESCE(b.record::jsonb -> 'vertices', '[]'::jsonb)) v;
+    UPDATE memobuild_builds b SET
+        duration_ms = COALESCE((record::jsonb ->> 'duration_ms')::BIGINT, 0),
+        vertices = (SELECT COUNT(*) FROM memobuild_steps s WHERE s.build_seq = b.seq),
+        cached = (SELECT COUNT(*) FROM memobuild_steps s WHERE s.build_seq = b.seq AND s.cached = 1),
+        day = COALESCE(substr(record::jsonb ->> 'started_at', 1, 10), '');",
 ];
 
 /// Serializes migrations across replicas (`pg_advisory_xact_lock`): "memobld" in ASCII.
@@ -49,6 +75,7 @@ pub struct PostgresStore {
     retention: Retention,
     pool: Mutex<Vec<Client>>,
     counters: Mutex<BuildCounters>,
+    queries: Queries,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -73,6 +100,7 @@ impl PostgresStore {
             retention,
             pool: Mutex::new(Vec::new()),
             counters: Mutex::new(BuildCounters::default()),
+            queries: Queries::new("memobuild_builds", "memobuild_steps", true),
         };
         store.with(|c| {
             let mut tx = c.transaction()?;
@@ -140,12 +168,13 @@ impl PostgresStore {
     }
 }
 
-/// Inserts one record unless its id is held; 1 when it was new.
+/// Inserts one record unless its id is held, and then its steps; 1 when it was new. Callers
+/// hold a transaction.
 fn insert(c: &mut impl postgres::GenericClient, row: &Row<'_>) -> Result<u64, postgres::Error> {
     let r = row.record;
-    c.execute(
-        "INSERT INTO memobuild_builds (id, project, target, status, at_ms, record) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+    let seq = c.query_opt(
+        "INSERT INTO memobuild_builds (id, project, target, status, at_ms, record, day, duration_ms, vertices, cached) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING RETURNING seq",
         &[
             &r.id,
             &r.project,
@@ -153,14 +182,70 @@ fn insert(c: &mut impl postgres::GenericClient, row: &Row<'_>) -> Result<u64, po
             &r.status.as_str(),
             &row.at_ms,
             &row.json,
+            &row.day,
+            &row.duration_ms,
+            &row.vertices,
+            &row.cached,
+        ],
+    )?;
+    let Some(seq) = seq else { return Ok(0) };
+    let seq: i64 = seq.get(0);
+    let step = c.prepare(
+        "INSERT INTO memobuild_steps (build_seq, name, cached, duration_ms, reason) VALUES ($1, $2, $3, $4, $5)",
+    )?;
+    for v in &r.vertices {
+        let duration = i64::try_from(v.duration_ms).unwrap_or(i64::MAX);
+        c.execute(
+            &step,
+            &[&seq, &v.name, &i64::from(v.cached), &duration, &v.reason],
+        )?;
+    }
+    Ok(1)
+}
+
+/// Runs `sql` with the filter's parameters.
+fn rows(
+    c: &mut impl postgres::GenericClient,
+    sql: &str,
+    filter: &Filter,
+) -> Result<Vec<postgres::Row>, postgres::Error> {
+    c.query(
+        sql,
+        &[
+            &filter.project.as_deref(),
+            &filter.status.map(BuildStatus::as_str),
+            &aggregate::limit(filter),
+            &filter.target.as_deref(),
+            &filter.since_ms,
         ],
     )
+}
+
+/// A [`GroupRow`] from columns `keys..` (`keys` of them: project, then target).
+fn group_row(row: &postgres::Row, keys: usize) -> GroupRow {
+    GroupRow {
+        project: if keys > 0 { row.get(0) } else { None },
+        target: if keys > 1 { row.get(1) } else { None },
+        builds: row.get(keys),
+        failed: row.get(keys + 1),
+        vertices: row.get(keys + 2),
+        cached: row.get(keys + 3),
+        mean: row.get(keys + 4),
+        p50: row.get(keys + 5),
+        p95: row.get(keys + 6),
+        max: row.get(keys + 7),
+    }
 }
 
 impl BuildStore for PostgresStore {
     fn add(&self, record: BuildRecord) -> io::Result<Added> {
         let row = Row::of(&record)?;
-        let new = self.with(|c| insert(c, &row))?;
+        let new = self.with(|c| {
+            let mut tx = c.transaction()?;
+            let new = insert(&mut tx, &row)?;
+            tx.commit()?;
+            Ok(new)
+        })?;
         if new == 0 {
             return Ok(Added::Duplicate);
         }
@@ -213,6 +298,62 @@ impl BuildStore for PostgresStore {
             )
         })?;
         rows.iter().map(|r| decode(r.get(0))).collect()
+    }
+
+    fn stats(&self, filter: &Filter) -> io::Result<Stats> {
+        let q = &self.queries;
+        let rows = self.with(|c| {
+            // One snapshot for every query: a record added meanwhile is in all figures or none.
+            let mut tx = c
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let totals = rows(&mut tx, &q.totals, filter)?
+                .first()
+                .map(|r| group_row(r, 0))
+                .unwrap_or_default();
+            let rows = Rows {
+                totals,
+                targets: rows(&mut tx, &q.targets, filter)?
+                    .iter()
+                    .map(|r| group_row(r, 2))
+                    .collect(),
+                projects: rows(&mut tx, &q.projects, filter)?
+                    .iter()
+                    .map(|r| group_row(r, 1))
+                    .collect(),
+                days: rows(&mut tx, &q.days, filter)?
+                    .iter()
+                    .map(|r| DayRow {
+                        day: r.get(0),
+                        builds: r.get(1),
+                        vertices: r.get(2),
+                        cached: r.get(3),
+                    })
+                    .collect(),
+                steps: rows(&mut tx, &q.steps, filter)?
+                    .iter()
+                    .map(|r| StepRow {
+                        name: r.get(0),
+                        executed: r.get(1),
+                        cached: r.get(2),
+                        total_ms: r.get(3),
+                    })
+                    .collect(),
+                reasons: rows(&mut tx, &q.reasons, filter)?
+                    .iter()
+                    .map(|r| ReasonRow {
+                        name: r.get(0),
+                        reason: r.get(1),
+                        count: r.get(2),
+                    })
+                    .collect(),
+            };
+            tx.commit()?;
+            Ok(rows)
+        })?;
+        Ok(rows.into_stats())
     }
 
     fn len(&self) -> io::Result<usize> {

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+use super::aggregate::{self, DayRow, GroupRow, Queries, ReasonRow, Rows, StepRow};
 use super::{Added, BuildStore, Retention, Row, decode};
-use crate::server::builds::{BuildCounters, BuildRecord, BuildStatus, Filter};
+use crate::server::builds::{BuildCounters, BuildRecord, BuildStatus, Filter, Stats};
 
 /// Schema changes, in order; the database's `user_version` is how many have been applied.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -35,6 +36,31 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE builds ADD COLUMN target TEXT;
     UPDATE builds SET target = json_extract(record, '$.target');
     CREATE INDEX builds_by_target ON builds (project, target, seq);",
+    // 3: what `/api/stats` aggregates in SQL (`aggregate.rs`): per build its wall time, step
+    // counts and day; per step (a `steps` row, deleted with its build) its name, whether it
+    // was cached, its time and why it ran. Filled in from the records already held.
+    "ALTER TABLE builds ADD COLUMN duration_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE builds ADD COLUMN vertices INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE builds ADD COLUMN cached INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE builds ADD COLUMN day TEXT NOT NULL DEFAULT '';
+    CREATE TABLE steps (
+        build_seq INTEGER NOT NULL REFERENCES builds (seq) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        cached INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        reason TEXT
+    );
+    CREATE INDEX steps_by_build ON steps (build_seq);
+    INSERT INTO steps (build_seq, name, cached, duration_ms, reason)
+        SELECT b.seq, COALESCE(json_extract(v.value, '$.name'), ''),
+            CASE WHEN json_extract(v.value, '$.cached') THEN 1 ELSE 0 END,
+            COALESCE(json_extract(v.value, '$.duration_ms'), 0), json_extract(v.value, '$.reason')
+        FROM builds b, json_each(b.record, '$.vertices') v;
+    UPDATE builds SET
+        duration_ms = COALESCE(json_extract(record, '$.duration_ms'), 0),
+        vertices = (SELECT COUNT(*) FROM steps WHERE build_seq = builds.seq),
+        cached = (SELECT COUNT(*) FROM steps WHERE build_seq = builds.seq AND cached = 1),
+        day = COALESCE(substr(json_extract(record, '$.started_at'), 1, 10), '');",
 ];
 
 /// Readers kept open for reuse.
@@ -47,6 +73,7 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     counters: Mutex<BuildCounters>,
+    queries: Queries,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -77,6 +104,9 @@ impl SqliteStore {
             .map_err(err("enabling the write-ahead log"))?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err("setting synchronous"))?;
+        // A build's `steps` rows go with it (the retention deletes builds only).
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err("enabling foreign keys"))?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(err("reading the schema version"))?;
@@ -100,6 +130,7 @@ impl SqliteStore {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             counters: Mutex::new(BuildCounters::default()),
+            queries: Queries::new("builds", "steps", false),
         };
         {
             let conn = store.writer();
@@ -153,20 +184,93 @@ impl SqliteStore {
     }
 }
 
-/// `INSERT OR IGNORE`s one record; 1 when it was new.
+/// `INSERT OR IGNORE`s one record and, when it was new, its steps; 1 when it was new. Callers
+/// hold a transaction, or run it on the writer alone.
 fn insert(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<usize> {
     let r = row.record;
-    conn.execute(
-        "INSERT OR IGNORE INTO builds (id, project, target, status, at_ms, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![r.id, r.project, r.target, r.status.as_str(), row.at_ms, row.json],
-    )
+    let new = conn.execute(
+        "INSERT OR IGNORE INTO builds (id, project, target, status, at_ms, record, day, duration_ms, vertices, cached)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            r.id,
+            r.project,
+            r.target,
+            r.status.as_str(),
+            row.at_ms,
+            row.json,
+            row.day,
+            row.duration_ms,
+            row.vertices,
+            row.cached
+        ],
+    )?;
+    if new == 0 {
+        return Ok(0);
+    }
+    let seq = conn.last_insert_rowid();
+    let mut step = conn.prepare_cached(
+        "INSERT INTO steps (build_seq, name, cached, duration_ms, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for v in &r.vertices {
+        step.execute(params![
+            seq,
+            v.name,
+            i64::from(v.cached),
+            i64::try_from(v.duration_ms).unwrap_or(i64::MAX),
+            v.reason
+        ])?;
+    }
+    Ok(new)
+}
+
+/// Runs `sql` with the filter's parameters, one `T` per row.
+fn rows<T>(
+    c: &Connection,
+    sql: &str,
+    filter: &Filter,
+    f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let rows = stmt.query_map(
+        params![
+            filter.project.as_deref(),
+            filter.status.map(BuildStatus::as_str),
+            aggregate::limit(filter).unwrap_or(-1),
+            filter.target.as_deref(),
+            filter.since_ms
+        ],
+        f,
+    )?;
+    rows.collect()
+}
+
+/// A [`GroupRow`] from columns `keys..` (`keys` of them: project, then target).
+fn group_row(row: &rusqlite::Row<'_>, keys: usize) -> rusqlite::Result<GroupRow> {
+    Ok(GroupRow {
+        project: if keys > 0 { row.get(0)? } else { None },
+        target: if keys > 1 { row.get(1)? } else { None },
+        builds: row.get(keys)?,
+        failed: row.get(keys + 1)?,
+        vertices: row.get(keys + 2)?,
+        cached: row.get(keys + 3)?,
+        mean: row.get(keys + 4)?,
+        p50: row.get(keys + 5)?,
+        p95: row.get(keys + 6)?,
+        max: row.get(keys + 7)?,
+    })
 }
 
 impl BuildStore for SqliteStore {
     fn add(&self, record: BuildRecord) -> io::Result<Added> {
         let row = Row::of(&record)?;
-        let conn = self.writer();
-        let new = insert(&conn, &row).map_err(|e| db_err(&self.path, "storing a record", e))?;
+        let mut conn = self.writer();
+        let store = |conn: &mut Connection| {
+            let tx = conn.transaction()?;
+            let new = insert(&tx, &row)?;
+            tx.commit()?;
+            Ok(new)
+        };
+        let new = store(&mut conn).map_err(|e| db_err(&self.path, "storing a record", e))?;
         if new == 0 {
             return Ok(Added::Duplicate);
         }
@@ -235,6 +339,50 @@ impl BuildStore for SqliteStore {
             rows.collect()
         })?;
         rows.iter().map(|json| decode(json)).collect()
+    }
+
+    fn stats(&self, filter: &Filter) -> io::Result<Stats> {
+        let q = &self.queries;
+        let rows = self.read(|c| {
+            // One snapshot for every query: a record added meanwhile is in all figures or none.
+            c.execute_batch("BEGIN")?;
+            let result = (|| {
+                let totals = rows(c, &q.totals, filter, |r| group_row(r, 0))?
+                    .pop()
+                    .unwrap_or_default();
+                Ok(Rows {
+                    totals,
+                    targets: rows(c, &q.targets, filter, |r| group_row(r, 2))?,
+                    projects: rows(c, &q.projects, filter, |r| group_row(r, 1))?,
+                    days: rows(c, &q.days, filter, |r| {
+                        Ok(DayRow {
+                            day: r.get(0)?,
+                            builds: r.get(1)?,
+                            vertices: r.get(2)?,
+                            cached: r.get(3)?,
+                        })
+                    })?,
+                    steps: rows(c, &q.steps, filter, |r| {
+                        Ok(StepRow {
+                            name: r.get(0)?,
+                            executed: r.get(1)?,
+                            cached: r.get(2)?,
+                            total_ms: r.get(3)?,
+                        })
+                    })?,
+                    reasons: rows(c, &q.reasons, filter, |r| {
+                        Ok(ReasonRow {
+                            name: r.get(0)?,
+                            reason: r.get(1)?,
+                            count: r.get(2)?,
+                        })
+                    })?,
+                })
+            })();
+            c.execute_batch("COMMIT")?;
+            result
+        })?;
+        Ok(rows.into_stats())
     }
 
     fn len(&self) -> io::Result<usize> {

@@ -281,6 +281,14 @@ fn targets_and_windows_filter_and_old_schemas_migrate() {
         // The first schema, with one record of target `prod`, as an earlier server left it.
         let mut old = record("v1", "p", BuildStatus::Succeeded, &now());
         old.target = Some("prod".into());
+        old.vertices[0].reason = Some("file `a` changed".into());
+        old.vertices.push(VertexTiming {
+            name: "COPY . .".into(),
+            digest: String::new(),
+            cached: true,
+            duration_ms: 3,
+            reason: None,
+        });
         let row = Row::of(&old).unwrap();
         let (at, json) = (row.at_ms, &row.json);
         match &b.database {
@@ -325,5 +333,164 @@ fn targets_and_windows_filter_and_old_schemas_migrate() {
             ..Filter::default()
         };
         assert_eq!(ids(store.as_ref(), &day), ["dev", "v1"], "{}", b.name);
+        // Migration 3 filled in the aggregated columns and steps of the old record too.
+        for f in [Filter::default(), prod] {
+            assert_eq!(
+                store.stats(&f).unwrap(),
+                reference(store.as_ref(), &f),
+                "{}",
+                b.name
+            );
+        }
+    }
+}
+
+/// [`crate::server::builds::stats`] over the records `filter` selects: what the database's
+/// aggregates must equal.
+fn reference(store: &dyn BuildStore, filter: &Filter) -> crate::server::builds::Stats {
+    let records = store.query(filter).unwrap();
+    crate::server::builds::stats(records.iter().map(|r| r.as_ref()))
+}
+
+// Verifies: `/api/stats` computed by the database (records::aggregate) equals the reference
+// computed over the records, for every filter, on both backends: counts, nearest-rank
+// percentiles (with ties), per-project and per-target groups in byte order (names whose
+// order differs between collations), per-day hit rates, the slowest steps and their most
+// frequent reasons, an empty selection; and it follows the retention (steps go with builds).
+#[test]
+fn database_aggregates_equal_the_reference() {
+    let mut seed: u64 = 0x5eed;
+    let mut next = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    let projects = ["api", "Zed", "web", "\u{e4}pfel", "_x"];
+    let targets = [None, Some("prod"), Some("Dev")];
+    let steps = [
+        "[1/3] FROM base",
+        "[2/3] RUN make",
+        "[3/3] COPY . /app",
+        "RUN test",
+    ];
+    let reasons = [
+        None,
+        Some("file `a.c` changed"),
+        Some("build arg `V` changed"),
+    ];
+    let mut records = Vec::new();
+    for i in 0..400 {
+        let status = if next(10) == 0 {
+            BuildStatus::Failed
+        } else {
+            BuildStatus::Succeeded
+        };
+        let mut r = record(
+            &format!("b{i:04}"),
+            projects[next(5) as usize],
+            status,
+            &now(),
+        );
+        r.target = targets[next(3) as usize].map(str::to_owned);
+        r.duration_ms = next(50) * 100 + next(3);
+        r.started_at = format!("2026-11-{:02}T10:00:00Z", 10 + next(12));
+        r.vertices = (0..next(6))
+            .map(|_| {
+                let cached = next(3) == 0;
+                VertexTiming {
+                    name: steps[next(4) as usize].into(),
+                    digest: String::new(),
+                    cached,
+                    duration_ms: next(5000),
+                    reason: if cached {
+                        None
+                    } else {
+                        reasons[next(3) as usize].map(str::to_owned)
+                    },
+                }
+            })
+            .collect();
+        records.push(r);
+    }
+    for b in backends() {
+        let store = b
+            .open(Retention {
+                keep: 350,
+                max_age: None,
+            })
+            .unwrap();
+        for r in &records {
+            store.add(r.clone()).unwrap();
+        }
+        assert_eq!(store.len().unwrap(), 350, "{}", b.name);
+        let filters = [
+            Filter::default(),
+            Filter {
+                project: Some("Zed".into()),
+                ..Filter::default()
+            },
+            Filter {
+                target: Some("prod".into()),
+                ..Filter::default()
+            },
+            Filter {
+                status: Some(BuildStatus::Failed),
+                ..Filter::default()
+            },
+            Filter {
+                last: Some(37),
+                ..Filter::default()
+            },
+            Filter {
+                since_ms: Some(ago_ms(Duration::from_secs(3600))),
+                project: Some("api".into()),
+                ..Filter::default()
+            },
+            Filter {
+                project: Some("none".into()),
+                ..Filter::default()
+            },
+        ];
+        for f in &filters {
+            let got = store.stats(f).unwrap();
+            assert_eq!(got, reference(store.as_ref(), f), "{} {f:?}", b.name);
+        }
+        let all = store.stats(&Filter::default()).unwrap();
+        assert_eq!(all.builds, 350, "{}", b.name);
+        assert!(all.slowest_steps[0].reasons.len() > 1, "{all:?}");
+        assert!(all.projects.len() == 5 && all.targets.len() > 5, "{all:?}");
+        let empty = store
+            .stats(&Filter {
+                project: Some("none".into()),
+                ..Filter::default()
+            })
+            .unwrap();
+        assert_eq!((empty.builds, empty.duration_ms.p50), (0, None));
+        // The steps of the 50 builds the retention deleted went with them.
+        let (steps, vertices): (i64, i64) = match &b.database {
+            None => {
+                let c = rusqlite::Connection::open(b.dir.path().join("builds.db")).unwrap();
+                c.query_row(
+                    "SELECT (SELECT COUNT(*) FROM steps), (SELECT SUM(vertices) FROM builds)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap()
+            }
+            Some(url) => {
+                let mut c = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+                let r = c
+                    .query_one(
+                        "SELECT (SELECT COUNT(*) FROM memobuild_steps), \
+                         (SELECT CAST(SUM(vertices) AS BIGINT) FROM memobuild_builds)",
+                        &[],
+                    )
+                    .unwrap();
+                (r.get(0), r.get(1))
+            }
+        };
+        assert_eq!(steps, vertices, "{}", b.name);
+        assert_eq!(usize::try_from(vertices).unwrap(), all.vertices);
     }
 }
