@@ -2316,3 +2316,46 @@ fn sigterm_stops_the_daemon_and_cleans_up() {
     assert!(left.is_empty(), "left in containerd: {left:?}");
     assert!(!daemon.socket().exists(), "the socket file is left");
 }
+
+// Verifies: the daemon starts its HTTP/2 connection inside a session only when it first calls
+// into the session, as grpc-go's idle channels do. A client that opens a session and closes it
+// again at once (buildx does, before its build's session) reads no byte back and sees the
+// stream end promptly: BuildKit's `conn.Close` hands every message it drains to its HTTP/2
+// server as a whole buffer of stale bytes, which failed the connection with PROTOCOL_ERROR
+// and cost buildx a one-second GOAWAY wait in about one build in thirty.
+#[test]
+fn a_session_closed_unused_gets_no_bytes_from_the_daemon() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    let daemon = Daemon::start(&sb, &env, &[]);
+    block_on(async {
+        let mut control = daemon.control().await;
+        for _ in 0..20 {
+            // The client's own first bytes (its server preface), then its half-close.
+            let preface: Vec<u8> = vec![0, 0, 0, 4, 0, 0, 0, 0, 0];
+            let outgoing = futures::stream::iter(vec![memobuild_proto::control::BytesMessage {
+                data: preface,
+            }]);
+            let mut request = tonic::Request::new(outgoing);
+            request.metadata_mut().insert(
+                "x-docker-expose-session-uuid",
+                unique("unused").parse().expect("metadata value"),
+            );
+            let mut incoming = control
+                .session(request)
+                .await
+                .expect("Control/Session")
+                .into_inner();
+            let drained = tokio::time::timeout(Duration::from_secs(10), async {
+                let mut bytes = 0;
+                while let Some(m) = incoming.message().await.expect("session stream") {
+                    bytes += m.data.len();
+                }
+                bytes
+            })
+            .await
+            .expect("the session stream ends after the client's half-close");
+            assert_eq!(drained, 0, "bytes the daemon sent into an unused session");
+        }
+    });
+}

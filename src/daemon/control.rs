@@ -20,7 +20,6 @@ use memobuild_proto::control::{
 };
 use memobuild_worker::export::spec::ExporterSpec;
 use memobuild_worker::state::usage::{self, PrunePolicy};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
@@ -240,11 +239,9 @@ impl Control for ControlService {
     ) -> Result<Response<BoxStream<BytesMessage>>, Status> {
         let headers = SessionHeaders::from_metadata(request.metadata())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let rx = self.daemon.sessions.open(headers, request.into_inner());
+        let out = self.daemon.sessions.open(headers, request.into_inner());
         Ok(Response::new(
-            ReceiverStream::new(rx)
-                .map(|data| Ok(BytesMessage { data }))
-                .boxed(),
+            out.map(|data| Ok(BytesMessage { data })).boxed(),
         ))
     }
 

@@ -117,42 +117,55 @@ impl Sessions {
     /// Takes in a `Control/Session` call: returns the stream of bytes to send back at once and
     /// connects to the client's services in the background. The session is known to
     /// [`Sessions::get`] until the client closes the tunnel.
+    ///
+    /// The returned stream ends as soon as the client half-closes, dropping what is still
+    /// queued: BuildKit's `conn.Close` drains the stream after its `CloseSend` and, for each
+    /// message it drains, hands its HTTP/2 server a whole read buffer of stale bytes
+    /// (`session/grpchijack/dial.go`), which fails the connection with PROTOCOL_ERROR and
+    /// costs buildx a one-second GOAWAY timeout. A client that closed reads nothing anyway.
     pub fn open(
         self: &Arc<Self>,
         headers: SessionHeaders,
         incoming: tonic::Streaming<BytesMessage>,
-    ) -> mpsc::Receiver<Vec<u8>> {
+    ) -> impl futures::Stream<Item = Vec<u8>> + Send + 'static {
         let (tx, rx) = mpsc::channel(TUNNEL_QUEUE);
         let closed = CancellationToken::new();
+        // The client's stream ending is the session's end. It is watched here rather than by
+        // the HTTP/2 connection, which reads the tunnel only once the daemon calls into it.
+        let (in_tx, in_rx) = mpsc::channel(TUNNEL_QUEUE);
         let on_end = closed.clone();
-        // The tunnel's reading half ends with the client's stream: that is the session's end.
-        let end = futures::stream::once(async move {
-            on_end.cancel();
-            None::<Result<Vec<u8>, tonic::Status>>
-        })
-        .filter_map(futures::future::ready);
-        let incoming = incoming.map(|m| m.map(|m| m.data)).chain(end);
-        let io = TunnelIo::new(incoming, tx);
-        let sessions = self.clone();
         tokio::spawn(async move {
-            let id = headers.id.clone();
-            let channel = match transport::connect(io).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("session `{id}`: {e}");
-                    return;
+            let mut incoming = incoming;
+            loop {
+                tokio::select! {
+                    m = incoming.next() => {
+                        let Some(m) = m else { break };
+                        let failed = m.is_err();
+                        if in_tx.send(m.map(|m| m.data)).await.is_err() || failed {
+                            break;
+                        }
+                    }
+                    () = in_tx.closed() => break,
                 }
-            };
-            let session = Arc::new(Session {
-                headers,
-                channel,
-                closed: closed.clone(),
-            });
-            if let Ok(mut m) = sessions.by_id.lock() {
-                m.insert(id.clone(), session.clone());
             }
-            sessions.bump();
-            tracing::debug!("session `{id}` connected");
+            on_end.cancel();
+        });
+        let io = TunnelIo::new(tokio_stream::wrappers::ReceiverStream::new(in_rx), tx);
+        let channel = transport::connect_lazy(io);
+        let id = headers.id.clone();
+        let session = Arc::new(Session {
+            headers,
+            channel,
+            closed: closed.clone(),
+        });
+        if let Ok(mut m) = self.by_id.lock() {
+            m.insert(id.clone(), session.clone());
+        }
+        self.bump();
+        tracing::debug!("session `{id}` opened");
+        let sessions = self.clone();
+        let closed_out = closed.clone();
+        tokio::spawn(async move {
             closed.cancelled().await;
             if let Ok(mut m) = sessions.by_id.lock()
                 && m.get(&id).is_some_and(|s| Arc::ptr_eq(s, &session))
@@ -161,7 +174,7 @@ impl Sessions {
             }
             tracing::debug!("session `{id}` closed");
         });
-        rx
+        tokio_stream::wrappers::ReceiverStream::new(rx).take_until(closed_out.cancelled_owned())
     }
 }
 

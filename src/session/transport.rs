@@ -277,6 +277,16 @@ where
         .map_err(TransportError::Connect)
 }
 
+/// [`connect`], but the connection starts (client preface, SETTINGS) only with the first call,
+/// as grpc-go's channels start idle: a session the client opens and closes again without the
+/// daemon calling into it sees no byte from the daemon.
+pub fn connect_lazy<I>(io: I) -> Channel
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    Endpoint::from_static(TUNNEL_URI).connect_with_connector_lazy(TunnelConnector { io: Some(io) })
+}
+
 /// Serves `routes` over `io` as the HTTP/2 server, as the CLI does on a session, until the
 /// connection ends: the peer closes it or the incoming stream ends.
 #[allow(dead_code, reason = "our own session client wires this up next")]
