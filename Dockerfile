@@ -1,10 +1,10 @@
-# Builds MemoBuild itself: a build stage with the Rust toolchain and protoc (containerd-client's
-# build needs it), and a slim runtime stage with the binary plus the containerd and runc it drives
-# and git (with ssh) for git contexts and sources, ip and slirp4netns for RUN's default network;
-# `memobuild k8s job` runs this image.
+# Builds MemoBuild itself: a build stage with the Rust toolchain and protoc with the well-known
+# types (containerd-client's build needs them), and a slim runtime stage with the binary plus
+# the containerd and runc it drives, git (with ssh) for git contexts and sources, and ip and
+# slirp4netns for RUN's default network; `memobuild k8s job` runs this image.
 FROM rust:1-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends protobuf-compiler \
+ && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./

@@ -6,7 +6,7 @@
 #
 # `debootstrap --variant=minbase bookworm` from deb.debian.org gives the same package set the
 # official image starts from (Essential + apt); docs, man pages, apt lists and caches are
-# dropped as the slim variant drops them. The root filesystem is kept in DIR/debian-rootfs.tar
+# dropped as the slim variant drops them, and apt is set up as there (docker-clean). The root filesystem is kept in DIR/debian-rootfs.tar
 # so a second run on the same DIR only packs and pushes. Nothing happens when the registry
 # already has the image.
 set -eu -o pipefail
@@ -41,6 +41,16 @@ if [[ ! -s "$ROOTFS_TAR" ]]; then
 		"$WORK"/rootfs/var/lib/apt/lists/* "$WORK"/rootfs/var/cache/apt/*.bin \
 		"$WORK"/rootfs/var/cache/apt/archives/*.deb "$WORK"/rootfs/var/log/* \
 		"$WORK"/rootfs/debootstrap
+	# apt settings of the official image (debuerreotype's): no package caches or downloaded
+	# .debs left in layers, no translations, compressed indexes.
+	cat >"$WORK/rootfs/etc/apt/apt.conf.d/docker-clean" <<-'EOF'
+		DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+		APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+		Dir::Cache::pkgcache "";
+		Dir::Cache::srcpkgcache "";
+	EOF
+	echo 'Acquire::Languages "none";' >"$WORK/rootfs/etc/apt/apt.conf.d/docker-no-languages"
+	echo 'Acquire::GzipIndexes "true";' >"$WORK/rootfs/etc/apt/apt.conf.d/docker-gzip-indexes"
 	# The image's own resolver settings come from the runtime, as in the official image.
 	: >"$WORK/rootfs/etc/resolv.conf"
 	echo bookworm-slim >"$WORK/rootfs/etc/hostname"

@@ -969,3 +969,53 @@ fn an_unchanged_archive_is_not_written_again() {
         sb.write("message.txt", "message from the context\n");
     }
 }
+
+// Verifies: a push moves the tag for this machine's later builds at once. A base image is
+// pushed under a tag and a build `FROM` that tag resolves it (and keeps the answer for a
+// minute); the base is rebuilt with other content and pushed to the same tag; the next build
+// from it, seconds later on the same state directory, uses the new base, not the remembered
+// one.
+#[test]
+fn a_pushed_tag_is_resolved_afresh_by_the_next_build() {
+    let Some(env) = Env::get() else { return };
+    let base = format!("{}/{}:latest", env.registry, unique("base"));
+    let state = Sandbox::new();
+    let cfg = empty_docker_config(&state);
+    let build_in = |dir: &Sandbox, args: &[&str]| {
+        let mut cmd = common::memobuild();
+        cmd.args([
+            "build",
+            "--containerd",
+            &env.containerd,
+            "--progress",
+            "plain",
+        ])
+        .arg("--state-dir")
+        .arg(state.state())
+        .args(args)
+        .arg(dir.context())
+        .env("DOCKER_CONFIG", &cfg);
+        common::run(cmd)
+    };
+    let app = Sandbox::new();
+    app.write(
+        "Dockerfile",
+        &format!("FROM {base}\nRUN cat /version > /seen\nCMD [\"cat\", \"/seen\"]\n"),
+    );
+    let mut seen = Vec::new();
+    for version in ["one", "two"] {
+        let b = Sandbox::new();
+        b.write(
+            "Dockerfile",
+            &format!("FROM {}\nRUN echo {version} > /version\n", env.busybox()),
+        );
+        assert_ok(&build_in(&b, &["-t", &base, "--push"]), "push of the base");
+        let tar = app.path("app.tar");
+        let dest = format!("type=oci,dest={}", tar.display());
+        let out = build_in(&app, &["-t", "app:latest", "--output", &dest]);
+        assert_ok(&out, "build from the base");
+        let run = app.ctr_run(&env, &tar, "docker.io/library/app:latest");
+        seen.push(stdout(&run));
+    }
+    assert_eq!(seen, ["one\n", "two\n"]);
+}

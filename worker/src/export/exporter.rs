@@ -393,6 +393,8 @@ impl<'a> Exporter<'a> {
             RegistryConfig {
                 insecure,
                 credentials,
+                // What the engine remembers of tags: a push drops the tags it moves.
+                resolved: self.build.engine().registry_config().resolved.clone(),
                 ..RegistryConfig::default()
             },
             PushOptions::default(),

@@ -310,6 +310,13 @@ impl Pusher {
             .retry
             .run(|| self.put_manifest(&t, &reference, manifest, manifest_media_type, &what))
             .await?;
+        // The tag names this image now: a build that resolved it a moment ago must ask again.
+        if t.tag.is_some()
+            && let Some(cache) = self.config.resolved.clone()
+        {
+            let display = t.display.clone();
+            let _ = tokio::task::spawn_blocking(move || cache.forget(&display)).await;
+        }
         Ok(PushedImage {
             reference: t.display.clone(),
             digest,

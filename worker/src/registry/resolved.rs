@@ -134,6 +134,37 @@ impl ResolvedCache {
         }
     }
 
+    /// Drops every answer for `reference` (normalized, as [`ResolvedImage::reference`] holds
+    /// it), whatever the platform or spelling it was asked under: a push just moved the tag,
+    /// and a later build must not use what it named before. Blocks (reads the entries on disk).
+    pub fn forget(&self, reference: &str) {
+        self.lock()
+            .retain(|_, (_, image)| image.reference != reference);
+        let Some(dir) = &self.dir else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        /// The one field this needs of an [`Entry`].
+        #[derive(Deserialize)]
+        struct Named {
+            reference: String,
+        }
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let named = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Named>(&b).ok());
+            if named.is_some_and(|n| n.reference == reference)
+                && let Err(err) = std::fs::remove_file(&path)
+            {
+                tracing::debug!("cannot drop the resolution of `{reference}`: {err}");
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (SystemTime, ResolvedImage)>> {
         match self.memory.lock() {
             Ok(g) => g,
@@ -249,6 +280,28 @@ mod tests {
             layers: vec![],
             config,
             index_digest: None,
+        }
+    }
+
+    #[test]
+    fn forget_drops_a_reference_under_every_key_in_memory_and_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ResolvedCache::on_disk(dir.path().to_owned());
+        cache.put("busybox:1 linux/amd64", &image("1"));
+        cache.put("docker.io/library/busybox:1 linux/amd64", &image("1"));
+        cache.put("busybox:2 linux/amd64", &image("2"));
+        cache.forget("docker.io/library/busybox:1");
+        for c in [&cache, &ResolvedCache::on_disk(dir.path().to_owned())] {
+            assert!(
+                c.get("busybox:1 linux/amd64", false, ResolveMode::Local)
+                    .is_none()
+            );
+            let spelled = "docker.io/library/busybox:1 linux/amd64";
+            assert!(c.get(spelled, false, ResolveMode::Local).is_none());
+            assert!(
+                c.get("busybox:2 linux/amd64", false, ResolveMode::Local)
+                    .is_some()
+            );
         }
     }
 
