@@ -152,6 +152,48 @@ pub fn parse_dockerignore(text: &str) -> Vec<String> {
 
 /// `KEY=VALUE` pairs; a bare `KEY` takes its value from the environment (and is skipped when the
 /// environment has none), as `docker build` does.
+/// `--provenance` as buildx sends it (`attest:provenance`): `true` is `mode=min`, `false`
+/// `disabled=true`, anything else as given.
+pub(crate) fn provenance_attr(flag: Option<&str>) -> Option<String> {
+    match flag? {
+        "true" | "1" => Some("mode=min".into()),
+        "false" | "0" => Some("disabled=true".into()),
+        other => Some(other.to_owned()),
+    }
+}
+
+/// The provenance `--provenance` asks of a build on this machine: the Dockerfile frontend's
+/// request as buildx would have sent it to a daemon (`filename`, `target`, `build-arg:*`).
+fn local_provenance(
+    args: &BuildArgs,
+    build_args: &BTreeMap<String, String>,
+    started: std::time::SystemTime,
+) -> anyhow::Result<Option<memobuild_worker::export::attestation::Provenance>> {
+    let Some(value) = provenance_attr(args.provenance.as_deref()) else {
+        return Ok(None);
+    };
+    let Some(mut p) = memobuild_worker::export::attestation::Provenance::parse(&value)? else {
+        return Ok(None);
+    };
+    p.frontend = "dockerfile.v0".into();
+    let mut attrs: BTreeMap<String, String> = build_args
+        .iter()
+        .map(|(k, v)| (format!("build-arg:{k}"), v.clone()))
+        .collect();
+    if let Some(f) = &args.frontend.file {
+        attrs.insert("filename".into(), f.display().to_string());
+    }
+    if let Some(t) = &args.frontend.target {
+        attrs.insert("target".into(), t.clone());
+    }
+    p.frontend_attrs = attrs;
+    p.locals = vec!["context".into(), "dockerfile".into()];
+    p.invocation_id = uuid::Uuid::new_v4().simple().to_string();
+    p.started_on = humantime::format_rfc3339_nanos(started).to_string();
+    p.builder_platform = memobuild_worker::registry::Platform::host().to_string();
+    Ok(Some(p))
+}
+
 pub(crate) fn parse_build_args(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for a in raw {
@@ -395,14 +437,19 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
                 "warning: no output specified; the build result stays only in the cache (use --output type=oci,dest=FILE, --output DIR or -t NAME --push)",
             );
         }
+        let provenance = local_provenance(&args, &inputs.build_args, started_at)?;
+        let source = crate::pipeline::ExportSource {
+            fs: &solved.fs,
+            image_config: &lowered.image_config,
+            definition: &lowered.definition,
+        };
         let responses = crate::pipeline::export(
             &build,
-            &solved.fs,
-            &lowered.image_config,
-            &lowered.definition,
+            source,
             &exporters,
             &sink,
             &progress,
+            provenance,
         )
         .await?;
         let mut merged = BTreeMap::new();

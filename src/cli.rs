@@ -210,6 +210,11 @@ pub struct BuildArgs {
     /// Shorthand for `--call=check`.
     #[arg(long, conflicts_with = "call")]
     pub check: bool,
+    /// Attach an SLSA provenance attestation to pushed images, as buildx does by default:
+    /// `mode=min` (or `true`), `mode=max` (with build argument and label values) or `false`.
+    /// Off unless given: the pushed tag then names an index of the image and its attestation.
+    #[arg(long, value_name = "SPEC")]
+    pub provenance: Option<String>,
     /// Do not use cached results.
     #[arg(long)]
     pub no_cache: bool,

@@ -13,6 +13,7 @@ use memobuild_frontend as frontend;
 use memobuild_proto::{ParsedDefinition, pb};
 use memobuild_worker::Build;
 use memobuild_worker::cache::history::History;
+use memobuild_worker::export::attestation::Provenance;
 use memobuild_worker::export::exporter::Exporter;
 use memobuild_worker::export::sink::ExportSink;
 use memobuild_worker::export::spec::ExporterSpec;
@@ -208,19 +209,38 @@ pub fn render_explanations(h: &History) -> String {
     out.trim_end().to_string()
 }
 
-/// Writes the image made of `fs` and `image_config` with each of `outputs` (exporter `i`
-/// writes to `sink`'s destination `i`); BuildKit's exporter response of each.
+/// What an export writes: the solved filesystem, the frontend's image config and the
+/// definition that built it (its base images become cross-mount sources and provenance
+/// materials).
+pub struct ExportSource<'a> {
+    /// The result's layers.
+    pub fs: &'a FsRef,
+    /// The frontend's image config JSON.
+    pub image_config: &'a [u8],
+    /// The build's LLB.
+    pub definition: &'a pb::Definition,
+}
+
+/// Writes the image `source` describes with each of `outputs` (exporter `i` writes to
+/// `sink`'s destination `i`), pushed images with `provenance` attached; BuildKit's exporter
+/// response of each.
 pub async fn export(
     build: &Build,
-    fs: &FsRef,
-    image_config: &[u8],
-    definition: &pb::Definition,
+    source: ExportSource<'_>,
     outputs: &[ExporterSpec],
     sink: &dyn ExportSink,
     progress: &Progress,
+    provenance: Option<Provenance>,
 ) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
-    let image = memobuild_worker::export::assemble(image_config, &fs.layers)?;
-    let mut exporter = Exporter::new(build, &image, image_config, definition, progress);
+    let image = memobuild_worker::export::assemble(source.image_config, &source.fs.layers)?;
+    let mut exporter = Exporter::new(
+        build,
+        &image,
+        source.image_config,
+        source.definition,
+        progress,
+    )
+    .with_provenance(provenance);
     let mut responses = Vec::with_capacity(outputs.len());
     for (i, spec) in outputs.iter().enumerate() {
         let r = exporter.export(i, spec, sink).await?;

@@ -2359,3 +2359,147 @@ fn a_session_closed_unused_gets_no_bytes_from_the_daemon() {
         }
     });
 }
+
+/// `skopeo inspect --raw` of `reference` as JSON.
+fn raw_manifest(reference: &str) -> serde_json::Value {
+    let out = common::run({
+        let mut c = std::process::Command::new("skopeo");
+        c.args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{reference}"));
+        c
+    });
+    assert_ok(&out, "skopeo inspect --raw");
+    serde_json::from_slice(&out.stdout).expect("manifest JSON")
+}
+
+/// A blob of repository `repo` in the test registry.
+fn registry_blob(env: &Env, repo: &str, digest: &str) -> Vec<u8> {
+    let out = common::run({
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-sf",
+            &format!("http://{}/v2/{repo}/blobs/{digest}", env.registry),
+        ]);
+        c
+    });
+    assert_ok(&out, "GET blob");
+    out.stdout
+}
+
+// Verifies: a push with the provenance buildx asks for by default
+// (`attest:provenance=mode=min,inline-only=true`) lands as BuildKit pushes it: the tag names an
+// index of the image (its platform) and an attestation manifest (`unknown/unknown`, annotated
+// with the image's digest), whose one layer is an in-toto statement with an SLSA v1 predicate
+// about the image's manifest, the base image among its resolved dependencies, the Dockerfile
+// frontend's request without build-arg values (min mode says it is incomplete); the exporter
+// response names the index. In the same Solve an OCI archive gets no attestation (inline-only).
+#[test]
+fn pushed_images_carry_buildx_default_provenance() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write("Dockerfile", APP)
+        .write("message.txt", "attested\n")
+        .write("tool.sh", "#!/bin/sh\n");
+    let daemon = Daemon::start(&sb, &env, &[]);
+    let repo = format!("daemon-test/{}", unique("attested"));
+    let tag = format!("{}/{repo}:1", env.registry);
+    let reg = registry_arg(&env);
+    let archive = sb.path("out.tar");
+    let meta = sb.path("meta.json");
+    let out = sb.build_remote(
+        &daemon,
+        &[
+            "--build-arg",
+            &reg,
+            "--build-arg",
+            "SECRET_VALUE=hunter2",
+            "--provenance",
+            "mode=min,inline-only=true",
+            "-t",
+            &tag,
+            "--push",
+            "--output",
+            &format!("type=oci,dest={}", archive.display()),
+            "--metadata-file",
+            &meta.to_string_lossy(),
+        ],
+    );
+    assert_ok(&out, "build --push with provenance");
+
+    let index = raw_manifest(&tag);
+    assert_eq!(
+        index["mediaType"], "application/vnd.oci.image.index.v1+json",
+        "{index}"
+    );
+    let entries = index["manifests"].as_array().expect("manifests");
+    assert_eq!(entries.len(), 2, "{index}");
+    let image_digest = entries[0]["digest"].as_str().expect("digest");
+    assert_eq!(entries[0]["platform"]["os"], "linux");
+    assert_eq!(entries[1]["platform"]["os"], "unknown");
+    let ann = &entries[1]["annotations"];
+    assert_eq!(ann["vnd.docker.reference.type"], "attestation-manifest");
+    assert_eq!(ann["vnd.docker.reference.digest"], image_digest);
+
+    let att = raw_manifest(&format!(
+        "{}/{repo}@{}",
+        env.registry,
+        entries[1]["digest"].as_str().expect("digest")
+    ));
+    assert_eq!(
+        att["artifactType"],
+        "application/vnd.docker.attestation.manifest.v1+json"
+    );
+    assert_eq!(att["subject"]["digest"], image_digest);
+    let layer = &att["layers"][0];
+    assert_eq!(layer["mediaType"], "application/vnd.in-toto+json");
+    let statement: serde_json::Value = serde_json::from_slice(&registry_blob(
+        &env,
+        &repo,
+        layer["digest"].as_str().expect("digest"),
+    ))
+    .expect("statement JSON");
+    assert_eq!(statement["predicateType"], "https://slsa.dev/provenance/v1");
+    assert_eq!(
+        statement["subject"][0]["digest"]["sha256"],
+        image_digest.trim_start_matches("sha256:")
+    );
+    let def = &statement["predicate"]["buildDefinition"];
+    let deps = def["resolvedDependencies"].to_string();
+    assert!(deps.contains("busybox"), "{deps}");
+    let request = &def["externalParameters"]["request"];
+    assert_eq!(request["frontend"], "dockerfile.v0", "{statement}");
+    assert!(!statement.to_string().contains("hunter2"), "{statement}");
+    let complete = &statement["predicate"]["runDetails"]["metadata"]["buildkit_completeness"];
+    assert_eq!(complete["request"], false);
+
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta).expect("metadata file")).expect("json");
+    let raw = common::run({
+        let mut c = std::process::Command::new("skopeo");
+        c.args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{tag}"));
+        c
+    });
+    let index_digest = format!("sha256:{}", hex::encode(Sha256::digest(&raw.stdout)));
+    assert_eq!(
+        meta["containerimage.digest"],
+        index_digest.as_str(),
+        "{meta}"
+    );
+
+    // The archive of the same Solve holds the image alone.
+    let mut tar = tar::Archive::new(std::fs::File::open(&archive).expect("archive"));
+    let mut index_json = String::new();
+    for e in tar.entries().expect("entries") {
+        let mut e = e.expect("entry");
+        if e.path().expect("path").to_string_lossy() == "index.json" {
+            e.read_to_string(&mut index_json).expect("read");
+        }
+    }
+    let archived: serde_json::Value = serde_json::from_str(&index_json).expect("index.json");
+    assert_eq!(
+        archived["manifests"].as_array().map(Vec::len),
+        Some(1),
+        "{archived}"
+    );
+}

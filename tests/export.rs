@@ -1019,3 +1019,69 @@ fn a_pushed_tag_is_resolved_afresh_by_the_next_build() {
     }
     assert_eq!(seen, ["one\n", "two\n"]);
 }
+
+// Verifies: `memobuild build --provenance mode=max --push` on this machine attaches the same
+// kind of attestation the daemon does for buildx: the tag names an index of the image and an
+// attestation manifest whose SLSA v1 statement names the image, with the build argument's
+// value (max mode keeps it) and the Dockerfile frontend's request.
+#[test]
+fn local_push_with_provenance_is_an_attested_index() {
+    let Some(env) = Env::get() else { return };
+    let sb = skeleton_sandbox();
+    let repo = unique("attested");
+    let tag = format!("{}/{repo}:1", env.registry);
+    let cfg = empty_docker_config(&sb);
+    let out = build(
+        &sb,
+        &env,
+        &cfg,
+        None,
+        &[
+            "--provenance",
+            "mode=max",
+            "--build-arg",
+            "FLAVOUR=mint",
+            "-t",
+            &tag,
+            "--push",
+        ],
+    );
+    assert_ok(&out, "build --provenance mode=max --push");
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{tag}"),
+    ]);
+    assert_ok(&raw, "skopeo inspect --raw");
+    let index: serde_json::Value = serde_json::from_slice(&raw.stdout).expect("json");
+    let entries = index["manifests"].as_array().expect("an index");
+    assert_eq!(entries.len(), 2, "{index}");
+    let att_ref = format!(
+        "docker://{}/{repo}@{}",
+        env.registry,
+        entries[1]["digest"].as_str().expect("digest")
+    );
+    let att = skopeo(&["inspect", "--raw", "--tls-verify=false", &att_ref]);
+    let att: serde_json::Value = serde_json::from_slice(&att.stdout).expect("json");
+    let layer = att["layers"][0]["digest"].as_str().expect("layer");
+    let blob = common::run({
+        let mut c = Command::new("curl");
+        c.args([
+            "-sf",
+            &format!("http://{}/v2/{repo}/blobs/{layer}", env.registry),
+        ]);
+        c
+    });
+    let statement: serde_json::Value = serde_json::from_slice(&blob.stdout).expect("statement");
+    assert_eq!(
+        statement["subject"][0]["digest"]["sha256"],
+        entries[0]["digest"]
+            .as_str()
+            .expect("digest")
+            .trim_start_matches("sha256:")
+    );
+    let request = &statement["predicate"]["buildDefinition"]["externalParameters"]["request"];
+    assert_eq!(request["frontend"], "dockerfile.v0");
+    assert_eq!(request["args"]["build-arg:FLAVOUR"], "mint", "{statement}");
+}

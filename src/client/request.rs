@@ -227,6 +227,9 @@ impl BuildxOptions {
                 "network mode {other:?} not supported by buildkit (expected default, none or host)"
             ),
         }
+        if let Some(spec) = crate::build::provenance_attr(args.provenance.as_deref()) {
+            o.attrs.insert("attest:provenance".into(), spec);
+        }
         if args.frontend.pull {
             // buildx's `--pull`: ask the registry again what every base image's tag names.
             o.attrs.insert("image-resolve-mode".into(), "pull".into());

@@ -101,11 +101,11 @@ pub const GATEWAY_CAPS: &[&str] = &[
 ];
 
 /// LLB caps the daemon accepts: every one whose syntax the worker reads. Left out on purpose:
-/// attestations and the gha/s3/azblob caches (clients turn features on by their presence) and
-/// session-verified source policies.
+/// the gha/s3/azblob caches (clients turn features on by their presence) and session-verified
+/// source policies. Image attestations are in: provenance is attached to pushed images
+/// (`export::attestation`), an SBOM request gets a warning.
 pub fn llb_caps() -> Vec<&'static str> {
     let left_out = [
-        caps::CAP_EXPORTER_IMAGE_ATTESTATIONS,
         "cache.gha",
         "cache.s3",
         "cache.azblob",

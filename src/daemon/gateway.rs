@@ -194,6 +194,9 @@ impl LlbBridge for GatewayService {
         let (solved, metadata) = job
             .run(async move {
                 let (job, req) = (work_job, work_req);
+                if !has_def && !req.frontend.is_empty() {
+                    job.set_frontend_request(&req.frontend, &req.frontend_opt);
+                }
                 match (has_def, req.frontend.as_str()) {
                     (true, _) => {
                         let def = req.definition.clone().unwrap_or_default();

@@ -117,6 +117,9 @@ struct State {
     granted: Vec<String>,
     /// The Solve's frontend inputs, which a client-side frontend asks for (`Inputs`).
     inputs: BTreeMap<String, pb::Definition>,
+    /// The last frontend a client-side frontend (buildx) ran through the gateway, with its
+    /// options: what the build's provenance names as its request.
+    frontend_request: Option<(String, BTreeMap<String, String>)>,
 }
 
 impl Job {
@@ -179,6 +182,18 @@ impl Job {
             s.0 += vertices.len() as u64 - cached;
             s.1 += cached;
         }
+    }
+
+    /// Records a frontend the gateway client ran (see [`Job::frontend_request`]).
+    pub fn set_frontend_request(&self, frontend: &str, opts: &BTreeMap<String, String>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.frontend_request = Some((frontend.to_owned(), opts.clone()));
+        }
+    }
+
+    /// The last frontend the gateway client ran, and its options.
+    pub fn frontend_request(&self) -> Option<(String, BTreeMap<String, String>)> {
+        self.state.lock().ok()?.frontend_request.clone()
     }
 
     /// Cacheable steps executed and taken from the cache, over the job's solves.

@@ -10,6 +10,7 @@
 //! Outputs are written to a temporary name beside the destination and renamed at the end, so a
 //! failed export never leaves a half-written file under the name the user asked for.
 
+pub mod attestation;
 pub mod compression;
 pub mod containerd;
 pub mod docker;

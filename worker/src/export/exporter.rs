@@ -15,10 +15,11 @@ use memobuild_proto::pb;
 use prost::Message;
 
 use crate::Build;
+use crate::export::attestation::{self, Attached, Provenance};
 use crate::export::compression::{Algorithm, Compression, Converter};
 use crate::export::sink::ExportSink;
 use crate::export::spec::{ExporterSpec, ImageOptions};
-use crate::export::{ExportError, ImageManifest};
+use crate::export::{Descriptor, ExportError, ImageManifest};
 use crate::progress::{Progress, ProgressEvent, VertexState};
 use crate::registry::push::{PushOptions, Pusher};
 use crate::registry::{Credentials, RegistryConfig, normalize_reference};
@@ -87,6 +88,8 @@ pub struct Exporter<'a> {
     inherited: usize,
     /// Pushers by their plain-HTTP host list (credentials are asked once per host).
     pushers: BTreeMap<Vec<String>, Arc<Pusher>>,
+    /// The provenance to attach to pushed images (`attest:provenance`).
+    provenance: Option<Provenance>,
 }
 
 impl<'a> Exporter<'a> {
@@ -108,7 +111,15 @@ impl<'a> Exporter<'a> {
             definition,
             progress,
             pushers: BTreeMap::new(),
+            provenance: None,
         }
+    }
+
+    /// Attaches `provenance` to the images this pushes (as BuildKit's image exporter does; the
+    /// archive exporters leave an inline-only one out, as BuildKit's do).
+    pub fn with_provenance(mut self, provenance: Option<Provenance>) -> Self {
+        self.provenance = provenance;
+        self
     }
 
     fn message(&self, m: String) {
@@ -282,10 +293,18 @@ impl<'a> Exporter<'a> {
                     return Ok(response);
                 }
                 let pusher = self.pusher(&image.names, *insecure).await?;
+                let attached = self.attestation(&img, &image.names)?;
                 for name in &image.names {
                     self.message(format!("pushing {name}"));
-                    let pushed =
-                        crate::export::push::push_image(&pusher, &store, &img, name).await?;
+                    let pushed = match &attached {
+                        None => {
+                            crate::export::push::push_image(&pusher, &store, &img, name).await?
+                        }
+                        Some(a) => {
+                            crate::export::push::push_attested(&pusher, &store, &img, a, name)
+                                .await?
+                        }
+                    };
                     self.message(format!(
                         "pushed {}@{} ({})",
                         pushed.reference,
@@ -293,7 +312,10 @@ impl<'a> Exporter<'a> {
                         pushed.summary()
                     ));
                 }
-                Ok(response)
+                Ok(match &attached {
+                    None => response,
+                    Some(a) => index_response(&a.index_desc, &image.names),
+                })
             }
             ExporterSpec::Containerd { image, unpack } => {
                 let names = normalize_names(&image.names)?;
@@ -315,6 +337,40 @@ impl<'a> Exporter<'a> {
                 Ok(response(&img, &names))
             }
         }
+    }
+
+    /// The provenance attestation of `img` pushed as `names`, when the build asked for one.
+    fn attestation(
+        &self,
+        img: &ImageManifest,
+        names: &[String],
+    ) -> Result<Option<Attached>, ExporterError> {
+        let Some(p) = &self.provenance else {
+            return Ok(None);
+        };
+        let names = normalize_names(names)?;
+        let config: serde_json::Value = serde_json::from_slice(&img.config).unwrap_or_default();
+        let field = |k: &str| config[k].as_str().unwrap_or_default().to_owned();
+        let (os, arch, variant) = (field("os"), field("architecture"), field("variant"));
+        let mut platform = serde_json::json!({ "architecture": arch, "os": os });
+        let mut shown = format!("{os}/{arch}");
+        if !variant.is_empty() {
+            platform["variant"] = serde_json::Value::String(variant.clone());
+            shown = format!("{shown}/{variant}");
+        }
+        let finished = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+        let statement = p.statement(
+            &names,
+            &img.manifest_desc,
+            &shown,
+            &base_images(self.definition),
+            &finished,
+        );
+        Ok(Some(attestation::attach(
+            statement,
+            &img.manifest_desc,
+            &platform,
+        )))
     }
 
     /// The image with the requested layer compression and media types.
@@ -428,6 +484,22 @@ fn response(img: &ImageManifest, names: &[String]) -> BTreeMap<String, String> {
         img.config_desc.digest.clone(),
     );
     if let Ok(json) = serde_json::to_vec(&img.manifest_desc) {
+        r.insert(
+            keys::DESCRIPTOR.to_string(),
+            base64::engine::general_purpose::STANDARD.encode(json),
+        );
+    }
+    if !names.is_empty() {
+        r.insert(keys::IMAGE_NAME.to_string(), names.join(","));
+    }
+    r
+}
+
+/// BuildKit's exporter response for an image pushed with its attestations: the index's.
+fn index_response(index: &Descriptor, names: &[String]) -> BTreeMap<String, String> {
+    let mut r = BTreeMap::new();
+    r.insert(keys::IMAGE_DIGEST.to_string(), index.digest.clone());
+    if let Ok(json) = serde_json::to_vec(index) {
         r.insert(
             keys::DESCRIPTOR.to_string(),
             base64::engine::general_purpose::STANDARD.encode(json),

@@ -65,3 +65,49 @@ pub async fn push_image(
         .push(name, &blobs, &img.manifest, &img.manifest_desc.media_type)
         .await?)
 }
+
+/// Pushes `img` with its attestation `att` under `name`: the image's manifest and the
+/// attestation manifest by digest, then the index of both under the tag, as BuildKit pushes
+/// an image with provenance. The result names the index.
+pub async fn push_attested(
+    pusher: &Pusher,
+    store: &BlobStore,
+    img: &ImageManifest,
+    att: &crate::export::attestation::Attached,
+    name: &str,
+) -> Result<PushedImage, PushExportError> {
+    use crate::export::attestation::EMPTY_CONFIG;
+    use crate::export::manifest::MEDIA_TYPE_INDEX;
+    let r = crate::registry::normalize_reference(name).map_err(|e| {
+        PushExportError::Push(PushError::InvalidReference {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        })
+    })?;
+    let by_digest = |d: &str| format!("{}/{}@{d}", r.registry(), r.repository());
+    let image = push_image(pusher, store, img, &by_digest(&img.manifest_desc.digest)).await?;
+    let blobs = [
+        PushBlob {
+            digest: crate::blobs::sha256_digest(EMPTY_CONFIG),
+            size: EMPTY_CONFIG.len() as u64,
+            data: BlobData::Bytes(Arc::from(EMPTY_CONFIG)),
+        },
+        PushBlob {
+            digest: crate::blobs::sha256_digest(&att.statement),
+            size: att.statement.len() as u64,
+            data: BlobData::Bytes(Arc::from(att.statement.as_slice())),
+        },
+    ];
+    let attestation = pusher
+        .push(
+            &by_digest(&att.manifest_desc.digest),
+            &blobs,
+            &att.manifest,
+            &att.manifest_desc.media_type,
+        )
+        .await?;
+    let mut index = pusher.push(name, &[], &att.index, MEDIA_TYPE_INDEX).await?;
+    index.blobs.extend(image.blobs);
+    index.blobs.extend(attestation.blobs);
+    Ok(index)
+}
