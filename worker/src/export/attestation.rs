@@ -81,8 +81,9 @@ pub struct ProvenanceError {
 
 impl Provenance {
     /// Reads BuildKit's `attest:provenance` value (`mode=min,inline-only=true`, …). `None`
-    /// for `disabled=true` (buildx `--provenance=false`). Unknown keys are refused;
-    /// `version=v0.2` too (only v1 is written).
+    /// for `disabled=true` (buildx `--provenance=false`). A bad `mode` is refused, and
+    /// `version=v0.2` (only v1 is written); keys it does not know are ignored, as BuildKit
+    /// ignores them.
     pub fn parse(value: &str) -> Result<Option<Provenance>, ProvenanceError> {
         let err = |reason: String| ProvenanceError {
             value: value.to_owned(),
@@ -124,9 +125,11 @@ impl Provenance {
                         "MemoBuild writes SLSA provenance v1 only, not `{v}`"
                     )));
                 }
-                // Where a local exporter would write it; nothing here writes one.
-                "filename" => {}
-                _ => return Err(err(format!("unknown key `{k}`"))),
+                "type" if v == "provenance" => {}
+                "type" => return Err(err(format!("not a provenance request (`type={v}`)"))),
+                // Other keys (`filename`, where a local exporter would write it, and any later
+                // BuildKit adds) change nothing here, as BuildKit ignores keys it does not know.
+                _ => {}
             }
         }
         Ok(Some(p))
@@ -363,7 +366,11 @@ mod tests {
         let e = Provenance::parse("mode=full").unwrap_err().to_string();
         assert!(e.contains("`min` or `max`"), "{e}");
         assert!(Provenance::parse("version=v0.2").is_err());
-        assert!(Provenance::parse("colour=red").is_err());
+        let p = Provenance::parse("type=provenance,mode=max,colour=red")
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.mode, Mode::Max);
+        assert!(Provenance::parse("type=sbom").is_err());
     }
 
     #[test]
