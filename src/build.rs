@@ -175,7 +175,6 @@ fn local_provenance(
     let Some(mut p) = memobuild_worker::export::attestation::Provenance::parse(&value)? else {
         return Ok(None);
     };
-    p.frontend = "dockerfile.v0".into();
     let mut attrs: BTreeMap<String, String> = build_args
         .iter()
         .map(|(k, v)| (format!("build-arg:{k}"), v.clone()))
@@ -186,11 +185,12 @@ fn local_provenance(
     if let Some(t) = &args.frontend.target {
         attrs.insert("target".into(), t.clone());
     }
-    p.frontend_attrs = attrs;
-    p.locals = vec!["context".into(), "dockerfile".into()];
-    p.invocation_id = uuid::Uuid::new_v4().simple().to_string();
-    p.started_on = humantime::format_rfc3339_nanos(started).to_string();
-    p.builder_platform = memobuild_worker::registry::Platform::host().to_string();
+    let context = args.frontend.context.to_string_lossy();
+    if context.contains("://") {
+        attrs.insert("context".into(), context.into_owned());
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    crate::pipeline::describe_provenance(&mut p, "dockerfile.v0".into(), attrs, id, started);
     Ok(Some(p))
 }
 

@@ -249,6 +249,45 @@ pub async fn export(
     Ok(responses)
 }
 
+/// Fills in what `p`'s statement says of the build: the frontend and its request (context
+/// URLs without credentials: a statement is public), the local sources that request reads
+/// from the client (the Dockerfile frontend's `context` unless it is a URL, `dockerfile`, and
+/// named contexts `local:NAME`), the build's id and start, and this machine's platform.
+pub fn describe_provenance(
+    p: &mut Provenance,
+    frontend: String,
+    mut attrs: BTreeMap<String, String>,
+    invocation_id: String,
+    started: std::time::SystemTime,
+) {
+    let mut locals = Vec::new();
+    if !frontend.is_empty() {
+        if !attrs.get("context").is_some_and(|c| c.contains("://")) {
+            locals.push("context".to_owned());
+        }
+        locals.push("dockerfile".to_owned());
+        for (k, v) in &attrs {
+            if k.starts_with("context:")
+                && let Some(name) = v.strip_prefix("local:")
+                && !locals.iter().any(|l| l == name)
+            {
+                locals.push(name.to_owned());
+            }
+        }
+    }
+    for (k, v) in attrs.iter_mut() {
+        if k == "context" || k.starts_with("context:") {
+            *v = crate::gitctx::redact(v);
+        }
+    }
+    p.frontend = frontend;
+    p.frontend_attrs = attrs;
+    p.locals = locals;
+    p.invocation_id = invocation_id;
+    p.started_on = humantime::format_rfc3339_nanos(started).to_string();
+    p.builder_platform = memobuild_worker::registry::Platform::host().to_string();
+}
+
 /// An entitlement a step may need: host networking.
 pub const NETWORK_HOST: &str = "network.host";
 /// An entitlement a step may need: running privileged.
@@ -306,5 +345,44 @@ fn resolve_mode(mode: frontend::ImageResolveMode) -> ResolveMode {
         frontend::ImageResolveMode::Default => ResolveMode::Default,
         frontend::ImageResolveMode::Pull => ResolveMode::Pull,
         frontend::ImageResolveMode::Local => ResolveMode::Local,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Verifies: a provenance request names the local sources the frontend reads (not the
+    // context when it is a URL; named local contexts too) and never the credentials of a
+    // context URL, which would otherwise be published with the image.
+    #[test]
+    fn provenance_names_locals_and_hides_context_credentials() {
+        let mut p = Provenance::parse("mode=max")
+            .ok()
+            .flatten()
+            .expect("a request");
+        let attrs = BTreeMap::from([
+            (
+                "context".to_owned(),
+                "https://u:pw@git.example/r.git#main".to_owned(),
+            ),
+            ("context:assets".to_owned(), "local:assets".to_owned()),
+            ("target".to_owned(), "prod".to_owned()),
+        ]);
+        let started = std::time::SystemTime::UNIX_EPOCH;
+        describe_provenance(
+            &mut p,
+            "dockerfile.v0".into(),
+            attrs,
+            "ref1".into(),
+            started,
+        );
+        assert_eq!(p.locals, ["dockerfile", "assets"]);
+        assert_eq!(
+            p.frontend_attrs["context"],
+            "https://***@git.example/r.git#main"
+        );
+        assert_eq!(p.frontend_attrs["target"], "prod");
+        assert_eq!(p.started_on, "1970-01-01T00:00:00.000000000Z");
     }
 }

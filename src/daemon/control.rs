@@ -448,35 +448,8 @@ fn provenance(
             req.frontend_attrs.clone().into_iter().collect(),
         ),
     };
-    p.locals = request_locals(&frontend, &attrs);
-    p.frontend = frontend;
-    p.frontend_attrs = attrs;
-    p.invocation_id = req.r#ref.clone();
-    p.started_on = humantime::format_rfc3339_nanos(started).to_string();
-    p.builder_platform = memobuild_worker::registry::Platform::host().to_string();
+    crate::pipeline::describe_provenance(&mut p, frontend, attrs, req.r#ref.clone(), started);
     Ok(Some(p))
-}
-
-/// The local sources a frontend request reads from the client: the Dockerfile frontend's
-/// `context` (unless it is a URL) and `dockerfile`, and named contexts `local:NAME`.
-fn request_locals(frontend: &str, attrs: &BTreeMap<String, String>) -> Vec<String> {
-    if frontend.is_empty() {
-        return Vec::new();
-    }
-    let mut locals = Vec::new();
-    if !attrs.get("context").is_some_and(|c| c.contains("://")) {
-        locals.push("context".to_owned());
-    }
-    locals.push("dockerfile".to_owned());
-    for (k, v) in attrs {
-        if k.starts_with("context:")
-            && let Some(name) = v.strip_prefix("local:")
-            && !locals.iter().any(|l| l == name)
-        {
-            locals.push(name.to_owned());
-        }
-    }
-    locals
 }
 
 /// Runs the job of `req` and exports its result.

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::blobs::sha256_digest;
 use crate::export::manifest::{Descriptor, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+use crate::registry::normalize_reference;
 
 /// Predicate type of SLSA provenance v1.
 pub const PREDICATE_SLSA_V1: &str = "https://slsa.dev/provenance/v1";
@@ -59,7 +60,8 @@ pub struct Provenance {
     pub builder_id: String,
     /// The frontend (`dockerfile.v0`, `gateway.v0`; empty for a client-side one).
     pub frontend: String,
-    /// Its attributes, as the client sent them.
+    /// Its attributes, as the client sent them, but without credentials in context URLs
+    /// (the caller removes them: a statement is public).
     pub frontend_attrs: BTreeMap<String, String>,
     /// Names of the local sources the client provided (`context`, `dockerfile`).
     pub locals: Vec<String>,
@@ -149,13 +151,14 @@ impl Provenance {
         let hex = |d: &str| d.strip_prefix("sha256:").unwrap_or(d).to_owned();
         let subjects: Vec<Value> = names
             .iter()
-            .map(|n| json!({ "name": purl(n, platform), "digest": { "sha256": hex(&subject.digest) } }))
+            .filter_map(|n| purl(n, platform))
+            .map(|(name, _)| json!({ "name": name, "digest": { "sha256": hex(&subject.digest) } }))
             .collect();
         let dependencies: Vec<Value> = materials
             .iter()
-            .filter_map(|m| {
-                let (name, digest) = m.split_once('@')?;
-                Some(json!({ "uri": purl(name, platform), "digest": { "sha256": hex(digest) } }))
+            .filter_map(|m| purl(m, platform))
+            .filter_map(|(uri, digest)| {
+                Some(json!({ "uri": uri, "digest": { "sha256": hex(&digest?) } }))
             })
             .collect();
 
@@ -174,12 +177,7 @@ impl Provenance {
                 complete = false;
                 continue;
             }
-            let v = if k == "context" || k.starts_with("context:") {
-                redact_url(v)
-            } else {
-                v.clone()
-            };
-            args.insert(k.clone(), v);
+            args.insert(k.clone(), v.clone());
         }
         let mut request = json!({ "frontend": self.frontend });
         if !args.is_empty() {
@@ -313,41 +311,25 @@ pub fn attach(statement: Vec<u8>, image: &Descriptor, platform: &Value) -> Attac
     }
 }
 
-/// The package URL of an image name for `platform`: `docker.io/library/` dropped, the rest of
-/// the repository percent-encoded, the tag after `@` (BuildKit's `purl.RefToPURL`).
-pub fn purl(name: &str, platform: &str) -> String {
-    let (repo, tag) = split_tag(name);
-    let repo = repo
-        .strip_prefix("docker.io/library/")
-        .or_else(|| repo.strip_prefix("docker.io/"))
-        .unwrap_or(repo);
-    let repo = repo.replace(':', "%3A");
-    let platform = platform.replace('/', "%2F");
-    format!(
-        "pkg:docker/{repo}@{}?platform={platform}",
-        tag.unwrap_or("latest")
-    )
-}
-
-/// `name` without its tag, and the tag.
-fn split_tag(name: &str) -> (&str, Option<&str>) {
-    let slash = name.rfind('/').map_or(0, |i| i + 1);
-    match name[slash..].rfind(':') {
-        Some(i) => (&name[..slash + i], Some(&name[slash + i + 1..])),
-        None => (name, None),
-    }
-}
-
-/// A URL without the credentials it may carry (`https://user:token@host/…`).
-fn redact_url(v: &str) -> String {
-    let Some((scheme, rest)) = v.split_once("://") else {
-        return v.to_owned();
+/// The package URL of an image reference for `platform` (BuildKit's `purl.RefToPURL`): Docker
+/// Hub's `library/` dropped, a registry's `:` percent-encoded, the tag after `@`; the reference's
+/// digest apart. `None` for a reference that does not parse.
+pub fn purl(reference: &str, platform: &str) -> Option<(String, Option<String>)> {
+    let r = normalize_reference(reference).ok()?;
+    let repo = match r.registry() {
+        "docker.io" => r
+            .repository()
+            .strip_prefix("library/")
+            .unwrap_or(r.repository())
+            .to_owned(),
+        registry => format!("{}/{}", registry.replace(':', "%3A"), r.repository()),
     };
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..host_end].rfind('@') {
-        Some(at) => format!("{scheme}://xxxxx@{}", &rest[at + 1..]),
-        None => v.to_owned(),
-    }
+    let purl = format!(
+        "pkg:docker/{repo}@{}?platform={}",
+        r.tag().unwrap_or("latest"),
+        platform.replace('/', "%2F")
+    );
+    Some((purl, r.digest().map(str::to_owned)))
 }
 
 #[cfg(test)]
@@ -376,24 +358,30 @@ mod tests {
     #[test]
     fn purls_are_buildkits() {
         let amd64 = "linux/amd64";
+        let name = |r: &str, p: &str| purl(r, p).map(|(n, _)| n);
         assert_eq!(
-            purl("docker.io/library/busybox:latest", amd64),
-            "pkg:docker/busybox@latest?platform=linux%2Famd64"
+            name("docker.io/library/busybox:latest", amd64).as_deref(),
+            Some("pkg:docker/busybox@latest?platform=linux%2Famd64")
         );
         assert_eq!(
-            purl("127.0.0.1:5000/prov/app:1", amd64),
-            "pkg:docker/127.0.0.1%3A5000/prov/app@1?platform=linux%2Famd64"
+            name("127.0.0.1:5000/prov/app:1", amd64).as_deref(),
+            Some("pkg:docker/127.0.0.1%3A5000/prov/app@1?platform=linux%2Famd64")
         );
         assert_eq!(
-            purl("docker.io/org/app", "linux/arm64/v8"),
-            "pkg:docker/org/app@latest?platform=linux%2Farm64%2Fv8"
+            name("docker.io/org/app", "linux/arm64/v8").as_deref(),
+            Some("pkg:docker/org/app@latest?platform=linux%2Farm64%2Fv8")
+        );
+        let pinned = format!("busybox:1@sha256:{}", "c".repeat(64));
+        assert_eq!(
+            purl(&pinned, amd64).and_then(|(_, d)| d),
+            Some(format!("sha256:{}", "c".repeat(64)))
         );
     }
 
     // Verifies: mode=min drops build-arg and label values and says the request is incomplete;
-    // mode=max keeps them; host-specific attributes never appear; credentials in a context URL
-    // are redacted; the subject is the image manifest; the attestation manifest names the
-    // image as its subject and the index lists both, the attestation as unknown/unknown.
+    // mode=max keeps them; host-specific attributes never appear; the subject is the image
+    // manifest; the attestation manifest names the image as its subject and the index lists
+    // both, the attestation as unknown/unknown.
     #[test]
     fn statements_and_manifests_have_buildkits_shape() {
         let mut p = Provenance::parse("mode=min,inline-only=true")
@@ -406,10 +394,7 @@ mod tests {
             ("label:a".into(), "b".into()),
             ("target".into(), "prod".into()),
             ("image-resolve-mode".into(), "pull".into()),
-            (
-                "context".into(),
-                "https://u:pw@git.example/r.git#main".into(),
-            ),
+            ("context".into(), "https://git.example/r.git#main".into()),
             ("filename".into(), "docker/Dockerfile".into()),
         ]);
         let image = Descriptor {
@@ -436,7 +421,7 @@ mod tests {
         let req = &def["externalParameters"]["request"];
         assert_eq!(
             req["args"],
-            json!({"target": "prod", "context": "https://xxxxx@git.example/r.git#main"})
+            json!({"target": "prod", "context": "https://git.example/r.git#main"})
         );
         assert_eq!(
             def["externalParameters"]["configSource"]["path"],

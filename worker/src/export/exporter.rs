@@ -314,7 +314,7 @@ impl<'a> Exporter<'a> {
                 }
                 Ok(match &attached {
                     None => response,
-                    Some(a) => index_response(&a.index_desc, &image.names),
+                    Some(a) => described(&a.index_desc, &image.names),
                 })
             }
             ExporterSpec::Containerd { image, unpack } => {
@@ -349,15 +349,12 @@ impl<'a> Exporter<'a> {
             return Ok(None);
         };
         let names = normalize_names(names)?;
-        let config: serde_json::Value = serde_json::from_slice(&img.config).unwrap_or_default();
-        let field = |k: &str| config[k].as_str().unwrap_or_default().to_owned();
-        let (os, arch, variant) = (field("os"), field("architecture"), field("variant"));
-        let mut platform = serde_json::json!({ "architecture": arch, "os": os });
-        let mut shown = format!("{os}/{arch}");
-        if !variant.is_empty() {
-            platform["variant"] = serde_json::Value::String(variant.clone());
-            shown = format!("{shown}/{variant}");
-        }
+        let platform = crate::export::manifest::platform_of(&img.config).unwrap_or_default();
+        let shown = ["os", "architecture", "variant"]
+            .iter()
+            .filter_map(|k| platform[k].as_str())
+            .collect::<Vec<_>>()
+            .join("/");
         let finished = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
         let statement = p.statement(
             &names,
@@ -474,32 +471,20 @@ fn describe(c: &Compression) -> String {
 
 /// BuildKit's exporter response for an image written under `names`.
 fn response(img: &ImageManifest, names: &[String]) -> BTreeMap<String, String> {
-    let mut r = BTreeMap::new();
-    r.insert(
-        keys::IMAGE_DIGEST.to_string(),
-        img.manifest_desc.digest.clone(),
-    );
+    let mut r = described(&img.manifest_desc, names);
     r.insert(
         keys::CONFIG_DIGEST.to_string(),
         img.config_desc.digest.clone(),
     );
-    if let Ok(json) = serde_json::to_vec(&img.manifest_desc) {
-        r.insert(
-            keys::DESCRIPTOR.to_string(),
-            base64::engine::general_purpose::STANDARD.encode(json),
-        );
-    }
-    if !names.is_empty() {
-        r.insert(keys::IMAGE_NAME.to_string(), names.join(","));
-    }
     r
 }
 
-/// BuildKit's exporter response for an image pushed with its attestations: the index's.
-fn index_response(index: &Descriptor, names: &[String]) -> BTreeMap<String, String> {
+/// BuildKit's exporter response for what the names now name, an image's manifest or (with
+/// attestations) the index: its digest and descriptor, and the names.
+fn described(desc: &Descriptor, names: &[String]) -> BTreeMap<String, String> {
     let mut r = BTreeMap::new();
-    r.insert(keys::IMAGE_DIGEST.to_string(), index.digest.clone());
-    if let Ok(json) = serde_json::to_vec(index) {
+    r.insert(keys::IMAGE_DIGEST.to_string(), desc.digest.clone());
+    if let Ok(json) = serde_json::to_vec(desc) {
         r.insert(
             keys::DESCRIPTOR.to_string(),
             base64::engine::general_purpose::STANDARD.encode(json),

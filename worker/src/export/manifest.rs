@@ -220,7 +220,8 @@ pub fn index_for(manifest: &Descriptor, names: &[String], config: &[u8]) -> Vec<
 }
 
 /// `{"architecture", "os"[, "variant"]}` of an image config; `None` when it names neither.
-fn platform_of(config: &[u8]) -> Option<Value> {
+/// The platform an image config names, as an index descriptor's `platform`.
+pub(crate) fn platform_of(config: &[u8]) -> Option<Value> {
     let cfg: Value = serde_json::from_slice(config).ok()?;
     let mut p = Map::new();
     for key in ["architecture", "os", "variant"] {
