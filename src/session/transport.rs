@@ -7,16 +7,16 @@
 //! stream, with no relation to HTTP/2 frame boundaries.
 //!
 //! [`TunnelIo`] turns the two halves of the RPC into one `AsyncRead + AsyncWrite` connection;
-//! [`connect`] speaks gRPC over it as the daemon does, [`serve`] answers gRPC on it as the CLI
-//! does. Nothing here knows the generated `BytesMessage` type: callers map it to and from bytes.
+//! [`connect_lazy`] speaks gRPC over it as the daemon does, [`serve`] answers gRPC on it as the
+//! CLI does. Nothing here knows the generated `BytesMessage` type: callers map it to and from
+//! bytes.
 //!
-//! Wiring on the daemon: the `Control/Session` handler builds a [`TunnelIo`] from the request
-//! stream and an `mpsc` sender, returns the receiver (mapped to `BytesMessage`) as its response
-//! stream *at once*, and runs [`connect`] and the session's work elsewhere: the CLI sees no byte
-//! the daemon writes until the handler has returned. When the CLI half-closes (BuildKit's
-//! `Session.Close` after Solve), the connection reads EOF, ends, and drops the [`TunnelIo`]; that
-//! ends the response stream, which is both the end the CLI drains to and the daemon's signal
-//! that the session is gone.
+//! Wiring on the daemon (`daemon/session.rs`): the `Control/Session` handler builds a
+//! [`TunnelIo`] from the request stream and an `mpsc` sender and returns the receiver (mapped to
+//! `BytesMessage`) as its response stream *at once*; the channel of [`connect_lazy`] sends its
+//! first byte only when the daemon first calls into the session. The client's half-close
+//! (BuildKit's `Session.Close` after Solve) is watched on the request stream itself, since an
+//! idle connection does not read it; it ends the response stream and the session.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -56,9 +56,6 @@ const TUNNEL_URI: &str = "http://session";
 /// Failures of the session transport.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    /// The HTTP/2 handshake over the tunnel failed.
-    #[error("cannot open a gRPC channel over the session tunnel")]
-    Connect(#[source] tonic::transport::Error),
     /// A tunnel carries exactly one connection; once that ends, reconnecting must fail instead
     /// of waiting for a connection that can never come.
     #[error("the session tunnel already carried its one connection")]
@@ -256,30 +253,16 @@ impl<I> Service<Uri> for TunnelConnector<I> {
 }
 
 /// Opens a gRPC client channel over `io`, as the daemon does on a session: HTTP/2 with prior
-/// knowledge, so the connection starts with the client preface.
+/// knowledge. The connection starts (client preface, SETTINGS) only with the first call, as
+/// grpc-go's channels start idle: a session the client opens and closes again without the
+/// daemon calling into it sees no byte from the daemon (BuildKit's `conn.Close` would feed
+/// such bytes to its HTTP/2 server as stale buffers, a PROTOCOL_ERROR).
 ///
 /// The connection lives as long as the tunnel, not as long as the [`Channel`]: when the peer
 /// ends its stream, in-flight calls fail and later calls fail with `Unavailable`; dropping every
 /// clone of the channel closes the connection and so ends our outgoing stream. Clients built on
 /// it should raise their decode limit to [`MAX_DECODING_MESSAGE_SIZE`] and keep each message
 /// they send under 4 MiB, the CLI session server's grpc-go default.
-#[allow(
-    dead_code,
-    reason = "the daemon's Control/Session handler wires this up next"
-)]
-pub async fn connect<I>(io: I) -> Result<Channel, TransportError>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    Endpoint::from_static(TUNNEL_URI)
-        .connect_with_connector(TunnelConnector { io: Some(io) })
-        .await
-        .map_err(TransportError::Connect)
-}
-
-/// [`connect`], but the connection starts (client preface, SETTINGS) only with the first call,
-/// as grpc-go's channels start idle: a session the client opens and closes again without the
-/// daemon calling into it sees no byte from the daemon.
 pub fn connect_lazy<I>(io: I) -> Channel
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -34,7 +34,7 @@ use tonic_prost::ProstCodec;
 use crate::client::exporters::Target;
 use crate::client::session::{Services, SessionConfig};
 use crate::session::headers::SessionHeaders;
-use crate::session::transport::{TunnelIo, connect, serve};
+use crate::session::transport::{TunnelIo, connect_lazy, serve};
 
 /// Turns a hang into a test failure.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -98,7 +98,7 @@ async fn start_cuttable(config: SessionConfig) -> (Channel, CancellationToken) {
     let daemon = TunnelIo::new(stream(daemon_in).map(Ok::<_, Status>), daemon_out);
     let services = Services::new(config);
     tokio::spawn(serve(cli, services.routes));
-    (within("connect", connect(daemon)).await.unwrap(), cut)
+    (connect_lazy(daemon), cut)
 }
 
 /// Every entry under `root`: path → (kind and permission bits, content or link target).
@@ -649,7 +649,7 @@ impl memobuild_proto::control::control_server::Control for FakeDaemon {
         let io = TunnelIo::new(incoming, tx);
         let seen = self.seen.clone();
         tokio::spawn(async move {
-            let channel = connect(io).await.unwrap();
+            let channel = connect_lazy(io);
             let health = tonic_health::pb::health_client::HealthClient::new(channel)
                 .check(tonic_health::pb::HealthCheckRequest::default())
                 .await

@@ -22,7 +22,7 @@ use tonic_prost::ProstCodec;
 
 use crate::session::transport::{
     MAX_DECODING_MESSAGE_SIZE, MAX_MESSAGE_DATA, TransportError, TunnelConnector, TunnelIo,
-    connect, serve, serve_with_shutdown,
+    connect_lazy, serve, serve_with_shutdown,
 };
 
 /// Turns a hang into a test failure.
@@ -189,7 +189,7 @@ async fn start(
     Wire,
 ) {
     let server = tokio::spawn(serve(tunnel.cli, cli_routes().await));
-    let channel = within("connect", connect(tunnel.daemon)).await.unwrap();
+    let channel = connect_lazy(tunnel.daemon);
     (channel, server, tunnel.wire)
 }
 
@@ -365,7 +365,7 @@ async fn graceful_shutdown_lets_calls_in_flight_finish() {
     let server = tokio::spawn(serve_with_shutdown(tunnel.cli, cli_routes().await, async {
         let _ = stopped.await;
     }));
-    let channel = within("connect", connect(tunnel.daemon)).await.unwrap();
+    let channel = connect_lazy(tunnel.daemon);
     let (tx, mut responses) = within("open echo", open_echo(&channel)).await.unwrap();
     tx.send(Chunk { data: vec![1] }).await.unwrap();
     within("first echo", responses.message()).await.unwrap();
