@@ -115,8 +115,8 @@ impl Sessions {
     }
 
     /// Takes in a `Control/Session` call: returns the stream of bytes to send back at once; the
-    /// connection to the client's services starts with the first call into them. The session is known to
-    /// [`Sessions::get`] until the client closes the tunnel.
+    /// connection to the client's services starts with the first call into them. The session
+    /// is known to [`Sessions::get`] until the client closes the tunnel.
     ///
     /// The returned stream ends as soon as the client half-closes, dropping what is still
     /// queued: BuildKit's `conn.Close` drains the stream after its `CloseSend` and, for each

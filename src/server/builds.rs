@@ -389,8 +389,8 @@ fn durations(mut ms: Vec<u64>) -> Durations {
     }
 }
 
-#[cfg(test)]
-fn rate(part: usize, whole: usize) -> Option<f64> {
+/// `part / whole`, `None` when `whole` is 0.
+pub(crate) fn rate(part: usize, whole: usize) -> Option<f64> {
     (whole > 0).then(|| part as f64 / whole as f64)
 }
 

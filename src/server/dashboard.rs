@@ -61,13 +61,10 @@ pub fn render(state: &AppState) -> std::io::Result<String> {
         last: Some(WINDOW),
         ..Filter::default()
     })?;
-    let days = state
-        .builds
-        .stats(&Filter {
-            last: Some(HISTORY),
-            ..Filter::default()
-        })?
-        .days;
+    let days = state.builds.days(&Filter {
+        last: Some(HISTORY),
+        ..Filter::default()
+    })?;
     let recent = state.builds.query(&Filter {
         last: Some(LISTED),
         ..Filter::default()

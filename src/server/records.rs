@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::server::builds::{BuildCounters, BuildRecord, Filter, Stats};
+use crate::server::builds::{BuildCounters, BuildRecord, DayStats, Filter, Stats};
 
 /// Which records are kept: the newest `keep`, and none received longer than `max_age` ago.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,8 @@ pub trait BuildStore: Send + Sync + std::fmt::Debug {
     fn query(&self, filter: &Filter) -> io::Result<Vec<Arc<BuildRecord>>>;
     /// Aggregates over the records matching `filter`, computed by the database.
     fn stats(&self, filter: &Filter) -> io::Result<Stats>;
+    /// Only [`Stats::days`] of those (the dashboard's longer window).
+    fn days(&self, filter: &Filter) -> io::Result<Vec<DayStats>>;
     /// Records held.
     fn len(&self) -> io::Result<usize>;
     /// Totals of the records accepted since the server started, for `/metrics`.

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use crate::server::builds::{
-    DayStats, Durations, Filter, ProjectStats, ReasonCount, Stats, StepStats, TargetStats,
+    DayStats, Durations, Filter, ProjectStats, ReasonCount, Stats, StepStats, TargetStats, rate,
 };
 
 /// The statements of one backend: its table names, its parameter syntax.
@@ -161,6 +161,80 @@ pub(super) struct ReasonRow {
     pub count: i64,
 }
 
+/// A result row of either backend, read by column index.
+pub(super) trait Columns {
+    /// The backend's error.
+    type Error;
+    /// A text column.
+    fn text(&self, i: usize) -> Result<Option<String>, Self::Error>;
+    /// An integer column.
+    fn int(&self, i: usize) -> Result<Option<i64>, Self::Error>;
+}
+
+impl GroupRow {
+    /// A row whose first `keys` columns are the group (project, then target).
+    pub fn read<C: Columns>(c: &C, keys: usize) -> Result<GroupRow, C::Error> {
+        Ok(GroupRow {
+            project: if keys > 0 { c.text(0)? } else { None },
+            target: if keys > 1 { c.text(1)? } else { None },
+            builds: c.int(keys)?.unwrap_or(0),
+            failed: c.int(keys + 1)?,
+            vertices: c.int(keys + 2)?,
+            cached: c.int(keys + 3)?,
+            mean: c.int(keys + 4)?,
+            p50: c.int(keys + 5)?,
+            p95: c.int(keys + 6)?,
+            max: c.int(keys + 7)?,
+        })
+    }
+}
+
+impl DayRow {
+    pub fn read<C: Columns>(c: &C) -> Result<DayRow, C::Error> {
+        Ok(DayRow {
+            day: c.text(0)?.unwrap_or_default(),
+            builds: c.int(1)?.unwrap_or(0),
+            vertices: c.int(2)?,
+            cached: c.int(3)?,
+        })
+    }
+}
+
+impl StepRow {
+    pub fn read<C: Columns>(c: &C) -> Result<StepRow, C::Error> {
+        Ok(StepRow {
+            name: c.text(0)?.unwrap_or_default(),
+            executed: c.int(1)?.unwrap_or(0),
+            cached: c.int(2)?.unwrap_or(0),
+            total_ms: c.int(3)?.unwrap_or(0),
+        })
+    }
+}
+
+impl ReasonRow {
+    pub fn read<C: Columns>(c: &C) -> Result<ReasonRow, C::Error> {
+        Ok(ReasonRow {
+            name: c.text(0)?.unwrap_or_default(),
+            reason: c.text(1)?.unwrap_or_default(),
+            count: c.int(2)?.unwrap_or(0),
+        })
+    }
+}
+
+/// Per-day figures from [`Queries::days`] rows, oldest first.
+pub(super) fn days(rows: Vec<DayRow>) -> Vec<DayStats> {
+    let mut days: Vec<DayStats> = rows
+        .into_iter()
+        .map(|d| DayStats {
+            cache_hit_rate: rate(count(d.cached), count(d.vertices)),
+            day: d.day,
+            builds: count(Some(d.builds)),
+        })
+        .collect();
+    days.sort_by(|a, b| a.day.cmp(&b.day));
+    days
+}
+
 /// What the queries returned, as [`Stats`].
 pub(super) struct Rows {
     pub totals: GroupRow,
@@ -177,10 +251,6 @@ fn count(v: Option<i64>) -> usize {
 
 fn ms(v: Option<i64>) -> Option<u64> {
     v.and_then(|v| u64::try_from(v).ok())
-}
-
-fn rate(part: usize, whole: usize) -> Option<f64> {
-    (whole > 0).then(|| part as f64 / whole as f64)
 }
 
 impl GroupRow {
@@ -239,15 +309,7 @@ impl Rows {
                 .then_with(|| (&a.project, &a.target).cmp(&(&b.project, &b.target)))
         });
 
-        let mut days: Vec<DayStats> = days
-            .into_iter()
-            .map(|d| DayStats {
-                cache_hit_rate: rate(count(d.cached), count(d.vertices)),
-                day: d.day,
-                builds: count(Some(d.builds)),
-            })
-            .collect();
-        days.sort_by(|a, b| a.day.cmp(&b.day));
+        let days = self::days(days);
 
         let mut slowest: Vec<StepStats> = steps
             .into_iter()

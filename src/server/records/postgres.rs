@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use postgres::{Client, NoTls};
 
-use super::aggregate::{self, DayRow, GroupRow, Queries, ReasonRow, Rows, StepRow};
+use super::aggregate::{self, Columns, DayRow, GroupRow, Queries, ReasonRow, Rows, StepRow};
 use super::{Added, BuildStore, Retention, Row, decode};
-use crate::server::builds::{BuildCounters, BuildRecord, BuildStatus, Filter, Stats};
+use crate::server::builds::{BuildCounters, BuildRecord, BuildStatus, DayStats, Filter, Stats};
 
 /// Schema changes, in order; `memobuild_schema.version` is how many have been applied.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -221,20 +221,22 @@ fn rows(
     )
 }
 
-/// A [`GroupRow`] from columns `keys..` (`keys` of them: project, then target).
-fn group_row(row: &postgres::Row, keys: usize) -> GroupRow {
-    GroupRow {
-        project: if keys > 0 { row.get(0) } else { None },
-        target: if keys > 1 { row.get(1) } else { None },
-        builds: row.get(keys),
-        failed: row.get(keys + 1),
-        vertices: row.get(keys + 2),
-        cached: row.get(keys + 3),
-        mean: row.get(keys + 4),
-        p50: row.get(keys + 5),
-        p95: row.get(keys + 6),
-        max: row.get(keys + 7),
+impl Columns for postgres::Row {
+    type Error = postgres::Error;
+    fn text(&self, i: usize) -> Result<Option<String>, postgres::Error> {
+        self.try_get(i)
     }
+    fn int(&self, i: usize) -> Result<Option<i64>, postgres::Error> {
+        self.try_get(i)
+    }
+}
+
+/// Each of `rows` read by `read`.
+fn read_all<T>(
+    rows: &[postgres::Row],
+    read: impl Fn(&postgres::Row) -> Result<T, postgres::Error>,
+) -> Result<Vec<T>, postgres::Error> {
+    rows.iter().map(read).collect()
 }
 
 impl BuildStore for PostgresStore {
@@ -311,49 +313,30 @@ impl BuildStore for PostgresStore {
                 .start()?;
             let totals = rows(&mut tx, &q.totals, filter)?
                 .first()
-                .map(|r| group_row(r, 0))
+                .map(|r| GroupRow::read(r, 0))
+                .transpose()?
                 .unwrap_or_default();
             let rows = Rows {
                 totals,
-                targets: rows(&mut tx, &q.targets, filter)?
-                    .iter()
-                    .map(|r| group_row(r, 2))
-                    .collect(),
-                projects: rows(&mut tx, &q.projects, filter)?
-                    .iter()
-                    .map(|r| group_row(r, 1))
-                    .collect(),
-                days: rows(&mut tx, &q.days, filter)?
-                    .iter()
-                    .map(|r| DayRow {
-                        day: r.get(0),
-                        builds: r.get(1),
-                        vertices: r.get(2),
-                        cached: r.get(3),
-                    })
-                    .collect(),
-                steps: rows(&mut tx, &q.steps, filter)?
-                    .iter()
-                    .map(|r| StepRow {
-                        name: r.get(0),
-                        executed: r.get(1),
-                        cached: r.get(2),
-                        total_ms: r.get(3),
-                    })
-                    .collect(),
-                reasons: rows(&mut tx, &q.reasons, filter)?
-                    .iter()
-                    .map(|r| ReasonRow {
-                        name: r.get(0),
-                        reason: r.get(1),
-                        count: r.get(2),
-                    })
-                    .collect(),
+                targets: read_all(&rows(&mut tx, &q.targets, filter)?, |r| {
+                    GroupRow::read(r, 2)
+                })?,
+                projects: read_all(&rows(&mut tx, &q.projects, filter)?, |r| {
+                    GroupRow::read(r, 1)
+                })?,
+                days: read_all(&rows(&mut tx, &q.days, filter)?, DayRow::read)?,
+                steps: read_all(&rows(&mut tx, &q.steps, filter)?, StepRow::read)?,
+                reasons: read_all(&rows(&mut tx, &q.reasons, filter)?, ReasonRow::read)?,
             };
             tx.commit()?;
             Ok(rows)
         })?;
         Ok(rows.into_stats())
+    }
+
+    fn days(&self, filter: &Filter) -> io::Result<Vec<DayStats>> {
+        let rows = self.with(|c| read_all(&rows(c, &self.queries.days, filter)?, DayRow::read))?;
+        Ok(aggregate::days(rows))
     }
 
     fn len(&self) -> io::Result<usize> {

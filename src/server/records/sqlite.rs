@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::aggregate::{self, DayRow, GroupRow, Queries, ReasonRow, Rows, StepRow};
+use super::aggregate::{self, Columns, DayRow, GroupRow, Queries, ReasonRow, Rows, StepRow};
 use super::{Added, BuildStore, Retention, Row, decode};
-use crate::server::builds::{BuildCounters, BuildRecord, BuildStatus, Filter, Stats};
+use crate::server::builds::{BuildCounters, BuildRecord, BuildStatus, DayStats, Filter, Stats};
 
 /// Schema changes, in order; the database's `user_version` is how many have been applied.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -244,20 +244,14 @@ fn rows<T>(
     rows.collect()
 }
 
-/// A [`GroupRow`] from columns `keys..` (`keys` of them: project, then target).
-fn group_row(row: &rusqlite::Row<'_>, keys: usize) -> rusqlite::Result<GroupRow> {
-    Ok(GroupRow {
-        project: if keys > 0 { row.get(0)? } else { None },
-        target: if keys > 1 { row.get(1)? } else { None },
-        builds: row.get(keys)?,
-        failed: row.get(keys + 1)?,
-        vertices: row.get(keys + 2)?,
-        cached: row.get(keys + 3)?,
-        mean: row.get(keys + 4)?,
-        p50: row.get(keys + 5)?,
-        p95: row.get(keys + 6)?,
-        max: row.get(keys + 7)?,
-    })
+impl Columns for rusqlite::Row<'_> {
+    type Error = rusqlite::Error;
+    fn text(&self, i: usize) -> rusqlite::Result<Option<String>> {
+        self.get(i)
+    }
+    fn int(&self, i: usize) -> rusqlite::Result<Option<i64>> {
+        self.get(i)
+    }
 }
 
 impl BuildStore for SqliteStore {
@@ -347,42 +341,27 @@ impl BuildStore for SqliteStore {
             // One snapshot for every query: a record added meanwhile is in all figures or none.
             c.execute_batch("BEGIN")?;
             let result = (|| {
-                let totals = rows(c, &q.totals, filter, |r| group_row(r, 0))?
+                let totals = rows(c, &q.totals, filter, |r| GroupRow::read(r, 0))?
                     .pop()
                     .unwrap_or_default();
                 Ok(Rows {
                     totals,
-                    targets: rows(c, &q.targets, filter, |r| group_row(r, 2))?,
-                    projects: rows(c, &q.projects, filter, |r| group_row(r, 1))?,
-                    days: rows(c, &q.days, filter, |r| {
-                        Ok(DayRow {
-                            day: r.get(0)?,
-                            builds: r.get(1)?,
-                            vertices: r.get(2)?,
-                            cached: r.get(3)?,
-                        })
-                    })?,
-                    steps: rows(c, &q.steps, filter, |r| {
-                        Ok(StepRow {
-                            name: r.get(0)?,
-                            executed: r.get(1)?,
-                            cached: r.get(2)?,
-                            total_ms: r.get(3)?,
-                        })
-                    })?,
-                    reasons: rows(c, &q.reasons, filter, |r| {
-                        Ok(ReasonRow {
-                            name: r.get(0)?,
-                            reason: r.get(1)?,
-                            count: r.get(2)?,
-                        })
-                    })?,
+                    targets: rows(c, &q.targets, filter, |r| GroupRow::read(r, 2))?,
+                    projects: rows(c, &q.projects, filter, |r| GroupRow::read(r, 1))?,
+                    days: rows(c, &q.days, filter, |r| DayRow::read(r))?,
+                    steps: rows(c, &q.steps, filter, |r| StepRow::read(r))?,
+                    reasons: rows(c, &q.reasons, filter, |r| ReasonRow::read(r))?,
                 })
             })();
             c.execute_batch("COMMIT")?;
             result
         })?;
         Ok(rows.into_stats())
+    }
+
+    fn days(&self, filter: &Filter) -> io::Result<Vec<DayStats>> {
+        let rows = self.read(|c| rows(c, &self.queries.days, filter, |r| DayRow::read(r)))?;
+        Ok(aggregate::days(rows))
     }
 
     fn len(&self) -> io::Result<usize> {

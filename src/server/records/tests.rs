@@ -455,6 +455,7 @@ fn database_aggregates_equal_the_reference() {
         for f in &filters {
             let got = store.stats(f).unwrap();
             assert_eq!(got, reference(store.as_ref(), f), "{} {f:?}", b.name);
+            assert_eq!(store.days(f).unwrap(), got.days, "{} {f:?}", b.name);
         }
         let all = store.stats(&Filter::default()).unwrap();
         assert_eq!(all.builds, 350, "{}", b.name);
