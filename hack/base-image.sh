@@ -8,11 +8,7 @@
 set -eu -o pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-[[ $# == 1 ]] || { echo "usage: $0 DIR" >&2; exit 2; }
-DIR="$(abs_dir "$1")"
-[[ -f "$DIR/env" ]] || die "$DIR/env missing: run hack/services.sh start $DIR first"
-# shellcheck source=/dev/null
-. "$DIR/env"
+load_services_env "$@"
 
 IMAGE="docker://$MEMOBUILD_TEST_REGISTRY/library/busybox:latest"
 CREATED="2024-01-01T00:00:00Z"

@@ -27,6 +27,16 @@ abs_dir() {
 	(cd "$1" && pwd -P)
 }
 
+# For scripts that take the one argument DIR of a `hack/services.sh start DIR`: sets DIR and
+# exports what DIR/env names (MEMOBUILD_TEST_CONTAINERD, MEMOBUILD_TEST_REGISTRY, …).
+load_services_env() {
+	[[ $# == 1 ]] || { echo "usage: $0 DIR" >&2; exit 2; }
+	DIR="$(abs_dir "$1")"
+	[[ -f "$DIR/env" ]] || die "$DIR/env missing: run hack/services.sh start $DIR first"
+	# shellcheck source=/dev/null
+	. "$DIR/env"
+}
+
 # Per-run state dir for test.sh and demo.sh: $MEMOBUILD_TEST_STATE_DIR if set (kept afterwards),
 # otherwise a fresh temporary dir (removed afterwards). Sets STATE_DIR and STATE_DIR_OWNED.
 make_state_dir() {

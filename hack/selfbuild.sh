@@ -16,10 +16,7 @@
 set -eu -o pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-[[ $# == 1 ]] || { echo "usage: $0 DIR" >&2; exit 2; }
-DIR="$(abs_dir "$1")"
-[[ -f "$DIR/env" ]] || die "$DIR/env missing: run hack/services.sh start $DIR first"
-. "$DIR/env"
+load_services_env "$@"
 REG="$MEMOBUILD_TEST_REGISTRY"
 
 bash "$HACK_DIR/debian-base.sh" "$DIR"
