@@ -23,6 +23,7 @@ const PROTOS: &[&str] = &[
     // Services the daemon serves.
     "control/control.proto",
     "gateway/gateway.proto",
+    "containerd/content.proto",
     // Services the client serves inside its session.
     "session/filesync.proto",
     "session/auth.proto",

@@ -10,6 +10,7 @@
 
 pub mod build_history;
 pub mod config;
+pub mod content;
 pub mod control;
 pub mod convert;
 pub mod frontend;

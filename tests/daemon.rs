@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use common::daemon::{Daemon, wait_timeout};
 use common::{Env, Sandbox, assert_ok, error_line, progress_events, stderr, stdout, unique};
 use memobuild_proto::control::{
-    BuildHistoryEventType, BuildHistoryRequest, DiskUsageRequest, Exporter, PruneRequest,
-    SolveRequest as ControlSolve, UpdateBuildHistoryRequest,
+    BuildHistoryEventType, BuildHistoryRecord, BuildHistoryRequest, DiskUsageRequest, Exporter,
+    PruneRequest, SolveRequest as ControlSolve, UpdateBuildHistoryRequest,
 };
 use memobuild_proto::gateway::{
     PingRequest, ReadFileRequest, Ref, ReturnRequest, SolveRequest as GatewaySolve, result,
@@ -1935,6 +1935,23 @@ fn build_history_lists_the_builds_clients_ran() {
         assert!(good.num_total_steps >= 2, "{good:?}");
         assert_eq!(good.num_completed_steps, good.num_total_steps);
         assert!(good.completed_at.is_some() && good.created_at.is_some());
+        // The record lists the build's provenance as buildx looks for it, and the daemon's
+        // content store serves its bytes (`--metadata-file`'s `buildx.build.provenance`).
+        let predicate = provenance_of(&daemon, good).await;
+        assert_eq!(
+            predicate["buildDefinition"]["externalParameters"]["request"]["frontend"],
+            "dockerfile.v0",
+            "{predicate}"
+        );
+        let deps = predicate["buildDefinition"]["resolvedDependencies"].to_string();
+        assert!(
+            deps.contains("pkg:docker/") && deps.contains("busybox"),
+            "{deps}"
+        );
+        assert_eq!(
+            predicate["runDetails"]["metadata"]["invocationId"],
+            good.r#ref.as_str()
+        );
         // The failed build's FROM and RUN echo came from the cache.
         assert!(bad.num_cached_steps >= 2, "{bad:?}");
 
@@ -1985,6 +2002,72 @@ fn build_history_lists_the_builds_clients_ran() {
         }
         assert!(failed.iter().any(|n| n.contains("RUN false")), "{failed:?}");
     });
+}
+
+/// The provenance predicate `record` lists, read as buildx reads it: `Info` for the size, then
+/// `Read` (checked against the digest, and a part of it from an offset); a digest no record
+/// lists is not found.
+async fn provenance_of(daemon: &Daemon, record: &BuildHistoryRecord) -> serde_json::Value {
+    use memobuild_proto::containerd::services::content::v1::{
+        InfoRequest, ReadContentRequest, content_client::ContentClient,
+    };
+    let a = record
+        .result
+        .as_ref()
+        .and_then(|r| r.attestations.first())
+        .unwrap_or_else(|| panic!("no attestation in {record:?}"));
+    assert_eq!(a.media_type, "application/vnd.in-toto+json");
+    assert_eq!(
+        a.annotations["in-toto.io/predicate-type"],
+        "https://slsa.dev/provenance/v1"
+    );
+    let mut content = ContentClient::new(daemon.channel().await);
+    let info = content
+        .info(InfoRequest {
+            digest: a.digest.clone(),
+        })
+        .await
+        .expect("Info of the provenance")
+        .into_inner()
+        .info
+        .expect("info");
+    assert_eq!(info.size, a.size);
+    let read = |offset: i64, size: i64| {
+        let mut content = content.clone();
+        let digest = a.digest.clone();
+        async move {
+            let mut stream = content
+                .read(ReadContentRequest {
+                    digest,
+                    offset,
+                    size,
+                })
+                .await
+                .expect("Read of the provenance")
+                .into_inner();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = stream.message().await.expect("read stream") {
+                bytes.extend(chunk.data);
+            }
+            bytes
+        }
+    };
+    let whole = read(0, 0).await;
+    assert_eq!(whole.len() as i64, a.size);
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&whole)),
+        a.digest,
+        "the bytes are the digest's"
+    );
+    assert_eq!(read(10, 20).await, whole[10..30]);
+    let missing = content
+        .info(InfoRequest {
+            digest: format!("sha256:{}", sha256_hex(b"no such blob")),
+        })
+        .await
+        .expect_err("a blob no record lists");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    serde_json::from_slice(&whole).expect("the predicate is JSON")
 }
 
 // Verifies: contexts buildx sends other than a directory: a tar archive on standard input

@@ -167,6 +167,25 @@ pub mod moby {
     }
 }
 
+/// Packages under `containerd.*`.
+pub mod containerd {
+    /// `containerd.services`.
+    pub mod services {
+        /// `containerd.services.content`.
+        pub mod content {
+            /// `containerd.services.content.v1`: the read-only content store the daemon serves
+            /// for build-history blobs (see `proto/buildkit/containerd/content.proto`).
+            #[allow(missing_docs)]
+            pub mod v1 {
+                include!(concat!(
+                    env!("OUT_DIR"),
+                    "/containerd.services.content.v1.rs"
+                ));
+            }
+        }
+    }
+}
+
 /// Packages under `google.*` that are not prost-types' well-known types.
 pub mod google {
     /// `google.rpc`: the error model (see [`crate::rpc`]).

@@ -18,7 +18,10 @@ use std::time::SystemTime;
 
 use memobuild_proto::control::{
     BuildHistoryEvent, BuildHistoryEventType, BuildHistoryRecord, BuildHistoryRequest,
-    StatusResponse,
+    BuildResultInfo, Descriptor, StatusResponse,
+};
+use memobuild_worker::export::attestation::{
+    MEDIA_TYPE_IN_TOTO, PREDICATE_SLSA_V1, PREDICATE_TYPE_ANNOTATION,
 };
 use memobuild_worker::state::StateDir;
 use prost::Message as _;
@@ -28,6 +31,9 @@ use crate::daemon::status::timestamp;
 
 /// Completed, unpinned records kept; older ones are removed.
 pub const MAX_RECORDS: usize = 50;
+
+/// Extension of the file holding a record's provenance predicate.
+const PROVENANCE: &str = "provenance";
 
 /// Events buffered for a slow listener before it misses some.
 const EVENTS_BUFFERED: usize = 256;
@@ -66,7 +72,7 @@ impl BuildHistory {
                 let path = entry.path();
                 match path.extension().and_then(|e| e.to_str()) {
                     Some("pb") => {}
-                    Some("status") => {
+                    Some("status") | Some(PROVENANCE) => {
                         logs.push(path);
                         continue;
                     }
@@ -102,7 +108,7 @@ impl BuildHistory {
                     }
                 }
             }
-            // Progress whose record is gone.
+            // Progress and provenance whose record is gone.
             for log in logs {
                 if !log.with_extension("pb").exists() {
                     let _ = std::fs::remove_file(&log);
@@ -144,14 +150,17 @@ impl BuildHistory {
         self.publish(BuildHistoryEventType::Started, record);
     }
 
-    /// Records that the build `r#ref` ended now, with `error` if it failed.
+    /// Records that the build `r#ref` ended now, with `error` if it failed, and with the
+    /// SLSA provenance predicate (JSON) of its result when it has one.
     pub fn completed(
         &self,
         r#ref: &str,
         error: Option<&tonic::Status>,
         exporter_response: &std::collections::BTreeMap<String, String>,
         counts: StepCounts,
+        provenance: Option<&[u8]>,
     ) {
+        let attestation = provenance.and_then(|p| self.keep_provenance(r#ref, p));
         let record = {
             let mut records = self.lock();
             let Some(r) = records.get_mut(r#ref) else {
@@ -168,12 +177,59 @@ impl BuildHistory {
             r.num_completed_steps = counts.completed;
             r.num_cached_steps = counts.cached;
             r.num_warnings = counts.warnings;
+            if let Some(a) = attestation {
+                r.result = Some(BuildResultInfo {
+                    attestations: vec![a],
+                    ..Default::default()
+                });
+            }
             r.generation += 1;
             r.clone()
         };
         self.save(&record);
         self.publish(BuildHistoryEventType::Complete, record);
         self.trim();
+    }
+
+    /// Keeps `predicate` beside the record of `r#ref`; its descriptor, as the record lists it.
+    fn keep_provenance(&self, r#ref: &str, predicate: &[u8]) -> Option<Descriptor> {
+        let dir = self.dir.as_ref()?;
+        let path = record_file(dir, r#ref).with_extension(PROVENANCE);
+        let tmp = path.with_extension("provenance.tmp");
+        let written = std::fs::write(&tmp, predicate).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!("cannot keep the provenance of build `{}`: {e}", r#ref);
+            return None;
+        }
+        Some(Descriptor {
+            media_type: MEDIA_TYPE_IN_TOTO.to_owned(),
+            digest: memobuild_worker::blobs::sha256_digest(predicate),
+            size: i64::try_from(predicate.len()).ok()?,
+            annotations: [(
+                PREDICATE_TYPE_ANNOTATION.to_owned(),
+                PREDICATE_SLSA_V1.to_owned(),
+            )]
+            .into(),
+        })
+    }
+
+    /// The file holding the blob `digest` one of the records lists, with its size.
+    pub fn blob(&self, digest: &str) -> Option<(PathBuf, i64)> {
+        let dir = self.dir.as_ref()?;
+        let records = self.lock();
+        records.values().find_map(|r| {
+            let a = r
+                .result
+                .as_ref()?
+                .attestations
+                .iter()
+                .find(|a| a.digest == digest)?;
+            Some((
+                record_file(dir, &r.r#ref).with_extension(PROVENANCE),
+                a.size,
+            ))
+        })
     }
 
     /// Pins or unpins `r#ref` (a pinned record is never removed to make room); false if there
@@ -242,6 +298,7 @@ impl BuildHistory {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_file(record_file(dir, r#ref));
             let _ = std::fs::remove_file(record_file(dir, r#ref).with_extension("status"));
+            let _ = std::fs::remove_file(record_file(dir, r#ref).with_extension(PROVENANCE));
         }
         self.publish(BuildHistoryEventType::Deleted, record);
         true
@@ -378,6 +435,7 @@ mod tests {
                 cached: 3,
                 warnings: 1,
             },
+            None,
         );
         history.started(record("killed"));
         drop(history);
@@ -439,7 +497,7 @@ mod tests {
             "no record, nothing kept"
         );
         history.started(record("b1"));
-        history.completed("b1", None, &Default::default(), StepCounts::default());
+        history.completed("b1", None, &Default::default(), StepCounts::default(), None);
         history.save_status("b1", &progress);
         assert_eq!(history.status("b1"), Some(progress.clone()));
         drop(history);
@@ -462,7 +520,7 @@ mod tests {
         for i in 0..MAX_RECORDS + 3 {
             let r = format!("b{i}");
             history.started(record(&r));
-            history.completed(&r, None, &Default::default(), StepCounts::default());
+            history.completed(&r, None, &Default::default(), StepCounts::default(), None);
         }
         history.started(record("running"));
         let active = history.existing(&BuildHistoryRequest {
@@ -491,5 +549,48 @@ mod tests {
         assert!(!history.delete("b7"));
         let first = events.try_recv().expect("event");
         assert_eq!(first.r#type, BuildHistoryEventType::Started as i32);
+    }
+
+    // Verifies: a build's provenance is listed in its record as buildx looks for it (in-toto
+    // media type, SLSA v1 predicate-type annotation, the bytes' sha256), is found by that
+    // digest after a restart, and goes with its record; a digest no record lists is not found.
+    #[test]
+    fn a_records_provenance_is_found_by_digest_and_goes_with_the_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::new(dir.path().to_path_buf());
+        let history = BuildHistory::open(&state);
+        history.started(record("b1"));
+        let predicate = br#"{"buildDefinition":{}}"#;
+        history.completed(
+            "b1",
+            None,
+            &Default::default(),
+            StepCounts::default(),
+            Some(predicate),
+        );
+        drop(history);
+
+        let again = BuildHistory::open(&state);
+        let all = again.existing(&BuildHistoryRequest::default());
+        let rec = all[0].record.as_ref().expect("record");
+        let a = &rec.result.as_ref().expect("result").attestations[0];
+        assert_eq!(a.media_type, "application/vnd.in-toto+json");
+        assert_eq!(
+            a.annotations["in-toto.io/predicate-type"],
+            "https://slsa.dev/provenance/v1"
+        );
+        assert_eq!(a.digest, memobuild_worker::blobs::sha256_digest(predicate));
+        let (path, size) = again.blob(&a.digest).expect("blob");
+        assert_eq!(std::fs::read(&path).expect("read"), predicate);
+        assert_eq!(size, predicate.len() as i64);
+        assert!(
+            again
+                .blob(&memobuild_worker::blobs::sha256_digest(b"other"))
+                .is_none()
+        );
+
+        assert!(again.delete("b1"));
+        assert!(!path.exists());
+        assert!(again.blob(&a.digest).is_none());
     }
 }

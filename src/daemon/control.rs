@@ -162,7 +162,7 @@ impl Control for ControlService {
         let (daemon, task_job) = (self.daemon.clone(), job.clone());
         let task = tokio::spawn(async move {
             let _running = daemon.running();
-            let work: futures::future::BoxFuture<'_, Result<SolveResponse, Status>> =
+            let work: futures::future::BoxFuture<'_, Result<Finished, Status>> =
                 Box::pin(run(&daemon, &task_job, &req, specs, returned));
             let result = tokio::select! {
                 r = work => r,
@@ -183,8 +183,9 @@ impl Control for ControlService {
                     result.as_ref().err(),
                     result
                         .as_ref()
-                        .map_or(&no_response, |r| &r.exporter_response),
+                        .map_or(&no_response, |r| &r.response.exporter_response),
                     task_job.status.step_counts(),
+                    result.as_ref().ok().and_then(|r| r.provenance.as_deref()),
                 );
                 daemon
                     .history
@@ -195,7 +196,7 @@ impl Control for ControlService {
             result
         });
         match task.await {
-            Ok(r) => r.map(Response::new),
+            Ok(r) => r.map(|f| Response::new(f.response)),
             Err(e) => Err(Status::internal(format!("the build task failed: {e}"))),
         }
     }
@@ -440,16 +441,53 @@ fn provenance(
     if !pushes {
         return Ok(None);
     }
-    // A client-side frontend (buildx) names the frontend it ran in its gateway solve.
-    let (frontend, attrs) = match (req.frontend.is_empty(), job.frontend_request()) {
+    let (frontend, attrs) = requested_frontend(req, job);
+    crate::pipeline::describe_provenance(&mut p, frontend, attrs, req.r#ref.clone(), started);
+    Ok(Some(p))
+}
+
+/// The frontend the build ran and its attributes; a client-side frontend (buildx) names the
+/// one it ran in its gateway solve.
+fn requested_frontend(req: &SolveRequest, job: &Job) -> (String, BTreeMap<String, String>) {
+    match (req.frontend.is_empty(), job.frontend_request()) {
         (true, Some(r)) => r,
         _ => (
             req.frontend.clone(),
             req.frontend_attrs.clone().into_iter().collect(),
         ),
-    };
+    }
+}
+
+/// The provenance predicate buildkitd keeps with every build's history record, whatever the
+/// build asked to attach to its image: mode `max`, the builder id the request named.
+fn history_provenance(
+    req: &SolveRequest,
+    job: &Job,
+    definition: &memobuild_proto::pb::Definition,
+    started: std::time::SystemTime,
+) -> Vec<u8> {
+    let mut p = Provenance::new(ProvenanceMode::Max);
+    if let Some(Ok(Some(asked))) = req
+        .frontend_attrs
+        .get("attest:provenance")
+        .map(|v| Provenance::parse(v))
+    {
+        p.builder_id = asked.builder_id;
+    }
+    let (frontend, attrs) = requested_frontend(req, job);
     crate::pipeline::describe_provenance(&mut p, frontend, attrs, req.r#ref.clone(), started);
-    Ok(Some(p))
+    let finished = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+    p.predicate_json(
+        &p.builder_platform,
+        &memobuild_worker::export::attestation::base_images(definition),
+        &finished,
+    )
+}
+
+/// What a finished build returns to its client, and the provenance its history record keeps.
+struct Finished {
+    response: SolveResponse,
+    provenance: Option<Vec<u8>>,
 }
 
 /// Runs the job of `req` and exports its result.
@@ -459,7 +497,7 @@ async fn run(
     req: &SolveRequest,
     specs: Vec<ExporterSpec>,
     returned: tokio::sync::oneshot::Receiver<Returned>,
-) -> Result<SolveResponse, Status> {
+) -> Result<Finished, Status> {
     let started = std::time::SystemTime::now();
     let build = job
         .build()
@@ -512,13 +550,19 @@ async fn run(
             )));
         }
     };
-    if specs.is_empty() {
-        return Ok(SolveResponse::default());
-    }
     let definition = solved
         .as_ref()
         .and_then(|s| s.definition.clone())
         .unwrap_or_default();
+    // A result that is a filesystem has its provenance kept, as buildkitd keeps one per result.
+    let kept = matches!(solved.as_ref().map(|s| &s.output), Some(Output::Fs(_)))
+        .then(|| history_provenance(req, job, &definition, started));
+    if specs.is_empty() {
+        return Ok(Finished {
+            response: SolveResponse::default(),
+            provenance: kept,
+        });
+    }
     let fs = match solved.map(|s| s.output) {
         Some(Output::Fs(fs)) => fs,
         Some(Output::Scratch) | None => Default::default(),
@@ -535,17 +579,16 @@ async fn run(
         state: daemon.engine.state().clone(),
         provided: job.provided.clone(),
     }));
-    let provenance = provenance(req, job, &specs, &job.progress, started)?;
+    let attached = provenance(req, job, &specs, &job.progress, started)?;
     let source = crate::pipeline::ExportSource {
         fs: &fs,
         image_config: &image_config,
         definition: &definition,
     };
-    let responses =
-        crate::pipeline::export(&build, source, &specs, &sink, &job.progress, provenance)
-            .boxed()
-            .await
-            .map_err(|e| Status::unknown(format!("{e:#}")))?;
+    let responses = crate::pipeline::export(&build, source, &specs, &sink, &job.progress, attached)
+        .boxed()
+        .await
+        .map_err(|e| Status::unknown(format!("{e:#}")))?;
     let mut exporter_response = BTreeMap::new();
     for r in responses {
         exporter_response.extend(r);
@@ -555,5 +598,8 @@ async fn run(
     let (executed, cached) = job.step_counts();
     exporter_response.insert("memobuild.steps.executed".into(), executed.to_string());
     exporter_response.insert("memobuild.steps.cached".into(), cached.to_string());
-    Ok(SolveResponse { exporter_response })
+    Ok(Finished {
+        response: SolveResponse { exporter_response },
+        provenance: kept,
+    })
 }

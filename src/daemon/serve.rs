@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use memobuild_proto::containerd::services::content::v1::content_server::ContentServer;
 use memobuild_proto::control::control_server::ControlServer;
 use memobuild_proto::gateway::llb_bridge_server::LlbBridgeServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::Daemon;
+use crate::daemon::content::ContentService;
 use crate::daemon::control::ControlService;
 use crate::daemon::gateway::GatewayService;
 
@@ -106,6 +108,8 @@ pub async fn serve(
         let gateway = LlbBridgeServer::new(GatewayService::new(daemon.clone()))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
+        let content = ContentServer::new(ContentService::new(daemon.clone()))
+            .max_encoding_message_size(MAX_MESSAGE);
         let stop = stop.clone();
         tasks.spawn(async move {
             let mut builder = tonic::transport::Server::builder();
@@ -113,6 +117,7 @@ pub async fn serve(
                 Listener::Unix(l) => builder
                     .add_service(control)
                     .add_service(gateway)
+                    .add_service(content)
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::UnixListenerStream::new(l),
                         stop.cancelled_owned(),
@@ -126,6 +131,7 @@ pub async fn serve(
                     builder
                         .add_service(control)
                         .add_service(gateway)
+                        .add_service(content)
                         .serve_with_incoming_shutdown(
                             tokio_stream::wrappers::TcpListenerStream::new(l),
                             stop.cancelled_owned(),

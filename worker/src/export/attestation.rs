@@ -16,12 +16,17 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
+use memobuild_proto::pb;
+use prost::Message as _;
+
 use crate::blobs::sha256_digest;
 use crate::export::manifest::{Descriptor, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
 use crate::registry::normalize_reference;
 
 /// Predicate type of SLSA provenance v1.
 pub const PREDICATE_SLSA_V1: &str = "https://slsa.dev/provenance/v1";
+/// Annotation naming an in-toto blob's predicate type (on its descriptor).
+pub const PREDICATE_TYPE_ANNOTATION: &str = "in-toto.io/predicate-type";
 /// Media type of an in-toto statement layer.
 pub const MEDIA_TYPE_IN_TOTO: &str = "application/vnd.in-toto+json";
 /// `artifactType` of an attestation manifest.
@@ -82,6 +87,21 @@ pub struct ProvenanceError {
 }
 
 impl Provenance {
+    /// A provenance of `mode` that says nothing of the build yet.
+    pub fn new(mode: Mode) -> Provenance {
+        Provenance {
+            mode,
+            inline_only: false,
+            builder_id: String::new(),
+            frontend: String::new(),
+            frontend_attrs: BTreeMap::new(),
+            locals: Vec::new(),
+            invocation_id: String::new(),
+            started_on: String::new(),
+            builder_platform: String::new(),
+        }
+    }
+
     /// Reads BuildKit's `attest:provenance` value (`mode=min,inline-only=true`, …). `None`
     /// for `disabled=true` (buildx `--provenance=false`). A bad `mode` is refused, and
     /// `version=v0.2` (only v1 is written); keys it does not know are ignored, as BuildKit
@@ -91,17 +111,7 @@ impl Provenance {
             value: value.to_owned(),
             reason,
         };
-        let mut p = Provenance {
-            mode: Mode::Min,
-            inline_only: false,
-            builder_id: String::new(),
-            frontend: String::new(),
-            frontend_attrs: BTreeMap::new(),
-            locals: Vec::new(),
-            invocation_id: String::new(),
-            started_on: String::new(),
-            builder_platform: String::new(),
-        };
+        let mut p = Provenance::new(Mode::Min);
         let boolean = |k: &str, v: &str| match v {
             "" | "true" | "1" => Ok(true),
             "false" | "0" => Ok(false),
@@ -148,12 +158,35 @@ impl Provenance {
         materials: &[String],
         finished_on: &str,
     ) -> Vec<u8> {
-        let hex = |d: &str| d.strip_prefix("sha256:").unwrap_or(d).to_owned();
         let subjects: Vec<Value> = names
             .iter()
             .filter_map(|n| purl(n, platform))
             .map(|(name, _)| json!({ "name": name, "digest": { "sha256": hex(&subject.digest) } }))
             .collect();
+        let statement = json!({
+            "_type": "https://in-toto.io/Statement/v1",
+            "predicateType": PREDICATE_SLSA_V1,
+            "subject": subjects,
+            "predicate": self.predicate(platform, materials, finished_on),
+        });
+        serde_json::to_vec_pretty(&statement).unwrap_or_default()
+    }
+
+    /// The SLSA v1 predicate alone, as BuildKit keeps one with each build-history record
+    /// (a blob of media type [`MEDIA_TYPE_IN_TOTO`] whose descriptor is annotated
+    /// [`PREDICATE_TYPE_ANNOTATION`] = [`PREDICATE_SLSA_V1`]); buildx reads it for
+    /// `--metadata-file` and `docker buildx history inspect`.
+    pub fn predicate_json(
+        &self,
+        platform: &str,
+        materials: &[String],
+        finished_on: &str,
+    ) -> Vec<u8> {
+        serde_json::to_vec_pretty(&self.predicate(platform, materials, finished_on))
+            .unwrap_or_default()
+    }
+
+    fn predicate(&self, platform: &str, materials: &[String], finished_on: &str) -> Value {
         let dependencies: Vec<Value> = materials
             .iter()
             .filter_map(|m| purl(m, platform))
@@ -187,11 +220,7 @@ impl Provenance {
             request["locals"] =
                 Value::Array(self.locals.iter().map(|n| json!({ "name": n })).collect());
         }
-        let statement = json!({
-            "_type": "https://in-toto.io/Statement/v1",
-            "predicateType": PREDICATE_SLSA_V1,
-            "subject": subjects,
-            "predicate": {
+        json!({
                 "buildDefinition": {
                     "buildType": BUILD_TYPE,
                     "resolvedDependencies": dependencies,
@@ -214,10 +243,12 @@ impl Provenance {
                         },
                     },
                 },
-            },
-        });
-        serde_json::to_vec_pretty(&statement).unwrap_or_default()
+        })
     }
+}
+
+fn hex(digest: &str) -> String {
+    digest.strip_prefix("sha256:").unwrap_or(digest).to_owned()
 }
 
 /// An attestation manifest and what it refers to, ready to push.
@@ -245,7 +276,7 @@ pub fn attach(statement: Vec<u8>, image: &Descriptor, platform: &Value) -> Attac
         "mediaType": MEDIA_TYPE_IN_TOTO,
         "digest": sha256_digest(&statement),
         "size": statement.len(),
-        "annotations": { "in-toto.io/predicate-type": PREDICATE_SLSA_V1 },
+        "annotations": { PREDICATE_TYPE_ANNOTATION: PREDICATE_SLSA_V1 },
     });
     let manifest = json!({
         "schemaVersion": 2,
@@ -309,6 +340,25 @@ pub fn attach(statement: Vec<u8>, image: &Descriptor, platform: &Value) -> Attac
         index,
         index_desc,
     }
+}
+
+/// The base images of `definition`: the `docker-image://` references its source ops pull
+/// (digest-pinned), each once. They are the provenance's materials (and a push's cross-mount
+/// sources).
+pub fn base_images(definition: &pb::Definition) -> Vec<String> {
+    let mut out = Vec::new();
+    for bytes in &definition.def {
+        let Ok(op) = pb::Op::decode(bytes.as_slice()) else {
+            continue;
+        };
+        if let Some(pb::op::Op::Source(s)) = &op.op
+            && let Some(r) = s.identifier.strip_prefix("docker-image://")
+            && !out.iter().any(|x: &String| x == r)
+        {
+            out.push(r.to_owned());
+        }
+    }
+    out
 }
 
 /// The package URL of an image reference for `platform` (BuildKit's `purl.RefToPURL`): Docker

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use memobuild_proto::pb;
-use prost::Message;
 
 use crate::Build;
 use crate::export::attestation::{self, Attached, Provenance};
@@ -360,7 +359,7 @@ impl<'a> Exporter<'a> {
             &names,
             &img.manifest_desc,
             &shown,
-            &base_images(self.definition),
+            &attestation::base_images(self.definition),
             &finished,
         );
         Ok(Some(attestation::attach(
@@ -453,7 +452,7 @@ impl<'a> Exporter<'a> {
             PushOptions::default(),
         )
         .map_err(|e| ExporterError::Push(e.into()))?;
-        for r in base_images(self.definition) {
+        for r in attestation::base_images(self.definition) {
             pusher.add_mount_source(&r);
         }
         let pusher = Arc::new(pusher);
@@ -509,23 +508,6 @@ fn normalize_names(names: &[String]) -> Result<Vec<String>, ExporterError> {
                 })
         })
         .collect()
-}
-
-/// The `docker-image://` references the definition's source ops pull (digest-pinned).
-fn base_images(definition: &pb::Definition) -> Vec<String> {
-    let mut out = Vec::new();
-    for bytes in &definition.def {
-        let Ok(op) = pb::Op::decode(bytes.as_slice()) else {
-            continue;
-        };
-        if let Some(pb::op::Op::Source(s)) = &op.op
-            && let Some(r) = s.identifier.strip_prefix("docker-image://")
-            && !out.iter().any(|x: &String| x == r)
-        {
-            out.push(r.to_owned());
-        }
-    }
-    out
 }
 
 /// Runs blocking export work off the runtime's threads.
