@@ -36,6 +36,8 @@ pub const EMBEDDED: &str = "embedded";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the embedded containerd may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest pause between two checks of whether it answers (starting) or is gone (stopping).
+const POLL_MAX: Duration = Duration::from_millis(50);
 
 /// The containerd of one build.
 pub enum Containerd {
@@ -330,6 +332,8 @@ async fn spawn(p: &Paths) -> anyhow::Result<tokio::process::Child> {
     write_atomically(&p.pid, pid.to_string().as_bytes())?;
 
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    // containerd answers some 40 ms after it is spawned: poll often at first, then less.
+    let mut pause = Duration::from_millis(2);
     loop {
         if let Some(status) = child.try_wait()? {
             let _ = std::fs::remove_file(&p.pid);
@@ -351,7 +355,8 @@ async fn spawn(p: &Paths) -> anyhow::Result<tokio::process::Child> {
                 log_tail(&p.log)
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(POLL_MAX);
     }
 }
 
@@ -410,6 +415,8 @@ async fn terminate(pid: Pid, p: &Paths, mut child: Option<tokio::process::Child>
         None => running_pid(p).is_none(),
     };
     let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+    // It exits a few milliseconds after SIGTERM when no task runs.
+    let mut pause = Duration::from_millis(1);
     while !gone(&mut child) {
         if tokio::time::Instant::now() > deadline {
             tracing::warn!("embedded containerd ignored SIGTERM, killing it");
@@ -419,7 +426,8 @@ async fn terminate(pid: Pid, p: &Paths, mut child: Option<tokio::process::Child>
             }
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(POLL_MAX);
     }
 }
 

@@ -2443,6 +2443,53 @@ fn a_session_closed_unused_gets_no_bytes_from_the_daemon() {
     });
 }
 
+// Verifies: a client may stream many small messages into its session faster than the daemon
+// uses them (buildx sends one per file of a big context while the daemon compares): the daemon
+// takes them off the connection instead of leaving them in HTTP/2's buffers, where h2 counts
+// them as a flood of small DATA frames and closes the whole connection (GOAWAY
+// ENHANCE_YOUR_CALM "too_many_data_frames", failing the build's Solve and Status with it).
+#[test]
+fn a_session_fed_many_small_messages_keeps_its_connection() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    let daemon = Daemon::start(&sb, &env, &[]);
+    block_on(async {
+        let mut control = daemon.control().await;
+        // One message per item, each sent as its own DATA frame: the stream pauses between
+        // items, so the client's encoder cannot join them. The daemon never calls into this
+        // session, so nothing reads the tunnel's bytes as HTTP/2.
+        let outgoing = futures::stream::unfold(0u32, |i| async move {
+            if i == 20_000 {
+                return None;
+            }
+            tokio::task::yield_now().await;
+            Some((
+                memobuild_proto::control::BytesMessage { data: vec![7; 100] },
+                i + 1,
+            ))
+        });
+        let mut request = tonic::Request::new(outgoing);
+        request.metadata_mut().insert(
+            "x-docker-expose-session-uuid",
+            unique("small").parse().expect("metadata value"),
+        );
+        let mut incoming = control
+            .session(request)
+            .await
+            .expect("Control/Session")
+            .into_inner();
+        let ended = tokio::time::timeout(Duration::from_secs(60), incoming.message())
+            .await
+            .expect("the session stream ends after the client's half-close");
+        assert!(ended.is_ok(), "the session failed: {ended:?}");
+        // The connection it shared is still up.
+        control
+            .list_workers(memobuild_proto::control::ListWorkersRequest::default())
+            .await
+            .expect("ListWorkers on the same connection after the session");
+    });
+}
+
 /// `skopeo inspect --raw` of `reference` as JSON.
 fn raw_manifest(reference: &str) -> serde_json::Value {
     let out = common::run({

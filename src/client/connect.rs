@@ -14,6 +14,8 @@ use tonic::codegen::Service;
 use tonic::codegen::http::Uri;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::session::transport;
+
 /// Send and receive limit of every call, as buildctl and buildkitd set them
 /// (`containerd/defaults`): four times tonic's default decode limit, which a large
 /// `Definition` or `StatusResponse` would otherwise exceed.
@@ -240,7 +242,9 @@ fn endpoint(uri: &str) -> anyhow::Result<Endpoint> {
     Ok(Endpoint::from_shared(uri.to_owned())
         .with_context(|| format!("invalid daemon URI `{uri}`"))?
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT))
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .initial_stream_window_size(transport::STREAM_WINDOW)
+        .initial_connection_window_size(transport::CONNECTION_WINDOW))
 }
 
 /// A Control client with BuildKit's limits.

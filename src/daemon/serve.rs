@@ -15,6 +15,7 @@ use crate::daemon::Daemon;
 use crate::daemon::content::ContentService;
 use crate::daemon::control::ControlService;
 use crate::daemon::gateway::GatewayService;
+use crate::session::transport;
 
 /// BuildKit's message limit, both ways (`cmd/buildkitd/main.go`).
 pub const MAX_MESSAGE: usize = 16 << 20;
@@ -112,7 +113,9 @@ pub async fn serve(
             .max_encoding_message_size(MAX_MESSAGE);
         let stop = stop.clone();
         tasks.spawn(async move {
-            let mut builder = tonic::transport::Server::builder();
+            let mut builder = tonic::transport::Server::builder()
+                .initial_stream_window_size(transport::STREAM_WINDOW)
+                .initial_connection_window_size(transport::CONNECTION_WINDOW);
             match l {
                 Listener::Unix(l) => builder
                     .add_service(control)

@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use memobuild_proto::control::BytesMessage;
 use memobuild_worker::{Caller, StateDir};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -35,6 +35,18 @@ pub const SESSION_WAIT: Duration = Duration::from_secs(5);
 
 /// Messages queued towards the client before the tunnel pushes back.
 const TUNNEL_QUEUE: usize = 64;
+
+/// Bytes of the client's stream the daemon takes off the connection ahead of the session's
+/// HTTP/2 connection reading them. Messages left in the connection's buffers count against
+/// h2's budget of small DATA frames (about half the receive window's worth of per-frame
+/// overhead); buildx sends one small message per file of a context, and when they waited there
+/// h2 closed the client's whole connection (GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames").
+/// More than the session connection's receive window ([`transport::CONNECTION_WINDOW`]), so a
+/// client within flow control never fills it.
+const TUNNEL_READ_AHEAD: usize = 64 << 20;
+
+/// What a queued message counts beyond its data, so that empty ones are bounded too.
+const MESSAGE_OVERHEAD: usize = 64;
 
 /// One connected session.
 #[derive(Debug)]
@@ -132,7 +144,10 @@ impl Sessions {
         let closed = CancellationToken::new();
         // The client's stream ending is the session's end. It is watched here rather than by
         // the HTTP/2 connection, which reads the tunnel only once the daemon calls into it.
-        let (in_tx, in_rx) = mpsc::channel(TUNNEL_QUEUE);
+        // Read ahead, bounded in bytes (see TUNNEL_READ_AHEAD): each queued message holds its
+        // share of the budget until the connection takes it.
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(TUNNEL_READ_AHEAD));
         let on_end = closed.clone();
         tokio::spawn(async move {
             let mut incoming = incoming;
@@ -141,7 +156,14 @@ impl Sessions {
                     m = incoming.next() => {
                         let Some(m) = m else { break };
                         let failed = m.is_err();
-                        if in_tx.send(m.map(|m| m.data)).await.is_err() || failed {
+                        let cost = m.as_ref().map_or(0, |m| m.data.len()) + MESSAGE_OVERHEAD;
+                        let cost = u32::try_from(cost.min(TUNNEL_READ_AHEAD)).unwrap_or(u32::MAX);
+                        let permit = tokio::select! {
+                            p = budget.clone().acquire_many_owned(cost) => p,
+                            () = in_tx.closed() => break,
+                        };
+                        let Ok(permit) = permit else { break };
+                        if in_tx.send((m.map(|m| m.data), permit)).is_err() || failed {
                             break;
                         }
                     }
@@ -150,7 +172,9 @@ impl Sessions {
             }
             on_end.cancel();
         });
-        let io = TunnelIo::new(tokio_stream::wrappers::ReceiverStream::new(in_rx), tx);
+        let queued =
+            tokio_stream::wrappers::UnboundedReceiverStream::new(in_rx).map(|(m, _permit)| m);
+        let io = TunnelIo::new(queued, tx);
         let channel = transport::connect_lazy(io);
         let id = headers.id.clone();
         let session = Arc::new(Session {

@@ -267,8 +267,30 @@ pub fn connect_lazy<I>(io: I) -> Channel
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    Endpoint::from_static(TUNNEL_URI).connect_with_connector_lazy(TunnelConnector { io: Some(io) })
+    Endpoint::from_static(TUNNEL_URI)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .connect_with_connector_lazy(TunnelConnector { io: Some(io) })
 }
+
+/// Receive window of each call on the connections sessions travel: the daemon's listeners,
+/// the CLI's connection to a daemon, and both ends of the connection inside a session
+/// ([`connect_lazy`], [`serve`]).
+///
+/// Sessions carry one small message per file (FileSync's stat and request packets, each its
+/// own DATA frame inside the tunnel and, as grpc-go sends them, outside it too), and h2 closes
+/// a connection (GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames") once the small DATA frames
+/// waiting unread in it cost more per-frame overhead than half its connection window. With
+/// hyper's defaults (a server's connection window the size of its stream window) a reader
+/// that fell behind by a few thousand messages lost the connection: buildx's builds of big
+/// contexts failed so. A stream window far under the connection window keeps a whole stream
+/// window of them within that allowance, even of the smallest (a FileSync request of about
+/// 20 bytes with its gRPC prefix counts 236 bytes: 512 KiB of them cost 6 MiB of the 8).
+pub const STREAM_WINDOW: u32 = 512 << 10;
+
+/// Receive window of a whole connection (see [`STREAM_WINDOW`]); BuildKit's grpc-go grows
+/// its windows to 16 MiB too.
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
 
 /// Serves `routes` over `io` as the HTTP/2 server, as the CLI does on a session, until the
 /// connection ends: the peer closes it or the incoming stream ends.
@@ -294,7 +316,10 @@ where
 {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     // hyper panics on keep-alive settings without a timer; set one so later tuning is safe.
-    builder.timer(TokioTimer::new());
+    builder
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
     let conn =
         builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(routes.prepare()));
     let mut conn = pin!(conn);
