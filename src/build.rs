@@ -352,7 +352,11 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
     };
     // The given containerd, else the system's, else an embedded one (stopped at the end),
     // picked when a step first needs containerd: a fully cached build never starts one.
-    let containerd = LazyContainerd::new(args.containerd.clone(), state.clone());
+    let containerd = LazyContainerd::new(
+        args.containerd.clone(),
+        state.clone(),
+        args.containerd_linger,
+    );
     let engine = Engine::open(EngineConfig {
         namespace: args.namespace.clone(),
         insecure_registries: args.frontend.insecure_registries.clone(),
@@ -551,14 +555,17 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<()> {
 struct LazyContainerd {
     addr: Option<String>,
     state: StateDir,
+    /// How long an embedded one stays up for the next build.
+    linger: std::time::Duration,
     selected: Arc<tokio::sync::Mutex<Option<crate::embedded::Containerd>>>,
 }
 
 impl LazyContainerd {
-    fn new(addr: Option<String>, state: StateDir) -> Self {
+    fn new(addr: Option<String>, state: StateDir, linger: std::time::Duration) -> Self {
         LazyContainerd {
             addr,
             state,
+            linger,
             selected: Arc::default(),
         }
     }
@@ -584,10 +591,10 @@ impl LazyContainerd {
         }))
     }
 
-    /// Stops an embedded containerd this build started.
+    /// Ends the build's use of its containerd (an embedded one stops after the linger).
     async fn release(&self) {
         if let Some(c) = self.selected.lock().await.take() {
-            c.release().await;
+            c.release(self.linger).await;
         }
     }
 }

@@ -122,7 +122,7 @@ where
         f(ctd).await
     }
     .await;
-    selected.release().await;
+    selected.release(std::time::Duration::ZERO).await;
     result
 }
 

@@ -41,6 +41,16 @@ pub enum Command {
     /// LLBBridge over stdin/stdout, options from `BUILDKIT_FRONTEND_OPT_n`, the session from
     /// `BUILDKIT_SESSION_ID`. Started by a BuildKit daemon, not by hand.
     Frontend,
+    /// Stops the private containerd under DIR once no build has used it for DURATION
+    /// (started by `build`, not by hand).
+    #[command(name = crate::embedded::LINGER_COMMAND, hide = true)]
+    EmbeddedLinger {
+        /// The instance's directory.
+        dir: PathBuf,
+        /// How long it may stay idle.
+        #[arg(value_parser = humantime::parse_duration)]
+        linger: std::time::Duration,
+    },
 }
 
 /// `memobuild daemon`.
@@ -222,6 +232,10 @@ pub struct BuildArgs {
     /// a private one started under the state directory for the build; `embedded` forces that.
     #[arg(long, value_name = "ADDR", env = "MEMOBUILD_CONTAINERD")]
     pub containerd: Option<String>,
+    /// How long the private containerd stays up after the last build using it, for the next
+    /// build (BuildKit's daemon stays up too); `0` stops it when the build ends.
+    #[arg(long, value_name = "DURATION", env = "MEMOBUILD_CONTAINERD_LINGER", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub containerd_linger: std::time::Duration,
     /// containerd namespace for snapshots, containers and `type=containerd` images.
     #[arg(long, value_name = "NAME", env = "MEMOBUILD_NAMESPACE", default_value = memobuild_worker::DEFAULT_NAMESPACE)]
     pub namespace: String,

@@ -180,7 +180,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let engine = match engine {
         Ok(e) => e,
         Err(e) => {
-            containerd.release().await;
+            containerd.release(std::time::Duration::ZERO).await;
             return Err(e).context("opening the engine");
         }
     };
@@ -238,6 +238,6 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     })
     .await;
     serve::remove_sockets(&addrs);
-    containerd.release().await;
+    containerd.release(std::time::Duration::ZERO).await;
     served
 }

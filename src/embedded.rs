@@ -3,15 +3,20 @@
 //! `--containerd ADDR` (or `MEMOBUILD_CONTAINERD`) is used as given. Without it the system's
 //! `/run/containerd/containerd.sock` is used if it answers; otherwise (or with
 //! `--containerd embedded`) MemoBuild runs a private containerd from `PATH` under
-//! `<state-dir>/containerd/` (own root, state, socket and config: no CRI, overlayfs) for the
-//! length of the build, and stops it afterwards: tasks killed and deleted through the API,
-//! SIGTERM, SIGKILL after [`STOP_TIMEOUT`], then any shim serving its socket, any process whose
-//! root lies under its directory and any mount left there are removed.
+//! `<state-dir>/containerd/` (own root, state, socket and config: no CRI, overlayfs) when a
+//! build first needs one, and keeps it for the next build for `--containerd-linger` (5 minutes
+//! by default) after the last build using it ends, as buildkitd stays up between builds: its
+//! start costs some 40 ms of every build that runs a step otherwise. A small process of
+//! `memobuild` itself ([`linger`]) watches the idle time and then stops it: tasks killed and
+//! deleted through the API, SIGTERM, SIGKILL after [`STOP_TIMEOUT`], then any shim serving its
+//! socket, any process whose root lies under its directory and any mount left there are
+//! removed. `--containerd-linger 0` (and an interrupted build) stops it at once instead.
 //!
 //! Several builds with the same state directory share one instance, reference-counted with
 //! `flock(2)`: each build holds a shared lock on `users.lock` while it runs; starting and stopping
 //! happen under an exclusive `control.lock`, and the build that leaves finds out whether it was
-//! the last by trying an exclusive lock on `users.lock`. The kernel drops the locks of a process
+//! the last by trying an exclusive lock on `users.lock`; the last one stamps `idle` with the
+//! time, which the watcher (holding `linger.lock` while it runs) reads. The kernel drops the locks of a process
 //! that dies, so a crashed build never leaves a count behind; an instance it leaves running is
 //! reused (and then stopped) by the next build. The daemon runs in its own process group so a
 //! Ctrl-C in the terminal reaches only `memobuild`, which then stops it (if it is the last user)
@@ -80,10 +85,11 @@ impl Containerd {
         }
     }
 
-    /// Ends this build's use: the embedded containerd is stopped if no other build uses it.
-    pub async fn release(self) {
+    /// Ends this build's use. An embedded containerd no other build uses is stopped after
+    /// `linger` without a build (at once when it is zero).
+    pub async fn release(self, linger: Duration) {
         if let Containerd::Embedded(e) = self {
-            e.release().await;
+            e.release(linger).await;
         }
     }
 }
@@ -146,13 +152,13 @@ impl Embedded {
         })
     }
 
-    async fn release(self) {
+    async fn release(self, linger: Duration) {
         // Holding the lock throughout: a signal now waits (and is then dropped with its task)
         // instead of exiting halfway through the stop; a stop the signal handler began is
         // finished by it, and the process exits there.
         let mut share = self.share.lock().await;
         if let Some(s) = share.take() {
-            s.release().await;
+            s.release(linger).await;
         }
         self.on_signal.abort();
     }
@@ -175,14 +181,15 @@ async fn release_on_signal(share: Arc<Mutex<Option<Share>>>) {
     };
     let mut guard = share.lock().await;
     if let Some(s) = guard.take() {
-        s.release().await;
+        // An interrupted build may leave a step running in it: stop it now.
+        s.release(Duration::ZERO).await;
     }
     eprintln!("\nerror: interrupted");
     std::process::exit(code);
 }
 
 impl Share {
-    async fn release(self) {
+    async fn release(self, linger: Duration) {
         let Share { paths, user, child } = self;
         let control = match lock(&paths.control_lock, FlockArg::LockExclusive).await {
             Ok(c) => c,
@@ -195,7 +202,16 @@ impl Share {
         // exclusive lock succeeds exactly when no other build uses the instance.
         drop(user);
         match try_lock(&paths.users_lock, FlockArg::LockExclusiveNonblock) {
-            Ok(Some(_last)) => stop_daemon(&paths, child).await,
+            Ok(Some(_last)) if linger.is_zero() => stop_daemon(&paths, child).await,
+            Ok(Some(_last)) => {
+                // It outlives this process (its own process group, output to its log); the
+                // watcher stops it.
+                drop(child);
+                if let Err(e) = keep(&paths, linger) {
+                    tracing::warn!("embedded containerd stopped instead of kept: {e:#}");
+                    stop_daemon(&paths, None).await;
+                }
+            }
             Ok(None) => tracing::info!("embedded containerd still used by another build"),
             Err(e) => tracing::warn!("embedded containerd left running: {e:#}"),
         }
@@ -213,6 +229,10 @@ struct Paths {
     log: PathBuf,
     control_lock: PathBuf,
     users_lock: PathBuf,
+    /// When the last build using it ended (milliseconds since the epoch).
+    idle: PathBuf,
+    /// Held by the watcher that stops it when idle ([`linger`]).
+    linger_lock: PathBuf,
 }
 
 impl Paths {
@@ -225,8 +245,98 @@ impl Paths {
             log: dir.join("containerd.log"),
             control_lock: dir.join("control.lock"),
             users_lock: dir.join("users.lock"),
+            idle: dir.join("idle"),
+            linger_lock: dir.join("linger.lock"),
         }
     }
+}
+
+/// Keeps the instance running for `linger`: stamps the time and starts a watcher unless one
+/// runs already (the watcher re-reads the stamp, so a later build's stamp counts).
+fn keep(p: &Paths, linger: Duration) -> anyhow::Result<()> {
+    write_atomically(&p.idle, now_millis().to_string().as_bytes())?;
+    if try_lock(&p.linger_lock, FlockArg::LockExclusiveNonblock)?.is_none() {
+        return Ok(());
+    }
+    use std::os::unix::process::CommandExt as _;
+    let exe = std::env::current_exe().context("cannot find the memobuild executable")?;
+    std::process::Command::new(exe)
+        .arg(LINGER_COMMAND)
+        .arg(&p.dir)
+        .arg(humantime::format_duration(linger).to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        // Not ours to wait for, and out of reach of the terminal's Ctrl-C.
+        .process_group(0)
+        .spawn()
+        .context("cannot start the watcher of the embedded containerd")?;
+    Ok(())
+}
+
+/// The hidden `memobuild` subcommand that runs [`linger`].
+pub const LINGER_COMMAND: &str = "embedded-containerd-linger";
+
+/// The watcher of the embedded containerd under `dir`: once no build has used it for
+/// `linger`, stops it. Returns at once if another watcher runs, and when the instance is gone.
+pub async fn linger(dir: &Path, linger: Duration) -> anyhow::Result<()> {
+    let p = Paths::new(dir);
+    let Some(_watching) = try_lock(&p.linger_lock, FlockArg::LockExclusiveNonblock)? else {
+        return Ok(());
+    };
+    if !p.idle.exists() {
+        write_atomically(&p.idle, now_millis().to_string().as_bytes())?;
+    }
+    let Some(pid) = running_pid(&p) else {
+        return Ok(());
+    };
+    loop {
+        if !p.dir.exists() {
+            // Its directory was removed under it (a state directory deleted): nothing can
+            // reach it any more, so it goes now instead of running on forever.
+            if is_ours(pid, &p) {
+                tracing::warn!("the embedded containerd's directory is gone; stopping it");
+                terminate(pid, &p, None).await;
+            }
+            return Ok(());
+        }
+        if running_pid(&p).is_none() {
+            return Ok(());
+        }
+        let idle = idle_for(&p);
+        if idle < linger {
+            tokio::time::sleep(linger - idle).await;
+            continue;
+        }
+        let control = lock(&p.control_lock, FlockArg::LockExclusive).await?;
+        // A build that holds a share stamps the time again when it ends.
+        if try_lock(&p.users_lock, FlockArg::LockExclusiveNonblock)?.is_some()
+            && idle_for(&p) >= linger
+        {
+            tracing::info!("stopping the embedded containerd, idle for {linger:?}");
+            stop_daemon(&p, None).await;
+            let _ = std::fs::remove_file(&p.idle);
+            return Ok(());
+        }
+        drop(control);
+        tokio::time::sleep(linger).await;
+    }
+}
+
+/// How long ago the last build using the instance ended; zero if unknown.
+fn idle_for(p: &Paths) -> Duration {
+    let stamp: u128 = std::fs::read_to_string(&p.idle)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(now_millis);
+    let ms = now_millis().saturating_sub(stamp);
+    Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+fn now_millis() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
 }
 
 /// `DIR/containerd.sock`, or a name in `/tmp` derived from DIR when that path would not fit a
@@ -399,11 +509,16 @@ async fn stop_daemon(p: &Paths, child: Option<tokio::process::Child>) {
 /// The daemon's pid, if the pid file names a live containerd started with our config.
 fn running_pid(p: &Paths) -> Option<Pid> {
     let pid: i32 = std::fs::read_to_string(&p.pid).ok()?.trim().parse().ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let ours = cmdline
-        .split(|&b| b == 0)
-        .any(|a| a == p.config.as_os_str().as_encoded_bytes());
-    ours.then(|| Pid::from_raw(pid))
+    is_ours(Pid::from_raw(pid), p).then(|| Pid::from_raw(pid))
+}
+
+/// Whether `pid` is a containerd started with our config (the pid may have been reused).
+fn is_ours(pid: Pid, p: &Paths) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        cmdline
+            .split(|&b| b == 0)
+            .any(|a| a == p.config.as_os_str().as_encoded_bytes())
+    })
 }
 
 /// SIGTERM, wait up to [`STOP_TIMEOUT`], SIGKILL.

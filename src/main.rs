@@ -101,6 +101,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::K8s(args) => k8s::run(args),
             cli::Command::Daemon(args) => daemon::run(args).await,
             cli::Command::Frontend => gateway_client::serve_stdio().await,
+            cli::Command::EmbeddedLinger { dir, linger } => embedded::linger(&dir, linger).await,
         }
     });
     if is_frontend {

@@ -114,6 +114,49 @@ fn build_without_containerd_starts_and_stops_an_embedded_one() {
     assert_nothing_left(&sb);
 }
 
+// Verifies (issue 14): with `--containerd-linger`, the embedded containerd a build started stays
+// up after it, the next build uses that same instance (no second start), and once no build has
+// used it for the linger, it is stopped with everything it had (processes, mounts, socket).
+#[test]
+fn an_embedded_containerd_lingers_for_the_next_build_then_stops() {
+    let Some(env) = Env::get() else { return };
+    let sb = sandbox();
+    let build = |out: &str| {
+        let mut cmd = build_cmd(&env, &sb, out, false);
+        cmd.args(["--containerd-linger", "4s"]);
+        common::run(cmd)
+    };
+    let pid = || std::fs::read_to_string(sb.state().join("containerd/containerd.pid")).ok();
+    let first = build("a.tar");
+    assert_runs(&env, &sb, &first, "a.tar");
+    let started = pid().expect("the embedded containerd's pid file");
+    assert!(
+        !leftover_processes(&sb.state()).is_empty(),
+        "the embedded containerd stopped although it should linger"
+    );
+    let second = build("b.tar");
+    assert_runs(&env, &sb, &second, "b.tar");
+    assert_eq!(
+        pid().as_deref(),
+        Some(started.as_str()),
+        "a second instance"
+    );
+    let log = std::fs::read_to_string(sb.state().join("containerd/containerd.log"))
+        .expect("the embedded containerd's log");
+    assert_eq!(
+        log.matches("containerd successfully booted").count(),
+        1,
+        "{log}"
+    );
+    // Stopped after 4 s without a build (the watcher polls no more often than that).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !leftover_processes(&sb.state()).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_nothing_left(&sb);
+    assert!(pid().is_none(), "pid file left behind");
+}
+
 #[test]
 fn two_builds_with_one_state_dir_share_the_embedded_containerd() {
     let Some(env) = Env::get() else { return };

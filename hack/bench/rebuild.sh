@@ -30,6 +30,10 @@ ensure_cargo
 work=$(mktemp -d /tmp/mb-bench.XXXXXX)
 cleanup() {
     [ -n "${daemon_pid:-}" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+    # The embedded containerds linger after their builds (--containerd-linger): stop them.
+    for pid in "$work"/mbe-state-*/containerd/containerd.pid; do
+        [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
+    done
     buildah --root "$work/buildah" --runroot "$work/buildah-run" rm -a >/dev/null 2>&1 || true
     bash hack/services.sh stop "$work/svc" >/dev/null 2>&1 || true
     umount -R "$work/buildah" 2>/dev/null || true

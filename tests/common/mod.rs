@@ -188,7 +188,10 @@ impl Env {
     }
 }
 
-/// The `memobuild` binary under test, with inherited `MEMOBUILD_*` settings removed.
+/// The `memobuild` binary under test, with inherited `MEMOBUILD_*` settings removed. An
+/// embedded containerd it starts is stopped when its build ends (`MEMOBUILD_CONTAINERD_LINGER`
+/// 0), so that no test leaves one running for the default five minutes; a test of the
+/// lingering passes `--containerd-linger`.
 pub fn memobuild() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_memobuild"));
     for (k, _) in std::env::vars() {
@@ -196,6 +199,7 @@ pub fn memobuild() -> Command {
             cmd.env_remove(k);
         }
     }
+    cmd.env("MEMOBUILD_CONTAINERD_LINGER", "0");
     cmd
 }
 
