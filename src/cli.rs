@@ -156,6 +156,8 @@ pub enum ProgressMode {
     Plain,
     /// One JSON object per line for each event.
     Json,
+    /// Nothing but warnings and errors, as `buildx --progress quiet`.
+    Quiet,
 }
 
 /// `memobuild build`.

@@ -238,6 +238,7 @@ fn progress_name(p: ProgressMode) -> &'static str {
         ProgressMode::Tty => "tty",
         ProgressMode::Plain => "plain",
         ProgressMode::Json => "json",
+        ProgressMode::Quiet => "quiet",
     }
 }
 

@@ -1,5 +1,5 @@
 //! Progress renderers: the live view (`tty`), plain lines in the style of
-//! `buildx --progress plain`, and JSON lines.
+//! `buildx --progress plain`, JSON lines, and `quiet` (warnings only).
 //!
 //! Everything goes to stderr, as buildx does, so stdout stays free for results.
 
@@ -22,6 +22,24 @@ pub async fn render(mode: ProgressMode, rx: mpsc::UnboundedReceiver<ProgressEven
         ProgressMode::Auto if tty::stderr_is_capable_terminal() => tty::render(rx).await,
         ProgressMode::Json => render_lines(true, rx).await,
         ProgressMode::Auto | ProgressMode::Plain => render_lines(false, rx).await,
+        ProgressMode::Quiet => render_quiet(rx).await,
+    }
+}
+
+/// `quiet`: only the warnings about the build; its errors are the command's own.
+async fn render_quiet(mut rx: mpsc::UnboundedReceiver<ProgressEvent>) {
+    while let Some(ev) = rx.recv().await {
+        if let Some(line) = quiet_line(&ev) {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// What `quiet` shows of `ev`: a warning.
+fn quiet_line(ev: &ProgressEvent) -> Option<&str> {
+    match ev {
+        ProgressEvent::Message(m) if m.starts_with("warning") => Some(m),
+        _ => None,
     }
 }
 
@@ -233,6 +251,24 @@ impl Plain {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    // Verifies: `--progress quiet` shows warnings and nothing else (no steps, logs or notes).
+    #[test]
+    fn quiet_shows_only_warnings() {
+        let warning = ProgressEvent::Message("warning: SBOM attestations are not generated".into());
+        assert_eq!(
+            quiet_line(&warning),
+            Some("warning: SBOM attestations are not generated")
+        );
+        let note = ProgressEvent::Message("exported sha256:ab to out.tar".into());
+        assert_eq!(quiet_line(&note), None);
+        let log = ProgressEvent::Log {
+            digest: "sha256:1".into(),
+            stream: LogStream::Stdout,
+            data: b"warning: from a RUN\n".to_vec(),
+        };
+        assert_eq!(quiet_line(&log), None);
+    }
 
     #[test]
     fn json_vertex_line_has_the_documented_fields() {
