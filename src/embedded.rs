@@ -16,11 +16,11 @@
 //! `flock(2)`: each build holds a shared lock on `users.lock` while it runs; starting and stopping
 //! happen under an exclusive `control.lock`, and the build that leaves finds out whether it was
 //! the last by trying an exclusive lock on `users.lock`; the last one stamps `idle` with the
-//! time, which the watcher (holding `linger.lock` while it runs) reads. The kernel drops the locks of a process
-//! that dies, so a crashed build never leaves a count behind; an instance it leaves running is
-//! reused (and then stopped) by the next build. The daemon runs in its own process group so a
-//! Ctrl-C in the terminal reaches only `memobuild`, which then stops it (if it is the last user)
-//! before exiting.
+//! time, which the watcher (holding `linger.lock` while it runs) reads. The kernel drops the
+//! locks of a process that dies, so a crashed build never leaves a count behind; an instance it
+//! leaves running is reused (and then stopped) by the next build. The daemon runs in its own
+//! process group so a Ctrl-C in the terminal reaches only `memobuild`, which then stops it (if
+//! it is the last user) before exiting.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
