@@ -4,15 +4,15 @@
 //! (its owner is added by the key where a reader sees it); never its mtime, so touching a file does not invalidate anything. Directories are
 //! walked and files hashed in parallel on rayon's pool.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
+use rustc_hash::FxHashMap;
 
 use crate::fsops::{self, CopyOptions};
 use crate::patterns::PatternMatcher;
@@ -126,21 +126,39 @@ fn collect(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
+    let mut out = Vec::new();
+    collect_entry(path.to_path_buf(), md, ctx_rel, src_rel, sel, &mut out)?;
+    Ok(out)
+}
+
+/// [`collect`] of an entry whose `lstat` is `md`, appending to `out`. Children are `lstat`ed
+/// through their directory's handle (`fstatat`), not by their whole path, which the kernel
+/// would resolve again component by component: on a big context that lookup costs more than
+/// the `stat` itself. Each directory's children are visited in name order, so that the
+/// result is close to sorted already.
+fn collect_entry(
+    path: PathBuf,
+    md: fs::Metadata,
+    ctx_rel: &str,
+    src_rel: &str,
+    sel: &CopySelection<'_>,
+    out: &mut Vec<Entry>,
+) -> io::Result<()> {
     let excluded = ctx_rel != "." && sel.excluded(ctx_rel, src_rel);
     if !md.is_dir() {
-        if excluded || !sel.included(ctx_rel, src_rel) {
-            return Ok(Vec::new());
+        if !excluded && sel.included(ctx_rel, src_rel) {
+            out.push((ctx_rel.to_string(), path, md));
         }
-        return Ok(vec![(ctx_rel.to_string(), path.to_path_buf(), md)]);
+        return Ok(());
     }
     if excluded && !sel.may_reinclude() {
-        return Ok(Vec::new());
+        return Ok(());
     }
-    let mut out = Vec::new();
+    let mut children: Vec<fs::DirEntry> = fs::read_dir(&path)?.collect::<Result<_, _>>()?;
+    children.sort_unstable_by_key(|e| e.file_name());
     if !excluded {
-        out.push((ctx_rel.to_string(), path.to_path_buf(), md));
+        out.push((ctx_rel.to_string(), path, md));
     }
-    let children: Vec<fs::DirEntry> = fs::read_dir(path)?.collect::<Result<_, _>>()?;
     let lists: Vec<Vec<Entry>> = children
         .par_iter()
         .map(|e| {
@@ -153,23 +171,50 @@ fn collect(
                     format!("{base}/{name}")
                 }
             };
-            collect(&e.path(), &join(ctx_rel), &join(src_rel), sel)
+            let md = match e.metadata() {
+                Ok(md) => md,
+                // Removed since the directory was read.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(err) => return Err(err),
+            };
+            // The path relative to the source copied matters only to the copy's own patterns.
+            let child_src = if sel.copy_exclude.is_some() || sel.copy_include.is_some() {
+                join(src_rel)
+            } else {
+                String::new()
+            };
+            let mut found = Vec::new();
+            collect_entry(e.path(), md, &join(ctx_rel), &child_src, sel, &mut found)?;
+            Ok(found)
         })
         .collect::<io::Result<_>>()?;
+    let more: usize = lists.iter().map(Vec::len).sum();
+    out.reserve(more);
     out.extend(lists.into_iter().flatten());
-    Ok(out)
+    Ok(())
 }
 
 /// Remembers fingerprints by `stat` data (inode, size, mtime, ctime, mode), like git's index, so
 /// an unchanged file is hashed once and then only `stat`ed. Persisted as one text file per
 /// context directory; a file whose mtime is too close to the moment it was hashed is not
 /// remembered (it could change again within the timestamp's granularity: git's "racily clean").
+///
+/// The saved file is read on a thread of its own from [`StatCache::load`] on, and waited for
+/// at the first lookup: a walk of the context (which needs no fingerprint yet) overlaps it.
 #[derive(Debug, Default)]
 pub struct StatCache {
     path: Option<PathBuf>,
-    entries: Mutex<HashMap<String, (Stamp, String)>>,
+    /// Read by every walk of a context, from many threads at once, and written only for
+    /// files hashed anew: a read-write lock, and FxHash (the keys are the context's own
+    /// paths, not chosen by an adversary) rather than SipHash.
+    entries: OnceLock<RwLock<Entries>>,
+    /// The reading of the saved file, until [`StatCache::entries`] takes its result.
+    loading: Mutex<Option<std::thread::JoinHandle<Entries>>>,
     dirty: AtomicBool,
 }
+
+/// Fingerprints by relative path, with the stamp each is valid for.
+type Entries = FxHashMap<String, (Stamp, String)>;
 
 /// The `stat` fields a cached fingerprint is valid for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,35 +251,27 @@ impl StatCache {
         Self::default()
     }
 
-    /// Loads the cache kept at `path` (empty when missing or unreadable).
+    /// The cache kept at `path` (empty when missing or unreadable), read in the background.
     pub fn load(path: PathBuf) -> Self {
-        let mut entries = HashMap::new();
-        if let Ok(text) = fs::read_to_string(&path)
-            && let Some(body) = text.strip_prefix(STAT_CACHE_HEADER)
-        {
-            for line in body.lines() {
-                let mut f = line.splitn(7, ' ');
-                let parsed = (|| {
-                    let hash = f.next()?.to_string();
-                    let stamp = Stamp {
-                        ino: f.next()?.parse().ok()?,
-                        size: f.next()?.parse().ok()?,
-                        mtime_ns: f.next()?.parse().ok()?,
-                        ctime_ns: f.next()?.parse().ok()?,
-                        mode: f.next()?.parse().ok()?,
-                    };
-                    Some((f.next()?.to_string(), (stamp, hash)))
-                })();
-                if let Some((k, v)) = parsed {
-                    entries.insert(k, v);
-                }
-            }
-        }
+        let file = path.clone();
+        let loading = std::thread::Builder::new()
+            .name("stat-cache-load".into())
+            .spawn(move || read_entries(&file))
+            .ok();
         StatCache {
             path: Some(path),
-            entries: Mutex::new(entries),
+            entries: OnceLock::new(),
+            loading: Mutex::new(loading),
             dirty: AtomicBool::new(false),
         }
+    }
+
+    /// The entries, once the saved file is read.
+    fn entries(&self) -> &RwLock<Entries> {
+        self.entries.get_or_init(|| {
+            let handle = self.loading.lock().ok().and_then(|mut l| l.take());
+            RwLock::new(handle.and_then(|h| h.join().ok()).unwrap_or_default())
+        })
     }
 
     /// The fingerprint of `path` (known as `rel`), from the cache when its stat is unchanged.
@@ -250,7 +287,7 @@ impl StatCache {
         md: &fs::Metadata,
     ) -> io::Result<String> {
         let stamp = Stamp::of(md);
-        if let Ok(m) = self.entries.lock()
+        if let Ok(m) = self.entries().read()
             && let Some((s, h)) = m.get(rel)
             && *s == stamp
         {
@@ -264,7 +301,7 @@ impl StatCache {
         if now - stamp.mtime_ns > RACY_NS
             && now - stamp.ctime_ns > RACY_NS
             && !rel.contains('\n')
-            && let Ok(mut m) = self.entries.lock()
+            && let Ok(mut m) = self.entries().write()
         {
             m.insert(rel.to_string(), (stamp, hash.clone()));
             self.dirty.store(true, Ordering::Relaxed);
@@ -281,7 +318,7 @@ impl StatCache {
             return Ok(());
         }
         let mut text = String::from(STAT_CACHE_HEADER);
-        if let Ok(m) = self.entries.lock() {
+        if let Ok(m) = self.entries().read() {
             for (rel, (s, h)) in m.iter() {
                 text.push_str(&format!(
                     "{h} {} {} {} {} {} {rel}\n",
@@ -299,13 +336,43 @@ impl StatCache {
 
     /// How many fingerprints it holds.
     pub fn len(&self) -> usize {
-        self.entries.lock().map(|m| m.len()).unwrap_or(0)
+        self.entries().read().map(|m| m.len()).unwrap_or(0)
     }
 
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The entries saved at `path`; none when it is missing, unreadable or of another version.
+fn read_entries(path: &Path) -> Entries {
+    let mut entries = Entries::default();
+    let Ok(text) = fs::read_to_string(path) else {
+        return entries;
+    };
+    let Some(body) = text.strip_prefix(STAT_CACHE_HEADER) else {
+        return entries;
+    };
+    entries.reserve(body.bytes().filter(|&b| b == b'\n').count());
+    for line in body.lines() {
+        let mut f = line.splitn(7, ' ');
+        let parsed = (|| {
+            let hash = f.next()?.to_string();
+            let stamp = Stamp {
+                ino: f.next()?.parse().ok()?,
+                size: f.next()?.parse().ok()?,
+                mtime_ns: f.next()?.parse().ok()?,
+                ctime_ns: f.next()?.parse().ok()?,
+                mode: f.next()?.parse().ok()?,
+            };
+            Some((f.next()?.to_string(), (stamp, hash)))
+        })();
+        if let Some((k, v)) = parsed {
+            entries.insert(k, v);
+        }
+    }
+    entries
 }
 
 /// BLAKE3 of one entry's type, permission bits, link target and content. Not its owner: what
@@ -451,8 +518,8 @@ mod tests {
         // Pretend time passed: entries are remembered once their ctime is old enough, which we
         // cannot fake; check the save/load path with a hand-made entry instead.
         let md = fs::symlink_metadata(&f).unwrap();
-        c.entries
-            .lock()
+        c.entries()
+            .write()
             .unwrap()
             .insert("f".into(), (Stamp::of(&md), "cached".into()));
         c.dirty.store(true, Ordering::Relaxed);
