@@ -15,8 +15,8 @@
 //! Several builds with the same state directory share one instance, reference-counted with
 //! `flock(2)`: each build holds a shared lock on `users.lock` while it runs; starting and stopping
 //! happen under an exclusive `control.lock`, and the build that leaves finds out whether it was
-//! the last by trying an exclusive lock on `users.lock`; the last one stamps `idle` with the
-//! time, which the watcher (holding `linger.lock` while it runs) reads. The kernel drops the
+//! the last by trying an exclusive lock on `users.lock`; the last one writes to `idle` when
+//! the instance may stop, which the watcher (holding `linger.lock` while it runs) reads. The kernel drops the
 //! locks of a process that dies, so a crashed build never leaves a count behind; an instance it
 //! leaves running is reused (and then stopped) by the next build. The daemon runs in its own
 //! process group so a Ctrl-C in the terminal reaches only `memobuild`, which then stops it (if
@@ -229,7 +229,7 @@ struct Paths {
     log: PathBuf,
     control_lock: PathBuf,
     users_lock: PathBuf,
-    /// When the last build using it ended (milliseconds since the epoch).
+    /// When it may stop, if no build uses it then (milliseconds since the epoch).
     idle: PathBuf,
     /// Held by the watcher that stops it when idle ([`linger`]).
     linger_lock: PathBuf,
@@ -251,10 +251,12 @@ impl Paths {
     }
 }
 
-/// Keeps the instance running for `linger`: stamps the time and starts a watcher unless one
-/// runs already (the watcher re-reads the stamp, so a later build's stamp counts).
+/// Keeps the instance running for `linger`: writes the moment it may stop (each build that
+/// leaves sets it anew, with its own `--containerd-linger`) and starts a watcher unless one
+/// runs already.
 fn keep(p: &Paths, linger: Duration) -> anyhow::Result<()> {
-    write_atomically(&p.idle, now_millis().to_string().as_bytes())?;
+    let deadline = now_millis().saturating_add(linger.as_millis());
+    write_atomically(&p.idle, deadline.to_string().as_bytes())?;
     if try_lock(&p.linger_lock, FlockArg::LockExclusiveNonblock)?.is_none() {
         return Ok(());
     }
@@ -264,6 +266,7 @@ fn keep(p: &Paths, linger: Duration) -> anyhow::Result<()> {
         .arg(LINGER_COMMAND)
         .arg(&p.dir)
         .arg(humantime::format_duration(linger).to_string())
+        .current_dir("/")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -277,15 +280,21 @@ fn keep(p: &Paths, linger: Duration) -> anyhow::Result<()> {
 /// The hidden `memobuild` subcommand that runs [`linger`].
 pub const LINGER_COMMAND: &str = "embedded-containerd-linger";
 
-/// The watcher of the embedded containerd under `dir`: once no build has used it for
-/// `linger`, stops it. Returns at once if another watcher runs, and when the instance is gone.
+/// How often the watcher looks again: whether the instance's directory is still there, and
+/// whether a build still uses it.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The watcher of the embedded containerd under `dir`: once the moment the last build set
+/// ([`keep`]; `linger` from now if none did) has passed with no build using it, stops it.
+/// Returns at once if another watcher runs, and when the instance is gone.
 pub async fn linger(dir: &Path, linger: Duration) -> anyhow::Result<()> {
     let p = Paths::new(dir);
     let Some(_watching) = try_lock(&p.linger_lock, FlockArg::LockExclusiveNonblock)? else {
         return Ok(());
     };
     if !p.idle.exists() {
-        write_atomically(&p.idle, now_millis().to_string().as_bytes())?;
+        let deadline = now_millis().saturating_add(linger.as_millis());
+        write_atomically(&p.idle, deadline.to_string().as_bytes())?;
     }
     let Some(pid) = running_pid(&p) else {
         return Ok(());
@@ -294,42 +303,59 @@ pub async fn linger(dir: &Path, linger: Duration) -> anyhow::Result<()> {
         if !p.dir.exists() {
             // Its directory was removed under it (a state directory deleted): nothing can
             // reach it any more, so it goes now instead of running on forever.
-            if is_ours(pid, &p) {
-                tracing::warn!("the embedded containerd's directory is gone; stopping it");
-                terminate(pid, &p, None).await;
-            }
+            tracing::warn!("the embedded containerd's directory is gone; stopping it");
+            stop_orphan(pid, &p).await;
             return Ok(());
         }
         if running_pid(&p).is_none() {
             return Ok(());
         }
-        let idle = idle_for(&p);
-        if idle < linger {
-            tokio::time::sleep(linger - idle).await;
+        let left = time_left(&p);
+        if !left.is_zero() {
+            tokio::time::sleep(left.min(WATCH_INTERVAL)).await;
             continue;
         }
         let control = lock(&p.control_lock, FlockArg::LockExclusive).await?;
-        // A build that holds a share stamps the time again when it ends.
+        // A build that holds a share sets the moment again when it ends.
         if try_lock(&p.users_lock, FlockArg::LockExclusiveNonblock)?.is_some()
-            && idle_for(&p) >= linger
+            && time_left(&p).is_zero()
         {
-            tracing::info!("stopping the embedded containerd, idle for {linger:?}");
+            tracing::info!("stopping the idle embedded containerd");
             stop_daemon(&p, None).await;
             let _ = std::fs::remove_file(&p.idle);
             return Ok(());
         }
         drop(control);
-        tokio::time::sleep(linger).await;
+        tokio::time::sleep(WATCH_INTERVAL).await;
     }
 }
 
-/// How long ago the last build using the instance ended; zero if unknown.
-fn idle_for(p: &Paths) -> Duration {
-    let stamp: u128 = std::fs::read_to_string(&p.idle)
+/// Stops the instance `pid` whose directory (pid file, locks, config) is gone: SIGTERM, SIGKILL
+/// after [`STOP_TIMEOUT`], then its shims and containers and its socket.
+async fn stop_orphan(pid: Pid, p: &Paths) {
+    if is_ours(pid, p) {
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+        while is_ours(pid, p) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(POLL_MAX).await;
+        }
+        if is_ours(pid, p) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+    let (dir, socket) = (p.dir.clone(), p.socket.clone());
+    let _ = tokio::task::spawn_blocking(move || kill_strays(&dir, &socket)).await;
+    let _ = std::fs::remove_file(&p.socket);
+    let _ = std::fs::remove_file(PathBuf::from(format!("{}.ttrpc", p.socket.display())));
+}
+
+/// How long until the instance may stop (zero once that moment has passed, or if unknown).
+fn time_left(p: &Paths) -> Duration {
+    let deadline: u128 = std::fs::read_to_string(&p.idle)
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(now_millis);
-    let ms = now_millis().saturating_sub(stamp);
+        .unwrap_or(0);
+    let ms = deadline.saturating_sub(now_millis());
     Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 

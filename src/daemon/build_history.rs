@@ -194,6 +194,9 @@ impl BuildHistory {
     /// Keeps `predicate` beside the record of `r#ref`; its descriptor, as the record lists it.
     fn keep_provenance(&self, r#ref: &str, predicate: &[u8]) -> Option<Descriptor> {
         let dir = self.dir.as_ref()?;
+        if !self.contains(r#ref) {
+            return None;
+        }
         let path = record_file(dir, r#ref).with_extension(PROVENANCE);
         let tmp = path.with_extension("provenance.tmp");
         let written = std::fs::write(&tmp, predicate).and_then(|()| std::fs::rename(&tmp, &path));

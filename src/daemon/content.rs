@@ -40,9 +40,9 @@ impl ContentService {
         let bytes = tokio::fs::read(&path).await.map_err(|_| not_found())?;
         // A blob changed on disk is not served as the one the record lists.
         if memobuild_worker::blobs::sha256_digest(&bytes) != digest {
+            tracing::warn!("`{}` no longer holds {digest}", path.display());
             return Err(Status::data_loss(format!(
-                "content {digest}: `{}` does not hold it any more",
-                path.display()
+                "content {digest}: the daemon's copy changed"
             )));
         }
         Ok(bytes)

@@ -43,7 +43,7 @@ const TUNNEL_QUEUE: usize = 64;
 /// h2 closed the client's whole connection (GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames").
 /// More than the session connection's receive window ([`transport::CONNECTION_WINDOW`]), so a
 /// client within flow control never fills it.
-const TUNNEL_READ_AHEAD: usize = 64 << 20;
+const TUNNEL_READ_AHEAD: usize = transport::CONNECTION_WINDOW as usize + (16 << 20);
 
 /// What a queued message counts beyond its data, so that empty ones are bounded too.
 const MESSAGE_OVERHEAD: usize = 64;

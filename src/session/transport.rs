@@ -275,22 +275,24 @@ where
 
 /// Receive window of each call on the connections sessions travel: the daemon's listeners,
 /// the CLI's connection to a daemon, and both ends of the connection inside a session
-/// ([`connect_lazy`], [`serve`]).
+/// ([`connect_lazy`], [`serve`]). hyper's server default.
 ///
-/// Sessions carry one small message per file (FileSync's stat and request packets, each its
-/// own DATA frame inside the tunnel and, as grpc-go sends them, outside it too), and h2 closes
-/// a connection (GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames") once the small DATA frames
-/// waiting unread in it cost more per-frame overhead than half its connection window. With
-/// hyper's defaults (a server's connection window the size of its stream window) a reader
-/// that fell behind by a few thousand messages lost the connection: buildx's builds of big
-/// contexts failed so. A stream window far under the connection window keeps a whole stream
-/// window of them within that allowance, even of the smallest (a FileSync request of about
-/// 20 bytes with its gRPC prefix counts 236 bytes: 512 KiB of them cost 6 MiB of the 8).
-pub const STREAM_WINDOW: u32 = 512 << 10;
+/// Sessions carry one small message per file (FileSync's stat, request and end-of-file
+/// packets, each its own DATA frame inside the tunnel and, as grpc-go sends them, outside it
+/// too), and h2 closes a connection (GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames") once the
+/// small DATA frames waiting unread in it cost more than half its connection window, each
+/// frame of `n < 256` bytes costing `256 - n`. With hyper's defaults (a server's connection
+/// window the size of its stream window) a reader that fell behind by a few thousand messages
+/// lost the connection: buildx's builds of big contexts failed so. hyper exposes no setting of
+/// that allowance, so the connection window is made large against the stream windows: a whole
+/// stream window of the mix a context sends (a stat packet of some 60 bytes per file besides
+/// its 10-byte end-of-file packet) costs about 5 MiB of the 32 allowed, and even one of
+/// nothing but 10-byte frames (25 MiB) fits.
+pub const STREAM_WINDOW: u32 = 1 << 20;
 
-/// Receive window of a whole connection (see [`STREAM_WINDOW`]); BuildKit's grpc-go grows
-/// its windows to 16 MiB too.
-pub const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Receive window of a whole connection (see [`STREAM_WINDOW`]). It bounds what a peer may
+/// have in flight, not what is allocated: buffers grow only as unread data waits.
+pub const CONNECTION_WINDOW: u32 = 64 << 20;
 
 /// Serves `routes` over `io` as the HTTP/2 server, as the CLI does on a session, until the
 /// connection ends: the peer closes it or the incoming stream ends.

@@ -155,7 +155,7 @@ fn collect_entry(
         return Ok(());
     }
     let mut children: Vec<fs::DirEntry> = fs::read_dir(&path)?.collect::<Result<_, _>>()?;
-    children.sort_unstable_by_key(|e| e.file_name());
+    children.sort_by_cached_key(|e| e.file_name());
     if !excluded {
         out.push((ctx_rel.to_string(), path, md));
     }
