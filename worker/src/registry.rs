@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod push;
+pub mod reference;
 pub mod resolved;
 pub mod retry;
 
@@ -390,7 +391,11 @@ struct ManifestJson {
 }
 
 /// Parses and normalises a reference like Docker: `busybox` → `docker.io/library/busybox:latest`.
+/// The common shapes are read by hand ([`reference::parse_plain`]); the rest by oci-spec.
 pub fn normalize_reference(reference: &str) -> Result<Reference> {
+    if let Some(r) = reference::parse_plain(reference) {
+        return Ok(r);
+    }
     reference
         .parse::<Reference>()
         .map_err(|e| Error::InvalidReference {
