@@ -255,8 +255,7 @@ impl Paths {
 /// leaves sets it anew, with its own `--containerd-linger`) and starts a watcher unless one
 /// runs already.
 fn keep(p: &Paths, linger: Duration) -> anyhow::Result<()> {
-    let deadline = now_millis().saturating_add(linger.as_millis());
-    write_atomically(&p.idle, deadline.to_string().as_bytes())?;
+    set_deadline(p, linger)?;
     if try_lock(&p.linger_lock, FlockArg::LockExclusiveNonblock)?.is_none() {
         return Ok(());
     }
@@ -293,8 +292,7 @@ pub async fn linger(dir: &Path, linger: Duration) -> anyhow::Result<()> {
         return Ok(());
     };
     if !p.idle.exists() {
-        let deadline = now_millis().saturating_add(linger.as_millis());
-        write_atomically(&p.idle, deadline.to_string().as_bytes())?;
+        set_deadline(&p, linger)?;
     }
     let Some(pid) = running_pid(&p) else {
         return Ok(());
@@ -304,7 +302,7 @@ pub async fn linger(dir: &Path, linger: Duration) -> anyhow::Result<()> {
             // Its directory was removed under it (a state directory deleted): nothing can
             // reach it any more, so it goes now instead of running on forever.
             tracing::warn!("the embedded containerd's directory is gone; stopping it");
-            stop_orphan(pid, &p).await;
+            stop_instance(&p, is_ours(pid, &p).then_some(pid), None).await;
             return Ok(());
         }
         if running_pid(&p).is_none() {
@@ -330,23 +328,10 @@ pub async fn linger(dir: &Path, linger: Duration) -> anyhow::Result<()> {
     }
 }
 
-/// Stops the instance `pid` whose directory (pid file, locks, config) is gone: SIGTERM, SIGKILL
-/// after [`STOP_TIMEOUT`], then its shims and containers and its socket.
-async fn stop_orphan(pid: Pid, p: &Paths) {
-    if is_ours(pid, p) {
-        let _ = kill(pid, Signal::SIGTERM);
-        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
-        while is_ours(pid, p) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(POLL_MAX).await;
-        }
-        if is_ours(pid, p) {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-    }
-    let (dir, socket) = (p.dir.clone(), p.socket.clone());
-    let _ = tokio::task::spawn_blocking(move || kill_strays(&dir, &socket)).await;
-    let _ = std::fs::remove_file(&p.socket);
-    let _ = std::fs::remove_file(PathBuf::from(format!("{}.ttrpc", p.socket.display())));
+/// Records that the instance may stop `linger` from now.
+fn set_deadline(p: &Paths, linger: Duration) -> anyhow::Result<()> {
+    let deadline = now_millis().saturating_add(linger.as_millis());
+    write_atomically(&p.idle, deadline.to_string().as_bytes())
 }
 
 /// How long until the instance may stop (zero once that moment has passed, or if unknown).
@@ -508,7 +493,12 @@ fn log_tail(log: &Path) -> String {
 /// SIGKILL), stray shims and container processes, mounts under its directory, its socket and pid
 /// file. Safe when nothing runs.
 async fn stop_daemon(p: &Paths, child: Option<tokio::process::Child>) {
-    let pid = running_pid(p);
+    stop_instance(p, running_pid(p), child).await;
+}
+
+/// [`stop_daemon`] of the instance `pid` (when one runs), which its pid file may no longer
+/// name (its directory removed under it).
+async fn stop_instance(p: &Paths, pid: Option<Pid>, child: Option<tokio::process::Child>) {
     if pid.is_some()
         && let Err(e) = tokio::time::timeout(Duration::from_secs(20), delete_tasks(&p.socket)).await
     {
@@ -553,7 +543,7 @@ async fn terminate(pid: Pid, p: &Paths, mut child: Option<tokio::process::Child>
     let gone = |child: &mut Option<tokio::process::Child>| match child {
         // Our own child stays a zombie (and in /proc) until reaped.
         Some(c) => !matches!(c.try_wait(), Ok(None)),
-        None => running_pid(p).is_none(),
+        None => !is_ours(pid, p),
     };
     let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
     // It exits a few milliseconds after SIGTERM when no task runs.
