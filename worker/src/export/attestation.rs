@@ -256,6 +256,8 @@ fn hex(digest: &str) -> String {
 pub struct Attached {
     /// The statement (the manifest's one layer).
     pub statement: Vec<u8>,
+    /// Its descriptor, as the manifest lists it.
+    pub statement_desc: Descriptor,
     /// The attestation manifest.
     pub manifest: Vec<u8>,
     /// Its descriptor, as listed in the index.
@@ -272,12 +274,13 @@ pub const EMPTY_CONFIG: &[u8] = b"{}";
 /// The attestation manifest for `statement` about the image `image` (its manifest's
 /// descriptor, platform `platform` as the index lists it), and the index of both.
 pub fn attach(statement: Vec<u8>, image: &Descriptor, platform: &Value) -> Attached {
-    let layer = json!({
-        "mediaType": MEDIA_TYPE_IN_TOTO,
-        "digest": sha256_digest(&statement),
-        "size": statement.len(),
-        "annotations": { PREDICATE_TYPE_ANNOTATION: PREDICATE_SLSA_V1 },
-    });
+    let statement_desc = Descriptor {
+        annotations: BTreeMap::from([(
+            PREDICATE_TYPE_ANNOTATION.to_owned(),
+            PREDICATE_SLSA_V1.to_owned(),
+        )]),
+        ..Descriptor::of(MEDIA_TYPE_IN_TOTO, &statement)
+    };
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": MEDIA_TYPE_MANIFEST,
@@ -288,14 +291,11 @@ pub fn attach(statement: Vec<u8>, image: &Descriptor, platform: &Value) -> Attac
             "size": EMPTY_CONFIG.len(),
             "data": "e30=",
         },
-        "layers": [layer],
+        "layers": [statement_desc],
         "subject": { "mediaType": image.media_type, "digest": image.digest, "size": image.size },
     });
     let manifest = serde_json::to_vec(&manifest).unwrap_or_default();
     let manifest_desc = Descriptor {
-        media_type: MEDIA_TYPE_MANIFEST.to_owned(),
-        digest: sha256_digest(&manifest),
-        size: manifest.len() as u64,
         annotations: BTreeMap::from([
             (
                 "vnd.docker.reference.digest".to_owned(),
@@ -306,6 +306,7 @@ pub fn attach(statement: Vec<u8>, image: &Descriptor, platform: &Value) -> Attac
                 "attestation-manifest".to_owned(),
             ),
         ]),
+        ..Descriptor::of(MEDIA_TYPE_MANIFEST, &manifest)
     };
     let index = json!({
         "schemaVersion": 2,
@@ -327,14 +328,10 @@ pub fn attach(statement: Vec<u8>, image: &Descriptor, platform: &Value) -> Attac
         ],
     });
     let index = serde_json::to_vec(&index).unwrap_or_default();
-    let index_desc = Descriptor {
-        media_type: MEDIA_TYPE_INDEX.to_owned(),
-        digest: sha256_digest(&index),
-        size: index.len() as u64,
-        annotations: BTreeMap::new(),
-    };
+    let index_desc = Descriptor::of(MEDIA_TYPE_INDEX, &index);
     Attached {
         statement,
+        statement_desc,
         manifest,
         manifest_desc,
         index,

@@ -33,6 +33,18 @@ pub struct Descriptor {
     pub annotations: std::collections::BTreeMap<String, String>,
 }
 
+impl Descriptor {
+    /// The descriptor of `bytes` as `media_type`, without annotations.
+    pub fn of(media_type: &str, bytes: &[u8]) -> Descriptor {
+        Descriptor {
+            media_type: media_type.to_owned(),
+            digest: sha256_digest(bytes),
+            size: bytes.len() as u64,
+            annotations: Default::default(),
+        }
+    }
+}
+
 /// Errors assembling an image.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -118,12 +130,7 @@ pub fn with_layers(
 
 /// The config descriptor and the manifest for finished config bytes and `layers`.
 fn finish(config: Vec<u8>, layers: &[LayerBlob]) -> Result<ImageManifest, ManifestError> {
-    let config_desc = Descriptor {
-        media_type: MEDIA_TYPE_CONFIG.into(),
-        digest: sha256_digest(&config),
-        size: config.len() as u64,
-        annotations: Default::default(),
-    };
+    let config_desc = Descriptor::of(MEDIA_TYPE_CONFIG, &config);
     let manifest_value = json!({
         "schemaVersion": 2,
         "mediaType": MEDIA_TYPE_MANIFEST,
@@ -138,12 +145,7 @@ fn finish(config: Vec<u8>, layers: &[LayerBlob]) -> Result<ImageManifest, Manife
     });
     let manifest =
         serde_json::to_vec(&manifest_value).map_err(|e| ManifestError::BadConfig(e.to_string()))?;
-    let manifest_desc = Descriptor {
-        media_type: MEDIA_TYPE_MANIFEST.into(),
-        digest: sha256_digest(&manifest),
-        size: manifest.len() as u64,
-        annotations: Default::default(),
-    };
+    let manifest_desc = Descriptor::of(MEDIA_TYPE_MANIFEST, &manifest);
     Ok(ImageManifest {
         config,
         config_desc,

@@ -5,7 +5,6 @@
 
 use serde_json::Value;
 
-use crate::blobs::sha256_digest;
 use crate::export::manifest::{Descriptor, ImageManifest};
 
 /// The image cannot be expressed with Docker's media types.
@@ -89,12 +88,7 @@ pub fn to_docker(img: &ImageManifest) -> Result<ImageManifest, MediaTypeError> {
             media_type: DOCKER_CONFIG.into(),
             ..img.config_desc.clone()
         },
-        manifest_desc: Descriptor {
-            media_type: DOCKER_MANIFEST.into(),
-            digest: sha256_digest(&manifest),
-            size: manifest.len() as u64,
-            annotations: Default::default(),
-        },
+        manifest_desc: Descriptor::of(DOCKER_MANIFEST, &manifest),
         manifest,
         layers,
     })
@@ -136,7 +130,10 @@ mod tests {
         assert_eq!(v["layers"][0]["digest"], l.digest.as_str());
         assert_eq!(d.config, oci.config);
         assert_ne!(d.manifest_desc.digest, oci.manifest_desc.digest);
-        assert_eq!(d.manifest_desc.digest, sha256_digest(&d.manifest));
+        assert_eq!(
+            d.manifest_desc.digest,
+            crate::blobs::sha256_digest(&d.manifest)
+        );
         assert_eq!(d.layers[0].media_type, DOCKER_LAYER_GZIP);
         // Deterministic.
         assert_eq!(to_docker(&oci).unwrap().manifest, d.manifest);

@@ -93,8 +93,8 @@ pub async fn push_attested(
             data: BlobData::Bytes(Arc::from(EMPTY_CONFIG)),
         },
         PushBlob {
-            digest: crate::blobs::sha256_digest(&att.statement),
-            size: att.statement.len() as u64,
+            digest: att.statement_desc.digest.clone(),
+            size: att.statement_desc.size,
             data: BlobData::Bytes(Arc::from(att.statement.as_slice())),
         },
     ];
