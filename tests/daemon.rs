@@ -2490,32 +2490,6 @@ fn a_session_fed_many_small_messages_keeps_its_connection() {
     });
 }
 
-/// `skopeo inspect --raw` of `reference` as JSON.
-fn raw_manifest(reference: &str) -> serde_json::Value {
-    let out = common::run({
-        let mut c = std::process::Command::new("skopeo");
-        c.args(["inspect", "--raw", "--tls-verify=false"])
-            .arg(format!("docker://{reference}"));
-        c
-    });
-    assert_ok(&out, "skopeo inspect --raw");
-    serde_json::from_slice(&out.stdout).expect("manifest JSON")
-}
-
-/// A blob of repository `repo` in the test registry.
-fn registry_blob(env: &Env, repo: &str, digest: &str) -> Vec<u8> {
-    let out = common::run({
-        let mut c = std::process::Command::new("curl");
-        c.args([
-            "-sf",
-            &format!("http://{}/v2/{repo}/blobs/{digest}", env.registry),
-        ]);
-        c
-    });
-    assert_ok(&out, "GET blob");
-    out.stdout
-}
-
 // Verifies: a push with the provenance buildx asks for by default
 // (`attest:provenance=mode=min,inline-only=true`) lands as BuildKit pushes it: the tag names an
 // index of the image (its platform) and an attestation manifest (`unknown/unknown`, annotated
@@ -2556,7 +2530,7 @@ fn pushed_images_carry_buildx_default_provenance() {
     );
     assert_ok(&out, "build --push with provenance");
 
-    let index = raw_manifest(&tag);
+    let index = common::raw_manifest(&tag);
     assert_eq!(
         index["mediaType"], "application/vnd.oci.image.index.v1+json",
         "{index}"
@@ -2570,7 +2544,7 @@ fn pushed_images_carry_buildx_default_provenance() {
     assert_eq!(ann["vnd.docker.reference.type"], "attestation-manifest");
     assert_eq!(ann["vnd.docker.reference.digest"], image_digest);
 
-    let att = raw_manifest(&format!(
+    let att = common::raw_manifest(&format!(
         "{}/{repo}@{}",
         env.registry,
         entries[1]["digest"].as_str().expect("digest")
@@ -2582,7 +2556,7 @@ fn pushed_images_carry_buildx_default_provenance() {
     assert_eq!(att["subject"]["digest"], image_digest);
     let layer = &att["layers"][0];
     assert_eq!(layer["mediaType"], "application/vnd.in-toto+json");
-    let statement: serde_json::Value = serde_json::from_slice(&registry_blob(
+    let statement: serde_json::Value = serde_json::from_slice(&common::registry_blob(
         &env,
         &repo,
         layer["digest"].as_str().expect("digest"),

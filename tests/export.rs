@@ -143,13 +143,7 @@ fn pushed_image_is_read_by_skopeo_and_runs_under_containerd() {
     let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("json");
     assert_eq!(v["Digest"], digest.as_str());
     assert_eq!(v["Layers"].as_array().map(Vec::len), Some(5));
-    let raw = skopeo(&[
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &format!("docker://{name}"),
-    ]);
-    let raw: serde_json::Value = serde_json::from_slice(&raw.stdout).expect("json");
+    let raw = common::raw_manifest(&name);
     assert_eq!(
         raw["mediaType"],
         "application/vnd.oci.image.manifest.v1+json"
@@ -368,14 +362,7 @@ fn oci_mediatypes_false_pushes_docker_media_types() {
         ],
     );
     assert_ok(&out, "memobuild build type=image,oci-mediatypes=false");
-    let raw = skopeo(&[
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &format!("docker://{name}"),
-    ]);
-    assert_ok(&raw, "skopeo inspect --raw");
-    let m: serde_json::Value = serde_json::from_slice(&raw.stdout).expect("manifest");
+    let m = common::raw_manifest(&name);
     assert_eq!(
         m["mediaType"],
         "application/vnd.docker.distribution.manifest.v2+json"
@@ -1047,33 +1034,17 @@ fn local_push_with_provenance_is_an_attested_index() {
         ],
     );
     assert_ok(&out, "build --provenance mode=max --push");
-    let raw = skopeo(&[
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &format!("docker://{tag}"),
-    ]);
-    assert_ok(&raw, "skopeo inspect --raw");
-    let index: serde_json::Value = serde_json::from_slice(&raw.stdout).expect("json");
+    let index = common::raw_manifest(&tag);
     let entries = index["manifests"].as_array().expect("an index");
     assert_eq!(entries.len(), 2, "{index}");
-    let att_ref = format!(
-        "docker://{}/{repo}@{}",
+    let att = common::raw_manifest(&format!(
+        "{}/{repo}@{}",
         env.registry,
         entries[1]["digest"].as_str().expect("digest")
-    );
-    let att = skopeo(&["inspect", "--raw", "--tls-verify=false", &att_ref]);
-    let att: serde_json::Value = serde_json::from_slice(&att.stdout).expect("json");
+    ));
     let layer = att["layers"][0]["digest"].as_str().expect("layer");
-    let blob = common::run({
-        let mut c = Command::new("curl");
-        c.args([
-            "-sf",
-            &format!("http://{}/v2/{repo}/blobs/{layer}", env.registry),
-        ]);
-        c
-    });
-    let statement: serde_json::Value = serde_json::from_slice(&blob.stdout).expect("statement");
+    let blob = common::registry_blob(&env, &repo, layer);
+    let statement: serde_json::Value = serde_json::from_slice(&blob).expect("statement");
     assert_eq!(
         statement["subject"][0]["digest"]["sha256"],
         entries[0]["digest"]

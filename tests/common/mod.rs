@@ -203,6 +203,32 @@ pub fn memobuild() -> Command {
     cmd
 }
 
+/// `skopeo inspect --raw` of the image `reference` in a plain-HTTP registry, as JSON.
+pub fn raw_manifest(reference: &str) -> serde_json::Value {
+    let out = run({
+        let mut c = Command::new("skopeo");
+        c.args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{reference}"));
+        c
+    });
+    assert_ok(&out, "skopeo inspect --raw");
+    serde_json::from_slice(&out.stdout).expect("manifest JSON")
+}
+
+/// The blob `digest` of repository `repo` in the test registry.
+pub fn registry_blob(env: &Env, repo: &str, digest: &str) -> Vec<u8> {
+    let out = run({
+        let mut c = Command::new("curl");
+        c.args([
+            "-sf",
+            &format!("http://{}/v2/{repo}/blobs/{digest}", env.registry),
+        ]);
+        c
+    });
+    assert_ok(&out, "GET blob");
+    out.stdout
+}
+
 /// `ctr` against the test containerd in `namespace`.
 pub fn ctr(env: &Env, namespace: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("ctr");
