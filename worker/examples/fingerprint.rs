@@ -54,9 +54,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let files = copy_sources(&dir, &sel, &cache)?;
     let mut all = blake3::Hasher::new();
+    let mut hex = [0u8; 64];
     for (p, h) in &files {
         all.update(p.as_bytes());
-        all.update(h.as_bytes());
+        all.update(h.hex_into(&mut hex));
     }
     let elapsed = start.elapsed();
     cache.save()?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use memobuild_proto::{attr, pb};
 
 use crate::cache::key::{KeyBuilder, fs_identity, op_components};
-use crate::fingerprint::{self, CopySelection, StatCache};
+use crate::fingerprint::{self, CopySelection, Fingerprint, StatCache};
 use crate::patterns::PatternMatcher;
 use crate::solver::{LocalRef, Output, Solve, SolveError, output_count};
 
@@ -146,16 +146,17 @@ impl Solve {
                 k.add(format!("owners of {label}"), h);
             }
             let mut all = blake3::Hasher::new();
+            let mut hex = [0u8; 64];
             for (path, hash) in files.iter() {
                 all.update(path.as_bytes());
                 all.update(b"\0");
-                all.update(hash.as_bytes());
+                all.update(hash.hex_into(&mut hex));
                 all.update(b"\n");
             }
             k.add(label, all.finalize().to_hex().to_string());
             if files.len() <= MAX_FILE_COMPONENTS {
                 for (path, hash) in files.iter() {
-                    k.add(format!("file {path}"), hash.clone());
+                    k.add(format!("file {path}"), hash.to_hex());
                 }
             }
         }
@@ -182,7 +183,7 @@ struct Selection {
 
 /// Fingerprint lists already computed in a solve, by [`Selection::memo_key`].
 pub(crate) type FingerprintMemo =
-    Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<(String, String)>>>>>;
+    Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<(String, Fingerprint)>>>>>;
 
 impl Selection {
     /// Everything that decides which files a selection reads from `local`.
@@ -207,7 +208,7 @@ impl Selection {
 }
 
 /// BLAKE3 over the uid and gid of each listed file (paths relative to `root`).
-fn owners_hash(root: &std::path::Path, files: &[(String, String)]) -> std::io::Result<String> {
+fn owners_hash(root: &std::path::Path, files: &[(String, Fingerprint)]) -> std::io::Result<String> {
     use std::os::unix::fs::MetadataExt;
     let mut h = blake3::Hasher::new();
     for (path, _) in files {
