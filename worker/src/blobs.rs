@@ -103,6 +103,9 @@ impl BlobStore {
             if let Ok(p) = self.stamp_path(digest) {
                 let _ = fs::remove_file(p);
             }
+            if let Ok(p) = self.chunk_table(digest) {
+                let _ = fs::remove_file(p);
+            }
         }
         ok
     }
@@ -136,6 +139,16 @@ impl BlobStore {
                 diff_id: Some(diff_id.to_string()),
             },
         );
+    }
+
+    /// Where the chunk tables of compressed layers are (`layer::chunks`).
+    pub fn chunk_tables(&self) -> PathBuf {
+        self.root.join("sha256/.gzip-chunks")
+    }
+
+    /// The chunk table of layer blob `digest` (whether or not it exists).
+    pub fn chunk_table(&self, digest: &str) -> Result<PathBuf, BlobError> {
+        Ok(self.chunk_tables().join(digest_hex(digest)?))
     }
 
     fn stamp_path(&self, digest: &str) -> Result<PathBuf, BlobError> {

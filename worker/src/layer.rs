@@ -11,6 +11,7 @@
 //! (sha256 of the gzip blob), compressing on all cores ([`pgzip`]) into standard gzip.
 
 pub mod check;
+pub mod chunks;
 pub mod pgzip;
 mod tarwriter;
 
@@ -94,7 +95,9 @@ pub fn write_layer(
     let tmp = store.temp()?;
     let file = tmp.as_file().try_clone().map_err(io_err(tmp.path()))?;
     let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, file));
-    let gz = ParallelGzWriter::new(compressed, opts.gzip_level);
+    // Chunks an earlier layer compressed are copied from it (`chunks`).
+    let tables = std::sync::Arc::new(chunks::ChunkTables::new(store.clone(), opts.gzip_level));
+    let gz = ParallelGzWriter::new(compressed, opts.gzip_level).recording(Some(tables));
     let plain = HashWriter::new(gz);
     let mut tw = TarWriter::new(plain);
 
@@ -107,13 +110,14 @@ pub fn write_layer(
 
     let plain = tw.finish().map_err(io_err(upper))?;
     let (gz, diff_id, _) = plain.finish();
-    let compressed = gz.finish().map_err(io_err(tmp.path()))?;
+    let (compressed, chunks) = gz.finish_recorded().map_err(io_err(tmp.path()))?;
     let (mut bufw, digest, size) = compressed.finish();
     io::Write::flush(&mut bufw).map_err(io_err(tmp.path()))?;
     drop(bufw);
     if !store.contains(&digest) {
         store.commit(tmp, &digest)?;
     }
+    chunks::save(store, &digest, opts.gzip_level, &chunks);
     // Both hashes were taken from the bytes just written: a later check of a record naming this
     // layer need not decompress it ([`check`]).
     store.remember_diff_id(&digest, &diff_id);

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <root>/
-//!   blobs/sha256/<hex>                 layer and config blobs (+ .verified/<hex> stamps)
+//!   blobs/sha256/<hex>                 layer and config blobs (+ .verified/<hex> stamps,
+//!                                      .gzip-chunks/<hex> chunk tables of our layers)
 //!   cache/ac/<2 hex>/<key>.json        action records (L2)
 //!   cache/stat/<hash of dir>           stat caches of local directories
 //!   cache/compression/<2 hex>/<key>    export-time layer conversions

@@ -7,6 +7,11 @@
 //!
 //! The bytes depend only on the input, the level and [`CHUNK`], never on how many threads ran,
 //! so a layer's digest is the same on every machine.
+//!
+//! Since every chunk's compressed bytes depend on that chunk's input alone, a chunk compressed
+//! before can be copied instead of compressed again ([`ChunkSource`], kept by `layer::chunks`):
+//! a one-file edit under a 1 GB `COPY` recompresses the megabyte that holds the file. The
+//! result is byte for byte what compressing would give.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -21,7 +26,41 @@ pub const CHUNK: usize = 1 << 20;
 /// gzip header: magic, deflate, no flags, mtime 0, no extra flags, OS "unknown" (as Go writes).
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
-type Job = mpsc::Receiver<io::Result<(Vec<u8>, Crc)>>;
+type Job = mpsc::Receiver<io::Result<Done>>;
+
+/// A compressed chunk: its bytes, the CRC-32 of its input, and what a [`ChunkRecord`] keeps.
+struct Done {
+    out: Vec<u8>,
+    crc: Crc,
+    input: Option<[u8; 32]>,
+    input_len: usize,
+    last: bool,
+}
+
+/// Compressed chunks of earlier layers, found by their input.
+pub trait ChunkSource: Send + Sync {
+    /// The compressed bytes of a chunk whose input has BLAKE3 `input`, compressed at `level`
+    /// as the last chunk of its stream or not; `None` when none is known or it cannot be read.
+    fn fetch(&self, input: &[u8; 32], level: u32, last: bool) -> Option<Vec<u8>>;
+}
+
+/// One chunk of a stream written with [`ParallelGzWriter::recording`]: the BLAKE3 of its
+/// input, its input and compressed lengths, and whether it ends the stream. Its compressed
+/// bytes follow the 10-byte header and the chunks before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRecord {
+    /// BLAKE3 of the chunk's input.
+    pub input: [u8; 32],
+    /// Its input length ([`CHUNK`] but for the last).
+    pub input_len: u64,
+    /// Whether it is the stream's last chunk (a final block instead of a sync flush).
+    pub last: bool,
+    /// Its compressed length.
+    pub compressed_len: u64,
+}
+
+/// Where a stream's chunks start: after the gzip header.
+pub const HEADER_LEN: u64 = HEADER.len() as u64;
 
 /// The compression threads: a pool of their own, so that a writer used from a thread of
 /// rayon's global pool can never wait on jobs queued behind itself.
@@ -46,6 +85,9 @@ pub struct ParallelGzWriter<'p, W: Write> {
     max_pending: usize,
     crc: Crc,
     header_written: bool,
+    /// Chunks compressed before, and the chunks of this stream, when recording.
+    source: Option<std::sync::Arc<dyn ChunkSource>>,
+    records: Option<Vec<ChunkRecord>>,
 }
 
 impl<W: Write> ParallelGzWriter<'static, W> {
@@ -67,15 +109,33 @@ impl<'p, W: Write> ParallelGzWriter<'p, W> {
             max_pending: pool.current_num_threads().max(1) * 2,
             crc: Crc::new(),
             header_written: false,
+            source: None,
+            records: None,
         }
+    }
+
+    /// Also records each chunk ([`ParallelGzWriter::finish_recorded`]), and copies from
+    /// `source` the chunks it holds instead of compressing them.
+    pub fn recording(mut self, source: Option<std::sync::Arc<dyn ChunkSource>>) -> Self {
+        self.source = source;
+        self.records = Some(Vec::new());
+        self
     }
 
     fn submit(&mut self, last: bool) -> io::Result<()> {
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
         let level = self.level;
+        let record = self.records.is_some();
+        let source = self.source.clone();
         let (tx, rx) = mpsc::channel();
         self.pool.spawn(move || {
-            let _ = tx.send(deflate_chunk(&data, level, last));
+            let _ = tx.send(compress_chunk(
+                &data,
+                level,
+                last,
+                record,
+                source.as_deref(),
+            ));
         });
         self.pending.push_back(rx);
         while self.pending.len() > self.max_pending {
@@ -88,27 +148,41 @@ impl<'p, W: Write> ParallelGzWriter<'p, W> {
         let Some(rx) = self.pending.pop_front() else {
             return Ok(());
         };
-        let (out, crc) = rx
+        let done = rx
             .recv()
             .map_err(|_| io::Error::other("gzip worker thread went away"))??;
         if !self.header_written {
             self.inner.write_all(&HEADER)?;
             self.header_written = true;
         }
-        self.inner.write_all(&out)?;
-        self.crc.combine(&crc);
+        self.inner.write_all(&done.out)?;
+        self.crc.combine(&done.crc);
+        if let (Some(records), Some(input)) = (&mut self.records, done.input) {
+            records.push(ChunkRecord {
+                input,
+                input_len: done.input_len as u64,
+                last: done.last,
+                compressed_len: done.out.len() as u64,
+            });
+        }
         Ok(())
     }
 
     /// Compresses what is left, writes the trailer and returns the inner writer.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub fn finish(self) -> io::Result<W> {
+        self.finish_recorded().map(|(w, _)| w)
+    }
+
+    /// [`ParallelGzWriter::finish`], with the stream's chunks when it was
+    /// [`recording`](ParallelGzWriter::recording) (else none).
+    pub fn finish_recorded(mut self) -> io::Result<(W, Vec<ChunkRecord>)> {
         self.submit(true)?;
         while !self.pending.is_empty() {
             self.drain_one()?;
         }
         self.inner.write_all(&self.crc.sum().to_le_bytes())?;
         self.inner.write_all(&self.crc.amount().to_le_bytes())?;
-        Ok(self.inner)
+        Ok((self.inner, self.records.unwrap_or_default()))
     }
 }
 
@@ -129,10 +203,41 @@ impl<W: Write> Write for ParallelGzWriter<'_, W> {
     }
 }
 
-/// Raw-deflates one chunk: a sync flush at the end unless it is the last chunk.
-fn deflate_chunk(data: &[u8], level: u32, last: bool) -> io::Result<(Vec<u8>, Crc)> {
+/// One chunk, compressed or copied from `source`; hashed when recorded or looked up.
+fn compress_chunk(
+    data: &[u8],
+    level: u32,
+    last: bool,
+    record: bool,
+    source: Option<&dyn ChunkSource>,
+) -> io::Result<Done> {
     let mut crc = Crc::new();
     crc.update(data);
+    let input = (record || source.is_some()).then(|| *blake3::hash(data).as_bytes());
+    let reused = match (source, &input) {
+        (Some(s), Some(h)) => s.fetch(h, level, last),
+        _ => None,
+    };
+    let out = match reused {
+        Some(out) => out,
+        None => deflate_chunk(data, level, last)?,
+    };
+    Ok(Done {
+        out,
+        crc,
+        input,
+        input_len: data.len(),
+        last,
+    })
+}
+
+/// The raw-deflated bytes of `data` as one chunk (for telling compressors apart).
+pub fn deflate_sample(data: &[u8], level: u32, last: bool) -> io::Result<Vec<u8>> {
+    deflate_chunk(data, level.min(9), last)
+}
+
+/// Raw-deflates one chunk: a sync flush at the end unless it is the last chunk.
+fn deflate_chunk(data: &[u8], level: u32, last: bool) -> io::Result<Vec<u8>> {
     let mut c = Compress::new(Compression::new(level), false);
     let mut out = Vec::with_capacity(data.len() / 2 + 1024);
     let flush = if last {
@@ -154,7 +259,7 @@ fn deflate_chunk(data: &[u8], level: u32, last: bool) -> io::Result<(Vec<u8>, Cr
             _ => out.reserve(out.capacity().max(64 * 1024)),
         }
     }
-    Ok((out, crc))
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -166,6 +166,11 @@ pub fn scan(state: &StateDir) -> io::Result<Vec<Entry>> {
                 item.last_used = item.last_used.max(last_used(&smd));
                 item.paths.push(stamp);
             }
+            let chunks = blobs.join(".gzip-chunks").join(&item.name);
+            if let Ok(cmd) = fs::symlink_metadata(&chunks) {
+                item.size += cmd.len();
+                item.paths.push(chunks);
+            }
             items.push(item);
         }
     }
