@@ -202,6 +202,28 @@ impl BlobStore {
         Ok(dest)
     }
 
+    /// [`BlobStore::commit`] of bytes the caller hashed to `digest` itself as it wrote them
+    /// (a layer it made): the blob is stamped verified as it lands, so that its first
+    /// [`BlobStore::verify`] does not read it all again.
+    pub fn commit_hashed(
+        &self,
+        tmp: tempfile::NamedTempFile,
+        digest: &str,
+    ) -> Result<PathBuf, BlobError> {
+        let dest = self.commit(tmp, digest)?;
+        if let Ok(md) = fs::metadata(&dest) {
+            let diff_id = self.read_stamp(digest).and_then(|s| s.diff_id);
+            self.write_stamp(
+                digest,
+                &Stamp {
+                    stat: stamp_of(&md),
+                    diff_id,
+                },
+            );
+        }
+        Ok(dest)
+    }
+
     /// Stores `data` and returns its digest.
     pub fn put_bytes(&self, data: &[u8]) -> Result<String, BlobError> {
         let digest = sha256_digest(data);

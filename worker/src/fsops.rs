@@ -10,6 +10,8 @@ use std::io::{self, BufRead, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
 
+use rayon::prelude::*;
+
 use crate::patterns::PatternMatcher;
 
 /// Maximum symlinks followed while resolving one path (Linux's limit is 40; Go's fsutil 255).
@@ -597,21 +599,24 @@ fn copy_dir_contents(
 ) -> io::Result<()> {
     let mut names: Vec<_> = fs::read_dir(src)?.collect::<Result<Vec<_>, _>>()?;
     names.sort_by_key(|e| e.file_name());
-    for e in names {
+    // Entries are independent: they are copied on rayon's pool, subdirectories included (a
+    // directory's own metadata is applied once everything under it is in place). A big COPY
+    // is mostly file creation and metadata calls, which scale with cores.
+    names.par_iter().try_for_each(|e| -> io::Result<()> {
         let name = e.file_name();
         let child_ctx = join_rel(ctx_rel, &name.to_string_lossy());
         let child_src = join_rel(src_rel, &name.to_string_lossy());
         let excluded = is_excluded(opts, &child_ctx, &child_src);
         let md = fs::symlink_metadata(e.path())?;
         if excluded && !(md.is_dir() && may_reinclude(opts)) {
-            continue;
+            return Ok(());
         }
         let target = dest.join(&name);
         if md.is_dir() {
             let included_somewhere =
                 !excluded || dir_has_included(&e.path(), &child_ctx, &child_src, opts)?;
             if !included_somewhere {
-                continue;
+                return Ok(());
             }
             if !target.is_dir() {
                 if target.exists() || fs::symlink_metadata(&target).is_ok() {
@@ -623,12 +628,12 @@ fn copy_dir_contents(
             apply_meta(&target, &md, opts)?;
         } else {
             if excluded || !is_included(opts, &child_ctx, &child_src) {
-                continue;
+                return Ok(());
             }
             copy_entry(&e.path(), &md, &target, opts)?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Whether an excluded directory holds something a `!` pattern brings back.

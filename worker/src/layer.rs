@@ -115,7 +115,7 @@ pub fn write_layer(
     io::Write::flush(&mut bufw).map_err(io_err(tmp.path()))?;
     drop(bufw);
     if !store.contains(&digest) {
-        store.commit(tmp, &digest)?;
+        store.commit_hashed(tmp, &digest)?;
     }
     chunks::save(store, &digest, opts.gzip_level, &chunks);
     // Both hashes were taken from the bytes just written: a later check of a record naming this

@@ -466,7 +466,7 @@ impl Converter {
         bufw.flush().map_err(werr)?;
         drop(bufw);
         if !self.store.contains(&digest) {
-            self.store.commit(tmp, &digest)?;
+            self.store.commit_hashed(tmp, &digest)?;
         }
         // Both hashes were just taken from the bytes written.
         self.store.remember_diff_id(&digest, &diff_id);
