@@ -86,6 +86,62 @@ fn a_file_change_reruns_only_what_follows_the_copy_that_reads_it() {
     assert_ne!(digest(&third), digest(&first));
 }
 
+/// Files of noise (incompressible, like most binaries), `count` of `size` bytes, under `dir`.
+fn noise_files(sb: &Sandbox, dir: &str, count: usize, size: usize, seed: u64) {
+    let mut x = seed | 1;
+    for i in 0..count {
+        let bytes: Vec<u8> = (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let path = sb.context().join(dir).join(format!("f{i:03}.bin"));
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, bytes).expect("write");
+    }
+}
+
+#[test]
+fn an_edited_big_layer_is_the_image_a_fresh_build_gives() {
+    let Some(env) = Env::get() else { return };
+    // 4 MiB under one COPY: several of the compressor's 1 MiB chunks, which a rebuild after
+    // a one-file edit copies from the last layer instead of compressing again.
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nCOPY src/ /src/\n",
+    );
+    noise_files(&sb, "src", 32, 128 << 10, 1);
+    let first = build(&sb, &env, &[]);
+    let tables = sb.state().join("blobs/sha256/.gzip-chunks");
+    assert_eq!(
+        std::fs::read_dir(&tables).map(|d| d.count()).unwrap_or(0),
+        1,
+        "the layer's chunk table is kept"
+    );
+    // One file changes, its size does not: the other chunks are the last layer's.
+    let victim = sb.context().join("src/f017.bin");
+    let mut bytes = std::fs::read(&victim).expect("read");
+    bytes[1000] ^= 0xff;
+    std::fs::write(&victim, &bytes).expect("write");
+    let edited = build(&sb, &env, &[]);
+    assert_eq!(executed(&edited).len(), 1, "{:?}", executed(&edited));
+    assert_ne!(digest(&edited), digest(&first));
+
+    let fresh = Sandbox::new();
+    fresh.write(
+        "Dockerfile",
+        "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\nCOPY src/ /src/\n",
+    );
+    noise_files(&fresh, "src", 32, 128 << 10, 1);
+    std::fs::write(fresh.context().join("src/f017.bin"), &bytes).expect("write");
+    let from_scratch = build(&fresh, &env, &[]);
+    assert_eq!(digest(&edited), digest(&from_scratch));
+}
+
 #[test]
 fn touching_files_reruns_nothing() {
     let Some(env) = Env::get() else { return };

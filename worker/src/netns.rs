@@ -1,7 +1,9 @@
 //! The network a `RUN` gets by default: a namespace of its own with outbound access, as
 //! BuildKit's sandbox network mode.
 //!
-//! Each step gets a fresh network namespace (`ip netns add`) with [slirp4netns] attached to it:
+//! Each step gets a fresh network namespace, named under `/run/netns` as `ip netns add` names
+//! them (made here, in-process: a thread unshares its network namespace and bind-mounts it
+//! there, which costs far less than starting `ip`), with [slirp4netns] attached to it:
 //! user-mode networking that gives the namespace a `tap0` interface (10.0.2.100/24), a gateway
 //! and a DNS forwarder (10.0.2.3), and reaches the outside through sockets of this process's
 //! network namespace. `--disable-host-loopback` keeps the step away from the loopback services
@@ -68,27 +70,76 @@ pub struct Sandbox {
     _exit: OwnedFd,
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<(), NetError> {
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            NetError::Missing {
-                tool: "ip",
-                package: "iproute2",
-            }
-        } else {
-            NetError::Io {
-                what: what.to_owned(),
-                source: e,
-            }
+/// Makes `/run/netns` a shared mount point once per process, as `ip netns add` does, so that
+/// namespaces bound under it show in every mount namespace.
+fn prepare_dir() -> io::Result<()> {
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let done = DONE.get_or_init(|| {
+        use nix::mount::{MsFlags, mount};
+        let dir = Path::new(NETNS_DIR);
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let shared = || {
+            mount(
+                None::<&str>,
+                dir,
+                None::<&str>,
+                MsFlags::MS_SHARED | MsFlags::MS_REC,
+                None::<&str>,
+            )
+        };
+        match shared() {
+            Ok(()) => Ok(()),
+            // Not a mount point yet: bind it onto itself first.
+            Err(nix::errno::Errno::EINVAL) => mount(
+                Some(dir),
+                dir,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .and_then(|()| shared())
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         }
-    })?;
-    if !out.status.success() {
-        return Err(NetError::Io {
-            what: what.to_owned(),
-            source: io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
-        });
+    });
+    done.clone().map_err(io::Error::other)
+}
+
+/// Creates the named network namespace at `path`: a new namespace, bound onto an empty file.
+fn add(path: &Path) -> io::Result<()> {
+    prepare_dir()?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    // Only the thread that unshares changes namespace; its binding keeps the namespace.
+    let target = path.to_path_buf();
+    let bound = std::thread::Builder::new()
+        .name("memobuild-netns".into())
+        .spawn(move || -> io::Result<()> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+            nix::mount::mount(
+                Some("/proc/thread-self/ns/net"),
+                &target,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+            Ok(())
+        })?
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")));
+    if let Err(e) = bound {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
     }
     Ok(())
+}
+
+/// Removes the named network namespace at `path` (the namespace ends with its last user).
+fn delete(path: &Path) -> io::Result<()> {
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+    std::fs::remove_file(path)
 }
 
 impl Sandbox {
@@ -99,12 +150,10 @@ impl Sandbox {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        run(
-            Command::new("ip").args(["netns", "add", &name]),
-            &format!("creating network namespace `{name}`"),
-        )?;
+        let path = Path::new(NETNS_DIR).join(&name);
+        add(&path).map_err(io_err(format!("creating network namespace `{name}`")))?;
         let remove = |e| {
-            let _ = Command::new("ip").args(["netns", "delete", &name]).output();
+            let _ = delete(&path);
             e
         };
         // Close-on-exec everywhere but on the two ends slirp4netns inherits, so no other child
@@ -125,7 +174,6 @@ impl Sandbox {
         let (exit_r, exit_w) = pipe().map_err(remove)?;
         inherit(&ready_w).map_err(remove)?;
         inherit(&exit_r).map_err(remove)?;
-        let path = Path::new(NETNS_DIR).join(&name);
         let child = Command::new("slirp4netns")
             .arg("--configure")
             .arg("--mtu=65520")
@@ -189,12 +237,7 @@ impl Drop for Sandbox {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = delete(&self.path());
     }
 }
 
@@ -217,16 +260,31 @@ pub fn sweep() -> usize {
         if crate::state::process_alive(pid) {
             continue;
         }
-        let ok = Command::new("ip")
-            .args(["netns", "delete", &name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
+        if delete(&e.path()).is_ok() {
             removed += 1;
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn namespaces_are_made_in_process_and_swept_when_their_process_is_gone() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        // No process has this id (above any pid_max): its namespace is a killed build's.
+        let path = Path::new(NETNS_DIR).join(format!("{PREFIX}2147483600-0"));
+        add(&path).unwrap();
+        let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let made = std::fs::metadata(&path).unwrap().ino();
+        assert_ne!(made, own, "a namespace of its own is bound there");
+        assert!(add(&path).is_err(), "a name is made once");
+        assert!(sweep() >= 1);
+        assert!(!path.exists());
+    }
 }

@@ -124,6 +124,11 @@ impl Solve {
         mounts: Vec<ExtraMount>,
     ) -> Result<FsRef, SolveError> {
         let key = format!("memobuild-active-{}", uuid::Uuid::new_v4());
+        // The sandbox network (BuildKit's default) is set up while the snapshot is prepared.
+        let sandbox = match pb::NetMode::try_from(isolation.network) {
+            Ok(pb::NetMode::None) | Ok(pb::NetMode::Host) => None,
+            _ => Some(tokio::task::spawn_blocking(crate::netns::Sandbox::create)),
+        };
         let parent = self
             .build
             .ensure_snapshot(&self.name(digest), base)
@@ -139,7 +144,9 @@ impl Solve {
             .map_err(|e| self.error(digest, e.to_string()))?;
 
         let outcome = self
-            .exec_in_snapshot(digest, &key, &rootfs, isolation, meta, base, mounts)
+            .exec_in_snapshot(
+                digest, &key, &rootfs, isolation, sandbox, meta, base, mounts,
+            )
             .await;
         if outcome.is_err() {
             self.build.remove_snapshot(&key).await;
@@ -154,6 +161,9 @@ impl Solve {
         key: &str,
         rootfs: &[crate::containerd::Mount],
         isolation: Isolation,
+        sandbox: Option<
+            tokio::task::JoinHandle<Result<crate::netns::Sandbox, crate::netns::NetError>>,
+        >,
         meta: pb::Meta,
         base: &FsRef,
         mounts: Vec<ExtraMount>,
@@ -196,11 +206,13 @@ impl Solve {
             security,
             secret_env,
         } = isolation;
-        let (network, _sandbox) = match pb::NetMode::try_from(network) {
-            Ok(pb::NetMode::None) => (NetworkMode::None, None),
-            Ok(pb::NetMode::Host) => (NetworkMode::Host, None),
-            _ => {
-                let sandbox = tokio::task::spawn_blocking(crate::netns::Sandbox::create)
+        let (network, _sandbox) = match (pb::NetMode::try_from(network), sandbox) {
+            (Ok(pb::NetMode::None), _) => (NetworkMode::None, None),
+            (Ok(pb::NetMode::Host), _) => (NetworkMode::Host, None),
+            (_, setup) => {
+                let setup = setup
+                    .unwrap_or_else(|| tokio::task::spawn_blocking(crate::netns::Sandbox::create));
+                let sandbox = setup
                     .await
                     .map_err(|e| self.error(digest, format!("network setup failed: {e}")))?
                     .map_err(|e| self.error(digest, e.to_string()))?;
