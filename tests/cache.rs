@@ -88,16 +88,8 @@ fn a_file_change_reruns_only_what_follows_the_copy_that_reads_it() {
 
 /// Files of noise (incompressible, like most binaries), `count` of `size` bytes, under `dir`.
 fn noise_files(sb: &Sandbox, dir: &str, count: usize, size: usize, seed: u64) {
-    let mut x = seed | 1;
     for i in 0..count {
-        let bytes: Vec<u8> = (0..size)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let bytes = common::noise(size, seed + i as u64);
         let path = sb.context().join(dir).join(format!("f{i:03}.bin"));
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(path, bytes).expect("write");

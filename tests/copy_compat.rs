@@ -372,15 +372,7 @@ fn add_of_a_truncated_compressed_archive_fails_naming_it() {
     sb.write("Dockerfile", "FROM scratch\nADD big.tar.zst /x/\n");
     let ctx = sb.context();
     // Data that does not compress, so that half of the file holds the first header whole.
-    let mut x: u32 = 1;
-    let noise: Vec<u8> = (0..(1 << 20))
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect();
+    let noise = common::noise(1 << 20, 1);
     std::fs::write(ctx.join("big.tar"), pkg_tar(&noise)).expect("write tar");
     compress_with("zstd", &ctx.join("big.tar"));
     let full = std::fs::read(ctx.join("big.tar.zst")).expect("read");

@@ -285,6 +285,20 @@ static UNIQUE: AtomicUsize = AtomicUsize::new(0);
 
 /// A name no other test (or earlier run against the same containerd or registry) uses: for
 /// repositories, images, containers and leases.
+/// `len` bytes of noise (xorshift from `seed`): data deflate cannot shrink, as most binaries.
+#[allow(dead_code)]
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -799,6 +799,20 @@ mod tests {
         assert!(got.iter().all(|x| !x.0.ends_with(".txt")), "{got:?}");
     }
 
+    /// Puts a made-up fingerprint for `path` (as `rel`) into `c` and saves it: what a cache
+    /// holds once its files are old enough to be remembered, which a test cannot wait for.
+    fn plant(c: &StatCache, rel: &str, path: &Path) -> Fingerprint {
+        let md = fs::symlink_metadata(path).unwrap();
+        let planted = Fingerprint([7; 32]);
+        c.entries()
+            .write()
+            .unwrap()
+            .insert(rel.into(), (Stamp::of(&md), planted));
+        c.dirty.store(true, Ordering::Relaxed);
+        c.save().unwrap();
+        planted
+    }
+
     #[test]
     fn stat_cache_skips_unchanged_files_and_notices_changes() {
         let d = tempfile::tempdir().unwrap();
@@ -813,14 +827,7 @@ mod tests {
         assert!(c.is_empty());
         // Pretend time passed: entries are remembered once their ctime is old enough, which we
         // cannot fake; check the save/load path with a hand-made entry instead.
-        let md = fs::symlink_metadata(&f).unwrap();
-        let planted = Fingerprint([7; 32]);
-        c.entries()
-            .write()
-            .unwrap()
-            .insert("f".into(), (Stamp::of(&md), planted));
-        c.dirty.store(true, Ordering::Relaxed);
-        c.save().unwrap();
+        let planted = plant(&c, "f", &f);
         let c2 = StatCache::load(cache_file);
         assert_eq!(
             c2.fingerprint("f", &f).unwrap(),
@@ -838,16 +845,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("f");
         fs::write(&f, "one").unwrap();
-        let md = fs::symlink_metadata(&f).unwrap();
         let cache_file = d.path().join("stat");
         let c = StatCache::load(cache_file.clone());
-        let planted = Fingerprint([7; 32]);
-        c.entries()
-            .write()
-            .unwrap()
-            .insert("f".into(), (Stamp::of(&md), planted));
-        c.dirty.store(true, Ordering::Relaxed);
-        c.save().unwrap();
+        plant(&c, "f", &f);
         let good = fs::read(&cache_file).unwrap();
         assert_eq!(StatCache::load(cache_file.clone()).len(), 1);
         // A flipped bit in the planted fingerprint, a cut-off file, the old text format.
