@@ -188,12 +188,15 @@ impl Walked {
 /// The path on disk of `rel`, found under `top`.
 fn child_path(top: &Top, rel: &str) -> PathBuf {
     if rel == top.rel {
-        top.path.clone()
-    } else if top.rel == "." {
-        top.path.join(rel)
-    } else {
-        top.path.join(&rel[top.rel.len() + 1..])
+        return top.path.clone();
     }
+    // A walk under a top names its entries `<top>/<rest>` (just `<rest>` under ".").
+    let rest = rel
+        .strip_prefix(top.rel.as_str())
+        .and_then(|r| r.strip_prefix('/'))
+        .filter(|_| top.rel != ".")
+        .unwrap_or(rel);
+    top.path.join(rest)
 }
 
 /// The entries at and below `tops[top]` that `sel` keeps, appended to `out` as lists in order.

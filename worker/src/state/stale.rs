@@ -158,6 +158,10 @@ pub fn sweep_state(state: &super::StateDir) -> io::Result<Swept> {
     swept.add(sweep_scratch(&state.tmp_root()));
     swept.add(sweep_dir(&state.sha256_blobs(), ".tmp-"));
     swept.add(sweep_dir(&state.sha256_blobs().join(".verified"), ".tmp-"));
+    swept.add(sweep_dir(
+        &state.sha256_blobs().join(".gzip-chunks"),
+        ".tmp-",
+    ));
     if let Ok(shards) = fs::read_dir(state.action_cache()) {
         for s in shards.flatten() {
             swept.add(sweep_dir(&s.path(), ".tmp-"));
