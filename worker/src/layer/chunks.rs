@@ -281,15 +281,11 @@ mod tests {
 
     /// Noise (deflate cannot shrink it, like the benchmark's files) of `len` bytes.
     fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        let mut out = vec![0u8; len];
+        let mut h = blake3::Hasher::new();
+        h.update(&seed.to_le_bytes());
+        h.finalize_xof().fill(&mut out);
+        out
     }
 
     /// Compresses `data` as a layer into `store` (its table kept), copying from `source`.
