@@ -202,26 +202,25 @@ impl BlobStore {
         Ok(dest)
     }
 
-    /// [`BlobStore::commit`] of bytes the caller hashed to `digest` itself as it wrote them
-    /// (a layer it made): the blob is stamped verified as it lands, so that its first
-    /// [`BlobStore::verify`] does not read it all again.
-    pub fn commit_hashed(
+    /// Stores the layer the caller just wrote to `tmp`, hashing it to `digest` (compressed)
+    /// and `diff_id` (uncompressed) as it went: committed unless the store has it already,
+    /// and stamped once with both, so that neither its first [`BlobStore::verify`] nor a check
+    /// of its diff ID reads it again.
+    pub fn commit_layer(
         &self,
         tmp: tempfile::NamedTempFile,
         digest: &str,
-    ) -> Result<PathBuf, BlobError> {
-        let dest = self.commit(tmp, digest)?;
-        if let Ok(md) = fs::metadata(&dest) {
-            let diff_id = self.read_stamp(digest).and_then(|s| s.diff_id);
-            self.write_stamp(
-                digest,
-                &Stamp {
-                    stat: stamp_of(&md),
-                    diff_id,
-                },
-            );
+        diff_id: &str,
+    ) -> Result<(), BlobError> {
+        if self.contains(digest) {
+            self.remember_diff_id(digest, diff_id);
+            return Ok(());
         }
-        Ok(dest)
+        let dest = self.commit(tmp, digest)?;
+        let stat = fs::metadata(&dest).map_or_else(|_| "-".to_string(), |md| stamp_of(&md));
+        let diff_id = digest_hex(diff_id).is_ok().then(|| diff_id.to_string());
+        self.write_stamp(digest, &Stamp { stat, diff_id });
+        Ok(())
     }
 
     /// Stores `data` and returns its digest.

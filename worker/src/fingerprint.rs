@@ -336,8 +336,8 @@ impl Dir<'_> {
             Err(e) => return Err(io::Error::from(e)),
         };
         let bytes = name.to_bytes();
-        let lossy = std::str::from_utf8(bytes).is_err();
         let name_str = String::from_utf8_lossy(bytes);
+        let lossy = matches!(name_str, std::borrow::Cow::Owned(_));
         let join = |base: &str| {
             if base == "." || base.is_empty() {
                 name_str.to_string()
@@ -649,15 +649,12 @@ fn read_entries(path: &Path) -> Entries {
         return entries;
     }
     let mut rest = records;
-    let mut parsed = Vec::new();
     while !rest.is_empty() {
-        let Some(rec) = next_record(&mut rest) else {
-            return entries;
+        let Some((rel, entry)) = next_record(&mut rest) else {
+            return Entries::default();
         };
-        parsed.push(rec);
+        entries.insert(rel, entry);
     }
-    entries.reserve(parsed.len());
-    entries.extend(parsed);
     entries
 }
 

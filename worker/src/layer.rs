@@ -114,13 +114,10 @@ pub fn write_layer(
     let (mut bufw, digest, size) = compressed.finish();
     io::Write::flush(&mut bufw).map_err(io_err(tmp.path()))?;
     drop(bufw);
-    if !store.contains(&digest) {
-        store.commit_hashed(tmp, &digest)?;
-    }
-    chunks::save(store, &digest, opts.gzip_level, &chunks);
     // Both hashes were taken from the bytes just written: a later check of a record naming this
     // layer need not decompress it ([`check`]).
-    store.remember_diff_id(&digest, &diff_id);
+    store.commit_layer(tmp, &digest, &diff_id)?;
+    chunks::save(store, &digest, opts.gzip_level, &chunks);
     Ok(LayerBlob {
         digest,
         diff_id,

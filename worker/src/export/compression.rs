@@ -465,11 +465,8 @@ impl Converter {
         let (mut bufw, digest, size) = out.finish();
         bufw.flush().map_err(werr)?;
         drop(bufw);
-        if !self.store.contains(&digest) {
-            self.store.commit_hashed(tmp, &digest)?;
-        }
         // Both hashes were just taken from the bytes written.
-        self.store.remember_diff_id(&digest, &diff_id);
+        self.store.commit_layer(tmp, &digest, &diff_id)?;
         Ok(LayerBlob {
             digest,
             diff_id,

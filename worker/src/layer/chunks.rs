@@ -198,35 +198,30 @@ fn parse(data: &[u8], compressor: &[u8; 32], level: u32) -> Option<Vec<ChunkReco
 /// deflate gives for a fixed sample at `level`. Another version, or a deflate that compresses
 /// differently, never reuses a table (its chunks would not be the bytes compressing gives).
 fn compressor_id(level: u32) -> [u8; 32] {
-    static IDS: OnceLock<std::sync::Mutex<HashMap<u32, [u8; 32]>>> = OnceLock::new();
-    let ids = IDS.get_or_init(Default::default);
-    if let Some(id) = ids.lock().ok().and_then(|m| m.get(&level).copied()) {
-        return id;
-    }
-    let mut sample = Vec::with_capacity(64 * 1024);
-    let mut x: u32 = 0x9e37_79b9;
-    while sample.len() < 64 * 1024 {
-        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        // Half text-like runs, half noise: both of deflate's paths.
-        if sample.len() % 2048 < 1024 {
-            sample.extend_from_slice(b"memobuild layer chunk ");
-        } else {
-            sample.extend_from_slice(&x.to_le_bytes());
+    static IDS: [OnceLock<[u8; 32]>; 10] = [const { OnceLock::new() }; 10];
+    let level = level.min(9);
+    *IDS[level as usize].get_or_init(|| {
+        let mut sample = Vec::with_capacity(64 * 1024);
+        let mut x: u32 = 0x9e37_79b9;
+        while sample.len() < 64 * 1024 {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            // Half text-like runs, half noise: both of deflate's paths.
+            if sample.len() % 2048 < 1024 {
+                sample.extend_from_slice(b"memobuild layer chunk ");
+            } else {
+                sample.extend_from_slice(&x.to_le_bytes());
+            }
         }
-    }
-    let mut h = blake3::Hasher::new();
-    h.update(env!("CARGO_PKG_VERSION").as_bytes());
-    for last in [false, true] {
-        match pgzip::deflate_sample(&sample, level, last) {
-            Ok(out) => h.update(&out),
-            Err(_) => h.update(b"error"),
-        };
-    }
-    let id = *h.finalize().as_bytes();
-    if let Ok(mut m) = ids.lock() {
-        m.insert(level, id);
-    }
-    id
+        let mut h = blake3::Hasher::new();
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        for last in [false, true] {
+            match pgzip::deflate_sample(&sample, level, last) {
+                Ok(out) => h.update(&out),
+                Err(_) => h.update(b"error"),
+            };
+        }
+        *h.finalize().as_bytes()
+    })
 }
 
 #[cfg(test)]
