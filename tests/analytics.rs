@@ -239,10 +239,15 @@ fn builds_are_recorded_and_announced() {
     let mut ids: Vec<&str> = builds.iter().filter_map(|b| b["id"].as_str()).collect();
     ids.sort_unstable();
     assert_eq!(announced, ids, "one delivery per build");
-    // The receiver failed the first two requests: one delivery took three attempts.
+    // The receiver failed the first two requests, which were tried again: five requests for
+    // three builds. Which deliveries met the failures depends on how close the builds ended
+    // (one delivery tried three times, or two tried twice).
     let mut attempts: Vec<usize> = per_delivery.values().map(|(_, n)| *n).collect();
     attempts.sort_unstable();
-    assert_eq!(attempts, [1, 1, 3]);
+    assert!(
+        attempts == [1, 1, 3] || attempts == [1, 2, 2],
+        "attempts per delivery: {attempts:?}"
+    );
     // The delivery log needs the token: hook URLs can hold secrets.
     let open = request(&server.addr, "GET", "/api/webhooks/deliveries", &[], b"");
     assert_eq!(open.status, 401);

@@ -584,6 +584,8 @@ fn a_build_killed_midway_leaves_a_usable_cache() {
         }
     }
     let killed = child.id();
+    // The killed build's containers: containerd's (labelled with its pid) and runc's (whose
+    // bundle names it as owner).
     let containers = |env: &Env| {
         let filter = format!("labels.\"memobuild.pid\"=={killed}");
         let out = common::run(common::ctr(
@@ -592,7 +594,7 @@ fn a_build_killed_midway_leaves_a_usable_cache() {
             &["containers", "ls", "-q", &filter],
         ));
         assert_ok(&out, "ctr containers ls");
-        common::stdout(&out).lines().count()
+        common::stdout(&out).lines().count() + common::runc_containers_of(killed).len()
     };
     // Killed once the step's container exists, which then outlives the build.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -602,6 +604,7 @@ fn a_build_killed_midway_leaves_a_usable_cache() {
     child.kill().expect("kill -9");
     let _ = child.wait();
     assert_eq!(containers(&env), 1, "the killed build's container");
+    let left = common::runc_containers_of(killed);
 
     // The next build of a shorter Dockerfile reuses the finished step and succeeds, and removes
     // what the killed one left (issue 12 item 8).
@@ -616,6 +619,10 @@ fn a_build_killed_midway_leaves_a_usable_cache() {
         cached(&out)
     );
     assert_eq!(containers(&env), 0, "the killed build's container is left");
+    let listed = common::runc_listed();
+    for id in &left {
+        assert!(!listed.contains(id), "runc still has `{id}`");
+    }
 }
 
 #[test]

@@ -494,11 +494,12 @@ fn a_relative_context_binds_the_context() {
     }
 }
 
-// Verifies (issue 12 item 6): a secret given to a step as an environment variable never
-// reaches containerd's metadata database, not even while the step runs when the build is
-// killed (containerd keeps container specs on disk), and the step still sees it.
+// Verifies (issue 12 item 6): a secret given to a step as an environment variable reaches
+// no file the runtime keeps, with either executor: not containerd's metadata database (which
+// keeps container specs on disk), not runc's bundles (its spec comes through a FIFO), not even
+// while the step runs when the build is killed; and the step still sees it.
 #[test]
-fn env_secrets_stay_out_of_containerds_database() {
+fn env_secrets_stay_out_of_the_runtimes_files() {
     let Some(env) = Env::get() else { return };
     let Some(state) = std::env::var_os("MEMOBUILD_TEST_STATE") else {
         eprintln!("SKIPPED: MEMOBUILD_TEST_STATE not set (containerd's root is unknown)");
@@ -506,56 +507,83 @@ fn env_secrets_stay_out_of_containerds_database() {
     };
     let meta_db =
         std::path::Path::new(&state).join("containerd/root/io.containerd.metadata.v1.bolt/meta.db");
-    let value = format!("env-secret-{}", common::unique("v"));
-    // In the step's command, so in its container's spec: proves the database is read.
-    let marker = format!("spec-marker-{}", common::unique("m"));
-    let db_has = |needle: &str| {
-        let db = std::fs::read(&meta_db).expect("meta.db");
-        db.windows(needle.len()).any(|w| w == needle.as_bytes())
-    };
-    let contains_value = || db_has(&value);
-    let sb = Sandbox::new();
-    sb.write(
-        "Dockerfile",
-        &format!(
-            "{}\nRUN --mount=type=secret,id=tok,env=TOKENV [ \"$TOKENV\" = \"{value}\" ] && echo seen > /seen\nRUN --mount=type=secret,id=tok,env=TOKENV sleep 30 # {marker}\n",
-            from(&env)
-        ),
-    );
-    let mut cmd = common::memobuild();
-    cmd.env("MB_TEST_TOKEN", &value)
-        .arg("build")
-        .arg("--containerd")
-        .arg(&env.containerd)
-        .arg("--state-dir")
-        .arg(sb.state())
-        .args(["--secret", "id=tok,env=MB_TEST_TOKEN", "--progress", "json"])
-        .arg(sb.context())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
-        let line = line.expect("line");
-        // The first step passed its check (it saw the secret); the second is running.
-        if line.contains("sleep 30") && line.contains("\"started\"") {
-            break;
+    let bundles = std::path::Path::new("/run/memobuild/bundles");
+    for executor in ["runc", "containerd"] {
+        let value = format!("env-secret-{}", common::unique("v"));
+        // In the step's command, so in its spec: proves the right files are read.
+        let marker = format!("spec-marker-{}", common::unique("m"));
+        let db_has = |needle: &str| {
+            let db = std::fs::read(&meta_db).expect("meta.db");
+            db.windows(needle.len()).any(|w| w == needle.as_bytes())
+        };
+        // The files of each bundle (not its mounted rootfs); regular ones only, since a
+        // running step's `config.json` may be the FIFO runc reads.
+        let bundles_have = |needle: &str| {
+            let files = bundles
+                .read_dir()
+                .into_iter()
+                .flatten()
+                .flatten()
+                .flat_map(|b| b.path().read_dir().into_iter().flatten().flatten());
+            files
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .any(|e| {
+                    std::fs::read(e.path())
+                        .is_ok_and(|d| d.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                })
+        };
+        let sb = Sandbox::new();
+        sb.write(
+            "Dockerfile",
+            &format!(
+                "{}\nRUN --mount=type=secret,id=tok,env=TOKENV [ \"$TOKENV\" = \"{value}\" ] && echo seen > /seen\nRUN --mount=type=secret,id=tok,env=TOKENV sleep 30 # {marker}\n",
+                from(&env)
+            ),
+        );
+        let mut cmd = common::memobuild();
+        cmd.env("MB_TEST_TOKEN", &value)
+            .env("MEMOBUILD_EXECUTOR", executor)
+            .arg("build")
+            .arg("--containerd")
+            .arg(&env.containerd)
+            .arg("--state-dir")
+            .arg(sb.state())
+            .args(["--secret", "id=tok,env=MB_TEST_TOKEN", "--progress", "json"])
+            .arg(sb.context())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn");
+        let stderr = child.stderr.take().expect("stderr");
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let line = line.expect("line");
+            // The first step passed its check (it saw the secret); the second is running.
+            if line.contains("sleep 30") && line.contains("\"started\"") {
+                break;
+            }
+            assert!(!line.contains("\"error\""), "{line}");
         }
-        assert!(!line.contains("\"error\""), "{line}");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        match executor {
+            "containerd" => assert!(
+                db_has(&marker),
+                "the running step's spec is not in meta.db: wrong file?"
+            ),
+            _ => assert!(
+                bundles.read_dir().is_ok_and(|mut d| d.next().is_some()),
+                "no bundle of the running step in {}",
+                bundles.display()
+            ),
+        }
+        let secret_kept = || db_has(&value) || bundles_have(&value);
+        assert!(
+            !secret_kept(),
+            "{executor}: the secret is on disk while the step runs"
+        );
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+        assert!(
+            !secret_kept(),
+            "{executor}: the secret is on disk after a kill -9"
+        );
     }
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    assert!(
-        db_has(&marker),
-        "the running step's spec is not in meta.db: wrong file?"
-    );
-    assert!(
-        !contains_value(),
-        "the secret is in containerd's meta.db while the step runs"
-    );
-    child.kill().expect("kill -9");
-    let _ = child.wait();
-    assert!(
-        !contains_value(),
-        "the secret is in containerd's meta.db after a kill -9"
-    );
 }

@@ -149,7 +149,7 @@ impl Daemon {
     }
 
     /// Tasks, containers and leases in the daemon's containerd namespace (which the test must
-    /// have given it with `--namespace`), one `kind id` per line.
+    /// have given it with `--namespace`), and the daemon's runc containers, one `kind id` each.
     pub fn containerd_leftovers(&self) -> Vec<String> {
         let ns = self
             .namespace
@@ -159,7 +159,10 @@ impl Daemon {
             containerd: self.containerd.clone(),
             registry: String::new(),
         };
-        let mut found = Vec::new();
+        let mut found: Vec<String> = super::runc_containers_of(self.pid() as u32)
+            .into_iter()
+            .map(|id| format!("runc {id}"))
+            .collect();
         for kind in ["tasks", "containers", "leases"] {
             let out = run(ctr(&env, ns, &[kind, "ls", "-q"]));
             assert!(out.status.success(), "ctr {kind} ls: {out:?}");

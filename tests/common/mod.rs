@@ -241,6 +241,30 @@ pub fn ctr(env: &Env, namespace: &str, args: &[&str]) -> Command {
 }
 
 /// Runs a command and captures its output.
+/// The runc containers (by id) that process `pid` made and that are not cleaned up: their
+/// bundle under `/run/memobuild/bundles`, which goes last, names `pid` as owner.
+pub fn runc_containers_of(pid: u32) -> Vec<String> {
+    let bundles: Vec<String> = std::path::Path::new("/run/memobuild/bundles")
+        .read_dir()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|b| {
+            std::fs::read_to_string(b.path().join("owner"))
+                .is_ok_and(|o| o.trim() == pid.to_string())
+        })
+        .map(|b| b.file_name().to_string_lossy().into_owned())
+        .collect();
+    bundles
+}
+
+/// The ids runc lists under MemoBuild's runc root.
+pub fn runc_listed() -> Vec<String> {
+    let mut cmd = Command::new("runc");
+    cmd.args(["--root", "/run/memobuild/runc", "list", "-q"]);
+    stdout(&run(cmd)).lines().map(str::to_owned).collect()
+}
+
 pub fn run(mut cmd: Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))

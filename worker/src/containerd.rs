@@ -24,6 +24,7 @@ mod diff;
 mod images;
 mod mount;
 mod run;
+mod runc;
 mod snapshots;
 mod spec;
 
@@ -44,6 +45,7 @@ pub use containerd_client::types::{Descriptor, Mount};
 pub use diff::descriptor;
 pub use mount::{MountGuard, overlay_lowerdirs, overlay_upperdir};
 pub use run::{ExtraMount, NetworkMode, OutputStream, RunRequest, StdioPipe, User};
+pub(crate) use runc::sweep as sweep_runc;
 
 /// The snapshotter MemoBuild uses unless told otherwise.
 pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
@@ -177,6 +179,20 @@ pub enum Error {
         /// serde's error.
         #[source]
         source: serde_json::Error,
+    },
+    /// No executor can run a step as configured (`MEMOBUILD_EXECUTOR`).
+    #[error("cannot run steps: {reason}")]
+    Executor {
+        /// What is wrong.
+        reason: String,
+    },
+    /// runc could not start or run the container (a missing executable, a bad mount, …).
+    #[error("container `{id}`: {message}")]
+    Runtime {
+        /// Container id.
+        id: String,
+        /// runc's error.
+        message: String,
     },
     /// The run's cancellation token fired; the process was killed and cleaned up.
     #[error("container `{id}`: run cancelled")]

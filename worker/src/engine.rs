@@ -201,7 +201,12 @@ impl Engine {
                 if swept > 0 {
                     tracing::info!("removed {swept} network namespaces left by killed builds");
                 }
-                // Containers (and their tasks and shims) of builds that were killed.
+                // Containers (runc's, and containerd's with their tasks and shims) of builds
+                // that were killed.
+                match crate::containerd::sweep_runc().await {
+                    0 => {}
+                    n => tracing::info!("removed {n} runc containers left by killed builds"),
+                }
                 match ctd.remove_stale_containers().await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!("removed {n} containers left by killed builds"),

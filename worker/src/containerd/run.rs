@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::mount::overlay_upperdir;
+use super::runc::{self, Executor};
 use super::spec::{self, SPEC_TYPE_URL};
 use super::{Containerd, Error, Result};
 
@@ -27,9 +28,9 @@ const PID_LABEL: &str = "memobuild.pid";
 
 const RUNTIME: &str = "io.containerd.runc.v2";
 /// How long to wait for the output FIFOs to drain after the process exited.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for a killed task to exit before deleting it anyway.
-const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 const SIGKILL: u32 = 9;
 
 /// Which output stream a chunk came from.
@@ -130,7 +131,7 @@ impl StdioPipe {
         StdioPipe(std::sync::Arc::new(std::sync::Mutex::new(Some(io))))
     }
 
-    fn take(&self) -> Option<tokio::io::DuplexStream> {
+    pub(super) fn take(&self) -> Option<tokio::io::DuplexStream> {
         self.0.lock().ok().and_then(|mut io| io.take())
     }
 }
@@ -138,15 +139,26 @@ impl StdioPipe {
 impl Containerd {
     /// Runs `req` to completion and returns the exit code (128 + signal when killed by a signal).
     ///
-    /// Creates a container with a unique id (runtime `io.containerd.runc.v2`), a task whose rootfs is
-    /// `req.rootfs`, streams stdout/stderr from FIFOs, waits, then deletes task and container. The
-    /// cleanup also runs when this future is dropped (in a spawned task) and on errors.
+    /// The process runs in a container with a unique id on a root filesystem of `req.rootfs`,
+    /// with runc directly ([`super::runc`]) or through containerd's task service (the runtime
+    /// `io.containerd.runc.v2`), whichever [`runc::executor`] chose. Output streams as it comes;
+    /// everything is cleaned up afterwards, also when this future is dropped (in a spawned task)
+    /// and on errors.
     ///
     /// runc creates missing mount points (`/proc`, `/dev`, `/etc/hosts` of a bind, …) in the root
     /// filesystem; when the rootfs is writable, the empty files and directories it created are removed
     /// from the upper directory afterwards so they do not end up in the layer.
     pub async fn run(&self, req: RunRequest) -> Result<i32> {
         let id = format!("memobuild-{}", uuid::Uuid::new_v4().simple());
+        match runc::executor()? {
+            Executor::Runc(runc) => runc::run(runc, req, &id, self.namespace()).await,
+            Executor::Containerd => self.run_task(req, id).await,
+        }
+    }
+
+    /// [`Containerd::run`] through containerd's task service: a container record, a task run
+    /// by the runc shim, output through FIFOs.
+    async fn run_task(&self, req: RunRequest, id: String) -> Result<i32> {
         let io_dir = tempfile::Builder::new()
             .prefix("memobuild-io-")
             .tempdir()
@@ -475,7 +487,7 @@ impl Drop for ContainerGuard {
     }
 }
 
-struct AbortOnDrop(JoinHandle<()>);
+pub(super) struct AbortOnDrop(pub(super) JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -521,8 +533,8 @@ fn connect_stdin(
     }))
 }
 
-async fn pump(
-    mut rx: tokio::net::unix::pipe::Receiver,
+pub(super) async fn pump(
+    mut rx: impl tokio::io::AsyncRead + Unpin,
     stream: OutputStream,
     out: Option<mpsc::Sender<(OutputStream, Vec<u8>)>>,
 ) {
@@ -550,13 +562,13 @@ async fn pump(
 /// Before the run, records which mount destinations (and their parent directories) are absent from
 /// the upper directory; afterwards removes those that are now present and empty, deepest first.
 /// Paths are walked without following symlinks, so nothing outside the upper directory is touched.
-struct MountpointCleanup {
+pub(super) struct MountpointCleanup {
     upper: Option<PathBuf>,
     candidates: Vec<PathBuf>,
 }
 
 impl MountpointCleanup {
-    fn before(req: &RunRequest) -> Self {
+    pub(super) fn before(req: &RunRequest) -> Self {
         let Some(upper) = overlay_upperdir(&req.rootfs) else {
             return MountpointCleanup {
                 upper: None,
@@ -584,7 +596,7 @@ impl MountpointCleanup {
         }
     }
 
-    fn remove_created(&self) {
+    pub(super) fn remove_created(&self) {
         let Some(upper) = &self.upper else { return };
         for rel in &self.candidates {
             let Lookup::Found(meta) = lstat_beneath(upper, rel) else {

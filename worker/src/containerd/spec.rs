@@ -3,6 +3,8 @@
 //! Hand-written serde structs rather than `oci-spec`'s builders: we only emit a spec (never read
 //! one), the subset is small, and every default is visible here.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::run::{ExtraMount, NetworkMode, RunRequest};
@@ -128,6 +130,9 @@ pub(crate) struct Spec {
     pub hostname: String,
     pub mounts: Vec<SpecMount>,
     pub linux: Linux,
+    /// Read back by whoever lists the container (the runc executor's creator pid).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -169,7 +174,8 @@ pub(crate) struct Rlimit {
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Root {
-    pub path: &'static str,
+    /// Relative to the bundle (containerd's shim mounts the rootfs at `rootfs`) or absolute.
+    pub path: String,
     pub readonly: bool,
 }
 
@@ -321,6 +327,13 @@ pub(crate) fn process_json(
     extra_env: &[String],
 ) -> serde_json::Result<Vec<u8>> {
     let mut process = build(req, id, namespace).process;
+    add_env(&mut process, extra_env);
+    serde_json::to_vec(&process)
+}
+
+/// Adds `extra_env` (`NAME=VALUE`) to `process`'s environment, replacing variables of the
+/// same name.
+pub(crate) fn add_env(process: &mut Process, extra_env: &[String]) {
     for kv in extra_env {
         let name = kv.split('=').next().unwrap_or_default();
         process
@@ -328,7 +341,6 @@ pub(crate) fn process_json(
             .retain(|e| e.split('=').next().unwrap_or_default() != name);
         process.env.push(kv.clone());
     }
-    serde_json::to_vec(&process)
 }
 
 /// Builds the runtime spec for container `id` in containerd namespace `namespace`.
@@ -386,7 +398,7 @@ pub(crate) fn build(req: &RunRequest, id: &str, namespace: &str) -> Spec {
             no_new_privileges: false,
         },
         root: Root {
-            path: "rootfs",
+            path: "rootfs".to_owned(),
             readonly: false,
         },
         hostname: if req.hostname.is_empty() {
@@ -418,6 +430,7 @@ pub(crate) fn build(req: &RunRequest, id: &str, namespace: &str) -> Spec {
             },
             cgroups_path: format!("/{namespace}/{id}"),
         },
+        annotations: BTreeMap::new(),
     }
 }
 
