@@ -84,16 +84,19 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 /// dropped (in a spawned task).
 pub(crate) async fn run(runc: &Path, req: RunRequest, id: &str, namespace: &str) -> Result<i32> {
     let bundle = Bundle::create(id)?;
-    let rootfs = MountGuard::mount_in(&req.rootfs, &bundle.dir)?;
+    let rootfs = match MountGuard::mount_in(&req.rootfs, &bundle.dir) {
+        Ok(r) => r,
+        Err(e) => {
+            bundle.remove();
+            return Err(e);
+        }
+    };
+    let (rootfs_path, bundle_dir) = (rootfs.path().display().to_string(), bundle.dir.clone());
     let guard = RunGuard {
         runc: runc.to_path_buf(),
         id: id.to_owned(),
         rootfs: Some(rootfs),
         bundle: Some(bundle),
-    };
-    let (rootfs_path, bundle_dir) = match (&guard.rootfs, &guard.bundle) {
-        (Some(r), Some(b)) => (r.path().display().to_string(), b.dir.clone()),
-        _ => return Err(Error::io("runc bundle", std::io::Error::other("gone"))),
     };
 
     let mut spec = spec::build(&req, id, namespace);
