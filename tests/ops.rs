@@ -587,3 +587,23 @@ fn env_secrets_stay_out_of_the_runtimes_files() {
         );
     }
 }
+
+// Verifies: a step's process has its primary group among its groups, as under BuildKit, for
+// root and for a user that no /etc/group entry names (`id` prints the same line as there).
+#[test]
+fn a_steps_groups_include_its_primary_group() {
+    let Some(env) = Env::get() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "Dockerfile",
+        &format!(
+            "{}\nRUN id > /root.id && echo 'alice:x:1234:1234::/home/alice:/bin/sh' >> /etc/passwd\nUSER alice\nRUN id > /tmp/alice.id\nCMD cat /root.id /tmp/alice.id\n",
+            from(&env)
+        ),
+    );
+    let out = build_and_run(&sb, &env, &[], &[]);
+    assert_eq!(
+        out,
+        "uid=0(root) gid=0(root) groups=0(root)\nuid=1234(alice) gid=1234 groups=1234\n"
+    );
+}

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::run::{ExtraMount, NetworkMode, RunRequest};
+use super::run::{ExtraMount, NetworkMode, RunRequest, User};
 
 /// `type_url` of a runtime spec inside a protobuf `Any`, as containerd's typeurl registry expects.
 pub(crate) const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -343,6 +343,16 @@ pub(crate) fn add_env(process: &mut Process, extra_env: &[String]) {
     }
 }
 
+/// The user's supplementary groups with its primary group first unless already there, as
+/// BuildKit gives them (`id` then says `groups=GID,…` in both).
+fn with_primary_gid(user: &User) -> Vec<u32> {
+    let mut gids = user.additional_gids.clone();
+    if !gids.contains(&user.gid) {
+        gids.insert(0, user.gid);
+    }
+    gids
+}
+
 /// Builds the runtime spec for container `id` in containerd namespace `namespace`.
 pub(crate) fn build(req: &RunRequest, id: &str, namespace: &str) -> Spec {
     let nofile = nofile_limit();
@@ -376,7 +386,7 @@ pub(crate) fn build(req: &RunRequest, id: &str, namespace: &str) -> Spec {
             user: SpecUser {
                 uid: req.user.uid,
                 gid: req.user.gid,
-                additional_gids: req.user.additional_gids.clone(),
+                additional_gids: with_primary_gid(&req.user),
             },
             args: req.args.clone(),
             env,
@@ -468,13 +478,28 @@ mod tests {
     }
 
     #[test]
+    fn a_primary_group_among_the_supplementary_ones_is_not_repeated() {
+        let user = User {
+            uid: 5,
+            gid: 20,
+            additional_gids: vec![10, 20],
+        };
+        assert_eq!(with_primary_gid(&user), [10, 20]);
+        assert_eq!(with_primary_gid(&User::default()), [0]);
+    }
+
+    #[test]
     fn spec_json_has_defaults_and_request_fields() {
         let spec = build(&request(), "c1", "ns");
         let json = serde_json::to_value(&spec).expect("spec serialises");
         assert_eq!(json["process"]["args"][2], "true");
         assert_eq!(json["process"]["cwd"], "/work");
         assert_eq!(json["process"]["user"]["uid"], 1000);
-        assert_eq!(json["process"]["user"]["additionalGids"][1], 20);
+        assert_eq!(
+            json["process"]["user"]["additionalGids"],
+            serde_json::json!([1000, 10, 20]),
+            "the primary group first, as BuildKit"
+        );
         assert_eq!(json["process"]["env"][0], "A=1");
         assert_eq!(json["process"]["env"][1], DEFAULT_PATH);
         assert_eq!(json["process"]["rlimits"][0]["type"], "RLIMIT_NOFILE");
