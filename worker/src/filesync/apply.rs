@@ -95,6 +95,17 @@ impl Applier {
         perm: u32,
         mtime: i64,
     ) -> Result<(), FilesyncError> {
+        // A directory already right is left alone: a no-op re-sync then writes nothing and
+        // keeps each directory's ctime. One stat by path: every component of `path` is a
+        // directory this transfer has just opened with O_NOFOLLOW in `dir`.
+        let here = if path.is_empty() { "." } else { path };
+        if let Some(st) = disk::lstat_at(root, here).map_err(self.io("reading", path))?
+            && disk::is_dir(&st)
+            && st.st_mode & 0o7777 == perm
+            && disk::mtime_ns(&st) == mtime
+        {
+            return Ok(());
+        }
         let fd = disk::open_dir_path(root, path).map_err(self.io("opening", path))?;
         disk::chmod_fd(fd.as_fd(), perm).map_err(self.io("changing mode of", path))?;
         disk::set_times_fd(fd.as_fd(), mtime).map_err(self.io("setting times of", path))

@@ -33,6 +33,49 @@ async fn unchanged_tree_requests_nothing() {
     assert_same_tree(src.path(), dest.path());
 }
 
+/// A re-sync leaves directories that are already right untouched (their ctime does not move),
+/// and still sets a directory whose mode changed at the source.
+#[tokio::test]
+async fn unchanged_directories_are_not_written_again() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let ctime = |rel: &str, root: &std::path::Path| {
+        let md = fs::symlink_metadata(root.join(rel)).unwrap();
+        (md.ctime(), md.ctime_nsec())
+    };
+    let (src, dest) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    build_tree(src.path());
+    let options = || (SendOptions::default(), keep_owners());
+    let (send, recv) = options();
+    transfer(src.path(), dest.path(), send, recv).await;
+    let before = [ctime("dir", dest.path()), ctime("dir/sub", dest.path())];
+    // ctime has the kernel's tick as its resolution: let one pass so any write would show.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+
+    let (send, recv) = options();
+    transfer(src.path(), dest.path(), send, recv).await;
+    assert_eq!(
+        [ctime("dir", dest.path()), ctime("dir/sub", dest.path())],
+        before
+    );
+
+    fs::set_permissions(
+        src.path().join("dir/sub"),
+        fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    set_mtime(src.path(), "dir/sub", 1_600_000_000_123_456_789);
+    let (send, recv) = options();
+    transfer(src.path(), dest.path(), send, recv).await;
+    assert_eq!(ctime("dir", dest.path()), before[0]);
+    assert_ne!(ctime("dir/sub", dest.path()), before[1]);
+    let mode = fs::symlink_metadata(dest.path().join("dir/sub"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o700);
+    assert_same_tree(src.path(), dest.path());
+}
+
 #[tokio::test]
 async fn one_edit_requests_one_file() {
     let (src, dest) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
