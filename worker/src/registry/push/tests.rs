@@ -54,6 +54,9 @@ mod fake {
         /// repository → blob digests.
         pub blobs: HashMap<String, HashSet<String>>,
         pub uploads: HashMap<String, (String, Vec<u8>)>,
+        /// Upload ids are never reused: blobs are pushed concurrently, and a finished upload
+        /// leaves `uploads` while others are still open.
+        pub upload_ids: usize,
         pub manifests: BTreeMap<String, (String, Vec<u8>)>,
         /// `METHOD path` of every request, with the status answered.
         pub log: Vec<String>,
@@ -188,7 +191,8 @@ mod fake {
                 s.blobs.entry(repo.clone()).or_default().insert(d);
                 return StatusCode::CREATED.into_response();
             }
-            let id = format!("u{}", s.uploads.len());
+            let id = format!("u{}", s.upload_ids);
+            s.upload_ids += 1;
             s.uploads.insert(id.clone(), (repo.clone(), Vec::new()));
             return (StatusCode::ACCEPTED, [("Location", loc(&id))]).into_response();
         }
