@@ -144,12 +144,16 @@ start_registry() {
 		deadline=$((SECONDS + 20))
 		while ((SECONDS < deadline)) && alive "$REG/registry.pid" >/dev/null; do
 			if curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$port/v2/" 2>/dev/null; then
-				# Another run may have grabbed the port between our probe and our bind.
-				if [[ "$(ss -ltnpH "sport = :$port")" == *"pid=$pid,"* ]]; then
-					echo "$port" >"$REG/port"
-					log "registry ready at 127.0.0.1:$port"
-					return
-				fi
+				# Another run may have grabbed the port between our probe and our bind. ss
+				# reads the owner from /proc, which can miss it on a busy machine: ask again.
+				for _ in 1 2 3 4 5; do
+					if [[ "$(ss -ltnpH "sport = :$port")" == *"pid=$pid,"* ]]; then
+						echo "$port" >"$REG/port"
+						log "registry ready at 127.0.0.1:$port"
+						return
+					fi
+					sleep 0.2
+				done
 				break
 			fi
 			sleep 0.2
