@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 
 use super::mount::MountGuard;
 use super::run::{AbortOnDrop, DRAIN_TIMEOUT, KILL_TIMEOUT, MountpointCleanup, pump};
@@ -148,13 +149,14 @@ pub(crate) async fn run(runc: &Path, req: RunRequest, id: &str, namespace: &str)
     })?;
 
     let mut readers = Vec::with_capacity(2);
-    let mut _stdin_feed = None;
+    // Held to the end of the run: dropping it stops feeding the process's stdin.
+    let mut stdin_feed = None;
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     match stdio {
         Some(io) => {
             let (mut from_caller, mut to_caller) = tokio::io::split(io);
             if let Some(mut stdin) = child.stdin.take() {
-                _stdin_feed = Some(AbortOnDrop(tokio::spawn(async move {
+                stdin_feed = Some(AbortOnDrop(tokio::spawn(async move {
                     if let Err(e) = tokio::io::copy(&mut from_caller, &mut stdin).await {
                         tracing::debug!(error = %e, "copying to a process's stdin ended");
                     }
@@ -169,25 +171,9 @@ pub(crate) async fn run(runc: &Path, req: RunRequest, id: &str, namespace: &str)
                 })));
             }
         }
-        None => {
-            if let Some(stdout) = stdout {
-                let out = req.output.clone();
-                readers.push(AbortOnDrop(tokio::spawn(pump(
-                    stdout,
-                    OutputStream::Stdout,
-                    out,
-                ))));
-            }
-        }
+        None => readers.extend(stdout.map(|o| pumped(o, OutputStream::Stdout, &req.output))),
     }
-    if let Some(stderr) = stderr {
-        let out = req.output.clone();
-        readers.push(AbortOnDrop(tokio::spawn(pump(
-            stderr,
-            OutputStream::Stderr,
-            out,
-        ))));
-    }
+    readers.extend(stderr.map(|e| pumped(e, OutputStream::Stderr, &req.output)));
 
     let cancel = req.cancel.clone().unwrap_or_default();
     let status = tokio::select! {
@@ -207,7 +193,7 @@ pub(crate) async fn run(runc: &Path, req: RunRequest, id: &str, namespace: &str)
             tracing::warn!(container = %id, "output did not reach EOF in time");
         }
     }
-    drop(readers);
+    drop((readers, stdin_feed));
     let failure = runc_error(&log);
     // `runc run` deletes its container when the process exits; only a runc that did not exit
     // by itself may have left one.
@@ -229,6 +215,15 @@ pub(crate) async fn run(runc: &Path, req: RunRequest, id: &str, namespace: &str)
             message: format!("runc ended without an exit code ({status})"),
         }),
     }
+}
+
+/// A task sending what `reader` gives to `out` as `stream`, aborted when dropped.
+fn pumped(
+    reader: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    stream: OutputStream,
+    out: &Option<mpsc::Sender<(OutputStream, Vec<u8>)>>,
+) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(pump(reader, stream, out.clone())))
 }
 
 /// Hands a spec to runc through a FIFO at the bundle's `config.json`. The writer polls for
