@@ -206,7 +206,7 @@ impl Solve {
             security,
             secret_env,
         } = isolation;
-        let (network, _sandbox) = match (pb::NetMode::try_from(network), sandbox) {
+        let (network, sandbox) = match (pb::NetMode::try_from(network), sandbox) {
             (Ok(pb::NetMode::None), _) => (NetworkMode::None, None),
             (Ok(pb::NetMode::Host), _) => (NetworkMode::Host, None),
             (_, setup) => {
@@ -280,6 +280,14 @@ impl Solve {
             .map_err(|e| self.error(digest, e.to_string()))?;
         let code = ctd.run(req).await;
         drop(permit);
+        // The process is gone: its network goes down in the background (slirp4netns killed and
+        // reaped, the namespace unmounted) while the layer is committed. `Build::finish` waits
+        // for it.
+        if let Some(sandbox) = sandbox {
+            crate::cleanup::spawn("a step's network namespace", async move {
+                let _ = tokio::task::spawn_blocking(move || drop(sandbox)).await;
+            });
+        }
         let tail: Vec<String> = logger.await.map(Vec::from).unwrap_or_default();
         let code = code.map_err(|e| self.error(digest, e.to_string()))?;
         if code != 0 {
