@@ -2,6 +2,36 @@
 
 use super::*;
 
+/// Returns `reference` as the result of the gateway build `build_ref`, then waits for the
+/// Control/Solve that started it (`solve`) to succeed.
+async fn return_and_finish<T>(
+    gateway: &mut memobuild_proto::gateway::llb_bridge_client::LlbBridgeClient<
+        tonic::transport::Channel,
+    >,
+    reference: Ref,
+    build_ref: &str,
+    solve: tokio::task::JoinHandle<Result<T, tonic::Status>>,
+) {
+    gateway
+        .r#return(tagged(
+            ReturnRequest {
+                result: Some(memobuild_proto::gateway::Result {
+                    result: Some(result::Result::Ref(reference)),
+                    ..Default::default()
+                }),
+                error: None,
+            },
+            build_ref,
+        ))
+        .await
+        .expect("return");
+    tokio::time::timeout(Duration::from_secs(30), solve)
+        .await
+        .expect("the Control/Solve ends after Return")
+        .expect("task")
+        .expect("the Control/Solve succeeds");
+}
+
 // Verifies: the raw-LLB flow of buildctl (`buildctl build < def.pb`, §2.B) on a definition
 // `memobuild lower` wrote: a session-less gateway-mode Control/Solve, LLBBridge/Solve with the
 // Definition, ReadFile of what its RUN wrote from the returned reference, and Return, after
@@ -67,27 +97,11 @@ fn raw_llb_from_memobuild_lower_solves_over_the_gateway_and_control() {
             .into_inner()
             .data;
         assert_eq!(String::from_utf8_lossy(&data), format!("{marker}\n"));
-        gateway
-            .r#return(tagged(
-                ReturnRequest {
-                    result: Some(memobuild_proto::gateway::Result {
-                        result: Some(result::Result::Ref(Ref {
-                            id: reference.id,
-                            def: None,
-                        })),
-                        ..Default::default()
-                    }),
-                    error: None,
-                },
-                &build_ref,
-            ))
-            .await
-            .expect("return");
-        tokio::time::timeout(Duration::from_secs(30), solve)
-            .await
-            .expect("the Control/Solve ends after Return")
-            .expect("task")
-            .expect("the Control/Solve succeeds");
+        let reference = Ref {
+            id: reference.id,
+            def: None,
+        };
+        return_and_finish(&mut gateway, reference, &build_ref, solve).await;
 
         // The old path: the Definition in Control/Solve.
         let mut control = control.clone();
@@ -238,24 +252,7 @@ fn frontend_inputs_stand_for_targets_the_client_built() {
                 && missing.message().contains("base"),
             "{missing:?}"
         );
-        gateway
-            .r#return(tagged(
-                ReturnRequest {
-                    result: Some(memobuild_proto::gateway::Result {
-                        result: Some(result::Result::Ref(reference)),
-                        ..Default::default()
-                    }),
-                    error: None,
-                },
-                &build_ref,
-            ))
-            .await
-            .expect("return");
-        tokio::time::timeout(Duration::from_secs(30), solve)
-            .await
-            .expect("the Control/Solve ends after Return")
-            .expect("task")
-            .expect("the Control/Solve succeeds");
+        return_and_finish(&mut gateway, reference, &build_ref, solve).await;
     });
 }
 

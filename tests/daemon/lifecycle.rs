@@ -11,6 +11,20 @@ fn sleeper(env: &Env) -> String {
     )
 }
 
+/// A client building [`sleeper`] through `daemon`, returned once its RUN runs, with the
+/// file its progress goes to.
+fn sleeping_client(sb: &Sandbox, daemon: &Daemon) -> (std::process::Child, std::path::PathBuf) {
+    let log = sb.path("client.log");
+    let client = sb
+        .remote_command(daemon, &["--progress", "plain"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("client.log"))
+        .spawn()
+        .expect("start client");
+    wait_for_line(&log, " ready-2", Duration::from_secs(60), daemon);
+    (client, log)
+}
+
 // Verifies: when the client of a build vanishes (SIGKILL) while a `RUN sleep 30` runs, the
 // daemon cancels the build: within seconds no task, container or lease is left in its
 // containerd namespace; and it serves the next build.
@@ -21,14 +35,7 @@ fn a_vanished_client_cancels_its_build() {
     sb.write("Dockerfile", &sleeper(&env));
     let ns = unique("vanish");
     let daemon = Daemon::start(&sb, &env, &["--namespace", &ns]);
-    let log = sb.path("client.log");
-    let mut client = sb
-        .remote_command(&daemon, &["--progress", "plain"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("client.log"))
-        .spawn()
-        .expect("start client");
-    wait_for_line(&log, " ready-2", Duration::from_secs(60), &daemon);
+    let (mut client, _) = sleeping_client(&sb, &daemon);
     assert!(
         daemon
             .containerd_leftovers()
@@ -215,14 +222,7 @@ fn sigterm_stops_the_daemon_and_cleans_up() {
     sb.write("Dockerfile", &sleeper(&env));
     let ns = unique("sigterm");
     let mut daemon = Daemon::start(&sb, &env, &["--namespace", &ns]);
-    let log = sb.path("client.log");
-    let mut client = sb
-        .remote_command(&daemon, &["--progress", "plain"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("client.log"))
-        .spawn()
-        .expect("start client");
-    wait_for_line(&log, " ready-2", Duration::from_secs(60), &daemon);
+    let (mut client, log) = sleeping_client(&sb, &daemon);
     assert!(
         !daemon.containerd_leftovers().is_empty(),
         "the build should be using containerd"
