@@ -1,9 +1,11 @@
-//! Pulling a base image: registry → local blob store → containerd content store → committed
-//! overlayfs snapshots named by chain ID.
+//! Pulling a base image: registry → local blob store → committed overlayfs snapshots named by
+//! chain ID.
 //!
 //! Every layer blob is kept in the local [`BlobStore`] (the exporter needs the compressed bytes of
-//! base layers). Layers that must be unpacked are also written to containerd's content store, under
-//! the lease only: `Diff.Apply` reads them from there, and the local copy can always refill it. The
+//! base layers). An image's first layer (no parent: no whiteouts to turn into overlay ones) is
+//! unpacked into its snapshot by MemoBuild itself from that copy, as containerd's applier would.
+//! The layers above are also written to containerd's content store, under the lease only:
+//! `Diff.Apply` reads them from there, and the local copy can always refill it. The
 //! committed chain snapshots get `containerd.io/gc.root` labels, so they outlive the lease and serve
 //! later builds as a cache; the active snapshots used while unpacking live only under the lease.
 
@@ -54,6 +56,17 @@ pub enum Error {
     /// The local blob store failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
+    /// Unpacking a layer into its snapshot failed.
+    #[error("`{reference}`: unpacking layer `{digest}`: {source}")]
+    Unpack {
+        /// Normalised reference.
+        reference: String,
+        /// Layer digest.
+        digest: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Writing or reading a layer in the local blob store failed.
     #[error("`{reference}`: storing layer `{digest}` locally: {source}")]
     LocalBlob {
@@ -324,7 +337,6 @@ pub async fn unpack(
             annotations: Default::default(),
             platform: None,
         };
-        ensure_containerd_blob(ctd, blobs, what, &desc, &diff_ids[i]).await?;
         let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
         unpack_layer(ctd, blobs, what, &desc, &diff_ids[i], &chain[i], parent).await?;
     }
@@ -452,7 +464,24 @@ async fn unpack_layer(
         chain_id
     );
     let mounts = ctd.prepare(&key, parent, HashMap::new()).await?;
-    let res = apply_and_commit(ctd, reference, desc, diff_id, chain_id, &key, &mounts).await;
+    let res = async {
+        let applied = if parent.is_empty() {
+            apply_here(blobs, reference, desc, &mounts).await?
+        } else {
+            ensure_containerd_blob(ctd, blobs, reference, desc, diff_id).await?;
+            apply_in_containerd(ctd, desc, &mounts).await?
+        };
+        if applied != diff_id {
+            return Err(Error::DiffIdMismatch {
+                reference: reference.to_owned(),
+                digest: desc.digest.clone(),
+                expected: diff_id.to_owned(),
+                actual: applied,
+            });
+        }
+        commit(ctd, chain_id, &key).await
+    }
+    .await;
     if res.is_ok() {
         // containerd hashed the tar of this very blob (its content store holds it by digest):
         // remember the pair, so that checking a record or an image naming this layer need not
@@ -470,15 +499,48 @@ async fn unpack_layer(
     res
 }
 
-async fn apply_and_commit(
-    ctd: &Containerd,
+/// Unpacks a layer with no parent into its snapshot from the blob in the local store, as
+/// containerd's applier would (owners, modes, times, xattrs, hard links and device nodes as
+/// stored; the snapshot's root left as it is), and returns its diff ID. Such a layer has no
+/// layers below for its whiteouts to hide, so no overlay whiteouts are made. The blob is then
+/// never copied into containerd's content store, which containerd's applier reads from: a
+/// base image's first layer is written once instead of twice, without any round trip.
+async fn apply_here(
+    blobs: &BlobStore,
     reference: &str,
     desc: &Descriptor,
-    diff_id: &str,
-    chain_id: &str,
-    key: &str,
     mounts: &[containerd::Mount],
-) -> Result<()> {
+) -> Result<String> {
+    let (store, digest, mounts) = (blobs.clone(), desc.digest.clone(), mounts.to_vec());
+    let unpack_err = |source| Error::Unpack {
+        reference: reference.to_owned(),
+        digest: desc.digest.clone(),
+        source,
+    };
+    let applied = tokio::task::spawn_blocking(move || -> Result<std::io::Result<String>> {
+        let guard = containerd::MountGuard::mount(&mounts)?;
+        let unpacked = (|| {
+            let blob = store.open_blob(&digest).map_err(std::io::Error::other)?;
+            let mut tree = crate::export::local::Applier::for_snapshot(guard.path());
+            let diff_id = tree.apply_hashed(std::io::BufReader::with_capacity(1 << 20, blob))?;
+            tree.finish()?;
+            Ok(diff_id)
+        })();
+        guard.unmount()?;
+        Ok(unpacked)
+    })
+    .await
+    .map_err(|e| unpack_err(std::io::Error::other(e)))??;
+    applied.map_err(unpack_err)
+}
+
+/// Has containerd apply a layer (copied into its content store) onto the snapshot `mounts`
+/// and returns the diff ID containerd computed.
+async fn apply_in_containerd(
+    ctd: &Containerd,
+    desc: &Descriptor,
+    mounts: &[containerd::Mount],
+) -> Result<String> {
     let size = i64::try_from(desc.size).unwrap_or(i64::MAX);
     // containerd's applier picks the decompressor from the media type (gzip, zstd or none) and
     // then checks the stream's magic bytes. Docker-style names are given by their OCI name (the
@@ -490,14 +552,11 @@ async fn apply_and_commit(
             &containerd::descriptor(media_type, &desc.digest, size),
         )
         .await?;
-    if applied.digest != diff_id {
-        return Err(Error::DiffIdMismatch {
-            reference: reference.to_owned(),
-            digest: desc.digest.clone(),
-            expected: diff_id.to_owned(),
-            actual: applied.digest,
-        });
-    }
+    Ok(applied.digest)
+}
+
+/// Commits the unpack snapshot `key` as `chain_id`.
+async fn commit(ctd: &Containerd, chain_id: &str, key: &str) -> Result<()> {
     match ctd
         .commit(chain_id, key, containerd::snapshot_labels())
         .await

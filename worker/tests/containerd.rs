@@ -727,3 +727,253 @@ async fn connect_error_names_the_socket() {
         )
     );
 }
+
+/// Appends a PAX extended header with `records` for the entry that follows.
+fn append_pax(b: &mut tar::Builder<Vec<u8>>, records: &[(&str, &[u8])]) -> std::io::Result<()> {
+    let mut data = Vec::new();
+    for (key, value) in records {
+        // "LEN key=value\n", LEN counting its own digits.
+        let rest = key.len() + value.len() + 3;
+        let mut len = rest + 1;
+        while rest + len.to_string().len() != len {
+            len = rest + len.to_string().len();
+        }
+        data.extend_from_slice(format!("{len} {key}=").as_bytes());
+        data.extend_from_slice(value);
+        data.push(b'\n');
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_path("PaxHeaders/entry")?;
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, &data[..])
+}
+
+/// A layer tar with what an unpacker must get right: the root's own entry, odd modes (setuid,
+/// sticky, 0000), owners, a nanosecond PAX mtime, an xattr, a symlink, a hard link, a device
+/// node and a FIFO.
+fn tricky_layer() -> std::io::Result<Vec<u8>> {
+    use tar::EntryType as T;
+    let mut b = tar::Builder::new(Vec::new());
+    let add = |b: &mut tar::Builder<Vec<u8>>,
+               path: &str,
+               kind: T,
+               mode: u32,
+               owner: (u64, u64),
+               link: Option<&str>,
+               data: &[u8]|
+     -> std::io::Result<()> {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_path(path)?;
+        h.set_mode(mode);
+        h.set_uid(owner.0);
+        h.set_gid(owner.1);
+        h.set_mtime(1_500_000_000);
+        h.set_size(data.len() as u64);
+        if let Some(l) = link {
+            h.set_link_name(l)?;
+        }
+        if kind == T::Char {
+            h.set_device_major(1)?;
+            h.set_device_minor(3)?;
+        }
+        h.set_cksum();
+        b.append(&h, data)
+    };
+    add(&mut b, "./", T::Directory, 0o700, (0, 0), None, b"")?;
+    add(&mut b, "bin/", T::Directory, 0o755, (0, 0), None, b"")?;
+    add(
+        &mut b,
+        "bin/tool",
+        T::Regular,
+        0o4755,
+        (0, 0),
+        None,
+        b"#!/bin/sh\n",
+    )?;
+    add(&mut b, "etc/", T::Directory, 0o750, (1000, 2000), None, b"")?;
+    append_pax(
+        &mut b,
+        &[
+            ("mtime", b"1600000000.123456789"),
+            ("SCHILY.xattr.user.note", b"kept"),
+        ],
+    )?;
+    add(
+        &mut b,
+        "etc/conf",
+        T::Regular,
+        0o640,
+        (1000, 2000),
+        None,
+        b"a=1\n",
+    )?;
+    add(
+        &mut b,
+        "etc/link",
+        T::Symlink,
+        0o777,
+        (1000, 2000),
+        Some("conf"),
+        b"",
+    )?;
+    // A hard link's header sets the shared inode's metadata too (here: the same as the file's).
+    add(
+        &mut b,
+        "etc/hard",
+        T::Link,
+        0o4755,
+        (0, 0),
+        Some("bin/tool"),
+        b"",
+    )?;
+    add(&mut b, "etc/secret", T::Regular, 0o000, (0, 0), None, b"x")?;
+    add(&mut b, "tmp/", T::Directory, 0o1777, (0, 0), None, b"")?;
+    add(&mut b, "dev/", T::Directory, 0o755, (0, 0), None, b"")?;
+    add(&mut b, "dev/null", T::Char, 0o666, (0, 0), None, b"")?;
+    add(&mut b, "run/", T::Directory, 0o755, (0, 0), None, b"")?;
+    add(&mut b, "run/fifo", T::Fifo, 0o600, (0, 0), None, b"")?;
+    b.into_inner()
+}
+
+/// Everything a user could see of each entry under `root` (the root itself left out).
+fn describe_tree(root: &Path) -> std::io::Result<Vec<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let p = e?.path();
+            let md = std::fs::symlink_metadata(&p)?;
+            let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
+            let what = if md.file_type().is_symlink() {
+                format!("-> {}", std::fs::read_link(&p)?.display())
+            } else if md.is_file() {
+                format!("{:?}", std::fs::read(&p)?)
+            } else {
+                format!("rdev {}", md.rdev())
+            };
+            let mut xattrs: Vec<String> = xattr::list(&p)?
+                .map(|n| n.to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("user."))
+                .collect();
+            xattrs.sort();
+            out.push(format!(
+                "{rel} mode {:o} owner {}:{} mtime {}.{:09} links {} {what} {xattrs:?}",
+                md.mode(),
+                md.uid(),
+                md.gid(),
+                md.mtime(),
+                md.mtime_nsec(),
+                md.nlink(),
+            ));
+            if md.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+// Verifies: an image's first layer, which MemoBuild unpacks into its snapshot itself, comes out
+// as containerd's applier writes the same layer (applied above an empty one): modes with
+// setuid and sticky bits, owners, the PAX nanosecond mtime, a user xattr, the symlink, the hard
+// link, the device node and the FIFO; the root's own entry does not change the snapshot's root;
+// the diff ID is checked (a wrong one fails the unpack and leaves no snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_layer_unpacks_as_containerd_unpacks_it() -> TestResult {
+    let Some(env) = env("a_first_layer_unpacks_as_containerd_unpacks_it") else {
+        return Ok(());
+    };
+    let s = Session::new(&env, "unpack").await?;
+    let dir = tempfile::tempdir()?;
+    let store = BlobStore::open(dir.path())?;
+    let layer_of = |tar: &[u8]| -> Result<image::Layer, Box<dyn std::error::Error + Send + Sync>> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, tar)?;
+        let gz = gz.finish()?;
+        Ok(image::Layer {
+            digest: store.put_bytes(&gz)?,
+            diff_id: memobuild_worker::blobs::sha256_digest(tar),
+            size: gz.len() as u64,
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        })
+    };
+    let tricky = layer_of(&tricky_layer()?)?;
+    let empty = layer_of(&tar::Builder::new(Vec::new()).into_inner()?)?;
+
+    let ours = image::unpack(&s.ctd, &store, "ours", std::slice::from_ref(&tricky))
+        .await?
+        .ok_or("no snapshot")?;
+    let theirs = image::unpack(&s.ctd, &store, "theirs", &[empty, tricky.clone()])
+        .await?
+        .ok_or("no snapshot")?;
+    let listing = |parent: String, key: &'static str| {
+        let ctd = s.ctd.clone();
+        async move {
+            let mounts = ctd.view(key, &parent).await?;
+            let described = tokio::task::spawn_blocking(move || {
+                let guard = MountGuard::mount(&mounts)?;
+                let tree = describe_tree(guard.path());
+                let root = std::fs::metadata(guard.path())
+                    .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777);
+                guard.unmount()?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>((tree?, root?))
+            })
+            .await??;
+            ctd.remove(key).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(described)
+        }
+    };
+    let (ours_tree, ours_root) = listing(ours, "view-ours").await?;
+    let (theirs_tree, _) = listing(theirs, "view-theirs").await?;
+    assert_eq!(ours_tree, theirs_tree);
+    let conf = ours_tree
+        .iter()
+        .find(|l| l.starts_with("etc/conf "))
+        .ok_or("etc/conf")?;
+    assert!(
+        conf.contains("mode 100640 owner 1000:2000 mtime 1600000000.123456789 links 1")
+            && conf.contains("\"user.note\""),
+        "{conf}"
+    );
+    assert!(
+        ours_tree
+            .iter()
+            .any(|l| l
+                .starts_with("bin/tool mode 104755 owner 0:0 mtime 1500000000.000000000 links 2")),
+        "{ours_tree:#?}"
+    );
+    assert!(
+        ours_tree
+            .iter()
+            .any(|l| l.starts_with("dev/null mode 20666 ") && l.contains("rdev 259")),
+        "{ours_tree:#?}"
+    );
+    assert_eq!(ours_root, 0o755, "the snapshot's root keeps its mode");
+
+    // A layer whose diff ID is not what the image says is refused, and leaves nothing.
+    let mut one_file = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_path("x")?;
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_cksum();
+    one_file.append(&h, &b"x"[..])?;
+    let mut lying = layer_of(&one_file.into_inner()?)?;
+    lying.diff_id = memobuild_worker::blobs::sha256_digest(b"something else");
+    let e = image::unpack(&s.ctd, &store, "liar", &[lying.clone()])
+        .await
+        .expect_err("a wrong diff ID");
+    assert!(
+        e.to_string().contains(&lying.digest),
+        "the error names the layer: {e}"
+    );
+    assert!(s.ctd.stat(&lying.diff_id).await?.is_none());
+    s.close().await?;
+    Ok(())
+}

@@ -35,8 +35,11 @@ struct DirMeta {
     mode: u32,
     uid: u64,
     gid: u64,
-    mtime: i64,
+    mtime: Mtime,
 }
+
+/// A modification time: seconds and nanoseconds since the epoch.
+type Mtime = (i64, u32);
 
 /// Writes the filesystem of `img` to `dest` as BuildKit's client writes a local export: files
 /// owned by the user running it (a tree built beside `dest` and moved into place at the end).
@@ -84,6 +87,9 @@ pub struct Applier {
     as_root: bool,
     /// Give files the owners the layers say (needs root).
     chown: bool,
+    /// Leave the root directory's own metadata alone (an entry for `./` is ignored), as
+    /// containerd's applier does when it unpacks into a snapshot.
+    keep_root: bool,
 }
 
 impl Applier {
@@ -94,7 +100,16 @@ impl Applier {
             dirs: BTreeMap::new(),
             as_root: nix::unistd::geteuid().is_root(),
             chown: nix::unistd::geteuid().is_root(),
+            keep_root: false,
         }
+    }
+
+    /// An applier unpacking into a snapshot as containerd's applier does: owners as stored
+    /// (as root), and the root directory's own metadata left as the snapshot has it.
+    pub fn for_snapshot(root: &Path) -> Self {
+        let mut applier = Applier::new(root);
+        applier.keep_root = true;
+        applier
     }
 
     /// Whether files get the owners the layers say (only possible as root; the default when
@@ -107,6 +122,19 @@ impl Applier {
     /// Applies one layer (gzip, zstd or plain tar; detected from its first bytes).
     pub fn apply(&mut self, blob: impl io::BufRead) -> io::Result<()> {
         self.apply_tar(crate::export::compression::decompressed(blob)?)
+    }
+
+    /// [`Applier::apply`], returning the layer's diff ID: the sha256 of the whole decompressed
+    /// stream, bytes after the tar's end included (what containerd's applier digests).
+    pub fn apply_hashed(&mut self, blob: impl io::BufRead) -> io::Result<String> {
+        use sha2::Digest as _;
+        let mut hashing = Hashing {
+            inner: crate::export::compression::decompressed(blob)?,
+            hash: sha2::Sha256::new(),
+        };
+        self.apply_tar(&mut hashing)?;
+        io::copy(&mut hashing, &mut io::sink())?;
+        Ok(format!("sha256:{}", hex::encode(hashing.hash.finalize())))
     }
 
     fn apply_tar(&mut self, reader: impl Read) -> io::Result<()> {
@@ -132,15 +160,15 @@ impl Applier {
         rel: &Path,
         written: &mut HashSet<PathBuf>,
     ) -> io::Result<()> {
+        let mtime = entry_mtime(entry)?;
         let header = entry.header();
         let kind = header.entry_type();
         let mode = header.mode()? & 0o7777;
         let uid = header.uid()?;
         let gid = header.gid()?;
-        let mtime = header.mtime().unwrap_or(0) as i64;
         let Some(name) = rel.file_name() else {
             // The root itself (`./`).
-            if kind.is_dir() {
+            if kind.is_dir() && !self.keep_root {
                 self.dirs.insert(
                     self.root.clone(),
                     DirMeta {
@@ -236,6 +264,9 @@ impl Applier {
                     remove_all(&target)?;
                 }
                 fs::hard_link(&source, &target)?;
+                // The link's own header gives the (shared) inode its owner, mode and time, as
+                // containerd's applier does.
+                self.set_meta(&target, mode, uid, gid, mtime, false)?;
             }
             T::Char | T::Block | T::Fifo => {
                 if existing.is_some() {
@@ -343,7 +374,7 @@ impl Applier {
         mode: u32,
         uid: u64,
         gid: u64,
-        mtime: i64,
+        (secs, nanos): Mtime,
         is_link: bool,
     ) -> io::Result<()> {
         if self.chown {
@@ -351,7 +382,7 @@ impl Applier {
             let gid = u32::try_from(gid).map_err(io::Error::other)?;
             std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
         }
-        let t = filetime::FileTime::from_unix_time(mtime, 0);
+        let t = filetime::FileTime::from_unix_time(secs, nanos);
         if is_link {
             filetime::set_symlink_file_times(path, t, t)?;
         } else {
@@ -372,6 +403,53 @@ impl Applier {
         }
         Ok(())
     }
+}
+
+/// A reader feeding what it reads to a sha256.
+struct Hashing<R> {
+    inner: R,
+    hash: sha2::Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// An entry's modification time: a PAX `mtime` record's, with its fraction, else the header's
+/// whole seconds.
+fn entry_mtime<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Mtime> {
+    if let Some(exts) = entry.pax_extensions()? {
+        for ext in exts.flatten() {
+            if ext.key_bytes() == b"mtime"
+                && let Some(t) = parse_pax_time(ext.value_bytes())
+            {
+                return Ok(t);
+            }
+        }
+    }
+    Ok((entry.header().mtime().unwrap_or(0) as i64, 0))
+}
+
+/// A PAX time (`SECONDS[.FRACTION]`, possibly negative) as seconds and nanoseconds.
+fn parse_pax_time(raw: &[u8]) -> Option<Mtime> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let secs: i64 = whole.parse().ok()?;
+    let digits: String = fraction.chars().take(9).collect();
+    if !digits.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let nanos: u32 = format!("{digits:0<9}").parse().ok()?;
+    if nanos == 0 || !whole.starts_with('-') {
+        return Some((secs, nanos));
+    }
+    // -1.25 is 1.25 s before the epoch: -2 s plus 0.75 s.
+    Some((secs - 1, 1_000_000_000 - nanos))
 }
 
 /// An archive path as a relative path without `.`; `..` anywhere is refused.
@@ -499,7 +577,16 @@ mod tests {
                 other("opq", EntryKind::Dir),
                 file("opq/new", b"n", 0o640),
                 file("opq/.wh..wh..opq", b"", 0o644),
-                other("bin/hard", EntryKind::Hardlink(b"bin/tool".to_vec())),
+                // A hard link's header carries its inode's metadata (and sets it, as
+                // containerd's applier does): a tar writer gives it the target's.
+                (
+                    Entry::new(
+                        b"bin/hard".to_vec(),
+                        EntryKind::Hardlink(b"bin/tool".to_vec()),
+                        0o4755,
+                    ),
+                    Vec::new(),
+                ),
             ],
             false,
         );
