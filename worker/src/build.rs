@@ -179,17 +179,17 @@ impl Build {
         platform: &pb::Platform,
         progress: image::PullProgress<'_>,
     ) -> Result<FsRef, WorkerError> {
-        let pulled = image::pull_reporting(
-            self.containerd().await?,
-            &self.registry,
-            self.blobs(),
-            reference,
-            &crate::to_platform(platform),
-            progress,
-        )
-        .await?;
+        // The download needs no containerd: it runs while the build connects to containerd
+        // (or starts the embedded one).
+        let platform = crate::to_platform(platform);
+        let (ctd, fetched) = tokio::join!(
+            self.containerd(),
+            image::fetch(&self.registry, self.blobs(), reference, &platform, progress)
+        );
+        let fetched = fetched?;
+        image::unpack(ctd?, self.blobs(), &fetched.reference, &fetched.layers).await?;
         Ok(FsRef {
-            layers: pulled.layers,
+            layers: fetched.layers,
         })
     }
 

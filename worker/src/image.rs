@@ -243,6 +243,21 @@ async fn pull_leased(
     platform: &Platform,
     progress: PullProgress<'_>,
 ) -> Result<PulledImage> {
+    let mut image = fetch(reg, blobs, reference, platform, progress).await?;
+    image.top_snapshot = unpack(ctd, blobs, &image.reference, &image.layers).await?;
+    Ok(image)
+}
+
+/// The first half of a pull, which needs no containerd: resolves `reference` and downloads
+/// every layer blob into `blobs`, a few at a time. Nothing is unpacked yet
+/// ([`PulledImage::top_snapshot`] is `None`; [`unpack`] makes the snapshots).
+pub async fn fetch(
+    reg: &Registry,
+    blobs: &BlobStore,
+    reference: &str,
+    platform: &Platform,
+    progress: PullProgress<'_>,
+) -> Result<PulledImage> {
     let resolved = reg.resolve(reference, platform).await?;
     let reference = resolved.reference.clone();
     let config: ConfigRootfs =
@@ -292,14 +307,13 @@ async fn pull_leased(
             media_type: d.media_type.clone(),
         })
         .collect();
-    let top_snapshot = unpack(ctd, blobs, &reference, &layers).await?;
     Ok(PulledImage {
         reference,
         manifest_digest: resolved.manifest_digest,
         manifest: resolved.manifest,
         config: resolved.config,
         layers,
-        top_snapshot,
+        top_snapshot: None,
         chain_ids: chain,
     })
 }
