@@ -497,9 +497,9 @@ async fn unpack_layer(
     }
     .await;
     if res.is_ok() {
-        // containerd hashed the tar of this very blob (its content store holds it by digest):
-        // remember the pair, so that checking a record or an image naming this layer need not
-        // decompress it again ([`crate::layer::check`]).
+        // The tar of this very blob was just hashed (here, or by containerd from its content
+        // store): remember the pair, so that checking a record or an image naming this layer
+        // need not decompress it again ([`crate::layer::check`]).
         let (store, digest, diff_id) = (blobs.clone(), desc.digest.clone(), diff_id.to_owned());
         let _ =
             tokio::task::spawn_blocking(move || store.remember_diff_id(&digest, &diff_id)).await;

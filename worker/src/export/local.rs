@@ -127,14 +127,11 @@ impl Applier {
     /// [`Applier::apply`], returning the layer's diff ID: the sha256 of the whole decompressed
     /// stream, bytes after the tar's end included (what containerd's applier digests).
     pub fn apply_hashed(&mut self, blob: impl io::BufRead) -> io::Result<String> {
-        use sha2::Digest as _;
-        let mut hashing = Hashing {
-            inner: crate::export::compression::decompressed(blob)?,
-            hash: sha2::Sha256::new(),
-        };
+        let mut hashing =
+            crate::blobs::HashReader::new(crate::export::compression::decompressed(blob)?);
         self.apply_tar(&mut hashing)?;
         io::copy(&mut hashing, &mut io::sink())?;
-        Ok(format!("sha256:{}", hex::encode(hashing.hash.finalize())))
+        Ok(hashing.finish())
     }
 
     fn apply_tar(&mut self, reader: impl Read) -> io::Result<()> {
@@ -405,21 +402,6 @@ impl Applier {
     }
 }
 
-/// A reader feeding what it reads to a sha256.
-struct Hashing<R> {
-    inner: R,
-    hash: sha2::Sha256,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use sha2::Digest as _;
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
 /// An entry's modification time: a PAX `mtime` record's, with its fraction, else the header's
 /// whole seconds.
 fn entry_mtime<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Mtime> {
@@ -534,6 +516,21 @@ mod tests {
         assert!(md.file_type().is_fifo());
         assert_eq!(md.mode() & 0o7777, 0o644);
         assert_eq!(md.mtime(), 1000);
+    }
+
+    #[test]
+    fn pax_times_keep_their_fraction() {
+        assert_eq!(
+            parse_pax_time(b"1600000000.123456789"),
+            Some((1_600_000_000, 123_456_789))
+        );
+        assert_eq!(parse_pax_time(b"12"), Some((12, 0)));
+        assert_eq!(parse_pax_time(b"12.5"), Some((12, 500_000_000)));
+        // Digits past nanoseconds are dropped; before the epoch counts down.
+        assert_eq!(parse_pax_time(b"1.0000000019"), Some((1, 1)));
+        assert_eq!(parse_pax_time(b"-1.25"), Some((-2, 750_000_000)));
+        assert_eq!(parse_pax_time(b"1.5x"), None);
+        assert_eq!(parse_pax_time(b""), None);
     }
 
     #[test]
