@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::process::Output;
 
-use common::{Env, Sandbox, assert_ok, progress_events, stderr};
+use common::{Env, Sandbox, TWO_COPIES, assert_ok, progress_events, stderr};
 
 /// Names of vertices that executed (state `started`) in a `--progress json` run.
 fn executed(out: &Output) -> BTreeSet<String> {
@@ -48,14 +48,6 @@ fn build(sb: &Sandbox, env: &Env, extra: &[&str]) -> Output {
 fn digest(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
-
-const TWO_COPIES: &str = "ARG REGISTRY
-FROM ${REGISTRY}/library/busybox:latest
-COPY a.txt /a.txt
-RUN cat /a.txt > /a-copy
-COPY b.txt /b.txt
-RUN cat /b.txt > /b-copy
-";
 
 #[test]
 fn a_file_change_reruns_only_what_follows_the_copy_that_reads_it() {

@@ -334,3 +334,13 @@ pub fn unique(prefix: &str) -> String {
         UNIQUE.fetch_add(1, Ordering::SeqCst)
     )
 }
+
+/// A Dockerfile of two COPY + RUN pairs, each RUN reading what its COPY brought: an edit of
+/// `a.txt` or `b.txt` shows which steps run again.
+pub const TWO_COPIES: &str = "ARG REGISTRY
+FROM ${REGISTRY}/library/busybox:latest
+COPY a.txt /a.txt
+RUN cat /a.txt > /a-copy
+COPY b.txt /b.txt
+RUN cat /b.txt > /b-copy
+";

@@ -2,14 +2,6 @@
 
 use super::*;
 
-const TWO_COPIES: &str = "ARG REGISTRY
-FROM ${REGISTRY}/library/busybox:latest
-COPY a.txt /a.txt
-RUN cat /a.txt > /a-copy
-COPY b.txt /b.txt
-RUN cat /b.txt > /b-copy
-";
-
 // Verifies: the first build through the daemon transfers only the context files the COPYs
 // read; a second build of an unchanged context transfers only the listing and runs nothing (every step
 // cached, same image); after one file is edited exactly that file's bytes are transferred, and

@@ -27,7 +27,9 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::daemon::{Daemon, wait_timeout};
-use common::{Env, Sandbox, assert_ok, error_line, progress_events, stderr, stdout, unique};
+use common::{
+    Env, Sandbox, TWO_COPIES, assert_ok, error_line, progress_events, stderr, stdout, unique,
+};
 use memobuild_proto::control::{
     BuildHistoryEventType, BuildHistoryRecord, BuildHistoryRequest, DiskUsageRequest, Exporter,
     PruneRequest, SolveRequest as ControlSolve, UpdateBuildHistoryRequest,
