@@ -141,12 +141,7 @@ fn ctr_pull_run(sb: &Sandbox, env: &Env, image: &str) -> Output {
         &["images", "pull", "--plain-http", image],
     ));
     assert_ok(&pull, "ctr images pull");
-    let id = unique("run");
-    common::run(common::ctr(
-        env,
-        &sb.namespace,
-        &["run", "--rm", image, &id],
-    ))
+    common::ctr_run(env, &sb.namespace, image, &[])
 }
 
 #[test]
@@ -506,11 +501,7 @@ fn containerd_output_takes_zstd_layers() {
         .unwrap_or_default()
         .to_string();
     let manifest = common::run(common::ctr(&env, ns, &["content", "get", &digest]));
-    let run = common::run(common::ctr(
-        &env,
-        ns,
-        &["run", "--rm", &name, &unique("run")],
-    ));
+    let run = common::ctr_run(&env, ns, &name, &[]);
     rm();
     assert_ok(&manifest, "ctr content get");
     let m: Value = serde_json::from_slice(&manifest.stdout).expect("manifest");

@@ -96,10 +96,7 @@ fn ctr_pull_run(sb: &Sandbox, env: &Env, image: &str, cmd: &[&str]) -> Output {
         &["images", "pull", "--plain-http", image],
     ));
     assert_ok(&pull, "ctr images pull");
-    let id = unique("export");
-    let mut args = vec!["run", "--rm", image, id.as_str()];
-    args.extend_from_slice(cmd);
-    common::run(common::ctr(env, &sb.namespace, &args))
+    common::ctr_run(env, &sb.namespace, image, cmd)
 }
 
 /// Files MemoBuild left behind under its temporary names.

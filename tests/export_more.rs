@@ -139,8 +139,7 @@ fn containerd_output_is_listed_and_runs_under_ctr() {
     assert!(stdout(&check).contains("complete"), "{}", stdout(&check));
 
     for name in [&unpacked, &packed] {
-        let id = unique("run");
-        let run = common::run(common::ctr(&env, ns, &["run", "--rm", name, &id]));
+        let run = common::ctr_run(&env, ns, name, &[]);
         assert_ok(&run, &format!("ctr run {name}"));
         assert_eq!(stdout(&run), EXPECTED);
     }
@@ -172,8 +171,7 @@ fn containerd_output_is_listed_and_runs_under_ctr() {
         !line.contains(&digest) && line.contains(stored.trim_start_matches("sha256:")),
         "re-pointed: {line}"
     );
-    let id = unique("run");
-    let run = common::run(common::ctr(&env, ns, &["run", "--rm", &packed, &id]));
+    let run = common::ctr_run(&env, ns, &packed, &[]);
     assert_ok(&run, "ctr run (re-pointed)");
     assert_eq!(
         stdout(&run),

@@ -276,11 +276,7 @@ fn job_container_builds_a_git_context_twice_under_containerd() {
         &["images", "pull", "--plain-http", &tag],
     ));
     assert_ok(&ran, "ctr images pull of the built image");
-    let ran = run(common::ctr(
-        &env,
-        &namespace,
-        &["run", "--rm", &tag, &format!("{namespace}-check")],
-    ));
+    let ran = common::ctr_run(&env, &namespace, &tag, &[]);
     assert_ok(&ran, "ctr run of the built image");
     assert_eq!(stdout(&ran), "hello from git\n");
     for img in [&image, &tag] {

@@ -161,8 +161,7 @@ impl Sandbox {
             &["images", "import", &archive.to_string_lossy()],
         ));
         assert_ok(&imp, "ctr images import");
-        let id = format!("t{}", COUNTER.fetch_add(1, Ordering::SeqCst));
-        run(ctr(env, &self.namespace, &["run", "--rm", image, &id]))
+        ctr_run(env, &self.namespace, image, &[])
     }
 }
 
@@ -240,7 +239,6 @@ pub fn ctr(env: &Env, namespace: &str, args: &[&str]) -> Command {
     cmd
 }
 
-/// Runs a command and captures its output.
 /// The runc containers (by id) that process `pid` made and that are not cleaned up: their
 /// bundle under `/run/memobuild/bundles`, which goes last, names `pid` as owner.
 pub fn runc_containers_of(pid: u32) -> Vec<String> {
@@ -265,6 +263,100 @@ pub fn runc_listed() -> Vec<String> {
     stdout(&run(cmd)).lines().map(str::to_owned).collect()
 }
 
+/// Runs `image` (already in containerd's `namespace`) with `ctr run --rm`: its entrypoint and
+/// command from the image config, or `cmd` when given, with the config's environment, working
+/// directory and user. Returns ctr's exit status, and the process's stdout and stderr.
+///
+/// The process writes its output to files in a bind-mounted directory (through the host's static
+/// busybox, so the image needs no shell), not through ctr's pipes. containerd 1.6's shim waits
+/// at most two seconds for its copy of a process's output once the task is deleted, so on a busy
+/// machine `ctr run --rm` can lose the tail of it; a file cannot.
+pub fn ctr_run(env: &Env, namespace: &str, image: &str, cmd: &[&str]) -> Output {
+    let argv: Vec<String> = if cmd.is_empty() {
+        image_argv(env, namespace, image)
+    } else {
+        cmd.iter().map(|a| a.to_string()).collect()
+    };
+    let io = tempfile::Builder::new()
+        .prefix("memobuild-ctr-io-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::copy("/bin/busybox", io.path().join("busybox")).expect("copy the host's busybox");
+    std::fs::set_permissions(
+        io.path(),
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o777),
+    )
+    .expect("chmod");
+    let mount = format!(
+        "type=bind,src={},dst=/.memobuild-test-io,options=rbind:rw",
+        io.path().display()
+    );
+    let id = unique("run");
+    let mut args = vec![
+        "run",
+        "--rm",
+        "--mount",
+        &mount,
+        image,
+        &id,
+        "/.memobuild-test-io/busybox",
+        "sh",
+        "-c",
+        "exec \"$@\" >/.memobuild-test-io/stdout 2>/.memobuild-test-io/stderr",
+        "sh",
+    ];
+    args.extend(argv.iter().map(String::as_str));
+    let mut out = run(ctr(env, namespace, &args));
+    out.stdout = std::fs::read(io.path().join("stdout")).unwrap_or_default();
+    let mut stderr = std::fs::read(io.path().join("stderr")).unwrap_or_default();
+    stderr.extend_from_slice(&out.stderr);
+    out.stderr = stderr;
+    out
+}
+
+/// The entrypoint and command of `image` in containerd's `namespace`, from its config.
+fn image_argv(env: &Env, namespace: &str, image: &str) -> Vec<String> {
+    let content = |digest: &str| -> serde_json::Value {
+        let got = run(ctr(env, namespace, &["content", "get", digest]));
+        assert_ok(&got, &format!("ctr content get {digest}"));
+        serde_json::from_slice(&got.stdout).expect("JSON content")
+    };
+    let listed = run(ctr(
+        env,
+        namespace,
+        &["images", "ls", &format!("name=={image}")],
+    ));
+    assert_ok(&listed, "ctr images ls");
+    let target = stdout(&listed)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or_else(|| panic!("{image} is not in namespace {namespace}"))
+        .to_string();
+    let mut manifest = content(&target);
+    if let Some(list) = manifest["manifests"].as_array() {
+        let host = list
+            .iter()
+            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
+            .or(list.first())
+            .and_then(|m| m["digest"].as_str())
+            .unwrap_or_else(|| panic!("{image}: an index without manifests"))
+            .to_string();
+        manifest = content(&host);
+    }
+    let config_digest = manifest["config"]["digest"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{image}: a manifest without a config"))
+        .to_string();
+    let config = content(&config_digest);
+    ["Entrypoint", "Cmd"]
+        .iter()
+        .flat_map(|k| config["config"][k].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Runs a command and captures its output.
 pub fn run(mut cmd: Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
@@ -307,8 +399,6 @@ pub fn error_line(out: &Output) -> String {
 
 static UNIQUE: AtomicUsize = AtomicUsize::new(0);
 
-/// A name no other test (or earlier run against the same containerd or registry) uses: for
-/// repositories, images, containers and leases.
 /// `len` bytes of noise (xorshift from `seed`): data deflate cannot shrink, as most binaries.
 #[allow(dead_code)]
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -323,6 +413,8 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A name no other test (or earlier run against the same containerd or registry) uses: for
+/// repositories, images, containers and leases.
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
