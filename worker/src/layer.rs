@@ -12,6 +12,7 @@
 
 pub mod check;
 pub mod chunks;
+pub mod offload;
 pub mod pgzip;
 mod tarwriter;
 
@@ -23,6 +24,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::blobs::{BlobError, BlobStore, HashWriter};
+use offload::{Offload, Tee};
 use pgzip::ParallelGzWriter;
 pub use tarwriter::{Entry, EntryKind, TarWriter};
 
@@ -94,12 +96,19 @@ pub fn write_layer(
 ) -> Result<LayerBlob, LayerError> {
     let tmp = store.temp()?;
     let file = tmp.as_file().try_clone().map_err(io_err(tmp.path()))?;
-    let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, file));
+    // This thread reads the files and frames the tar; hashing the tar (the diff ID) and hashing
+    // and writing the gzip stream happen on threads of their own, compressing on the pool.
+    let compressed = Offload::new(
+        "memobuild-layer-write",
+        HashWriter::new(BufWriter::with_capacity(1 << 20, file)),
+    )
+    .map_err(io_err(tmp.path()))?;
     // Chunks an earlier layer compressed are copied from it (`chunks`).
     let tables = std::sync::Arc::new(chunks::ChunkTables::new(store.clone(), opts.gzip_level));
     let gz = ParallelGzWriter::new(compressed, opts.gzip_level).recording(Some(tables));
-    let plain = HashWriter::new(gz);
-    let mut tw = TarWriter::new(plain);
+    let diff_hash = Offload::new("memobuild-layer-hash", HashWriter::new(io::sink()))
+        .map_err(io_err(tmp.path()))?;
+    let mut tw = TarWriter::new(Tee::new(diff_hash, gz));
 
     let mut walker = Walker {
         opts,
@@ -108,10 +117,10 @@ pub fn write_layer(
     };
     walker.walk_dir(upper, b"", &mut tw)?;
 
-    let plain = tw.finish().map_err(io_err(upper))?;
-    let (gz, diff_id, _) = plain.finish();
+    let (diff_hash, gz) = tw.finish().map_err(io_err(upper))?.into_parts();
+    let (_, diff_id, _) = diff_hash.finish().map_err(io_err(upper))?.finish();
     let (compressed, chunks) = gz.finish_recorded().map_err(io_err(tmp.path()))?;
-    let (mut bufw, digest, size) = compressed.finish();
+    let (mut bufw, digest, size) = compressed.finish().map_err(io_err(tmp.path()))?.finish();
     io::Write::flush(&mut bufw).map_err(io_err(tmp.path()))?;
     drop(bufw);
     // Both hashes were taken from the bytes just written: a later check of a record naming this
