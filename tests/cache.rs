@@ -126,6 +126,85 @@ fn an_edited_big_layer_is_the_image_a_fresh_build_gives() {
     assert_eq!(digest(&edited), digest(&from_scratch));
 }
 
+/// The layer digests of the image in the OCI archive `archive`.
+fn layer_digests(archive: &std::path::Path) -> Vec<String> {
+    let member = |name: &str| -> serde_json::Value {
+        let mut c = std::process::Command::new("tar");
+        c.arg("-xOf").arg(archive).arg(name);
+        let out = common::run(c);
+        assert_ok(&out, &format!("tar -xOf {name}"));
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let blob = |d: &serde_json::Value| {
+        format!(
+            "blobs/sha256/{}",
+            d.as_str().unwrap_or_default().trim_start_matches("sha256:")
+        )
+    };
+    let index = member("index.json");
+    let manifest = member(&blob(&index["manifests"][0]["digest"]));
+    manifest["layers"]
+        .as_array()
+        .map(|ls| {
+            ls.iter()
+                .filter_map(|l| l["digest"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// Verifies: a big COPY that runs again after a one-file edit links the files its previous
+// result holds unchanged instead of writing them again (the step after it sees two links on
+// those, one on the edited file), and its layer is the one a build from nothing makes.
+#[test]
+fn a_big_copy_run_again_links_its_unchanged_files() {
+    let Some(env) = Env::get() else { return };
+    const DOCKERFILE: &str = "ARG REGISTRY\nFROM ${REGISTRY}/library/busybox:latest\n\
+        COPY src/ /src/\n\
+        RUN stat -c '%h %n' /src/f000.bin /src/f017.bin /src/f039.bin > /links\n\
+        CMD [\"cat\", \"/links\"]\n";
+    // 10 MiB of noise: over the size from which a copy's result is reused. Never the noise of
+    // an earlier run: containerd would still hold (and share) that run's snapshots.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7);
+    let sb = Sandbox::new();
+    sb.write("Dockerfile", DOCKERFILE);
+    noise_files(&sb, "src", 40, 256 << 10, seed);
+    build(&sb, &env, &["-t", "reuse:test"]);
+    let run = sb.ctr_run(&env, &sb.path("out.tar"), "docker.io/library/reuse:test");
+    assert_ok(&run, "ctr run");
+    assert_eq!(
+        common::stdout(&run),
+        "1 /src/f000.bin\n1 /src/f017.bin\n1 /src/f039.bin\n"
+    );
+
+    let victim = sb.context().join("src/f017.bin");
+    let mut bytes = std::fs::read(&victim).expect("read");
+    bytes[5000] ^= 0xff;
+    std::fs::write(&victim, &bytes).expect("write");
+    let edited = build(&sb, &env, &["-t", "reuse:test"]);
+    assert_eq!(executed(&edited).len(), 2, "{:?}", executed(&edited));
+    let run = sb.ctr_run(&env, &sb.path("out.tar"), "docker.io/library/reuse:test");
+    assert_ok(&run, "ctr run");
+    assert_eq!(
+        common::stdout(&run),
+        "2 /src/f000.bin\n1 /src/f017.bin\n2 /src/f039.bin\n"
+    );
+    let edited_layers = layer_digests(&sb.path("out.tar"));
+
+    let fresh = Sandbox::new();
+    fresh.write("Dockerfile", DOCKERFILE);
+    noise_files(&fresh, "src", 40, 256 << 10, seed);
+    std::fs::write(fresh.context().join("src/f017.bin"), &bytes).expect("write");
+    build(&fresh, &env, &[]);
+    let fresh_layers = layer_digests(&fresh.path("out.tar"));
+    // Base and COPY layers; the RUN's differs, as it wrote the link counts it saw.
+    assert_eq!(edited_layers.len(), 3);
+    assert_eq!(edited_layers[..2], fresh_layers[..2]);
+}
+
 #[test]
 fn touching_files_reruns_nothing() {
     let Some(env) = Env::get() else { return };

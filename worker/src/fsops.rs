@@ -14,6 +14,9 @@ use rayon::prelude::*;
 
 use crate::patterns::PatternMatcher;
 
+pub mod reuse;
+pub use reuse::Reuse;
+
 /// Maximum symlinks followed while resolving one path (Linux's limit is 40; Go's fsutil 255).
 const MAX_SYMLINKS: usize = 255;
 
@@ -115,6 +118,9 @@ pub struct CopyOptions {
     pub context_exclude: Option<PatternMatcher>,
     /// Owner the source side claims for every entry (a local context is sent as root-owned).
     pub source_owner: Option<Owner>,
+    /// An earlier result of the same copy whose identical files are linked, not written
+    /// ([`reuse`]).
+    pub reuse: Option<std::sync::Arc<Reuse>>,
 }
 
 /// Copies `src` (inside `src_root`) to `dest` (inside `dest_root`) with BuildKit's semantics.
@@ -659,11 +665,27 @@ fn dir_has_included(
 }
 
 fn copy_entry(src: &Path, md: &fs::Metadata, target: &Path, opts: &CopyOptions) -> io::Result<()> {
-    if let Ok(existing) = fs::symlink_metadata(target) {
-        if existing.is_dir() {
-            fs::remove_dir_all(target)?;
-        } else {
-            fs::remove_file(target)?;
+    let existed = match fs::symlink_metadata(target) {
+        Ok(existing) if existing.is_dir() => fs::remove_dir_all(target).map(|()| true)?,
+        Ok(_) => fs::remove_file(target).map(|()| true)?,
+        Err(_) => false,
+    };
+    // Only a path that was free: removing one through the overlay can leave a whiteout in the
+    // upper directory where the link would go.
+    if let Some(reuse) = &opts.reuse
+        && md.is_file()
+        && !existed
+    {
+        let (owner, mode, mtime) = target_meta(md, opts);
+        let expected = reuse::Expected {
+            uid: owner.uid,
+            gid: owner.gid,
+            mode,
+            size: md.len(),
+            mtime: (mtime.unix_seconds(), i64::from(mtime.nanoseconds())),
+        };
+        if reuse.take(src, target, expected) {
+            return Ok(());
         }
     }
     if !create_like(src, md, target)? {
@@ -689,24 +711,30 @@ fn copy_xattrs(src: &Path, dest: &Path) {
 
 /// Sets owner, mode and mtime of a copied entry from the source metadata and the options.
 fn apply_meta(target: &Path, md: &fs::Metadata, opts: &CopyOptions) -> io::Result<()> {
+    let (owner, mode, mtime) = target_meta(md, opts);
+    std::os::unix::fs::lchown(target, Some(owner.uid), Some(owner.gid))?;
+    if !md.file_type().is_symlink() {
+        fs::set_permissions(target, fs::Permissions::from_mode(mode))?;
+    }
+    filetime::set_symlink_file_times(target, mtime, mtime)
+}
+
+/// The owner, permission bits and mtime a copy gives the entry with source metadata `md`.
+fn target_meta(md: &fs::Metadata, opts: &CopyOptions) -> (Owner, u32, filetime::FileTime) {
     let owner = opts.owner.or(opts.source_owner).unwrap_or(Owner {
         uid: md.uid(),
         gid: md.gid(),
     });
-    std::os::unix::fs::lchown(target, Some(owner.uid), Some(owner.gid))?;
-    if !md.file_type().is_symlink() {
-        let own = md.mode() & 0o7777;
-        let mode = match &opts.mode_str {
-            Some(m) => m.apply(own, md.is_dir()),
-            None => opts.mode.unwrap_or(own),
-        };
-        fs::set_permissions(target, fs::Permissions::from_mode(mode))?;
-    }
+    let own = md.mode() & 0o7777;
+    let mode = match &opts.mode_str {
+        Some(m) => m.apply(own, md.is_dir()),
+        None => opts.mode.unwrap_or(own),
+    };
     let mtime = match opts.mtime {
         Some(t) => filetime::FileTime::from_unix_time(t, 0),
         None => filetime::FileTime::from_last_modification_time(md),
     };
-    filetime::set_symlink_file_times(target, mtime, mtime)
+    (owner, mode, mtime)
 }
 
 /// Creates at `dest` an entry of the same kind as `src` (described by `md`, not followed):

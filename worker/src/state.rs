@@ -72,6 +72,11 @@ impl StateDir {
         self.root.join("cache").join("compression")
     }
 
+    /// The last result of each copy, by its shape ([`crate::fsops::reuse::Donors`]).
+    pub fn copy_donors(&self) -> PathBuf {
+        self.root.join("cache").join("copy-donors")
+    }
+
     /// Recently resolved image references (`registry::resolved`).
     pub fn resolved_images(&self) -> PathBuf {
         self.root.join("cache").join("resolved")

@@ -140,6 +140,32 @@ fn plan(fop: &pb::FileOp, n: usize) -> Result<Plan, String> {
     })
 }
 
+/// Copy results smaller than this (compressed layer bytes) are not reused: writing them again
+/// costs less than the snapshot view that linking needs.
+const REUSE_MIN_LAYER: u64 = 8 << 20;
+
+/// A copy's shape, and the earlier result of the same shape it may link files of.
+struct Donor {
+    shape: String,
+    reuse: Option<std::sync::Arc<fsops::Reuse>>,
+}
+
+/// What a copy reads, as far as its shape goes: a local directory by path, a snapshot by the
+/// identity of its files.
+fn source_identity(src: Option<Ref>, inputs: &[Output], results: &HashMap<usize, FsRef>) -> String {
+    let fs = match src {
+        None | Some(Ref::Scratch) => return "scratch".to_string(),
+        Some(Ref::Input(i)) => match inputs.get(i) {
+            Some(Output::Local(l)) => return format!("local {}", l.path.display()),
+            Some(Output::Fs(f)) => Some(f),
+            None => None,
+        },
+        Some(Ref::Action(j)) => results.get(&j),
+    };
+    fs.map(|f| crate::cache::key::fs_identity(&f.layers))
+        .unwrap_or_default()
+}
+
 /// An active snapshot that actions are applied to, mounted on the host.
 struct Chain {
     key: String,
@@ -158,6 +184,8 @@ struct FileState {
     /// Copy sources, mounted once per op.
     sources: HashMap<Ref, Option<SourceDir>>,
     views: Vec<(MountGuard, String)>,
+    /// Views of earlier copy results whose files a copy links (not mounted).
+    donor_views: Vec<String>,
     empty_dirs: Vec<tempfile::TempDir>,
 }
 
@@ -171,6 +199,9 @@ impl FileState {
         }
         for (g, key) in self.views {
             let _ = g.unmount();
+            solve.build.remove_snapshot(&key).await;
+        }
+        for key in self.donor_views {
             solve.build.remove_snapshot(&key).await;
         }
         drop(self.empty_dirs);
@@ -239,14 +270,42 @@ impl Solve {
                 None => None,
             };
             let action = fop.actions[k].clone();
-            tokio::task::spawn_blocking(move || apply(&root, &action, source.as_ref()))
+            // A copy that ends its chain may link files of its previous result.
+            let donor = match (&action.action, source.is_some(), plan.in_place[k]) {
+                (Some(Action::Copy(_)), true, false) => {
+                    let identity = source_identity(src, inputs, &st.results);
+                    let chain = st.chains.get(&k).map(|c| {
+                        (
+                            crate::cache::key::fs_identity(&c.base.layers),
+                            writable_dir(&c.mounts),
+                        )
+                    });
+                    match chain {
+                        Some((base, Some(upper))) => {
+                            let place = (root.clone(), upper);
+                            Some(self.copy_donor(&action, &identity, &base, place, st).await)
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            let reuse = donor.as_ref().and_then(|d| d.reuse.clone());
+            let started = std::time::Instant::now();
+            tokio::task::spawn_blocking(move || apply(&root, &action, source.as_ref(), reuse))
                 .await
                 .map_err(|e| self.error(digest, format!("file op task failed: {e}")))?
                 .map_err(|e| self.error(digest, format!("action {k}: {e}")))?;
+            tracing::debug!(
+                vertex = digest,
+                action = k,
+                ms = started.elapsed().as_millis() as u64,
+                "file action applied"
+            );
             if !plan.in_place[k]
                 && let Some(chain) = st.chains.remove(&k)
             {
-                let fs = self.finish_chain(digest, chain).await?;
+                let fs = self.finish_chain(digest, chain, donor).await?;
                 st.results.insert(k, fs);
             }
         }
@@ -292,14 +351,38 @@ impl Solve {
         }
     }
 
-    /// Unmounts a chain and commits what its actions wrote as one layer on its base.
-    async fn finish_chain(&self, digest: &str, mut chain: Chain) -> Result<FsRef, SolveError> {
+    /// Unmounts a chain and commits what its actions wrote as one layer on its base. A copy's
+    /// `donor` files are linked in first, and the result becomes the next one's donor.
+    async fn finish_chain(
+        &self,
+        digest: &str,
+        mut chain: Chain,
+        mut donor: Option<Donor>,
+    ) -> Result<FsRef, SolveError> {
         let outcome = async {
             if let Some(g) = chain.guard.take() {
                 g.unmount().map_err(|e| self.error(digest, e.to_string()))?;
             }
             let upper = writable_dir(&chain.mounts)
                 .ok_or_else(|| self.error(digest, "snapshot has no upper directory".into()))?;
+            if let Some(reuse) = donor.as_mut().and_then(|d| d.reuse.take()) {
+                let started = std::time::Instant::now();
+                let linked = tokio::task::spawn_blocking(move || {
+                    std::sync::Arc::try_unwrap(reuse)
+                        .map_err(|_| std::io::Error::other("the copy still holds its donor"))?
+                        .link()
+                })
+                .await
+                .map_err(|e| self.error(digest, format!("file op task failed: {e}")))?
+                .map_err(|e| self.error(digest, format!("linking an earlier copy's files: {e}")))?;
+                tracing::debug!(
+                    vertex = digest,
+                    files = linked.files,
+                    bytes = linked.bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    "linked unchanged files of the previous copy"
+                );
+            }
             self.snapshot_layer(digest, &chain.key, &upper, &chain.base)
                 .await
         }
@@ -307,7 +390,64 @@ impl Solve {
         if outcome.is_err() {
             self.build.remove_snapshot(&chain.key).await;
         }
+        if let (Ok(fs), Some(d)) = (&outcome, &donor)
+            && let Some(layer) = fs.layers.last()
+            && layer.size >= REUSE_MIN_LAYER
+        {
+            let name = crate::cache::key::fs_identity(&fs.layers);
+            if let Err(e) = self.donors().record(&d.shape, &name, layer.size) {
+                tracing::debug!(error = %e, "cannot record a copy's result for reuse");
+            }
+        }
         outcome
+    }
+
+    fn donors(&self) -> fsops::reuse::Donors {
+        fsops::reuse::Donors::new(self.build.engine().state().copy_donors())
+    }
+
+    /// The shape of a copy that ends its chain, and the earlier result it may link files of:
+    /// a read-only view of that result's snapshot, which [`FileState::release`] removes.
+    /// Small results (under [`REUSE_MIN_LAYER`]) are not worth the view's round trips.
+    /// `place` is the chain's mounted root and its upper directory.
+    async fn copy_donor(
+        &self,
+        action: &pb::FileAction,
+        source: &str,
+        base: &str,
+        place: (PathBuf, PathBuf),
+        st: &mut FileState,
+    ) -> Donor {
+        let shape =
+            fsops::reuse::Donors::shape(base, &prost::Message::encode_to_vec(action), source);
+        let mut donor = Donor { shape, reuse: None };
+        let Some((snapshot, size)) = self.donors().lookup(&donor.shape) else {
+            return donor;
+        };
+        if size < REUSE_MIN_LAYER {
+            return donor;
+        }
+        let key = format!("memobuild-view-{}", uuid::Uuid::new_v4());
+        let mounts = match self.build.containerd().await {
+            Ok(ctd) => ctd.view(&key, &snapshot).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let (root, upper) = place;
+        match mounts {
+            Ok(mounts) => {
+                st.donor_views.push(key);
+                let dir = crate::containerd::overlay_lowerdirs(&mounts)
+                    .into_iter()
+                    .next();
+                match dir.map(|dir| fsops::Reuse::new(root, upper, dir)) {
+                    Some(Ok(reuse)) => donor.reuse = Some(std::sync::Arc::new(reuse)),
+                    Some(Err(e)) => tracing::debug!(error = %e, "cannot open a copy's donor"),
+                    None => {}
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, snapshot, "a copy's previous result is gone"),
+        }
+        donor
     }
 
     /// The directory a copy reads from (`None`: scratch), mounted read-only once per op.
@@ -381,11 +521,18 @@ impl Solve {
         let blobs = self.build.blobs().clone();
         let opts = self.opts.layer;
         let upper = upper.to_path_buf();
+        let started = std::time::Instant::now();
         let layer =
             tokio::task::spawn_blocking(move || crate::layer::write_layer(&upper, &blobs, opts))
                 .await
                 .map_err(|e| self.error(digest, format!("layer task failed: {e}")))?
                 .map_err(|e| self.error(digest, e.to_string()))?;
+        tracing::debug!(
+            vertex = digest,
+            size = layer.size,
+            ms = started.elapsed().as_millis() as u64,
+            "layer written"
+        );
         let mut layers = base.layers.clone();
         layers.push(layer);
         // Named by chain ID, like unpacked image layers: the next vertex that needs these files
@@ -494,6 +641,7 @@ fn copy_options(
         context_include: src.include.clone().filter(|m| !m.is_empty()),
         context_exclude: src.exclude.clone().filter(|m| !m.is_empty()),
         source_owner: src.root_owned.then_some(Owner { uid: 0, gid: 0 }),
+        reuse: None,
     })
 }
 
@@ -501,7 +649,12 @@ fn time_of(ns: i64) -> Option<i64> {
     (ns >= 0).then_some(ns / 1_000_000_000)
 }
 
-fn apply(root: &Path, action: &pb::FileAction, source: Option<&SourceDir>) -> Result<(), String> {
+fn apply(
+    root: &Path,
+    action: &pb::FileAction,
+    source: Option<&SourceDir>,
+    reuse: Option<std::sync::Arc<fsops::Reuse>>,
+) -> Result<(), String> {
     match &action.action {
         Some(Action::Copy(c)) => {
             let src = match source {
@@ -517,7 +670,10 @@ fn apply(root: &Path, action: &pb::FileAction, source: Option<&SourceDir>) -> Re
                     ));
                 }
             };
-            let opts = copy_options(root, c, &src)?;
+            let opts = CopyOptions {
+                reuse,
+                ..copy_options(root, c, &src)?
+            };
             fsops::copy(&src.path, &c.src, root, &c.dest, &opts).map_err(|e| e.to_string())
         }
         Some(Action::Mkdir(m)) => {
