@@ -243,7 +243,9 @@ impl Donors {
             return Ok(());
         }
         fs::create_dir_all(&self.dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&crate::state::stale::temp_prefix(".tmp-"))
+            .tempfile_in(&self.dir)?;
         io::Write::write_all(&mut tmp, format!("{snapshot} {size}\n").as_bytes())?;
         tmp.persist(self.dir.join(shape)).map_err(|e| e.error)?;
         Ok(())

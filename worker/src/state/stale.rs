@@ -152,7 +152,7 @@ fn detach_mounts_under(path: &Path) {
 }
 
 /// Removes the stale temporaries of a whole state directory: scratch space, blob and record
-/// temporaries, export-time conversions. Returns what went.
+/// temporaries, export-time conversions, copy donors. Returns what went.
 pub fn sweep_state(state: &super::StateDir) -> io::Result<Swept> {
     let mut swept = Swept::default();
     swept.add(sweep_scratch(&state.tmp_root()));
@@ -172,6 +172,7 @@ pub fn sweep_state(state: &super::StateDir) -> io::Result<Swept> {
             swept.add(sweep_dir(&s.path(), ".tmp-"));
         }
     }
+    swept.add(sweep_dir(&state.copy_donors(), ".tmp-"));
     Ok(swept)
 }
 
