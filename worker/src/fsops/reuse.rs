@@ -91,7 +91,8 @@ impl Reuse {
     /// The donor's file at `rel`, if it is a regular file reached through directories only.
     fn open_donor(&self, rel: &Path) -> Option<fs::File> {
         let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            // Comparing does not touch the donor's access time (the caller is its owner, root).
+            .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOATIME)
             .resolve(
                 ResolveFlag::RESOLVE_BENEATH
                     | ResolveFlag::RESOLVE_NO_SYMLINKS
@@ -329,6 +330,18 @@ mod tests {
         }
     }
 
+    /// Copies `src` into a new `upper` with `donor` to reuse from, links, and returns both.
+    fn copy_reusing(t: &Path, src: &Path, dest: &str, donor: &Path) -> (PathBuf, Linked) {
+        // No overlay here: the "mounted root" and the upper directory are the same tree.
+        let upper = t.join("upper");
+        fs::create_dir(&upper).unwrap();
+        let reuse =
+            Arc::new(Reuse::new(upper.clone(), upper.clone(), donor.to_path_buf()).unwrap());
+        copy(src, ".", &upper, dest, &opts(Some(reuse.clone()))).unwrap();
+        let linked = Arc::try_unwrap(reuse).unwrap().link().unwrap();
+        (upper, linked)
+    }
+
     /// One tree as a sorted listing of path, mode, owner, size, mtime and bytes.
     fn listing(root: &Path) -> Vec<String> {
         let mut out = Vec::new();
@@ -393,13 +406,7 @@ mod tests {
         fs::create_dir(&plain).unwrap();
         copy(&src, ".", &plain, "/app/", &opts(None)).unwrap();
 
-        // No overlay here: the "mounted root" and the upper directory are the same tree.
-        let upper = t.path().join("upper");
-        fs::create_dir(&upper).unwrap();
-        let reuse = Arc::new(Reuse::new(upper.clone(), upper.clone(), donor.clone()).unwrap());
-        copy(&src, ".", &upper, "/app/", &opts(Some(reuse.clone()))).unwrap();
-        let reuse = Arc::try_unwrap(reuse).unwrap();
-        let linked = reuse.link().unwrap();
+        let (upper, linked) = copy_reusing(t.path(), &src, "/app/", &donor);
         assert_eq!(linked.files, 2, "one.txt and three.txt");
         assert_eq!(linked.bytes, 300_003);
 
@@ -430,11 +437,7 @@ mod tests {
         fs::create_dir(&donor).unwrap();
         std::os::unix::fs::symlink("../outside/d", donor.join("d")).unwrap();
 
-        let upper = t.path().join("upper");
-        fs::create_dir(&upper).unwrap();
-        let reuse = Arc::new(Reuse::new(upper.clone(), upper.clone(), donor).unwrap());
-        copy(&src, ".", &upper, "/", &opts(Some(reuse.clone()))).unwrap();
-        let linked = Arc::try_unwrap(reuse).unwrap().link().unwrap();
+        let (upper, linked) = copy_reusing(t.path(), &src, "/", &donor);
         assert_eq!(linked.files, 0);
         let ino = |p: &Path| fs::symlink_metadata(p).unwrap().ino();
         assert_ne!(ino(&upper.join("d/f.txt")), ino(&outside.join("d/f.txt")));
@@ -456,11 +459,7 @@ mod tests {
         let mt = filetime::FileTime::from_last_modification_time(&md);
         filetime::set_file_times(&d, mt, mt).unwrap();
 
-        let upper = t.path().join("upper");
-        fs::create_dir(&upper).unwrap();
-        let reuse = Arc::new(Reuse::new(upper.clone(), upper.clone(), donor).unwrap());
-        copy(&src, ".", &upper, "/", &opts(Some(reuse.clone()))).unwrap();
-        let linked = Arc::try_unwrap(reuse).unwrap().link().unwrap();
+        let (upper, linked) = copy_reusing(t.path(), &src, "/", &donor);
         assert_eq!(linked.files, 0);
         assert_eq!(fs::read(upper.join("f.txt")).unwrap(), b"right");
     }
